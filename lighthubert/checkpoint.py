@@ -1,0 +1,456 @@
+"""Checkpoints: the released files (by path or by name), random ones in the released layout, and
+compact exported subnets. Loading never runs pickle code unless the caller explicitly trusts the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import os
+import pickle
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .model import ConfigError, ModelConfig, SubnetModel, cut_subnet, fixed_params, released_layout
+from .space import SPACES, SearchSpace, SubnetError, count_params, get_space, parse_subnet
+
+HUB_ENV = "HF_ENDPOINT"
+CACHE_ENV = "LIGHTHUBERT_CACHE"
+DEFAULT_HUB = "https://huggingface.co"
+RELEASED = {
+    "base": "lighthubert_base.pt",
+    "small": "lighthubert_small.pt",
+    "stage1": "lighthubert_stage1.pt",
+}
+KINDS = ("hubert_pruner", "student_hubert", "lighthubert_subnet")
+SUBNET_KIND = "lighthubert_subnet"
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be had or used; the message names the file and the reason."""
+
+
+def url_for(name: str) -> str:
+    hub = os.environ.get(HUB_ENV, DEFAULT_HUB).rstrip("/")
+    return f"{hub}/mechanicalsea/lighthubert/resolve/main/{RELEASED[name]}"
+
+
+def cache_dir() -> Path:
+    """Where named checkpoints are kept: ``$LIGHTHUBERT_CACHE``, else ``~/.cache/lighthubert``."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "lighthubert"
+
+
+Progress = Callable[[int, int | None], None]
+"""A download progress callback: (bytes so far, total bytes or None)."""
+
+
+def fetch(name: str, progress: Progress | None = None, timeout: float = 30.0) -> Path:
+    """The cached file of a released checkpoint, downloaded once (atomically) if missing."""
+    dest = cache_dir() / RELEASED[name]
+    if dest.is_file():
+        return dest
+    url = url_for(name)
+    hint = (
+        f"Download it by hand from {url} and pass its path (-c /path/to/{RELEASED[name]}), "
+        f"or put it in {dest.parent} (set {CACHE_ENV} to use another folder)."
+    )
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    except OSError as err:
+        raise CheckpointError(f"cannot write to the checkpoint cache {dest.parent}: {err.strerror}. {hint}") from None
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            total = resp.headers.get("Content-Length")
+            total = int(total) if total and total.isdigit() else None
+            done = 0
+            while chunk := resp.read(1 << 20):
+                out.write(chunk)
+                done += len(chunk)
+                if progress:
+                    progress(done, total)
+            if total is not None and done != total:
+                raise OSError(f"the download stopped after {done} of {total} bytes")
+        os.replace(tmp, dest)
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        reason = getattr(err, "reason", None) or err
+        raise CheckpointError(f"could not download the {name!r} checkpoint from {url} ({reason}). {hint}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return dest
+
+
+# ----------------------------------------------------------------------------- safe unpickling
+
+
+def _numpy_globals() -> list:
+    """The harmless numpy globals fairseq checkpoints hold (scalars in ``extra_state``, dtypes),
+    under both their numpy 1 and numpy 2 module names."""
+    scalar = np.core.multiarray.scalar if hasattr(np, "core") else np._core.multiarray.scalar  # noqa
+    allowed: list = [np.dtype, (scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar")]
+    allowed += [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
+    return allowed
+
+
+def _read_pickle(data: bytes, where: str, trust: bool) -> Any:
+    if data[:8] == HDF5_MAGIC:
+        raise CheckpointError(f"{where}: this is an HDF5 file (a features file?), not a checkpoint")
+    if not data:
+        raise CheckpointError(f"{where}: the file is empty")
+    try:
+        if trust:
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(_numpy_globals()):
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        text = str(err)
+        if "Unsupported global" in text or "GLOBAL" in text or "not an allowed global" in text:
+            what = text.split("Unsupported global:", 1)[-1].split("\n")[0].strip() if "Unsupported global:" in text else "code"
+            raise CheckpointError(
+                f"{where}: refused: unpickling it would run {what[:120]}, which a checkpoint never needs. "
+                "If you trust the file, pass --trust-checkpoint (trust=True in Python)."
+            ) from None
+        raise CheckpointError(f"{where}: not a PyTorch checkpoint ({_first_line(text)})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError) as err:
+        text = _first_line(str(err)) or type(err).__name__
+        if "zip" in text.lower() or isinstance(err, (EOFError, zipfile.BadZipFile)):
+            raise CheckpointError(f"{where}: truncated or corrupt checkpoint ({text})") from None
+        raise CheckpointError(f"{where}: not a PyTorch checkpoint ({text})") from None
+    except Exception as err:  # a trusted pickle may raise anything
+        raise CheckpointError(f"{where}: cannot be loaded ({type(err).__name__}: {_first_line(str(err))})") from None
+
+
+def _first_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[0][:200] if lines else ""
+
+
+# ----------------------------------------------------------------------------- the checkpoint
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: its config, weights and what it is."""
+
+    source: str
+    kind: str
+    space: SearchSpace
+    cfg: ModelConfig
+    state: dict[str, Tensor] = field(repr=False)
+    normalize: bool = True
+    sample_rate: int = 16000
+    random: bool = False
+    sha256: str | None = None
+    path: Path | None = None
+    subnet: dict | None = None
+    """For an exported subnet file: its one subnet."""
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """A short label, marked when the weights are random."""
+        label = self.path.name if self.path else self.source
+        return f"{label} (RANDOM WEIGHTS)" if self.random else label
+
+    @property
+    def default_subnet(self) -> dict:
+        if self.subnet is not None:
+            return dict(self.subnet)
+        if self.kind == "student_hubert":
+            return SPACES["base"].max_subnet
+        return self.space.default_subnet
+
+    @property
+    def fixed_params(self) -> int:
+        return self.meta.get("fixed_params", fixed_params(self.cfg))
+
+    def params(self, subnet: Mapping) -> int:
+        """The authors' parameter count of a subnet of this checkpoint."""
+        return count_params(subnet, self.fixed_params)
+
+    def resolve_subnet(self, spec: Any = None) -> dict:
+        """A validated subnet from None (the default), a preset name (default, max, min), a dict,
+        inline JSON or the path of a JSON file."""
+        if self.subnet is not None:
+            if spec in (None, "default"):
+                return dict(self.subnet)
+            sub = spec if isinstance(spec, Mapping) else _subnet_from_text(str(spec), self.space)
+            if self.space.validate(sub, strict=False) != self.subnet:
+                raise SubnetError(f"{self.source} is an exported subnet and holds only {self.subnet}")
+            return dict(self.subnet)
+        if spec is None:
+            return self.default_subnet
+        if isinstance(spec, Mapping):
+            return self.space.validate(spec)
+        return _subnet_from_text(str(spec), self.space)
+
+    def model(self, subnet: Any = None, device: Any = "cpu", dtype: torch.dtype | None = torch.float32) -> SubnetModel:
+        """A :class:`SubnetModel` with the subnet's weights cut once, on ``device`` in ``dtype``."""
+        sub = self.resolve_subnet(subnet)
+        if self.subnet is not None:
+            state = self.state
+        else:
+            state = cut_subnet(self.state, self.cfg, sub)
+        return SubnetModel.from_state(self.cfg, sub, state, device=device, dtype=dtype)
+
+
+def _subnet_from_text(text: str, space: SearchSpace) -> dict:
+    s = text.strip()
+    if s in ("default", "max", "min"):
+        return space.preset(s)
+    if s.startswith("{"):
+        return space.validate(parse_subnet(s))
+    path = Path(s)
+    if not path.is_file():
+        raise SubnetError(f"{text!r} is not a preset (default, max, min), inline JSON or an existing JSON file")
+    try:
+        data = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise SubnetError(f"{path}: cannot read: {err}") from None
+    try:
+        return space.validate(parse_subnet(data))
+    except SubnetError as err:
+        raise SubnetError(f"{path}: {err}") from None
+
+
+def load_checkpoint(source: str | os.PathLike, *, seed: int = 0, trust: bool = False,
+                    progress: Progress | None = None) -> Checkpoint:
+    """Open a checkpoint by path, by released name (``base``, ``small``, ``stage1``: downloaded once
+    into the cache), or build a random one (``random:base``, ``random:small``, ``random:stage1``,
+    optionally ``random:base:SEED``; else ``seed``).
+
+    Raises :class:`CheckpointError` with one line naming the file and the reason.
+    """
+    text = str(source)
+    if text.startswith("random:"):
+        parts = text.split(":")
+        if len(parts) > 3 or parts[1] not in RELEASED:
+            raise CheckpointError(f"{text}: random checkpoints are random:base, random:small or random:stage1[:SEED]")
+        if len(parts) == 3:
+            if not parts[2].isdigit():
+                raise CheckpointError(f"{text}: the seed must be a non-negative integer")
+            seed = int(parts[2])
+        obj = random_checkpoint(parts[1], seed=seed)
+        ckpt = from_object(obj, text)
+        ckpt.random = True
+        ckpt.source = f"random:{parts[1]}:{seed}"
+        return ckpt
+    if text in RELEASED and not Path(text).exists():
+        path = fetch(text, progress)
+    else:
+        path = Path(text)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        names = ", ".join(RELEASED)
+        raise CheckpointError(f"{path}: no such file (released checkpoints by name: {names}; random:base for random weights)") from None
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read: {err.strerror}") from None
+    obj = _read_pickle(data, str(path), trust)
+    ckpt = from_object(obj, str(path))
+    ckpt.path = path
+    ckpt.sha256 = hashlib.sha256(data).hexdigest()
+    if ckpt.meta.get("random"):
+        ckpt.random = True
+    return ckpt
+
+
+def from_object(obj: Any, where: str) -> Checkpoint:
+    """Check a loaded checkpoint dict and describe it."""
+    if not isinstance(obj, Mapping) or not isinstance(obj.get("cfg"), Mapping) or not isinstance(obj.get("model"), Mapping):
+        raise CheckpointError(f"{where}: not a LightHuBERT checkpoint (no 'cfg' and 'model' entries)")
+    model_cfg, task = obj["cfg"].get("model"), obj["cfg"].get("task")
+    if not isinstance(model_cfg, Mapping):
+        raise CheckpointError(f"{where}: not a LightHuBERT checkpoint (cfg['model'] is missing)")
+    kind = model_cfg.get("_name")
+    if kind not in KINDS:
+        raise CheckpointError(
+            f"{where}: unknown model kind {kind!r}; expected hubert_pruner (Base, Small), student_hubert (Stage 1) "
+            "or an exported subnet"
+        )
+    try:
+        cfg = ModelConfig.from_dict(model_cfg)
+    except ConfigError as err:
+        raise CheckpointError(f"{where}: {err}") from None
+    space, subnet = SPACES["base"], None
+    if kind == "hubert_pruner":
+        ref = str(model_cfg.get("pruner_supernet", "")).lower()
+        if ref.endswith("small.yaml"):
+            space = SPACES["small"]
+        elif not ref.endswith("base.yaml"):
+            raise CheckpointError(f"{where}: pruner_supernet {model_cfg.get('pruner_supernet')!r} names neither Base.yaml nor Small.yaml")
+    elif kind == SUBNET_KIND:
+        try:
+            space = get_space(str(model_cfg.get("supernet_type", "base")))
+            subnet = space.validate(model_cfg.get("subnet"), strict=False)
+        except SubnetError as err:
+            raise CheckpointError(f"{where}: bad subnet in the file: {err}") from None
+    normalize = cfg.extractor_mode == "layer_norm"
+    if isinstance(task, Mapping) and "normalize" in task:
+        normalize = bool(task["normalize"])
+    rate = int(task.get("sample_rate", 16000)) if isinstance(task, Mapping) else 16000
+    if rate != 16000:
+        raise CheckpointError(f"{where}: sample_rate {rate} is not supported (LightHuBERT works at 16000 Hz)")
+    state = dict(obj["model"])
+    _check_state(state, _expected_shapes(cfg, subnet), where)
+    meta = {k: model_cfg[k] for k in ("random", "source", "source_sha256", "fixed_params") if k in model_cfg}
+    return Checkpoint(source=where, kind=kind, space=space, cfg=cfg, state=state, normalize=normalize,
+                      sample_rate=rate, subnet=subnet, meta=meta)
+
+
+def _expected_shapes(cfg: ModelConfig, subnet: dict | None) -> dict[str, tuple[int, ...]]:
+    if subnet is None:
+        return released_layout(cfg)
+    with torch.device("meta"):
+        model = SubnetModel(cfg, subnet)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _check_state(state: dict, expected: Mapping[str, tuple[int, ...]], where: str) -> None:
+    for name, shape in expected.items():
+        if name.startswith("layer_pred_heads"):
+            continue  # training-only; the authors' loader does not need it either
+        t = state.get(name)
+        if t is None:
+            raise CheckpointError(f"{where}: weight {name!r} is missing")
+        if not isinstance(t, Tensor) or not t.is_floating_point():
+            raise CheckpointError(f"{where}: weight {name!r} is not a floating-point tensor")
+        if tuple(t.shape) != shape:
+            raise CheckpointError(f"{where}: weight {name!r} has shape {tuple(t.shape)}, expected {shape}")
+        if not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{where}: weight {name!r} holds NaN or infinite values")
+
+
+# ----------------------------------------------------------------------------- writing files
+
+
+def _released_cfg(kind: str, extractor_mode: str, layer_norm_first: bool) -> dict:
+    base = ModelConfig(extractor_mode=extractor_mode, layer_norm_first=layer_norm_first).to_dict()
+    training_only = {"dropout": 0.1, "attention_dropout": 0.1, "activation_dropout": 0.0, "encoder_layerdrop": 0.0,
+                     "dropout_input": 0.0, "dropout_features": 0.0, "mask_prob": 0.8, "mask_length": 10,
+                     "logit_temp": 0.1, "final_dim": 256, "label_rate": 50, "feature_grad_mult": 0.1}
+    if kind == "stage1":
+        return {"_name": "student_hubert", **training_only, **base}
+    return {"_name": "hubert_pruner", "pruner_supernet": f"config/pruner/{kind.capitalize()}.yaml",
+            **training_only, **base}
+
+
+def random_checkpoint(kind: str = "base", seed: int = 0, extractor_mode: str | None = None,
+                      layer_norm_first: bool = False) -> dict:
+    """A checkpoint dict in the released layout (SPEC.md §1) with random float16 weights.
+
+    ``kind`` is base, small or stage1. The extractor mode defaults to ``layer_norm`` (normalize true)
+    for base and small and ``default`` (normalize false) for stage1, so both modes are exercised.
+    Weights are scaled so activations stay in a realistic range through all 12 layers.
+    """
+    if kind not in RELEASED:
+        raise ValueError(f"kind must be one of {', '.join(RELEASED)}")
+    mode = extractor_mode or ("default" if kind == "stage1" else "layer_norm")
+    model_cfg = _released_cfg(kind, mode, layer_norm_first)
+    cfg = ModelConfig.from_dict(model_cfg)
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape: int, std: float = 1.0, mean: float = 0.0) -> Tensor:
+        return torch.randn(*shape, generator=gen) * std + mean
+
+    state: dict[str, Tensor] = {}
+    for name, shape in released_layout(cfg).items():
+        leaf = name.rsplit(".", 1)[-1]
+        if name == "mask_emb":
+            t = torch.rand(*shape, generator=gen)
+        elif name.endswith("weight_g"):
+            continue
+        elif "norm" in name or ".2.1." in name or name.startswith("feature_extractor.conv_layers.0.2."):
+            t = randn(*shape, std=0.1, mean=1.0 if leaf == "weight" else 0.0)
+        elif leaf == "bias":
+            t = randn(*shape, std=0.02)
+        elif name.endswith("weight_v"):
+            t = randn(*shape, std=math.sqrt(4.0 / (shape[2] * shape[0])))
+        else:  # conv and linear weights: unit-variance outputs
+            t = randn(*shape, std=1.0 / math.sqrt(math.prod(shape[1:])))
+        state[name] = t
+    v = state["encoder.pos_conv.0.weight_v"]
+    state["encoder.pos_conv.0.weight_g"] = v.pow(2).sum(dim=(0, 1), keepdim=True).sqrt() * randn(1, 1, cfg.conv_pos, std=0.1, mean=1.0)
+    if kind != "stage1":  # training-only tensors the released Base/Small files carry
+        state["label_embs_concat"] = randn(504, 256, std=0.02)
+        state["final_proj.weight"] = randn(256, cfg.embed_dim, std=0.02)
+        state["final_proj.bias"] = torch.zeros(256)
+    state = {k: v.to(torch.float16) for k, v in state.items()}
+    model_cfg["random"] = True
+    return {
+        "args": None,
+        "cfg": {"model": model_cfg, "task": {"_name": "hubert_pretraining", "normalize": mode == "layer_norm",
+                                             "sample_rate": 16000, "labels": ["km"]}},
+        "model": state,
+        "optimizer_history": [{"criterion_name": "LightHuBERTCriterion", "num_updates": np.int64(400000)}],
+        "extra_state": {"epoch": 1, "best": np.float64(1.25), "train_iterator": {"epoch": 1}},
+    }
+
+
+def _atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_random_checkpoint(path: str | os.PathLike, kind: str = "base", seed: int = 0,
+                            extractor_mode: str | None = None, layer_norm_first: bool = False) -> Path:
+    """Write :func:`random_checkpoint` to ``path``, laid out like the released files."""
+    return _atomic_save(random_checkpoint(kind, seed, extractor_mode, layer_norm_first), path)
+
+
+def export_subnet(ckpt: Checkpoint, subnet: Any, path: str | os.PathLike) -> Path:
+    """Write a standalone checkpoint holding only ``subnet``'s weights (as stored, plus the rebuilt
+    positional convolution in float32). :func:`load_checkpoint` opens it and gives identical numbers."""
+    if ckpt.subnet is not None:
+        raise CheckpointError(f"{ckpt.source}: is already an exported subnet")
+    sub = ckpt.resolve_subnet(subnet)
+    state = {k: v.clone() for k, v in cut_subnet(ckpt.state, ckpt.cfg, sub).items()}
+    model_cfg = {**ckpt.cfg.to_dict(), "_name": SUBNET_KIND, "supernet_type": ckpt.space.name, "subnet": sub,
+                 "source": ckpt.name, "source_sha256": ckpt.sha256, "fixed_params": ckpt.fixed_params,
+                 "params": ckpt.params(sub)}
+    if ckpt.random:
+        model_cfg["random"] = True
+    obj = {"cfg": {"model": model_cfg, "task": {"normalize": ckpt.normalize, "sample_rate": ckpt.sample_rate}},
+           "model": state}
+    return _atomic_save(obj, path)
+
+
+def kind_label(ckpt: Checkpoint) -> str:
+    """Human name of what the checkpoint is."""
+    if ckpt.kind == SUBNET_KIND:
+        return f"exported {ckpt.space.name} subnet"
+    if ckpt.kind == "student_hubert":
+        return "Stage 1 (student_hubert)"
+    return f"{ckpt.space.name.capitalize()} supernet (hubert_pruner)"
+
+
+__all__ = [
+    "Checkpoint", "CheckpointError", "RELEASED", "cache_dir", "export_subnet", "fetch", "kind_label",
+    "load_checkpoint", "random_checkpoint", "url_for", "write_random_checkpoint",
+]

@@ -1,0 +1,218 @@
+"""The authors' Python API, as a drop-in: ``LightHuBERTConfig``, ``LightHuBERT`` and the
+``supernet`` object, so that their README example runs unchanged.
+
+``LightHuBERT`` holds the supernet's weights under the released names (so ``load_state_dict``
+takes ``checkpoint['model']``); setting a subnet cuts that subnet's weights once, on first use,
+into a :class:`~lighthubert.model.SubnetModel` that runs the forward pass.
+
+Differences from the authors' code, all deliberate: inference only (no masking, dropout or
+training losses); with a ``padding_mask``, frames are counted exactly per utterance and GroupNorm
+uses real frames only, so a padded utterance gives the numbers it gives alone; sliding-window
+attention (in no released space) is refused.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from .model import ModelConfig, SubnetModel, cut_subnet, frame_mask, released_layout
+from .space import check_subnet, count_params, get_space
+
+_MODEL_KEYS = {
+    "extractor_mode": "layer_norm", "conv_feature_layers": "[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2",
+    "conv_bias": False, "encoder_layers": 12, "encoder_embed_dim": 768, "encoder_ffn_embed_dim": 3072,
+    "encoder_attention_heads": 12, "activation_fn": "gelu", "layer_norm_first": False, "conv_pos": 128,
+    "conv_pos_groups": 16, "pos_conv_depth": 1, "required_seq_len_multiple": 2,
+    "layer_pred_num": "0,0,0,0,0,0,0,0,0,0,0,1", "teacher_embed_dim": 768,
+}
+_TRAINING_KEYS = {
+    "prune_encoder_pos_conv": True, "label_rate": 50, "layer_type": "transformer", "dropout": 0.1,
+    "attention_dropout": 0.1, "activation_dropout": 0.0, "encoder_layerdrop": 0.0, "dropout_input": 0.0,
+    "dropout_features": 0.0, "feature_grad_mult": 1.0, "mask_length": 10, "mask_prob": 0.65,
+    "mask_selection": "static", "mask_other": 0, "no_mask_overlap": False, "mask_min_space": 1,
+    "mask_channel_length": 10, "mask_channel_prob": 0.0, "mask_channel_selection": "static",
+    "mask_channel_other": 0, "no_mask_channel_overlap": False, "mask_channel_min_space": 1,
+}
+
+
+class LightHuBERTConfig:
+    """The authors' config: known fields with their defaults, updated from ``cfg`` (unknown keys,
+    such as ``_name`` or ``pruner_supernet``, are ignored). Set ``supernet_type`` to 'base' or 'small'."""
+
+    def __init__(self, cfg: Mapping | None = None):
+        self.supernet_type: str = "base"
+        self.__dict__.update(_TRAINING_KEYS)
+        self.__dict__.update(_MODEL_KEYS)
+        if cfg is not None:
+            self.update(cfg)
+
+    def update(self, cfg: Mapping) -> None:
+        for key, value in cfg.items():
+            if key in self.__dict__:
+                self.__dict__[key] = value
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig.from_dict({k: getattr(self, k) for k in _MODEL_KEYS})
+
+    def __repr__(self) -> str:
+        return f"LightHuBERTConfig({self.__dict__})"
+
+
+class LightHuBERTSupernetConfig:
+    """The authors' ``model.supernet``: the search space and its subnets."""
+
+    def __init__(self, supernet_type: str = "base"):
+        self.supernet_type = supernet_type.lower()
+        self.space = get_space(self.supernet_type)
+
+    @property
+    def supernet(self) -> dict:
+        return {"atten_dim": 768, "embed_dim": 768, "ffn_ratio": 4.0, "heads_num": 12, "layer_num": 12}
+
+    @property
+    def search_space(self) -> dict:
+        return self.space.authors_dict()
+
+    @property
+    def search_space_size(self) -> int:
+        return self.space.num_subnets
+
+    @property
+    def num_subnets(self) -> int:
+        return self.space.num_subnets
+
+    @property
+    def dimensions(self) -> list:
+        return ["atten_dim", "embed_dim", "ffn_ratio", "heads_num", "layer_num"]
+
+    @property
+    def slide_mode(self) -> str:
+        return "stride"
+
+    @property
+    def subnet(self) -> dict:
+        """The default subnet (with the authors' extra ``ffn_ratio`` list)."""
+        sub = self.space.default_subnet
+        ratio = self.space.default_ratio
+        return {"atten_dim": sub["atten_dim"], "embed_dim": sub["embed_dim"], "ffn_ratio": [ratio] * sub["layer_num"],
+                "ffn_embed": sub["ffn_embed"], "heads_num": sub["heads_num"], "layer_num": sub["layer_num"],
+                "slide_wsz": sub["slide_wsz"]}
+
+    @property
+    def max_subnet(self) -> dict:
+        return self.space.max_subnet
+
+    @property
+    def min_subnet(self) -> dict:
+        return self.space.min_subnet
+
+    def sample_subnet(self, rng: random.Random | None = None) -> dict:
+        """A random subnet; from Python's global ``random`` by default, drawing in the authors' order."""
+        return self.space.sample(rng)
+
+
+class LightHuBERT(nn.Module):
+    """The supernet with the authors' interface (inference only).
+
+    Like the authors' model, a freshly built one runs the *max* subnet until
+    :meth:`set_sample_config` is called.
+    """
+
+    def __init__(self, cfg: LightHuBERTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.model_cfg = cfg.model_config()
+        self.supernet = LightHuBERTSupernetConfig(cfg.supernet_type)
+        for name, shape in released_layout(self.model_cfg).items():
+            *path, leaf = name.split(".")
+            module: nn.Module = self
+            for part in path:
+                if part not in module._modules:
+                    module.add_module(part, nn.Module())
+                module = module._modules[part]
+            module.register_parameter(leaf, nn.Parameter(self._init(name, shape)))
+        self._compact: SubnetModel | None = None
+        self.set_sample_config(self.supernet.max_subnet)
+
+    @staticmethod
+    def _init(name: str, shape: tuple[int, ...]) -> Tensor:
+        if name.endswith("weight_g"):
+            return torch.ones(shape)
+        if "norm" in name or ".2.1." in name or name.startswith("feature_extractor.conv_layers.0.2."):
+            return torch.ones(shape) if name.endswith("weight") else torch.zeros(shape)
+        if name.endswith("bias"):
+            return torch.zeros(shape)
+        return torch.randn(shape) * 0.02
+
+    # -- subnets
+
+    def set_sample_config(self, config: Mapping) -> None:
+        """Run the subnet ``config`` (the authors' dict) from now on."""
+        self.subnet_config = check_subnet(config)
+        self._compact = None
+
+    def calc_sampled_param_num(self) -> int:
+        """The current subnet's parameter count, as the authors count it."""
+        fixed = sum(p.numel() for n, p in self.named_parameters()
+                    if not n.startswith(("post_extract_proj", "encoder", "layer_pred_heads")))
+        return count_params(self.subnet_config, fixed)
+
+    def subnet_model(self) -> SubnetModel:
+        """The current subnet with its weights cut (once; again after a new subnet, new weights or
+        a move to another device or dtype)."""
+        if self._compact is None:
+            state = {k: v.detach() for k, v in self.state_dict().items()}
+            dtype = self.post_extract_proj.weight.dtype
+            compact = cut_subnet(state, self.model_cfg, self.subnet_config)
+            self._compact = SubnetModel.from_state(self.model_cfg, self.subnet_config, compact, dtype=dtype)
+        return self._compact
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        self._compact = None
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._compact = None
+        return super()._apply(fn, *args, **kwargs)
+
+    # -- forward
+
+    def extract_features(self, source: Tensor, padding_mask: Tensor | None = None, mask: bool = False,
+                         ret_conv: bool = False, ret_hs: bool = False, cat_heads: bool = False,
+                         output_layer: int | None = None) -> tuple[Any, Tensor | None]:
+        """source: (B, N) waveform at 16 kHz; padding_mask: (B, N) True on padded samples.
+
+        Returns (features, padding_mask): the last layer (B, T, E), or with ``ret_hs`` the list of
+        L + 1 hidden states, or with ``ret_conv`` hidden state 0; padding_mask (B, T) True on
+        padded frames, None when none was given.
+        """
+        if mask or cat_heads or output_layer is not None:
+            raise NotImplementedError("masking, prediction heads and output_layer are training features not supported here")
+        model = self.subnet_model()
+        lengths = None
+        if padding_mask is not None:
+            lengths = (~padding_mask.bool()).sum(-1)
+        with torch.no_grad():
+            if ret_hs:
+                out = model(source, lengths)
+                feature: Any = [out.hidden[i] for i in range(model.num_layers + 1)]
+            elif ret_conv:
+                out = model(source, lengths, layers=[0])
+                feature = out.hidden[0]
+            else:
+                out = model(source, lengths, layers=[], last=True)
+                feature = out.last
+        frames = (feature[0] if isinstance(feature, list) else feature).shape[1]
+        if padding_mask is None:
+            return feature, None
+        n = out.lengths if out.lengths is not None else torch.full((source.shape[0],), frames, device=source.device)
+        return feature, ~frame_mask(n, frames)
+
+    def forward(self, source: Tensor, padding_mask: Tensor | None = None, **kwargs: Any) -> dict:
+        hs, pm = self.extract_features(source, padding_mask, ret_hs=True)
+        x, _ = self.extract_features(source, padding_mask) if self.model_cfg.layer_norm_first else (hs[-1], None)
+        return {"x": x, "padding_mask": pm, "hidden_states": hs}

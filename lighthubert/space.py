@@ -1,0 +1,365 @@
+"""Search spaces, subnets and their parameter counts (SPEC.md §2).
+
+A *subnet* is the authors' dict::
+
+    {"atten_dim": [..L], "embed_dim": E, "ffn_embed": [..L], "heads_num": [..L],
+     "layer_num": L, "slide_wsz": ["global", ..L]}
+
+Everything here is plain Python: no tensors are needed to validate, sample, count or search subnets.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+HEAD_DIM = 64
+SUPERNET_LAYERS = 12
+SUPERNET_EMBED = 768
+SUPERNET_FFN = 3072
+POS_CONV_KERNEL = 128
+POS_CONV_GROUPS = 16
+SUBNET_KEYS = ("atten_dim", "embed_dim", "ffn_embed", "heads_num", "layer_num", "slide_wsz")
+
+# For each depth, which of the supernet's 12 layers run (1) and which are skipped (0).
+DEPTH_MAPS: dict[int, tuple[int, ...]] = {
+    12: (1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1),
+    11: (1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0),
+    10: (1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 0),
+    9: (1, 1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 0),
+    8: (1, 1, 1, 0, 1, 1, 1, 0, 1, 1, 0, 0),
+    7: (1, 1, 1, 0, 1, 1, 0, 0, 1, 1, 0, 0),
+    6: (1, 1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0),
+}
+
+
+class SubnetError(ValueError):
+    """A subnet dict (or JSON) that does not describe a subnet of the search space."""
+
+
+def kept_layers(layer_num: int) -> list[int]:
+    """Indices of the supernet layers a ``layer_num``-deep subnet runs, in order."""
+    return [i for i, keep in enumerate(DEPTH_MAPS[layer_num]) if keep]
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """One of the released search spaces (``base`` or ``small``)."""
+
+    name: str
+    embed_dim: tuple[int, ...]
+    heads_num: tuple[int, ...]
+    ffn_ratio: tuple[float, ...]
+    layer_num: tuple[int, ...]
+    default_embed: int
+    default_heads: int
+    default_ratio: float
+
+    @property
+    def num_subnets(self) -> int:
+        per_layer = len(self.ffn_ratio) * len(self.heads_num)
+        return len(self.embed_dim) * sum(per_layer**n for n in self.layer_num)
+
+    def make(self, embed_dim: int, heads: Iterable[int], ratios: Iterable[float]) -> dict:
+        """A subnet dict from per-layer heads and FFN ratios."""
+        heads, ratios = list(heads), list(ratios)
+        n = len(heads)
+        return {
+            "atten_dim": [HEAD_DIM * h for h in heads],
+            "embed_dim": embed_dim,
+            "ffn_embed": [int(r * embed_dim) for r in ratios],
+            "heads_num": heads,
+            "layer_num": n,
+            "slide_wsz": ["global"] * n,
+        }
+
+    @property
+    def default_subnet(self) -> dict:
+        return self.make(self.default_embed, [self.default_heads] * 12, [self.default_ratio] * 12)
+
+    @property
+    def max_subnet(self) -> dict:
+        n = max(self.layer_num)
+        return self.make(max(self.embed_dim), [max(self.heads_num)] * n, [max(self.ffn_ratio)] * n)
+
+    @property
+    def min_subnet(self) -> dict:
+        n = min(self.layer_num)
+        return self.make(min(self.embed_dim), [min(self.heads_num)] * n, [min(self.ffn_ratio)] * n)
+
+    def preset(self, name: str) -> dict:
+        presets = {"default": self.default_subnet, "max": self.max_subnet, "min": self.min_subnet}
+        if name not in presets:
+            raise SubnetError(f"unknown preset {name!r}; choose one of: default, max, min")
+        return presets[name]
+
+    def sample(self, rng: random.Random | None = None) -> dict:
+        """A random subnet. Draws from ``rng`` (the global ``random`` module when None) in the
+        authors' order, so the same seed gives the authors' ``sample_subnet()`` result."""
+        r = rng if rng is not None else random
+        n = r.choice(self.layer_num)
+        e = r.choice(self.embed_dim)
+        ffn = [int(r.choice(self.ffn_ratio) * e) for _ in range(n)]
+        heads = [r.choice(self.heads_num) for _ in range(n)]
+        return {
+            "atten_dim": [HEAD_DIM * h for h in heads],
+            "embed_dim": e,
+            "ffn_embed": ffn,
+            "heads_num": heads,
+            "layer_num": n,
+            "slide_wsz": ["global"] * n,
+        }
+
+    def validate(self, subnet: Any, *, strict: bool = True) -> dict:
+        """Check a subnet and return it normalised (lists of ints).
+
+        With ``strict`` the values must be in this search space; otherwise anything the 768-wide,
+        12-layer supernet can run is accepted (as the authors' code does).
+        """
+        sub = check_subnet(subnet)
+        if strict:
+            allowed = {
+                "embed_dim": self.embed_dim,
+                "heads_num": self.heads_num,
+                "layer_num": self.layer_num,
+            }
+            if sub["embed_dim"] not in self.embed_dim:
+                raise SubnetError(_not_in("embed_dim", sub["embed_dim"], self.embed_dim, self.name))
+            if sub["layer_num"] not in self.layer_num:
+                raise SubnetError(_not_in("layer_num", sub["layer_num"], self.layer_num, self.name))
+            ffn_allowed = sorted({int(r * sub["embed_dim"]) for r in self.ffn_ratio})
+            for i in range(sub["layer_num"]):
+                if sub["heads_num"][i] not in allowed["heads_num"]:
+                    raise SubnetError(
+                        _not_in(f"heads_num[{i}]", sub["heads_num"][i], self.heads_num, self.name)
+                    )
+                if sub["ffn_embed"][i] not in ffn_allowed:
+                    raise SubnetError(
+                        _not_in(f"ffn_embed[{i}]", sub["ffn_embed"][i], ffn_allowed, self.name)
+                        + f" (ratios {', '.join(map(str, self.ffn_ratio))} of embed_dim)"
+                    )
+        return sub
+
+    def authors_dict(self) -> dict:
+        """The authors' ``search_space`` property."""
+        return {
+            "atten_dim": [HEAD_DIM * h for h in self.heads_num],
+            "embed_dim": list(self.embed_dim),
+            "ffn_ratio": list(self.ffn_ratio),
+            "heads_num": list(self.heads_num),
+            "layer_num": list(self.layer_num),
+        }
+
+
+SPACES: dict[str, SearchSpace] = {
+    "base": SearchSpace("base", (512, 640, 768), (8, 10, 12), (3.5, 4.0), (12,), 640, 10, 4.0),
+    "small": SearchSpace(
+        "small", (256, 384, 512), (4, 6, 8), (3.0, 3.5, 4.0), (10, 11, 12), 384, 6, 4.0
+    ),
+}
+
+
+def get_space(name: str) -> SearchSpace:
+    try:
+        return SPACES[name.lower()]
+    except (KeyError, AttributeError):
+        raise SubnetError(f"unknown search space {name!r}; choose base or small") from None
+
+
+def _not_in(field: str, value: Any, allowed: Iterable, space: str) -> str:
+    return f"{field} is {value!r}; the {space} space allows {', '.join(map(str, allowed))}"
+
+
+def _int(value: Any, field: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SubnetError(f"{field} must be an integer, got {value!r}")
+    if isinstance(value, float):
+        if not math.isfinite(value) or value != int(value):
+            raise SubnetError(f"{field} must be an integer, got {value!r}")
+        value = int(value)
+    if not lo <= value <= hi:
+        raise SubnetError(f"{field} is {value}; it must be between {lo} and {hi}")
+    return value
+
+
+def check_subnet(subnet: Any) -> dict:
+    """Structural checks any subnet of the released 768-wide, 12-layer supernet must pass.
+
+    Returns a normalised copy: the six authors' keys, ints, ``slide_wsz`` all "global".
+    An ``ffn_ratio`` list (as the authors' default subnet carries) is accepted and checked
+    against ``ffn_embed``.
+    """
+    if not isinstance(subnet, Mapping):
+        raise SubnetError(f"a subnet must be a JSON object / dict, got {type(subnet).__name__}")
+    unknown = sorted(set(subnet) - set(SUBNET_KEYS) - {"ffn_ratio", "supernet", "params"})
+    if unknown:
+        raise SubnetError(
+            f"unknown subnet key(s) {', '.join(map(repr, unknown))}; "
+            f"expected {', '.join(SUBNET_KEYS)}"
+        )
+    missing = [k for k in ("embed_dim", "ffn_embed", "heads_num", "layer_num") if k not in subnet]
+    if missing:
+        raise SubnetError(f"subnet is missing {', '.join(missing)}")
+    n = _int(subnet["layer_num"], "layer_num", 1, SUPERNET_LAYERS)
+    if n not in DEPTH_MAPS:
+        raise SubnetError(
+            f"layer_num is {n}; the supernet has depth maps for {', '.join(map(str, sorted(DEPTH_MAPS)))}"
+        )
+    e = _int(subnet["embed_dim"], "embed_dim", 1, SUPERNET_EMBED)
+    if e % POS_CONV_GROUPS:
+        raise SubnetError(f"embed_dim is {e}; it must be a multiple of {POS_CONV_GROUPS}")
+
+    def per_layer(key: str) -> list:
+        value = subnet[key]
+        if not isinstance(value, (list, tuple)):
+            raise SubnetError(f"{key} must be a list of {n} values, got {value!r}")
+        if len(value) < n:
+            raise SubnetError(f"{key} has {len(value)} entries; layer_num is {n}")
+        return list(value[:n])
+
+    heads = [
+        _int(h, f"heads_num[{i}]", 1, SUPERNET_EMBED // HEAD_DIM)
+        for i, h in enumerate(per_layer("heads_num"))
+    ]
+    ffn = [_int(f, f"ffn_embed[{i}]", 1, SUPERNET_FFN) for i, f in enumerate(per_layer("ffn_embed"))]
+    for i, f in enumerate(ffn):
+        if math.ceil(f / e) > SUPERNET_FFN // SUPERNET_EMBED:
+            raise SubnetError(
+                f"ffn_embed[{i}] is {f}; with embed_dim {e} it can be at most "
+                f"{e * SUPERNET_FFN // SUPERNET_EMBED}"
+            )
+    if "atten_dim" in subnet:
+        atten = [_int(a, f"atten_dim[{i}]", 1, SUPERNET_EMBED) for i, a in enumerate(per_layer("atten_dim"))]
+        for i, (a, h) in enumerate(zip(atten, heads)):
+            if a != HEAD_DIM * h:
+                raise SubnetError(
+                    f"atten_dim[{i}] is {a} but heads_num[{i}] is {h}; atten_dim must be {HEAD_DIM} * heads_num"
+                )
+    if "ffn_ratio" in subnet:
+        ratios = per_layer("ffn_ratio")
+        for i, (r, f) in enumerate(zip(ratios, ffn)):
+            if isinstance(r, bool) or not isinstance(r, (int, float)) or int(r * e) != f:
+                raise SubnetError(f"ffn_ratio[{i}] is {r!r} but ffn_embed[{i}] is {f} (embed_dim {e})")
+    if "slide_wsz" in subnet:
+        for i, w in enumerate(per_layer("slide_wsz")):
+            if w != "global":
+                raise SubnetError(
+                    f"slide_wsz[{i}] is {w!r}: sliding-window attention is in no released search "
+                    "space and is not supported; use \"global\""
+                )
+    return {
+        "atten_dim": [HEAD_DIM * h for h in heads],
+        "embed_dim": e,
+        "ffn_embed": ffn,
+        "heads_num": heads,
+        "layer_num": n,
+        "slide_wsz": ["global"] * n,
+    }
+
+
+def parse_subnet(text: str) -> dict:
+    """A subnet from JSON text (structure checked; not yet matched against a space)."""
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise SubnetError(f"not valid JSON: {err}") from None
+    return check_subnet(value)
+
+
+# ----------------------------------------------------------------------------- parameter counts
+
+
+def layer_params(embed_dim: int, heads: int, ffn: int) -> int:
+    """Parameters of one sliced encoder layer: q, k, v, out projections, two layer norms, FFN."""
+    a = HEAD_DIM * heads
+    return 3 * (a * embed_dim + a) + (embed_dim * a + embed_dim) + 4 * embed_dim + 2 * ffn * embed_dim + ffn + embed_dim
+
+
+def embed_params(embed_dim: int, conv_dim: int = 512) -> int:
+    """Width-dependent parameters outside the layers: post_extract_proj, pos conv, final norm."""
+    pos_conv = embed_dim * (embed_dim // POS_CONV_GROUPS) * POS_CONV_KERNEL + embed_dim
+    return (conv_dim * embed_dim + embed_dim) + pos_conv + 2 * embed_dim
+
+
+def count_params(subnet: Mapping, fixed: int) -> int:
+    """The authors' ``calc_sampled_param_num``: ``fixed`` is every parameter outside the encoder,
+    ``post_extract_proj`` and the prediction heads (conv extractor, its norms, ``layer_norm``,
+    ``mask_emb``) of the checkpoint."""
+    e = subnet["embed_dim"]
+    layers = sum(
+        layer_params(e, h, f) for h, f in zip(subnet["heads_num"][: subnet["layer_num"]], subnet["ffn_embed"])
+    )
+    return fixed + embed_params(e) + layers
+
+
+# The fixed part of the released checkpoints (layer_norm extractor, 512 channels, 768-wide mask_emb).
+RELEASED_FIXED_PARAMS = 4_208_384
+
+
+def best_under_budget(
+    budget: int, spaces: Iterable[SearchSpace], fixed: int = RELEASED_FIXED_PARAMS
+) -> tuple[dict, SearchSpace, int] | None:
+    """The subnet with the most parameters not above ``budget``, searched exactly.
+
+    A subnet's count is a fixed part (per width) plus a sum over its layers, and the order of the
+    layers does not change it, so for each width and depth every multiset of per-layer choices is
+    enumerated. Returns (subnet, space, params), or None when every subnet is above the budget.
+    Ties go to the deeper, then wider subnet.
+    """
+    best: tuple[int, int, int, dict, SearchSpace] | None = None
+    for space in spaces:
+        for e in space.embed_dim:
+            options = sorted(
+                ((layer_params(e, h, int(r * e)), h, r) for h in space.heads_num for r in space.ffn_ratio),
+                reverse=True,
+            )
+            base = fixed + embed_params(e)
+            for n in space.layer_num:
+                found = _best_multiset([o[0] for o in options], n, budget - base)
+                if found is None:
+                    continue
+                total, picks = found
+                key = (base + total, n, e)
+                if best is None or key > best[:3]:
+                    heads = [options[i][1] for i in picks]
+                    ratios = [options[i][2] for i in picks]
+                    best = (*key, space.make(e, heads, ratios), space)
+    if best is None:
+        return None
+    return best[3], best[4], best[0]
+
+
+def _best_multiset(costs: list[int], n: int, budget: int) -> tuple[int, tuple[int, ...]] | None:
+    """Largest sum of ``n`` costs (with repetition, as a multiset of indices) not above budget."""
+    if budget < n * min(costs):
+        return None
+    best_total, best_pick = -1, None
+    for pick in itertools.combinations_with_replacement(range(len(costs)), n):
+        total = sum(costs[i] for i in pick)
+        if best_total < total <= budget:
+            best_total, best_pick = total, pick
+    return best_total, best_pick
+
+
+def parse_budget(text: str) -> int:
+    """``30M``, ``30m``, ``3e7``, ``30000000``, ``1.5G``, ``500k`` -> a positive parameter count."""
+    s = str(text).strip().replace("_", "").replace(",", "")
+    scale = 1
+    units = {"k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9}
+    if s and s[-1].lower() in units:
+        scale = units[s[-1].lower()]
+        s = s[:-1]
+    try:
+        value = float(s)
+    except ValueError:
+        raise SubnetError(f"{text!r} is not a parameter budget; write e.g. 30M, 30m, 3e7 or 30000000") from None
+    total = value * scale
+    if not math.isfinite(total) or total <= 0:
+        raise SubnetError(f"{text!r} is not a parameter budget; it must be a positive number")
+    if total > 10**12:
+        raise SubnetError(f"{text!r} is not a sensible parameter budget (over 10^12)")
+    return int(total)
