@@ -100,15 +100,16 @@ class Extractor:
     def normalize(self) -> bool:
         return self.checkpoint.normalize
 
-    def batch(self, waves: Sequence[Tensor | np.ndarray]) -> tuple[Tensor, Tensor]:
-        """Normalise each waveform over its own samples if the checkpoint asks for it, then pad.
+    def batch(self, waves: Sequence[Tensor | np.ndarray], normalized: bool = False) -> tuple[Tensor, Tensor]:
+        """Normalise each waveform over its own samples if the checkpoint asks for it (and
+        ``normalized`` does not say it was done already), then pad.
         Returns (B, N) in ``dtype`` on the device and the (B,) lengths."""
         tensors = [torch.as_tensor(w, dtype=torch.float32).reshape(-1) for w in waves]
         lengths = torch.tensor([len(t) for t in tensors])
         out = torch.zeros(len(tensors), int(lengths.max()), dtype=torch.float32, device=self.device)
         for i, t in enumerate(tensors):
             t = t.to(self.device, non_blocking=True)
-            out[i, : len(t)] = F.layer_norm(t, t.shape) if self.normalize else t
+            out[i, : len(t)] = F.layer_norm(t, t.shape) if self.normalize and not normalized else t
         return out.to(self.dtype), lengths.to(self.device)
 
     @torch.inference_mode()

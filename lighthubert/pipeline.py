@@ -1,0 +1,285 @@
+"""Extracting a list of audio files into a features file.
+
+Three stages overlap: decoding in a thread pool (``num_workers``), the forward pass in the calling
+thread, HDF5 writing in a writer thread. Files are sorted by length and packed into batches of at
+most ``batch_seconds`` of padded audio, so padding stays small. A file longer than
+``max_chunk_seconds`` is cut into chunks of that length (a multiple of 320 samples), run without
+context across chunk borders, and its chunks' features are concatenated (one frame fewer per chunk
+border than an uncut run would give).
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Iterable, Protocol
+
+import numpy as np
+import torch
+
+from .audio import MIN_SAMPLES, SAMPLE_RATE, AudioError, audio_frames, load_audio
+from .extractor import Extractor
+from .features import FeatureWriter, OutputError
+from .inputs import Item
+
+HOP = 320
+MAX_BATCH = 256
+
+
+@dataclass
+class Options:
+    layers: list[int]
+    save_dtype: str = "float32"
+    batch_seconds: float = 60.0
+    max_chunk_seconds: float = 0.0
+    """0: never cut."""
+    num_workers: int = 2
+    strict: bool = False
+    flush_seconds: float = 5.0
+
+
+class Reporter(Protocol):
+    def start(self, files: int, seconds: float, done_before: int) -> None: ...
+    def advance(self, files: int, seconds: float) -> None: ...
+    def skipped(self, item: Item, reason: str) -> None: ...
+
+
+class _Quiet:
+    def start(self, files: int, seconds: float, done_before: int) -> None: ...
+    def advance(self, files: int, seconds: float) -> None: ...
+    def skipped(self, item: Item, reason: str) -> None: ...
+
+
+@dataclass
+class Summary:
+    files: int = 0
+    seconds: float = 0.0
+    skipped: list[tuple[Item, str]] = field(default_factory=list)
+    wall: float = 0.0
+    interrupted: bool = False
+    done_before: int = 0
+    timings: dict[str, float] = field(default_factory=lambda: {"decode_wait": 0.0, "compute": 0.0, "write_wait": 0.0})
+
+
+class StrictStop(Exception):
+    """--strict and an input was bad."""
+
+
+def estimate_samples(item: Item) -> int:
+    """16 kHz samples from the file header; 0 when unknown."""
+    info = audio_frames(item.path)
+    if info is None:
+        return 0
+    frames, rate = info
+    return math.ceil(frames * SAMPLE_RATE / rate) if rate > 0 else 0
+
+
+def plan_batches(sizes: list[tuple[Item, int]], batch_samples: int, chunk_samples: int) -> list[list[tuple[Item, int]]]:
+    """Longest first; files longer than a chunk go alone; others packed so that
+    (files in batch) * (longest) <= batch_samples."""
+    ordered = sorted(sizes, key=lambda s: (-s[1], s[0].key))
+    batches: list[list[tuple[Item, int]]] = []
+    current: list[tuple[Item, int]] = []
+    for item, n in ordered:
+        if chunk_samples and n > chunk_samples:
+            batches.append([(item, n)])
+            continue
+        if current and ((len(current) + 1) * current[0][1] > batch_samples or len(current) >= MAX_BATCH):
+            batches.append(current)
+            current = []
+        current.append((item, n))
+    if current:
+        batches.append(current)
+    return batches
+
+
+def chunk_bounds(n: int, chunk: int) -> list[tuple[int, int]]:
+    """[start, end) of each chunk; a tail shorter than 400 samples joins the previous chunk."""
+    if not chunk or n <= chunk:
+        return [(0, n)]
+    bounds = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < MIN_SAMPLES:
+        last = bounds.pop()
+        bounds[-1] = (bounds[-1][0], last[1])
+    return bounds
+
+
+class _Writer(threading.Thread):
+    """Writes finished utterances off the compute path; flushes every ``flush_seconds``."""
+
+    def __init__(self, writer: FeatureWriter, flush_seconds: float):
+        super().__init__(name="lhb-writer", daemon=True)
+        self.writer = writer
+        self.flush_seconds = flush_seconds
+        self.queue: queue.Queue = queue.Queue(maxsize=64)
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        last = time.monotonic()
+        while True:
+            job = self.queue.get()
+            if job is None:
+                break
+            if self.error is not None:
+                continue
+            try:
+                if job == "flush":
+                    self.writer.flush()
+                    continue
+                key, data, source, n, chunks = job
+                self.writer.write(key, data, source=source, num_samples=n, chunks=chunks)
+                if time.monotonic() - last > self.flush_seconds:
+                    self.writer.flush()
+                    last = time.monotonic()
+            except BaseException as err:  # noqa: BLE001 - reported to the compute thread
+                self.error = err
+
+    def put(self, job) -> None:
+        self.check()
+        self.queue.put(job)
+
+    def check(self) -> None:
+        if self.error is not None:
+            err = self.error
+            raise OutputError(f"{self.writer.path}: writing failed: {_os_reason(err)}") from None
+
+    def finish(self) -> None:
+        self.queue.put(None)
+        self.join()
+
+
+def _os_reason(err: BaseException) -> str:
+    text = str(err)
+    if "No space left" in text or getattr(err, "errno", None) == 28:
+        return "no space left on the device (the file is valid up to the last complete utterance; free space and --resume)"
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _decode(item: Item) -> np.ndarray | AudioError:
+    if not item.path.is_file():
+        return AudioError("no such file" if not item.path.exists() else "not a file")
+    try:
+        return load_audio(item.path)
+    except AudioError as err:
+        return err
+    except Exception as err:  # noqa: BLE001 - any decoder failure is a reason to skip, not to crash
+        return AudioError(f"cannot decode: {type(err).__name__}: {err}")
+
+
+def extract(items: Iterable[Item], extractor: Extractor, writer: FeatureWriter, options: Options,
+            reporter: Reporter | None = None, stop: threading.Event | None = None) -> Summary:
+    """Extract every item not already in ``writer.done``; returns what happened."""
+    reporter = reporter or _Quiet()
+    stop = stop or threading.Event()
+    t0 = time.monotonic()
+    todo = [it for it in items if it.key not in writer.done]
+    summary = Summary(done_before=len(writer.done))
+    workers = max(1, int(options.num_workers))
+    chunk = int(options.max_chunk_seconds * SAMPLE_RATE) // HOP * HOP if options.max_chunk_seconds else 0
+    batch_samples = max(int(options.batch_seconds * SAMPLE_RATE), MIN_SAMPLES)
+    save_dtype = np.dtype(options.save_dtype)
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lhb-decode") as pool:
+        sizes = list(zip(todo, pool.map(estimate_samples, todo)))
+        reporter.start(len(todo), sum(n for _, n in sizes) / SAMPLE_RATE, len(writer.done))
+        batches = plan_batches(sizes, batch_samples, chunk)
+        pending: deque[list[tuple[Item, Future]]] = deque()
+        ahead = max(2, workers)
+        out = _Writer(writer, options.flush_seconds)
+        out.start()
+        try:
+            next_batch = 0
+            while next_batch < len(batches) or pending:
+                while next_batch < len(batches) and len(pending) < ahead:
+                    pending.append([(it, pool.submit(_decode, it)) for it, _ in batches[next_batch]])
+                    next_batch += 1
+                if stop.is_set():
+                    summary.interrupted = True
+                    break
+                batch = pending.popleft()
+                t = time.monotonic()
+                decoded = [(it, fut.result()) for it, fut in batch]
+                summary.timings["decode_wait"] += time.monotonic() - t
+                good = []
+                for it, wave in decoded:
+                    if isinstance(wave, AudioError):
+                        summary.skipped.append((it, str(wave)))
+                        writer.skip(it.key, str(it.path), str(wave))
+                        reporter.skipped(it, str(wave))
+                        if options.strict:
+                            raise StrictStop(f"{it.path}: {wave}")
+                    else:
+                        good.append((it, wave))
+                t = time.monotonic()
+                results = _compute(good, extractor, options.layers, chunk, batch_samples, save_dtype)
+                summary.timings["compute"] += time.monotonic() - t
+                t = time.monotonic()
+                for job in results:
+                    out.put(job)
+                if stop.is_set():
+                    out.put("flush")
+                summary.timings["write_wait"] += time.monotonic() - t
+                files = len(decoded)
+                seconds = sum(len(w) for _, w in good) / SAMPLE_RATE
+                summary.files += len(good)
+                summary.seconds += seconds
+                reporter.advance(files, seconds)
+        finally:
+            for batch in pending:
+                for _, fut in batch:
+                    fut.cancel()
+            out.finish()
+            out.check()
+    summary.wall = time.monotonic() - t0
+    return summary
+
+
+def _compute(good: list[tuple[Item, np.ndarray]], extractor: Extractor, layers: list[int], chunk: int,
+             batch_samples: int, save_dtype: np.dtype) -> list[tuple]:
+    """Run one planned batch; returns writer jobs (key, array, source, num_samples, chunks)."""
+    if not good:
+        return []
+    jobs = []
+    if len(good) == 1 and chunk and len(good[0][1]) > chunk:
+        item, wave = good[0]
+        wave_t = torch.from_numpy(wave)
+        if extractor.normalize:  # the whole file is the utterance: normalise before cutting
+            wave_t = torch.nn.functional.layer_norm(wave_t, wave_t.shape)
+        pieces = [wave_t[s:e] for s, e in chunk_bounds(len(wave), chunk)]
+        per = max(1, batch_samples // chunk)
+        feats = []
+        for i in range(0, len(pieces), per):
+            feats += _run(extractor, pieces[i:i + per], layers, normalized=True)
+        data = np.concatenate(feats, axis=-2).astype(save_dtype, copy=False)
+        jobs.append((item.key, _squeeze(data, layers), str(item.path), len(wave), len(pieces)))
+        return jobs
+    feats = _run(extractor, [w for _, w in good], layers, normalized=False)
+    for (item, wave), data in zip(good, feats):
+        jobs.append((item.key, _squeeze(data.astype(save_dtype, copy=False), layers), str(item.path), len(wave), 1))
+    return jobs
+
+
+def _squeeze(data: np.ndarray, layers: list[int]) -> np.ndarray:
+    return data[0] if len(layers) == 1 else data
+
+
+def _run(extractor: Extractor, waves: list, layers: list[int], normalized: bool) -> list[np.ndarray]:
+    """Forward pass; on CUDA out-of-memory the batch is split in halves and retried."""
+    try:
+        wave, lengths = extractor.batch(waves, normalized=normalized)
+        stacked, n = extractor.run(wave, lengths, layers)
+        stacked = stacked.float().cpu().numpy() if stacked.dtype == torch.bfloat16 else stacked.cpu().numpy()
+        n = n.cpu().tolist()
+        return [stacked[b, :, : n[b]] for b in range(len(waves))]
+    except torch.OutOfMemoryError:
+        if len(waves) == 1:
+            raise
+        torch.cuda.empty_cache()
+        half = len(waves) // 2
+        return _run(extractor, waves[:half], layers, normalized) + _run(extractor, waves[half:], layers, normalized)
+
