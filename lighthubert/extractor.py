@@ -106,11 +106,22 @@ class Extractor:
         Returns (B, N) in ``dtype`` on the device and the (B,) lengths."""
         tensors = [torch.as_tensor(w, dtype=torch.float32).reshape(-1) for w in waves]
         lengths = torch.tensor([len(t) for t in tensors])
-        out = torch.zeros(len(tensors), int(lengths.max()), dtype=torch.float32, device=self.device)
+        cuda = self.device.type == "cuda"
+        host = torch.zeros(len(tensors), int(lengths.max()), dtype=torch.float32, pin_memory=cuda)
         for i, t in enumerate(tensors):
-            t = t.to(self.device, non_blocking=True)
-            out[i, : len(t)] = F.layer_norm(t, t.shape) if self.normalize and not normalized else t
-        return out.to(self.dtype), lengths.to(self.device)
+            host[i, : len(t)] = t
+        x = host.to(self.device, non_blocking=True)
+        n = lengths.to(self.device, non_blocking=True)
+        if self.normalize and not normalized:
+            if len(tensors) == 1:
+                x = F.layer_norm(x, x.shape[1:])
+            else:  # F.layer_norm(w, w.shape) of each utterance, over its real samples only
+                real = (torch.arange(x.shape[1], device=self.device)[None, :] < n[:, None]).float()
+                count = n[:, None].float()
+                mean = x.sum(1, keepdim=True) / count
+                var = ((x - mean) * real).pow(2).sum(1, keepdim=True) / count
+                x = (x - mean) * torch.rsqrt(var + 1e-5) * real
+        return x.to(self.dtype), n
 
     @torch.inference_mode()
     def run(self, wave: Tensor, lengths: Tensor | None, layers: list[int]) -> tuple[Tensor, Tensor]:

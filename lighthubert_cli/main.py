@@ -118,6 +118,7 @@ def extract(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing OUTPUT.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Stop at the first bad input (exit 1).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary; errors only.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also print where the time went and the GPU memory peak.")] = False,
     compression: Annotated[Compression, typer.Option("--compression", help="HDF5 compression of the features.")] = Compression.none,
     seed: SeedOpt = 0,
     trust_checkpoint: TrustOpt = False,
@@ -213,6 +214,15 @@ def extract(
         err(f"done: {summary.files} files, {hms(summary.seconds)} of audio in {hms(summary.wall)} "
             f"({speed:,.0f}x real time); {out_path} ({size(out_path.stat().st_size)}) holds {done_total} utterances"
             + (f"; skipped {len(summary.skipped)}" if summary.skipped else ""))
+    if verbose and not quiet:
+        t = summary.timings
+        peak = ""
+        if dev.type == "cuda":
+            import torch
+
+            peak = f"; GPU memory peak {size(torch.cuda.max_memory_allocated(dev))}"
+        err(f"time: waiting for decoding {t['decode_wait']:.2f} s, compute (incl. transfers) {t['compute']:.2f} s, "
+            f"waiting for the writer {t['write_wait']:.2f} s, total {summary.wall:.2f} s{peak}")
     if summary.skipped:
         raise typer.Exit(EXIT_SKIPPED)
 

@@ -1,0 +1,174 @@
+"""Shared, session-scoped fixtures: random checkpoints in the released layout (dicts and files), the
+checkpoints loaded by the library, the authors' models and our drop-in models (each built once per
+kind and reused with ``set_sample_config``), and the real speech in ``shared/data/speech``.
+
+Everything heavy is built lazily, on the first test that asks for a kind.
+
+Kinds: ``small`` and ``base`` use the layer_norm extractor with ``normalize`` true, ``stage1`` the
+default (GroupNorm) extractor with ``normalize`` false, so both extractor modes are covered.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+
+import lighthubert
+from oracle import authors, build_model
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+SPEECH_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech"
+README = Path(__file__).resolve().parents[2] / "shared" / "seed" / "LightHuBERT-README.md"
+
+KINDS = ("small", "base", "stage1")
+SEEDS = {"small": 11, "base": 22, "stage1": 33}
+SUPERNET_TYPE = {"small": "small", "base": "base", "stage1": "base"}
+
+
+class Lazy(dict):
+    """A dict that builds a missing entry with ``factory(key)`` the first time it is asked for."""
+
+    def __init__(self, factory: Callable):
+        super().__init__()
+        self.factory = factory
+
+    def __missing__(self, key):
+        value = self[key] = self.factory(key)
+        return value
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _threads():
+    # The suite is sized for a 2-core machine; keep torch from oversubscribing it.
+    torch.set_num_threads(min(torch.get_num_threads(), 2))
+
+
+@pytest.fixture(scope="session")
+def ckpt_dicts() -> Lazy:
+    """kind -> ``lighthubert.random_checkpoint(kind, SEEDS[kind])`` (the dict)."""
+    return Lazy(lambda kind: lighthubert.random_checkpoint(kind, SEEDS[kind]))
+
+
+@pytest.fixture(scope="session")
+def ckpt_files(tmp_path_factory) -> Lazy:
+    """kind -> path of ``lighthubert.write_random_checkpoint(path, kind, SEEDS[kind])``."""
+    folder = tmp_path_factory.mktemp("checkpoints")
+    return Lazy(lambda kind: Path(lighthubert.write_random_checkpoint(folder / f"random_{kind}.pt", kind, SEEDS[kind])))
+
+
+@pytest.fixture(scope="session")
+def ckpts(ckpt_files) -> Lazy:
+    """kind -> the library's :class:`Checkpoint` of the random file."""
+    return Lazy(lambda kind: lighthubert.load_checkpoint(ckpt_files[kind]))
+
+
+@pytest.fixture(scope="session")
+def authors_models(ckpt_dicts) -> Lazy:
+    """kind -> the authors' ``LightHuBERT`` with the random weights (eval mode). Its attribute
+    ``initial_params`` is ``calc_sampled_param_num()`` right after construction."""
+
+    def make(kind):
+        d = ckpt_dicts[kind]
+        model = build_model(d["cfg"]["model"], SUPERNET_TYPE[kind])
+        model.initial_params = model.calc_sampled_param_num()
+        model.load_state_dict(d["model"], strict=False)
+        return model
+
+    return Lazy(make)
+
+
+@pytest.fixture(scope="session")
+def dropin_models(ckpt_dicts) -> Lazy:
+    """kind -> our drop-in ``lighthubert.LightHuBERT`` with the random weights. Its attribute
+    ``initial_params`` is ``calc_sampled_param_num()`` right after construction."""
+
+    def make(kind):
+        d = ckpt_dicts[kind]
+        cfg = lighthubert.LightHuBERTConfig(d["cfg"]["model"])
+        cfg.supernet_type = SUPERNET_TYPE[kind]
+        model = lighthubert.LightHuBERT(cfg).eval()
+        model.initial_params = model.calc_sampled_param_num()
+        result = model.load_state_dict(d["model"], strict=False)
+        assert not result.missing_keys
+        return model
+
+    return Lazy(make)
+
+
+@pytest.fixture(scope="session")
+def speech() -> list[tuple[str, np.ndarray]]:
+    """Every file of ``shared/data/speech``: (relative path, 16 kHz mono float32 waveform)."""
+    if not SPEECH_DIR.is_dir():
+        pytest.skip(f"no speech data at {SPEECH_DIR}")
+    files = sorted(p for p in SPEECH_DIR.rglob("*") if p.is_file() and p.suffix.lower() in (".wav", ".flac"))
+    if not files:
+        pytest.skip(f"no speech files in {SPEECH_DIR}")
+    return [(p.relative_to(SPEECH_DIR).as_posix(), lighthubert.load_audio(p)) for p in files]
+
+
+@pytest.fixture(scope="session")
+def short_speech(speech) -> list[np.ndarray]:
+    """Two short real utterances (about 0.6 s and 1 s, lengths that are not multiples of the
+    320-sample hop) for sweeps over many subnets."""
+    by_len = sorted((w for _, w in speech), key=len)
+    return [by_len[0][:16000 + 517], by_len[1][3000:3000 + 9999]]
+
+
+def authors_default_subnet(kind: str) -> dict:
+    """The subnet the authors' code runs for a released file of this kind by default: the space's
+    default subnet for Base/Small; the base max subnet for Stage 1."""
+    space = authors().LightHuBERTSupernetConfig(SUPERNET_TYPE[kind])
+    return space.max_subnet if kind == "stage1" else space.subnet
+
+
+def authors_hidden_states(model, wave: np.ndarray | torch.Tensor, normalize: bool) -> list[torch.Tensor]:
+    """The authors' hidden states of one utterance: L+1 float32 tensors (T, E)."""
+    w = torch.as_tensor(wave, dtype=torch.float32)
+    if normalize:
+        w = torch.nn.functional.layer_norm(w, w.shape)
+    with torch.no_grad():
+        hs, _ = model.extract_features(w[None], ret_hs=True)
+    return [h[0] for h in hs]
+
+
+@pytest.fixture(scope="session")
+def authors_default_outputs(authors_models, ckpt_dicts, speech) -> Lazy:
+    """kind -> [hidden states of every speech file] from the authors' model, default subnet."""
+
+    def make(kind):
+        model = authors_models[kind]
+        model.set_sample_config(authors_default_subnet(kind))
+        normalize = ckpt_dicts[kind]["cfg"]["task"]["normalize"]
+        return [authors_hidden_states(model, w, normalize) for _, w in speech]
+
+    return Lazy(make)
+
+
+@pytest.fixture(scope="session")
+def ours_default_outputs(ckpt_files, speech) -> Lazy:
+    """kind -> (Extractor from ``lighthubert.load(path)``, [(L+1, T, E) of every speech file, run alone])."""
+
+    def make(kind):
+        ext = lighthubert.load(str(ckpt_files[kind]), device="cpu")
+        return ext, [ext([w], layers="all") for _, w in speech]
+
+    return Lazy(make)
+
+
+def frames_for(n: int) -> int:
+    """SPEC §3 step 2: frames of an n-sample input through the released conv stack."""
+    for k, s in [(10, 5)] + [(3, 2)] * 4 + [(2, 2)] * 2:
+        n = (n - k) // s + 1 if n >= k else 0
+    return n
+
+
+def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    """max |ours - ref| / max |ref| (float32)."""
+    assert ours.shape == ref.shape, (tuple(ours.shape), tuple(ref.shape))
+    ref = ref.float()
+    return float((ours.float() - ref).abs().max() / ref.abs().max())
