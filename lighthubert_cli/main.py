@@ -118,6 +118,8 @@ def extract(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing OUTPUT.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Stop at the first bad input (exit 1).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary; errors only.")] = False,
+    keep_parts: Annotated[bool, typer.Option(
+        "--keep-parts", help="With several processes: keep each rank's part in OUTPUT.parts/ instead of merging (join later with lhb merge).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also print where the time went and the GPU memory peak.")] = False,
     compression: Annotated[Compression, typer.Option("--compression", help="HDF5 compression of the features.")] = Compression.none,
     seed: SeedOpt = 0,
@@ -131,11 +133,15 @@ def extract(
     from lighthubert.extractor import Extractor, resolve_device, resolve_dtype, resolve_layers
     from lighthubert.features import FeatureWriter, OutputError, check_output_path, run_attrs
     from lighthubert.inputs import InputError, list_inputs
-    from lighthubert.pipeline import Options, StrictStop, extract as run_extract
+    from lighthubert.distributed import detect_world, parts_dir
+    from lighthubert.pipeline import Options
     from lighthubert.space import SubnetError
 
     if resume and overwrite:
         raise Fail("--resume and --overwrite exclude each other", EXIT_USAGE)
+    world = detect_world()
+    if world.distributed and device == "auto" and torch_cuda_available():
+        device = f"cuda:{world.local_rank}"
     dev = _usage(resolve_device, device, what="--device: ")
     torch_dtype = _usage(resolve_dtype, dtype.value, dev, what="--dtype: ")
     try:
@@ -144,9 +150,13 @@ def extract(
         raise Fail(str(e)) from None
     try:
         out_path = check_output_path(output, resume=resume, overwrite=overwrite)
+        if not world.distributed and parts_dir(out_path).exists():
+            raise OutputError(f"{parts_dir(out_path)}: parts of a run with several processes are there; "
+                              f"join them with: lhb merge {out_path} {parts_dir(out_path)}")
     except OutputError as e:
         raise Fail(str(e)) from None
-    ckpt = _load_checkpoint(checkpoint, seed, trust_checkpoint, quiet)
+    quiet_here = quiet or world.rank != 0
+    ckpt = _load_checkpoint(checkpoint, seed, trust_checkpoint, quiet_here)
     try:
         sub = ckpt.resolve_subnet(subnet)
     except SubnetError as e:
@@ -161,19 +171,15 @@ def extract(
         version=lighthubert.__version__, max_chunk_seconds=max_chunk_seconds, num_layers=n_layers,
         embed_dim=sub["embed_dim"],
     )
-    if not quiet:
+    if not quiet_here:
         label = "RANDOM WEIGHTS: these features mean nothing; " if ckpt.random else ""
+        ranks = f"; {world.size} processes ({world.launcher})" if world.distributed else ""
         err(f"{label}checkpoint {ckpt.name}, subnet {extractor.params / 1e6:.1f}M params "
-            f"({n_layers} layers, width {sub['embed_dim']}), {dev} {str(torch_dtype).replace('torch.', '')}")
-    try:
-        writer = FeatureWriter(out_path, attrs, resume=resume, compression=compression.value)
-    except OutputError as e:
-        raise Fail(str(e)) from None
+            f"({n_layers} layers, width {sub['embed_dim']}), {dev} {str(torch_dtype).replace('torch.', '')}{ranks}")
     options = Options(
         layers=idx, save_dtype=save_dtype.value, max_chunk_seconds=max_chunk_seconds, num_workers=num_workers,
         batch_seconds=batch_seconds or (200.0 if dev.type == "cuda" else 30.0), strict=strict,
     )
-    reporter = Reporter(quiet=quiet)
     stop = threading.Event()
     received: list[int] = []
 
@@ -185,34 +191,29 @@ def extract(
         err(f"\nstopping after the current batch ({signal.Signals(signum).name}); signal again to stop at once")
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    complete = False
     try:
-        summary = run_extract(items, extractor, writer, options, reporter, stop)
-        complete = not summary.interrupted
-    except StrictStop as e:
-        reporter.stop()
-        writer.close(complete=False)
-        raise Fail(f"{e} (--strict)") from None
-    except OutputError as e:
-        reporter.stop()
-        try:
-            writer.close(complete=False)
-        except Exception:  # noqa: BLE001 - the disk may be full; the last flush stands
-            pass
-        raise Fail(str(e)) from None
+        if world.distributed:
+            summary, target = _run_ranks(world, items, extractor, attrs, options, out_path, resume, overwrite,
+                                         keep_parts, compression.value, quiet, stop)
+        else:
+            try:
+                writer = FeatureWriter(out_path, attrs, resume=resume, compression=compression.value)
+            except OutputError as e:
+                raise Fail(str(e)) from None
+            summary = _run_one(items, extractor, writer, options, Reporter(quiet=quiet), stop)
+            target = out_path
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-    reporter.stop()
-    writer.close(complete=complete)
-    done_total = summary.done_before + summary.files
     if summary.interrupted:
-        err(f"stopped: {done_total} utterances are in {out_path}; to finish, run the same command with --resume")
+        if world.rank == 0:
+            where = target if target == out_path else parts_dir(out_path)
+            err(f"stopped: what is done is kept in {where}; to finish, run the same command with --resume")
         raise typer.Exit(130 if received and received[0] == signal.SIGINT else 143)
-    if not quiet:
+    if not quiet and world.rank == 0:
         speed = summary.seconds / summary.wall if summary.wall else 0.0
         err(f"done: {summary.files} files, {hms(summary.seconds)} of audio in {hms(summary.wall)} "
-            f"({speed:,.0f}x real time); {out_path} ({size(out_path.stat().st_size)}) holds {done_total} utterances"
+            f"({speed:,.0f}x real time); {target} ({size(_size_of(target))}) holds {summary.done_before + summary.files} utterances"
             + (f"; skipped {len(summary.skipped)}" if summary.skipped else ""))
     if verbose and not quiet:
         t = summary.timings
@@ -225,6 +226,149 @@ def extract(
             f"waiting for the writer {t['write_wait']:.2f} s, total {summary.wall:.2f} s{peak}")
     if summary.skipped:
         raise typer.Exit(EXIT_SKIPPED)
+
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _size_of(path: Path) -> int:
+    """Bytes of a features file, or of the parts in a parts folder."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.glob("*.h5"))
+    return path.stat().st_size if path.exists() else 0
+
+
+def _run_one(items, extractor, writer, options, reporter, stop):
+    """One process's extraction into ``writer``; failures become ``Fail`` after closing the file."""
+    from lighthubert.features import OutputError
+    from lighthubert.pipeline import StrictStop, extract as run_extract
+
+    try:
+        summary = run_extract(items, extractor, writer, options, reporter, stop)
+    except (StrictStop, OutputError) as e:
+        reporter.stop()
+        try:
+            writer.close(complete=False)
+        except Exception:  # noqa: BLE001 - e.g. a full disk; the last flush stands
+            pass
+        raise Fail(f"{e} (--strict)" if isinstance(e, StrictStop) else str(e)) from None
+    reporter.stop()
+    writer.close(complete=not summary.interrupted)
+    return summary
+
+
+class _RankReporter:
+    """Pushes this rank's progress into the group's store; on rank 0 also shows the whole job.
+    After each batch it checks whether another rank failed, and stops this one if so."""
+
+    def __init__(self, group, shown: Reporter | None, stop: threading.Event):
+        self.group, self.shown, self.stop_event = group, shown, stop
+        self.total_files = 0
+
+    def start(self, files: int, seconds: float, done_before: int) -> None:
+        if self.shown is not None:
+            self.shown.start(self.total_files, self.total_seconds, self.done_before)
+
+    def advance(self, files: int, seconds: float) -> None:
+        self.group.add("files", files)
+        self.group.add("ms", int(seconds * 1000))
+        self.tick()
+        if self.group.add("failed", 0) > 0:
+            self.stop_event.set()
+
+    def tick(self) -> None:
+        if self.shown is not None:
+            files, seconds = self.group.add("files", 0), self.group.add("ms", 0) / 1000
+            self.shown.advance(files - self.shown.files, seconds - self.shown.seconds)
+
+    def skipped(self, item, reason: str) -> None:
+        err(f"skipped {item.path}: {reason}")
+
+    def stop(self) -> None:
+        """The display stops once every rank has finished (see _run_ranks)."""
+
+
+def _run_ranks(world, items, extractor, attrs, options, out_path, resume, overwrite, keep_parts, compression,
+               quiet, stop):
+    """This rank's share of a job with several processes; rank 0 plans, waits for all, merges."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lighthubert.distributed import Group, balance, done_keys, merge, part_path, parts_dir, remove_parts, wait_for
+    from lighthubert.features import FeatureWriter, OutputError
+    from lighthubert.pipeline import Summary, estimate_samples
+
+    group = Group(world, out_path)
+    try:
+        plan: dict = {}
+        if world.rank == 0:
+            try:
+                if overwrite:
+                    remove_parts(out_path)
+                elif parts_dir(out_path).exists() and not resume:
+                    raise OutputError(f"{parts_dir(out_path)}: parts of an interrupted run are there; "
+                                      "pass --resume to complete them or --overwrite to start again")
+                done = done_keys(out_path, resume)
+                todo = [i for i, it in enumerate(items) if it.key not in done]
+                with ThreadPoolExecutor(max_workers=max(2, options.num_workers)) as pool:
+                    sizes = list(zip(todo, pool.map(lambda i: estimate_samples(items[i]), todo)))
+                plan = {"shares": balance(sizes, world.size), "done": len(done),
+                        "seconds": sum(n for _, n in sizes) / 16000}
+                parts_dir(out_path).mkdir(parents=True, exist_ok=True)
+            except OutputError as e:
+                plan = {"error": str(e)}
+        plan = group.broadcast(plan)
+        if "error" in plan:
+            raise Fail(plan["error"])
+        mine = [items[i] for i in plan["shares"][world.rank]]
+        shown = Reporter(quiet=quiet) if world.rank == 0 else None
+        reporter = _RankReporter(group, shown, stop)
+        reporter.total_files = sum(len(s) for s in plan["shares"])
+        reporter.total_seconds, reporter.done_before = plan["seconds"], plan["done"]
+        status = {"rank": world.rank, "error": None, "interrupted": False, "skipped": 0, "files": 0, "seconds": 0.0}
+        summary = Summary()
+        try:
+            writer = FeatureWriter(part_path(out_path, world.rank), attrs, resume=True, compression=compression)
+            summary = _run_one(mine, extractor, writer, options, reporter, stop)
+            status.update(interrupted=summary.interrupted, skipped=len(summary.skipped), files=summary.files,
+                          seconds=summary.seconds)
+        except (Fail, OutputError) as e:
+            status["error"] = str(e)
+            group.add("failed", 1)
+        group.add("finished", 1)
+        if world.rank == 0:
+            wait_for(group, "finished", world.size, on_tick=reporter.tick)
+            reporter.tick()
+        statuses = group.gather(status)
+        if shown is not None:
+            shown.stop()
+        failed = [s for s in statuses if s["error"]]
+        if status["error"]:
+            raise Fail(f"rank {world.rank}: {status['error']}")
+        if failed:
+            if world.rank == 0:
+                raise Fail(f"rank {failed[0]['rank']} failed ({failed[0]['error']}); the finished work is kept in "
+                           f"{parts_dir(out_path)}; run the same command with --resume to complete it")
+            raise typer.Exit(EXIT_FAIL)
+        whole = Summary(files=sum(s["files"] for s in statuses), seconds=sum(s["seconds"] for s in statuses),
+                        interrupted=any(s["interrupted"] for s in statuses), done_before=plan["done"],
+                        wall=summary.wall, timings=summary.timings)
+        whole.skipped = [(None, "")] * sum(s["skipped"] for s in statuses) if world.rank == 0 else summary.skipped
+        if whole.interrupted or world.rank != 0:
+            return whole, parts_dir(out_path)
+        if keep_parts:
+            return whole, parts_dir(out_path)
+        parts = sorted(parts_dir(out_path).glob("part-*.h5"))
+        try:
+            merge(out_path, parts, include_output=resume, complete=True)
+        except OutputError as e:
+            raise Fail(f"merging the parts failed: {e}; they are kept in {parts_dir(out_path)}") from None
+        remove_parts(out_path)
+        return whole, out_path
+    finally:
+        group.close()
 
 
 @app.command("subnet")
@@ -342,6 +486,43 @@ def _subnet_table(item: dict) -> None:
         table.add_row(str(i), str(item["heads_num"][i]), str(item["atten_dim"][i]), str(item["ffn_embed"][i]),
                       f"{item['ffn_embed'][i] / item['embed_dim']:g}")
     Console(stderr=True).print(table)
+
+
+@app.command()
+def merge(
+    output: Annotated[Path, typer.Argument(help="The features file to write (kept and added to if it exists).", show_default=False)],
+    parts: Annotated[Optional[list[Path]], typer.Argument(
+        help="Part files or folders of parts. Default: OUTPUT.parts/.", show_default=False)] = None,
+    remove_parts: Annotated[bool, typer.Option("--remove-parts", help="Delete the parts once merged.")] = False,
+) -> None:
+    """Join the parts of a run with several processes (lhb extract --keep-parts) into OUTPUT.
+
+    Example: lhb merge feats.h5 feats.h5.parts
+    """
+    import shutil
+
+    from lighthubert.distributed import merge as merge_files, parts_dir
+    from lighthubert.features import OutputError
+
+    sources = parts or [parts_dir(output)]
+    files: list[Path] = []
+    for src in sources:
+        if src.is_dir():
+            files += sorted(src.glob("part-*.h5")) or sorted(src.glob("*.h5"))
+        elif src.is_file():
+            files.append(src)
+        else:
+            raise Fail(f"{src}: no such file or folder")
+    if not files:
+        raise Fail(f"no parts found in {', '.join(map(str, sources))}")
+    try:
+        n = merge_files(output, files, include_output=True)
+    except OutputError as e:
+        raise Fail(str(e)) from None
+    err(f"merged {len(files)} parts into {output}: {n} utterances ({size(output.stat().st_size)})")
+    if remove_parts:
+        for src in sources:
+            shutil.rmtree(src) if src.is_dir() else src.unlink()
 
 
 @app.command()

@@ -83,6 +83,14 @@ def authors_models(ckpt_dicts) -> Lazy:
 
 
 @pytest.fixture(scope="session")
+def authors_counters(ckpt_dicts) -> Lazy:
+    """kind -> the authors' ``LightHuBERT`` moved to the meta device: their own
+    ``set_sample_config`` + ``calc_sampled_param_num`` without copying real weights (1 s a subnet on
+    CPU), for parameter counts only."""
+    return Lazy(lambda kind: build_model(ckpt_dicts[kind]["cfg"]["model"], SUPERNET_TYPE[kind]).to("meta"))
+
+
+@pytest.fixture(scope="session")
 def dropin_models(ckpt_dicts) -> Lazy:
     """kind -> our drop-in ``lighthubert.LightHuBERT`` with the random weights. Its attribute
     ``initial_params`` is ``calc_sampled_param_num()`` right after construction."""

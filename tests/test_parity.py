@@ -1,0 +1,149 @@
+"""Hidden states against the authors' implementation (SPEC.md §3): the Extractor from
+``lighthubert.load`` and the compact ``SubnetModel`` of ``Checkpoint.model(subnet)``, for the three
+kinds (both extractor modes), on real speech; and batches against single utterances."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lighthubert
+from lighthubert import SPACES
+from conftest import KINDS, authors_default_subnet, authors_hidden_states, frames_for, rel_err
+
+TOL = 1e-4
+BATCH_TOL = 1e-5
+
+
+def check_parity(ours, theirs, what):
+    """ours: (L+1, T, E) tensor or list; theirs: list of L+1 (T, E) tensors."""
+    assert len(ours) == len(theirs), what
+    for i, (o, t) in enumerate(zip(ours, theirs)):
+        err = rel_err(o, t)
+        assert err <= TOL, f"{what}: hidden state {i} differs by {err:.2e} (relative)"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_default_subnet_all_speech(kind, ours_default_outputs, authors_default_outputs, ckpt_dicts, speech):
+    """lighthubert.load(path) with no subnet: the checkpoint's default subnet, on every speech file."""
+    ext, ours = ours_default_outputs[kind]
+    subnet = authors_default_subnet(kind)
+    assert ext.subnet == {k: v for k, v in subnet.items() if k != "ffn_ratio"}
+    assert ext.normalize == ckpt_dicts[kind]["cfg"]["task"]["normalize"]
+    assert ext.checkpoint.cfg.extractor_mode == ("default" if kind == "stage1" else "layer_norm")
+    theirs = authors_default_outputs[kind]
+    for (name, wave), o, t in zip(speech, ours, theirs):
+        assert o.dtype == torch.float32
+        assert o.shape == (subnet["layer_num"] + 1, frames_for(len(wave)), subnet["embed_dim"]), name
+        check_parity(o, t, f"{kind} {name}")
+
+
+def subnets_for(kind: str) -> list[dict]:
+    """Random subnets of the kind's space (seeded), plus the min and max presets; for the small
+    space also hand-made 10- and 11-layer subnets with every FFN ratio."""
+    space = SPACES["small" if kind == "small" else "base"]
+    rng = random.Random({"small": 7, "base": 8, "stage1": 9}[kind])
+    n = {"small": 5, "base": 3, "stage1": 2}[kind]
+    subs = [space.sample(rng) for _ in range(n)] + [space.min_subnet, space.max_subnet]
+    if kind == "small":
+        subs.append(space.make(384, [4, 8, 6, 4, 8, 6, 4, 8, 6, 8], [3.0, 3.5, 4.0, 3.5, 3.0, 4.0, 3.5, 3.5, 3.0, 4.0]))
+        subs.append(space.make(512, [8, 4, 6, 6, 4, 8, 8, 4, 6, 4, 8], [3.5, 4.0, 3.0, 3.5, 3.5, 4.0, 3.0, 3.0, 4.0, 3.5, 3.5]))
+    return subs
+
+
+def test_subnet_sweep_covers_the_hard_cases():
+    small = subnets_for("small")
+    assert {s["layer_num"] for s in small} >= {10, 11, 12}
+    ratios = {f / s["embed_dim"] for k in KINDS for s in subnets_for(k) for f in s["ffn_embed"]}
+    assert 3.5 in ratios and 3.0 in ratios
+    base = subnets_for("base")
+    assert any(3.5 * s["embed_dim"] in s["ffn_embed"] for s in base[:3])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_random_subnets_short_speech(kind, ckpts, authors_models, short_speech):
+    """Random subnets (and min/max) of each kind: the compact SubnetModel run directly and the
+    Extractor both match the authors' model."""
+    ckpt, model = ckpts[kind], authors_models[kind]
+    for sub in subnets_for(kind):
+        model.set_sample_config(sub)
+        compact = ckpt.model(sub)
+        assert compact.num_layers == sub["layer_num"]
+        ext = lighthubert.Extractor(ckpt, sub, device="cpu")
+        for j, wave in enumerate(short_speech):
+            theirs = authors_hidden_states(model, wave, ckpt.normalize)
+            w = torch.from_numpy(wave)
+            if ckpt.normalize:
+                w = F.layer_norm(w, w.shape)
+            with torch.no_grad():
+                out = compact(w[None])
+            direct = [out.hidden[i][0] for i in range(sub["layer_num"] + 1)]
+            what = f"{kind} L={sub['layer_num']} E={sub['embed_dim']} utt{j}"
+            check_parity(direct, theirs, what + " (SubnetModel)")
+            check_parity(ext([wave], layers="all"), theirs, what + " (Extractor)")
+
+
+@pytest.mark.parametrize("kind", ["small", "stage1"])
+def test_selected_layers_match_all_layers(kind, ours_default_outputs, speech):
+    """layers='last', a list and negative indices pick the same tensors as layers='all'."""
+    ext, ours = ours_default_outputs[kind]
+    wave, every = speech[2][1], ours[2]
+    last = ext([wave])
+    assert last.shape == every.shape[1:]
+    assert torch.equal(last, every[-1])
+    picked = ext([wave], layers=[0, 3, -1])
+    assert picked.shape[0] == 3
+    for got, i in zip(picked, [0, 3, ext.num_layers]):
+        assert torch.allclose(got, every[i], rtol=0, atol=1e-6 * float(every[i].abs().max()))
+
+
+def test_too_short_input_is_an_error(ours_default_outputs):
+    ext, _ = ours_default_outputs["small"]
+    with pytest.raises(ValueError, match="400"):
+        ext([np.zeros(399, dtype=np.float32)])
+    assert ext([np.random.default_rng(0).standard_normal(400).astype(np.float32)]).shape == (1, ext.embed_dim)
+
+
+def pick_batch(speech, count=4):
+    """``count`` utterances of different lengths, the shortest ones (padding cost stays small)."""
+    chosen, lengths = [], set()
+    for name, w in sorted(speech, key=lambda item: len(item[1])):
+        if len(w) not in lengths:
+            chosen.append((name, w))
+            lengths.add(len(w))
+        if len(chosen) == count:
+            break
+    return chosen
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_batch_equals_single(kind, ours_default_outputs, speech):
+    """A batch of utterances of different lengths: each gets the hidden states it gets alone
+    (layer_norm mode for small/base, GroupNorm over real frames only for stage1)."""
+    ext, single = ours_default_outputs[kind]
+    index = {name: i for i, (name, _) in enumerate(speech)}
+    batch = pick_batch(speech)
+    # an extra utterance that is the longest one cut short, not on a frame boundary
+    batch.append(("cut", batch[-1][1][: len(batch[-1][1]) - 1234]))
+    feats = ext([w for _, w in batch], layers="all")
+    cut_alone = ext([batch[-1][1]], layers="all")
+    assert len(feats) == len(batch)
+    for (name, wave), got in zip(batch, feats):
+        alone = cut_alone if name == "cut" else single[index[name]]
+        assert got.shape == alone.shape == (ext.num_layers + 1, frames_for(len(wave)), ext.embed_dim), name
+        for i, (g, a) in enumerate(zip(got, alone)):
+            err = rel_err(g, a)
+            assert err <= BATCH_TOL, f"{kind} {name}: hidden state {i} differs by {err:.2e} in a batch"
+
+
+def test_batch_order_does_not_matter(ours_default_outputs, speech):
+    ext, _ = ours_default_outputs["stage1"]
+    batch = [w for _, w in pick_batch(speech, 3)]
+    forward = ext(batch, layers=[0, ext.num_layers])
+    backward = ext(batch[::-1], layers=[0, ext.num_layers])[::-1]
+    for f, b in zip(forward, backward):
+        assert rel_err(f, b) <= BATCH_TOL
