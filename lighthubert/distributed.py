@@ -184,9 +184,10 @@ def remove_parts(output: Path) -> None:
     shutil.rmtree(parts_dir(output), ignore_errors=True)
 
 
-def wait_for(group: Group, key: str, count: int, on_tick=None, poll: float = 0.5) -> None:
-    """Block until the store counter ``key`` reaches ``count``, calling ``on_tick`` meanwhile."""
-    while group.add(key, 0) < count:
+def wait_for(group: Group, key: str, count: int, on_tick=None, poll: float = 0.5, stop=None) -> None:
+    """Block until the store counter ``key`` reaches ``count`` (or ``stop`` is set), calling
+    ``on_tick`` meanwhile."""
+    while group.add(key, 0) < count and not (stop is not None and stop.is_set()):
         if on_tick:
             on_tick()
         time.sleep(poll)

@@ -150,7 +150,7 @@ def extract(
         raise Fail(str(e)) from None
     try:
         out_path = check_output_path(output, resume=resume, overwrite=overwrite)
-        if not world.distributed and parts_dir(out_path).exists():
+        if not world.distributed and any(parts_dir(out_path).glob("part-*.h5")):
             raise OutputError(f"{parts_dir(out_path)}: parts of a run with several processes are there; "
                               f"join them with: lhb merge {out_path} {parts_dir(out_path)}")
     except OutputError as e:
@@ -307,7 +307,7 @@ def _run_ranks(world, items, extractor, attrs, options, out_path, resume, overwr
             try:
                 if overwrite:
                     remove_parts(out_path)
-                elif parts_dir(out_path).exists() and not resume:
+                elif any(parts_dir(out_path).glob("part-*.h5")) and not resume:
                     raise OutputError(f"{parts_dir(out_path)}: parts of an interrupted run are there; "
                                       "pass --resume to complete them or --overwrite to start again")
                 done = done_keys(out_path, resume)
@@ -338,9 +338,23 @@ def _run_ranks(world, items, extractor, attrs, options, out_path, resume, overwr
             status["error"] = str(e)
             group.add("failed", 1)
         group.add("finished", 1)
+        if stop.is_set() and not status["error"]:
+            # Stopped (signal, or another rank failed): the part is closed and valid. Do not wait for
+            # ranks that may be gone; --resume completes the job.
+            if shown is not None:
+                shown.stop()
+            if group.add("failed", 0) and world.rank == 0:
+                raise Fail(f"another rank failed; the finished work is kept in {parts_dir(out_path)}; "
+                           "run the same command with --resume to complete it")
+            summary.interrupted = True
+            return summary, parts_dir(out_path)
         if world.rank == 0:
-            wait_for(group, "finished", world.size, on_tick=reporter.tick)
+            wait_for(group, "finished", world.size, on_tick=reporter.tick, stop=stop)
             reporter.tick()
+            if stop.is_set():
+                shown.stop()
+                summary.interrupted = True
+                return summary, parts_dir(out_path)
         statuses = group.gather(status)
         if shown is not None:
             shown.stop()
