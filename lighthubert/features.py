@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -56,20 +57,31 @@ class FeatureWriter:
         self.path = Path(path)
         self.compression = None if compression in (None, "none") else compression
         self.skipped: list[dict] = []
+        self.broken = False
         if resume and self.path.exists():
             self.file = self._open_existing(attrs)
         else:
-            try:
-                self.file = h5py.File(self.path, "w", libver=("v108", "latest"))
-            except OSError as err:
-                raise OutputError(f"{self.path}: cannot create: {err}") from None
-            for k, v in attrs.items():
-                self.file.attrs[k] = v
-            self.file.attrs["complete"] = False
-            self.file.attrs["skipped"] = "[]"
-            self.file.create_group(GROUP)
-            self.file.flush()
+            self.file = self._create(attrs)
         self.done: set[str] = set(keys(self.file))
+
+    def _create(self, attrs: Mapping[str, Any]) -> h5py.File:
+        """A new, valid file is built under a temporary name and renamed over OUTPUT, so that OUTPUT
+        is never a half-initialised file (an old OUTPUT stays until the new one is ready)."""
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.new")
+        try:
+            with h5py.File(tmp, "w", libver=("v108", "latest")) as f:
+                for k, v in attrs.items():
+                    f.attrs[k] = v
+                f.attrs["complete"] = False
+                f.attrs["skipped"] = "[]"
+                f.create_group(GROUP)
+            os.replace(tmp, self.path)
+            return h5py.File(self.path, "a")
+        except OSError as err:
+            raise OutputError(f"{self.path}: cannot create: {_reason(err)}") from None
+        finally:
+            if tmp.exists():
+                tmp.unlink()
 
     def _open_existing(self, attrs: Mapping[str, Any]) -> h5py.File:
         try:
@@ -93,7 +105,23 @@ class FeatureWriter:
             f.create_group(GROUP)
         return f
 
+    RESERVE = 1 << 20
+    """Bytes kept free for metadata, so that a full disk stops the run before the file breaks."""
+
     def write(self, key: str, data: np.ndarray, *, source: str, num_samples: int, chunks: int = 1) -> None:
+        free = shutil.disk_usage(self.path.parent).free
+        if free < data.nbytes + self.RESERVE:
+            raise OutputError(
+                f"{self.path}: no space left on the device ({free / 2**20:.1f} MB free, {data.nbytes / 2**20:.1f} MB "
+                "needed); the file is valid up to the last complete utterance: free space, then --resume"
+            )
+        try:
+            self._write(key, data, source=source, num_samples=num_samples, chunks=chunks)
+        except OSError:
+            self.broken = True
+            raise
+
+    def _write(self, key: str, data: np.ndarray, *, source: str, num_samples: int, chunks: int) -> None:
         name = f"{GROUP}/{key}"
         if name in self.file:  # a dataset left by an interrupted run: replace it
             del self.file[name]
@@ -108,11 +136,17 @@ class FeatureWriter:
         self.skipped.append({"key": key, "path": source, "reason": reason})
 
     def flush(self) -> None:
-        self.file.attrs["skipped"] = json.dumps(self.skipped)
-        self.file.flush()
+        try:
+            self.file.attrs["skipped"] = json.dumps(self.skipped)
+            self.file.flush()
+        except OSError:
+            self.broken = True
+            raise
 
     def close(self, complete: bool) -> None:
-        if self.file:
+        """Record the end of the run and close. After a failed write (``broken``) HDF5's state is
+        not to be trusted: nothing more is written; the file stays as of the last flush."""
+        if self.file and not self.broken:
             self.file.attrs["complete"] = bool(complete)
             self.file.attrs["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             self.flush()

@@ -40,7 +40,7 @@ class Options:
     """0: never cut."""
     num_workers: int = 2
     strict: bool = False
-    flush_seconds: float = 5.0
+    flush_seconds: float = 1.0
 
 
 class Reporter(Protocol):
@@ -146,6 +146,8 @@ class _Writer(threading.Thread):
     def check(self) -> None:
         if self.error is not None:
             err = self.error
+            if isinstance(err, OutputError):
+                raise err
             raise OutputError(f"{self.writer.path}: writing failed: {_os_reason(err)}") from None
 
     def finish(self) -> None:
@@ -155,8 +157,11 @@ class _Writer(threading.Thread):
 
 def _os_reason(err: BaseException) -> str:
     text = str(err)
-    if "No space left" in text or getattr(err, "errno", None) == 28:
+    errno = getattr(err, "errno", None)
+    if "No space left" in text or errno == 28:
         return "no space left on the device (the file is valid up to the last complete utterance; free space and --resume)"
+    if "File too large" in text or errno == 27:
+        return "file too large for this filesystem or limit (the file is valid up to the last complete utterance)"
     return text.splitlines()[0] if text else type(err).__name__
 
 

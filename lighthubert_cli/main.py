@@ -250,10 +250,12 @@ def _run_one(items, extractor, writer, options, reporter, stop):
         summary = run_extract(items, extractor, writer, options, reporter, stop)
     except (StrictStop, OutputError) as e:
         reporter.stop()
-        try:
-            writer.close(complete=False)
-        except Exception:  # noqa: BLE001 - e.g. a full disk; the last flush stands
-            pass
+        if writer.broken:
+            # HDF5 failed mid-write: closing could write more. Leave the file as of its last flush
+            # and skip the library's finalisers.
+            err(f"lhb: error: {e}")
+            os._exit(EXIT_FAIL)
+        writer.close(complete=False)
         raise Fail(f"{e} (--strict)" if isinstance(e, StrictStop) else str(e)) from None
     reporter.stop()
     writer.close(complete=not summary.interrupted)

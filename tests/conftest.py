@@ -76,7 +76,7 @@ def authors_models(ckpt_dicts) -> Lazy:
         d = ckpt_dicts[kind]
         model = build_model(d["cfg"]["model"], SUPERNET_TYPE[kind])
         model.initial_params = model.calc_sampled_param_num()
-        model.load_state_dict(d["model"], strict=False)
+        model.load_result = model.load_state_dict(d["model"], strict=False)
         return model
 
     return Lazy(make)

@@ -1,0 +1,330 @@
+"""Reliability: killed runs lose nothing, signals stop cleanly, a full disk fails cleanly, hostile
+specs / budgets / lists give clear errors, and long or odd audio works."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import soundfile as sf
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import lighthubert
+from lighthubert.features import keys
+from lighthubert.inputs import InputError, list_inputs
+from lighthubert.space import SPACES, SubnetError, check_subnet, count_params, parse_budget, parse_subnet
+
+SPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech"
+LHB = shutil.which("lhb")
+needs_cli = pytest.mark.skipif(not (LHB and SPEECH.is_dir()), reason="needs the installed lhb and the speech data")
+FAST = ["--layers", "0,1", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return lighthubert.write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "small.pt", "small", seed=9)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """36 real speech files (three copies of the example set)."""
+    root = tmp_path_factory.mktemp("corpus")
+    for i in range(3):
+        shutil.copytree(SPEECH, root / f"c{i}")
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, ckpt, corpus) -> Path:
+    out = tmp_path_factory.mktemp("ref") / "ref.h5"
+    subprocess.run([LHB, "extract", str(corpus), str(out), "-c", str(ckpt), *FAST, "-q"], check=True)
+    return out
+
+
+def check_subset(path: Path, reference: Path) -> int:
+    """Every utterance in ``path`` is complete and equal to the uninterrupted run's; returns how many."""
+    with h5py.File(path, "r") as f, h5py.File(reference, "r") as r:
+        got = keys(f)
+        for k in got:
+            x, y = f["features"][k][()], r["features"][k][()]
+            assert x.shape == y.shape, k
+            assert np.abs(x - y).max() <= 1e-5 * np.abs(y).max(), k
+        return len(got)
+
+
+def run(args, **kw):
+    return subprocess.run([LHB, *args], capture_output=True, text=True, **kw)
+
+
+# ----------------------------------------------------------------------------- crash safety
+
+
+@needs_cli
+def test_sigkill_at_random_points_then_resume(tmp_path, ckpt, corpus, reference):
+    out = tmp_path / "out.h5"
+    args = ["extract", str(corpus), str(out), "-c", str(ckpt), *FAST, "--batch-seconds", "4", "-q"]
+    rng = random.Random(1234)
+    seen = []
+    for attempt in range(5):
+        proc = subprocess.Popen([LHB, *args, "--resume"], stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(2.0, 12.0))
+        if proc.poll() is not None:
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if out.exists():  # it always opens, and whatever it holds is right
+            seen.append(check_subset(out, reference))
+    assert seen and max(seen) > 0, "no kill happened after the first utterances were written"
+    final = run(args + ["--resume"])
+    assert final.returncode == 0, final.stderr
+    assert check_subset(out, reference) == 36
+    with h5py.File(out) as f:
+        assert bool(f.attrs["complete"])
+
+
+@needs_cli
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_stops_after_batch_and_resume_completes(tmp_path, ckpt, corpus, reference, sig, code):
+    out = tmp_path / "out.h5"
+    args = ["extract", str(corpus), str(out), "-c", str(ckpt), *FAST, "--batch-seconds", "4"]
+    proc = subprocess.Popen([LHB, *args], stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:  # plain progress lines: wait for the run to start
+        if line.startswith("extracting"):
+            break
+    time.sleep(2.0)
+    proc.send_signal(sig)
+    err = proc.stderr.read()
+    proc.wait(timeout=120)
+    assert proc.returncode == code, err
+    assert "--resume" in err
+    with h5py.File(out) as f:
+        assert not bool(f.attrs["complete"])
+    n = check_subset(out, reference)
+    assert n < 36
+    final = run(args + ["--resume", "-q"])
+    assert final.returncode == 0, final.stderr
+    assert check_subset(out, reference) == 36
+
+
+@needs_cli
+def test_full_disk_fails_cleanly_and_keeps_the_file(tmp_path, ckpt, corpus, reference):
+    """OUTPUT on a 4 MB filesystem: one clear line, exit 1, and a file valid up to the last complete
+    utterance that --resume completes once there is room."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        out = disk / "out.h5"
+        args = ["extract", str(corpus), str(out), "-c", str(ckpt), *FAST, "--batch-seconds", "4", "-q"]
+        proc = run(args, timeout=300)
+        assert proc.returncode == 1, proc.stderr
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and str(out) in lines[0] and "no space left" in lines[0], proc.stderr
+        n = check_subset(out, reference)
+        assert 0 < n < 36
+        moved = tmp_path / "out.h5"
+        shutil.copy(out, moved)
+    finally:
+        subprocess.run(["umount", str(disk)])
+    done = run([*args[:2], str(moved), *args[3:], "--resume"], timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert check_subset(moved, reference) == 36
+
+
+@needs_cli
+def test_unwritable_output_folder_fails_before_any_audio(tmp_path, ckpt):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running with permissions that ignore the folder mode")
+        p = run(["extract", str(SPEECH), str(locked / "o.h5"), "-c", str(ckpt)])
+        assert p.returncode == 1 and "not writable" in p.stderr and "extracting" not in p.stderr
+    finally:
+        locked.chmod(0o700)
+    p = run(["extract", str(SPEECH), str(tmp_path / "missing" / "o.h5"), "-c", str(ckpt)])
+    assert p.returncode == 1 and "does not exist" in p.stderr and "extracting" not in p.stderr
+
+
+# ----------------------------------------------------------------------------- hostile specs, budgets, lists
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**30, 10**30) | st.floats(allow_nan=True) | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=14) | st.dictionaries(st.text(max_size=10), children, max_size=8),
+    max_leaves=40,
+)
+subnet_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "atten_dim": st.lists(st.integers(-100, 1000) | st.floats(), max_size=14) | json_values,
+        "embed_dim": st.sampled_from([256, 384, 512, 640, 768, 0, -1, 10**20, 1.5, "512", None]),
+        "ffn_embed": st.lists(st.integers(-10, 4000), max_size=14) | json_values,
+        "heads_num": st.lists(st.integers(-2, 20), max_size=14) | json_values,
+        "layer_num": st.integers(-3, 20) | json_values,
+        "slide_wsz": st.lists(st.sampled_from(["global", 32, "local"]), max_size=14),
+        "extra": json_values,
+    },
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(json_values, subnet_like))
+def test_subnet_parser_gives_clear_errors_or_valid_subnets(value):
+    try:
+        sub = check_subnet(value)
+    except SubnetError as e:
+        assert str(e) and "\n" not in str(e)
+        return
+    # accepted: it must really be runnable on the supernet
+    assert 1 <= sub["embed_dim"] <= 768 and sub["embed_dim"] % 16 == 0
+    assert len(sub["heads_num"]) == len(sub["ffn_embed"]) == sub["layer_num"]
+    assert all(a == 64 * h for a, h in zip(sub["atten_dim"], sub["heads_num"]))
+    assert count_params(sub, 0) > 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=40))
+def test_subnet_json_text_never_crashes(text):
+    try:
+        parse_subnet(text)
+    except SubnetError as e:
+        assert str(e)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=20),
+                 st.from_regex(r"\A[+-]?\d{0,12}(\.\d{0,4})?([eE][+-]?\d{1,3})?[kKmMgGbB]?\Z")))
+def test_budget_parser(text):
+    try:
+        n = parse_budget(text)
+    except SubnetError as e:
+        assert text in str(e) or repr(text) in str(e)
+        return
+    assert isinstance(n, int) and 0 < n <= 10**12
+
+
+@pytest.mark.parametrize("text", ["-5M", "abc", "1e99", "0", "", "nan", "inf", "M", "--3"])
+def test_bad_budgets_are_refused(text):
+    with pytest.raises(SubnetError):
+        parse_budget(text)
+
+
+@pytest.mark.parametrize("text,value", [("30M", 30_000_000), ("30m", 30_000_000), ("3e7", 30_000_000),
+                                        ("30000000", 30_000_000), ("1.5k", 1500), ("2G", 2_000_000_000)])
+def test_good_budgets(text, value):
+    assert parse_budget(text) == value
+
+
+line_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"), max_size=24)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(line_text, max_size=8), st.sampled_from([".txt", ".lst", ".scp", ".tsv"]))
+def test_list_parser_gives_items_or_clear_errors(tmp_path, lines, ext):
+    path = tmp_path / f"list{ext}"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    try:
+        items = list_inputs(path)
+    except InputError as e:
+        assert str(path) in str(e) and "\n" not in str(e)
+        return
+    assert items
+    assert len({it.key for it in items}) == len(items)
+    for it in items:
+        assert it.key and not it.key.startswith("/") and "//" not in it.key
+
+
+@needs_cli
+def test_list_with_missing_paths_spaces_and_unicode(tmp_path, ckpt):
+    audio = tmp_path / "dir with spaces"
+    audio.mkdir()
+    src = SPEECH / "spk1" / "utt03.wav"
+    shutil.copy(src, audio / "é ü 音声.wav")
+    shutil.copy(src, audio / "plain.wav")
+    lst = tmp_path / "list.txt"
+    lst.write_text("\n# a comment\n  dir with spaces/é ü 音声.wav  \n\ndir with spaces/plain.wav\nmissing/nothing.wav\n", encoding="utf-8")
+    out = tmp_path / "o.h5"
+    p = run(["extract", str(lst), str(out), "-c", str(ckpt), *FAST])
+    assert p.returncode == 3, p.stderr
+    assert "missing/nothing.wav" in p.stderr and "no such file" in p.stderr
+    with h5py.File(out) as f:
+        assert sorted(keys(f)) == ["dir with spaces/plain", "dir with spaces/é ü 音声"]
+        skipped = json.loads(f.attrs["skipped"])
+        assert [s["key"] for s in skipped] == ["missing/nothing"]
+    dup = tmp_path / "dup.scp"
+    dup.write_text(f"a {src}\nb {src}\na {src}\n", encoding="utf-8")
+    p = run(["extract", str(dup), str(tmp_path / "d.h5"), "-c", str(ckpt)])
+    assert p.returncode == 1 and f"{dup}:3" in p.stderr and f"{dup}:1" in p.stderr
+    assert not (tmp_path / "d.h5").exists()
+
+
+# ----------------------------------------------------------------------------- long and odd audio
+
+
+@needs_cli
+def test_ten_minute_file_in_bounded_memory_on_cpu(tmp_path, ckpt):
+    speech = np.concatenate([lighthubert.load_audio(p) for p in sorted(SPEECH.rglob("*.wav"))])
+    n = 600 * 16000
+    wave = np.tile(speech, n // len(speech) + 1)[:n]
+    folder = tmp_path / "long"
+    folder.mkdir()
+    sf.write(folder / "long.wav", wave, 16000, subtype="PCM_16")
+    out = tmp_path / "long.h5"
+    code = ("import resource, sys, subprocess; r = subprocess.run(sys.argv[1:]); "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)")
+    p = subprocess.run([shutil.which("python") or "python", "-c", code, LHB, "extract", str(folder), str(out), "-c", str(ckpt),
+                        "--layers", "0,1", "--device", "cpu", "-q"], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    peak_mb = int(p.stdout.strip().splitlines()[-1]) / 1024
+    assert peak_mb < 6000, f"peak RSS {peak_mb:.0f} MB"
+    chunk = 120 * 16000
+    expected = 5 * (chunk // 320 - 1)  # five 120 s chunks, one frame fewer each than an uncut run
+    with h5py.File(out) as f:
+        x = f["features/long"]
+        assert x.shape == (2, expected, 384)
+        assert x.attrs["chunks"] == 5
+        assert np.isfinite(x[()]).all()
+
+
+@needs_cli
+def test_odd_audio(tmp_path, ckpt):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    speech = lighthubert.load_audio(SPEECH / "spk1" / "utt03.wav")
+    sf.write(folder / "silence.wav", np.zeros(16000, np.float32), 16000)
+    sf.write(folder / "clipped.wav", np.sign(speech) * 1.0, 16000, subtype="PCM_16")
+    sf.write(folder / "min400.wav", rng.standard_normal(400).astype(np.float32) * 0.1, 16000, subtype="FLOAT")
+    sf.write(folder / "short399.wav", rng.standard_normal(399).astype(np.float32) * 0.1, 16000, subtype="FLOAT")
+    for rate in (8000, 22050, 44100, 48000):
+        sf.write(folder / f"rate{rate}.wav", np.resize(speech, rate), rate, subtype="PCM_16")
+    for ch in (1, 2, 6):
+        sf.write(folder / f"ch{ch}.flac", np.stack([speech[:32000]] * ch, axis=1), 16000)
+    out = tmp_path / "odd.h5"
+    p = run(["extract", str(folder), str(out), "-c", str(ckpt), "--layers", "last", "--device", "cpu"])
+    assert p.returncode == 3, p.stderr
+    assert "short399" in p.stderr and "too short" in p.stderr
+    with h5py.File(out) as f:
+        got = {k: f["features"][k][()] for k in keys(f)}
+    assert "short399" not in got
+    assert got["min400"].shape == (1, 384)
+    assert got["silence"].shape == (49, 384)
+    for k, x in got.items():
+        assert np.isfinite(x).all(), k
+    for rate in (8000, 22050, 44100, 48000):  # one second at any rate -> 16000 samples -> 49 frames
+        assert got[f"rate{rate}"].shape == (49, 384)
+    # the same samples in 1, 2 or 6 identical channels average to the same mono signal
+    np.testing.assert_allclose(got["ch2"], got["ch1"], rtol=0, atol=1e-5 * np.abs(got["ch1"]).max())
+    np.testing.assert_allclose(got["ch6"], got["ch1"], rtol=0, atol=1e-5 * np.abs(got["ch1"]).max())
