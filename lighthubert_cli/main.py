@@ -95,9 +95,9 @@ def _usage(fn, *args, what: str = ""):
 @app.command()
 def extract(
     input: Annotated[Path, typer.Argument(
-        help="A folder (searched recursively for audio), one audio file, or a list: .txt/.lst (paths), "
+        metavar="INPUT", help="A folder (searched recursively for audio), one audio file, or a list: .txt/.lst (paths), "
              ".tsv (fairseq manifest), .scp (key path).", show_default=False)],
-    output: Annotated[Path, typer.Argument(help="The HDF5 features file to write.", show_default=False)],
+    output: Annotated[Path, typer.Argument(metavar="OUTPUT", help="The HDF5 features file to write.", show_default=False)],
     checkpoint: CheckpointOpt = "small",
     subnet: Annotated[Optional[str], typer.Option(
         "--subnet", "-s", metavar="SPEC",
@@ -506,8 +506,8 @@ def _subnet_table(item: dict) -> None:
 
 @app.command()
 def merge(
-    output: Annotated[Path, typer.Argument(help="The features file to write (kept and added to if it exists).", show_default=False)],
-    parts: Annotated[Optional[list[Path]], typer.Argument(
+    output: Annotated[Path, typer.Argument(metavar="OUTPUT", help="The features file to write (kept and added to if it exists).", show_default=False)],
+    parts: Annotated[Optional[list[Path]], typer.Argument(metavar="PARTS",
         help="Part files or folders of parts. Default: OUTPUT.parts/.", show_default=False)] = None,
     remove_parts: Annotated[bool, typer.Option("--remove-parts", help="Delete the parts once merged.")] = False,
 ) -> None:
@@ -543,7 +543,7 @@ def merge(
 
 @app.command()
 def info(
-    path: Annotated[str, typer.Argument(help="A checkpoint (path, name or random:KIND) or a features file (.h5).", show_default=False)],
+    path: Annotated[str, typer.Argument(metavar="PATH", help="A checkpoint (path, name or random:KIND) or a features file (.h5).", show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
     seed: SeedOpt = 0,
     trust_checkpoint: TrustOpt = False,
