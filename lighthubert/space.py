@@ -41,6 +41,19 @@ class SubnetError(ValueError):
     """A subnet dict (or JSON) that does not describe a subnet of the search space."""
 
 
+def subnet_dict(embed_dim: int, heads: Iterable[int], ffn: Iterable[int]) -> dict:
+    """The authors' subnet dict from a width and per-layer heads and FFN sizes."""
+    heads, ffn = list(heads), list(ffn)
+    return {
+        "atten_dim": [HEAD_DIM * h for h in heads],
+        "embed_dim": embed_dim,
+        "ffn_embed": ffn,
+        "heads_num": heads,
+        "layer_num": len(heads),
+        "slide_wsz": ["global"] * len(heads),
+    }
+
+
 def kept_layers(layer_num: int) -> list[int]:
     """Indices of the supernet layers a ``layer_num``-deep subnet runs, in order."""
     return [i for i, keep in enumerate(DEPTH_MAPS[layer_num]) if keep]
@@ -66,16 +79,7 @@ class SearchSpace:
 
     def make(self, embed_dim: int, heads: Iterable[int], ratios: Iterable[float]) -> dict:
         """A subnet dict from per-layer heads and FFN ratios."""
-        heads, ratios = list(heads), list(ratios)
-        n = len(heads)
-        return {
-            "atten_dim": [HEAD_DIM * h for h in heads],
-            "embed_dim": embed_dim,
-            "ffn_embed": [int(r * embed_dim) for r in ratios],
-            "heads_num": heads,
-            "layer_num": n,
-            "slide_wsz": ["global"] * n,
-        }
+        return subnet_dict(embed_dim, heads, [int(r * embed_dim) for r in ratios])
 
     @property
     def default_subnet(self) -> dict:
@@ -105,14 +109,7 @@ class SearchSpace:
         e = r.choice(self.embed_dim)
         ffn = [int(r.choice(self.ffn_ratio) * e) for _ in range(n)]
         heads = [r.choice(self.heads_num) for _ in range(n)]
-        return {
-            "atten_dim": [HEAD_DIM * h for h in heads],
-            "embed_dim": e,
-            "ffn_embed": ffn,
-            "heads_num": heads,
-            "layer_num": n,
-            "slide_wsz": ["global"] * n,
-        }
+        return subnet_dict(e, heads, ffn)
 
     def validate(self, subnet: Any, *, strict: bool = True) -> dict:
         """Check a subnet and return it normalised (lists of ints).
@@ -251,14 +248,7 @@ def check_subnet(subnet: Any) -> dict:
                     f"slide_wsz[{i}] is {w!r}: sliding-window attention is in no released search "
                     "space and is not supported; use \"global\""
                 )
-    return {
-        "atten_dim": [HEAD_DIM * h for h in heads],
-        "embed_dim": e,
-        "ffn_embed": ffn,
-        "heads_num": heads,
-        "layer_num": n,
-        "slide_wsz": ["global"] * n,
-    }
+    return subnet_dict(e, heads, ffn)
 
 
 def parse_subnet(text: str) -> dict:
