@@ -102,10 +102,16 @@ def fetch(name: str, progress: Progress | None = None, timeout: float = 30.0) ->
 def _numpy_globals() -> list:
     """The harmless numpy globals fairseq checkpoints hold (scalars in ``extra_state``, dtypes),
     under both their numpy 1 and numpy 2 module names."""
-    scalar = np.core.multiarray.scalar if hasattr(np, "core") else np._core.multiarray.scalar  # noqa
+    core = getattr(np, "_core", None) or np.core  # numpy 2 names it _core (np.core warns)
+    scalar = core.multiarray.scalar
     allowed: list = [np.dtype, (scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar")]
     allowed += [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
     return allowed
+
+
+# Importing lighthubert lets a plain torch.load(path) (weights_only=True by default) open the released
+# files, as the authors' README does: only numpy scalars and dtypes are added, which run no code.
+torch.serialization.add_safe_globals(_numpy_globals())
 
 
 def _read_pickle(data: bytes, where: str, trust: bool) -> Any:
@@ -126,14 +132,22 @@ def _read_pickle(data: bytes, where: str, trust: bool) -> Any:
                 f"{where}: refused: unpickling it would run {what[:120]}, which a checkpoint never needs. "
                 "If you trust the file, pass --trust-checkpoint (trust=True in Python)."
             ) from None
-        raise CheckpointError(f"{where}: not a PyTorch checkpoint ({_first_line(text)})") from None
+        raise CheckpointError(f"{where}: not a PyTorch checkpoint ({_reason(text)})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError) as err:
-        text = _first_line(str(err)) or type(err).__name__
+        text = _reason(str(err)) or type(err).__name__
         if "zip" in text.lower() or isinstance(err, (EOFError, zipfile.BadZipFile)):
             raise CheckpointError(f"{where}: truncated or corrupt checkpoint ({text})") from None
         raise CheckpointError(f"{where}: not a PyTorch checkpoint ({text})") from None
     except Exception as err:  # a trusted pickle may raise anything
         raise CheckpointError(f"{where}: cannot be loaded ({type(err).__name__}: {_first_line(str(err))})") from None
+
+
+def _reason(text: str) -> str:
+    """torch's message, without its advice to load with weights_only=False (unsafe, and wrong for
+    a file that is not a checkpoint at all)."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip() and "weights_only" not in ln
+             and "Weights only load failed" not in ln and "trust the source" not in ln]
+    return lines[0][:200] if lines else "unreadable"
 
 
 def _first_line(text: str) -> str:

@@ -112,15 +112,9 @@ class Extractor:
             host[i, : len(t)] = t
         x = host.to(self.device, non_blocking=True)
         n = lengths.to(self.device, non_blocking=True)
-        if self.normalize and not normalized:
-            if len(tensors) == 1:
-                x = F.layer_norm(x, x.shape[1:])
-            else:  # F.layer_norm(w, w.shape) of each utterance, over its real samples only
-                real = (torch.arange(x.shape[1], device=self.device)[None, :] < n[:, None]).float()
-                count = n[:, None].float()
-                mean = x.sum(1, keepdim=True) / count
-                var = ((x - mean) * real).pow(2).sum(1, keepdim=True) / count
-                x = (x - mean) * torch.rsqrt(var + 1e-5) * real
+        if self.normalize and not normalized:  # F.layer_norm(w, w.shape) over each utterance's own samples
+            for i, length in enumerate(lengths.tolist()):
+                x[i, :length] = F.layer_norm(x[i, :length], (length,))
         return x.to(self.dtype), n
 
     @torch.inference_mode()

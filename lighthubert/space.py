@@ -348,7 +348,7 @@ def parse_budget(text: str) -> int:
     except ValueError:
         raise SubnetError(f"{text!r} is not a parameter budget; write e.g. 30M, 30m, 3e7 or 30000000") from None
     total = value * scale
-    if not math.isfinite(total) or total <= 0:
+    if not math.isfinite(total) or total < 1:
         raise SubnetError(f"{text!r} is not a parameter budget; it must be a positive number")
     if total > 10**12:
         raise SubnetError(f"{text!r} is not a sensible parameter budget (over 10^12)")

@@ -6,6 +6,7 @@ Exit status: 0 success, 1 failure, 2 bad usage, 3 finished but some inputs were 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -62,6 +63,30 @@ class Supernet(str, Enum):
     small = "small"
 
 
+def _one_line_errors(command):
+    """Failures become one line on stderr and an exit status, never a traceback (unless LHB_DEBUG)."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except Fail as e:
+            err(f"lhb: error: {e}")
+            raise typer.Exit(e.code) from None
+        except KeyboardInterrupt:
+            err("lhb: interrupted")
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as e:  # noqa: BLE001
+            if os.environ.get("LHB_DEBUG"):
+                raise
+            err(f"lhb: internal error: {type(e).__name__}: {e} (set LHB_DEBUG=1 for the traceback)")
+            raise typer.Exit(EXIT_FAIL) from None
+
+    return run
+
+
 CheckpointOpt = Annotated[str, typer.Option(
     "--checkpoint", "-c", metavar="CKPT",
     help="Checkpoint: a path, a released name (base, small, stage1: downloaded once into the cache), "
@@ -93,6 +118,7 @@ def _usage(fn, *args, what: str = ""):
 
 
 @app.command()
+@_one_line_errors
 def extract(
     input: Annotated[Path, typer.Argument(
         metavar="INPUT", help="A folder (searched recursively for audio), one audio file, or a list: .txt/.lst (paths), "
@@ -388,6 +414,7 @@ def _run_ranks(world, items, extractor, attrs, options, out_path, resume, overwr
 
 
 @app.command("subnet")
+@_one_line_errors
 def subnet_cmd(
     params: Annotated[Optional[str], typer.Option(
         "--params", "-p", help="Parameter budget (30M, 30m, 3e7, 30000000): the largest subnet not above it.")] = None,
@@ -505,6 +532,7 @@ def _subnet_table(item: dict) -> None:
 
 
 @app.command()
+@_one_line_errors
 def merge(
     output: Annotated[Path, typer.Argument(metavar="OUTPUT", help="The features file to write (kept and added to if it exists).", show_default=False)],
     parts: Annotated[Optional[list[Path]], typer.Argument(metavar="PARTS",
@@ -542,6 +570,7 @@ def merge(
 
 
 @app.command()
+@_one_line_errors
 def info(
     path: Annotated[str, typer.Argument(metavar="PATH", help="A checkpoint (path, name or random:KIND) or a features file (.h5).", show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
@@ -634,42 +663,18 @@ def _table(title: str, rows: list[tuple[str, str]]) -> None:
     from rich.table import Table
 
     table = Table(title=title, show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")  # long values (sha256, JSON) wrap; never cut
     for k, v in rows:
         table.add_row(k, v)
-    Console().print(table)
+    # piped: wide enough that no value (a sha256, a path) is split across lines
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
 def main() -> None:
-    """Entry point: clear one-line errors instead of tracebacks."""
-    try:
-        rc = app(standalone_mode=False)
-        sys.exit(rc if isinstance(rc, int) else 0)
-    except Fail as e:
-        err(f"lhb: error: {e}")
-        sys.exit(e.code)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        err("lhb: interrupted")
-        sys.exit(130)
-    except Exception as e:  # noqa: BLE001
-        import click
-
-        if isinstance(e, click.exceptions.UsageError):
-            e.show()
-            sys.exit(EXIT_USAGE)
-        if isinstance(e, click.exceptions.Abort):
-            err("lhb: aborted")
-            sys.exit(130)
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if os.environ.get("LHB_DEBUG"):
-            raise
-        err(f"lhb: internal error: {type(e).__name__}: {e} (set LHB_DEBUG=1 for the traceback)")
-        sys.exit(EXIT_FAIL)
+    """Entry point. Typer reports usage errors (exit 2); the commands report their own failures in
+    one line (see ``_one_line_errors``)."""
+    app()
 
 
 if __name__ == "__main__":

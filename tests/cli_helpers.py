@@ -12,7 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -44,6 +44,10 @@ def _env() -> dict[str, str]:
     env.pop("LHB_DEBUG", None)
     env.pop("COLUMNS", None)
     env.pop("LINES", None)
+    # One compute thread per lhb process: the tests run two of them beside the reference computation on
+    # a 2-core machine, and several multi-threaded processes on 2 cores spin and crawl.
+    env["OMP_NUM_THREADS"] = "1"
+    env["MKL_NUM_THREADS"] = "1"
     return env
 
 
@@ -86,12 +90,6 @@ class Run:
 
 def lhb(*args: Any, cwd: str | os.PathLike | None = None) -> Result:
     return Run(args, cwd).result()
-
-
-def lhb_many(arg_lists: Iterable[Sequence[Any]], workers: int = 4) -> list[Result]:
-    """Several short ``lhb`` runs at once (they mostly wait on imports and file reads)."""
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda a: lhb(*a), arg_lists))
 
 
 # ----------------------------------------------------------------------------- features files
@@ -267,3 +265,37 @@ def best_count_under(budget: int, fixed: int, spaces: Iterable[str]) -> int | No
                     if ok.size and (best is None or ok.max() > best):
                         best = int(ok.max())
     return best
+
+
+class Jobs:
+    """Named background jobs (functions that run ``lhb`` and return what the tests check), run by a
+    small pool so that the command works while the test process computes the authors' references.
+    ``jobs[name]`` returns a job's value (or raises its exception): it waits for a job that is running
+    or done, and runs one that has not started yet right away in the calling thread (so a test never
+    queues behind jobs it does not need, e.g. when only some tests are selected)."""
+
+    def __init__(self, workers: int = 2):
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lhb-job")
+        self.futures: dict[str, Any] = {}
+        self.calls: dict[str, tuple] = {}
+
+    def submit(self, name: str, fn, *args: Any) -> None:
+        assert name not in self.futures, name
+        self.calls[name] = (fn, args)
+        self.futures[name] = self.pool.submit(fn, *args)
+
+    def __getitem__(self, name: str) -> Any:
+        fut = self.futures[name]
+        if fut.cancel():  # not started: run it here (others asking meanwhile wait on `fresh`)
+            fresh: Future = Future()
+            self.futures[name] = fresh
+            fn, args = self.calls[name]
+            try:
+                fresh.set_result(fn(*args))
+            except BaseException as err:  # noqa: BLE001 - re-raised below, as for a pooled job
+                fresh.set_exception(err)
+            fut = fresh
+        return fut.result()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 
 import lighthubert
 from lighthubert import SPACES, SubnetError
-from conftest import KINDS, README, REPO, SUPERNET_TYPE, authors_default_subnet, authors_hidden_states, frames_for, rel_err
+from conftest import KINDS, README, REPO, SUPERNET_TYPE, authors_default_subnet, frames_for, rel_err
 
 TOL = 1e-4
 BATCH_TOL = 1e-5
@@ -67,7 +68,8 @@ def test_readme_example_is_the_seed_readme():
 def run_readme(path) -> list[str]:
     script = README_EXAMPLE.replace("/path/to/lighthubert.pt", str(path))
     assert script.count(str(path)) == 1
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    here = str(Path(lighthubert.__file__).resolve().parents[1])  # the lighthubert under test
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env,
                           cwd=str(REPO))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -88,8 +90,6 @@ def check_readme_output(lines: list[str]) -> None:
     assert lines[2] == "Representation at bottom hidden states: True"
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: torch.load's default weights_only=True refuses the numpy "
-                   "scalars random checkpoint files hold (numpy._core.multiarray.scalar is not allowlisted)")
 def test_readme_example_on_a_random_file(ckpt_files):
     check_readme_output(run_readme(ckpt_files["base"]))
 

@@ -47,8 +47,10 @@ def subnets_for(kind: str) -> list[dict]:
     space also hand-made 10- and 11-layer subnets with every FFN ratio."""
     space = SPACES["small" if kind == "small" else "base"]
     rng = random.Random({"small": 7, "base": 8, "stage1": 9}[kind])
-    n = {"small": 4, "base": 3, "stage1": 2}[kind]
-    subs = [space.sample(rng) for _ in range(n)] + [space.min_subnet, space.max_subnet]
+    n = {"small": 3, "base": 2, "stage1": 2}[kind]
+    subs = [space.sample(rng) for _ in range(n)] + [space.min_subnet]
+    if kind != "stage1":  # Stage 1's default subnet is the base max subnet: tested on every file
+        subs.append(space.max_subnet)
     if kind == "small":
         subs.append(space.make(384, [4, 8, 6, 4, 8, 6, 4, 8, 6, 8], [3.0, 3.5, 4.0, 3.5, 3.0, 4.0, 3.5, 3.5, 3.0, 4.0]))
         subs.append(space.make(512, [8, 4, 6, 6, 4, 8, 8, 4, 6, 4, 8], [3.5, 4.0, 3.0, 3.5, 3.5, 4.0, 3.0, 3.0, 4.0, 3.5, 3.5]))
@@ -61,7 +63,7 @@ def test_subnet_sweep_covers_the_hard_cases():
     ratios = {f / s["embed_dim"] for k in KINDS for s in subnets_for(k) for f in s["ffn_embed"]}
     assert 3.5 in ratios and 3.0 in ratios
     base = subnets_for("base")
-    assert any(3.5 * s["embed_dim"] in s["ffn_embed"] for s in base[:3])
+    assert all(3.5 * s["embed_dim"] in s["ffn_embed"] for s in base[:2])
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -92,7 +94,8 @@ def test_random_subnets_short_speech(kind, ckpts, authors_models, short_speech):
 def test_checkpoint_model_is_the_compact_subnet(ckpts):
     """Checkpoint.model(subnet) holds only the subnet's weights, cut as SPEC §2 says."""
     ckpt = ckpts["small"]
-    sub = subnets_for("small")[-2]  # 10 layers, E=384, mixed heads and ratios
+    sub = subnets_for("small")[-2]
+    assert sub["layer_num"] == 10 and sub["embed_dim"] == 384
     compact = ckpt.model(sub)
     state = compact.state_dict()
     assert compact.num_layers == 10
@@ -152,3 +155,20 @@ def test_batch_equals_single(kind, ours_default_outputs, speech):
         for i, (g, a) in enumerate(zip(got, alone)):
             err = rel_err(g, a)
             assert err <= BATCH_TOL, f"{kind} {name}: hidden state {i} differs by {err:.2e} in a batch"
+
+
+
+
+@pytest.mark.parametrize("kind", ["small", "base", "stage1"])
+def test_batch_with_dc_offset_equals_single(kind, ours_default_outputs, speech):
+    """An utterance with a DC offset (cheap microphones have one), batched with a longer one, gets
+    the hidden states it gets alone: normalisation and GroupNorm must use its real samples only."""
+    ext, _ = ours_default_outputs[kind]
+    short, longer = pick_batch(speech, 3)[0][1], pick_batch(speech, 3)[2][1]
+    offset = (0.5 * short[:12_345] + 0.1).astype(np.float32)
+    alone = ext([offset], layers="all")[0]
+    got = ext([offset, longer], layers="all")[0]
+    assert got.shape == alone.shape == (ext.num_layers + 1, frames_for(len(offset)), ext.embed_dim)
+    for i, (g, a) in enumerate(zip(got, alone)):
+        err = rel_err(g, a)
+        assert err <= BATCH_TOL, f"{kind}: hidden state {i} differs by {err:.2e} in a batch"

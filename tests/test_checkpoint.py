@@ -1,0 +1,364 @@
+"""Checkpoints: exported subnets, refusals (safe loading), released names (cache, download) and
+random checkpoints."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import io
+import os
+import pickle
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import lighthubert
+from lighthubert import CheckpointError, SubnetError, load_checkpoint
+
+
+def save_variant(path: Path, ckpt: dict, model_cfg: dict | None = None, state: dict | None = None) -> Path:
+    """torch.save a copy of a checkpoint dict with another cfg['model'] and/or state dict."""
+    obj = dict(ckpt)
+    obj["cfg"] = {**ckpt["cfg"], "model": model_cfg if model_cfg is not None else ckpt["cfg"]["model"]}
+    obj["model"] = state if state is not None else ckpt["model"]
+    torch.save(obj, path)
+    return path
+
+
+def refused(path, *words) -> str:
+    """Loading ``path`` raises CheckpointError naming the file (and ``words``); returns the message."""
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    msg = str(err.value)
+    assert str(path) in msg, msg
+    for w in words:
+        assert w in msg, (w, msg)
+    return msg
+
+
+# ----------------------------------------------------------------------------- the random files
+
+
+def test_written_file_holds_the_random_dict(ckpts, ckpt_dicts):
+    """write_random_checkpoint(path, kind, seed) writes random_checkpoint(kind, seed)."""
+    for kind in ("small", "stage1"):
+        state, d = ckpts[kind].state, ckpt_dicts[kind]
+        assert set(state) == set(d["model"])
+        assert all(torch.equal(state[k], d["model"][k]) for k in state)
+        assert all(v.dtype == torch.float16 for v in state.values())
+    assert ckpts["stage1"].cfg.extractor_mode == "default" and not ckpts["stage1"].normalize
+    assert ckpts["small"].cfg.extractor_mode == "layer_norm" and ckpts["small"].normalize
+    assert ckpts["small"].space.name == "small" and ckpts["base"].space.name == "base"
+    assert ckpts["stage1"].kind == "student_hubert" and ckpts["small"].kind == "hubert_pruner"
+
+
+def test_random_file_layout_matches_the_authors_model(authors_models):
+    """The authors' model takes the random state dicts with no missing key and only the
+    training-only extras unexpected (SPEC §1)."""
+    for kind in ("base", "stage1"):
+        result = authors_models[kind].load_result
+        assert result.missing_keys == []
+        expected = {"label_embs_concat", "final_proj.weight", "final_proj.bias"} if kind == "base" else set()
+        assert set(result.unexpected_keys) == expected
+
+
+# ----------------------------------------------------------------------------- export
+
+
+EXPORTS = [
+    ("small", {"atten_dim": [256, 512, 384, 256, 512, 384, 256, 512, 384, 512], "embed_dim": 384,
+               "ffn_embed": [1152, 1344, 1536, 1344, 1152, 1536, 1344, 1344, 1152, 1536],
+               "heads_num": [4, 8, 6, 4, 8, 6, 4, 8, 6, 8], "layer_num": 10, "slide_wsz": ["global"] * 10}),
+    ("stage1", "min"),
+]
+
+
+@pytest.mark.parametrize("kind,subnet", EXPORTS, ids=["small-10-layers", "stage1-min"])
+def test_export_round_trip(kind, subnet, ckpts, ckpt_files, authors_counters, short_speech, tmp_path):
+    ckpt = ckpts[kind]
+    sub = ckpt.resolve_subnet(subnet)
+    path = lighthubert.export_subnet(ckpt, subnet, tmp_path / "sub.pt")
+    assert Path(path).is_file()
+
+    # only the subnet's weights are in the file
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    state = raw["model"]
+    assert not [k for k in state if k.startswith("encoder.layers.")]
+    assert not [k for k in state if k in ("label_embs_concat",) or k.startswith("final_proj")]
+    fc1 = sorted(t.shape[0] for k, t in state.items() if k.endswith("fc1.weight"))
+    assert fc1 == sorted(sub["ffn_embed"])
+    assert all(t.shape[1] == sub["embed_dim"] for k, t in state.items() if k.endswith("fc1.weight"))
+    assert all(max(t.shape) < 3072 for t in state.values())
+    authors_model = authors_counters[kind]
+    authors_model.set_sample_config(sub)
+    count = authors_model.calc_sampled_param_num()
+    total = sum(t.numel() for t in state.values())
+    assert count - 768 <= total <= count  # the subnet's parameters (mask_emb is training-only)
+    assert total < 0.6 * sum(t.numel() for t in ckpt.state.values())
+    assert os.path.getsize(path) < 0.6 * os.path.getsize(ckpt_files[kind])
+
+    # it loads, knows its subnet, and gives identical numbers
+    exported = load_checkpoint(path)
+    assert exported.subnet == sub and exported.resolve_subnet(None) == sub
+    assert exported.params(sub) == count
+    assert "RANDOM WEIGHTS" in exported.name
+    assert exported.normalize == ckpt.normalize
+    with pytest.raises(SubnetError):
+        exported.resolve_subnet("max")
+    original, again = ckpt.model(sub), exported.model()
+    w = torch.from_numpy(short_speech[1])
+    if ckpt.normalize:
+        w = torch.nn.functional.layer_norm(w, w.shape)
+    with torch.no_grad():
+        a, b = original(w[None]), again(w[None])
+    assert sorted(a.hidden) == sorted(b.hidden) == list(range(sub["layer_num"] + 1))
+    for i in a.hidden:
+        assert torch.equal(a.hidden[i], b.hidden[i]), i
+
+    ext = lighthubert.load(str(path), device="cpu")
+    assert ext.subnet == sub
+    ref = lighthubert.Extractor(ckpt, sub, device="cpu")
+    assert torch.equal(ext([short_speech[0]], layers="all")[0], ref([short_speech[0]], layers="all")[0])
+
+
+# ----------------------------------------------------------------------------- refusals
+
+
+def test_refuses_random_bytes(tmp_path):
+    path = tmp_path / "noise.pt"
+    path.write_bytes(np.random.default_rng(0).bytes(10_000))
+    refused(path)
+
+
+def test_refuses_an_empty_file(tmp_path):
+    path = tmp_path / "empty.pt"
+    path.write_bytes(b"")
+    refused(path)
+
+
+def test_refuses_a_wav_file(tmp_path, speech):
+    path = tmp_path / "speech.wav"
+    sf.write(path, speech[0][1], 16000)
+    refused(path)
+
+
+def test_refuses_an_hdf5_file(tmp_path):
+    path = tmp_path / "features.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("features/a", data=np.zeros((10, 4), dtype=np.float32))
+        f.attrs["format"] = "lighthubert-features"
+    refused(path)
+
+
+def test_refuses_a_truncated_checkpoint(tmp_path, ckpt_files):
+    data = ckpt_files["small"].read_bytes()
+    path = tmp_path / "half.pt"
+    path.write_bytes(data[: len(data) // 2])
+    refused(path)
+
+
+def test_refuses_missing_and_folder(tmp_path):
+    refused(tmp_path / "nope.pt")
+    refused(tmp_path)
+
+
+def test_refuses_an_unknown_model_name(tmp_path, ckpt_dicts):
+    d = ckpt_dicts["small"]
+    path = save_variant(tmp_path / "w2v.pt", d, {**d["cfg"]["model"], "_name": "wav2vec2"})
+    refused(path, "wav2vec2")
+
+
+def test_refuses_a_missing_weight(tmp_path, ckpt_dicts):
+    d = ckpt_dicts["small"]
+    state = {k: v for k, v in d["model"].items() if k != "encoder.layers.3.fc1.weight"}
+    refused(save_variant(tmp_path / "missing.pt", d, state=state), "encoder.layers.3.fc1.weight")
+
+
+def test_refuses_a_misshaped_weight(tmp_path, ckpt_dicts):
+    d = ckpt_dicts["small"]
+    state = dict(d["model"])
+    state["encoder.layers.5.self_attn.k_proj.weight"] = state["encoder.layers.5.self_attn.k_proj.weight"][:, :700]
+    refused(save_variant(tmp_path / "shape.pt", d, state=state), "encoder.layers.5.self_attn.k_proj.weight")
+
+
+@pytest.mark.parametrize("supernet", ["config/pruner/Large.yaml", "", "Base.yml"])
+def test_refuses_an_unknown_pruner_supernet(supernet, tmp_path, ckpt_dicts):
+    d = ckpt_dicts["small"]
+    path = save_variant(tmp_path / "pruner.pt", d, {**d["cfg"]["model"], "pruner_supernet": supernet})
+    refused(path, "pruner_supernet")
+
+
+def test_accepts_pruner_supernet_in_any_case(tmp_path, ckpt_dicts):
+    d = ckpt_dicts["small"]
+    path = save_variant(tmp_path / "case.pt", d, {**d["cfg"]["model"], "pruner_supernet": "/x/y/SMALL.YAML"})
+    assert load_checkpoint(path).space.name == "small"
+
+
+def test_refuses_a_hostile_conv_feature_layers(tmp_path, ckpt_dicts):
+    marker = tmp_path / "HACKED"
+    hostile = f"__import__('os').system('touch {marker}')"
+    d = ckpt_dicts["small"]
+    path = save_variant(tmp_path / "conv.pt", d, {**d["cfg"]["model"], "conv_feature_layers": hostile})
+    refused(path, "conv_feature_layers")
+    assert not marker.exists()
+    # the drop-in config must not evaluate it either
+    cfg = lighthubert.LightHuBERTConfig({**d["cfg"]["model"], "conv_feature_layers": hostile})
+    with pytest.raises(ValueError):
+        lighthubert.LightHuBERT(cfg)
+    assert not marker.exists()
+
+
+class _Hostile:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("how", ["torch-zip", "torch-legacy", "pickle-protocol-2"])
+def test_refuses_a_hostile_pickle(how, tmp_path):
+    marker = tmp_path / "MARKER"
+    obj = {"cfg": {"model": {"_name": "hubert_pruner"}}, "model": {}, "extra_state": _Hostile(marker)}
+    path = tmp_path / "evil.pt"
+    if how == "torch-zip":
+        torch.save(obj, path)
+    elif how == "torch-legacy":
+        torch.save(obj, path, _use_new_zipfile_serialization=False)
+    else:
+        path.write_bytes(pickle.dumps(obj, protocol=2))
+    assert b"system" in path.read_bytes()
+    refused(path, "--trust-checkpoint")
+    assert not marker.exists()
+
+
+def test_a_hostile_pickle_protocol_5_runs_nothing(tmp_path):
+    marker = tmp_path / "MARKER"
+    path = tmp_path / "evil5.pt"
+    path.write_bytes(pickle.dumps({"x": _Hostile(marker)}, protocol=5))
+    refused(path)
+    assert not marker.exists()
+
+
+def _numpy1_zip(data: bytes) -> bytes:
+    """Rewrite a torch.save zip so its pickle names numpy scalars as numpy 1 did."""
+    src = zipfile.ZipFile(io.BytesIO(data))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            body = src.read(info.filename)
+            if info.filename.endswith("data.pkl"):
+                body = body.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+            dst.writestr(info.filename, body)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("layout", ["zip", "legacy"])
+def test_numpy1_scalar_names_load(layout, tmp_path, ckpt_dicts):
+    """Released files were written under numpy 1: their numpy scalars are pickled as
+    numpy.core.multiarray.scalar. They must load with weights_only."""
+    d = ckpt_dicts["small"]
+    assert isinstance(d["extra_state"]["best"], np.generic)
+    buf = io.BytesIO()
+    torch.save(d, buf, _use_new_zipfile_serialization=(layout == "zip"))
+    data = buf.getvalue()
+    if layout == "zip":
+        data = _numpy1_zip(data)
+    else:
+        data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    assert b"numpy.core.multiarray\nscalar" in data and b"numpy._core" not in data
+    path = tmp_path / "numpy1.pt"
+    path.write_bytes(data)
+    ckpt = load_checkpoint(path)
+    assert ckpt.space.name == "small" and ckpt.kind == "hubert_pruner"
+    assert torch.equal(ckpt.state["encoder.layers.0.fc1.weight"], d["model"]["encoder.layers.0.fc1.weight"])
+
+
+# ----------------------------------------------------------------------------- released names
+
+
+def test_named_checkpoint_offline_fails_fast_with_a_hint(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("LIGHTHUBERT_CACHE", str(cache))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    start = time.monotonic()
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint("base")
+    assert time.monotonic() - start < 10
+    msg = str(err.value)
+    assert "http://127.0.0.1:9/mechanicalsea/lighthubert/resolve/main/lighthubert_base.pt" in msg
+    assert "lighthubert_base.pt" in msg and "path" in msg.lower()
+    assert str(cache) in msg or "LIGHTHUBERT_CACHE" in msg
+    assert not [p.name for p in cache.iterdir() if "lighthubert_base" in p.name or ".part" in p.name]
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def test_named_checkpoint_downloads_once(tmp_path, monkeypatch, ckpt_files):
+    root = tmp_path / "hub"
+    folder = root / "mechanicalsea" / "lighthubert" / "resolve" / "main"
+    folder.mkdir(parents=True)
+    (folder / "lighthubert_small.pt").symlink_to(ckpt_files["small"])
+    cache = tmp_path / "cache"
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("LIGHTHUBERT_CACHE", str(cache))
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+        first = load_checkpoint("small")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    cached = cache / "lighthubert_small.pt"
+    assert cached.is_file()
+    assert not [p.name for p in cache.iterdir() if ".part" in p.name]  # no partial download left
+    digest = hashlib.sha256(ckpt_files["small"].read_bytes()).hexdigest()
+    assert hashlib.sha256(cached.read_bytes()).hexdigest() == digest
+    assert first.sha256 == digest and first.space.name == "small"
+    second = load_checkpoint("small")  # the server is gone: from the cache
+    assert second.sha256 == digest and second.path == cached
+
+
+def test_random_names_are_labelled_and_seedable():
+    a = load_checkpoint("random:small:7")
+    b = load_checkpoint("random:small:7")
+    c = load_checkpoint("random:small:8")
+    for ck in (a, b, c):
+        assert "RANDOM WEIGHTS" in ck.name and ck.random
+        assert ck.space.name == "small"
+    assert set(a.state) == set(c.state)
+    assert all(torch.equal(a.state[k], b.state[k]) for k in a.state)
+    differ = [k for k in a.state if not torch.equal(a.state[k], c.state[k])]
+    assert "encoder.layers.0.fc1.weight" in differ and len(differ) > 0.9 * len(a.state)
+    base = load_checkpoint("random:base")
+    assert "RANDOM WEIGHTS" in base.name and base.space.name == "base" and base.kind == "hubert_pruner"
+    assert not torch.equal(base.state["post_extract_proj.weight"], a.state["post_extract_proj.weight"])
+
+
+@pytest.mark.parametrize("name", ["random:large", "random:small:x", "random:small:1:2"])
+def test_bad_random_names(name):
+    with pytest.raises(CheckpointError, match="random"):
+        load_checkpoint(name)
+
+
+def test_file_checkpoint_is_not_labelled_random_unless_it_is(ckpts, tmp_path, ckpt_dicts):
+    assert "RANDOM WEIGHTS" in ckpts["small"].name  # written by write_random_checkpoint
+    d = ckpt_dicts["stage1"]
+    real_looking = {**d["cfg"]["model"]}
+    real_looking.pop("random", None)
+    path = save_variant(tmp_path / "plain.pt", d, real_looking)
+    assert "RANDOM WEIGHTS" not in load_checkpoint(path).name
