@@ -288,7 +288,11 @@ def frame_mask(lengths: Tensor, max_len: int) -> Tensor:
 
 
 class ConvBlock(nn.Module):
-    """Conv1d, then (optionally) a norm computed in float32, then GELU."""
+    """Conv1d, then (optionally) a norm computed in float32, then GELU.
+
+    Activations stay channels-last, (B, T, C): the convolution runs as a 2-D one with height 1 in
+    the channels_last memory format, so the layer norm over channels needs no transposed copies.
+    """
 
     def __init__(self, n_in: int, n_out: int, kernel: int, stride: int, bias: bool, norm: str | None):
         super().__init__()
@@ -297,32 +301,35 @@ class ConvBlock(nn.Module):
         self.norm = nn.LayerNorm(n_out) if norm == "layer" else nn.GroupNorm(n_out, n_out) if norm == "group" else None
 
     def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
-        """x: (B, C_in, N) -> (B, C_out, T); ``mask`` (B, T) True on real frames, for GroupNorm."""
-        x = self.conv(x)
+        """x: (B, T_in, C_in) -> (B, T, C_out); ``mask`` (B, T) True on real frames, for GroupNorm."""
+        x4 = x.transpose(1, 2).unsqueeze(2).contiguous(memory_format=torch.channels_last)  # a view, no copy
+        w = self.conv.weight.unsqueeze(2)
+        y = F.conv2d(x4, w, self.conv.bias, stride=(1, self.conv.stride[0]))
+        x = y.squeeze(2).transpose(1, 2)
         if self.norm_kind == "layer":
-            y = F.layer_norm(x.transpose(1, 2).float(), self.norm.normalized_shape,
-                             self.norm.weight.float(), self.norm.bias.float(), self.norm.eps)
-            x = y.transpose(1, 2).type_as(x)
+            x = F.layer_norm(x.float(), self.norm.normalized_shape, self.norm.weight.float(),
+                             self.norm.bias.float(), self.norm.eps).type_as(x)
         elif self.norm_kind == "group":
             x = self._group_norm(x, mask)
         return F.gelu(x)
 
     def _group_norm(self, x: Tensor, mask: Tensor | None) -> Tensor:
-        """GroupNorm with one group per channel: statistics over the real frames only."""
+        """GroupNorm with one group per channel: statistics over time, real frames only."""
         w, b, eps = self.norm.weight.float(), self.norm.bias.float(), self.norm.eps
         xf = x.float()
-        if mask is None or bool(mask.all()):
-            return F.group_norm(xf, x.shape[1], w, b, eps).type_as(x)
-        m = mask[:, None, :].to(xf.dtype)
-        n = m.sum(-1, keepdim=True).clamp(min=1)
-        mean = (xf * m).sum(-1, keepdim=True) / n
-        var = ((xf - mean).pow(2) * m).sum(-1, keepdim=True) / n
-        y = (xf - mean) * torch.rsqrt(var + eps) * w[None, :, None] + b[None, :, None]
-        return y.type_as(x)
+        if mask is None:
+            mean = xf.mean(1, keepdim=True)
+            var = (xf - mean).pow(2).mean(1, keepdim=True)
+        else:
+            m = mask[:, :, None].to(xf.dtype)
+            n = m.sum(1, keepdim=True).clamp(min=1)
+            mean = (xf * m).sum(1, keepdim=True) / n
+            var = ((xf - mean).pow(2) * m).sum(1, keepdim=True) / n
+        return ((xf - mean) * torch.rsqrt(var + eps) * w + b).type_as(x)
 
 
 class ConvFeatureExtractor(nn.Module):
-    """Waveform (B, N) -> conv features (B, C, T), with exact per-utterance frame counts."""
+    """Waveform (B, N) -> conv features (B, T, C), with exact per-utterance frame counts."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -335,14 +342,14 @@ class ConvFeatureExtractor(nn.Module):
         self.blocks = nn.ModuleList(blocks)
 
     def forward(self, wave: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        x = wave.unsqueeze(1)
+        x = wave.unsqueeze(2)
         n = lengths
         for block, (_, k, s) in zip(self.blocks, self.layers):
             mask = None
             if n is not None:
                 n = (torch.div(n - k, s, rounding_mode="floor") + 1).clamp(min=0)
                 if block.norm_kind == "group":
-                    mask = frame_mask(n, (x.shape[-1] - k) // s + 1)
+                    mask = frame_mask(n, (x.shape[1] - k) // s + 1)
             x = block(x, mask)
         return x, n
 
@@ -440,7 +447,7 @@ class SubnetModel(nn.Module):
         if lengths is not None and bool((lengths == wave.shape[1]).all()):
             lengths = None
         feats, n = self.feature_extractor(wave, lengths)
-        x = self.post_extract_proj(self.layer_norm(feats.transpose(1, 2)))
+        x = self.post_extract_proj(self.layer_norm(feats))
         out = Output(lengths=n)
         if 0 in want:
             out.hidden[0] = x
