@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -33,8 +34,11 @@ def check_output_path(path: str | os.PathLike, *, resume: bool, overwrite: bool)
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
         raise OutputError(f"{out}: the folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputError(f"{out}: the folder {folder} is not writable")
+    try:  # the real test: permissions, read-only filesystems, ACLs
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise OutputError(f"{out}: the folder {folder} is not writable ({err.strerror})") from None
     if out.is_dir():
         raise OutputError(f"{out}: is a folder; give a file name such as {out / 'features.h5'}")
     if out.exists():
