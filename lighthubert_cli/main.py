@@ -477,7 +477,7 @@ def subnet_cmd(
                                 else ckpt.default_subnet, n))
     except SubnetError as e:
         raise Fail(str(e), EXIT_USAGE) from None
-    out = [{**sub, "supernet": name, "params": count_params_of(sub, fixed)} for sub, name in results]
+    out = [{**sub, "supernet": name, "params": count_params(sub, fixed)} for sub, name in results]
     for item in out:
         _subnet_table(item)
     text = json.dumps(out[0] if len(out) == 1 else out, indent=None)
@@ -495,12 +495,6 @@ def subnet_cmd(
         except (CheckpointError, OSError) as e:
             raise Fail(f"{export}: {e}") from None
         err(f"wrote {export} ({size(export.stat().st_size)})")
-
-
-def count_params_of(sub: dict, fixed: int) -> int:
-    from lighthubert.space import count_params
-
-    return count_params(sub, fixed)
 
 
 def _subnet_any(spec: str, space_names: list[str]):
