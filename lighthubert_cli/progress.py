@@ -37,7 +37,7 @@ class _Audio(ProgressColumn):
     def render(self, task: Task) -> Text:
         done = task.fields.get("seconds", 0.0)
         total = task.fields.get("total_seconds", 0.0)
-        return Text(f"{done / 3600:.2f}/{total / 3600:.2f} h audio", style="cyan")
+        return Text(f"{hms(done)}/{hms(total)} audio", style="cyan")
 
 
 class _Speed(ProgressColumn):
@@ -69,7 +69,7 @@ class Reporter:
         if done_before:
             err(f"resuming: {done_before} utterances already in the file, {files} to do")
         if self.plain:
-            err(f"extracting {files} files, {seconds / 3600:.2f} h of audio")
+            err(f"extracting {files} files, {hms(seconds)} of audio")
             return
         self.progress = Progress(
             TextColumn("[bold]extract"), BarColumn(), TextColumn("{task.completed}/{task.total} files"),
@@ -92,7 +92,7 @@ class Reporter:
             elapsed = now - self.t0
             rt = self.seconds / elapsed if elapsed else 0.0
             left = (self.total_seconds - self.seconds) / rt if rt else 0.0
-            err(f"{self.files}/{self.total} files, {self.seconds / 3600:.2f}/{self.total_seconds / 3600:.2f} h audio, "
+            err(f"{self.files}/{self.total} files, {hms(self.seconds)}/{hms(self.total_seconds)} audio, "
                 f"{rt:,.0f}x real time, ETA {hms(max(left, 0.0))}")
 
     def skipped(self, item: Item, reason: str) -> None:
