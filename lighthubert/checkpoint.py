@@ -139,7 +139,7 @@ def _read_pickle(data: bytes, where: str, trust: bool) -> Any:
             raise CheckpointError(f"{where}: truncated or corrupt checkpoint ({text})") from None
         raise CheckpointError(f"{where}: not a PyTorch checkpoint ({text})") from None
     except Exception as err:  # a trusted pickle may raise anything
-        raise CheckpointError(f"{where}: cannot be loaded ({type(err).__name__}: {_first_line(str(err))})") from None
+        raise CheckpointError(f"{where}: cannot be loaded ({type(err).__name__}: {_reason(str(err))})") from None
 
 
 def _reason(text: str) -> str:
@@ -148,11 +148,6 @@ def _reason(text: str) -> str:
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip() and "weights_only" not in ln
              and "Weights only load failed" not in ln and "trust the source" not in ln]
     return lines[0][:200] if lines else "unreadable"
-
-
-def _first_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[0][:200] if lines else ""
 
 
 # ----------------------------------------------------------------------------- the checkpoint

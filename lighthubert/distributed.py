@@ -134,7 +134,6 @@ def merge(output: Path, parts: list[Path], *, include_output: bool, complete: bo
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        count = 0
         skipped: dict[str, dict] = {}
         identity = None
         with h5py.File(tmp, "w", libver=("v108", "latest")) as dst:
@@ -163,7 +162,6 @@ def merge(output: Path, parts: list[Path], *, include_output: bool, complete: bo
                         parent = key.rsplit("/", 1)[0] if "/" in key else ""
                         dest_group = group.require_group(parent) if parent else group
                         src.copy(src[GROUP][key], dest_group, name=key.rsplit("/", 1)[-1])
-                        count += 1
             done = set(keys(dst))
             dst.attrs["skipped"] = json.dumps([v for k, v in skipped.items() if k not in done])
             dst.attrs["complete"] = all(_complete(p) for p in sources) if complete is None else complete

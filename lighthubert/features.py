@@ -94,8 +94,6 @@ class FeatureWriter:
             raise OutputError(f"{self.path}: cannot be opened to resume ({_reason(err)}); use --overwrite to start again") from None
         for k in RUN_IDENTITY:
             old, new = f.attrs.get(k), attrs.get(k)
-            if isinstance(old, bytes):
-                old = old.decode()
             if _norm(old) != _norm(new):
                 f.close()
                 raise OutputError(

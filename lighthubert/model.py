@@ -344,10 +344,10 @@ class ConvFeatureExtractor(nn.Module):
     def forward(self, wave: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor | None]:
         x = wave.unsqueeze(2)
         n = lengths
-        for block, (_, k, s) in zip(self.blocks, self.layers):
+        for block, (dim, k, s) in zip(self.blocks, self.layers):
             mask = None
             if n is not None:
-                n = (torch.div(n - k, s, rounding_mode="floor") + 1).clamp(min=0)
+                n = conv_frames(n, [(dim, k, s)])
                 if block.norm_kind == "group":
                     mask = frame_mask(n, (x.shape[1] - k) // s + 1)
             x = block(x, mask)
