@@ -1,25 +1,67 @@
 """Reading audio as SPEC.md §4 says: soundfile, float32, channels averaged to mono, resampled to
-16 kHz with ``torchaudio.functional.resample`` at its defaults."""
+16 kHz with ``torchaudio.functional.resample`` at its defaults.
+
+torchaudio is imported only when a file needs resampling: everything else (the model, 16 kHz audio,
+``lhb subnet``/``info``) works even where torchaudio's compiled library cannot be loaded.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
+from importlib import metadata
 
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio.functional as AF
 
 SAMPLE_RATE = 16000
 MIN_SAMPLES = 400  # the conv extractor's receptive field: fewer samples give no frame
+FIX_TORCHAUDIO = "pip install --upgrade 'torch>=2.12' 'torchaudio>=2.11.1'"
 
 
 class AudioError(Exception):
     """An input that cannot be used; the message is the reason (the caller names the file)."""
 
 
+class ResamplerUnavailable(RuntimeError):
+    """torchaudio, needed to resample, cannot be loaded here: a problem of the installation, not of
+    the input, so it stops the run instead of skipping files. The message names the file."""
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _resampler():
+    """``torchaudio.functional.resample``, or :class:`ResamplerUnavailable` with the reason."""
+    try:
+        import torchaudio.functional as AF
+    except Exception as err:  # noqa: BLE001 - ImportError, OSError (undefined symbol), anything
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ResamplerUnavailable(reason[:300]) from None
+    return AF.resample
+
+
+def resample(wave: np.ndarray, rate: int, path: str | os.PathLike = "") -> np.ndarray:
+    """(N,) float32 at ``rate`` -> float32 at 16 kHz, as ``torchaudio.functional.resample`` does."""
+    try:
+        fn = _resampler()
+    except ResamplerUnavailable as err:
+        raise ResamplerUnavailable(
+            f"{path}: needs resampling from {rate} Hz to 16000 Hz, but torchaudio cannot be loaded "
+            f"(torch {_version('torch')}, torchaudio {_version('torchaudio')}, Python {sys.version.split()[0]}: {err}); "
+            f"fix the installation with: {FIX_TORCHAUDIO}"
+        ) from None
+    return fn(torch.from_numpy(np.ascontiguousarray(wave)), rate, SAMPLE_RATE).numpy()
+
+
 def load_audio(path: str | os.PathLike) -> np.ndarray:
-    """(N,) float32 mono waveform at 16 kHz, or :class:`AudioError` saying why not."""
+    """(N,) float32 mono waveform at 16 kHz, or :class:`AudioError` saying why not.
+    Raises :class:`ResamplerUnavailable` when the file needs resampling and torchaudio is broken."""
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
@@ -32,7 +74,7 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
         raise AudioError("holds NaN or infinite samples")
     wave = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     if rate != SAMPLE_RATE:
-        wave = AF.resample(torch.from_numpy(np.ascontiguousarray(wave)), rate, SAMPLE_RATE).numpy()
+        wave = resample(wave, rate, path)
     if wave.shape[0] < MIN_SAMPLES:
         raise AudioError(f"too short: {wave.shape[0]} samples at 16 kHz, at least {MIN_SAMPLES} (25 ms) are needed")
     return np.ascontiguousarray(wave, dtype=np.float32)

@@ -22,7 +22,7 @@ from typing import Iterable, Protocol
 import numpy as np
 import torch
 
-from .audio import MIN_SAMPLES, SAMPLE_RATE, AudioError, audio_frames, load_audio
+from .audio import MIN_SAMPLES, SAMPLE_RATE, AudioError, ResamplerUnavailable, audio_frames, load_audio
 from .extractor import Extractor
 from .features import FeatureWriter, OutputError
 from .inputs import Item
@@ -172,6 +172,8 @@ def _decode(item: Item) -> np.ndarray | AudioError:
         return load_audio(item.path)
     except AudioError as err:
         return err
+    except ResamplerUnavailable:  # the installation, not the input: stops the run
+        raise
     except Exception as err:  # noqa: BLE001 - any decoder failure is a reason to skip, not to crash
         return AudioError(f"cannot decode: {type(err).__name__}: {err}")
 

@@ -269,12 +269,13 @@ def _size_of(path: Path) -> int:
 
 def _run_one(items, extractor, writer, options, reporter, stop):
     """One process's extraction into ``writer``; failures become ``Fail`` after closing the file."""
+    from lighthubert.audio import ResamplerUnavailable
     from lighthubert.features import OutputError
     from lighthubert.pipeline import StrictStop, extract as run_extract
 
     try:
         summary = run_extract(items, extractor, writer, options, reporter, stop)
-    except (StrictStop, OutputError) as e:
+    except (StrictStop, OutputError, ResamplerUnavailable) as e:
         reporter.stop()
         if writer.broken:
             # HDF5 failed mid-write: closing could write more. Leave the file as of its last flush
