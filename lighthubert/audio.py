@@ -53,7 +53,7 @@ def resample(wave: np.ndarray, rate: int, path: str | os.PathLike = "") -> np.nd
     except ResamplerUnavailable as err:
         raise ResamplerUnavailable(
             f"{path}: needs resampling from {rate} Hz to 16000 Hz, but torchaudio cannot be loaded "
-            f"(torch {_version('torch')}, torchaudio {_version('torchaudio')}, Python {sys.version.split()[0]}: {err}); "
+            f"(torch {torch.__version__}, torchaudio {_version('torchaudio')}, Python {sys.version.split()[0]}: {err}); "
             f"fix the installation with: {FIX_TORCHAUDIO}"
         ) from None
     return fn(torch.from_numpy(np.ascontiguousarray(wave)), rate, SAMPLE_RATE).numpy()

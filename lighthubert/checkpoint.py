@@ -10,12 +10,11 @@ import math
 import os
 import pickle
 import tempfile
-import urllib.error
-import urllib.request
+import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -24,8 +23,11 @@ from torch import Tensor
 from .model import ConfigError, ModelConfig, SubnetModel, cut_subnet, fixed_params, released_layout
 from .space import SPACES, SearchSpace, SubnetError, count_params, get_space, parse_subnet
 
+HUB_REPO = "mechanicalsea/lighthubert"
 HUB_ENV = "HF_ENDPOINT"
 CACHE_ENV = "LIGHTHUBERT_CACHE"
+REVISION_ENV = "LIGHTHUBERT_REVISION"
+WAIT_ENV = "LIGHTHUBERT_DOWNLOAD_WAIT"
 DEFAULT_HUB = "https://huggingface.co"
 RELEASED = {
     "base": "lighthubert_base.pt",
@@ -42,12 +44,17 @@ class CheckpointError(Exception):
 
 
 def url_for(name: str) -> str:
+    """Where a released checkpoint can be downloaded by hand (``HF_ENDPOINT`` honoured)."""
     hub = os.environ.get(HUB_ENV, DEFAULT_HUB).rstrip("/")
-    return f"{hub}/mechanicalsea/lighthubert/resolve/main/{RELEASED[name]}"
+    revision = os.environ.get(REVISION_ENV) or "main"
+    return f"{hub}/{HUB_REPO}/resolve/{revision}/{RELEASED[name]}"
 
 
 def cache_dir() -> Path:
-    """Where named checkpoints are kept: ``$LIGHTHUBERT_CACHE``, else ``~/.cache/lighthubert``."""
+    """The folder searched first for released checkpoints (files placed by hand, or downloaded by
+    lighthubert 0.1): ``$LIGHTHUBERT_CACHE``, else ``~/.cache/lighthubert``. When
+    ``LIGHTHUBERT_CACHE`` is set, downloads go there too; otherwise into the Hugging Face cache
+    (``HF_HOME``, ``HF_HUB_CACHE``)."""
     env = os.environ.get(CACHE_ENV)
     if env:
         return Path(env).expanduser()
@@ -55,45 +62,80 @@ def cache_dir() -> Path:
     return Path(base) / "lighthubert"
 
 
-Progress = Callable[[int, int | None], None]
-"""A download progress callback: (bytes so far, total bytes or None)."""
+def _local_rank() -> int:
+    """This process's rank on its node under torchrun or srun (0 otherwise)."""
+    for var in ("LOCAL_RANK", "SLURM_LOCALID"):
+        value = os.environ.get(var, "")
+        if value.isdigit():
+            return int(value)
+    return 0
 
 
-def fetch(name: str, progress: Progress | None = None, timeout: float = 30.0) -> Path:
-    """The cached file of a released checkpoint, downloaded once (atomically) if missing."""
-    dest = cache_dir() / RELEASED[name]
-    if dest.is_file():
-        return dest
-    url = url_for(name)
-    hint = (
-        f"Download it by hand from {url} and pass its path (-c /path/to/{RELEASED[name]}), "
-        f"or put it in {dest.parent} (set {CACHE_ENV} to use another folder)."
-    )
+def fetch(name: str, progress: bool = True) -> Path:
+    """The local file of a released checkpoint, downloaded once from the Hugging Face hub with
+    ``huggingface_hub`` (``HF_HOME``, ``HF_HUB_OFFLINE``, ``HF_ENDPOINT``, ``HF_TOKEN`` honoured;
+    resumed and locked by it). ``LIGHTHUBERT_REVISION`` picks a hub revision. Under torchrun or srun
+    only local rank 0 downloads; the others wait for the file (``LIGHTHUBERT_DOWNLOAD_WAIT``
+    seconds, default 3600)."""
+    filename = RELEASED[name]
+    folder = cache_dir()
+    placed = folder / filename
+    if placed.is_file():
+        return placed
+    hint = (f"Download it by hand from {url_for(name)} and pass its path (-c /path/to/{filename}), "
+            f"or put it in {folder} (set {CACHE_ENV} to use another folder).")
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    except OSError as err:
-        raise CheckpointError(f"cannot write to the checkpoint cache {dest.parent}: {err.strerror}. {hint}") from None
+        import huggingface_hub
+        from huggingface_hub import errors as hub_errors
+        from huggingface_hub.utils import disable_progress_bars
+    except ImportError:
+        raise CheckpointError(f"{name}: downloading needs huggingface_hub (pip install huggingface_hub). {hint}") from None
+    if not progress:
+        disable_progress_bars()
+    args = dict(repo_id=HUB_REPO, filename=filename, revision=os.environ.get(REVISION_ENV) or None,
+                endpoint=os.environ.get(HUB_ENV) or None)
+    if os.environ.get(CACHE_ENV):
+        args["local_dir"] = folder
+
+    def cached() -> Path | None:
+        if placed.is_file():
+            return placed
+        try:
+            return Path(huggingface_hub.hf_hub_download(**args, local_files_only=True))
+        except (hub_errors.LocalEntryNotFoundError, hub_errors.OfflineModeIsEnabled, FileNotFoundError, OSError):
+            return None
+
+    if (found := cached()) is not None:  # released files never change: no network round trip
+        return found
+    if _local_rank() != 0:  # local rank 0 downloads; wait for its file
+        deadline = time.monotonic() + float(os.environ.get(WAIT_ENV) or 3600)
+        while time.monotonic() < deadline:
+            time.sleep(1.0)
+            if (found := cached()) is not None:
+                return found
+        raise CheckpointError(f"{name}: waited for local rank 0 to download {filename}, in vain. {hint}")
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-            total = resp.headers.get("Content-Length")
-            total = int(total) if total and total.isdigit() else None
-            done = 0
-            while chunk := resp.read(1 << 20):
-                out.write(chunk)
-                done += len(chunk)
-                if progress:
-                    progress(done, total)
-            if total is not None and done != total:
-                raise OSError(f"the download stopped after {done} of {total} bytes")
-        os.replace(tmp, dest)
-    except (urllib.error.URLError, OSError, ValueError) as err:
-        reason = getattr(err, "reason", None) or err
-        raise CheckpointError(f"could not download the {name!r} checkpoint from {url} ({reason}). {hint}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return dest
+        return Path(huggingface_hub.hf_hub_download(**args))
+    except (hub_errors.OfflineModeIsEnabled, hub_errors.LocalEntryNotFoundError) as err:
+        offline = isinstance(err, hub_errors.OfflineModeIsEnabled) or _truthy(os.environ.get("HF_HUB_OFFLINE"))
+        why = ("offline mode (HF_HUB_OFFLINE) is on and the file is not in the cache" if offline
+               else "the hub could not be reached and the file is not in the cache")
+        raise CheckpointError(f"could not download the {name!r} checkpoint ({filename} from {HUB_REPO}): {why}. {hint}") from None
+    except hub_errors.GatedRepoError:
+        raise CheckpointError(f"could not download the {name!r} checkpoint: {HUB_REPO} needs a token (HF_TOKEN). {hint}") from None
+    except (hub_errors.RepositoryNotFoundError, hub_errors.RevisionNotFoundError, hub_errors.EntryNotFoundError) as err:
+        raise CheckpointError(f"could not download the {name!r} checkpoint: not found on the hub ({_first_line(err)}). {hint}") from None
+    except (hub_errors.HfHubHTTPError, OSError, ValueError) as err:
+        raise CheckpointError(f"could not download the {name!r} checkpoint ({filename} from {HUB_REPO}): {_first_line(err)}. {hint}") from None
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return (text.splitlines()[0][:200] if text else type(err).__name__).rstrip(".")
 
 
 # ----------------------------------------------------------------------------- safe unpickling
@@ -239,9 +281,9 @@ def _subnet_from_text(text: str, space: SearchSpace) -> dict:
 
 
 def load_checkpoint(source: str | os.PathLike, *, seed: int = 0, trust: bool = False,
-                    progress: Progress | None = None) -> Checkpoint:
+                    progress: bool = True) -> Checkpoint:
     """Open a checkpoint by path, by released name (``base``, ``small``, ``stage1``: downloaded once
-    into the cache), or build a random one (``random:base``, ``random:small``, ``random:stage1``,
+    with :func:`fetch`; ``progress`` shows the hub's download bar on stderr), or build a random one (``random:base``, ``random:small``, ``random:stage1``,
     optionally ``random:base:SEED``; else ``seed``).
 
     Raises :class:`CheckpointError` with one line naming the file and the reason.

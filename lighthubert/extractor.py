@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .checkpoint import Checkpoint, Progress, load_checkpoint
+from .checkpoint import Checkpoint, load_checkpoint
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -141,7 +141,7 @@ class Extractor:
 
 
 def load(source: str = "small", subnet: Any = None, device: Any = "auto", dtype: Any = None, *,
-         seed: int = 0, trust: bool = False, progress: Progress | None = None) -> Extractor:
+         seed: int = 0, trust: bool = False, progress: bool = True) -> Extractor:
     """Open a checkpoint (path, ``base``/``small``/``stage1``, or ``random:KIND``) and cut a subnet
     (None for the checkpoint's default, a preset ``default``/``max``/``min``, a dict, JSON text or a
     JSON file). ``device`` ``auto`` uses CUDA when present; ``dtype`` None means float16 on CUDA and

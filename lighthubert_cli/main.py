@@ -97,14 +97,14 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for random:* checkpoi
 
 
 def _load_checkpoint(source: str, seed: int, trust: bool, quiet: bool):
-    from lighthubert.checkpoint import CheckpointError, load_checkpoint
+    from lighthubert.checkpoint import RELEASED, CheckpointError, load_checkpoint
 
-    def progress(done: int, total: int | None) -> None:
-        if not quiet and (total is None or done == total or done % (50 << 20) < (1 << 20)):
-            err(f"downloading {source}: {size(done)}" + (f" of {size(total)}" if total else ""))
+    if source in RELEASED:  # the hub client's retry warnings would break the one-line errors
+        from huggingface_hub.utils import logging as hub_logging
 
+        hub_logging.set_verbosity_error()
     try:
-        return load_checkpoint(source, seed=seed, trust=trust, progress=progress)
+        return load_checkpoint(source, seed=seed, trust=trust, progress=not quiet)
     except CheckpointError as e:
         raise Fail(str(e)) from None
 

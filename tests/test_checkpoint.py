@@ -3,13 +3,10 @@ random checkpoints."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import io
 import os
 import pickle
-import threading
 import time
 import zipfile
 from pathlib import Path
@@ -282,55 +279,7 @@ def test_numpy1_scalar_names_load(layout, tmp_path, ckpt_dicts):
     assert torch.equal(ckpt.state["encoder.layers.0.fc1.weight"], d["model"]["encoder.layers.0.fc1.weight"])
 
 
-# ----------------------------------------------------------------------------- released names
-
-
-def test_named_checkpoint_offline_fails_fast_with_a_hint(tmp_path, monkeypatch):
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    monkeypatch.setenv("LIGHTHUBERT_CACHE", str(cache))
-    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
-    start = time.monotonic()
-    with pytest.raises(CheckpointError) as err:
-        load_checkpoint("base")
-    assert time.monotonic() - start < 10
-    msg = str(err.value)
-    assert "http://127.0.0.1:9/mechanicalsea/lighthubert/resolve/main/lighthubert_base.pt" in msg
-    assert "lighthubert_base.pt" in msg and "path" in msg.lower()
-    assert str(cache) in msg or "LIGHTHUBERT_CACHE" in msg
-    assert not [p.name for p in cache.iterdir() if "lighthubert_base" in p.name or ".part" in p.name]
-
-
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-def test_named_checkpoint_downloads_once(tmp_path, monkeypatch, ckpt_files):
-    root = tmp_path / "hub"
-    folder = root / "mechanicalsea" / "lighthubert" / "resolve" / "main"
-    folder.mkdir(parents=True)
-    (folder / "lighthubert_small.pt").symlink_to(ckpt_files["small"])
-    cache = tmp_path / "cache"
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        monkeypatch.setenv("LIGHTHUBERT_CACHE", str(cache))
-        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
-        first = load_checkpoint("small")
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
-    cached = cache / "lighthubert_small.pt"
-    assert cached.is_file()
-    assert not [p.name for p in cache.iterdir() if ".part" in p.name]  # no partial download left
-    digest = hashlib.sha256(ckpt_files["small"].read_bytes()).hexdigest()
-    assert hashlib.sha256(cached.read_bytes()).hexdigest() == digest
-    assert first.sha256 == digest and first.space.name == "small"
-    second = load_checkpoint("small")  # the server is gone: from the cache
-    assert second.sha256 == digest and second.path == cached
+# ----------------------------------------------------------------------------- random names
 
 
 def test_random_names_are_labelled_and_seedable():
