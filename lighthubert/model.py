@@ -300,32 +300,41 @@ class ConvBlock(nn.Module):
         self.norm_kind = norm
         self.norm = nn.LayerNorm(n_out) if norm == "layer" else nn.GroupNorm(n_out, n_out) if norm == "group" else None
 
-    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
-        """x: (B, T_in, C_in) -> (B, T, C_out); ``mask`` (B, T) True on real frames, for GroupNorm."""
-        x4 = x.transpose(1, 2).unsqueeze(2).contiguous(memory_format=torch.channels_last)  # a view, no copy
-        w = self.conv.weight.unsqueeze(2)
-        y = F.conv2d(x4, w, self.conv.bias, stride=(1, self.conv.stride[0]))
-        x = y.squeeze(2).transpose(1, 2)
+    def forward(self, x: Tensor, mask: Tensor | None, stats: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """x: (B, T_in, C_in) -> (B, T, C_out); ``mask`` (B, T) True on real frames, for GroupNorm;
+        ``stats``: GroupNorm's (mean, var), each (B, 1, C), when computed elsewhere (long files)."""
+        x = self.conv_only(x)
         if self.norm_kind == "layer":
             x = F.layer_norm(x.float(), self.norm.normalized_shape, self.norm.weight.float(),
                              self.norm.bias.float(), self.norm.eps).type_as(x)
         elif self.norm_kind == "group":
-            x = self._group_norm(x, mask)
+            x = self._group_norm(x, mask, stats)
         return F.gelu(x)
 
-    def _group_norm(self, x: Tensor, mask: Tensor | None) -> Tensor:
-        """GroupNorm with one group per channel: statistics over time, real frames only."""
-        w, b, eps = self.norm.weight.float(), self.norm.bias.float(), self.norm.eps
+    def conv_only(self, x: Tensor) -> Tensor:
+        """The convolution alone: (B, T_in, C_in) -> (B, T, C_out)."""
+        x4 = x.transpose(1, 2).unsqueeze(2).contiguous(memory_format=torch.channels_last)  # a view, no copy
+        w = self.conv.weight.unsqueeze(2)
+        y = F.conv2d(x4, w, self.conv.bias, stride=(1, self.conv.stride[0]))
+        return y.squeeze(2).transpose(1, 2)
+
+    @staticmethod
+    def group_stats(x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Per-channel (mean, biased var) over time, real frames only: x (B, T, C) -> 2 x (B, 1, C) float32."""
         xf = x.float()
         if mask is None:
             mean = xf.mean(1, keepdim=True)
-            var = (xf - mean).pow(2).mean(1, keepdim=True)
-        else:
-            m = mask[:, :, None].to(xf.dtype)
-            n = m.sum(1, keepdim=True).clamp(min=1)
-            mean = (xf * m).sum(1, keepdim=True) / n
-            var = ((xf - mean).pow(2) * m).sum(1, keepdim=True) / n
-        return ((xf - mean) * torch.rsqrt(var + eps) * w + b).type_as(x)
+            return mean, (xf - mean).pow(2).mean(1, keepdim=True)
+        m = mask[:, :, None].to(xf.dtype)
+        n = m.sum(1, keepdim=True).clamp(min=1)
+        mean = (xf * m).sum(1, keepdim=True) / n
+        return mean, ((xf - mean).pow(2) * m).sum(1, keepdim=True) / n
+
+    def _group_norm(self, x: Tensor, mask: Tensor | None, stats: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """GroupNorm with one group per channel: statistics over time, real frames only."""
+        w, b, eps = self.norm.weight.float(), self.norm.bias.float(), self.norm.eps
+        mean, var = self.group_stats(x, mask) if stats is None else stats
+        return ((x.float() - mean) * torch.rsqrt(var + eps) * w + b).type_as(x)
 
 
 class ConvFeatureExtractor(nn.Module):
@@ -447,7 +456,15 @@ class SubnetModel(nn.Module):
         if lengths is not None and bool((lengths == wave.shape[1]).all()):
             lengths = None
         feats, n = self.feature_extractor(wave, lengths)
-        x = self.post_extract_proj(self.layer_norm(feats))
+        return self.encode(self.project(feats), n, want, last)
+
+    def project(self, feats: Tensor) -> Tensor:
+        """Conv features (B, T, C) -> hidden state 0 (B, T, E)."""
+        return self.post_extract_proj(self.layer_norm(feats))
+
+    def encode(self, x: Tensor, n: Tensor | None, want: Sequence[int], last: bool = False) -> Output:
+        """Hidden state 0 (B, T, E) and frame counts (B,) or None -> the hidden states in ``want``
+        (sorted indices) and, with ``last``, the final output."""
         out = Output(lengths=n)
         if 0 in want:
             out.hidden[0] = x
