@@ -42,9 +42,11 @@ def _open(path: Path) -> h5py.File:
     if not path.is_file():
         raise FeaturesError(f"{path}: no such file")
     try:
+        if not h5py.is_hdf5(path):
+            raise FeaturesError(f"{path}: not an HDF5 file (lhb extract writes features files)")
         f = h5py.File(path, "r")
     except OSError as e:
-        raise FeaturesError(f"{path}: not a readable HDF5 file ({str(e).split('(')[0].strip()})") from None
+        raise FeaturesError(f"{path}: cannot be read: {e.strerror or str(e).split('(')[0].strip()}") from None
     if _plain(f.attrs.get("format")) != FORMAT or GROUP not in f:
         f.close()
         raise FeaturesError(f"{path}: an HDF5 file, but not a lighthubert features file")
@@ -160,8 +162,8 @@ class FeaturesDataset(Dataset):
     as float32 unless ``dtype`` says otherwise.
 
     The HDF5 file is opened on the first item read in each process (so every DataLoader worker
-    has its own handle; PyTorch issue 11929), never pickled. ``lengths`` (frames per item) are
-    read from the dataset shapes when the dataset is made.
+    has its own handle; PyTorch issue 11929), never pickled. ``lengths`` (frames per item), ``layers``
+    (stored hidden-state indices) and ``dim`` (D) are read from the file when the dataset is made.
     """
 
     def __init__(self, path: str | os.PathLike, layer: Layers = None, keys: Sequence[str] | None = None,
@@ -170,7 +172,7 @@ class FeaturesDataset(Dataset):
         self.layer = layer
         self.dtype = dtype
         with open_features(self.path) as f:
-            self.layers = f.layers
+            self.layers, self.dim = f.layers, f.dim
             layer_positions(f.layers, layer, self.path)  # fail now, not in a worker
             if keys is None:
                 self.keys = list(f.keys)
