@@ -37,6 +37,8 @@ def convert(features: str | os.PathLike, output: str | os.PathLike, fmt: str, la
         raise FeaturesError(f"{out}: exists and is not a folder")
     with open_features(features) as f:
         f.get(f.keys[0], layer) if f.keys else None  # a missing layer fails before anything is written
+        if fmt == "fairseq" and nshard < 1:
+            raise ValueError("nshard must be at least 1")
         out.mkdir(parents=True, exist_ok=True)
         done = 0
 
@@ -48,8 +50,6 @@ def convert(features: str | os.PathLike, output: str | os.PathLike, fmt: str, la
 
         written: list[Path] = []
         if fmt == "fairseq":
-            if nshard < 1:
-                raise ValueError("nshard must be at least 1")
             for rank in range(nshard):
                 start, end = shard_range(len(f), nshard, rank)
                 keys = f.keys[start:end]
@@ -75,11 +75,12 @@ def convert(features: str | os.PathLike, output: str | os.PathLike, fmt: str, la
                 written.append(dest)
                 tick()
         else:
+            bad = [k for k in f.keys if any(c.isspace() for c in k)]
+            if bad:
+                raise FeaturesError(f"{features}: key {bad[0]!r} has white space, which Kaldi cannot hold")
             ark, scp = out / f"{split}.ark", out / f"{split}.scp"
             with open(ark, "wb") as a, open(scp, "w") as s:
                 for k in f.keys:
-                    if any(c.isspace() for c in k):
-                        raise FeaturesError(f"{features}: key {k!r} has white space, which Kaldi cannot hold")
                     a.write(f"{k} ".encode())
                     s.write(f"{k} {ark.resolve()}:{a.tell()}\n")
                     a.write(kaldi_matrix(f.get(k, layer).numpy()))

@@ -126,6 +126,8 @@ def learn_file(features: str | os.PathLike, layer: int, clusters: int, *, max_fr
                progress: Callable[[int, int], None] | None = None) -> dict:
     """Learn ``clusters`` centroids from up to ``max_frames`` frames of ``layer``; the km.pt dict."""
     x = sample_frames(features, layer, max_frames, seed).to(pick_device(device))
+    if len(x) < clusters:
+        raise FeaturesError(f"{features}: {len(x)} frames to learn from, fewer than the {clusters} clusters asked for")
     c = learn(x, clusters, batch_size=batch_size, iterations=iterations, seed=seed, progress=progress)
     return {"format": KM_FORMAT, "centroids": c.cpu().contiguous(), "layer": int(layer), "clusters": int(clusters),
             "inertia": inertia(x, c), "frames": len(x), "seed": int(seed), "features": str(features)}

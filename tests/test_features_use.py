@@ -196,6 +196,10 @@ def test_cli_errors_are_one_line(feats, tmp_path):
     (tmp_path / "a.wav").write_bytes(b"RIFF")
     r = lhb("units", "learn", tmp_path / "a.wav", tmp_path / "km.pt", "--layer", 1)
     assert r.returncode == 1 and r.err_lines == [f"lhb: error: {tmp_path / 'a.wav'}: not an HDF5 file (lhb extract writes features files)"], r
+    r = lhb("units", "learn", path, tmp_path / "km.pt", "--layer", 1, "--clusters", 50, "--max-frames", 40)
+    assert r.returncode == 1 and r.err_lines == [
+        f"lhb: error: {path}: 40 frames to learn from, fewer than the 50 clusters asked for"], r
+    assert not (tmp_path / "km.pt").exists()
     r = lhb("units", "apply", path, path, tmp_path / "u.km")
     assert r.returncode == 1 and len(r.err_lines) == 1 and r.err_lines[0].startswith(f"lhb: error: {path}: not a k-means file"), r
 
@@ -206,7 +210,7 @@ def test_units_learn_matches_sklearn_and_apply(feats, tmp_path):
     km_path = tmp_path / "km.pt"
     r = lhb("units", "learn", path, km_path, "--layer", LAYER, "--clusters", 20, "--batch-size", 256,
             "--iterations", 300, "--seed", 3, "--device", "cpu", "-q")
-    assert r.returncode == 0 and r.stderr == "", r
+    assert r.returncode == 0 and r.stderr == "" and r.stdout == "", r
     km = torch.load(km_path, weights_only=True)
     c = km["centroids"].numpy().astype(np.float64)
     assert c.shape == (20, 256) and km["layer"] == LAYER and km["clusters"] == 20
