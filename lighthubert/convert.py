@@ -2,7 +2,8 @@
 
 - ``fairseq``: fairseq HuBERT's ``simple_kmeans`` layout: ``{split}_{rank}_{nshard}.npy`` (all
   frames of the shard concatenated, float32 (N, D)), ``.len`` (frames per utterance, one integer a
-  line) and ``.keys`` (the utterance key of each line, same order; fairseq does not read it).
+  line) and ``.keys`` (the utterance key of each line, same order; fairseq does not read it), plus
+  ``{split}.tsv``, fairseq's audio manifest of the same utterances in the same order.
 - ``npy``: one ``KEY.npy`` per utterance ((T, D) float32; keys with ``/`` make subfolders).
 - ``kaldi``: ``{split}.ark`` (binary float matrices) and ``{split}.scp`` (``key ark:offset``).
 """
@@ -67,6 +68,7 @@ def convert(features: str | os.PathLike, output: str | os.PathLike, fmt: str, la
                 Path(f"{stem}.len").write_text("".join(f"{f.lengths[k]}\n" for k in keys))
                 Path(f"{stem}.keys").write_text("".join(f"{k}\n" for k in keys))
                 written += [Path(f"{stem}.{ext}") for ext in ("npy", "len", "keys")]
+            written.append(write_tsv(f, out / f"{split}.tsv"))
         elif fmt == "npy":
             for k in f.keys:
                 dest = out / f"{k}.npy"
@@ -93,3 +95,13 @@ def kaldi_matrix(x: np.ndarray) -> bytes:
     """One binary Kaldi float matrix (``\\0B FM`` header, int32 rows and cols, float32 data)."""
     x = np.ascontiguousarray(x, dtype="<f4")
     return b"\0BFM " + struct.pack("<bibi", 4, x.shape[0], 4, x.shape[1]) + x.tobytes()
+
+
+def write_tsv(f, path: Path) -> Path:
+    """fairseq's manifest: the root folder, then ``relative/path<TAB>num_samples`` per utterance, in
+    key order (the order of the ``.len`` lines and of ``lhb units apply``'s lines)."""
+    sources = [os.path.abspath(f.source(k)) for k in f.keys]
+    root = os.path.commonpath([os.path.dirname(s) for s in sources]) if sources else os.sep
+    path.write_text(root + "\n" + "".join(f"{os.path.relpath(s, root)}\t{f.num_samples(k)}\n"
+                                         for k, s in zip(f.keys, sources)))
+    return path

@@ -163,6 +163,10 @@ def test_convert_fairseq_layout(feats, tmp_path):
         keys += shard_keys
     with open_features(path) as f:
         assert keys == f.keys  # the file's key order, cut in contiguous shards
+    # fairseq's manifest of the same utterances, in the same order: root, then rel_path<TAB>samples
+    root, *rows = (out / "valid.tsv").read_text().splitlines()
+    assert [str(Path(root) / row.split("\t")[0]) for row in rows] == [ref.meta[k]["source"] for k in keys]
+    assert [int(row.split("\t")[1]) for row in rows] == [ref.meta[k]["num_samples"] for k in keys]
 
 
 def test_convert_npy_and_kaldi(feats, tmp_path):
