@@ -18,6 +18,8 @@ import torch
 from .reader import FeaturesError, open_features
 
 KM_FORMAT = "lighthubert-kmeans"
+MAX_FRAMES, BATCH_SIZE, ITERATIONS = 1_000_000, 10000, 100
+"""Defaults of :func:`learn_file` (and ``lhb units learn``); batch and steps as fairseq's learn_kmeans.py."""
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -85,7 +87,7 @@ def kmeans_pp(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
     return torch.stack(centers)
 
 
-def learn(x: torch.Tensor, clusters: int, *, batch_size: int = 10000, iterations: int = 100, seed: int = 0,
+def learn(x: torch.Tensor, clusters: int, *, batch_size: int = BATCH_SIZE, iterations: int = ITERATIONS, seed: int = 0,
           init_size: int | None = None, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """Mini-batch k-means (Sculley 2010, per-centroid learning rate 1/count) on x (N, D) float32, on
     x's device. k-means++ seeding on ``init_size`` frames (default 3 * batch_size, at least 3 * K).
@@ -121,8 +123,8 @@ def inertia(x: torch.Tensor, centroids: torch.Tensor) -> float:
     return float(assign(x, centroids)[1].double().mean())
 
 
-def learn_file(features: str | os.PathLike, layer: int, clusters: int, *, max_frames: int = 1_000_000,
-               batch_size: int = 10000, iterations: int = 100, seed: int = 0, device: str = "auto",
+def learn_file(features: str | os.PathLike, layer: int, clusters: int, *, max_frames: int = MAX_FRAMES,
+               batch_size: int = BATCH_SIZE, iterations: int = ITERATIONS, seed: int = 0, device: str = "auto",
                progress: Callable[[int, int], None] | None = None) -> dict:
     """Learn ``clusters`` centroids from up to ``max_frames`` frames of ``layer``; the km.pt dict."""
     x = sample_frames(features, layer, max_frames, seed).to(pick_device(device))

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from lighthubert.units import BATCH_SIZE, ITERATIONS, MAX_FRAMES
+
 from .main import EXIT_USAGE, Fail, _one_line_errors
 from .progress import err
 
@@ -84,9 +86,9 @@ def learn(
     layer: LayerOpt,
     clusters: Annotated[int, typer.Option("--clusters", "-k", min=1, help="Number of clusters (units).")] = 500,
     max_frames: Annotated[int, typer.Option(
-        "--max-frames", min=1, help="Frames to learn from: utterances in a seeded random order until this many.")] = 1_000_000,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Frames per mini-batch (>= frames: plain k-means).")] = 10000,
-    iterations: Annotated[int, typer.Option("--iterations", min=1, help="Mini-batch steps.")] = 100,
+        "--max-frames", min=1, help="Frames to learn from: utterances in a seeded random order until this many.")] = MAX_FRAMES,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Frames per mini-batch (>= frames: plain k-means).")] = BATCH_SIZE,
+    iterations: Annotated[int, typer.Option("--iterations", min=1, help="Mini-batch steps.")] = ITERATIONS,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the frame sample, the k-means++ start and the batches.")] = 0,
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
