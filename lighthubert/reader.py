@@ -227,15 +227,20 @@ class LengthGroupedSampler(Sampler[list[int]]):
 
     Items are shuffled, cut into pools of ``batch_size * pool`` items, sorted by length within each
     pool and cut into batches; batch order is then shuffled. Seeded; call :meth:`set_epoch` for a new
-    order each epoch. ``shuffle=False``: batches in increasing length order.
+    order each epoch. ``shuffle=False``: batches in increasing length order. With ``num_replicas``
+    processes (DistributedDataParallel), process ``rank`` gets every ``num_replicas``-th batch, all
+    processes the same number (the first batches are repeated to even them out).
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, *, shuffle: bool = True, seed: int = 0,
-                 pool: int = 50, drop_last: bool = False):
+                 pool: int = 50, drop_last: bool = False, num_replicas: int = 1, rank: int = 0):
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in [0, {num_replicas}), not {rank}")
         self.lengths = list(lengths)
         self.batch_size, self.shuffle, self.seed, self.pool, self.drop_last = batch_size, shuffle, seed, pool, drop_last
+        self.num_replicas, self.rank = num_replicas, rank
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -255,6 +260,9 @@ class LengthGroupedSampler(Sampler[list[int]]):
             batches = [b for b in batches if len(b) == self.batch_size]
         if self.shuffle:
             rng.shuffle(batches)
+        if self.num_replicas > 1 and batches:
+            batches += batches[: -len(batches) % self.num_replicas]
+            batches = batches[self.rank::self.num_replicas]
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -262,4 +270,5 @@ class LengthGroupedSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         n = len(self.lengths)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        total = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return -(-total // self.num_replicas)

@@ -139,6 +139,11 @@ def test_dataset_all_layers_collate_and_sampler(feats):
     assert len(orders) > 1
     ordered = list(LengthGroupedSampler(data.lengths, 3, shuffle=False))
     assert [data.lengths[i] for b in ordered for i in b] == s
+    # several processes: the same batches, dealt out, the same count each (one repeated here)
+    parts = [list(LengthGroupedSampler(data.lengths, 3, seed=1, num_replicas=2, rank=r)) for r in range(2)]
+    assert len(parts[0]) == len(parts[1]) == len(LengthGroupedSampler(data.lengths, 3, num_replicas=2)) == 2
+    dealt = [b for pair in zip(*parts) for b in pair]
+    assert dealt[:3] == list(LengthGroupedSampler(data.lengths, 3, seed=1)) and dealt[3] == dealt[0]
 
 
 def test_convert_fairseq_layout(feats, tmp_path):
