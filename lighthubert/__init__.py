@@ -25,13 +25,15 @@ from .checkpoint import (
 from .compat import LightHuBERT, LightHuBERTConfig, LightHuBERTSupernetConfig
 from .extractor import Extractor, load, resolve_layers
 from .model import ModelConfig, SubnetModel
+from .reader import Features, FeaturesDataset, FeaturesError, LengthGroupedSampler, open_features, pad_collate
 from .space import SPACES, SearchSpace, SubnetError, best_under_budget, parse_budget
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AudioError", "Checkpoint", "CheckpointError", "Extractor", "LightHuBERT", "LightHuBERTConfig",
+    "AudioError", "Checkpoint", "CheckpointError", "Extractor", "Features", "FeaturesDataset", "FeaturesError",
+    "LengthGroupedSampler", "LightHuBERT", "LightHuBERTConfig",
     "LightHuBERTSupernetConfig", "ModelConfig", "SPACES", "SearchSpace", "SubnetError", "SubnetModel",
     "__version__", "best_under_budget", "cache_dir", "export_subnet", "load", "load_audio", "load_checkpoint",
-    "parse_budget", "random_checkpoint", "resolve_layers", "write_random_checkpoint",
+    "open_features", "pad_collate", "parse_budget", "random_checkpoint", "resolve_layers", "write_random_checkpoint",
 ]

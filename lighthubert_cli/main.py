@@ -666,6 +666,11 @@ def _table(title: str, rows: list[tuple[str, str]]) -> None:
     Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
+from .use import register as _register_use  # noqa: E402 - lhb convert, lhb units (use.py imports this module)
+
+_register_use(app)
+
+
 def main() -> None:
     """Entry point. Typer reports usage errors (exit 2); the commands report their own failures in
     one line (see ``_one_line_errors``)."""

@@ -1,0 +1,107 @@
+"""Write the features of one layer in the layouts other tools read (README "Using the features").
+
+- ``fairseq``: fairseq HuBERT's ``simple_kmeans`` layout: ``{split}_{rank}_{nshard}.npy`` (all
+  frames of the shard concatenated, float32 (N, D)), ``.len`` (frames per utterance, one integer a
+  line) and ``.keys`` (the utterance key of each line, same order; fairseq does not read it), plus
+  ``{split}.tsv``, fairseq's audio manifest of the same utterances in the same order.
+- ``npy``: one ``KEY.npy`` per utterance ((T, D) float32; keys with ``/`` make subfolders).
+- ``kaldi``: ``{split}.ark`` (binary float matrices) and ``{split}.scp`` (``key ark:offset``).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .reader import FeaturesError, open_features
+
+FORMATS = ("fairseq", "npy", "kaldi")
+
+
+def shard_range(total: int, nshard: int, rank: int) -> tuple[int, int]:
+    """Utterances [start, end) of shard ``rank`` of ``nshard`` (contiguous, as fairseq cuts tsvs)."""
+    return round(total / nshard * rank), round(total / nshard * (rank + 1))
+
+
+def convert(features: str | os.PathLike, output: str | os.PathLike, fmt: str, layer: int, *,
+            split: str = "train", nshard: int = 1, progress: Callable[[int, int], None] | None = None) -> list[Path]:
+    """Write ``layer`` of every utterance of ``features`` under the folder ``output`` (created) in
+    the layout ``fmt`` (see module docstring). Returns the files written."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise FeaturesError(f"{out}: exists and is not a folder")
+    with open_features(features) as f:
+        f.get(f.keys[0], layer) if f.keys else None  # a missing layer fails before anything is written
+        if fmt == "fairseq" and nshard < 1:
+            raise ValueError("nshard must be at least 1")
+        out.mkdir(parents=True, exist_ok=True)
+        done = 0
+
+        def tick() -> None:
+            nonlocal done
+            done += 1
+            if progress:
+                progress(done, len(f))
+
+        written: list[Path] = []
+        if fmt == "fairseq":
+            for rank in range(nshard):
+                start, end = shard_range(len(f), nshard, rank)
+                keys = f.keys[start:end]
+                stem = out / f"{split}_{rank}_{nshard}"
+                total = sum(f.lengths[k] for k in keys)
+                arr = np.lib.format.open_memmap(f"{stem}.npy", mode="w+", dtype=np.float32, shape=(total, f.dim))
+                at = 0
+                for k in keys:
+                    x = f.get(k, layer).numpy()
+                    arr[at:at + len(x)] = x
+                    at += len(x)
+                    tick()
+                arr.flush()
+                del arr
+                Path(f"{stem}.len").write_text("".join(f"{f.lengths[k]}\n" for k in keys))
+                Path(f"{stem}.keys").write_text("".join(f"{k}\n" for k in keys))
+                written += [Path(f"{stem}.{ext}") for ext in ("npy", "len", "keys")]
+            written.append(write_tsv(f, out / f"{split}.tsv"))
+        elif fmt == "npy":
+            for k in f.keys:
+                dest = out / f"{k}.npy"
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                np.save(dest, f.get(k, layer).numpy().astype(np.float32, copy=False))
+                written.append(dest)
+                tick()
+        else:
+            bad = [k for k in f.keys if any(c.isspace() for c in k)]
+            if bad:
+                raise FeaturesError(f"{features}: key {bad[0]!r} has white space, which Kaldi cannot hold")
+            ark, scp = out / f"{split}.ark", out / f"{split}.scp"
+            with open(ark, "wb") as a, open(scp, "w") as s:
+                for k in f.keys:
+                    a.write(f"{k} ".encode())
+                    s.write(f"{k} {ark.resolve()}:{a.tell()}\n")
+                    a.write(kaldi_matrix(f.get(k, layer).numpy()))
+                    tick()
+            written += [ark, scp]
+    return written
+
+
+def kaldi_matrix(x: np.ndarray) -> bytes:
+    """One binary Kaldi float matrix (``\\0B FM`` header, int32 rows and cols, float32 data)."""
+    x = np.ascontiguousarray(x, dtype="<f4")
+    return b"\0BFM " + struct.pack("<bibi", 4, x.shape[0], 4, x.shape[1]) + x.tobytes()
+
+
+def write_tsv(f, path: Path) -> Path:
+    """fairseq's manifest: the root folder, then ``relative/path<TAB>num_samples`` per utterance, in
+    key order (the order of the ``.len`` lines and of ``lhb units apply``'s lines)."""
+    sources = [os.path.abspath(f.source(k)) for k in f.keys]
+    root = os.path.commonpath([os.path.dirname(s) for s in sources]) if sources else os.sep
+    path.write_text(root + "\n" + "".join(f"{os.path.relpath(s, root)}\t{f.num_samples(k)}\n"
+                                         for k, s in zip(f.keys, sources)))
+    return path

@@ -1,0 +1,183 @@
+"""Discrete units: mini-batch k-means on the frames of one layer, in torch (GPU when present).
+
+``km.pt`` is a plain dict, loadable with ``torch.load(path, weights_only=True)``:
+``centroids`` (K, D) float32, ``layer``, ``clusters``, ``inertia`` (mean squared distance of the
+training frames to their centroid), ``frames`` (training frames), ``seed``, ``features`` (the file
+learnt from), ``format`` = ``"lighthubert-kmeans"``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .reader import FeaturesError, open_features
+
+KM_FORMAT = "lighthubert-kmeans"
+MAX_FRAMES, BATCH_SIZE, ITERATIONS = 1_000_000, 10000, 100
+"""Defaults of :func:`learn_file` (and ``lhb units learn``); batch and steps as fairseq's learn_kmeans.py."""
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                        "cpu" if device == "auto" else device)
+
+
+def sample_frames(features: str | os.PathLike, layer: int, max_frames: int, seed: int = 0) -> torch.Tensor:
+    """Up to ``max_frames`` frames (N, D) float32 of ``layer``: utterances are taken in a seeded
+    random order until ``max_frames`` is reached, then frames are drawn from them without
+    replacement."""
+    rng = np.random.default_rng(seed)
+    with open_features(features) as f:
+        if not f.keys:
+            raise FeaturesError(f"{features}: holds no utterances")
+        order = rng.permutation(len(f.keys))
+        parts, total = [], 0
+        for i in order:
+            x = f.get(f.keys[i], layer).float()
+            parts.append(x)
+            total += len(x)
+            if total >= max_frames:
+                break
+    x = torch.cat(parts)
+    if len(x) > max_frames:
+        x = x[torch.from_numpy(np.sort(rng.choice(len(x), max_frames, replace=False)))]
+    return x
+
+
+def _dist2(x: torch.Tensor, c: torch.Tensor, c2: torch.Tensor) -> torch.Tensor:
+    """Squared distances (N, K) of x (N, D) to centroids c (K, D), c2 = |c|^2 (K,)."""
+    return (x.pow(2).sum(1, keepdim=True) - 2 * x @ c.T + c2).clamp_min_(0)
+
+
+def assign(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest centroid of each frame: (labels (N,) int64, squared distances (N,))."""
+    c = centroids.to(x.device, torch.float32)
+    c2 = c.pow(2).sum(1)
+    labels, dists = [], []
+    for i in range(0, len(x), chunk):
+        d = _dist2(x[i:i + chunk].float(), c, c2)
+        v, j = d.min(1)
+        labels.append(j)
+        dists.append(v)
+    if not labels:
+        return torch.zeros(0, dtype=torch.long, device=x.device), torch.zeros(0, device=x.device)
+    return torch.cat(labels), torch.cat(dists)
+
+
+def kmeans_pp(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    """k-means++ seeding (greedy, 2 + log k candidates per step, as scikit-learn): (K, D)."""
+    n = len(x)
+    trials = 2 + int(np.log(k))
+    first = torch.randint(n, (1,), generator=gen, device="cpu").item()
+    centers = [x[first]]
+    closest = (x - x[first]).pow(2).sum(1)
+    for _ in range(1, k):
+        probs = closest / closest.sum() if closest.sum() > 0 else torch.full_like(closest, 1.0 / n)
+        cand = torch.multinomial(probs.cpu(), trials, replacement=True, generator=gen).to(x.device)
+        d = torch.cdist(x[cand], x).pow(2)  # (trials, N)
+        new = torch.minimum(closest[None], d)
+        best = int(new.sum(1).argmin())
+        centers.append(x[cand[best]])
+        closest = new[best]
+    return torch.stack(centers)
+
+
+def learn(x: torch.Tensor, clusters: int, *, batch_size: int = BATCH_SIZE, iterations: int = ITERATIONS, seed: int = 0,
+          init_size: int | None = None, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Mini-batch k-means (Sculley 2010, per-centroid learning rate 1/count) on x (N, D) float32, on
+    x's device. k-means++ seeding on ``init_size`` frames (default 3 * batch_size, at least 3 * K).
+    ``iterations`` mini-batches of ``batch_size`` frames; a batch as large as x makes each step a
+    full Lloyd step. Returns the centroids (K, D)."""
+    n = len(x)
+    if clusters < 1 or clusters > n:
+        raise ValueError(f"cannot make {clusters} clusters from {n} frames")
+    gen = torch.Generator().manual_seed(seed)
+    m = min(n, max(init_size or 3 * batch_size, 3 * clusters))
+    init_idx = torch.randperm(n, generator=gen)[:m].to(x.device)
+    c = kmeans_pp(x[init_idx], clusters, gen)
+    counts = torch.zeros(clusters, device=x.device)
+    full = batch_size >= n
+    for it in range(iterations):
+        b = x if full else x[torch.randint(n, (batch_size,), generator=gen).to(x.device)]
+        labels, _ = assign(b, c)
+        sums = torch.zeros_like(c).index_add_(0, labels, b)
+        nb = torch.bincount(labels, minlength=clusters).to(c.dtype)
+        hit = nb > 0
+        if full:  # Lloyd step: the mean of each cluster
+            c[hit] = sums[hit] / nb[hit, None]
+        else:
+            counts += nb
+            c[hit] += (sums[hit] - nb[hit, None] * c[hit]) / counts[hit, None]
+        if progress:
+            progress(it + 1, iterations)
+    return c
+
+
+def inertia(x: torch.Tensor, centroids: torch.Tensor) -> float:
+    """Mean squared distance of the frames x (N, D) to their nearest centroid."""
+    return float(assign(x, centroids)[1].double().mean())
+
+
+def learn_file(features: str | os.PathLike, layer: int, clusters: int, *, max_frames: int = MAX_FRAMES,
+               batch_size: int = BATCH_SIZE, iterations: int = ITERATIONS, seed: int = 0, device: str = "auto",
+               progress: Callable[[int, int], None] | None = None) -> dict:
+    """Learn ``clusters`` centroids from up to ``max_frames`` frames of ``layer``; the km.pt dict."""
+    x = sample_frames(features, layer, max_frames, seed).to(pick_device(device))
+    if len(x) < clusters:
+        raise FeaturesError(f"{features}: {len(x)} frames to learn from, fewer than the {clusters} clusters asked for")
+    c = learn(x, clusters, batch_size=batch_size, iterations=iterations, seed=seed, progress=progress)
+    return {"format": KM_FORMAT, "centroids": c.cpu().contiguous(), "layer": int(layer), "clusters": int(clusters),
+            "inertia": inertia(x, c), "frames": len(x), "seed": int(seed), "features": str(features)}
+
+
+def load_km(path: str | os.PathLike) -> dict:
+    """A km.pt written by :func:`learn_file` (loaded with ``weights_only=True``)."""
+    try:
+        km = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FeaturesError(f"{path}: no such file") from None
+    except Exception as e:  # noqa: BLE001 - pickle/zip errors of many kinds
+        raise FeaturesError(f"{path}: not a k-means file ({type(e).__name__})") from None
+    if not isinstance(km, dict) or km.get("format") != KM_FORMAT:
+        raise FeaturesError(f"{path}: not a k-means file made by lhb units learn")
+    return km
+
+
+def apply_file(features: str | os.PathLike, km: dict, output: str | os.PathLike, *, keys: bool = False,
+               device: str = "auto", progress: Callable[[int, int], None] | None = None) -> int:
+    """Units of every utterance (in the file's key order) with the centroids of ``km`` on its
+    layer. ``output`` ending in ``.h5``: ``/units/KEY`` int16/int32 datasets (T,); otherwise text,
+    one line per utterance: the units separated by spaces (fairseq's ``.km``), preceded by the key
+    when ``keys``. Returns the number of utterances."""
+    out = Path(output)
+    dev = pick_device(device)
+    c = km["centroids"].to(dev)
+    dtype = np.int16 if km["clusters"] <= np.iinfo(np.int16).max else np.int32
+    with open_features(features) as f:
+        f.get(f.keys[0], km["layer"]) if f.keys else None  # the layer is there
+        if f.dim != c.shape[1]:
+            raise FeaturesError(f"{features}: features are {f.dim} wide, the centroids {c.shape[1]}")
+        if out.suffix in (".h5", ".hdf5"):
+            import h5py
+
+            with h5py.File(out, "w") as h:
+                h.attrs.update({"format": "lighthubert-units", "layer": km["layer"], "clusters": km["clusters"],
+                                "features": str(features)})
+                g = h.create_group("units")
+                for i, k in enumerate(f.keys):
+                    g.create_dataset(k, data=assign(f.get(k, km["layer"]).to(dev), c)[0].cpu().numpy().astype(dtype))
+                    if progress:
+                        progress(i + 1, len(f))
+        else:
+            with open(out, "w") as t:
+                for i, k in enumerate(f.keys):
+                    units = assign(f.get(k, km["layer"]).to(dev), c)[0].tolist()
+                    t.write((f"{k} " if keys else "") + " ".join(map(str, units)) + "\n")
+                    if progress:
+                        progress(i + 1, len(f))
+        return len(f)

@@ -1,0 +1,142 @@
+"""``lhb convert`` and ``lhb units learn|apply``: hand a features file to other tools."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lighthubert.units import BATCH_SIZE, ITERATIONS, MAX_FRAMES
+
+from .main import EXIT_USAGE, Fail, _one_line_errors
+from .progress import err
+
+units_app = typer.Typer(
+    name="units", help="Discrete units: learn k-means centroids on one layer, turn features into unit sequences.",
+    no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+class Format(str, Enum):
+    fairseq = "fairseq"
+    npy = "npy"
+    kaldi = "kaldi"
+
+
+FeaturesArg = Annotated[Path, typer.Argument(metavar="FEATURES", help="A features file made by lhb extract.",
+                                             show_default=False)]
+LayerOpt = Annotated[int, typer.Option(
+    "--layer", "-l", help="Hidden-state index (0 = projected conv features); must be in the file.", show_default=False)]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress messages.")]
+
+
+def _every(what: str, quiet: bool):
+    """A progress callback printing about ten lines on stderr."""
+    def progress(done: int, total: int) -> None:
+        if not quiet and (done == total or done % max(1, total // 10) == 0):
+            err(f"{what}: {done}/{total}")
+    return progress
+
+
+def _library_errors(fn, *args, **kwargs):
+    from lighthubert.reader import FeaturesError
+
+    try:
+        return fn(*args, **kwargs)
+    except FeaturesError as e:
+        raise Fail(str(e)) from None
+    except ValueError as e:
+        raise Fail(str(e), EXIT_USAGE) from None
+    except OSError as e:
+        raise Fail(f"{e.filename or ''}: {e.strerror or e}") from None
+
+
+@_one_line_errors
+def convert(
+    features: FeaturesArg,
+    output: Annotated[Path, typer.Argument(metavar="OUTPUT", help="The folder to write (created).", show_default=False)],
+    layer: LayerOpt,
+    fmt: Annotated[Format, typer.Option(
+        "--format", "-f", help="fairseq: SPLIT_RANK_NSHARD.npy/.len/.keys (simple_kmeans layout); npy: one KEY.npy "
+                               "per utterance; kaldi: SPLIT.ark + SPLIT.scp.")] = Format.fairseq,
+    split: Annotated[str, typer.Option("--split", help="Name of the split in the file names (fairseq, kaldi).")] = "train",
+    nshard: Annotated[int, typer.Option("--nshard", min=1, help="fairseq: number of shards (contiguous ranges of keys).")] = 1,
+    quiet: QuietOpt = False,
+) -> None:
+    """Write one layer of a features file as float32 files other tools read.
+
+    Example: lhb convert feats.h5 km_feats --layer 6 --format fairseq   (then fairseq's learn_kmeans.py km_feats train 1 ...)
+    """
+    from lighthubert.convert import convert as run
+
+    files = _library_errors(run, features, output, fmt.value, layer, split=split, nshard=nshard,
+                            progress=_every("converted", quiet))
+    if not quiet:
+        err(f"wrote {len(files)} files to {output}")
+
+
+@units_app.command("learn")
+@_one_line_errors
+def learn(
+    features: FeaturesArg,
+    km_path: Annotated[Path, typer.Argument(metavar="KM", help="The k-means file to write (e.g. km.pt).", show_default=False)],
+    layer: LayerOpt,
+    clusters: Annotated[int, typer.Option("--clusters", "-k", min=1, help="Number of clusters (units).")] = 500,
+    max_frames: Annotated[int, typer.Option(
+        "--max-frames", min=1, help="Frames to learn from: utterances in a seeded random order until this many.")] = MAX_FRAMES,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Frames per mini-batch (>= frames: plain k-means).")] = BATCH_SIZE,
+    iterations: Annotated[int, typer.Option("--iterations", min=1, help="Mini-batch steps.")] = ITERATIONS,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for the frame sample, the k-means++ start and the batches.")] = 0,
+    device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
+) -> None:
+    """Learn k-means centroids (mini-batch k-means, k-means++ start) on one layer.
+
+    Example: lhb units learn feats.h5 km.pt --layer 6 --clusters 500
+    """
+    import torch
+
+    from lighthubert.units import learn_file
+
+    km = _library_errors(learn_file, features, layer, clusters, max_frames=max_frames, batch_size=batch_size,
+                         iterations=iterations, seed=seed, device=device, progress=_every("k-means step", quiet))
+    try:
+        torch.save(km, km_path)
+    except OSError as e:
+        raise Fail(f"{km_path}: cannot write ({e.strerror})") from None
+    if not quiet:
+        err(f"wrote {km_path}: {clusters} clusters of layer {layer} from {km['frames']:,} frames, "
+            f"inertia {km['inertia']:.4g} per frame")
+
+
+@units_app.command("apply")
+@_one_line_errors
+def apply(
+    features: FeaturesArg,
+    km_path: Annotated[Path, typer.Argument(metavar="KM", help="A k-means file from lhb units learn.", show_default=False)],
+    output: Annotated[Path, typer.Argument(
+        metavar="OUTPUT", help="units.h5 (/units/KEY int datasets) or a text file (.km: one line of units per "
+                               "utterance, in the features file's key order).", show_default=False)],
+    keys: Annotated[bool, typer.Option("--keys", help="Text output: start each line with the key.")] = False,
+    device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
+) -> None:
+    """Turn each utterance's features into units (nearest centroid of each frame).
+
+    Example: lhb units apply feats.h5 km.pt train.km
+    """
+    from lighthubert.units import apply_file, load_km
+
+    km = _library_errors(load_km, km_path)
+    n = _library_errors(apply_file, features, km, output, keys=keys, device=device, progress=_every("units", quiet))
+    if not quiet:
+        err(f"wrote {output}: units of {n} utterances")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``convert`` and ``units`` to the ``lhb`` app."""
+    app.command("convert")(convert)
+    app.add_typer(units_app, name="units")

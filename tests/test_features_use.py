@@ -1,0 +1,286 @@
+"""Using the features (README "Using the features"): the reader, the training Dataset with DataLoader
+workers, pad_collate and LengthGroupedSampler, ``lhb convert`` read back exactly as fairseq's
+simple_kmeans scripts read it, ``lhb units`` against scikit-learn's k-means, and the README snippets.
+
+One small features file is made per module with ``lhb extract`` on the real speech; expected values
+come from plain h5py / numpy reads of it, never from the code under test.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import shutil
+import struct
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import lighthubert
+from cli_helpers import SPEECH_DIR, lhb, read_features
+from lighthubert import FeaturesDataset, FeaturesError, LengthGroupedSampler, open_features, pad_collate
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+FILES = ["spk1/utt01.wav", "spk1/utt03.wav", "spk2/utt02.wav", "spk2/utt03.wav", "spk2/utt04.wav",
+         "spk3/utt01.wav", "spk3/utt03.flac"]
+LAYER = 6
+
+
+@pytest.fixture(scope="module")
+def feats(tmp_path_factory):
+    """A features file of all layers (min subnet of random:small) and its contents read with h5py."""
+    d = tmp_path_factory.mktemp("use")
+    for rel in FILES:
+        (d / "wav" / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(SPEECH_DIR / rel, d / "wav" / rel)
+    out = d / "feats.h5"
+    r = lhb("extract", d / "wav", out, "-c", "random:small", "--subnet", "min", "--layers", "all", "--device", "cpu")
+    assert r.returncode == 0, r
+    return out, read_features(out)
+
+
+def layer_of(ref, key: str, layer: int) -> np.ndarray:
+    return ref.data[key][ref.layers.index(layer)]
+
+
+def test_open_features_reads_what_h5py_reads(feats):
+    path, ref = feats
+    with open_features(path) as f:
+        assert sorted(f.keys) == sorted(ref.data) and len(f) == len(FILES)
+        assert f.layers == ref.layers == list(range(11))
+        assert f.attrs["subnet"] == ref.subnet and f.attrs["complete"] is True
+        assert f.dim == 256
+        for k, x in ref.data.items():
+            assert f.lengths[k] == x.shape[1]
+            assert torch.equal(f[k], torch.from_numpy(x))
+            assert torch.equal(f.get(k, LAYER), torch.from_numpy(layer_of(ref, k, LAYER)))
+            assert torch.equal(f.get(k, [LAYER, 2]), torch.from_numpy(x[[LAYER, 2]]))
+            assert f.get(k, "all").shape == x.shape
+            assert f.num_samples(k) == ref.meta[k]["num_samples"] and f.source(k) == ref.meta[k]["source"]
+        with pytest.raises(FeaturesError, match=f"{re.escape(str(path))}: has no layer 11"):
+            f.get(k, 11)
+        with pytest.raises(KeyError, match="nope"):
+            f["nope"]
+
+
+def test_single_layer_file_and_bad_files(feats, tmp_path):
+    path, ref = feats
+    one = tmp_path / "one.h5"
+    with h5py.File(path) as src, h5py.File(one, "w") as dst:  # the (T, D) layout of --layers 6
+        dst.attrs.update({k: v for k, v in src.attrs.items()})
+        dst.attrs["layers"] = np.array([LAYER])
+        for k in ref.data:
+            dst[f"features/{k}"] = layer_of(ref, k, LAYER)
+    key = next(iter(ref.data))
+    with open_features(one) as f:
+        assert f.layers == [LAYER]
+        assert torch.equal(f[key], torch.from_numpy(layer_of(ref, key, LAYER)))
+        assert torch.equal(f.get(key, LAYER), f[key])
+        assert f.get(key, [LAYER]).shape == (1, *f[key].shape)
+    with pytest.raises(FeaturesError, match="not a lighthubert features file"):
+        with h5py.File(tmp_path / "other.h5", "w") as h:
+            h["x"] = 1
+        open_features(tmp_path / "other.h5")
+    (tmp_path / "text.h5").write_text("hello")
+    with pytest.raises(FeaturesError, match="text.h5: not an HDF5 file"):
+        open_features(tmp_path / "text.h5")
+    with pytest.raises(FeaturesError, match="missing.h5: no such file"):
+        open_features(tmp_path / "missing.h5")
+
+
+def test_dataset_with_two_workers(feats):
+    path, ref = feats
+    data = FeaturesDataset(path, layer=LAYER)
+    assert data.lengths == [ref.data[k].shape[1] for k in data.keys]
+    data[0]  # the parent opens the file: each forked worker must open its own
+    pickle.dumps(data)  # no h5py handle travels to spawned workers
+    loader = DataLoader(data, batch_size=None, num_workers=2)
+    seen = {}
+    for key, x in loader:
+        seen[key] = x
+    assert sorted(seen) == sorted(ref.data)
+    for k, x in seen.items():
+        assert x.dtype == torch.float32
+        assert torch.equal(x, torch.from_numpy(layer_of(ref, k, LAYER)))
+
+
+def test_dataset_all_layers_collate_and_sampler(feats):
+    path, ref = feats
+    data = FeaturesDataset(path, layer="all")
+    sampler = LengthGroupedSampler(data.lengths, batch_size=3, seed=1)
+    loader = DataLoader(data, batch_sampler=sampler, collate_fn=pad_collate, num_workers=2)
+    got = []
+    for keys, x, lengths in loader:
+        assert x.shape == (len(keys), 11, int(lengths.max()), 256) and lengths.dtype == torch.long
+        for i, k in enumerate(keys):
+            n = ref.data[k].shape[1]
+            assert lengths[i] == n
+            assert torch.equal(x[i, :, :n], torch.from_numpy(ref.data[k]))
+            assert not x[i, :, n:].any()  # zero padding
+        got.append(keys)
+    flat = [k for b in got for k in b]
+    assert sorted(flat) == sorted(ref.data)  # every utterance once
+    # grouped by length: the padding is that of batches cut from the sorted lengths
+    pad = sum(max(ref.data[k].shape[1] for k in b) * len(b) - sum(ref.data[k].shape[1] for k in b) for b in got)
+    s = sorted(data.lengths)
+    best = sum(max(s[i:i + 3]) * len(s[i:i + 3]) - sum(s[i:i + 3]) for i in range(0, len(s), 3))
+    assert pad == best
+    assert len(sampler) == len(got) == 3
+    # seeded, a new order each epoch
+    assert list(LengthGroupedSampler(data.lengths, 3, seed=1)) == list(sampler)
+    orders = set()
+    for epoch in range(6):
+        sampler.set_epoch(epoch)
+        orders.add(tuple(map(tuple, sampler)))
+    assert len(orders) > 1
+    ordered = list(LengthGroupedSampler(data.lengths, 3, shuffle=False))
+    assert [data.lengths[i] for b in ordered for i in b] == s
+    # several processes: the same batches, dealt out, the same count each (one repeated here)
+    parts = [list(LengthGroupedSampler(data.lengths, 3, seed=1, num_replicas=2, rank=r)) for r in range(2)]
+    assert len(parts[0]) == len(parts[1]) == len(LengthGroupedSampler(data.lengths, 3, num_replicas=2)) == 2
+    dealt = [b for pair in zip(*parts) for b in pair]
+    assert dealt[:3] == list(LengthGroupedSampler(data.lengths, 3, seed=1)) and dealt[3] == dealt[0]
+
+
+def test_convert_fairseq_layout(feats, tmp_path):
+    path, ref = feats
+    out = tmp_path / "km_feats"
+    r = lhb("convert", path, out, "--layer", LAYER, "--format", "fairseq", "--nshard", 2, "--split", "valid")
+    assert r.returncode == 0, r
+    assert r.stdout == ""
+    keys = []
+    for rank in range(2):
+        # exactly as fairseq's examples/hubert/simple_kmeans/dump_km_label.py get_feat_iterator
+        feat_path, leng_path = f"{out}/valid_{rank}_2.npy", f"{out}/valid_{rank}_2.len"
+        with open(leng_path) as f:
+            lengs = [int(line.rstrip()) for line in f]
+            offsets = [0] + np.cumsum(lengs[:-1]).tolist()
+        feat = np.load(feat_path, mmap_mode="r")
+        assert feat.dtype == np.float32 and feat.shape == (offsets[-1] + lengs[-1], 256)
+        shard_keys = Path(f"{out}/valid_{rank}_2.keys").read_text().splitlines()
+        assert len(shard_keys) == len(lengs)
+        for k, offset, leng in zip(shard_keys, offsets, lengs):
+            np.testing.assert_array_equal(feat[offset:offset + leng], layer_of(ref, k, LAYER))
+        keys += shard_keys
+    with open_features(path) as f:
+        assert keys == f.keys  # the file's key order, cut in contiguous shards
+    # fairseq's manifest of the same utterances, in the same order: root, then rel_path<TAB>samples
+    root, *rows = (out / "valid.tsv").read_text().splitlines()
+    assert [str(Path(root) / row.split("\t")[0]) for row in rows] == [ref.meta[k]["source"] for k in keys]
+    assert [int(row.split("\t")[1]) for row in rows] == [ref.meta[k]["num_samples"] for k in keys]
+
+
+def test_convert_npy_and_kaldi(feats, tmp_path):
+    path, ref = feats
+    assert lhb("convert", path, tmp_path / "npy", "-l", 3, "-f", "npy", "-q").returncode == 0
+    for k in ref.data:
+        x = np.load(tmp_path / "npy" / f"{k}.npy")
+        assert x.dtype == np.float32
+        np.testing.assert_array_equal(x, layer_of(ref, k, 3))
+    r = lhb("convert", path, tmp_path / "kaldi", "-l", 3, "-f", "kaldi", "-q")
+    assert r.returncode == 0 and r.stderr == "", r
+    lines = (tmp_path / "kaldi" / "train.scp").read_text().splitlines()
+    assert len(lines) == len(ref.data)
+    blob = (tmp_path / "kaldi" / "train.ark").read_bytes()
+    for line in lines:  # Kaldi binary matrix: "\0B" "FM " then (size byte, int32) rows and cols
+        key, where = line.split(" ")
+        ark, offset = where.rsplit(":", 1)
+        assert Path(ark) == (tmp_path / "kaldi" / "train.ark").resolve()
+        o = int(offset)
+        assert blob[o - len(key) - 1:o] == f"{key} ".encode() and blob[o:o + 5] == b"\0BFM "
+        _, rows, _, cols = struct.unpack("<bibi", blob[o + 5:o + 15])
+        x = np.frombuffer(blob, "<f4", rows * cols, o + 15).reshape(rows, cols)
+        np.testing.assert_array_equal(x, layer_of(ref, key, 3))
+
+
+def test_cli_errors_are_one_line(feats, tmp_path):
+    path, _ = feats
+    r = lhb("convert", path, tmp_path / "x", "--layer", 12)
+    assert r.returncode == 1 and r.err_lines == [f"lhb: error: {path}: has no layer 12 (it holds layers {list(range(11))})"]
+    assert not (tmp_path / "x").exists()
+    (tmp_path / "a.wav").write_bytes(b"RIFF")
+    r = lhb("units", "learn", tmp_path / "a.wav", tmp_path / "km.pt", "--layer", 1)
+    assert r.returncode == 1 and r.err_lines == [f"lhb: error: {tmp_path / 'a.wav'}: not an HDF5 file (lhb extract writes features files)"], r
+    r = lhb("units", "learn", path, tmp_path / "km.pt", "--layer", 1, "--clusters", 50, "--max-frames", 40)
+    assert r.returncode == 1 and r.err_lines == [
+        f"lhb: error: {path}: 40 frames to learn from, fewer than the 50 clusters asked for"], r
+    assert not (tmp_path / "km.pt").exists()
+    r = lhb("units", "apply", path, path, tmp_path / "u.km")
+    assert r.returncode == 1 and len(r.err_lines) == 1 and r.err_lines[0].startswith(f"lhb: error: {path}: not a k-means file"), r
+
+
+def test_units_learn_matches_sklearn_and_apply(feats, tmp_path):
+    sklearn_cluster = pytest.importorskip("sklearn.cluster", reason="pip install -e .[test] (scikit-learn)")
+    path, ref = feats
+    km_path = tmp_path / "km.pt"
+    r = lhb("units", "learn", path, km_path, "--layer", LAYER, "--clusters", 20, "--batch-size", 256,
+            "--iterations", 300, "--seed", 3, "--device", "cpu", "-q")
+    assert r.returncode == 0 and r.stderr == "" and r.stdout == "", r
+    km = torch.load(km_path, weights_only=True)
+    c = km["centroids"].numpy().astype(np.float64)
+    assert c.shape == (20, 256) and km["layer"] == LAYER and km["clusters"] == 20
+    x = np.concatenate([layer_of(ref, k, LAYER) for k in sorted(ref.data)]).astype(np.float64)
+    assert km["frames"] == len(x)  # the default --max-frames takes every frame here
+    d = ((x[:, None, :] - c[None]) ** 2).sum(-1)  # (N, K)
+    ours = d.min(1).mean()
+    assert km["inertia"] == pytest.approx(ours, rel=1e-4)
+    theirs = sklearn_cluster.KMeans(20, n_init=3, random_state=0).fit(x).inertia_ / len(x)
+    assert ours == pytest.approx(theirs, rel=0.03), (ours, theirs)
+
+    # apply: the nearest centroid of each frame, one line per utterance in the key order
+    out = tmp_path / "train.km"
+    assert lhb("units", "apply", path, km_path, out, "--device", "cpu", "-q").returncode == 0
+    with open_features(path) as f:
+        keys = f.keys
+    lines = out.read_text().splitlines()
+    assert len(lines) == len(keys)
+    for k, line in zip(keys, lines):
+        units = np.array([int(u) for u in line.split()])
+        d = ((layer_of(ref, k, LAYER).astype(np.float64)[:, None, :] - c[None]) ** 2).sum(-1)
+        assert len(units) == len(d)
+        chosen = d[np.arange(len(d)), units]
+        np.testing.assert_allclose(chosen, d.min(1), rtol=1e-5)  # nearest (ties within rounding)
+    keyed = tmp_path / "keyed.txt"
+    assert lhb("units", "apply", path, km_path, keyed, "--keys", "--device", "cpu", "-q").returncode == 0
+    assert keyed.read_text().splitlines() == [f"{k} {line}" for k, line in zip(keys, lines)]
+    h5 = tmp_path / "units.h5"
+    assert lhb("units", "apply", path, km_path, h5, "--device", "cpu", "-q").returncode == 0
+    with h5py.File(h5) as h:
+        for k, line in zip(keys, lines):
+            assert h[f"units/{k}"][()].tolist() == [int(u) for u in line.split()]
+
+
+def test_kmeans_is_seeded_and_plain_kmeans_with_a_full_batch(feats):
+    from lighthubert.units import inertia, learn
+
+    path, ref = feats
+    x = torch.from_numpy(np.concatenate([layer_of(ref, k, 2) for k in sorted(ref.data)]))
+    a = learn(x, 8, batch_size=128, iterations=50, seed=5)
+    assert torch.equal(a, learn(x, 8, batch_size=128, iterations=50, seed=5))
+    assert not torch.equal(a, learn(x, 8, batch_size=128, iterations=50, seed=6))
+    full = learn(x, 8, batch_size=len(x), iterations=30, seed=5)
+    # a full batch is Lloyd's k-means: each centroid is the mean of its frames
+    labels = ((x[:, None] - full[None]) ** 2).sum(-1).argmin(1)
+    for j in labels.unique():
+        torch.testing.assert_close(full[j], x[labels == j].mean(0), rtol=1e-4, atol=1e-4)
+    assert inertia(x, full) == pytest.approx(float(((x - full[labels]) ** 2).sum(1).double().mean()), rel=1e-5)
+
+
+def test_readme_snippets_run(feats, tmp_path, monkeypatch):
+    path, _ = feats
+    text = README.read_text()
+    section = text[text.index("## Using the features"):]
+    section = section[:section.index("\n## ", 1)]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 2
+    shutil.copy(path, tmp_path / "feats.h5")
+    monkeypatch.chdir(tmp_path)
+    for block in blocks:
+        scope: dict = {}
+        exec(compile(block, str(README), "exec"), scope)
+    assert scope["weights"].grad is not None and scope["loss"].isfinite()
+    assert lighthubert.FeaturesDataset is FeaturesDataset
