@@ -17,7 +17,8 @@ characters (below U+0020, or U+007F) are an error naming the line or file.
 Folders are walked once per real directory: links to files are followed, a link to a folder already
 walked (a loop such as ``sub/up -> ..``, or a second link to the same folder) is not entered again.
 File names that are not valid UTF-8 get a key with each undecodable byte written ``%XX`` (``caf%E9``);
-the same escaping gives the ``source`` text stored with the features (:func:`display_path`).
+the same escaping (and control characters as ``%XX``) gives the ``source`` text stored with the
+features and the paths in messages (:func:`display_path`).
 """
 
 from __future__ import annotations
@@ -58,8 +59,9 @@ def escape_name(text: str) -> str:
 
 
 def display_path(path: str | os.PathLike) -> str:
-    """The path as valid UTF-8 text (undecodable bytes written ``%XX``), for messages and attributes."""
-    return escape_name(os.fspath(path))
+    """The path as valid, one-line UTF-8 text (undecodable bytes and control characters written
+    ``%XX``), for messages and the ``source`` attribute."""
+    return _CONTROL.sub(lambda m: f"%{ord(m.group()):02X}", escape_name(os.fspath(path)))
 
 
 def _key_from(text: str) -> str:
