@@ -102,6 +102,14 @@ def test_scp_keys_with_control_characters_are_refused(tmp_path, char):
     assert f"{scp}:2" in str(e.value) and "control character" in str(e.value)
 
 
+def test_a_nul_in_an_scp_key_stops_the_command_before_anything(tmp_path):
+    scp = tmp_path / "l.scp"
+    scp.write_bytes(f"k\x00a {UTT}\nk\x00b {UTT}\n".encode())
+    p = lhb("extract", scp, tmp_path / "o.h5", "-c", "random:small", timeout=120)
+    assert p.returncode == 1 and f"{scp}:1" in one_line(p) and "U+0000" in p.stderr
+    assert sorted(os.listdir(tmp_path)) == ["l.scp"]
+
+
 @needs_speech
 def test_folder_file_names_with_control_characters_are_refused(tmp_path):
     shutil.copy(UTT, tmp_path / "bad\nname.wav")
