@@ -71,20 +71,17 @@ def _kind(mode: int) -> str:
     return "not a plain file"
 
 
-def open_regular(path: str | os.PathLike) -> int:
-    """A read-only descriptor of ``path``, or :class:`AudioError` when it is missing or not a regular
-    file. Opening never blocks (a FIFO named ``x.wav`` would wait for a writer forever)."""
+def check_regular(path: str | os.PathLike) -> None:
+    """:class:`AudioError` when ``path`` is missing or not a regular file. Only ``stat`` is used, so a
+    FIFO named ``x.wav`` (which would wait for a writer forever) is never opened."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        mode = os.stat(path).st_mode
     except FileNotFoundError:
         raise AudioError("no such file") from None
     except OSError as err:
         raise AudioError(f"cannot read: {err.strerror or err}") from None
-    mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
-        os.close(fd)
         raise AudioError(f"not a regular file ({_kind(mode)})")
-    return fd
 
 
 def check_rate(rate: int) -> None:
@@ -101,9 +98,9 @@ def _decode_error(err: Exception) -> AudioError:
 def load_audio(path: str | os.PathLike) -> np.ndarray:
     """(N,) float32 mono waveform at 16 kHz, or :class:`AudioError` saying why not.
     Raises :class:`ResamplerUnavailable` when the file needs resampling and torchaudio is broken."""
-    fd = open_regular(path)
-    try:
-        with sf.SoundFile(fd, closefd=False) as f:
+    check_regular(path)
+    try:  # bytes: soundfile cannot encode a str path holding undecodable (surrogate-escaped) bytes
+        with sf.SoundFile(os.fsencode(path)) as f:
             rate = int(f.samplerate)
             check_rate(rate)  # from the header, before any sample is read
             data = f.read(dtype="float32", always_2d=True)
@@ -111,8 +108,6 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
         raise _decode_error(err) from None
     except OSError as err:
         raise AudioError(f"cannot read: {err.strerror or err}") from None
-    finally:
-        os.close(fd)
     if data.size == 0:
         raise AudioError("no samples")
     if not np.isfinite(data).all():
@@ -128,14 +123,9 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
 def audio_frames(path: str | os.PathLike) -> tuple[int, int] | None:
     """(frames, sample rate) from the header, or None when it cannot be read. Cheap: no decoding."""
     try:
-        fd = open_regular(path)  # a FIFO or device is never opened for reading (it could block)
-    except AudioError:
-        return None
-    try:
-        with sf.SoundFile(fd, closefd=False) as f:
+        check_regular(path)  # a FIFO or device is never opened (it could block)
+        with sf.SoundFile(os.fsencode(path)) as f:
             frames, rate = int(f.frames), int(f.samplerate)
     except Exception:  # noqa: BLE001 - any unreadable header just means "unknown"
         return None
-    finally:
-        os.close(fd)
     return (frames, rate) if MIN_RATE <= rate <= MAX_RATE else None
