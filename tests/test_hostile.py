@@ -202,6 +202,7 @@ def test_fifo_list_file_is_refused_without_blocking(tmp_path):
 # ----------------------------------------------------------------------------- checkpoints
 
 
+@needs_speech
 def test_fifo_checkpoint_is_refused_at_once(tmp_path):
     fifo = tmp_path / "ckpt.pt"
     os.mkfifo(fifo)
@@ -277,6 +278,7 @@ def test_subnet_json_with_a_huge_integer_or_too_many_entries_is_refused():
         parse_subnet(json.dumps(sub))
 
 
+@needs_speech
 def test_subnet_json_errors_from_the_command(tmp_path):
     p = lhb("extract", UTT, tmp_path / "o.h5", "-c", "random:small", "--subnet", '{"layer_num": ' + "9" * 5000 + "}")
     assert p.returncode == 2 and "not usable JSON" in one_line(p)
