@@ -8,6 +8,7 @@ torchaudio is imported only when a file needs resampling: everything else (the m
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from importlib import metadata
 
@@ -17,6 +18,9 @@ import torch
 
 SAMPLE_RATE = 16000
 MIN_SAMPLES = 400  # the conv extractor's receptive field: fewer samples give no frame
+MIN_RATE, MAX_RATE = 1000, 384000
+"""Sample rates accepted (Hz): outside, a file is refused before it is read (a 4 KB file that
+declares 1 Hz would become half an hour of audio once resampled)."""
 FIX_TORCHAUDIO = "pip install --upgrade 'torch>=2.12' 'torchaudio>=2.11.1'"
 
 
@@ -59,13 +63,49 @@ def resample(wave: np.ndarray, rate: int, path: str | os.PathLike = "") -> np.nd
     return fn(torch.from_numpy(np.ascontiguousarray(wave)), rate, SAMPLE_RATE).numpy()
 
 
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return name
+    return "not a plain file"
+
+
+def check_regular(path: str | os.PathLike) -> None:
+    """:class:`AudioError` when ``path`` is missing or not a regular file. Only ``stat`` is used, so a
+    FIFO named ``x.wav`` (which would wait for a writer forever) is never opened."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise AudioError("no such file") from None
+    except OSError as err:
+        raise AudioError(f"cannot read: {err.strerror or err}") from None
+    if not stat.S_ISREG(mode):
+        raise AudioError(f"not a regular file ({_kind(mode)})")
+
+
+def check_rate(rate: int) -> None:
+    """:class:`AudioError` unless ``MIN_RATE <= rate <= MAX_RATE``."""
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise AudioError(f"sample rate {rate} Hz is outside the supported {MIN_RATE}-{MAX_RATE} Hz")
+
+
+def _decode_error(err: Exception) -> AudioError:
+    text = err.error_string if isinstance(err, sf.LibsndfileError) else str(err).strip()
+    return AudioError(f"cannot decode: {text.splitlines()[0] if text else type(err).__name__}")
+
+
 def load_audio(path: str | os.PathLike) -> np.ndarray:
     """(N,) float32 mono waveform at 16 kHz, or :class:`AudioError` saying why not.
     Raises :class:`ResamplerUnavailable` when the file needs resampling and torchaudio is broken."""
-    try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    check_regular(path)
+    try:  # bytes: soundfile cannot encode a str path holding undecodable (surrogate-escaped) bytes
+        with sf.SoundFile(os.fsencode(path)) as f:
+            rate = int(f.samplerate)
+            check_rate(rate)  # from the header, before any sample is read
+            data = f.read(dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
-        raise AudioError(f"cannot decode: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}") from None
+        raise _decode_error(err) from None
     except OSError as err:
         raise AudioError(f"cannot read: {err.strerror or err}") from None
     if data.size == 0:
@@ -83,7 +123,9 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
 def audio_frames(path: str | os.PathLike) -> tuple[int, int] | None:
     """(frames, sample rate) from the header, or None when it cannot be read. Cheap: no decoding."""
     try:
-        info = sf.info(str(path))
+        check_regular(path)  # a FIFO or device is never opened (it could block)
+        with sf.SoundFile(os.fsencode(path)) as f:
+            frames, rate = int(f.frames), int(f.samplerate)
     except Exception:  # noqa: BLE001 - any unreadable header just means "unknown"
         return None
-    return int(info.frames), int(info.samplerate)
+    return (frames, rate) if MIN_RATE <= rate <= MAX_RATE else None

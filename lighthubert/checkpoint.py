@@ -9,6 +9,7 @@ import io
 import math
 import os
 import pickle
+import stat
 import tempfile
 import time
 import zipfile
@@ -37,6 +38,9 @@ RELEASED = {
 KINDS = ("hubert_pruner", "student_hubert", "lighthubert_subnet")
 SUBNET_KIND = "lighthubert_subnet"
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+MAX_CHECKPOINT_BYTES = 8 << 30
+"""The largest checkpoint file read, far above any released one (a bound, so that no file is read without end)."""
+MAX_SEED = 2**63 - 1
 
 
 class CheckpointError(Exception):
@@ -294,8 +298,8 @@ def load_checkpoint(source: str | os.PathLike, *, seed: int = 0, trust: bool = F
         if len(parts) > 3 or parts[1] not in RELEASED:
             raise CheckpointError(f"{text}: random checkpoints are random:base, random:small or random:stage1[:SEED]")
         if len(parts) == 3:
-            if not parts[2].isdigit():
-                raise CheckpointError(f"{text}: the seed must be a non-negative integer")
+            if not (parts[2].isascii() and parts[2].isdigit() and len(parts[2]) <= 20 and int(parts[2]) <= MAX_SEED):
+                raise CheckpointError(f"{text[:60]}: the seed must be an integer from 0 to {MAX_SEED}")
             seed = int(parts[2])
         obj = random_checkpoint(parts[1], seed=seed)
         ckpt = from_object(obj, text)
@@ -309,12 +313,13 @@ def load_checkpoint(source: str | os.PathLike, *, seed: int = 0, trust: bool = F
     if path.is_dir():
         raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
     try:
-        data = path.read_bytes()
+        data = _read_regular(path)
     except FileNotFoundError:
         names = ", ".join(RELEASED)
         raise CheckpointError(f"{path}: no such file (released checkpoints by name: {names}; random:base for random weights)") from None
     except OSError as err:
         raise CheckpointError(f"{path}: cannot read: {err.strerror}") from None
+    _check_records(data, str(path))
     obj = _read_pickle(data, str(path), trust)
     ckpt = from_object(obj, str(path))
     ckpt.path = path
@@ -322,6 +327,40 @@ def load_checkpoint(source: str | os.PathLike, *, seed: int = 0, trust: bool = F
     if ckpt.meta.get("random"):
         ckpt.random = True
     return ckpt
+
+
+def _read_regular(path: Path) -> bytes:
+    """The bytes of a regular file of at most :data:`MAX_CHECKPOINT_BYTES`. A FIFO or device
+    (``/dev/zero``) is refused without reading: it could block or never end."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise CheckpointError(f"{path}: not a regular file (a FIFO, device or socket); give a checkpoint file")
+        if st.st_size > MAX_CHECKPOINT_BYTES:
+            raise CheckpointError(f"{path}: {st.st_size} bytes, more than any LightHuBERT checkpoint "
+                                  f"(at most {MAX_CHECKPOINT_BYTES >> 30} GiB are read)")
+        data = f.read(MAX_CHECKPOINT_BYTES + 1)
+    if len(data) > MAX_CHECKPOINT_BYTES:  # grew while being read
+        raise CheckpointError(f"{path}: more than {MAX_CHECKPOINT_BYTES >> 30} GiB; not a LightHuBERT checkpoint")
+    return data
+
+
+def _check_records(data: bytes, where: str) -> None:
+    """A torch zip file must hold its records stored, as ``torch.save`` writes them: a compressed
+    record could inflate to any size (4 MB to 4 GB) when torch reads it."""
+    if not zipfile.is_zipfile(io.BytesIO(data)):
+        return  # not a zip: the legacy format or not a checkpoint; torch.load says which
+    try:
+        records = zipfile.ZipFile(io.BytesIO(data)).infolist()
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
+        raise CheckpointError(f"{where}: truncated or corrupt checkpoint ({err})") from None
+    for info in records:
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size > len(data):
+            raise CheckpointError(
+                f"{where}: record {info.filename!r} is compressed ({info.compress_size} bytes inflating to "
+                f"{info.file_size}); torch.save never compresses records, so this file is refused"
+            )
 
 
 def from_object(obj: Any, where: str) -> Checkpoint:

@@ -11,14 +11,24 @@
 
 In list files, blank lines and lines starting with ``#`` are ignored, surrounding whitespace is
 stripped, and paths may hold spaces and any Unicode. Two items with the same key, or a key that is
-a prefix folder of another (``a`` and ``a/b``), are an error naming both lines.
+a prefix folder of another (``a`` and ``a/b``), are an error naming both lines. Keys holding control
+characters (below U+0020, or U+007F) are an error naming the line or file.
+
+Folders are walked once per real directory: links to files are followed, a link to a folder already
+walked (a loop such as ``sub/up -> ..``, or a second link to the same folder) is not entered again.
+File names that are not valid UTF-8 get a key with each undecodable byte written ``%XX`` (``caf%E9``);
+the same escaping (and control characters as ``%XX``) gives the ``source`` text stored with the
+features and the paths in messages (:func:`display_path`).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Iterable
 
 AUDIO_EXTENSIONS = frozenset(
     ".wav .wave .flac .ogg .oga .opus .mp3 .aif .aiff .aifc .au .snd .w64 .rf64 .caf .sph .nist .htk .voc .sd2 .paf".split()
@@ -38,6 +48,22 @@ class Item:
     """Where the item came from, for messages: ``list.txt:12`` or the path."""
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SURROGATE = re.compile(r"[\udc80-\udcff]")
+
+
+def escape_name(text: str) -> str:
+    """``text`` with each byte that was not valid UTF-8 (held by Python as a surrogate escape, as
+    ``os.fsdecode`` gives it) written ``%XX``: valid text that h5py can store."""
+    return _SURROGATE.sub(lambda m: f"%{ord(m.group()) - 0xDC00:02X}", text)
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """The path as valid, one-line UTF-8 text (undecodable bytes and control characters written
+    ``%XX``), for messages and the ``source`` attribute."""
+    return _CONTROL.sub(lambda m: f"%{ord(m.group()):02X}", escape_name(os.fspath(path)))
+
+
 def _key_from(text: str) -> str:
     posix = text.replace("\\", "/")
     while posix.startswith("./"):
@@ -49,6 +75,10 @@ def _key_from(text: str) -> str:
 
 
 def _check_key(key: str, where: str) -> str:
+    bad = _CONTROL.search(key)
+    if bad:
+        raise InputError(f"{display_path(where)}: key {escape_name(key)!r} holds the control character "
+                         f"U+{ord(bad.group()):04X}; keys must be printable text")
     parts = key.split("/")
     if not key or any(part in ("", ".", "..") for part in parts):
         raise InputError(f"{where}: {key!r} is not a usable key (empty, '.' or '..' parts)")
@@ -73,26 +103,52 @@ def list_inputs(source: str | os.PathLike) -> list[Item]:
         if not items:
             raise InputError(f"{src}: the list holds no entries")
     else:
-        items = [Item(_check_key(src.stem, str(src)), src, str(src))]
+        items = [Item(_check_key(escape_name(src.stem), str(src)), src, display_path(src))]
     _check_unique(items)
     return items
 
 
 def _from_folder(root: Path) -> list[Item]:
+    """Audio files under ``root``; each real directory is walked once (links followed, loops cut)."""
     items = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            path = Path(dirpath) / name
-            if name.startswith(".") or not is_audio(path):
+    seen: set[tuple[int, int]] = set()
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            st = folder.stat()
+        except OSError:
+            continue  # a dangling link or an unreadable folder
+        if (st.st_dev, st.st_ino) in seen:
+            continue  # a loop (sub/up -> ..) or a second link to a folder already walked
+        seen.add((st.st_dev, st.st_ino))
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            continue
+        subdirs = []
+        for entry in entries:
+            if entry.name.startswith("."):
                 continue
-            rel = path.relative_to(root).as_posix()
-            items.append(Item(_check_key(_key_from(rel), str(path)), path, str(path)))
+            path = Path(entry.path)
+            try:
+                is_dir = entry.is_dir()  # follows links
+            except OSError:
+                is_dir = False
+            if is_dir:
+                subdirs.append(path)
+            elif is_audio(path):
+                # FIFOs and devices named *.wav are kept: decoding skips them with the reason
+                rel = escape_name(path.relative_to(root).as_posix())
+                items.append(Item(_check_key(_key_from(rel), display_path(path)), path, display_path(path)))
+        stack.extend(reversed(subdirs))
     return sorted(items, key=lambda it: it.key)
 
 
 def _lines(path: Path) -> list[tuple[int, str]]:
     try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise InputError(f"{display_path(path)}: not a regular file (a list must be a file, not a FIFO or device)")
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise InputError(f"{path}: not UTF-8 text") from None
@@ -115,7 +171,7 @@ def _from_list(path: Path) -> list[Item]:
         if not root.is_absolute():
             root = base / root
         for n, line in rows:
-            where = f"{path}:{n}"
+            where = f"{display_path(path)}:{n}"
             rel = line.split("\t")[0].strip()
             if not rel:
                 raise InputError(f"{where}: expected 'relative/path<TAB>num_samples'")
@@ -124,7 +180,7 @@ def _from_list(path: Path) -> list[Item]:
     for n, line in lines:
         if not line or line.startswith("#"):
             continue
-        where = f"{path}:{n}"
+        where = f"{display_path(path)}:{n}"
         if ext == ".scp":
             parts = line.split(maxsplit=1)
             if len(parts) != 2:
@@ -139,6 +195,23 @@ def _from_list(path: Path) -> list[Item]:
         p = Path(target)
         items.append(Item(key, p if p.is_absolute() else base / p, where))
     return items
+
+
+def check_against(items: list[Item], existing_keys: Iterable[str], where: str = "OUTPUT") -> None:
+    """Refuse items whose key is a prefix folder of a key already in ``where`` (or the reverse):
+    ``a`` and ``a/b`` cannot both be stored. Keys equal to an existing key are fine (resume skips them).
+    Raises :class:`InputError` naming both keys."""
+    existing = set(existing_keys)
+    groups = {"/".join(k.split("/")[:i]) for k in existing for i in range(1, k.count("/") + 1)}
+    for item in items:
+        if item.key in groups:
+            other = next(k for k in sorted(existing) if k.startswith(item.key + "/"))
+            raise InputError(f"{item.origin}: key {item.key!r} is a group in {where}, which holds {other!r}")
+        parts = item.key.split("/")
+        for i in range(1, len(parts)):
+            prefix = "/".join(parts[:i])
+            if prefix in existing:
+                raise InputError(f"{item.origin}: key {item.key!r} needs a group {prefix!r}, which {where} holds as a key")
 
 
 def _check_unique(items: list[Item]) -> None:

@@ -34,9 +34,17 @@ class ConfigError(ValueError):
     """A checkpoint config this library cannot build a network for."""
 
 
+MAX_CONV_LAYERS = 64
+MAX_CONV_DIM, MAX_CONV_KERNEL = 4096, 1024
+"""Bounds on ``conv_feature_layers`` (the released files have 7 layers of 512 channels, kernels <= 10)."""
+MAX_CONV_POS = 1024
+MAX_SPEC_CHARS = 10_000
+
+
 def parse_conv_layers(spec: str) -> list[tuple[int, int, int]]:
     """Evaluate fairseq's ``conv_feature_layers`` string without ``eval``: only lists, tuples,
-    integers, ``+`` and ``*`` are allowed."""
+    integers, ``+`` and ``*`` are allowed. Every intermediate list is checked against
+    :data:`MAX_CONV_LAYERS` before it is built, so no chain of ``*`` can exhaust memory."""
 
     def ev(node: ast.AST):
         if isinstance(node, ast.Expression):
@@ -44,22 +52,51 @@ def parse_conv_layers(spec: str) -> list[tuple[int, int, int]]:
         if isinstance(node, ast.Constant) and type(node.value) is int:
             return node.value
         if isinstance(node, (ast.List, ast.Tuple)):
+            if len(node.elts) > MAX_CONV_LAYERS:
+                raise ValueError(f"more than {MAX_CONV_LAYERS} elements")
             items = [ev(e) for e in node.elts]
             return items if isinstance(node, ast.List) else tuple(items)
         if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
             left, right = ev(node.left), ev(node.right)
-            if isinstance(node.op, ast.Mult) and isinstance(right, int) and not 0 <= right <= 64:
-                raise ValueError("repeat count out of range")
+            if isinstance(node.op, ast.Mult):
+                seq, n = (left, right) if isinstance(right, int) else (right, left)
+                if not isinstance(n, int):
+                    raise ValueError("only a list times an integer can be multiplied")
+                if isinstance(seq, int):
+                    size = abs(seq * n) if abs(seq) <= MAX_CONV_DIM * MAX_CONV_KERNEL and abs(n) <= MAX_CONV_DIM * MAX_CONV_KERNEL else math.inf
+                elif n < 0:
+                    raise ValueError("repeat count out of range")
+                else:
+                    size = len(seq) * n
+            elif isinstance(left, int) and isinstance(right, int):
+                size = abs(left + right)
+            elif type(left) is type(right):
+                size = len(left) + len(right)
+            else:
+                raise ValueError("cannot add a number and a list")
+            if size > (MAX_CONV_DIM * MAX_CONV_KERNEL if isinstance(left, int) and isinstance(right, int) else MAX_CONV_LAYERS):
+                raise ValueError(f"too large (at most {MAX_CONV_LAYERS} layers of at most {MAX_CONV_DIM} channels)")
             return left + right if isinstance(node.op, ast.Add) else left * right
         raise ValueError(f"unsupported element {type(node).__name__}")
 
+    text = str(spec)
+    shown = text if len(text) <= 80 else text[:77] + "..."
     try:
-        layers = ev(ast.parse(str(spec), mode="eval"))
-        layers = [tuple(int(v) for v in layer) for layer in layers]
-        if not layers or any(len(layer) != 3 or min(layer) < 1 for layer in layers):
-            raise ValueError("each layer must be (dim, kernel, stride)")
-    except (SyntaxError, ValueError, TypeError, RecursionError) as err:
-        raise ConfigError(f"conv_feature_layers {spec!r} cannot be read: {err}") from None
+        if len(text) > MAX_SPEC_CHARS:
+            raise ValueError(f"longer than {MAX_SPEC_CHARS} characters")
+        layers = ev(ast.parse(text, mode="eval"))
+        if not isinstance(layers, (list, tuple)):
+            raise ValueError("it must be a list of (dim, kernel, stride)")
+        layers = [tuple(layer) if isinstance(layer, (list, tuple)) else layer for layer in layers]
+        if not layers or any(not isinstance(layer, tuple) or len(layer) != 3 or not all(type(v) is int for v in layer)
+                             or min(layer) < 1 for layer in layers):
+            raise ValueError("each layer must be (dim, kernel, stride) of positive integers")
+        for dim, kernel, stride in layers:
+            if dim > MAX_CONV_DIM or kernel > MAX_CONV_KERNEL or stride > MAX_CONV_KERNEL:
+                raise ValueError(f"layer ({dim}, {kernel}, {stride}) is too large (dim <= {MAX_CONV_DIM}, "
+                                 f"kernel and stride <= {MAX_CONV_KERNEL})")
+    except (SyntaxError, ValueError, TypeError, RecursionError, MemoryError) as err:
+        raise ConfigError(f"conv_feature_layers {shown!r} cannot be read: {err}") from None
     return layers
 
 
@@ -117,6 +154,10 @@ class ModelConfig:
                 "the supernet must be 12 layers, 768 wide, 12 heads, FFN 3072, 16 pos-conv groups "
                 f"as released; this config has {geometry}"
             )
+        if not 1 <= cfg.conv_pos <= MAX_CONV_POS:
+            raise ConfigError(f"conv_pos {cfg.conv_pos} is outside 1..{MAX_CONV_POS} (released files use 128)")
+        if not 1 <= cfg.teacher_embed_dim <= MAX_CONV_DIM or any(n > 64 for n in cfg.layer_pred_num):
+            raise ConfigError("teacher_embed_dim or layer_pred_num is out of range (released files use 768 and 0,...,0,1)")
         if len(cfg.layer_pred_num) != cfg.encoder_layers:
             raise ConfigError(f"layer_pred_num has {len(cfg.layer_pred_num)} entries, expected {cfg.encoder_layers}")
         return cfg

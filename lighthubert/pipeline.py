@@ -25,7 +25,7 @@ import torch
 from .audio import MIN_SAMPLES, SAMPLE_RATE, AudioError, ResamplerUnavailable, audio_frames, load_audio
 from .extractor import Extractor
 from .features import FeatureWriter, OutputError
-from .inputs import Item
+from .inputs import Item, display_path
 
 HOP = 320
 MAX_BATCH = 256
@@ -166,8 +166,6 @@ def _os_reason(err: BaseException) -> str:
 
 
 def _decode(item: Item) -> np.ndarray | AudioError:
-    if not item.path.is_file():
-        return AudioError("no such file" if not item.path.exists() else "not a file")
     try:
         return load_audio(item.path)
     except AudioError as err:
@@ -216,10 +214,10 @@ def extract(items: Iterable[Item], extractor: Extractor, writer: FeatureWriter, 
                 for it, wave in decoded:
                     if isinstance(wave, AudioError):
                         summary.skipped.append((it, str(wave)))
-                        writer.skip(it.key, str(it.path), str(wave))
+                        writer.skip(it.key, display_path(it.path), str(wave))
                         reporter.skipped(it, str(wave))
                         if options.strict:
-                            raise StrictStop(f"{it.path}: {wave}")
+                            raise StrictStop(f"{display_path(it.path)}: {wave}")
                     else:
                         good.append((it, wave))
                 t = time.monotonic()
@@ -263,11 +261,11 @@ def _compute(good: list[tuple[Item, np.ndarray]], extractor: Extractor, layers: 
         for i in range(0, len(pieces), per):
             feats += _run(extractor, pieces[i:i + per], layers, True, save_dtype)
         data = np.concatenate(feats, axis=-2)
-        jobs.append((item.key, _squeeze(data, layers), str(item.path), len(wave), len(pieces)))
+        jobs.append((item.key, _squeeze(data, layers), display_path(item.path), len(wave), len(pieces)))
         return jobs
     feats = _run(extractor, [w for _, w in good], layers, False, save_dtype)
     for (item, wave), data in zip(good, feats):
-        jobs.append((item.key, _squeeze(data, layers), str(item.path), len(wave), 1))
+        jobs.append((item.key, _squeeze(data, layers), display_path(item.path), len(wave), 1))
     return jobs
 
 

@@ -179,7 +179,8 @@ def _int(value: Any, field: str, lo: int, hi: int) -> int:
             raise SubnetError(f"{field} must be an integer, got {value!r}")
         value = int(value)
     if not lo <= value <= hi:
-        raise SubnetError(f"{field} is {value}; it must be between {lo} and {hi}")
+        shown = value if value.bit_length() < 64 else "a huge number"
+        raise SubnetError(f"{field} is {shown}; it must be between {lo} and {hi}")
     return value
 
 
@@ -214,8 +215,8 @@ def check_subnet(subnet: Any) -> dict:
         value = subnet[key]
         if not isinstance(value, (list, tuple)):
             raise SubnetError(f"{key} must be a list of {n} values, got {value!r}")
-        if len(value) < n:
-            raise SubnetError(f"{key} has {len(value)} entries; layer_num is {n}")
+        if not n <= len(value) <= SUPERNET_LAYERS:
+            raise SubnetError(f"{key} has {len(value)} entries; layer_num is {n} (at most {SUPERNET_LAYERS} entries)")
         return list(value[:n])
 
     heads = [
@@ -257,6 +258,8 @@ def parse_subnet(text: str) -> dict:
         value = json.loads(text)
     except (json.JSONDecodeError, RecursionError) as err:
         raise SubnetError(f"not valid JSON: {err}") from None
+    except ValueError as err:  # e.g. an integer of thousands of digits
+        raise SubnetError(f"not usable JSON: {str(err).splitlines()[0][:120]}") from None
     return check_subnet(value)
 
 

@@ -18,6 +18,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from lighthubert.inputs import display_path
+
 from .progress import Reporter, err, hms, size
 
 app = typer.Typer(
@@ -63,6 +65,10 @@ class Supernet(str, Enum):
     small = "small"
 
 
+class Terminated(KeyboardInterrupt):
+    """A second signal after a SIGTERM: stop at once, exit 143 (a second SIGINT exits 130)."""
+
+
 def _one_line_errors(command):
     """Failures become one line on stderr and an exit status, never a traceback (unless LHB_DEBUG)."""
 
@@ -73,6 +79,9 @@ def _one_line_errors(command):
         except Fail as e:
             err(f"lhb: error: {e}")
             raise typer.Exit(e.code) from None
+        except Terminated:
+            err("lhb: terminated")
+            raise typer.Exit(143) from None
         except KeyboardInterrupt:
             err("lhb: interrupted")
             raise typer.Exit(130) from None
@@ -210,8 +219,8 @@ def extract(
     received: list[int] = []
 
     def on_signal(signum, frame):
-        if received:  # a second signal: stop now
-            raise KeyboardInterrupt
+        if received:  # a second signal: stop now, with the status of the first one
+            raise Terminated if received[0] == signal.SIGTERM else KeyboardInterrupt
         received.append(signum)
         stop.set()
         err(f"\nstopping after the current batch ({signal.Signals(signum).name}); signal again to stop at once")
@@ -314,7 +323,7 @@ class _RankReporter:
             self.shown.advance(files - self.shown.files, seconds - self.shown.seconds)
 
     def skipped(self, item, reason: str) -> None:
-        err(f"skipped {item.path}: {reason}")
+        err(f"skipped {display_path(item.path)}: {reason}")
 
     def stop(self) -> None:
         """The display stops once every rank has finished (see _run_ranks)."""

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from lighthubert.inputs import Item
+from lighthubert.inputs import Item, display_path
 
 
 def err(message: str) -> None:
@@ -96,7 +96,7 @@ class Reporter:
                 f"{rt:,.0f}x real time, ETA {hms(max(left, 0.0))}")
 
     def skipped(self, item: Item, reason: str) -> None:
-        message = f"skipped {item.path}: {reason}"
+        message = f"skipped {display_path(item.path)}: {reason}"
         if self.progress is not None:
             self.progress.console.print(Text(message, style="yellow"), soft_wrap=True)
         else:

@@ -1,0 +1,313 @@
+"""Hostile inputs found by an adversarial run: each is a clear refusal, a skip with its reason, or is
+processed correctly; nothing hangs, nothing is silently lost, no memory is exhausted.
+
+FIFOs and device nodes are made inside each test's own folder; a test that could hang on one runs
+``lhb`` with a timeout."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import time
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from cli_helpers import SPEECH_DIR, _env, lhb_command
+from lighthubert.audio import AudioError, audio_frames, load_audio
+from lighthubert.checkpoint import CheckpointError, load_checkpoint
+from lighthubert.inputs import InputError, Item, check_against, list_inputs
+from lighthubert.model import ConfigError, ModelConfig, parse_conv_layers
+from lighthubert.space import SubnetError, parse_subnet
+
+UTT = SPEECH_DIR / "spk1" / "utt03.wav"  # 2.7 s of real speech at 16 kHz
+FAST = ["-c", "random:small", "--subnet", "min", "--layers", "1", "--device", "cpu"]
+is_root = pytest.mark.skipif(os.geteuid() != 0, reason="making device nodes needs root")
+needs_speech = pytest.mark.skipif(not UTT.is_file(), reason="needs the speech data")
+
+
+def lhb(*args, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``lhb`` with a hard timeout: a hang fails the test instead of blocking the suite."""
+    try:
+        return subprocess.run(lhb_command() + [str(a) for a in args], capture_output=True, text=True,
+                              timeout=timeout, env=_env(), stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"lhb {' '.join(map(str, args))} hung for {timeout} s")
+
+
+@contextmanager
+def within(seconds: int):
+    """Fail (instead of hanging) when the block runs longer than ``seconds``."""
+    def alarm(signum, frame):
+        raise TimeoutError(f"took more than {seconds} s")
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def one_line(p: subprocess.CompletedProcess) -> str:
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
+    return lines[0]
+
+
+def h5_keys(path: Path) -> dict[str, str]:
+    """key -> its ``source`` attribute, read with plain h5py."""
+    out: dict[str, str] = {}
+    with h5py.File(path, "r") as f:
+        f["features"].visititems(lambda n, o: out.__setitem__(n, o.attrs["source"]) if isinstance(o, h5py.Dataset) else None)
+    return out
+
+
+# ----------------------------------------------------------------------------- keys
+
+
+def items(*keys: str) -> list[Item]:
+    return [Item(k, Path(f"/x/{k}.wav"), f"list.txt:{i + 1}") for i, k in enumerate(keys)]
+
+
+def test_keys_nesting_with_the_existing_output_are_refused_naming_both():
+    with pytest.raises(InputError) as e:  # the file holds a/b and a/c; the new list has a
+        check_against(items("x", "a"), ["a/b", "a/c"])
+    assert "list.txt:2" in str(e.value) and "'a'" in str(e.value) and "'a/b'" in str(e.value)
+    with pytest.raises(InputError) as e:  # the file holds a; the new list has a/b
+        check_against(items("a/b"), ["a"])
+    assert "'a/b'" in str(e.value) and "'a'" in str(e.value)
+    with pytest.raises(InputError):
+        check_against(items("a/b/c"), ["a"])
+    check_against(items("a", "abc", "b"), ["a", "ab/c"])  # equal keys (resume skips them) or mere string prefixes
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x01", "\x1b", "\x7f"])
+def test_scp_keys_with_control_characters_are_refused(tmp_path, char):
+    scp = tmp_path / "l.scp"
+    scp.write_bytes(f"ok {UTT}\nk{char}a {UTT}\nk{char}b {UTT}\n".encode())
+    with pytest.raises(InputError) as e:
+        list_inputs(scp)
+    assert f"{scp}:2" in str(e.value) and "control character" in str(e.value)
+
+
+def test_a_nul_in_an_scp_key_stops_the_command_before_anything(tmp_path):
+    scp = tmp_path / "l.scp"
+    scp.write_bytes(f"k\x00a {UTT}\nk\x00b {UTT}\n".encode())
+    p = lhb("extract", scp, tmp_path / "o.h5", "-c", "random:small", timeout=120)
+    assert p.returncode == 1 and f"{scp}:1" in one_line(p) and "U+0000" in p.stderr
+    assert sorted(os.listdir(tmp_path)) == ["l.scp"]
+
+
+@needs_speech
+def test_folder_file_names_with_control_characters_are_refused(tmp_path):
+    shutil.copy(UTT, tmp_path / "bad\nname.wav")
+    with pytest.raises(InputError) as e:
+        list_inputs(tmp_path)
+    assert "control character U+000A" in str(e.value) and "\n" not in str(e.value)
+
+
+# ----------------------------------------------------------------------------- folder walks
+
+
+@needs_speech
+def test_folder_with_link_loops_is_walked_once_per_real_folder(tmp_path):
+    root = tmp_path / "in"
+    (root / "sub").mkdir(parents=True)
+    shutil.copy(UTT, root / "a.wav")
+    shutil.copy(UTT, root / "sub" / "b.wav")
+    (root / "sub" / "up").symlink_to("..")          # a loop back to the root
+    (root / "self").symlink_to(".")                  # a loop onto itself
+    (root / "sub" / "again").symlink_to(".")
+    (root / "linked.wav").symlink_to(root / "a.wav")  # a link to a file is followed
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.copy(UTT, outside / "c.wav")
+    (root / "x1").symlink_to(outside)                # two links to one folder: walked once
+    (root / "x2").symlink_to(outside)
+    (root / "dangling.wav").symlink_to(tmp_path / "nothing.wav")
+    with within(60):
+        found = list_inputs(root)
+    assert [it.key for it in found] == ["a", "dangling", "linked", "sub/b", "x1/c"]
+
+
+@needs_speech
+def test_fifo_device_low_rate_and_non_utf8_names_in_a_folder(tmp_path):
+    """A FIFO and a device named *.wav are skipped with their reason (never opened, so nothing hangs);
+    a 1 Hz file is refused before resampling; a non-UTF-8 name is extracted under an escaped key."""
+    root = tmp_path / "in"
+    root.mkdir()
+    shutil.copy(UTT, root / "good.wav")
+    os.mkfifo(root / "x.wav")
+    if os.geteuid() == 0:
+        os.mknod(root / "dev.wav", 0o600 | stat.S_IFCHR, os.makedev(1, 5))  # like /dev/zero, but here
+    sf.write(root / "slow.wav", np.full(2000, 0.1, dtype=np.float32), 1)
+    raw = os.fsencode(root) + b"/caf\xe9.wav"
+    shutil.copy(UTT, raw)
+    out = tmp_path / "o.h5"
+    p = lhb("extract", root, out, *FAST, timeout=120)
+    assert p.returncode == 3, p.stderr
+    assert "x.wav: not a regular file (a FIFO)" in p.stderr
+    assert "slow.wav: sample rate 1 Hz is outside the supported 1000-384000 Hz" in p.stderr
+    if os.geteuid() == 0:
+        assert "dev.wav: not a regular file (a character device)" in p.stderr
+    got = h5_keys(out)
+    assert sorted(got) == ["caf%E9", "good"]
+    assert got["caf%E9"] == f"{root}/caf%E9.wav"
+    with h5py.File(out) as f:
+        assert np.array_equal(f["features/caf%E9"][()], f["features/good"][()])  # the same audio
+        skipped = {s["key"]: s["reason"] for s in json.loads(f.attrs["skipped"])}
+    assert skipped["x"].startswith("not a regular file") and "sample rate" in skipped["slow"]
+
+
+def test_sample_rates_outside_the_range_are_refused_before_decoding(tmp_path):
+    for rate in (1, 999, 400_000):
+        path = tmp_path / f"r{rate}.wav"
+        sf.write(path, np.zeros(4000, dtype=np.float32), rate)
+        with pytest.raises(AudioError, match=f"sample rate {rate} Hz"):
+            load_audio(path)
+        assert audio_frames(path) is None  # the planner does not believe its header either
+    path = tmp_path / "ok.wav"
+    sf.write(path, np.zeros(8000, dtype=np.float32), 8000)
+    assert load_audio(path).shape == (16000,)
+
+
+def test_fifo_audio_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "x.wav"
+    os.mkfifo(fifo)
+    with within(30):
+        with pytest.raises(AudioError, match="not a regular file"):
+            load_audio(fifo)
+        assert audio_frames(fifo) is None
+
+
+def test_fifo_list_file_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "list.txt"
+    os.mkfifo(fifo)
+    with within(30), pytest.raises(InputError, match="not a regular file"):
+        list_inputs(fifo)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+@needs_speech
+def test_fifo_checkpoint_is_refused_at_once(tmp_path):
+    fifo = tmp_path / "ckpt.pt"
+    os.mkfifo(fifo)
+    p = lhb("extract", UTT, tmp_path / "o.h5", "-c", fifo, timeout=60)
+    assert p.returncode == 1 and "not a regular file" in one_line(p) and str(fifo) in p.stderr
+    assert not (tmp_path / "o.h5").exists()
+
+
+@is_root
+def test_endless_device_checkpoint_is_refused_without_reading(tmp_path):
+    zero = tmp_path / "zero.pt"
+    os.mknod(zero, 0o600 | stat.S_IFCHR, os.makedev(1, 5))  # a /dev/zero of our own
+    with within(30), pytest.raises(CheckpointError, match="not a regular file"):
+        load_checkpoint(zero)
+
+
+def test_compressed_zip_records_are_refused_before_inflating(tmp_path):
+    """A 64 MB zero tensor deflates to about 64 KB: torch would inflate it; it is refused instead."""
+    buf = io.BytesIO()
+    torch.save({"cfg": {}, "model": {"w": torch.zeros(16 << 20)}}, buf)
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as src, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(CheckpointError, match="compressed"):
+        load_checkpoint(bomb)
+
+
+@pytest.mark.parametrize("seed", ["9" * 5000, str(2**64), "²", "-1"])
+def test_random_seed_out_of_range_is_a_clear_error(seed):
+    with pytest.raises(CheckpointError, match="the seed must be an integer from 0 to"):
+        load_checkpoint(f"random:small:{seed}")
+
+
+@pytest.mark.parametrize("spec", [
+    "[(512,10,5)]*64*64*64*64",        # chained repeats
+    "100000000000*[(512,10,5)]",       # the count on the left
+    "[(512,10,5)] * 65",
+    "[(512,10,5)] + [(512,3,2)] * 64",
+    "[(512*512*512*512,10,5)]",
+    "[(8192,10,5)]",
+    "[(512,100000,5)]",
+    "[(512,10,5)]*-1",
+    "1e11*[(512,10,5)]",
+    "[" * 100_000 + "]" * 100_000,
+])
+def test_conv_layers_are_bounded_while_parsed(spec):
+    t = time.monotonic()
+    with pytest.raises(ConfigError):
+        parse_conv_layers(spec)
+    assert time.monotonic() - t < 1.0
+
+
+def test_conv_layers_as_released_and_up_to_the_bound():
+    assert parse_conv_layers("[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2") == \
+        [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
+    assert len(parse_conv_layers("[(512,2,2)] * 8 * 8")) == 64
+    with pytest.raises(ConfigError, match="conv_pos"):
+        ModelConfig.from_dict({"conv_pos": 10**9})
+
+
+# ----------------------------------------------------------------------------- subnet JSON
+
+
+def test_subnet_json_with_a_huge_integer_or_too_many_entries_is_refused():
+    with pytest.raises(SubnetError, match="not usable JSON"):
+        parse_subnet('{"layer_num": ' + "9" * 5000 + "}")
+    with pytest.raises(SubnetError, match="layer_num is a huge number"):
+        parse_subnet(json.dumps({"embed_dim": 768, "ffn_embed": [1], "heads_num": [1], "layer_num": 10**300}))
+    sub = {"embed_dim": 768, "layer_num": 12, "ffn_embed": [3072] * 12, "heads_num": [12] * 100}
+    with pytest.raises(SubnetError, match="heads_num has 100 entries"):
+        parse_subnet(json.dumps(sub))
+
+
+@needs_speech
+def test_subnet_json_errors_from_the_command(tmp_path):
+    p = lhb("extract", UTT, tmp_path / "o.h5", "-c", "random:small", "--subnet", '{"layer_num": ' + "9" * 5000 + "}")
+    assert p.returncode == 2 and "not usable JSON" in one_line(p)
+    assert not (tmp_path / "o.h5").exists()
+
+
+# ----------------------------------------------------------------------------- signals
+
+
+@needs_speech
+def test_a_second_sigterm_stops_at_once_with_143(tmp_path):
+    wave = load_audio(UTT)
+    sf.write(tmp_path / "long.wav", np.tile(wave, 100 * 16000 // len(wave)), 16000)  # 100 s: one batch
+    out = tmp_path / "o.h5"
+    proc = subprocess.Popen(lhb_command() + ["extract", str(tmp_path / "long.wav"), str(out), *FAST],
+                            stderr=subprocess.PIPE, text=True, env=_env(), stdin=subprocess.DEVNULL)
+    try:
+        for line in proc.stderr:
+            if line.startswith("extracting"):
+                break
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        for line in proc.stderr:  # the first is handled (two signals at once would be merged into one)
+            if line.startswith("stopping after the current batch"):
+                break
+        proc.send_signal(signal.SIGTERM)
+        err = proc.stderr.read()
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert "lhb: terminated" in err and "Traceback" not in err
