@@ -21,7 +21,7 @@ MIN_SAMPLES = 400  # the conv extractor's receptive field: fewer samples give no
 MIN_RATE, MAX_RATE = 1000, 384000
 """Sample rates accepted (Hz): outside, a file is refused before it is read (a 4 KB file that
 declares 1 Hz would become half an hour of audio once resampled)."""
-FIX_TORCHAUDIO = "pip install --upgrade 'torch>=2.12' 'torchaudio>=2.11.1'"
+FIX_TORCHAUDIO = "pip install --upgrade 'torch>=2.14' 'torchaudio>=2.11.1'"
 
 
 class AudioError(Exception):

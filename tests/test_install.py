@@ -24,7 +24,7 @@ from cli_helpers import SPEECH_DIR, Run, authors_states, frames_for, lhb, read_f
 from conftest import authors_default_subnet
 
 REPO = Path(__file__).resolve().parents[1]
-FIX = "pip install --upgrade 'torch>=2.12' 'torchaudio>=2.11.1'"
+FIX = "pip install --upgrade 'torch>=2.14' 'torchaudio>=2.11.1'"
 
 
 # ----------------------------------------------------------------------------- torchaudio only to resample
