@@ -12,9 +12,12 @@ onnx, onnxruntime and onnxscript are an optional extra (``pip install 'lighthube
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -95,6 +98,7 @@ def metadata(ckpt: Checkpoint, subnet: dict, layers: list[int], dtype: torch.dty
 
     return {
         "lighthubert_version": __version__,
+        "torch_version": torch.__version__,
         "format": fmt,
         "subnet": json.dumps(subnet, sort_keys=True),
         "supernet": ckpt.space.name,
@@ -116,11 +120,12 @@ def metadata(ckpt: Checkpoint, subnet: dict, layers: list[int], dtype: torch.dty
     }
 
 
-def _example(batch: int = 2, samples: int = 16000) -> tuple[Tensor, Tensor]:
+def _example(device: Any = "cpu", batch: int = 2, samples: int = 16000) -> tuple[Tensor, Tensor]:
     """A traced example: two utterances of different lengths (so the padded path is the one traced)."""
     g = torch.Generator().manual_seed(0)
     wave = torch.randn(batch, samples, generator=g) * 0.1
-    return wave, torch.tensor([samples] + [samples * 2 // 3] * (batch - 1), dtype=torch.int64)
+    lengths = torch.tensor([samples] + [samples * 2 // 3] * (batch - 1), dtype=torch.int64)
+    return wave.to(device), lengths.to(device)
 
 
 def _atomic(path: Path, write) -> Path:
@@ -136,6 +141,24 @@ def _atomic(path: Path, write) -> Path:
     return path
 
 
+def check_export(path: str | os.PathLike, layers: Any = None, dtype: str | None = None) -> str:
+    """The export format of ``path`` (``onnx``, ``torchscript``, ``checkpoint``), checked before any
+    work: a known suffix, options that apply to it, the onnx extra installed for ``.onnx``."""
+    path = Path(path)
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ExportError(f"{path}: unknown export format {path.suffix!r}; use .onnx, .ts (TorchScript) or .pt (checkpoint)")
+    if fmt == "checkpoint":
+        if layers is not None or dtype not in (None, "float32"):
+            raise ValueError(".pt exports the subnet's weights as stored; --layers and --export-dtype are for .onnx and .ts")
+        return fmt
+    if dtype not in (None, "float32", "float16"):
+        raise ValueError(f"export dtype must be float32 or float16, got {dtype!r}")
+    if fmt == "onnx":
+        require_onnx()
+    return fmt
+
+
 def export(ckpt: Checkpoint, subnet: Any, path: str | os.PathLike, layers: Any = None,
            dtype: str | None = None, opset: int = DEFAULT_OPSET) -> Path:
     """Write ``subnet`` of ``ckpt`` to ``path``, the format by suffix: ``.onnx``, ``.ts`` (TorchScript)
@@ -145,34 +168,46 @@ def export(ckpt: Checkpoint, subnet: Any, path: str | os.PathLike, layers: Any =
     dtype: ``float32`` (default) or ``float16`` (weights and compute; for GPUs). Raises
     :class:`ExportError` (or ``ValueError`` for a bad option) with one line."""
     path = Path(path)
-    fmt = FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise ExportError(f"{path}: unknown export format {path.suffix!r}; use .onnx, .ts (TorchScript) or .pt (checkpoint)")
+    fmt = check_export(path, layers, dtype)
     if fmt == "checkpoint":
-        if layers is not None or dtype not in (None, "float32"):
-            raise ValueError(".pt exports the subnet's weights as stored; --layers and --export-dtype are for .onnx and .ts")
         try:
             return export_subnet(ckpt, subnet, path)
         except CheckpointError as err:
             raise ExportError(str(err)) from None
-    if fmt == "onnx":
-        require_onnx()
-    if dtype not in (None, "float32", "float16"):
-        raise ValueError(f"export dtype must be float32 or float16, got {dtype!r}")
     tdtype = DTYPES[dtype or "float32"]
     sub = ckpt.resolve_subnet(subnet)
     idx = resolve_layers(layers, sub["layer_num"])
-    module = Deployable(ckpt.model(sub, dtype=tdtype), idx, ckpt.normalize).eval()
+    # TorchScript traces fix the device of the tensors they create: a float16 (GPU) file is traced on CUDA
+    device = "cuda" if fmt == "torchscript" and tdtype == torch.float16 and torch.cuda.is_available() else "cpu"
+    module = Deployable(ckpt.model(sub, device=device, dtype=tdtype), idx, ckpt.normalize).eval()
     meta = metadata(ckpt, sub, idx, tdtype, fmt)
+    if fmt == "torchscript":
+        meta["device"] = device
     if not path.parent.is_dir():
         raise ExportError(f"{path}: the folder {path.parent} does not exist")
     writer = _write_onnx if fmt == "onnx" else _write_torchscript
-    return _atomic(path, lambda tmp: writer(module, tmp, meta, opset))
+    with _quiet():
+        return _atomic(path, lambda tmp: writer(module, tmp, meta, opset))
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the exporters' chatter (deprecation notices, tracer hints, 'torchvision is not
+    installed'): the result is checked by tests, not by those messages."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def _write_torchscript(module: Deployable, path: str, meta: dict[str, str], opset: int) -> None:
     with torch.no_grad():
-        traced = torch.jit.trace(module, _example(), check_trace=False, strict=False)
+        traced = torch.jit.trace(module, _example(meta["device"]), check_trace=False, strict=False)
     torch.jit.save(traced, path, _extra_files={META_FILE: json.dumps(meta)})
 
 
@@ -190,5 +225,87 @@ def _write_onnx(module: Deployable, path: str, meta: dict[str, str], opset: int)
     model = onnx.load(path)
     for key, value in meta.items():
         model.metadata_props.add(key=key, value=value)
-    model.producer_name = "lighthubert"
+    model.graph.output[0].type.tensor_type.shape.dim[2].dim_param = "frames"  # not the exporter's formula
+    model.producer_name, model.producer_version = "lighthubert", meta["lighthubert_version"]
     onnx.save(model, path)
+
+
+def file_format(path: str | os.PathLike) -> str | None:
+    """``onnx`` or ``torchscript`` when ``path`` is such a file (by suffix, or for TorchScript by its
+    archive layout), else None."""
+    p = Path(path)
+    if not p.is_file():
+        return None
+    if p.suffix.lower() == ".onnx":
+        return "onnx"
+    try:
+        with zipfile.ZipFile(p) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return None
+    return "torchscript" if any(n.split("/", 1)[-1] == "constants.pkl" for n in names) else None
+
+
+def describe(path: str | os.PathLike) -> dict:
+    """What an exported ONNX or TorchScript file holds: its metadata (subnet, params, layers...),
+    inputs and outputs (name, type, shape; symbolic axes by name), the ONNX opset, the file size."""
+    p = Path(path)
+    fmt = file_format(p)
+    if fmt == "onnx":
+        info = _describe_onnx(p)
+    elif fmt == "torchscript":
+        info = _describe_torchscript(p)
+    else:
+        raise ExportError(f"{p}: not an exported ONNX or TorchScript file")
+    meta = info.pop("metadata")
+    for key in ("subnet", "layers", "normalize", "random_weights"):
+        if key in meta:
+            with contextlib.suppress(ValueError):
+                meta[key] = json.loads(meta[key])
+    for key in ("params", "num_layers", "embed_dim", "sample_rate"):
+        if str(meta.get(key, "")).isdigit():
+            meta[key] = int(meta[key])
+    return {"file": str(p), "format": fmt, "file_size": p.stat().st_size, **info, "metadata": meta}
+
+
+def _describe_onnx(path: Path) -> dict:
+    require_onnx("Reading an ONNX file")
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # protobuf raises its own DecodeError
+        raise ExportError(f"{path}: not a readable ONNX file ({type(err).__name__})") from None
+
+    def io(values) -> list[dict]:
+        out = []
+        for v in values:
+            t = v.type.tensor_type
+            dims = [d.dim_param or d.dim_value for d in t.shape.dim]
+            out.append({"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name, "shape": dims})
+        return out
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    return {"opset": opset, "producer": f"{model.producer_name} {model.producer_version}".strip(),
+            "inputs": io(model.graph.input), "outputs": io(model.graph.output),
+            "metadata": {p.key: p.value for p in model.metadata_props}}
+
+
+def _describe_torchscript(path: Path) -> dict:
+    extra = {META_FILE: ""}
+    try:
+        with _quiet():
+            torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except (RuntimeError, OSError, ValueError) as err:
+        raise ExportError(f"{path}: not a readable TorchScript file ({str(err).strip().splitlines()[0][:160]})") from None
+    try:
+        meta = json.loads(extra[META_FILE]) if extra[META_FILE] else {}
+    except ValueError:
+        meta = {}
+    dtype = meta.get("dtype", "float32")
+    return {"opset": None, "producer": "torch.jit.trace",
+            "inputs": [{"name": "waveform", "dtype": "float32", "shape": ["batch", "samples"]},
+                       {"name": "lengths", "dtype": "int64", "shape": ["batch"]}],
+            "outputs": [{"name": "hidden_states", "dtype": dtype, "shape": ["batch", "layers", "frames", "embed_dim"]},
+                        {"name": "frames", "dtype": "int64", "shape": ["batch"]}],
+            "metadata": meta}
