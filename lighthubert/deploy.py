@@ -44,9 +44,9 @@ class ExportError(Exception):
     """An export or exported file that cannot be made or read; the message is one line."""
 
 
-def require_onnx(what: str = "ONNX export") -> None:
-    """Raise :class:`ExportError` with the install line when the ``onnx`` extra is missing."""
-    for name in ("onnx", "onnxruntime", "onnxscript"):
+def require_onnx(what: str = "ONNX export", modules: tuple[str, ...] = ("onnx", "onnxscript")) -> None:
+    """Raise :class:`ExportError` with the install line when a module of the ``onnx`` extra is missing."""
+    for name in modules:
         try:
             __import__(name)
         except ImportError:
@@ -269,7 +269,7 @@ def describe(path: str | os.PathLike) -> dict:
 
 
 def _describe_onnx(path: Path) -> dict:
-    require_onnx("Reading an ONNX file")
+    require_onnx("Reading an ONNX file", ("onnx",))
     import onnx
 
     try:
