@@ -168,13 +168,14 @@ def test_info_describes_exported_files(kind, exported, ckpt_dicts):
     assert f"{e['params']:,} params" in table.stdout and "opset 18" in table.stdout
 
 
-def test_float16_torchscript(exported, ckpt_files, batch, tmp_path):
+@pytest.mark.parametrize("fmt", ["onnx", "ts"])
+def test_float16_export(fmt, exported, ckpt_files, batch, tmp_path):
     """--export-dtype float16: weights and outputs in float16, close to the float32 features."""
-    path = tmp_path / "half.ts"
+    path = tmp_path / f"half.{fmt}"
     r = lhb("subnet", "-c", ckpt_files["small"], "--preset", "min", "--export", path, "--export-dtype", "float16")
     assert r.returncode == 0, r
     wave, lengths, _ = batch
-    half, frames = run_ts(path, wave, lengths)
+    half, frames = (run_onnx if fmt == "onnx" else run_ts)(path, wave, lengths)
     full, _ = run_onnx(exported["small"]["onnx"], wave, lengths)
     assert half.dtype == np.float16
     for b, n in enumerate(frames):
