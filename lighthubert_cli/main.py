@@ -451,8 +451,9 @@ def subnet_cmd(
         raise Fail("--export needs --checkpoint (the supernet to cut the subnet from)", EXIT_USAGE)
     if export is None and (export_dtype is not None or layers is not None):
         raise Fail("--export-dtype and --layers go with --export OUT.onnx or OUT.ts", EXIT_USAGE)
+    dtype = export_dtype.value if export_dtype else None
     if export is not None:  # a wrong suffix or a missing extra is said before any work
-        _export(None, {}, export, layers, export_dtype.value if export_dtype else None, check_only=True)
+        _export(None, None, export, layers, dtype, check_only=True)
     ckpt = _load_checkpoint(checkpoint, seed, trust_checkpoint, quiet=False) if checkpoint else None
     if ckpt is not None and supernet is not None and supernet.value != ckpt.space.name:
         raise Fail(f"--supernet {supernet.value} does not match the checkpoint's {ckpt.space.name} space", EXIT_USAGE)
@@ -500,11 +501,12 @@ def subnet_cmd(
     if export is not None:
         if len(out) != 1:
             raise Fail("--export takes one subnet", EXIT_USAGE)
-        _export(ckpt, results[0][0], export, layers, export_dtype.value if export_dtype else None)
+        _export(ckpt, results[0][0], export, layers, dtype)
 
 
-def _export(ckpt, sub: dict, path: Path, layers: str | None, dtype: str | None, check_only: bool = False) -> None:
-    """--export: the format by suffix (lighthubert.deploy.export); failures as one line."""
+def _export(ckpt, sub: dict | None, path: Path, layers: str | None, dtype: str | None, check_only: bool = False) -> None:
+    """--export: the format by suffix (lighthubert.deploy.export), or with ``check_only`` only its
+    checks (suffix, options, extra); failures as one line."""
     from lighthubert.deploy import ExportError, check_export, export
 
     try:
