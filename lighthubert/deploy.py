@@ -115,7 +115,8 @@ def metadata(ckpt: Checkpoint, subnet: dict, layers: list[int], dtype: torch.dty
         "source": ckpt.name,
         "source_sha256": ckpt.sha256 or ckpt.meta.get("source_sha256") or "",
         "random_weights": json.dumps(ckpt.random),
-        "inputs": "waveform (batch, samples) float32 raw 16 kHz audio, zero-padded; lengths (batch,) int64 real samples",
+        "inputs": ("waveform (batch, samples) float32 raw 16 kHz audio, zero-padded; lengths (batch,) int64 real "
+                   "samples, each 400 (25 ms) to samples"),
         "outputs": "hidden_states (batch, layers, frames, embed_dim); frames (batch,) int64 real frames",
     }
 
