@@ -10,6 +10,7 @@ onnx, onnxruntime and onnxscript come with the test extra: nothing here is skipp
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -130,7 +131,7 @@ def test_files_run_without_the_package(exported, batch, tmp_path):
         np.save({str(tmp_path / 'h1.npy')!r}, h1)
         np.save({str(tmp_path / 'h2.npy')!r}, h2.numpy())
     """)
-    env = {"PYTHONPATH": str(stub.parent), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "PYTHONPATH": str(stub.parent), "OMP_NUM_THREADS": "2"}
     r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
                        cwd=tmp_path)  # not the repository root, where ./lighthubert would be importable
     assert r.returncode == 0, r.stderr[-2000:]
@@ -207,7 +208,7 @@ def test_missing_onnx_extra_is_one_line(ckpt_files, tmp_path):
     (stub / "__init__.py").write_text("raise ImportError('No module named onnx')\n")
     (tmp_path / "fake.onnx").write_bytes(b"\x08\x07")
     env_code = textwrap.dedent(f"""
-        import os, sys, runpy
+        import sys
         sys.path.insert(0, {str(stub.parent)!r})
         sys.argv = ["lhb"] + sys.argv[1:]
         from lighthubert_cli.main import main
@@ -216,7 +217,7 @@ def test_missing_onnx_extra_is_one_line(ckpt_files, tmp_path):
 
     def run(*args) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-c", env_code, *map(str, args)], capture_output=True, text=True,
-                              timeout=300, env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}, cwd=tmp_path)
+                              timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path)
 
     for r in (run("subnet", "-c", ckpt_files["small"], "--preset", "min", "--export", tmp_path / "x.onnx"),
               run("info", tmp_path / "fake.onnx")):
