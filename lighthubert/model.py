@@ -485,16 +485,17 @@ class SubnetModel(nn.Module):
         return model.eval().requires_grad_(False)
 
     def forward(self, wave: Tensor, lengths: Tensor | None = None,
-                layers: Sequence[int] | None = None, last: bool = False) -> Output:
+                layers: Sequence[int] | None = None, last: bool = False, always_mask: bool = False) -> Output:
         """wave: (B, N) at 16 kHz (already normalised if the checkpoint asks for it);
         lengths: (B,) real samples per utterance, or None when none is padded.
         layers: hidden-state indices to return (0..L), all when None; ``last``: also the final output.
-        Only the layers up to the highest one asked for are run.
+        Only the layers up to the highest one asked for are run. ``always_mask`` keeps the masked path
+        even when nothing is padded (no data-dependent branch: for tracing and export).
         """
         want = list(range(self.num_layers + 1)) if layers is None else sorted(set(layers))
         if want and not 0 <= want[0] <= want[-1] <= self.num_layers:
             raise ValueError(f"hidden-state indices must be in 0..{self.num_layers}, got {list(layers)}")
-        if lengths is not None and bool((lengths == wave.shape[1]).all()):
+        if lengths is not None and not always_mask and bool((lengths == wave.shape[1]).all()):
             lengths = None
         feats, n = self.feature_extractor(wave, lengths)
         return self.encode(self.project(feats), n, want, last)

@@ -435,7 +435,13 @@ def subnet_cmd(
     checkpoint: Annotated[Optional[str], typer.Option(
         "--checkpoint", "-c", metavar="CKPT", help="A checkpoint: its space, its parameter count, and the source for --export.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the JSON to this file.")] = None,
-    export: Annotated[Optional[Path], typer.Option("--export", metavar="OUT.pt", help="Write the subnet as a compact checkpoint (needs --checkpoint).")] = None,
+    export: Annotated[Optional[Path], typer.Option("--export", metavar="OUT", help=(
+        "Write the subnet (needs --checkpoint): OUT.pt a compact checkpoint for this package; OUT.onnx (ONNX, "
+        "needs the onnx extra) or OUT.ts (TorchScript), waveforms to hidden states, runnable without it."))] = None,
+    export_dtype: Annotated[Optional[SaveDtype], typer.Option(
+        "--export-dtype", help="Weights and compute of an .onnx/.ts export: float32 (default) or float16 (for GPUs).")] = None,
+    layers: Annotated[Optional[str], typer.Option(
+        "--layers", "-l", help="Hidden states an .onnx/.ts export outputs: last (default), all, or indices like 0,4,12.")] = None,
     seed: SeedOpt = 0,
     trust_checkpoint: TrustOpt = False,
 ) -> None:
@@ -445,7 +451,6 @@ def subnet_cmd(
     """
     import random
 
-    from lighthubert.checkpoint import CheckpointError, export_subnet
     from lighthubert.space import RELEASED_FIXED_PARAMS, SPACES, SubnetError, best_under_budget, count_params, parse_budget
 
     chosen = [name for name, v in (("--params", params), ("--preset", preset), ("--sample", sample), ("--subnet", subnet)) if v is not None]
@@ -453,6 +458,11 @@ def subnet_cmd(
         raise Fail(f"give one of --params, --preset, --sample, --subnet (got {', '.join(chosen)})", EXIT_USAGE)
     if export is not None and checkpoint is None:
         raise Fail("--export needs --checkpoint (the supernet to cut the subnet from)", EXIT_USAGE)
+    if export is None and (export_dtype is not None or layers is not None):
+        raise Fail("--export-dtype and --layers go with --export OUT.onnx or OUT.ts", EXIT_USAGE)
+    dtype = export_dtype.value if export_dtype else None
+    if export is not None:  # a wrong suffix or a missing extra is said before any work
+        _export(None, None, export, layers, dtype, check_only=True)
     ckpt = _load_checkpoint(checkpoint, seed, trust_checkpoint, quiet=False) if checkpoint else None
     if ckpt is not None and supernet is not None and supernet.value != ckpt.space.name:
         raise Fail(f"--supernet {supernet.value} does not match the checkpoint's {ckpt.space.name} space", EXIT_USAGE)
@@ -500,11 +510,26 @@ def subnet_cmd(
     if export is not None:
         if len(out) != 1:
             raise Fail("--export takes one subnet", EXIT_USAGE)
-        try:
-            export_subnet(ckpt, results[0][0], export)
-        except (CheckpointError, OSError) as e:
-            raise Fail(f"{export}: {e}") from None
-        err(f"wrote {export} ({size(export.stat().st_size)})")
+        _export(ckpt, results[0][0], export, layers, dtype)
+
+
+def _export(ckpt, sub: dict | None, path: Path, layers: str | None, dtype: str | None, check_only: bool = False) -> None:
+    """--export: the format by suffix (lighthubert.deploy.export), or with ``check_only`` only its
+    checks (suffix, options, extra); failures as one line."""
+    from lighthubert.deploy import ExportError, check_export, export
+
+    try:
+        if check_only:
+            check_export(path, layers, dtype)
+            return
+        export(ckpt, sub, path, layers=layers, dtype=dtype)
+    except ExportError as e:
+        raise Fail(str(e)) from None
+    except ValueError as e:
+        raise Fail(f"{path}: {e}", EXIT_USAGE) from None
+    except OSError as e:
+        raise Fail(f"{path}: cannot write: {e.strerror or e}") from None
+    err(f"wrote {path} ({size(path.stat().st_size)})")
 
 
 def _subnet_any(spec: str, space_names: list[str]):
@@ -576,12 +601,13 @@ def merge(
 @app.command()
 @_one_line_errors
 def info(
-    path: Annotated[str, typer.Argument(metavar="PATH", help="A checkpoint (path, name or random:KIND) or a features file (.h5).", show_default=False)],
+    path: Annotated[str, typer.Argument(metavar="PATH", help=(
+        "A checkpoint (path, name or random:KIND), a features file (.h5) or an exported subnet (.onnx, .ts)."), show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
     seed: SeedOpt = 0,
     trust_checkpoint: TrustOpt = False,
 ) -> None:
-    """Describe a checkpoint or a features file.
+    """Describe a checkpoint, a features file or an exported subnet (.onnx, .ts).
 
     Example: lhb info lighthubert_small.pt --json
     """
@@ -593,7 +619,44 @@ def info(
             is_h5 = f.read(8) == HDF5_MAGIC
         if is_h5:
             return _info_features(p, as_json)
+        from lighthubert.deploy import file_format
+
+        if file_format(p):
+            return _info_exported(p, as_json)
     _info_checkpoint(path, as_json, seed, trust_checkpoint)
+
+
+def _info_exported(path: Path, as_json: bool) -> None:
+    """An exported .onnx / .ts subnet: what it computes, its inputs and outputs."""
+    from lighthubert.deploy import ExportError, describe
+
+    try:
+        d = describe(path)
+    except ExportError as e:
+        raise Fail(str(e)) from None
+    if as_json:
+        print(json.dumps(d))
+        return
+    m = d["metadata"]
+    sub = m.get("subnet") or {}
+
+    def tensors(items: list[dict]) -> str:
+        return "; ".join(f"{t['name']} {t['dtype']} ({', '.join(map(str, t['shape']))})" for t in items)
+
+    rows = [("format", d["format"] + (f" (opset {d['opset']})" if d["opset"] else "")),
+            ("subnet", f"{m.get('params', 0):,} params: {m.get('supernet', '?')} space, width {sub.get('embed_dim')}, "
+                       f"{sub.get('layer_num')} layers" if sub else "(no lighthubert metadata)"),
+            ("layers out", json.dumps(m.get("layers"))),
+            ("dtype", str(m.get("dtype", "?"))),
+            ("normalization", str(m.get("normalization", "?"))),
+            ("inputs", tensors(d["inputs"])),
+            ("outputs", tensors(d["outputs"])),
+            ("source", f"{m.get('source', '?')}" + (f" sha256 {m['source_sha256']}" if m.get("source_sha256") else "")),
+            ("made by", f"lighthubert {m.get('lighthubert_version', '?')}, torch {m.get('torch_version', '?')}"),
+            ("file", size(d["file_size"]))]
+    if sub:
+        rows.insert(2, ("subnet json", json.dumps(sub)))
+    _table(str(path), rows)
 
 
 def _info_checkpoint(source: str, as_json: bool, seed: int, trust: bool) -> None:
