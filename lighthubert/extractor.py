@@ -75,15 +75,15 @@ def resolve_layers(spec: Any, num_layers: int) -> list[int]:
 
 
 def normalize_rows(x: Tensor, lengths: Tensor, eps: float = 1e-5) -> Tensor:
-    """Standardise each row of a zero-padded (B, N) float32 batch over its own ``lengths[b]`` real
-    samples: mean and biased variance of those samples, ``(x - mean) / sqrt(var + eps)``, which is
-    ``F.layer_norm(row[:n], (n,))`` row by row, in one pass over the whole batch. Padding stays 0."""
-    real = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
+    """Standardise, in place, each row of a zero-padded (B, N) float32 batch over its own
+    ``lengths[b]`` real samples: mean and biased variance of those samples, ``(x - mean) /
+    sqrt(var + eps)``, which is ``F.layer_norm(row[:n], (n,))`` row by row, in one pass over the
+    whole batch. Padding stays 0. Returns ``x``."""
+    pad = torch.arange(x.shape[1], device=x.device)[None, :] >= lengths[:, None]
     n = lengths.clamp(min=1)[:, None].to(x.dtype)
-    mean = x.sum(1, keepdim=True) / n
-    d = torch.where(real, x - mean, 0.0)
-    var = d.square().sum(1, keepdim=True) / n
-    return d.mul_(torch.rsqrt(var + eps))
+    x.sub_(x.sum(1, keepdim=True) / n).masked_fill_(pad, 0.0)
+    var = x.square().sum(1, keepdim=True) / n
+    return x.mul_(torch.rsqrt(var + eps))
 
 
 @dataclass

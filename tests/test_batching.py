@@ -31,7 +31,9 @@ def _padded(waves: list[torch.Tensor]) -> torch.Tensor:
 def test_normalize_rows_is_layer_norm_per_utterance():
     waves = _waves()
     sizes = torch.tensor([len(w) for w in waves])
-    got = normalize_rows(_padded(waves), sizes)
+    padded = _padded(waves)
+    got = normalize_rows(padded, sizes)
+    assert got is padded, "in place"
     for row, w in zip(got, waves):
         ref = F.layer_norm(w, w.shape)  # what the authors do to each utterance
         assert float((row[: len(w)] - ref).abs().max()) <= 2e-6
