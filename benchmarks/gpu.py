@@ -3,7 +3,7 @@ default subnet, last layer, float16 unless said otherwise:
 
 1. start-up: imports, checkpoint load (read + SHA-256), subnet cut and move to the device, planning
    (file headers + batch plan), first batch; each timed in a fresh process.
-2. forward only, B x S s: ours (Base default, Base max), the authors' model, torchaudio's
+2. forward only, B x S s (and the conv blocks 1-6 three ways, for the move to tensor cores): ours (Base default, Base max), the authors' model, torchaudio's
    `hubert_base` and Hugging Face's `HubertModel` (sdpa) when importable: audio seconds per second
    and GPU memory peak.
 3. pipeline compute in-process: 12 padded batches of new lengths (2-16 s, 60 s of padded audio each)
@@ -191,6 +191,58 @@ def forward_only(ckpt: Path, dev: torch.device, batch: int, seconds: float, repe
     return rates
 
 
+# ----------------------------------------------------------------------------- 2b. conv blocks
+
+
+def conv_variants(dev: torch.device, batch: int, seconds: float, repeats: int) -> None:
+    """The conv feature extractor's blocks 1-6 (512 -> 512, kernel 3/2, stride 2) three ways, for the
+    next step on tensor cores: channels_last conv2d of height 1 (what the model runs), plain conv1d on
+    (B, C, T), and a matmul over the windows ((B, T', k*C) @ (k*C, C'): a view when kernel = stride,
+    a copy of the overlapping windows otherwise). Time per variant and error against float32."""
+    import torch.nn.functional as F
+
+    from lighthubert.model import DEFAULT_CONV, conv_frames, no_tf32, parse_conv_layers
+
+    dtype = torch.float16 if dev.type == "cuda" else torch.float32
+    layers = parse_conv_layers(DEFAULT_CONV)
+
+    def cl(x, w, s):
+        x4 = x.transpose(1, 2).unsqueeze(2).contiguous(memory_format=torch.channels_last)
+        return F.conv2d(x4, w.unsqueeze(2), stride=(1, s)).squeeze(2).transpose(1, 2)
+
+    def c1(x, w, s):
+        return F.conv1d(x.transpose(1, 2), w, stride=s).transpose(1, 2)
+
+    def mm(x, w, s):
+        b, t, c = x.shape
+        o, _, k = w.shape
+        tt = (t - k) // s + 1
+        win = x.as_strided((b, tt, k, c), (x.stride(0), s * c, c, 1)).reshape(b, tt, k * c)
+        return win @ w.permute(0, 2, 1).reshape(o, k * c).T
+
+    total = {name: 0.0 for name in ("channels_last conv2d", "conv1d (B, C, T)", "window matmul")}
+    n = torch.tensor([int(seconds * 16000)])
+    for i, (dim, k, s) in enumerate(layers):
+        n_in = int(n)
+        n = conv_frames(n, [(dim, k, s)])
+        if i == 0:
+            continue
+        x32 = torch.randn(batch, n_in, dim, device=dev)
+        w32 = torch.randn(dim, dim, k, device=dev) * (dim * k) ** -0.5
+        with no_tf32():
+            ref = cl(x32, w32, s)
+        x, w = x32.to(dtype), w32.to(dtype)
+        cells = []
+        for name, fn in (("channels_last conv2d", cl), ("conv1d (B, C, T)", c1), ("window matmul", mm)):
+            with torch.inference_mode():
+                t = timed(lambda: fn(x, w, s), dev, repeats)
+                err = float((fn(x, w, s).float() - ref).abs().max() / ref.abs().max())
+            total[name] += t
+            cells.append(f"{name} {t * 1e3:6.2f} ms ({err:.0e})")
+        log(f"   block {i} k={k} s={s} T_in={n_in}: " + ", ".join(cells))
+    log("   blocks 1-6 total: " + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in total.items()))
+
+
 # ----------------------------------------------------------------------------- 3. pipeline compute
 
 
@@ -335,7 +387,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--sections", default="startup,forward,pipeline,process,accuracy")
+    ap.add_argument("--sections", default="startup,forward,conv,pipeline,process,accuracy")
     ap.add_argument("--dry-run", action="store_true", help="tiny sizes; runs on the CPU when there is no GPU")
     ap.add_argument("--out", type=Path, default=Path("gpu_results.txt"))
     args = ap.parse_args()
@@ -364,6 +416,8 @@ def main() -> None:
         guarded("start-up (fresh process)", lambda: startup(ckpt, work / "few", dev, "float16" if dev.type == "cuda" else "float32"))
     if "forward" in sections:
         guarded("forward only", lambda: rates.update(forward_only(ckpt, dev, args.batch, args.seconds, args.repeats, True)))
+    if "conv" in sections:
+        guarded("conv blocks 1-6, three ways", lambda: conv_variants(dev, args.batch, args.seconds, args.repeats))
     if "pipeline" in sections:
         guarded("pipeline compute (in-process, one batch in flight)",
                 lambda: pipeline_compute(ckpt, dev, 3 if args.dry_run else 12, 8.0 if args.dry_run else 60.0,
