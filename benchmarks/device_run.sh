@@ -13,4 +13,4 @@ nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
 python3 -c "import torch, lighthubert, soundfile; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" || exit 1
 timeout 180 python3 -m pytest tests/test_gpu.py tests/test_batching.py -q -p no:cacheprovider -x 2>&1 | tee "$OUT/gpu_tests.txt" | tail -8
 timeout "${BENCH_TIMEOUT:-420}" python3 benchmarks/gpu.py --hours "${HOURS:-10}" --long-minutes "${LONG_MINUTES:-60}" \
-  --out "$OUT/gpu_results.txt"
+  --out "$OUT/gpu_results.txt" ${GPU_ARGS:-}
