@@ -112,7 +112,8 @@ class Pending:
     done: torch.cuda.Event | None = None
 
     def result(self) -> list[Tensor]:
-        """Wait for the copy; each utterance's (len(layers), T_i, E) host tensor (views of ``data``)."""
+        """Wait for the copy; each utterance's (len(layers), T_i, E) host tensor (views of ``data``, so
+        on CUDA they hold pinned memory until dropped: copy what is kept for long)."""
         if self.done is not None:
             self.done.synchronize()
         return [self.data[b, :, :t] for b, t in enumerate(self.frames)]
@@ -236,6 +237,8 @@ class Extractor:
             if np.asarray(w).size < 400:
                 raise ValueError(f"waveform {i} has fewer than 400 samples (25 ms); it gives no frame")
         feats = self.submit(self.prepare(waves), idx).result()
+        if self.device.type == "cuda":  # own memory: kept features must not pin the batch's page-locked buffer
+            feats = [f.clone() for f in feats]
         return [f[0] for f in feats] if len(idx) == 1 else feats
 
 
