@@ -3,14 +3,15 @@ of 16 kHz waveforms into per-utterance hidden states."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .checkpoint import Checkpoint, load_checkpoint
+from .model import conv_frames
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -73,6 +74,51 @@ def resolve_layers(spec: Any, num_layers: int) -> list[int]:
     return out
 
 
+def normalize_rows(x: Tensor, lengths: Tensor, eps: float = 1e-5) -> Tensor:
+    """Standardise, in place, each row of a zero-padded (B, N) float32 batch over its own
+    ``lengths[b]`` real samples: mean and biased variance of those samples, ``(x - mean) /
+    sqrt(var + eps)``, which is ``F.layer_norm(row[:n], (n,))`` row by row, in one pass over the
+    whole batch. Padding stays 0. Returns ``x``."""
+    pad = torch.arange(x.shape[1], device=x.device)[None, :] >= lengths[:, None]
+    n = lengths.clamp(min=1)[:, None].to(x.dtype)
+    x.sub_(x.sum(1, keepdim=True) / n).masked_fill_(pad, 0.0)
+    var = x.square().sum(1, keepdim=True) / n
+    return x.mul_(torch.rsqrt(var + eps))
+
+
+@dataclass
+class Prepared:
+    """A batch on the device, from :meth:`Extractor.prepare`.
+
+    wave: (B, N) in the compute dtype, normalised if the checkpoint asks for it; lengths: (B,) real
+    samples; frames: real frames per utterance; ready: CUDA event set once the copy is done (None
+    on the CPU)."""
+
+    wave: Tensor
+    lengths: Tensor
+    frames: list[int]
+    ready: torch.cuda.Event | None = None
+
+
+@dataclass
+class Pending:
+    """Hidden states on their way to the host, from :meth:`Extractor.submit`.
+
+    data: (B, len(layers), T, E) host tensor (pinned on CUDA, written by a copy still in flight until
+    ``done``); frames: real frames per utterance."""
+
+    data: Tensor
+    frames: list[int]
+    done: torch.cuda.Event | None = None
+
+    def result(self) -> list[Tensor]:
+        """Wait for the copy; each utterance's (len(layers), T_i, E) host tensor (views of ``data``, so
+        on CUDA they hold pinned memory until dropped: copy what is kept for long)."""
+        if self.done is not None:
+            self.done.synchronize()
+        return [self.data[b, :, :t] for b, t in enumerate(self.frames)]
+
+
 class Extractor:
     """One subnet of a checkpoint, ready to run on ``device`` in ``dtype``.
 
@@ -87,6 +133,7 @@ class Extractor:
         self.subnet = checkpoint.resolve_subnet(subnet)
         self.params = checkpoint.params(self.subnet)
         self.model = checkpoint.model(self.subnet, device=self.device, dtype=self.dtype)
+        self._copy_streams: tuple[torch.cuda.Stream, torch.cuda.Stream] | None = None
 
     @property
     def num_layers(self) -> int:
@@ -100,22 +147,76 @@ class Extractor:
     def normalize(self) -> bool:
         return self.checkpoint.normalize
 
-    def batch(self, waves: Sequence[Tensor | np.ndarray], normalized: bool = False) -> tuple[Tensor, Tensor]:
-        """Normalise each waveform over its own samples if the checkpoint asks for it (and
-        ``normalized`` does not say it was done already), then pad.
-        Returns (B, N) in ``dtype`` on the device and the (B,) lengths."""
+    def prepare(self, waves: Sequence[Tensor | np.ndarray], normalized: bool = False) -> Prepared:
+        """Pad ``waves`` into a (B, N) batch on the device and normalise it there (each utterance over
+        its own samples, if the checkpoint asks for it and ``normalized`` does not say it was done).
+
+        On CUDA the padding goes through pinned host memory (torch's caching host allocator reuses
+        it) and the copy, the normalisation and the cast run on a side stream, so preparing batch k+1
+        overlaps the forward of batch k; :meth:`submit` makes the compute stream wait for it."""
         tensors = [torch.as_tensor(w, dtype=torch.float32).reshape(-1) for w in waves]
-        lengths = torch.tensor([len(t) for t in tensors])
+        sizes = [len(t) for t in tensors]
         cuda = self.device.type == "cuda"
-        host = torch.zeros(len(tensors), int(lengths.max()), dtype=torch.float32, pin_memory=cuda)
-        for i, t in enumerate(tensors):
-            host[i, : len(t)] = t
-        x = host.to(self.device, non_blocking=True)
-        n = lengths.to(self.device, non_blocking=True)
-        if self.normalize and not normalized:  # F.layer_norm(w, w.shape) over each utterance's own samples
-            for i, length in enumerate(lengths.tolist()):
-                x[i, :length] = F.layer_norm(x[i, :length], (length,))
-        return x.to(self.dtype), n
+        host = torch.empty(len(tensors), max(sizes), dtype=torch.float32, pin_memory=cuda)
+        for row, t in zip(host, tensors):
+            row[: len(t)] = t
+            row[len(t):] = 0
+        lengths = torch.tensor(sizes)
+        frames = conv_frames(lengths, self.checkpoint.cfg.conv_layers).tolist()
+        norm = self.normalize and not normalized
+        if not cuda:
+            x = normalize_rows(host, lengths) if norm else host
+            return Prepared(x.to(self.dtype), lengths, frames)
+        stream = self._streams()[0]
+        with torch.cuda.stream(stream):
+            x = host.to(self.device, non_blocking=True)
+            n = lengths.to(self.device, non_blocking=True)
+            if norm:
+                x = normalize_rows(x, n)
+            x = x.to(self.dtype)
+            ready = torch.cuda.Event()
+            ready.record(stream)
+        return Prepared(x, n, frames, ready)
+
+    def submit(self, prepared: Prepared, layers: list[int], out_dtype: torch.dtype = torch.float32) -> Pending:
+        """Queue the forward pass of a prepared batch and the copy of its hidden states, cast to
+        ``out_dtype`` on the device, into pinned host memory on a side stream. Returns at once on
+        CUDA; :meth:`Pending.result` waits for the numbers."""
+        cuda = self.device.type == "cuda"
+        if cuda:
+            compute = torch.cuda.current_stream(self.device)
+            compute.wait_event(prepared.ready)
+            prepared.wave.record_stream(compute)
+            prepared.lengths.record_stream(compute)
+        stacked, _ = self.run(prepared.wave, prepared.lengths, layers)
+        if not cuda:
+            return Pending(stacked.to(out_dtype), prepared.frames)
+        stacked = stacked.to(out_dtype)
+        out = torch.empty(stacked.shape, dtype=out_dtype, pin_memory=True)
+        stream = self._streams()[1]
+        stream.wait_stream(compute)
+        with torch.cuda.stream(stream):
+            out.copy_(stacked, non_blocking=True)
+            stacked.record_stream(stream)
+            done = torch.cuda.Event()
+            done.record(stream)
+        return Pending(out, prepared.frames, done)
+
+    def _streams(self) -> tuple[torch.cuda.Stream, torch.cuda.Stream]:
+        """The side streams for host-to-device and device-to-host copies (made on first use)."""
+        if self._copy_streams is None:
+            self._copy_streams = (torch.cuda.Stream(self.device), torch.cuda.Stream(self.device))
+        return self._copy_streams
+
+    def batch(self, waves: Sequence[Tensor | np.ndarray], normalized: bool = False) -> tuple[Tensor, Tensor]:
+        """:meth:`prepare`, ready to use on the current stream: (B, N) in ``dtype`` on the device
+        and the (B,) lengths."""
+        p = self.prepare(waves, normalized)
+        if p.ready is not None:
+            torch.cuda.current_stream(self.device).wait_event(p.ready)
+            p.wave.record_stream(torch.cuda.current_stream(self.device))
+            p.lengths.record_stream(torch.cuda.current_stream(self.device))
+        return p.wave, p.lengths
 
     @torch.inference_mode()
     def run(self, wave: Tensor, lengths: Tensor | None, layers: list[int]) -> tuple[Tensor, Tensor]:
@@ -135,8 +236,9 @@ class Extractor:
         for i, w in enumerate(waves):
             if np.asarray(w).size < 400:
                 raise ValueError(f"waveform {i} has fewer than 400 samples (25 ms); it gives no frame")
-        stacked, n = self.run(*self.batch(waves), idx)
-        feats = [stacked[b, :, : int(n[b])].float().cpu() for b in range(len(waves))]
+        feats = self.submit(self.prepare(waves), idx).result()
+        if self.device.type == "cuda":  # own memory: kept features must not pin the batch's page-locked buffer
+            feats = [f.clone() for f in feats]
         return [f[0] for f in feats] if len(idx) == 1 else feats
 
 

@@ -24,7 +24,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .model import ConvBlock, Output, SubnetModel, conv_frames
+from .model import ConvBlock, Output, SubnetModel, conv_frames, kernel_choices
 
 PIECE_FRAMES = 1500
 """Conv-extractor piece: 30 s of output frames (~200 MB of float32 activations in the first block)."""
@@ -97,6 +97,12 @@ def hidden_states(model: SubnetModel, wave: Tensor, want: Sequence[int], last: b
     for it: the hidden states in ``want`` (sorted indices) and, with ``last``, the final output,
     each (1, T, E) with T = conv_frames(N), as ``model(wave[None], layers=want, last=last)`` gives
     (exact mode) or with windowed attention (windowed mode)."""
+    with kernel_choices(wave.device, wave.dtype):
+        return _hidden_states(model, wave, want, last, form, piece_frames)
+
+
+def _hidden_states(model: SubnetModel, wave: Tensor, want: Sequence[int], last: bool, form: LongForm,
+                   piece_frames: int) -> Output:
     x = model.project(conv_features(model, wave, piece_frames))
     if form.mode == "exact":
         return model.encode(x, None, want, last)

@@ -10,13 +10,15 @@ per-utterance lengths along so that every utterance gets exactly the numbers it 
 from __future__ import annotations
 
 import ast
+import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .space import (
     HEAD_DIM,
@@ -311,6 +313,49 @@ def cut_subnet(state: Mapping[str, Tensor], cfg: ModelConfig, subnet: Mapping) -
     return out
 
 
+# ----------------------------------------------------------------------------- kernel choices
+
+# On CUDA, attention never goes to cuDNN's backend: it builds a plan per new sequence length
+# (~17 ms of host time each), which stalls a pipeline whose batches all have new lengths.
+CUDA_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+@contextlib.contextmanager
+def no_tf32() -> Iterator[None]:
+    """cuBLAS matmuls and cuDNN convolutions in true float32 (no TensorFloat-32) inside the block;
+    the caller's settings are restored on the way out. Uses the ``fp32_precision`` API where torch
+    has it (mixing it with the legacy ``allow_tf32`` flags is an error there)."""
+    mm, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    conv = getattr(cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision") and hasattr(mm, "fp32_precision"):
+        saved = (mm.fp32_precision, conv.fp32_precision)
+        mm.fp32_precision, conv.fp32_precision = "ieee", "ieee"
+        try:
+            yield
+        finally:
+            mm.fp32_precision, conv.fp32_precision = saved
+        return
+    saved_legacy = (mm.allow_tf32, cudnn.allow_tf32)  # pragma: no cover - torch < 2.9
+    mm.allow_tf32, cudnn.allow_tf32 = False, False
+    try:
+        yield
+    finally:
+        mm.allow_tf32, cudnn.allow_tf32 = saved_legacy
+
+
+@contextlib.contextmanager
+def kernel_choices(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
+    """The kernels a forward pass on ``device`` in ``dtype`` must use: float32 means float32 (TF32
+    off, see :func:`no_tf32`); on CUDA, attention limited to :data:`CUDA_ATTENTION`. The CPU's
+    own choices are left alone."""
+    with contextlib.ExitStack() as stack:
+        if dtype == torch.float32:
+            stack.enter_context(no_tf32())
+        if device.type == "cuda":
+            stack.enter_context(sdpa_kernel(CUDA_ATTENTION))
+        yield
+
+
 # ----------------------------------------------------------------------------- modules
 
 
@@ -489,9 +534,15 @@ class SubnetModel(nn.Module):
         """wave: (B, N) at 16 kHz (already normalised if the checkpoint asks for it);
         lengths: (B,) real samples per utterance, or None when none is padded.
         layers: hidden-state indices to return (0..L), all when None; ``last``: also the final output.
-        Only the layers up to the highest one asked for are run. ``always_mask`` keeps the masked path
+        Only the layers up to the highest one asked for are run, with the kernels of
+        :func:`kernel_choices` (float32 stays float32 on CUDA). ``always_mask`` keeps the masked path
         even when nothing is padded (no data-dependent branch: for tracing and export).
         """
+        with kernel_choices(wave.device, wave.dtype):
+            return self._forward(wave, lengths, layers, last, always_mask)
+
+    def _forward(self, wave: Tensor, lengths: Tensor | None, layers: Sequence[int] | None, last: bool,
+                 always_mask: bool = False) -> Output:
         want = list(range(self.num_layers + 1)) if layers is None else sorted(set(layers))
         if want and not 0 <= want[0] <= want[-1] <= self.num_layers:
             raise ValueError(f"hidden-state indices must be in 0..{self.num_layers}, got {list(layers)}")

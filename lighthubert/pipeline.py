@@ -277,12 +277,10 @@ def _run(extractor: Extractor, waves: list, layers: list[int], normalized: bool,
          save_dtype: np.dtype) -> list[np.ndarray]:
     """Forward pass; on CUDA out-of-memory the batch is split in halves and retried."""
     try:
-        wave, lengths = extractor.batch(waves, normalized=normalized)
-        stacked, n = extractor.run(wave, lengths, layers)
         # cast on the device: half the transfer when saving float16
-        stacked = stacked.to(torch.float16 if save_dtype == np.float16 else torch.float32).cpu().numpy()
-        n = n.cpu().tolist()
-        return [stacked[b, :, : n[b]] for b in range(len(waves))]
+        out_dtype = torch.float16 if save_dtype == np.float16 else torch.float32
+        pending = extractor.submit(extractor.prepare(waves, normalized=normalized), layers, out_dtype)
+        return [f.numpy() for f in pending.result()]
     except torch.OutOfMemoryError:
         if len(waves) == 1:
             raise

@@ -1,7 +1,11 @@
-"""CUDA checks (skipped without a GPU): the same numbers as on the CPU in float32, float16 and
-bfloat16 close to float32, and batching independence on the device."""
+"""CUDA checks (skipped without a GPU): float32 is float32 (TF32 off, the caller's flags restored),
+float16 and bfloat16 close to float32, attention never on cuDNN's per-shape backend, batching
+independence on the device, and the overlapped prepare/submit path giving the plain path's numbers."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,10 +13,11 @@ import torch
 import lighthubert
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+SPEECH = Path(os.environ.get("LHB_SPEECH", Path(__file__).resolve().parents[2] / "shared" / "data" / "speech"))
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max())
+    return float((a.float() - b.float()).abs().max() / b.float().abs().max())
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +32,23 @@ def test_cuda_float32_matches_cpu(kind, waves):
     gpu = lighthubert.load(f"random:{kind}", device="cuda", dtype="float32")(waves, layers="all")
     for a, b in zip(gpu, cpu):
         assert a.shape == b.shape
-        assert _rel(a, b) < 1e-3  # TF32 may be used by cuDNN convolutions
+        assert _rel(a, b) < 1e-5  # TF32 is off for float32
+
+
+def test_float32_turns_tf32_off_only_during_the_forward(waves):
+    mm, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    saved = (mm.fp32_precision, conv.fp32_precision)
+    mm.fp32_precision, conv.fp32_precision = "tf32", "tf32"
+    try:
+        ext = lighthubert.load("random:small", device="cuda", dtype="float32")
+        seen = []
+        ext.model.layers[0].register_forward_hook(
+            lambda *_: seen.append((mm.fp32_precision, conv.fp32_precision, torch.backends.cuda.cudnn_sdp_enabled())))
+        ext(waves)
+        assert seen == [("ieee", "ieee", False)]
+        assert (mm.fp32_precision, conv.fp32_precision) == ("tf32", "tf32")
+    finally:
+        mm.fp32_precision, conv.fp32_precision = saved
 
 
 @pytest.mark.parametrize("dtype,bound", [("float16", 2e-2), ("bfloat16", 1e-1)])
@@ -39,9 +60,39 @@ def test_half_precision_close_to_float32(dtype, bound, waves):
         assert _rel(a, b) < bound
 
 
+def test_float16_on_real_speech_within_3e_3_of_float32():
+    files = sorted(p for p in SPEECH.rglob("*") if p.is_file())
+    if not files:
+        pytest.skip(f"no speech under {SPEECH}")
+    speech = [lighthubert.load_audio(p) for p in files[:4]]
+    ref = lighthubert.load("random:base", device="cuda", dtype="float32")(speech, layers="last")
+    got = lighthubert.load("random:base", device="cuda", dtype="float16")(speech, layers="last")
+    for a, b in zip(got, ref):
+        assert _rel(a, b) <= 3e-3
+
+
 def test_batch_independence_on_cuda(waves):
     ext = lighthubert.load("random:stage1", device="cuda", dtype="float32")
     together = ext(waves, layers="all")
     for w, t in zip(waves, together):
         alone = ext([w], layers="all")[0]
         assert _rel(t, alone) < 1e-5
+
+
+def test_overlapped_batches_equal_one_at_a_time(waves):
+    """Batch k+1 prepared and queued (side-stream copies) before batch k's results are read."""
+    ext = lighthubert.load("random:small", device="cuda", dtype="float32")
+    batches = [waves, waves[1:], [w * 0.5 for w in waves], waves[:1]]
+    layers = [0, ext.num_layers]
+    got, pending = [], None
+    for b in batches:
+        nxt = ext.submit(ext.prepare(b), layers)
+        if pending is not None:
+            got.append(pending.result())
+        pending = nxt
+    got.append(pending.result())
+    for b, feats in zip(batches, got):
+        for w, f in zip(b, feats):
+            alone = ext([w], layers=layers)[0]
+            assert f.shape == alone.shape
+            assert _rel(f, alone) < 1e-5

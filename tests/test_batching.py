@@ -1,0 +1,137 @@
+"""Batching on the CPU: the whole-batch normalisation against per-utterance ``F.layer_norm``, the
+prepare/submit API the pipeline uses, and the float32 kernel settings (TF32 off) that a forward pass
+sets and restores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lighthubert
+from lighthubert.extractor import Pending, Prepared, normalize_rows
+from lighthubert.model import conv_frames, kernel_choices
+
+SIZES = (400, 16000, 23456, 40001)
+
+
+def _waves(sizes=SIZES, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, generator=g) * 0.1 + 0.05 * i for i, n in enumerate(sizes)]
+
+
+def _padded(waves: list[torch.Tensor]) -> torch.Tensor:
+    x = torch.zeros(len(waves), max(len(w) for w in waves))
+    for row, w in zip(x, waves):
+        row[: len(w)] = w
+    return x
+
+
+def test_normalize_rows_is_layer_norm_per_utterance():
+    waves = _waves()
+    sizes = torch.tensor([len(w) for w in waves])
+    padded = _padded(waves)
+    got = normalize_rows(padded, sizes)
+    assert got is padded, "in place"
+    for row, w in zip(got, waves):
+        ref = F.layer_norm(w, w.shape)  # what the authors do to each utterance
+        assert float((row[: len(w)] - ref).abs().max()) <= 2e-6
+        assert not row[len(w):].any(), "padding must stay zero"
+
+
+def test_normalize_rows_constant_and_loud_rows():
+    """A silent row gives zeros (eps keeps it finite); a loud one is standardised like layer_norm."""
+    loud = torch.randn(3000, generator=torch.Generator().manual_seed(1)) * 1e3 + 50.0
+    waves = [torch.zeros(1000), torch.full((500,), 0.25), loud]
+    got = normalize_rows(_padded(waves), torch.tensor([1000, 500, 3000]))
+    assert torch.isfinite(got).all()
+    assert not got[0].any() and not got[1].any()
+    assert float((got[2] - F.layer_norm(loud, loud.shape)).abs().max()) <= 2e-6
+
+
+def test_prepare_normalises_each_utterance_over_its_own_samples():
+    ext = lighthubert.load("random:small", device="cpu")
+    assert ext.normalize
+    waves = _waves()
+    p = ext.prepare(waves)
+    assert isinstance(p, Prepared) and p.ready is None
+    assert p.wave.shape == (len(waves), max(SIZES)) and p.wave.dtype == torch.float32
+    assert p.lengths.tolist() == list(SIZES)
+    assert p.frames == conv_frames(torch.tensor(SIZES), ext.checkpoint.cfg.conv_layers).tolist()
+    for row, w in zip(p.wave, waves):
+        assert float((row[: len(w)] - F.layer_norm(w, w.shape)).abs().max()) <= 2e-6
+    # already normalised (the pipeline's chunks of a long file): left as given
+    raw = ext.prepare(waves, normalized=True)
+    assert torch.equal(raw.wave, _padded(waves))
+
+
+def test_prepare_leaves_audio_alone_when_the_checkpoint_does_not_normalise():
+    ext = lighthubert.load("random:stage1", device="cpu")
+    assert not ext.normalize
+    waves = _waves(seed=3)
+    assert torch.equal(ext.prepare(waves).wave, _padded(waves))
+
+
+def test_submit_gives_each_utterance_its_frames_and_the_asked_dtype():
+    ext = lighthubert.load("random:small", device="cpu")
+    waves = _waves(seed=4)
+    layers = [0, 3, ext.num_layers]
+    pending = ext.submit(ext.prepare(waves), layers)
+    assert isinstance(pending, Pending)
+    feats = pending.result()
+    for f, w in zip(feats, waves):
+        alone = ext([w], layers=layers)[0]
+        assert f.shape == alone.shape == (3, int(conv_frames(torch.tensor([len(w)]), ext.checkpoint.cfg.conv_layers)), ext.embed_dim)
+        assert float((f - alone).abs().max() / alone.abs().max()) <= 1e-5
+    half = ext.submit(ext.prepare(waves), layers, torch.bfloat16).result()
+    for h, f in zip(half, feats):
+        assert h.dtype == torch.bfloat16 and h.shape == f.shape
+        assert torch.equal(h, f.to(torch.bfloat16))
+    # what the pipeline stores: numpy arrays
+    assert all(isinstance(f.numpy(), np.ndarray) for f in feats)
+
+
+def _flags() -> tuple[str, str]:
+    return torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
+
+
+@pytest.fixture
+def user_tf32():
+    """A user who turned TF32 on for their own work; restored afterwards."""
+    saved = _flags()
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    torch.backends.cudnn.conv.fp32_precision = "tf32"
+    yield
+    torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = saved
+
+
+def test_float32_forward_turns_tf32_off_and_restores_the_user_setting(user_tf32):
+    ext = lighthubert.load("random:small", device="cpu", dtype="float32")
+    seen = []
+    handle = ext.model.layers[0].register_forward_hook(lambda *_: seen.append(_flags()))
+    try:
+        ext(_waves(seed=5)[:2])
+    finally:
+        handle.remove()
+    assert seen == [("ieee", "ieee")]
+    assert _flags() == ("tf32", "tf32")
+
+
+def test_flags_restored_when_the_forward_fails(user_tf32):
+    with pytest.raises(RuntimeError, match="boom"):
+        with kernel_choices(torch.device("cpu"), torch.float32):
+            assert _flags() == ("ieee", "ieee")
+            raise RuntimeError("boom")
+    assert _flags() == ("tf32", "tf32")
+
+
+def test_bfloat16_forward_leaves_the_flags_alone(user_tf32):
+    ext = lighthubert.load("random:small", device="cpu", dtype="bfloat16")
+    seen = []
+    handle = ext.model.layers[0].register_forward_hook(lambda *_: seen.append(_flags()))
+    try:
+        ext(_waves(seed=6)[:1])
+    finally:
+        handle.remove()
+    assert seen == [("tf32", "tf32")]
