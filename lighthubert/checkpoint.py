@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .errors import LightHubertError
 from .model import ConfigError, ModelConfig, SubnetModel, cut_subnet, fixed_params, released_layout
-from .space import SPACES, SearchSpace, SubnetError, count_params, get_space, parse_subnet
+from .space import SPACES, SearchSpace, SubnetError, count_params, get_space, subnet_from_text
 
 HUB_ENV = "HF_ENDPOINT"
 CACHE_ENV = "LIGHTHUBERT_CACHE"
@@ -37,7 +38,7 @@ SUBNET_KIND = "lighthubert_subnet"
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
-class CheckpointError(Exception):
+class CheckpointError(LightHubertError):
     """A checkpoint that cannot be had or used; the message names the file and the reason."""
 
 
@@ -199,7 +200,7 @@ class Checkpoint:
         if self.subnet is not None:
             if spec in (None, "default"):
                 return dict(self.subnet)
-            sub = spec if isinstance(spec, Mapping) else _subnet_from_text(str(spec), self.space)
+            sub = spec if isinstance(spec, Mapping) else subnet_from_text(str(spec), self.space)
             if self.space.validate(sub, strict=False) != self.subnet:
                 raise SubnetError(f"{self.source} is an exported subnet and holds only {self.subnet}")
             return dict(self.subnet)
@@ -207,7 +208,7 @@ class Checkpoint:
             return self.default_subnet
         if isinstance(spec, Mapping):
             return self.space.validate(spec)
-        return _subnet_from_text(str(spec), self.space)
+        return subnet_from_text(str(spec), self.space)
 
     def model(self, subnet: Any = None, device: Any = "cpu", dtype: torch.dtype | None = torch.float32) -> SubnetModel:
         """A :class:`SubnetModel` with the subnet's weights cut once, on ``device`` in ``dtype``."""
@@ -218,24 +219,36 @@ class Checkpoint:
             state = cut_subnet(self.state, self.cfg, sub)
         return SubnetModel.from_state(self.cfg, sub, state, device=device, dtype=dtype)
 
-
-def _subnet_from_text(text: str, space: SearchSpace) -> dict:
-    s = text.strip()
-    if s in ("default", "max", "min"):
-        return space.preset(s)
-    if s.startswith("{"):
-        return space.validate(parse_subnet(s))
-    path = Path(s)
-    if not path.is_file():
-        raise SubnetError(f"{text!r} is not a preset (default, max, min), inline JSON or an existing JSON file")
-    try:
-        data = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise SubnetError(f"{path}: cannot read: {err}") from None
-    try:
-        return space.validate(parse_subnet(data))
-    except SubnetError as err:
-        raise SubnetError(f"{path}: {err}") from None
+    def describe(self) -> dict[str, Any]:
+        """What ``lhb info`` shows, as plain JSON-able values: kind, space, dims, modes, weight
+        dtype, default subnet and its parameters, the range of subnet sizes, file size and sha256."""
+        dtypes = sorted({str(t.dtype).replace("torch.", "") for t in self.state.values() if hasattr(t, "dtype")})
+        default = self.default_subnet
+        one = self.subnet is not None
+        data = {
+            "checkpoint": self.name,
+            "kind": kind_label(self),
+            "model_name": self.kind,
+            "random_weights": self.random,
+            "supernet": self.space.name,
+            "supernet_dims": {"layers": self.cfg.encoder_layers, "embed_dim": self.cfg.embed_dim,
+                              "ffn_embed_dim": self.cfg.ffn_dim, "heads": self.cfg.heads},
+            "extractor_mode": self.cfg.extractor_mode,
+            "layer_norm_first": self.cfg.layer_norm_first,
+            "normalize": self.normalize,
+            "sample_rate": self.sample_rate,
+            "weight_dtype": dtypes[0] if len(dtypes) == 1 else dtypes,
+            "default_subnet": default,
+            "default_subnet_params": self.params(default),
+            "min_params": self.params(default if one else self.space.min_subnet),
+            "max_params": self.params(default if one else self.space.max_subnet),
+            "num_subnets": 1 if one else self.space.num_subnets,
+            "file_size": self.path.stat().st_size if self.path else None,
+            "sha256": self.sha256,
+        }
+        if one:
+            data["source"] = self.meta.get("source")
+        return data
 
 
 def load_checkpoint(source: str | os.PathLike, *, seed: int = 0, trust: bool = False,
