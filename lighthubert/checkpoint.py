@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from .errors import LightHubertError
+from .fairseq_cfg import HUBERT_TRAINING_EXTRA, TRAINING_DEFAULTS, is_norm
 from .model import ConfigError, ModelConfig, SubnetModel, cut_subnet, fixed_params, released_layout
 from .space import SPACES, SearchSpace, SubnetError, count_params, get_space, subnet_from_text
 
@@ -366,9 +367,7 @@ def _check_state(state: dict, expected: Mapping[str, tuple[int, ...]], where: st
 
 def _released_cfg(kind: str, extractor_mode: str, layer_norm_first: bool) -> dict:
     base = ModelConfig(extractor_mode=extractor_mode, layer_norm_first=layer_norm_first).to_dict()
-    training_only = {"dropout": 0.1, "attention_dropout": 0.1, "activation_dropout": 0.0, "encoder_layerdrop": 0.0,
-                     "dropout_input": 0.0, "dropout_features": 0.0, "mask_prob": 0.8, "mask_length": 10,
-                     "logit_temp": 0.1, "final_dim": 256, "label_rate": 50, "feature_grad_mult": 0.1}
+    training_only = {**TRAINING_DEFAULTS, **HUBERT_TRAINING_EXTRA}
     if kind == "stage1":
         return {"_name": "student_hubert", **training_only, **base}
     return {"_name": "hubert_pruner", "pruner_supernet": f"config/pruner/{kind.capitalize()}.yaml",
@@ -400,7 +399,7 @@ def random_checkpoint(kind: str = "base", seed: int = 0, extractor_mode: str | N
             t = torch.rand(*shape, generator=gen)
         elif name.endswith("weight_g"):
             continue
-        elif "norm" in name or ".2.1." in name or name.startswith("feature_extractor.conv_layers.0.2."):
+        elif is_norm(name):
             t = randn(*shape, std=0.1, mean=1.0 if leaf == "weight" else 0.0)
         elif leaf == "bias":
             t = randn(*shape, std=0.02)

@@ -134,8 +134,8 @@ def _check_values(job: ExtractJob) -> None:
         bad("compression", f"{job.compression!r} is not one of {', '.join(COMPRESSIONS)}")
     if job.batch_seconds is not None and not job.batch_seconds >= 1.0:
         bad("batch_seconds", f"{job.batch_seconds} is below 1 second")
-    if not job.max_chunk_seconds >= 0.0:
-        bad("max_chunk_seconds", f"{job.max_chunk_seconds} is negative")
+    if not (job.max_chunk_seconds == 0 or job.max_chunk_seconds >= 1.0):
+        bad("max_chunk_seconds", f"{job.max_chunk_seconds} is neither 0 (never cut) nor at least 1 second")
     if int(job.num_workers) < 1:
         bad("num_workers", f"{job.num_workers} is below 1")
 
