@@ -4,6 +4,7 @@ once (pre-norm checkpoints). The CLI's end-to-end behaviour is in test_cli.py.""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import h5py
@@ -161,9 +162,13 @@ def test_one_default_per_setting():
 
 @pytest.fixture(scope="module")
 def two_files(tmp_path_factory):
+    """The two shortest 16 kHz wav files of the speech data, in a folder."""
     if not SPEECH_DIR.is_dir():
         pytest.skip(f"no speech data at {SPEECH_DIR}")
-    files = sorted(SPEECH_DIR.rglob("*.wav"), key=lambda p: p.stat().st_size)[:2] or pytest.skip("no wav files")
+    import soundfile as sf
+
+    at16k = [p for p in SPEECH_DIR.rglob("*.wav") if sf.info(str(p)).samplerate == 16000]
+    files = sorted(at16k, key=lambda p: p.stat().st_size)[:2] or pytest.skip("no 16 kHz wav files")
     folder = tmp_path_factory.mktemp("two")
     for p in files:
         shutil.copy(p, folder / p.name)
@@ -241,3 +246,51 @@ def test_last_layer_of_a_pre_norm_checkpoint(tmp_path, two_files):
     finally:
         for f in files.values():
             f.close()
+
+
+def test_resampler_unavailable_stops_the_run_with_a_valid_file(tmp_path, two_files, monkeypatch):
+    """torchaudio that cannot load is the installation's problem, not the input's: the run stops with
+    one line naming the file, and OUTPUT is closed, valid and marked incomplete."""
+    import soundfile as sf
+
+    from lighthubert import audio
+
+    folder = tmp_path / "in"
+    shutil.copytree(two_files, folder)
+    wave = lighthubert.load_audio(sorted(two_files.glob("*.wav"))[0])
+    sf.write(folder / "z8k.wav", wave[::2], 8000)
+
+    def broken():
+        raise audio.ResamplerUnavailable("libtorchaudio.so: undefined symbol")
+
+    monkeypatch.setattr(audio, "_resampler", broken)
+    out = tmp_path / "o.h5"
+    with pytest.raises(lighthubert.LightHubertError, match=r"z8k\.wav: needs resampling from 8000 Hz.*torchaudio cannot be loaded"):
+        lighthubert.extract(folder, out, checkpoint="random:small", subnet="min", device="cpu", num_workers=1)
+    with h5py.File(out) as f:
+        assert not bool(f.attrs["complete"]) and "z8k" not in f["features"]
+        assert json.loads(f.attrs["skipped"]) == []  # not recorded as a bad input
+
+
+def test_fairseq_defaults_are_the_authors():
+    """One source of the config keys: the authors' LightHuBERTConfig defaults, and what ModelConfig writes."""
+    from lighthubert.fairseq_cfg import MODEL_DEFAULTS, TRAINING_DEFAULTS, init_constant
+    from lighthubert.model import ModelConfig, parse_conv_layers
+    from oracle import authors
+
+    theirs = authors().LightHuBERTConfig()
+    for key, value in {**MODEL_DEFAULTS, **TRAINING_DEFAULTS}.items():
+        assert getattr(theirs, key) == value, key
+    ours = ModelConfig().to_dict()
+    assert set(ours) == set(MODEL_DEFAULTS)
+    for key, value in ours.items():
+        if key == "conv_feature_layers":
+            assert parse_conv_layers(value) == parse_conv_layers(MODEL_DEFAULTS[key])
+        else:
+            assert value == MODEL_DEFAULTS[key], key
+    cfg = lighthubert.random_checkpoint("small")["cfg"]["model"]
+    assert all(cfg[k] == v for k, v in TRAINING_DEFAULTS.items() if k in cfg)
+    assert init_constant("encoder.layers.0.self_attn_layer_norm.weight") == 1.0
+    assert init_constant("feature_extractor.conv_layers.3.2.1.bias") == 0.0  # layer_norm extractor's LayerNorm
+    assert init_constant("feature_extractor.conv_layers.0.2.weight") == 1.0  # default extractor's GroupNorm
+    assert init_constant("encoder.layers.0.fc1.bias") == 0.0 and init_constant("encoder.layers.0.fc1.weight") is None
