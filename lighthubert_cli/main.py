@@ -18,8 +18,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from lighthubert.errors import LightHubertError, SettingError
-
 from .progress import Reporter, err, hms, size
 
 app = typer.Typer(
@@ -75,16 +73,18 @@ def _one_line_errors(command):
         except Fail as e:
             err(f"lhb: error: {e}")
             raise typer.Exit(e.code) from None
-        except LightHubertError as e:  # the library's one-line errors; bad setting values are usage errors
-            setting = getattr(e, "setting", None)
-            err(f"lhb: error: {'--' + setting.replace('_', '-') + ': ' if setting else ''}{e}")
-            raise typer.Exit(EXIT_USAGE if isinstance(e, SettingError) else EXIT_FAIL) from None
         except KeyboardInterrupt:
             err("lhb: interrupted")
             raise typer.Exit(130) from None
         except (typer.Exit, typer.Abort):
             raise
         except Exception as e:  # noqa: BLE001
+            from lighthubert.errors import LightHubertError, SettingError  # not at import: keeps --help fast
+
+            if isinstance(e, LightHubertError):  # one line; bad setting values are usage errors
+                setting = getattr(e, "setting", None)
+                err(f"lhb: error: {'--' + setting.replace('_', '-') + ': ' if setting else ''}{e}")
+                raise typer.Exit(EXIT_USAGE if isinstance(e, SettingError) else EXIT_FAIL) from None
             if os.environ.get("LHB_DEBUG"):
                 raise
             err(f"lhb: internal error: {type(e).__name__}: {e} (set LHB_DEBUG=1 for the traceback)")
@@ -156,6 +156,7 @@ def extract(
 
     Example: lhb extract wavs/ feats.h5 -c small --layers all
     """
+    from lighthubert.distributed import detect_world
     from lighthubert.job import ExtractJob, JobError, execute, prepare
     from lighthubert.storage import OutputBroken
 
@@ -166,8 +167,9 @@ def extract(
         strict=strict, compression=compression.value, keep_parts=keep_parts, seed=seed,
         trust_checkpoint=trust_checkpoint,
     )
-    plan = prepare(job, download=_download_progress(checkpoint, quiet or _rank() != 0))
-    world, ckpt, sub, dev = plan.world, plan.checkpoint, plan.extractor.subnet, plan.device
+    world = detect_world()
+    plan = prepare(job, world=world, download=_download_progress(checkpoint, quiet or world.rank != 0))
+    ckpt, sub, dev = plan.checkpoint, plan.extractor.subnet, plan.device
     quiet_here = quiet or world.rank != 0
     if not quiet_here:
         label = "RANDOM WEIGHTS: these features mean nothing; " if ckpt.random else ""
@@ -221,15 +223,6 @@ def extract(
         raise typer.Exit(EXIT_SKIPPED)
 
 
-def _rank() -> int:
-    from lighthubert.distributed import detect_world
-
-    try:
-        return detect_world().rank
-    except Exception:  # noqa: BLE001 - reported by prepare()
-        return 0
-
-
 def _size_of(path: Path) -> int:
     """Bytes of a features file, or of the parts in a parts folder."""
     if path.is_dir():
@@ -259,7 +252,7 @@ def subnet_cmd(
     """
     import random
 
-    from lighthubert.checkpoint import export_subnet
+    from lighthubert.checkpoint import CheckpointError, export_subnet
     from lighthubert.space import (
         RELEASED_FIXED_PARAMS,
         SPACES,
@@ -321,7 +314,7 @@ def subnet_cmd(
             raise Fail("--export takes one subnet", EXIT_USAGE)
         try:
             export_subnet(ckpt, results[0][0], export)
-        except (LightHubertError, OSError) as e:
+        except (CheckpointError, OSError) as e:
             raise Fail(f"{export}: {e}") from None
         err(f"wrote {export} ({size(export.stat().st_size)})")
 
