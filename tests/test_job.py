@@ -294,3 +294,14 @@ def test_fairseq_defaults_are_the_authors():
     assert init_constant("feature_extractor.conv_layers.3.2.1.bias") == 0.0  # layer_norm extractor's LayerNorm
     assert init_constant("feature_extractor.conv_layers.0.2.weight") == 1.0  # default extractor's GroupNorm
     assert init_constant("encoder.layers.0.fc1.bias") == 0.0 and init_constant("encoder.layers.0.fc1.weight") is None
+
+
+def test_cli_reports_library_setting_errors_as_usage(tmp_path, two_files):
+    """A setting the job refuses (here a chunk too short to give frames) is one line and exit 2, before
+    anything is written."""
+    from cli_helpers import lhb
+
+    r = lhb("extract", two_files, tmp_path / "o.h5", "-c", "random:small", "--max-chunk-seconds", "0.02")
+    assert r.returncode == 2, r
+    assert r.err_lines == ["lhb: error: --max-chunk-seconds: 0.02 is neither 0 (never cut) nor at least 1 second"], r
+    assert not (tmp_path / "o.h5").exists()
