@@ -1,8 +1,8 @@
 """Extracting a list of audio files into a features file.
 
 Three stages overlap: decoding in a thread pool (``num_workers``), the forward pass in the calling
-thread, HDF5 writing in a writer thread. Files are sorted by length and packed into batches of at
-most ``batch_seconds`` of padded audio, so padding stays small. A file longer than
+thread, writing (a :class:`~lighthubert.storage.FeaturesWriter`) in a writer thread. Files are
+sorted by length and packed into batches of at most ``batch_seconds`` of padded audio, so padding stays small. A file longer than
 ``max_chunk_seconds`` is cut into chunks of that length (a multiple of 320 samples), run without
 context across chunk borders, and its chunks' features are concatenated (one frame fewer per chunk
 border than an uncut run would give).
