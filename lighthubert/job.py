@@ -327,8 +327,9 @@ def _run_rank(plan: Plan, user: Reporter, stop: threading.Event) -> Summary:
             summary.output = parts
             status.update(interrupted=summary.interrupted, skipped=len(summary.skipped), files=summary.files,
                           seconds=summary.seconds)
-        except OutputBroken:
+        except OutputBroken:  # the process is to exit at once; the others stop after their batch
             group.add("failed", 1)
+            group.add("finished", 1)
             raise
         except LightHubertError as err:
             status["error"] = str(err)
