@@ -16,6 +16,8 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from .errors import LightHubertError
+
 SAMPLE_RATE = 16000
 MIN_SAMPLES = 400  # the conv extractor's receptive field: fewer samples give no frame
 MIN_RATE, MAX_RATE = 1000, 384000
@@ -24,11 +26,11 @@ declares 1 Hz would become half an hour of audio once resampled)."""
 FIX_TORCHAUDIO = "pip install --upgrade 'torch>=2.14' 'torchaudio>=2.11.1'"
 
 
-class AudioError(Exception):
+class AudioError(LightHubertError):
     """An input that cannot be used; the message is the reason (the caller names the file)."""
 
 
-class ResamplerUnavailable(RuntimeError):
+class ResamplerUnavailable(LightHubertError, RuntimeError):
     """torchaudio, needed to resample, cannot be loaded here: a problem of the installation, not of
     the input, so it stops the run instead of skipping files. The message names the file."""
 

@@ -21,8 +21,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .errors import LightHubertError
+from .fairseq_cfg import HUBERT_TRAINING_EXTRA, TRAINING_DEFAULTS, is_norm
 from .model import ConfigError, ModelConfig, SubnetModel, cut_subnet, fixed_params, released_layout
-from .space import SPACES, SearchSpace, SubnetError, count_params, get_space, parse_subnet
+from .space import SPACES, SearchSpace, SubnetError, count_params, get_space, subnet_from_text
 
 HUB_REPO = "mechanicalsea/lighthubert"
 HUB_ENV = "HF_ENDPOINT"
@@ -43,7 +45,7 @@ MAX_CHECKPOINT_BYTES = 8 << 30
 MAX_SEED = 2**63 - 1
 
 
-class CheckpointError(Exception):
+class CheckpointError(LightHubertError):
     """A checkpoint that cannot be had or used; the message names the file and the reason."""
 
 
@@ -245,7 +247,7 @@ class Checkpoint:
         if self.subnet is not None:
             if spec in (None, "default"):
                 return dict(self.subnet)
-            sub = spec if isinstance(spec, Mapping) else _subnet_from_text(str(spec), self.space)
+            sub = spec if isinstance(spec, Mapping) else subnet_from_text(str(spec), self.space)
             if self.space.validate(sub, strict=False) != self.subnet:
                 raise SubnetError(f"{self.source} is an exported subnet and holds only {self.subnet}")
             return dict(self.subnet)
@@ -253,7 +255,7 @@ class Checkpoint:
             return self.default_subnet
         if isinstance(spec, Mapping):
             return self.space.validate(spec)
-        return _subnet_from_text(str(spec), self.space)
+        return subnet_from_text(str(spec), self.space)
 
     def model(self, subnet: Any = None, device: Any = "cpu", dtype: torch.dtype | None = torch.float32) -> SubnetModel:
         """A :class:`SubnetModel` with the subnet's weights cut once, on ``device`` in ``dtype``."""
@@ -264,24 +266,36 @@ class Checkpoint:
             state = cut_subnet(self.state, self.cfg, sub)
         return SubnetModel.from_state(self.cfg, sub, state, device=device, dtype=dtype)
 
-
-def _subnet_from_text(text: str, space: SearchSpace) -> dict:
-    s = text.strip()
-    if s in ("default", "max", "min"):
-        return space.preset(s)
-    if s.startswith("{"):
-        return space.validate(parse_subnet(s))
-    path = Path(s)
-    if not path.is_file():
-        raise SubnetError(f"{text!r} is not a preset (default, max, min), inline JSON or an existing JSON file")
-    try:
-        data = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise SubnetError(f"{path}: cannot read: {err}") from None
-    try:
-        return space.validate(parse_subnet(data))
-    except SubnetError as err:
-        raise SubnetError(f"{path}: {err}") from None
+    def describe(self) -> dict[str, Any]:
+        """What ``lhb info`` shows, as plain JSON-able values: kind, space, dims, modes, weight
+        dtype, default subnet and its parameters, the range of subnet sizes, file size and sha256."""
+        dtypes = sorted({str(t.dtype).replace("torch.", "") for t in self.state.values() if hasattr(t, "dtype")})
+        default = self.default_subnet
+        one = self.subnet is not None
+        data = {
+            "checkpoint": self.name,
+            "kind": kind_label(self),
+            "model_name": self.kind,
+            "random_weights": self.random,
+            "supernet": self.space.name,
+            "supernet_dims": {"layers": self.cfg.encoder_layers, "embed_dim": self.cfg.embed_dim,
+                              "ffn_embed_dim": self.cfg.ffn_dim, "heads": self.cfg.heads},
+            "extractor_mode": self.cfg.extractor_mode,
+            "layer_norm_first": self.cfg.layer_norm_first,
+            "normalize": self.normalize,
+            "sample_rate": self.sample_rate,
+            "weight_dtype": dtypes[0] if len(dtypes) == 1 else dtypes,
+            "default_subnet": default,
+            "default_subnet_params": self.params(default),
+            "min_params": self.params(default if one else self.space.min_subnet),
+            "max_params": self.params(default if one else self.space.max_subnet),
+            "num_subnets": 1 if one else self.space.num_subnets,
+            "file_size": self.path.stat().st_size if self.path else None,
+            "sha256": self.sha256,
+        }
+        if one:
+            data["source"] = self.meta.get("source")
+        return data
 
 
 def load_checkpoint(source: str | os.PathLike, *, seed: int = 0, trust: bool = False,
@@ -434,9 +448,7 @@ def _check_state(state: dict, expected: Mapping[str, tuple[int, ...]], where: st
 
 def _released_cfg(kind: str, extractor_mode: str, layer_norm_first: bool) -> dict:
     base = ModelConfig(extractor_mode=extractor_mode, layer_norm_first=layer_norm_first).to_dict()
-    training_only = {"dropout": 0.1, "attention_dropout": 0.1, "activation_dropout": 0.0, "encoder_layerdrop": 0.0,
-                     "dropout_input": 0.0, "dropout_features": 0.0, "mask_prob": 0.8, "mask_length": 10,
-                     "logit_temp": 0.1, "final_dim": 256, "label_rate": 50, "feature_grad_mult": 0.1}
+    training_only = {**TRAINING_DEFAULTS, **HUBERT_TRAINING_EXTRA}
     if kind == "stage1":
         return {"_name": "student_hubert", **training_only, **base}
     return {"_name": "hubert_pruner", "pruner_supernet": f"config/pruner/{kind.capitalize()}.yaml",
@@ -468,7 +480,7 @@ def random_checkpoint(kind: str = "base", seed: int = 0, extractor_mode: str | N
             t = torch.rand(*shape, generator=gen)
         elif name.endswith("weight_g"):
             continue
-        elif "norm" in name or ".2.1." in name or name.startswith("feature_extractor.conv_layers.0.2."):
+        elif is_norm(name):
             t = randn(*shape, std=0.1, mean=1.0 if leaf == "weight" else 0.0)
         elif leaf == "bias":
             t = randn(*shape, std=0.02)

@@ -19,24 +19,12 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
+from .fairseq_cfg import MODEL_DEFAULTS, TRAINING_DEFAULTS, init_constant
 from .model import ModelConfig, SubnetModel, cut_subnet, frame_mask, released_layout
 from .space import check_subnet, count_params, get_space
 
-_MODEL_KEYS = {
-    "extractor_mode": "layer_norm", "conv_feature_layers": "[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2",
-    "conv_bias": False, "encoder_layers": 12, "encoder_embed_dim": 768, "encoder_ffn_embed_dim": 3072,
-    "encoder_attention_heads": 12, "activation_fn": "gelu", "layer_norm_first": False, "conv_pos": 128,
-    "conv_pos_groups": 16, "pos_conv_depth": 1, "required_seq_len_multiple": 2,
-    "layer_pred_num": "0,0,0,0,0,0,0,0,0,0,0,1", "teacher_embed_dim": 768,
-}
-_TRAINING_KEYS = {
-    "prune_encoder_pos_conv": True, "label_rate": 50, "layer_type": "transformer", "dropout": 0.1,
-    "attention_dropout": 0.1, "activation_dropout": 0.0, "encoder_layerdrop": 0.0, "dropout_input": 0.0,
-    "dropout_features": 0.0, "feature_grad_mult": 1.0, "mask_length": 10, "mask_prob": 0.65,
-    "mask_selection": "static", "mask_other": 0, "no_mask_overlap": False, "mask_min_space": 1,
-    "mask_channel_length": 10, "mask_channel_prob": 0.0, "mask_channel_selection": "static",
-    "mask_channel_other": 0, "no_mask_channel_overlap": False, "mask_channel_min_space": 1,
-}
+_MODEL_KEYS = MODEL_DEFAULTS
+_TRAINING_KEYS = TRAINING_DEFAULTS
 
 
 class LightHuBERTConfig:
@@ -140,13 +128,8 @@ class LightHuBERT(nn.Module):
 
     @staticmethod
     def _init(name: str, shape: tuple[int, ...]) -> Tensor:
-        if name.endswith("weight_g"):
-            return torch.ones(shape)
-        if "norm" in name or ".2.1." in name or name.startswith("feature_extractor.conv_layers.0.2."):
-            return torch.ones(shape) if name.endswith("weight") else torch.zeros(shape)
-        if name.endswith("bias"):
-            return torch.zeros(shape)
-        return torch.randn(shape) * 0.02
+        value = init_constant(name)
+        return torch.randn(shape) * 0.02 if value is None else torch.full(shape, value)
 
     # -- subnets
 

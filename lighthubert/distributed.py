@@ -5,25 +5,21 @@ the inputs balanced by audio duration (rank 0 plans, the others receive the plan
 (``LOCAL_RANK``) or the CPU, and writes its own part, ``OUTPUT.parts/part-RANK.h5``. When every rank
 has finished, rank 0 merges OUTPUT (when resuming) and the parts into a new file that atomically
 replaces OUTPUT, then removes the parts; with ``keep_parts`` the parts stay and ``lhb merge`` joins
-them later. Coordination uses a torch.distributed gloo group: torchrun's rendezvous, or under srun a
+them later (:mod:`lighthubert.job` runs all this; parts and merging are in :mod:`lighthubert.storage`).
+Coordination uses a torch.distributed gloo group: torchrun's rendezvous, or under srun a
 FileStore in the parts folder (a filesystem shared by the nodes is assumed, as for OUTPUT itself).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Iterable
 
-import h5py
-
-from .features import GROUP, RUN_IDENTITY, OutputError, _norm, keys
+from .storage import OutputError, parts_dir
 
 
 @dataclass(frozen=True)
@@ -50,14 +46,6 @@ def detect_world(env: dict | None = None) -> World:
     except ValueError as err:
         raise OutputError(f"cannot read the launcher's rank variables: {err}") from None
     return World()
-
-
-def parts_dir(output: Path) -> Path:
-    return output.with_name(output.name + ".parts")
-
-
-def part_path(output: Path, rank: int) -> Path:
-    return parts_dir(output) / f"part-{rank:05d}.h5"
 
 
 class Group:
@@ -107,79 +95,6 @@ def balance(sizes: Iterable[tuple[object, int]], ranks: int) -> list[list[object
         shares[r].append(item)
         load[r] += max(n, 1)
     return shares
-
-
-def done_keys(output: Path, resume: bool) -> set[str]:
-    """Keys already extracted: in OUTPUT (when resuming) and in any part left by an earlier run."""
-    found: set[str] = set()
-    files = ([output] if resume and output.exists() else []) + sorted(parts_dir(output).glob("part-*.h5"))
-    for path in files:
-        try:
-            with h5py.File(path, "r") as f:
-                found.update(keys(f))
-        except OSError as err:
-            raise OutputError(f"{path}: cannot be read to resume ({err}); remove it or use --overwrite") from None
-    return found
-
-
-def merge(output: Path, parts: list[Path], *, include_output: bool, complete: bool | None = None) -> int:
-    """Join ``parts`` (and OUTPUT itself when ``include_output``) into a new file that replaces
-    OUTPUT atomically. All must come from the same run settings; a key in two files is an error
-    unless the datasets are equal. ``complete`` (default: every source says so) is recorded.
-    Returns the number of utterances."""
-    sources = ([output] if include_output and output.exists() else []) + list(parts)
-    if not sources:
-        raise OutputError(f"{output}: nothing to merge")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".merging", dir=output.parent or ".")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        skipped: dict[str, dict] = {}
-        identity = None
-        with h5py.File(tmp, "w", libver=("v108", "latest")) as dst:
-            group = dst.create_group(GROUP)
-            for path in sources:
-                try:
-                    src = h5py.File(path, "r")
-                except OSError as err:
-                    raise OutputError(f"{path}: cannot be opened ({err})") from None
-                with src:
-                    ident = {k: _norm(src.attrs.get(k)) for k in RUN_IDENTITY}
-                    if identity is None:
-                        identity = ident
-                        for k, v in src.attrs.items():
-                            dst.attrs[k] = v
-                    elif ident != identity:
-                        diff = [k for k in RUN_IDENTITY if ident[k] != identity[k]]
-                        raise OutputError(f"{path}: made with different settings ({', '.join(diff)}) than {sources[0]}")
-                    for entry in json.loads(_norm(src.attrs.get("skipped", "[]")) or "[]"):
-                        skipped[entry["key"]] = entry
-                    for key in keys(src):
-                        if key in group:
-                            if (group[key][()] != src[GROUP][key][()]).any():
-                                raise OutputError(f"{path}: key {key!r} is also in another part, with other values")
-                            continue
-                        parent = key.rsplit("/", 1)[0] if "/" in key else ""
-                        dest_group = group.require_group(parent) if parent else group
-                        src.copy(src[GROUP][key], dest_group, name=key.rsplit("/", 1)[-1])
-            done = set(keys(dst))
-            dst.attrs["skipped"] = json.dumps([v for k, v in skipped.items() if k not in done])
-            dst.attrs["complete"] = all(_complete(p) for p in sources) if complete is None else complete
-            dst.attrs["merged_from"] = len(sources)
-        os.replace(tmp, output)
-        return len(done)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _complete(path: Path) -> bool:
-    with h5py.File(path, "r") as f:
-        return bool(f.attrs.get("complete", False))
-
-
-def remove_parts(output: Path) -> None:
-    shutil.rmtree(parts_dir(output), ignore_errors=True)
 
 
 def wait_for(group: Group, key: str, count: int, on_tick=None, poll: float = 0.5, stop=None) -> None:

@@ -14,6 +14,9 @@ from .checkpoint import Checkpoint, load_checkpoint
 from .model import conv_frames
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+FINAL = -1
+"""In a resolved layer list: the model's final output. For a pre-norm (``layer_norm_first``) model
+that is the last hidden state after the encoder's final LayerNorm, which no hidden-state index names."""
 
 
 def resolve_device(device: Any = "auto") -> torch.device:
@@ -49,11 +52,13 @@ def resolve_dtype(dtype: Any, device: torch.device) -> torch.dtype:
     return dtype
 
 
-def resolve_layers(spec: Any, num_layers: int) -> list[int]:
-    """``last`` -> [L]; ``all`` -> [0..L]; ``"0,4,12"`` or a list -> those hidden-state indices
-    (0 = projected conv features; negative counts from the end)."""
+def resolve_layers(spec: Any, num_layers: int, layer_norm_first: bool = False) -> list[int]:
+    """The one place ``last`` is decided. ``last`` -> the final output: ``[L]`` (hidden state L) for a
+    post-norm model, ``[FINAL]`` for a pre-norm one; ``all`` -> [0..L]; ``"0,4,12"`` or a list -> those
+    hidden-state indices (0 = projected conv features; negative counts from the end). A number always
+    means that hidden state, never the normed final output."""
     if spec is None or spec == "last":
-        return [num_layers]
+        return [FINAL] if layer_norm_first else [num_layers]
     if spec == "all":
         return list(range(num_layers + 1))
     items = spec.split(",") if isinstance(spec, str) else list(spec)
@@ -220,10 +225,11 @@ class Extractor:
 
     @torch.inference_mode()
     def run(self, wave: Tensor, lengths: Tensor | None, layers: list[int]) -> tuple[Tensor, Tensor]:
-        """The forward pass on a prepared batch: (B, len(layers), T, E) in ``dtype`` and frame counts."""
-        final = self.checkpoint.cfg.layer_norm_first and layers == [self.num_layers]
-        out = self.model(wave, lengths, layers=[] if final else layers, last=final)
-        stacked = out.last[:, None] if final else torch.stack([out.hidden[i] for i in layers], dim=1)
+        """The forward pass on a prepared batch: (B, len(layers), T, E) in ``dtype`` and frame counts.
+        ``layers`` as :func:`resolve_layers` gives them (``FINAL`` for the final output)."""
+        final = FINAL in layers
+        out = self.model(wave, lengths, layers=[i for i in layers if i != FINAL], last=final)
+        stacked = torch.stack([out.last if i == FINAL else out.hidden[i] for i in layers], dim=1)
         n = out.lengths
         if n is None:
             n = torch.full((wave.shape[0],), stacked.shape[2], device=wave.device)
@@ -232,7 +238,7 @@ class Extractor:
     def __call__(self, waves: Sequence[Tensor | np.ndarray], layers: Any = "last") -> list[Tensor]:
         """Hidden states of each waveform (16 kHz, mono): a float32 CPU tensor (T, E) for one layer,
         (len(layers), T, E) for several. Every utterance gets the numbers it gets alone."""
-        idx = resolve_layers(layers, self.num_layers)
+        idx = resolve_layers(layers, self.num_layers, self.checkpoint.cfg.layer_norm_first)
         for i, w in enumerate(waves):
             if np.asarray(w).size < 400:
                 raise ValueError(f"waveform {i} has fewer than 400 samples (25 ms); it gives no frame")

@@ -30,13 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterable
 
+from .errors import LightHubertError
+
 AUDIO_EXTENSIONS = frozenset(
     ".wav .wave .flac .ogg .oga .opus .mp3 .aif .aiff .aifc .au .snd .w64 .rf64 .caf .sph .nist .htk .voc .sd2 .paf".split()
 )
 LIST_EXTENSIONS = (".txt", ".lst", ".tsv", ".scp")
 
 
-class InputError(Exception):
+class InputError(LightHubertError):
     """INPUT cannot be turned into a list of items; the message names the file (and line)."""
 
 

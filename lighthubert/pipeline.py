@@ -1,8 +1,8 @@
 """Extracting a list of audio files into a features file.
 
 Three stages overlap: decoding in a thread pool (``num_workers``), the forward pass in the calling
-thread, HDF5 writing in a writer thread. Files are sorted by length and packed into batches of at
-most ``batch_seconds`` of padded audio, so padding stays small. A file longer than
+thread, writing (a :class:`~lighthubert.storage.FeaturesWriter`) in a writer thread. Files are
+sorted by length and packed into batches of at most ``batch_seconds`` of padded audio, so padding stays small. A file longer than
 ``max_chunk_seconds`` is cut into chunks of that length (a multiple of 320 samples), run without
 context across chunk borders, and its chunks' features are concatenated (one frame fewer per chunk
 border than an uncut run would give).
@@ -17,15 +17,17 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable, Protocol
 
 import numpy as np
 import torch
 
 from .audio import MIN_SAMPLES, SAMPLE_RATE, AudioError, ResamplerUnavailable, audio_frames, load_audio
+from .errors import LightHubertError
 from .extractor import Extractor
-from .features import FeatureWriter, OutputError
 from .inputs import Item, display_path
+from .storage import FeaturesWriter, OutputError
 
 HOP = 320
 MAX_BATCH = 256
@@ -33,26 +35,35 @@ MAX_BATCH = 256
 
 @dataclass
 class Options:
+    """The pipeline's resolved settings; :class:`lighthubert.job.ExtractJob` holds their defaults."""
+
     layers: list[int]
-    save_dtype: str = "float32"
-    batch_seconds: float = 60.0
-    max_chunk_seconds: float = 0.0
+    save_dtype: str
+    batch_seconds: float
+    max_chunk_seconds: float
     """0: never cut."""
-    num_workers: int = 2
-    strict: bool = False
+    num_workers: int
+    strict: bool
     flush_seconds: float = 1.0
 
 
 class Reporter(Protocol):
+    """Progress events: ``start`` once (files and audio seconds to do, keys already done), ``advance``
+    after each batch, ``skipped`` for each bad input, ``stop`` when the run is over."""
+
     def start(self, files: int, seconds: float, done_before: int) -> None: ...
     def advance(self, files: int, seconds: float) -> None: ...
     def skipped(self, item: Item, reason: str) -> None: ...
+    def stop(self) -> None: ...
 
 
-class _Quiet:
+class Quiet:
+    """A reporter that shows nothing."""
+
     def start(self, files: int, seconds: float, done_before: int) -> None: ...
     def advance(self, files: int, seconds: float) -> None: ...
     def skipped(self, item: Item, reason: str) -> None: ...
+    def stop(self) -> None: ...
 
 
 @dataclass
@@ -63,11 +74,13 @@ class Summary:
     wall: float = 0.0
     interrupted: bool = False
     done_before: int = 0
+    output: Path | None = None
+    """Where the result is: OUTPUT, or the parts folder when parts were kept or the run stopped."""
     timings: dict[str, float] = field(default_factory=lambda: {"decode_wait": 0.0, "compute": 0.0, "write_wait": 0.0})
 
 
-class StrictStop(Exception):
-    """--strict and an input was bad."""
+class StrictStop(LightHubertError):
+    """``strict`` and an input was bad; the message names the file and the reason."""
 
 
 def estimate_samples(item: Item) -> int:
@@ -112,7 +125,7 @@ def chunk_bounds(n: int, chunk: int) -> list[tuple[int, int]]:
 class _Writer(threading.Thread):
     """Writes finished utterances off the compute path; flushes every ``flush_seconds``."""
 
-    def __init__(self, writer: FeatureWriter, flush_seconds: float):
+    def __init__(self, writer: FeaturesWriter, flush_seconds: float):
         super().__init__(name="lhb-writer", daemon=True)
         self.writer = writer
         self.flush_seconds = flush_seconds
@@ -176,10 +189,10 @@ def _decode(item: Item) -> np.ndarray | AudioError:
         return AudioError(f"cannot decode: {type(err).__name__}: {err}")
 
 
-def extract(items: Iterable[Item], extractor: Extractor, writer: FeatureWriter, options: Options,
+def extract(items: Iterable[Item], extractor: Extractor, writer: FeaturesWriter, options: Options,
             reporter: Reporter | None = None, stop: threading.Event | None = None) -> Summary:
     """Extract every item not already in ``writer.done``; returns what happened."""
-    reporter = reporter or _Quiet()
+    reporter = reporter or Quiet()
     stop = stop or threading.Event()
     t0 = time.monotonic()
     todo = [it for it in items if it.key not in writer.done]
@@ -217,7 +230,7 @@ def extract(items: Iterable[Item], extractor: Extractor, writer: FeatureWriter, 
                         writer.skip(it.key, display_path(it.path), str(wave))
                         reporter.skipped(it, str(wave))
                         if options.strict:
-                            raise StrictStop(f"{display_path(it.path)}: {wave}")
+                            raise StrictStop(f"{display_path(it.path)}: {wave} (--strict)")
                     else:
                         good.append((it, wave))
                 t = time.monotonic()

@@ -15,7 +15,10 @@ import json
 import math
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable, Mapping
+
+from .errors import SettingError
 
 HEAD_DIM = 64
 SUPERNET_LAYERS = 12
@@ -37,7 +40,7 @@ DEPTH_MAPS: dict[int, tuple[int, ...]] = {
 }
 
 
-class SubnetError(ValueError):
+class SubnetError(SettingError):
     """A subnet dict (or JSON) that does not describe a subnet of the search space."""
 
 
@@ -264,6 +267,39 @@ def parse_subnet(text: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- parameter counts
+
+
+def subnet_from_text(text: str, space: SearchSpace) -> dict:
+    """A validated subnet of ``space`` from a preset name (default, max, min), inline JSON or the
+    path of a JSON file; :class:`SubnetError` says which field is wrong (and names the file)."""
+    s = text.strip()
+    if s in ("default", "max", "min"):
+        return space.preset(s)
+    if s.startswith("{"):
+        return space.validate(parse_subnet(s))
+    path = Path(s)
+    if not path.is_file():
+        raise SubnetError(f"{text!r} is not a preset (default, max, min), inline JSON or an existing JSON file")
+    try:
+        data = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise SubnetError(f"{path}: cannot read: {err}") from None
+    try:
+        return space.validate(parse_subnet(data))
+    except SubnetError as err:
+        raise SubnetError(f"{path}: {err}") from None
+
+
+def subnet_in_spaces(text: str, names: Iterable[str] = ("base", "small")) -> tuple[dict, str]:
+    """:func:`subnet_from_text` in the first of the spaces ``names`` that accepts it: (subnet, space name)."""
+    names = list(names)
+    errors = []
+    for n in names:
+        try:
+            return subnet_from_text(text, get_space(n)), n
+        except SubnetError as err:
+            errors.append(str(err))
+    raise SubnetError(errors[0] if len(errors) == 1 else "; ".join(f"{n}: {e}" for n, e in zip(names, errors)))
 
 
 def layer_params(embed_dim: int, heads: int, ffn: int) -> int:

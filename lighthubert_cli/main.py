@@ -88,6 +88,12 @@ def _one_line_errors(command):
         except (typer.Exit, typer.Abort):
             raise
         except Exception as e:  # noqa: BLE001
+            from lighthubert.errors import LightHubertError, SettingError  # not at import: keeps --help fast
+
+            if isinstance(e, LightHubertError):  # one line; bad setting values are usage errors
+                setting = getattr(e, "setting", None)
+                err(f"lhb: error: {'--' + setting.replace('_', '-') + ': ' if setting else ''}{e}")
+                raise typer.Exit(EXIT_USAGE if isinstance(e, SettingError) else EXIT_FAIL) from None
             if os.environ.get("LHB_DEBUG"):
                 raise
             err(f"lhb: internal error: {type(e).__name__}: {e} (set LHB_DEBUG=1 for the traceback)")
@@ -105,25 +111,21 @@ TrustOpt = Annotated[bool, typer.Option(
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for random:* checkpoints and --sample.")]
 
 
-def _load_checkpoint(source: str, seed: int, trust: bool, quiet: bool):
-    from lighthubert.checkpoint import RELEASED, CheckpointError, load_checkpoint
+def _quiet_hub(source: str) -> None:
+    """The hub client's retry warnings would break the one-line errors: errors only."""
+    from lighthubert.checkpoint import RELEASED
 
-    if source in RELEASED:  # the hub client's retry warnings would break the one-line errors
+    if source in RELEASED:
         from huggingface_hub.utils import logging as hub_logging
 
         hub_logging.set_verbosity_error()
-    try:
-        return load_checkpoint(source, seed=seed, trust=trust, progress=not quiet)
-    except CheckpointError as e:
-        raise Fail(str(e)) from None
 
 
-def _usage(fn, *args, what: str = ""):
-    """Call a parser; its ValueError becomes a usage error (exit 2)."""
-    try:
-        return fn(*args)
-    except ValueError as e:
-        raise Fail(f"{what}{e}", EXIT_USAGE) from None
+def _load_checkpoint(source: str, seed: int, trust: bool, quiet: bool):
+    from lighthubert.checkpoint import load_checkpoint
+
+    _quiet_hub(source)
+    return load_checkpoint(source, seed=seed, trust=trust, progress=not quiet)
 
 
 @app.command()
@@ -164,57 +166,27 @@ def extract(
 
     Example: lhb extract wavs/ feats.h5 -c small --layers all
     """
-    import lighthubert
-    from lighthubert.extractor import Extractor, resolve_device, resolve_dtype, resolve_layers
-    from lighthubert.features import FeatureWriter, OutputError, check_output_path, run_attrs
-    from lighthubert.inputs import InputError, list_inputs
-    from lighthubert.distributed import detect_world, parts_dir
-    from lighthubert.pipeline import Options
-    from lighthubert.space import SubnetError
+    from lighthubert.distributed import detect_world
+    from lighthubert.job import ExtractJob, JobError, execute, prepare
+    from lighthubert.storage import OutputBroken
 
-    if resume and overwrite:
-        raise Fail("--resume and --overwrite exclude each other", EXIT_USAGE)
-    world = detect_world()
-    if world.distributed and device == "auto" and torch_cuda_available():
-        device = f"cuda:{world.local_rank}"
-    dev = _usage(resolve_device, device, what="--device: ")
-    torch_dtype = _usage(resolve_dtype, dtype.value, dev, what="--dtype: ")
-    try:
-        items = list_inputs(input)
-    except InputError as e:
-        raise Fail(str(e)) from None
-    try:
-        out_path = check_output_path(output, resume=resume, overwrite=overwrite)
-        if not world.distributed and any(parts_dir(out_path).glob("part-*.h5")):
-            raise OutputError(f"{parts_dir(out_path)}: parts of a run with several processes are there; "
-                              f"join them with: lhb merge {out_path} {parts_dir(out_path)}")
-    except OutputError as e:
-        raise Fail(str(e)) from None
-    quiet_here = quiet or world.rank != 0
-    ckpt = _load_checkpoint(checkpoint, seed, trust_checkpoint, quiet_here)
-    try:
-        sub = ckpt.resolve_subnet(subnet)
-    except SubnetError as e:
-        raise Fail(f"--subnet: {e}", EXIT_USAGE) from None
-    n_layers = sub["layer_num"]
-    idx = _usage(resolve_layers, layers, n_layers, what="--layers: ")
-    final = ckpt.cfg.layer_norm_first and layers == "last"
-    extractor = Extractor(ckpt, sub, dev, torch_dtype)
-    attrs = run_attrs(
-        layers=[-1] if final else idx, subnet=sub, checkpoint=ckpt.name, checkpoint_sha256=ckpt.sha256,
-        normalize=ckpt.normalize, random_weights=ckpt.random, params=extractor.params, dtype=save_dtype.value,
-        version=lighthubert.__version__, max_chunk_seconds=max_chunk_seconds, num_layers=n_layers,
-        embed_dim=sub["embed_dim"],
+    job = ExtractJob(
+        input=input, output=output, checkpoint=checkpoint, subnet=subnet, layers=layers, device=device,
+        dtype=dtype.value, save_dtype=save_dtype.value, batch_seconds=batch_seconds,
+        max_chunk_seconds=max_chunk_seconds, num_workers=num_workers, resume=resume, overwrite=overwrite,
+        strict=strict, compression=compression.value, keep_parts=keep_parts, seed=seed,
+        trust_checkpoint=trust_checkpoint,
     )
+    world = detect_world()
+    _quiet_hub(checkpoint)
+    plan = prepare(job, world=world, download=not (quiet or world.rank != 0))
+    ckpt, sub, dev = plan.checkpoint, plan.extractor.subnet, plan.device
+    quiet_here = quiet or world.rank != 0
     if not quiet_here:
         label = "RANDOM WEIGHTS: these features mean nothing; " if ckpt.random else ""
         ranks = f"; {world.size} processes ({world.launcher})" if world.distributed else ""
-        err(f"{label}checkpoint {ckpt.name}, subnet {extractor.params / 1e6:.1f}M params "
-            f"({n_layers} layers, width {sub['embed_dim']}), {dev} {str(torch_dtype).replace('torch.', '')}{ranks}")
-    options = Options(
-        layers=idx, save_dtype=save_dtype.value, max_chunk_seconds=max_chunk_seconds, num_workers=num_workers,
-        batch_seconds=batch_seconds or (200.0 if dev.type == "cuda" else 30.0), strict=strict,
-    )
+        err(f"{label}checkpoint {ckpt.name}, subnet {plan.extractor.params / 1e6:.1f}M params "
+            f"({sub['layer_num']} layers, width {sub['embed_dim']}), {dev} {str(plan.dtype).replace('torch.', '')}{ranks}")
     stop = threading.Event()
     received: list[int] = []
 
@@ -227,28 +199,27 @@ def extract(
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        if world.distributed:
-            summary, target = _run_ranks(world, items, extractor, attrs, options, out_path, resume, overwrite,
-                                         keep_parts, compression.value, quiet, stop)
-        else:
-            try:
-                writer = FeatureWriter(out_path, attrs, resume=resume, compression=compression.value)
-            except OutputError as e:
-                raise Fail(str(e)) from None
-            summary = _run_one(items, extractor, writer, options, Reporter(quiet=quiet), stop)
-            target = out_path
+        summary = execute(plan, Reporter(quiet=quiet), stop)
+    except OutputBroken as e:
+        # The storage library failed mid-write: leave the file as of its last flush and skip its finalisers.
+        err(f"lhb: error: {e}")
+        os._exit(EXIT_FAIL)
+    except JobError as e:
+        if e.silent:  # another rank failed; rank 0 says which
+            raise typer.Exit(EXIT_FAIL) from None
+        raise
     finally:
         for s, h in old.items():
             signal.signal(s, h)
     if summary.interrupted:
         if world.rank == 0:
-            where = target if target == out_path else parts_dir(out_path)
-            err(f"stopped: what is done is kept in {where}; to finish, run the same command with --resume")
+            err(f"stopped: what is done is kept in {summary.output}; to finish, run the same command with --resume")
         raise typer.Exit(130 if received and received[0] == signal.SIGINT else 143)
     if not quiet and world.rank == 0:
         speed = summary.seconds / summary.wall if summary.wall else 0.0
         err(f"done: {summary.files} files, {hms(summary.seconds)} of audio in {hms(summary.wall)} "
-            f"({speed:,.0f}x real time); {target} ({size(_size_of(target))}) holds {summary.done_before + summary.files} utterances"
+            f"({speed:,.0f}x real time); {summary.output} ({size(_size_of(summary.output))}) holds "
+            f"{summary.done_before + summary.files} utterances"
             + (f"; skipped {len(summary.skipped)}" if summary.skipped else ""))
     if verbose and not quiet:
         t = summary.timings
@@ -263,164 +234,11 @@ def extract(
         raise typer.Exit(EXIT_SKIPPED)
 
 
-def torch_cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def _size_of(path: Path) -> int:
     """Bytes of a features file, or of the parts in a parts folder."""
     if path.is_dir():
-        return sum(p.stat().st_size for p in path.glob("*.h5"))
+        return sum(p.stat().st_size for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
     return path.stat().st_size if path.exists() else 0
-
-
-def _run_one(items, extractor, writer, options, reporter, stop):
-    """One process's extraction into ``writer``; failures become ``Fail`` after closing the file."""
-    from lighthubert.audio import ResamplerUnavailable
-    from lighthubert.features import OutputError
-    from lighthubert.pipeline import StrictStop, extract as run_extract
-
-    try:
-        summary = run_extract(items, extractor, writer, options, reporter, stop)
-    except (StrictStop, OutputError, ResamplerUnavailable) as e:
-        reporter.stop()
-        if writer.broken:
-            # HDF5 failed mid-write: closing could write more. Leave the file as of its last flush
-            # and skip the library's finalisers.
-            err(f"lhb: error: {e}")
-            os._exit(EXIT_FAIL)
-        writer.close(complete=False)
-        raise Fail(f"{e} (--strict)" if isinstance(e, StrictStop) else str(e)) from None
-    reporter.stop()
-    writer.close(complete=not summary.interrupted)
-    return summary
-
-
-class _RankReporter:
-    """Pushes this rank's progress into the group's store; on rank 0 also shows the whole job.
-    After each batch it checks whether another rank failed, and stops this one if so."""
-
-    def __init__(self, group, shown: Reporter | None, stop: threading.Event):
-        self.group, self.shown, self.stop_event = group, shown, stop
-        self.total_files = 0
-
-    def start(self, files: int, seconds: float, done_before: int) -> None:
-        if self.shown is not None:
-            self.shown.start(self.total_files, self.total_seconds, self.done_before)
-
-    def advance(self, files: int, seconds: float) -> None:
-        self.group.add("files", files)
-        self.group.add("ms", int(seconds * 1000))
-        self.tick()
-        if self.group.add("failed", 0) > 0:
-            self.stop_event.set()
-
-    def tick(self) -> None:
-        if self.shown is not None:
-            files, seconds = self.group.add("files", 0), self.group.add("ms", 0) / 1000
-            self.shown.advance(files - self.shown.files, seconds - self.shown.seconds)
-
-    def skipped(self, item, reason: str) -> None:
-        err(f"skipped {display_path(item.path)}: {reason}")
-
-    def stop(self) -> None:
-        """The display stops once every rank has finished (see _run_ranks)."""
-
-
-def _run_ranks(world, items, extractor, attrs, options, out_path, resume, overwrite, keep_parts, compression,
-               quiet, stop):
-    """This rank's share of a job with several processes; rank 0 plans, waits for all, merges."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from lighthubert.distributed import Group, balance, done_keys, merge, part_path, parts_dir, remove_parts, wait_for
-    from lighthubert.features import FeatureWriter, OutputError
-    from lighthubert.pipeline import Summary, estimate_samples
-
-    group = Group(world, out_path)
-    try:
-        plan: dict = {}
-        if world.rank == 0:
-            try:
-                if overwrite:
-                    remove_parts(out_path)
-                elif any(parts_dir(out_path).glob("part-*.h5")) and not resume:
-                    raise OutputError(f"{parts_dir(out_path)}: parts of an interrupted run are there; "
-                                      "pass --resume to complete them or --overwrite to start again")
-                done = done_keys(out_path, resume)
-                todo = [i for i, it in enumerate(items) if it.key not in done]
-                with ThreadPoolExecutor(max_workers=max(2, options.num_workers)) as pool:
-                    sizes = list(zip(todo, pool.map(lambda i: estimate_samples(items[i]), todo)))
-                plan = {"shares": balance(sizes, world.size), "done": len(done),
-                        "seconds": sum(n for _, n in sizes) / 16000}
-                parts_dir(out_path).mkdir(parents=True, exist_ok=True)
-            except OutputError as e:
-                plan = {"error": str(e)}
-        plan = group.broadcast(plan)
-        if "error" in plan:
-            raise Fail(plan["error"])
-        mine = [items[i] for i in plan["shares"][world.rank]]
-        shown = Reporter(quiet=quiet) if world.rank == 0 else None
-        reporter = _RankReporter(group, shown, stop)
-        reporter.total_files = sum(len(s) for s in plan["shares"])
-        reporter.total_seconds, reporter.done_before = plan["seconds"], plan["done"]
-        status = {"rank": world.rank, "error": None, "interrupted": False, "skipped": 0, "files": 0, "seconds": 0.0}
-        summary = Summary()
-        try:
-            writer = FeatureWriter(part_path(out_path, world.rank), attrs, resume=True, compression=compression)
-            summary = _run_one(mine, extractor, writer, options, reporter, stop)
-            status.update(interrupted=summary.interrupted, skipped=len(summary.skipped), files=summary.files,
-                          seconds=summary.seconds)
-        except (Fail, OutputError) as e:
-            status["error"] = str(e)
-            group.add("failed", 1)
-        group.add("finished", 1)
-        if stop.is_set() and not status["error"]:
-            # Stopped (signal, or another rank failed): the part is closed and valid. Do not wait for
-            # ranks that may be gone; --resume completes the job.
-            if shown is not None:
-                shown.stop()
-            if group.add("failed", 0) and world.rank == 0:
-                raise Fail(f"another rank failed; the finished work is kept in {parts_dir(out_path)}; "
-                           "run the same command with --resume to complete it")
-            summary.interrupted = True
-            return summary, parts_dir(out_path)
-        if world.rank == 0:
-            wait_for(group, "finished", world.size, on_tick=reporter.tick, stop=stop)
-            reporter.tick()
-            if stop.is_set():
-                shown.stop()
-                summary.interrupted = True
-                return summary, parts_dir(out_path)
-        statuses = group.gather(status)
-        if shown is not None:
-            shown.stop()
-        failed = [s for s in statuses if s["error"]]
-        if status["error"]:
-            raise Fail(f"rank {world.rank}: {status['error']}")
-        if failed:
-            if world.rank == 0:
-                raise Fail(f"rank {failed[0]['rank']} failed ({failed[0]['error']}); the finished work is kept in "
-                           f"{parts_dir(out_path)}; run the same command with --resume to complete it")
-            raise typer.Exit(EXIT_FAIL)
-        whole = Summary(files=sum(s["files"] for s in statuses), seconds=sum(s["seconds"] for s in statuses),
-                        interrupted=any(s["interrupted"] for s in statuses), done_before=plan["done"],
-                        wall=summary.wall, timings=summary.timings)
-        whole.skipped = [(None, "")] * sum(s["skipped"] for s in statuses) if world.rank == 0 else summary.skipped
-        if whole.interrupted or world.rank != 0:
-            return whole, parts_dir(out_path)
-        if keep_parts:
-            return whole, parts_dir(out_path)
-        parts = sorted(parts_dir(out_path).glob("part-*.h5"))
-        try:
-            merge(out_path, parts, include_output=resume, complete=True)
-        except OutputError as e:
-            raise Fail(f"merging the parts failed: {e}; they are kept in {parts_dir(out_path)}") from None
-        remove_parts(out_path)
-        return whole, out_path
-    finally:
-        group.close()
 
 
 @app.command("subnet")
@@ -451,7 +269,15 @@ def subnet_cmd(
     """
     import random
 
-    from lighthubert.space import RELEASED_FIXED_PARAMS, SPACES, SubnetError, best_under_budget, count_params, parse_budget
+    from lighthubert.space import (
+        RELEASED_FIXED_PARAMS,
+        SPACES,
+        SubnetError,
+        best_under_budget,
+        count_params,
+        parse_budget,
+        subnet_in_spaces,
+    )
 
     chosen = [name for name, v in (("--params", params), ("--preset", preset), ("--sample", sample), ("--subnet", subnet)) if v is not None]
     if len(chosen) > 1:
@@ -485,11 +311,8 @@ def subnet_cmd(
                 name = rng.choice(space_names)
                 results.append((SPACES[name].sample(rng), name))
         elif subnet is not None:
-            name = space_names[0]
-            sub = ckpt.resolve_subnet(subnet) if ckpt else _subnet_any(subnet, space_names)
-            if isinstance(sub, tuple):
-                sub, name = sub
-            results.append((sub, name))
+            results.append((ckpt.resolve_subnet(subnet), space_names[0]) if ckpt
+                           else subnet_in_spaces(subnet, space_names))
         else:
             name = preset or "default"
             for n in space_names:
@@ -532,20 +355,6 @@ def _export(ckpt, sub: dict | None, path: Path, layers: str | None, dtype: str |
     err(f"wrote {path} ({size(path.stat().st_size)})")
 
 
-def _subnet_any(spec: str, space_names: list[str]):
-    """A subnet from JSON/file, validated against the first space that accepts it."""
-    from lighthubert.checkpoint import _subnet_from_text
-    from lighthubert.space import SPACES, SubnetError
-
-    errors = []
-    for n in space_names:
-        try:
-            return _subnet_from_text(spec, SPACES[n]), n
-        except SubnetError as e:
-            errors.append(str(e))
-    raise SubnetError(errors[0] if len(errors) == 1 else "; ".join(f"{n}: {e}" for n, e in zip(space_names, errors)))
-
-
 def _subnet_table(item: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -574,24 +383,20 @@ def merge(
     """
     import shutil
 
-    from lighthubert.distributed import merge as merge_files, parts_dir
-    from lighthubert.features import OutputError
+    from lighthubert.storage import HDF5, find_parts, parts_dir
 
     sources = parts or [parts_dir(output)]
     files: list[Path] = []
     for src in sources:
         if src.is_dir():
-            files += sorted(src.glob("part-*.h5")) or sorted(src.glob("*.h5"))
+            files += find_parts(src, HDF5.suffix, any_name=True)
         elif src.is_file():
             files.append(src)
         else:
             raise Fail(f"{src}: no such file or folder")
     if not files:
         raise Fail(f"no parts found in {', '.join(map(str, sources))}")
-    try:
-        n = merge_files(output, files, include_output=True)
-    except OutputError as e:
-        raise Fail(str(e)) from None
+    n = HDF5.merge(output, files, include_output=True)
     err(f"merged {len(files)} parts into {output}: {n} utterances ({size(output.stat().st_size)})")
     if remove_parts:
         for src in sources:
@@ -611,14 +416,12 @@ def info(
 
     Example: lhb info lighthubert_small.pt --json
     """
-    from lighthubert.checkpoint import HDF5_MAGIC
+    from lighthubert.storage import HDF5
 
     p = Path(path)
+    if p.is_file() and HDF5.is_features_file(p):
+        return _info_features(p, as_json)
     if p.is_file():
-        with open(p, "rb") as f:
-            is_h5 = f.read(8) == HDF5_MAGIC
-        if is_h5:
-            return _info_features(p, as_json)
         from lighthubert.deploy import file_format
 
         if file_format(p):
@@ -660,41 +463,15 @@ def _info_exported(path: Path, as_json: bool) -> None:
 
 
 def _info_checkpoint(source: str, as_json: bool, seed: int, trust: bool) -> None:
-    from lighthubert.checkpoint import kind_label
-
-    ckpt = _load_checkpoint(source, seed, trust, quiet=as_json)
-    dtypes = sorted({str(t.dtype).replace("torch.", "") for t in ckpt.state.values() if hasattr(t, "dtype")})
-    default = ckpt.default_subnet
-    data = {
-        "checkpoint": ckpt.name,
-        "kind": kind_label(ckpt),
-        "model_name": ckpt.kind,
-        "random_weights": ckpt.random,
-        "supernet": ckpt.space.name,
-        "supernet_dims": {"layers": ckpt.cfg.encoder_layers, "embed_dim": ckpt.cfg.embed_dim,
-                          "ffn_embed_dim": ckpt.cfg.ffn_dim, "heads": ckpt.cfg.heads},
-        "extractor_mode": ckpt.cfg.extractor_mode,
-        "layer_norm_first": ckpt.cfg.layer_norm_first,
-        "normalize": ckpt.normalize,
-        "sample_rate": ckpt.sample_rate,
-        "weight_dtype": dtypes[0] if len(dtypes) == 1 else dtypes,
-        "default_subnet": default,
-        "default_subnet_params": ckpt.params(default),
-        "min_params": ckpt.params(default) if ckpt.subnet else ckpt.params(ckpt.space.min_subnet),
-        "max_params": ckpt.params(default) if ckpt.subnet else ckpt.params(ckpt.space.max_subnet),
-        "num_subnets": 1 if ckpt.subnet else ckpt.space.num_subnets,
-        "file_size": ckpt.path.stat().st_size if ckpt.path else None,
-        "sha256": ckpt.sha256,
-    }
-    if ckpt.subnet is not None:
-        data["source"] = ckpt.meta.get("source")
+    data = _load_checkpoint(source, seed, trust, quiet=as_json).describe()
     if as_json:
         print(json.dumps(data))
         return
+    default, dims = data["default_subnet"], data["supernet_dims"]
     _table(f"{data['checkpoint']}", [
         ("kind", data["kind"]),
         ("supernet", f"{data['supernet']} ({data['num_subnets']:,} subnets)"),
-        ("dims", "12 layers, 768 wide, 12 heads, FFN 3072"),
+        ("dims", f"{dims['layers']} layers, {dims['embed_dim']} wide, {dims['heads']} heads, FFN {dims['ffn_embed_dim']}"),
         ("extractor", f"{data['extractor_mode']}, {'pre' if data['layer_norm_first'] else 'post'}-norm"),
         ("normalize", str(data["normalize"])),
         ("weights", str(data["weight_dtype"])),
@@ -708,12 +485,9 @@ def _info_checkpoint(source: str, as_json: bool, seed: int, trust: bool) -> None
 
 
 def _info_features(path: Path, as_json: bool) -> None:
-    from lighthubert.features import OutputError, describe
+    from lighthubert.storage import HDF5
 
-    try:
-        d = describe(path)
-    except (OutputError, OSError) as e:
-        raise Fail(f"{path}: {e}") from None
+    d = HDF5.describe(path)
     if as_json:
         print(json.dumps(d, default=str))
         return

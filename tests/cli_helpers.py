@@ -23,7 +23,7 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-SPEECH_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech"
+
 SAMPLE_RATE = 16000
 TIMEOUT = 300
 
@@ -155,31 +155,6 @@ def spec_audio(path: str | os.PathLike) -> np.ndarray:
     if rate != SAMPLE_RATE:
         wave = AF.resample(torch.from_numpy(np.ascontiguousarray(wave)), rate, SAMPLE_RATE).numpy()
     return np.ascontiguousarray(wave, dtype=np.float32)
-
-
-def authors_states(model, wave: np.ndarray, normalize: bool) -> np.ndarray:
-    """(L+1, T, E) float32: the authors' hidden states of one utterance run alone (model already set
-    to the subnet)."""
-    w = torch.as_tensor(wave, dtype=torch.float32)
-    if normalize:
-        w = torch.nn.functional.layer_norm(w, w.shape)
-    with torch.no_grad():
-        hs, _ = model.extract_features(w[None], ret_hs=True)
-    return torch.stack([h[0] for h in hs]).float().numpy()
-
-
-def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
-    """max |ours - ref| / max |ref|."""
-    assert ours.shape == ref.shape, (ours.shape, ref.shape)
-    ours, ref = np.asarray(ours, dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    return float(np.abs(ours - ref).max() / np.abs(ref).max())
-
-
-def frames_for(n: int) -> int:
-    """SPEC §3 step 2: frames of an n-sample input."""
-    for k, s in [(10, 5)] + [(3, 2)] * 4 + [(2, 2)] * 2:
-        n = (n - k) // s + 1 if n >= k else 0
-    return n
 
 
 def make_subnet(embed_dim: int, heads: Sequence[int], ratios: Sequence[float]) -> dict:

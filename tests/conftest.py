@@ -18,11 +18,11 @@ import pytest
 import torch
 
 import lighthubert
+from helpers import SPEECH_DIR, authors_hidden_states
 from oracle import authors, build_model
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
-SPEECH_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech"
 README = Path(__file__).resolve().parents[2] / "shared" / "seed" / "LightHuBERT-README.md"
 
 KINDS = ("small", "base", "stage1")
@@ -134,16 +134,6 @@ def authors_default_subnet(kind: str) -> dict:
     return space.max_subnet if kind == "stage1" else space.subnet
 
 
-def authors_hidden_states(model, wave: np.ndarray | torch.Tensor, normalize: bool) -> list[torch.Tensor]:
-    """The authors' hidden states of one utterance: L+1 float32 tensors (T, E)."""
-    w = torch.as_tensor(wave, dtype=torch.float32)
-    if normalize:
-        w = torch.nn.functional.layer_norm(w, w.shape)
-    with torch.no_grad():
-        hs, _ = model.extract_features(w[None], ret_hs=True)
-    return [h[0] for h in hs]
-
-
 @pytest.fixture(scope="session")
 def authors_default_outputs(authors_models, ckpt_dicts, speech) -> Lazy:
     """kind -> [hidden states of every speech file] from the authors' model, default subnet."""
@@ -166,17 +156,3 @@ def ours_default_outputs(ckpt_files, speech) -> Lazy:
         return ext, [ext([w], layers="all")[0] for _, w in speech]
 
     return Lazy(make)
-
-
-def frames_for(n: int) -> int:
-    """SPEC §3 step 2: frames of an n-sample input through the released conv stack."""
-    for k, s in [(10, 5)] + [(3, 2)] * 4 + [(2, 2)] * 2:
-        n = (n - k) // s + 1 if n >= k else 0
-    return n
-
-
-def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    """max |ours - ref| / max |ref| (float32)."""
-    assert ours.shape == ref.shape, (tuple(ours.shape), tuple(ref.shape))
-    ref = ref.float()
-    return float((ours.float() - ref).abs().max() / ref.abs().max())

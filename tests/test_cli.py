@@ -33,22 +33,19 @@ from cli_helpers import (
     SPACE_TABLE,
     SPEC_COUNTS,
     SPEC_NUM_SUBNETS,
-    SPEECH_DIR,
     SUBNET_KEYS,
     Jobs,
-    authors_states,
     best_count_under,
     core,
     find_values,
-    frames_for,
     lhb,
     make_subnet,
     read_features,
-    rel_err,
     spec_audio,
     variable_params,
 )
 from conftest import KINDS, SEEDS, SUPERNET_TYPE, authors_default_subnet
+from helpers import SPEECH_DIR, authors_states, frames_for, rel_err
 from oracle import authors
 
 TOL = 1e-4  # the issue: the authors' single-utterance result within 1e-4 relative, whatever the batching

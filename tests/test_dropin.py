@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 import lighthubert
 from lighthubert import SPACES, SubnetError
-from conftest import KINDS, README, REPO, SUPERNET_TYPE, authors_default_subnet, frames_for, rel_err
+from conftest import KINDS, README, REPO, SUPERNET_TYPE, authors_default_subnet
+from helpers import frames_for, rel_err
 
 TOL = 1e-4
 BATCH_TOL = 1e-5

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 import lighthubert
 from lighthubert import SPACES
-from conftest import KINDS, authors_default_subnet, authors_hidden_states, frames_for, rel_err
+from conftest import KINDS, authors_default_subnet
+from helpers import authors_hidden_states, frames_for, rel_err
 
 TOL = 1e-4
 BATCH_TOL = 1e-5

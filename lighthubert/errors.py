@@ -1,0 +1,20 @@
+"""The library's exceptions share one base, :class:`LightHubertError`: its message is one line that
+names the file (or setting) and the reason, fit to show a user as is. :class:`SettingError` marks a
+bad value given by the caller (a command-line tool reports it as a usage error)."""
+
+from __future__ import annotations
+
+
+class LightHubertError(Exception):
+    """Base of every error the library raises on purpose; ``str(err)`` is one line for the user."""
+
+
+class SettingError(LightHubertError, ValueError):
+    """A bad setting value (layers, device, dtype, subnet, ...); ``setting`` names it when known."""
+
+    def __init__(self, message: str, setting: str | None = None):
+        super().__init__(message)
+        self.setting = setting
+
+
+__all__ = ["LightHubertError", "SettingError"]

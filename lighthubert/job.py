@@ -1,0 +1,381 @@
+"""The extraction job: what ``lhb extract`` does, as a library call.
+
+:class:`ExtractJob` holds every setting with its default (the device-dependent ones resolved in
+:func:`prepare`, nowhere else). :func:`prepare` checks the settings, lists the inputs, checks OUTPUT
+and loads the model, all before any audio is read; :func:`execute` runs it in one process or, under
+torchrun/srun, as one rank of many (rank 0 plans, every rank writes its part, rank 0 merges).
+:func:`run` is both; :func:`lighthubert.extract` is the short form with a progress callback.
+
+Failures are :class:`~lighthubert.errors.LightHubertError` with one line for the user; the output
+file is closed and valid whenever one is raised.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .audio import ResamplerUnavailable
+from .checkpoint import Checkpoint, load_checkpoint
+from .distributed import Group, World, balance, detect_world, wait_for
+from .errors import LightHubertError, SettingError
+from .extractor import Extractor, resolve_device, resolve_dtype, resolve_layers
+from .inputs import Item, list_inputs
+from .pipeline import Options, Quiet, Reporter, StrictStop, Summary, estimate_samples
+from .pipeline import extract as run_pipeline
+from .storage import (
+    Backend,
+    FeaturesWriter,
+    OutputBroken,
+    OutputError,
+    check_output_path,
+    find_parts,
+    get_backend,
+    part_path,
+    parts_dir,
+    remove_parts,
+    run_attrs,
+)
+
+BATCH_SECONDS = {"cuda": 200.0, "cpu": 30.0}
+"""Default padded audio per batch, by device type."""
+SAVE_DTYPES = ("float32", "float16")
+COMPRESSIONS = ("none", "gzip", "lzf")
+
+
+class JobError(LightHubertError):
+    """The job failed. With several processes, ``silent`` marks a rank whose failure rank 0 reports."""
+
+    def __init__(self, message: str, silent: bool = False):
+        super().__init__(message)
+        self.silent = silent
+
+
+@dataclass
+class ExtractJob:
+    """Every setting of an extraction, with its default (``lhb extract`` has the same ones)."""
+
+    input: str | os.PathLike
+    """A folder, one audio file, or a list (.txt/.lst, .tsv, .scp)."""
+    output: str | os.PathLike
+    checkpoint: str = "small"
+    subnet: Any = None
+    """None (the checkpoint's default), a preset, a dict, inline JSON or a JSON file."""
+    layers: Any = "last"
+    device: str = "auto"
+    dtype: str = "auto"
+    """Compute dtype; auto: float16 on CUDA, float32 on the CPU."""
+    save_dtype: str = "float32"
+    batch_seconds: float | None = None
+    """Padded audio per batch; None: :data:`BATCH_SECONDS` of the device type."""
+    max_chunk_seconds: float = 120.0
+    """Files longer than this are cut into chunks; 0 never cuts."""
+    num_workers: int = 2
+    resume: bool = False
+    overwrite: bool = False
+    strict: bool = False
+    compression: str = "none"
+    keep_parts: bool = False
+    seed: int = 0
+    trust_checkpoint: bool = False
+    format: str = "hdf5"
+    flush_seconds: float = 1.0
+
+
+@dataclass
+class Plan:
+    """A prepared job: settings resolved, inputs listed, model loaded, file attributes derived."""
+
+    job: ExtractJob
+    world: World
+    items: list[Item]
+    output: Path
+    backend: Backend
+    checkpoint: Checkpoint
+    extractor: Extractor
+    layers: list[int]
+    options: Options
+    attrs: dict[str, Any] = field(repr=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.extractor.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.extractor.dtype
+
+
+def _setting(name: str, fn: Callable, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except SettingError as err:
+        err.setting = err.setting or name
+        raise
+    except ValueError as err:
+        raise SettingError(str(err), name) from None
+
+
+def _check_values(job: ExtractJob) -> None:
+    def bad(name: str, message: str) -> None:
+        raise SettingError(message, name)
+
+    if job.resume and job.overwrite:
+        raise SettingError("--resume and --overwrite exclude each other")
+    if job.save_dtype not in SAVE_DTYPES:
+        bad("save_dtype", f"{job.save_dtype!r} is not one of {', '.join(SAVE_DTYPES)}")
+    if (job.compression or "none") not in COMPRESSIONS:
+        bad("compression", f"{job.compression!r} is not one of {', '.join(COMPRESSIONS)}")
+    if job.batch_seconds is not None and not job.batch_seconds >= 1.0:
+        bad("batch_seconds", f"{job.batch_seconds} is below 1 second")
+    if not (job.max_chunk_seconds == 0 or job.max_chunk_seconds >= 1.0):
+        bad("max_chunk_seconds", f"{job.max_chunk_seconds} is neither 0 (never cut) nor at least 1 second")
+    if int(job.num_workers) < 1:
+        bad("num_workers", f"{job.num_workers} is below 1")
+
+
+def prepare(job: ExtractJob, *, world: World | None = None, download: bool = True) -> Plan:
+    """Check and resolve everything before any audio is read; nothing is created on disk."""
+    _check_values(job)
+    world = world or detect_world()
+    device = job.device
+    if world.distributed and device == "auto" and torch.cuda.is_available():
+        device = f"cuda:{world.local_rank}"
+    dev = _setting("device", resolve_device, device)
+    dtype = _setting("dtype", resolve_dtype, job.dtype, dev)
+    backend = get_backend(job.format)
+    items = list_inputs(job.input)
+    out = check_output_path(job.output, resume=job.resume, overwrite=job.overwrite)
+    if not world.distributed and find_parts(parts_dir(out), backend.suffix):
+        raise OutputError(f"{parts_dir(out)}: parts of a run with several processes are there; "
+                          f"join them with: lhb merge {out} {parts_dir(out)}")
+    ckpt = load_checkpoint(job.checkpoint, seed=job.seed, trust=job.trust_checkpoint, progress=download)
+    sub = _setting("subnet", ckpt.resolve_subnet, job.subnet)
+    layers = _setting("layers", resolve_layers, job.layers, sub["layer_num"], ckpt.cfg.layer_norm_first)
+    extractor = Extractor(ckpt, sub, dev, dtype)
+    from . import __version__
+
+    attrs = run_attrs(
+        layers=layers, subnet=sub, checkpoint=ckpt.name, checkpoint_sha256=ckpt.sha256, normalize=ckpt.normalize,
+        random_weights=ckpt.random, params=extractor.params, dtype=job.save_dtype,
+        compute_dtype=str(dtype).replace("torch.", ""), version=__version__,
+        max_chunk_seconds=job.max_chunk_seconds, num_layers=sub["layer_num"], embed_dim=sub["embed_dim"],
+    )
+    options = Options(
+        layers=layers, save_dtype=job.save_dtype, max_chunk_seconds=job.max_chunk_seconds,
+        num_workers=int(job.num_workers), strict=job.strict, flush_seconds=job.flush_seconds,
+        batch_seconds=job.batch_seconds if job.batch_seconds is not None else BATCH_SECONDS[dev.type],
+    )
+    return Plan(job, world, items, out, backend, ckpt, extractor, layers, options, attrs)
+
+
+def execute(plan: Plan, reporter: Reporter | None = None, stop: threading.Event | None = None) -> Summary:
+    """Run a prepared job. ``stop`` set: finish the current batch, close the file (valid, not
+    complete) and return with ``interrupted``. ``summary.output`` says where the result is."""
+    reporter = reporter or Quiet()
+    stop = stop or threading.Event()
+    if plan.world.distributed:
+        return _run_rank(plan, reporter, stop)
+    writer = plan.backend.open_writer(plan.output, plan.attrs, resume=plan.job.resume, compression=plan.job.compression)
+    summary = _run_writer(plan, plan.items, writer, reporter, stop)
+    summary.output = plan.output
+    return summary
+
+
+def run(job: ExtractJob, reporter: Reporter | None = None, stop: threading.Event | None = None) -> Summary:
+    """:func:`prepare` then :func:`execute`."""
+    return execute(prepare(job), reporter, stop)
+
+
+ProgressFn = Callable[[int, int, float, float], None]
+"""A progress callback: (files done, files to do, audio seconds done, audio seconds to do)."""
+
+
+class _Callback(Quiet):
+    def __init__(self, fn: ProgressFn):
+        self.fn, self.files, self.seconds, self.total, self.total_seconds = fn, 0, 0.0, 0, 0.0
+
+    def start(self, files: int, seconds: float, done_before: int) -> None:
+        self.total, self.total_seconds = files, seconds
+        self.fn(0, files, 0.0, seconds)
+
+    def advance(self, files: int, seconds: float) -> None:
+        self.files += files
+        self.seconds += seconds
+        self.fn(self.files, self.total, self.seconds, self.total_seconds)
+
+
+def extract(input: str | os.PathLike, output: str | os.PathLike, *, progress: ProgressFn | None = None,
+            stop: threading.Event | None = None, **settings: Any) -> Summary:
+    """Extract the features of every audio file in ``input`` into ``output``, as ``lhb extract``
+    does; ``settings`` are the fields of :class:`ExtractJob`. Bad inputs are skipped and listed in
+    ``summary.skipped`` (``strict=True`` stops at the first). Raises
+    :class:`~lighthubert.errors.LightHubertError` with one line on failure."""
+    return run(ExtractJob(input, output, **settings), _Callback(progress) if progress else None, stop)
+
+
+# ----------------------------------------------------------------------------- one writer
+
+
+def _run_writer(plan: Plan, items: list[Item], writer: FeaturesWriter, reporter: Reporter,
+                stop: threading.Event) -> Summary:
+    """Extract ``items`` into ``writer`` and close it: complete unless interrupted; not complete on a
+    failure, which is raised (:class:`OutputBroken` when the file was left as of its last flush)."""
+    try:
+        summary = run_pipeline(items, plan.extractor, writer, plan.options, reporter, stop)
+    except (StrictStop, OutputError, ResamplerUnavailable) as err:
+        reporter.stop()
+        if writer.broken:  # the storage library failed mid-write: closing could write more
+            raise OutputBroken(str(err)) from None
+        writer.close(complete=False)
+        raise
+    reporter.stop()
+    writer.close(complete=not summary.interrupted)
+    return summary
+
+
+# ----------------------------------------------------------------------------- several processes
+
+
+class _RankReporter:
+    """Pushes this rank's progress into the group's store; on rank 0 also shows the whole job.
+    After each batch it checks whether another rank failed, and stops this one if so."""
+
+    def __init__(self, group: Group, user: Reporter, show: bool, stop: threading.Event):
+        self.group, self.user, self.show, self.stop_event = group, user, show, stop
+        self.total_files, self.total_seconds, self.done_before = 0, 0.0, 0
+        self.files, self.seconds = 0, 0.0
+
+    def start(self, files: int, seconds: float, done_before: int) -> None:
+        if self.show:
+            self.user.start(self.total_files, self.total_seconds, self.done_before)
+
+    def advance(self, files: int, seconds: float) -> None:
+        self.group.add("files", files)
+        self.group.add("ms", int(seconds * 1000))
+        self.tick()
+        if self.group.add("failed", 0) > 0:
+            self.stop_event.set()
+
+    def tick(self) -> None:
+        if self.show:
+            files, seconds = self.group.add("files", 0), self.group.add("ms", 0) / 1000
+            self.user.advance(files - self.files, seconds - self.seconds)
+            self.files, self.seconds = files, seconds
+
+    def skipped(self, item: Item, reason: str) -> None:
+        self.user.skipped(item, reason)
+
+    def stop(self) -> None:
+        """The display stops once every rank has finished (see :func:`_run_rank`)."""
+
+    def end(self) -> None:
+        if self.show:
+            self.user.stop()
+
+
+def _plan_shares(plan: Plan, world: World) -> dict:
+    """Rank 0: which items each rank does, balanced by duration (what OUTPUT and parts hold is kept)."""
+    out, backend, job = plan.output, plan.backend, plan.job
+    if job.overwrite:
+        remove_parts(out)
+    elif find_parts(parts_dir(out), backend.suffix) and not job.resume:
+        raise OutputError(f"{parts_dir(out)}: parts of an interrupted run are there; "
+                          "pass --resume to complete them or --overwrite to start again")
+    sources = ([out] if job.resume and out.exists() else []) + find_parts(parts_dir(out), backend.suffix)
+    done: set[str] = set()
+    for path in sources:
+        done |= backend.keys(path)
+    todo = [i for i, it in enumerate(plan.items) if it.key not in done]
+    with ThreadPoolExecutor(max_workers=max(2, plan.options.num_workers)) as pool:
+        sizes = list(zip(todo, pool.map(lambda i: estimate_samples(plan.items[i]), todo)))
+    parts_dir(out).mkdir(parents=True, exist_ok=True)
+    return {"shares": balance(sizes, world.size), "done": len(done), "seconds": sum(n for _, n in sizes) / 16000}
+
+
+def _run_rank(plan: Plan, user: Reporter, stop: threading.Event) -> Summary:
+    """This rank's share of a job with several processes; rank 0 plans, waits for all, merges."""
+    world, out, backend = plan.world, plan.output, plan.backend
+    parts = parts_dir(out)
+    group = Group(world, out)
+    try:
+        shares: dict = {}
+        if world.rank == 0:
+            try:
+                shares = _plan_shares(plan, world)
+            except OutputError as err:
+                shares = {"error": str(err)}
+        shares = group.broadcast(shares)
+        if "error" in shares:
+            raise OutputError(shares["error"])
+        mine = [plan.items[i] for i in shares["shares"][world.rank]]
+        reporter = _RankReporter(group, user, world.rank == 0, stop)
+        reporter.total_files = sum(len(s) for s in shares["shares"])
+        reporter.total_seconds, reporter.done_before = shares["seconds"], shares["done"]
+        status = {"rank": world.rank, "error": None, "interrupted": False, "skipped": 0, "files": 0, "seconds": 0.0}
+        summary = Summary(output=parts)
+        try:
+            writer = backend.open_writer(part_path(out, world.rank, backend.suffix), plan.attrs, resume=True,
+                                         compression=plan.job.compression)
+            summary = _run_writer(plan, mine, writer, reporter, stop)
+            summary.output = parts
+            status.update(interrupted=summary.interrupted, skipped=len(summary.skipped), files=summary.files,
+                          seconds=summary.seconds)
+        except OutputBroken:  # the process is to exit at once; the others stop after their batch
+            group.add("failed", 1)
+            group.add("finished", 1)
+            raise
+        except LightHubertError as err:
+            status["error"] = str(err)
+            group.add("failed", 1)
+        group.add("finished", 1)
+        if stop.is_set() and not status["error"]:
+            # Stopped (signal, or another rank failed): the part is closed and valid. Do not wait for
+            # ranks that may be gone; resume completes the job.
+            reporter.end()
+            if group.add("failed", 0) and world.rank == 0:
+                raise JobError(f"another rank failed; the finished work is kept in {parts}; "
+                               "run the same command with --resume to complete it")
+            summary.interrupted = True
+            return summary
+        if world.rank == 0:
+            wait_for(group, "finished", world.size, on_tick=reporter.tick, stop=stop)
+            reporter.tick()
+            if stop.is_set():
+                reporter.end()
+                summary.interrupted = True
+                return summary
+        statuses = group.gather(status)
+        reporter.end()
+        failed = [s for s in statuses if s["error"]]
+        if status["error"]:
+            raise JobError(f"rank {world.rank}: {status['error']}")
+        if failed:
+            raise JobError(f"rank {failed[0]['rank']} failed ({failed[0]['error']}); the finished work is kept in "
+                           f"{parts}; run the same command with --resume to complete it", silent=world.rank != 0)
+        whole = Summary(files=sum(s["files"] for s in statuses), seconds=sum(s["seconds"] for s in statuses),
+                        interrupted=any(s["interrupted"] for s in statuses), done_before=shares["done"],
+                        wall=summary.wall, timings=summary.timings, output=parts)
+        whole.skipped = summary.skipped
+        if world.rank == 0:  # the other ranks' skipped inputs were reported there; here only their count
+            whole.skipped = summary.skipped + [(None, "")] * (sum(s["skipped"] for s in statuses) - len(summary.skipped))
+        if whole.interrupted or world.rank != 0 or plan.job.keep_parts:
+            return whole
+        try:
+            backend.merge(out, find_parts(parts, backend.suffix), include_output=plan.job.resume, complete=True)
+        except OutputError as err:
+            raise OutputError(f"merging the parts failed: {err}; they are kept in {parts}") from None
+        remove_parts(out)
+        whole.output = out
+        return whole
+    finally:
+        group.close()
+
+
+__all__ = ["BATCH_SECONDS", "ExtractJob", "JobError", "Plan", "execute", "extract", "prepare", "run"]

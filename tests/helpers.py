@@ -1,0 +1,48 @@
+"""Test helpers shared by conftest.py, cli_helpers.py and the test files. Independent of the code
+under test: frame counts are written out from SPEC.md, the reference hidden states come from the
+authors' model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SPEECH_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech"
+
+
+def frames_for(n: int) -> int:
+    """SPEC §3 step 2: frames of an n-sample input through the released conv stack."""
+    for k, s in [(10, 5)] + [(3, 2)] * 4 + [(2, 2)] * 2:
+        n = (n - k) // s + 1 if n >= k else 0
+    return n
+
+
+def _f64(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().float().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def rel_err(ours, ref) -> float:
+    """max |ours - ref| / max |ref| of two tensors or arrays of the same shape."""
+    assert tuple(ours.shape) == tuple(ref.shape), (tuple(ours.shape), tuple(ref.shape))
+    ours, ref = _f64(ours), _f64(ref)
+    return float(np.abs(ours - ref).max() / np.abs(ref).max())
+
+
+def authors_hidden_states(model, wave, normalize: bool) -> list[torch.Tensor]:
+    """The authors' hidden states of one utterance run alone (model already set to the subnet):
+    L+1 tensors (T, E)."""
+    w = torch.as_tensor(wave, dtype=torch.float32)
+    if normalize:
+        w = torch.nn.functional.layer_norm(w, w.shape)
+    with torch.no_grad():
+        hs, _ = model.extract_features(w[None], ret_hs=True)
+    return [h[0] for h in hs]
+
+
+def authors_states(model, wave, normalize: bool) -> np.ndarray:
+    """:func:`authors_hidden_states` stacked: (L+1, T, E) float32 numpy."""
+    return torch.stack(authors_hidden_states(model, wave, normalize)).float().numpy()

@@ -1,0 +1,307 @@
+"""The extraction job as a library call (lighthubert.extract / lighthubert.job) and its pure parts:
+batch planning, chunking, the resume identity check, merging; one default per setting; "last" decided
+once (pre-norm checkpoints). The CLI's end-to-end behaviour is in test_cli.py."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lighthubert
+from helpers import SPEECH_DIR, authors_hidden_states, rel_err
+from lighthubert.audio import MIN_SAMPLES
+from lighthubert.inputs import Item
+from lighthubert.job import BATCH_SECONDS, ExtractJob, prepare
+from lighthubert.pipeline import MAX_BATCH, chunk_bounds, plan_batches
+from lighthubert.storage import HDF5, OutputError, check_identity, run_attrs
+from lighthubert.storage.hdf5 import FeatureWriter
+from oracle import build_model
+
+# ----------------------------------------------------------------------------- plan_batches, chunk_bounds
+
+
+def _items(lengths: list[int]) -> list[tuple[Item, int]]:
+    return [(Item(f"k{i:04d}", SPEECH_DIR / f"k{i}.wav"), n) for i, n in enumerate(lengths)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 50_000), max_size=300), st.integers(400, 200_000), st.sampled_from([0, 16_000, 32_000]))
+def test_plan_batches_packs_every_file_once_within_budget(lengths, budget, chunk):
+    sizes = _items(lengths)
+    batches = plan_batches(sizes, budget, chunk)
+    flat = [it.key for b in batches for it, _ in b]
+    assert sorted(flat) == sorted(it.key for it, _ in sizes)  # each file exactly once
+    for b in batches:
+        longest = max(n for _, n in b)
+        assert len(b) <= MAX_BATCH
+        if chunk and longest > chunk:
+            assert len(b) == 1  # a file to be cut runs alone
+        elif len(b) > 1:
+            assert len(b) * longest <= budget  # padded audio within the budget
+    order = [max(n for _, n in b) for b in batches]
+    assert order == sorted(order, reverse=True)  # longest first: padding stays small
+
+
+def test_plan_batches_examples():
+    sizes = _items([100, 300, 200, 250, 50])
+    batches = plan_batches(sizes, 600, 0)
+    assert [[n for _, n in b] for b in batches] == [[300, 250], [200, 100, 50]]
+    assert [[n for _, n in b] for b in plan_batches(_items([10] * 600), 10**9, 0)] == [[10] * 256, [10] * 256, [10] * 88]
+    assert plan_batches([], 1000, 0) == []
+
+
+@given(st.integers(1, 2_000_000), st.sampled_from([0, 16_000, 16_320, 160_000]))
+def test_chunk_bounds_cover_the_file(n, chunk):
+    bounds = chunk_bounds(n, chunk)
+    assert bounds[0][0] == 0 and bounds[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))  # contiguous, no overlap
+    if not chunk or n <= chunk:
+        assert bounds == [(0, n)]
+        return
+    assert all(e - s == chunk for s, e in bounds[:-1])
+    last = bounds[-1][1] - bounds[-1][0]
+    assert MIN_SAMPLES <= last < chunk + MIN_SAMPLES  # a tail under 400 samples joins the previous chunk
+
+
+def test_chunk_bounds_examples():
+    assert chunk_bounds(1000, 400) == [(0, 400), (400, 1000)]  # tail of 200 joined
+    assert chunk_bounds(1200, 400) == [(0, 400), (400, 800), (800, 1200)]
+    assert chunk_bounds(50, 0) == [(0, 50)]
+
+
+# ----------------------------------------------------------------------------- resume identity, merge
+
+
+def _attrs(**change) -> dict:
+    base = dict(layers=[0, 2], subnet={"a": 1}, checkpoint="c.pt", checkpoint_sha256="ab", normalize=True,
+                random_weights=False, params=10, dtype="float32", compute_dtype="float32", version="t",
+                max_chunk_seconds=120.0, num_layers=2, embed_dim=4)
+    return run_attrs(**{**base, **change})
+
+
+def test_identity_includes_compute_dtype(tmp_path):
+    path = tmp_path / "f.h5"
+    check_identity(path, _attrs(), _attrs(params=99))  # not part of the identity
+    with pytest.raises(OutputError, match=r"f\.h5: was made with a different compute_dtype \('float32', now 'float16'\)"):
+        check_identity(path, _attrs(), _attrs(compute_dtype="float16"))
+    old = {k: v for k, v in _attrs().items() if k != "compute_dtype"}  # a file from before the attribute
+    with pytest.raises(OutputError, match="compute_dtype"):
+        check_identity(path, old, _attrs())
+    for change in ({"layers": [-1]}, {"dtype": "float16"}, {"max_chunk_seconds": 0.0}, {"subnet": {"a": 2}}):
+        with pytest.raises(OutputError, match=next(iter(change))):
+            check_identity(path, _attrs(), _attrs(**change))
+
+
+def _write(path, attrs, data: dict[str, np.ndarray], complete=True, resume=False) -> None:
+    w = FeatureWriter(path, attrs, resume=resume)
+    for k, v in data.items():
+        w.write(k, v, source=f"/a/{k}.wav", num_samples=320 * len(v))
+    w.close(complete=complete)
+
+
+def test_writer_resume_keeps_keys_and_refuses_other_settings(tmp_path):
+    path = tmp_path / "f.h5"
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    _write(path, _attrs(), {"a/b": x}, complete=False)
+    w = FeatureWriter(path, _attrs(), resume=True)
+    assert w.done == {"a/b"}
+    w.close(complete=True)
+    with pytest.raises(OutputError, match="compute_dtype"):
+        FeatureWriter(path, _attrs(compute_dtype="bfloat16"), resume=True)
+    with h5py.File(path) as f:  # the refused resume left the file as it was
+        assert f.attrs["compute_dtype"] == "float32" and bool(f.attrs["complete"])
+        np.testing.assert_array_equal(f["features/a/b"][()], x)
+
+
+def test_merge_joins_parts_and_reports_conflicts(tmp_path):
+    x, y = np.ones((3, 4), np.float32), np.zeros((2, 4), np.float32)
+    p1, p2, p3, p4 = (tmp_path / f"part-{i}.h5" for i in range(4))
+    _write(p1, _attrs(), {"s/u1": x})
+    _write(p2, _attrs(), {"s/u2": y, "s/u1": x})  # the same key with equal values: fine
+    out = tmp_path / "out.h5"
+    assert HDF5.merge(out, [p1, p2], include_output=False) == 2
+    with h5py.File(out) as f:
+        assert bool(f.attrs["complete"]) and f.attrs["merged_from"] == 2
+        np.testing.assert_array_equal(f["features/s/u2"][()], y)
+    _write(p3, _attrs(), {"s/u1": x + 1})
+    with pytest.raises(OutputError, match=r"part-2\.h5: key 's/u1' is also in another part, with other values"):
+        HDF5.merge(out, [p3], include_output=True)
+    _write(p4, _attrs(compute_dtype="bfloat16"), {"s/u9": y}, complete=False)
+    with pytest.raises(OutputError, match=r"part-3\.h5: made with different settings \(compute_dtype\)"):
+        HDF5.merge(out, [p4], include_output=True)
+    with h5py.File(out) as f:  # a failed merge leaves OUTPUT as it was
+        assert sorted(f["features/s"]) == ["u1", "u2"]
+    assert not list(tmp_path.glob(".out.h5.*"))  # and no temporary file
+
+
+# ----------------------------------------------------------------------------- the job
+
+
+def test_one_default_per_setting():
+    """The library's job and `lhb extract` share their defaults (the CLI passes every option)."""
+    import inspect
+
+    from lighthubert_cli.main import extract
+
+    job = ExtractJob("in", "out")
+    params = inspect.signature(extract).parameters
+    for name in ("checkpoint", "subnet", "layers", "device", "max_chunk_seconds", "num_workers", "batch_seconds",
+                 "resume", "overwrite", "strict", "keep_parts", "seed", "trust_checkpoint"):
+        assert params[name].default == getattr(job, name), name
+    for name in ("dtype", "save_dtype", "compression"):
+        assert params[name].default.value == getattr(job, name), name
+    assert job.batch_seconds is None and BATCH_SECONDS == {"cuda": 200.0, "cpu": 30.0}
+
+
+@pytest.fixture(scope="module")
+def two_files(tmp_path_factory):
+    """The two shortest 16 kHz wav files of the speech data, in a folder."""
+    if not SPEECH_DIR.is_dir():
+        pytest.skip(f"no speech data at {SPEECH_DIR}")
+    import soundfile as sf
+
+    at16k = [p for p in SPEECH_DIR.rglob("*.wav") if sf.info(str(p)).samplerate == 16000]
+    files = sorted(at16k, key=lambda p: p.stat().st_size)[:2] or pytest.skip("no 16 kHz wav files")
+    folder = tmp_path_factory.mktemp("two")
+    for p in files:
+        shutil.copy(p, folder / p.name)
+    return folder
+
+
+def test_prepare_resolves_device_dependent_defaults(tmp_path, two_files):
+    plan = prepare(ExtractJob(two_files, tmp_path / "o.h5", checkpoint="random:small", device="cpu"))
+    assert plan.options.batch_seconds == 30.0 and plan.options.max_chunk_seconds == 120.0
+    assert plan.attrs["compute_dtype"] == "float32" and plan.attrs["dtype"] == "float32"
+    assert not (tmp_path / "o.h5").exists()  # nothing is created before the run
+
+
+def test_extract_resume_with_another_compute_dtype_is_refused(tmp_path, two_files):
+    out = tmp_path / "f.h5"
+    seen = []
+    s = lighthubert.extract(two_files, out, checkpoint="random:small", subnet="min", device="cpu",
+                            progress=lambda *a: seen.append(a))
+    assert s.files == 2 and not s.skipped and s.output == out
+    assert seen[0][:2] == (0, 2) and seen[-1][:2] == (2, 2)
+    with h5py.File(out) as f:
+        assert f.attrs["compute_dtype"] == "float32"
+        before = {k: f["features"][k][()] for k in f["features"]}
+    with pytest.raises(OutputError, match="different compute_dtype .'float32', now 'bfloat16'."):
+        lighthubert.extract(two_files, out, checkpoint="random:small", subnet="min", device="cpu", dtype="bfloat16",
+                            resume=True)
+    s = lighthubert.extract(two_files, out, checkpoint="random:small", subnet="min", device="cpu", resume=True)
+    assert s.files == 0 and s.done_before == 2
+    with h5py.File(out) as f:
+        assert {k: f["features"][k][()] for k in f["features"]}.keys() == before.keys()
+
+
+def test_bad_settings_are_setting_errors(tmp_path, two_files):
+    for change, setting in (({"layers": "1,99"}, "layers"), ({"dtype": "float16", "device": "cpu"}, "dtype"),
+                            ({"subnet": '{"x": 1}'}, "subnet"), ({"save_dtype": "int8"}, "save_dtype"),
+                            ({"max_chunk_seconds": 0.02}, "max_chunk_seconds")):
+        with pytest.raises(lighthubert.SettingError) as info:
+            lighthubert.extract(two_files, tmp_path / "o.h5", checkpoint="random:small", **change)
+        assert info.value.setting == setting
+        assert isinstance(info.value, lighthubert.LightHubertError)
+    assert not (tmp_path / "o.h5").exists()
+
+
+def test_last_layer_of_a_pre_norm_checkpoint(tmp_path, two_files):
+    """'last' is the final (normed) output, recorded as layer -1; a number is always that hidden state,
+    alone or with others; both equal the authors' numbers."""
+    ckpt = lighthubert.write_random_checkpoint(tmp_path / "prenorm.pt", "small", seed=3, layer_norm_first=True)
+    ext = lighthubert.load(str(ckpt), subnet="min", device="cpu")
+    L = ext.num_layers
+    runs = {"last": "last", "one": str(L), "pair": f"{L - 1},{L}"}
+    for name, layers in runs.items():
+        lighthubert.extract(two_files, tmp_path / f"{name}.h5", checkpoint=str(ckpt), subnet="min", device="cpu",
+                            layers=layers)
+    d = lighthubert.random_checkpoint("small", seed=3, layer_norm_first=True)
+    model = build_model(d["cfg"]["model"], "small", d["model"])
+    model.set_sample_config(lighthubert.SPACES["small"].min_subnet)
+    files = {name: h5py.File(tmp_path / f"{name}.h5") for name in runs}
+    try:
+        assert list(files["last"].attrs["layers"]) == [-1]
+        assert list(files["one"].attrs["layers"]) == [L] and list(files["pair"].attrs["layers"]) == [L - 1, L]
+        for wav in sorted(two_files.glob("*.wav")):
+            wave = lighthubert.load_audio(wav)
+            w = torch.nn.functional.layer_norm(torch.from_numpy(wave), wave.shape)
+            with torch.no_grad():
+                final = model.extract_features(w[None])[0][0]  # the authors' final output (normed)
+            hidden = authors_hidden_states(model, wave, normalize=True)[L]
+            last, one, pair = (files[n]["features"][wav.stem][()] for n in ("last", "one", "pair"))
+            assert rel_err(last, final) < 1e-4
+            assert rel_err(one, hidden) < 1e-4
+            np.testing.assert_array_equal(pair[1], one)  # index L is the same tensor alone or with others
+            assert rel_err(last, hidden) > 1e-2  # the normed output is another tensor
+            # the Python API decides the same way
+            np.testing.assert_allclose(ext([wave], layers="last")[0].numpy(), last, rtol=0, atol=1e-5)
+            np.testing.assert_allclose(ext([wave], layers=[L])[0].numpy(), one, rtol=0, atol=1e-5)
+    finally:
+        for f in files.values():
+            f.close()
+
+
+def test_resampler_unavailable_stops_the_run_with_a_valid_file(tmp_path, two_files, monkeypatch):
+    """torchaudio that cannot load is the installation's problem, not the input's: the run stops with
+    one line naming the file, and OUTPUT is closed, valid and marked incomplete."""
+    import soundfile as sf
+
+    from lighthubert import audio
+
+    folder = tmp_path / "in"
+    shutil.copytree(two_files, folder)
+    wave = lighthubert.load_audio(sorted(two_files.glob("*.wav"))[0])
+    sf.write(folder / "z8k.wav", wave[::2], 8000)
+
+    def broken():
+        raise audio.ResamplerUnavailable("libtorchaudio.so: undefined symbol")
+
+    monkeypatch.setattr(audio, "_resampler", broken)
+    out = tmp_path / "o.h5"
+    with pytest.raises(lighthubert.LightHubertError, match=r"z8k\.wav: needs resampling from 8000 Hz.*torchaudio cannot be loaded"):
+        lighthubert.extract(folder, out, checkpoint="random:small", subnet="min", device="cpu", num_workers=1)
+    with h5py.File(out) as f:
+        assert not bool(f.attrs["complete"]) and "z8k" not in f["features"]
+        assert json.loads(f.attrs["skipped"]) == []  # not recorded as a bad input
+
+
+def test_fairseq_defaults_are_the_authors():
+    """One source of the config keys: the authors' LightHuBERTConfig defaults, and what ModelConfig writes."""
+    from lighthubert.fairseq_cfg import MODEL_DEFAULTS, TRAINING_DEFAULTS, init_constant
+    from lighthubert.model import ModelConfig, parse_conv_layers
+    from oracle import authors
+
+    theirs = authors().LightHuBERTConfig()
+    for key, value in {**MODEL_DEFAULTS, **TRAINING_DEFAULTS}.items():
+        assert getattr(theirs, key) == value, key
+    ours = ModelConfig().to_dict()
+    assert set(ours) == set(MODEL_DEFAULTS)
+    for key, value in ours.items():
+        if key == "conv_feature_layers":
+            assert parse_conv_layers(value) == parse_conv_layers(MODEL_DEFAULTS[key])
+        else:
+            assert value == MODEL_DEFAULTS[key], key
+    cfg = lighthubert.random_checkpoint("small")["cfg"]["model"]
+    assert all(cfg[k] == v for k, v in TRAINING_DEFAULTS.items() if k in cfg)
+    assert init_constant("encoder.layers.0.self_attn_layer_norm.weight") == 1.0
+    assert init_constant("feature_extractor.conv_layers.3.2.1.bias") == 0.0  # layer_norm extractor's LayerNorm
+    assert init_constant("feature_extractor.conv_layers.0.2.weight") == 1.0  # default extractor's GroupNorm
+    assert init_constant("encoder.layers.0.fc1.bias") == 0.0 and init_constant("encoder.layers.0.fc1.weight") is None
+
+
+def test_cli_reports_library_setting_errors_as_usage(tmp_path, two_files):
+    """A setting the job refuses (here a chunk too short to give frames) is one line and exit 2, before
+    anything is written."""
+    from cli_helpers import lhb
+
+    r = lhb("extract", two_files, tmp_path / "o.h5", "-c", "random:small", "--max-chunk-seconds", "0.02")
+    assert r.returncode == 2, r
+    assert r.err_lines == ["lhb: error: --max-chunk-seconds: 0.02 is neither 0 (never cut) nor at least 1 second"], r
+    assert not (tmp_path / "o.h5").exists()
