@@ -24,7 +24,7 @@ import torch
 import lighthubert
 from lighthubert import deploy
 from cli_helpers import lhb
-from conftest import frames_for, rel_err
+from helpers import frames_for, rel_err
 
 # torch 2.14 marks torch.jit deprecated; the TorchScript file is still what libtorch (C++) users load
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.:FutureWarning")

@@ -21,7 +21,8 @@ import torch
 from torch.utils.data import DataLoader
 
 import lighthubert
-from cli_helpers import SPEECH_DIR, lhb, read_features
+from cli_helpers import lhb, read_features
+from helpers import SPEECH_DIR
 from lighthubert import FeaturesDataset, FeaturesError, LengthGroupedSampler, open_features, pad_collate
 
 README = Path(__file__).resolve().parents[1] / "README.md"

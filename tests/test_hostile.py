@@ -24,7 +24,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from cli_helpers import SPEECH_DIR, _env, lhb_command
+from cli_helpers import _env, lhb_command
+from helpers import SPEECH_DIR
 from lighthubert.audio import AudioError, audio_frames, load_audio
 from lighthubert.checkpoint import CheckpointError, load_checkpoint
 from lighthubert.inputs import InputError, Item, check_against, list_inputs

@@ -20,7 +20,8 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from cli_helpers import SPEECH_DIR, Run, authors_states, frames_for, lhb, read_features, rel_err
+from cli_helpers import lhb, read_features
+from helpers import SPEECH_DIR, authors_states, frames_for, rel_err
 from conftest import authors_default_subnet
 
 REPO = Path(__file__).resolve().parents[1]

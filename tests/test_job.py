@@ -171,7 +171,7 @@ def two_files(tmp_path_factory):
     files = sorted(at16k, key=lambda p: p.stat().st_size)[:2] or pytest.skip("no 16 kHz wav files")
     folder = tmp_path_factory.mktemp("two")
     for p in files:
-        shutil.copy(p, folder / p.name)
+        shutil.copy(p, folder / f"{p.parent.name}_{p.name}")  # two speakers' utt01.wav stay two files
     return folder
 
 
