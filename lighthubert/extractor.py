@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from .checkpoint import Checkpoint, load_checkpoint
+from .longform import LongForm, hidden_states
 from .model import conv_frames
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -234,6 +235,14 @@ class Extractor:
         if n is None:
             n = torch.full((wave.shape[0],), stacked.shape[2], device=wave.device)
         return stacked, n
+
+    @torch.inference_mode()
+    def run_long(self, wave: Tensor, layers: list[int], form: LongForm = LongForm()) -> Tensor:
+        """One long utterance, prepared (N,) on the device (normalised, in ``dtype``), through
+        :mod:`lighthubert.longform`: (len(layers), T, E) with T = conv_frames(N)."""
+        final = FINAL in layers
+        out = hidden_states(self.model, wave, sorted(i for i in layers if i != FINAL), last=final, form=form)
+        return torch.stack([out.last[0] if i == FINAL else out.hidden[i][0] for i in layers])
 
     def __call__(self, waves: Sequence[Tensor | np.ndarray], layers: Any = "last") -> list[Tensor]:
         """Hidden states of each waveform (16 kHz, mono): a float32 CPU tensor (T, E) for one layer,

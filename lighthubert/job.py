@@ -45,6 +45,13 @@ from .storage import (
 
 BATCH_SECONDS = {"cuda": 200.0, "cpu": 30.0}
 """Default padded audio per batch, by device type."""
+EXACT_SECONDS = {"cuda": 3600.0, "cpu": 120.0}
+"""Default length up to which files run exactly, by device type. Exact attention costs time
+quadratic in length: on an H200 an hour fits (memory is linear); on a CPU a file of 120 s costs about
+twice the windowed run and 10 minutes about 6 times (BENCHMARKS.md, "Long files")."""
+WINDOW_SECONDS = 60.0
+CONTEXT_SECONDS = 10.0
+"""Windowed mode defaults, chosen from the measurements in BENCHMARKS.md ("Long files")."""
 SAVE_DTYPES = ("float32", "float16")
 COMPRESSIONS = ("none", "gzip", "lzf")
 
@@ -74,8 +81,16 @@ class ExtractJob:
     save_dtype: str = "float32"
     batch_seconds: float | None = None
     """Padded audio per batch; None: :data:`BATCH_SECONDS` of the device type."""
-    max_chunk_seconds: float = 120.0
-    """Files longer than this are cut into chunks; 0 never cuts."""
+    exact_seconds: float | None = None
+    """Files up to this long run exactly (as uncut); longer ones windowed. 0: every file exactly.
+    None: :data:`EXACT_SECONDS` of the device type."""
+    window_seconds: float = WINDOW_SECONDS
+    context_seconds: float = CONTEXT_SECONDS
+    """Windowed mode: the transformer runs on windows of ``window_seconds`` with ``context_seconds``
+    of context on each side (dropped after the run)."""
+    max_chunk_seconds: float | None = None
+    """Deprecated (lighthubert 0.1): S means exact_seconds=S, window_seconds=S, context_seconds=0;
+    0 means every file exactly."""
     num_workers: int = 2
     resume: bool = False
     overwrite: bool = False
@@ -134,10 +149,24 @@ def _check_values(job: ExtractJob) -> None:
         bad("compression", f"{job.compression!r} is not one of {', '.join(COMPRESSIONS)}")
     if job.batch_seconds is not None and not job.batch_seconds >= 1.0:
         bad("batch_seconds", f"{job.batch_seconds} is below 1 second")
-    if not (job.max_chunk_seconds == 0 or job.max_chunk_seconds >= 1.0):
-        bad("max_chunk_seconds", f"{job.max_chunk_seconds} is neither 0 (never cut) nor at least 1 second")
+    if job.max_chunk_seconds is not None and not (job.max_chunk_seconds == 0 or 1.0 <= job.max_chunk_seconds < 1e6):
+        bad("max_chunk_seconds", f"{job.max_chunk_seconds} is neither 0 (never cut) nor from 1 to 1e6 seconds")
+    if job.exact_seconds is not None and not (job.exact_seconds == 0 or 1.0 <= job.exact_seconds < 1e6):
+        bad("exact_seconds", f"{job.exact_seconds} is neither 0 (every file exactly) nor from 1 to 1e6 seconds")
+    if not 1.0 <= job.window_seconds <= 3600.0:
+        bad("window_seconds", f"{job.window_seconds} is not from 1 to 3600 seconds")
+    if not 0.0 <= job.context_seconds <= 600.0:
+        bad("context_seconds", f"{job.context_seconds} is not from 0 to 600 seconds")
     if int(job.num_workers) < 1:
         bad("num_workers", f"{job.num_workers} is below 1")
+
+
+def long_settings(job: ExtractJob, device: torch.device) -> tuple[float, float, float]:
+    """(exact_seconds, window_seconds, context_seconds) of a job on ``device``."""
+    if job.max_chunk_seconds is not None:  # the deprecated option: hard windows, no context
+        return float(job.max_chunk_seconds), float(job.max_chunk_seconds or job.window_seconds), 0.0
+    exact = EXACT_SECONDS[device.type] if job.exact_seconds is None else job.exact_seconds
+    return float(exact), float(job.window_seconds), float(job.context_seconds)
 
 
 def prepare(job: ExtractJob, *, world: World | None = None, download: bool = True) -> Plan:
@@ -161,14 +190,16 @@ def prepare(job: ExtractJob, *, world: World | None = None, download: bool = Tru
     extractor = Extractor(ckpt, sub, dev, dtype)
     from . import __version__
 
+    exact, window, context = long_settings(job, dev)
     attrs = run_attrs(
         layers=layers, subnet=sub, checkpoint=ckpt.name, checkpoint_sha256=ckpt.sha256, normalize=ckpt.normalize,
         random_weights=ckpt.random, params=extractor.params, dtype=job.save_dtype,
         compute_dtype=str(dtype).replace("torch.", ""), version=__version__,
-        max_chunk_seconds=job.max_chunk_seconds, num_layers=sub["layer_num"], embed_dim=sub["embed_dim"],
+        exact_seconds=exact, window_seconds=window, context_seconds=context, num_layers=sub["layer_num"],
+        embed_dim=sub["embed_dim"],
     )
     options = Options(
-        layers=layers, save_dtype=job.save_dtype, max_chunk_seconds=job.max_chunk_seconds,
+        layers=layers, save_dtype=job.save_dtype, exact_seconds=exact, window_seconds=window, context_seconds=context,
         num_workers=int(job.num_workers), strict=job.strict, flush_seconds=job.flush_seconds,
         batch_seconds=job.batch_seconds if job.batch_seconds is not None else BATCH_SECONDS[dev.type],
     )

@@ -2,10 +2,11 @@
 
 Three stages overlap: decoding in a thread pool (``num_workers``), the forward pass in the calling
 thread, writing (a :class:`~lighthubert.storage.FeaturesWriter`) in a writer thread. Files are
-sorted by length and packed into batches of at most ``batch_seconds`` of padded audio, so padding stays small. A file longer than
-``max_chunk_seconds`` is cut into chunks of that length (a multiple of 320 samples), run without
-context across chunk borders, and its chunks' features are concatenated (one frame fewer per chunk
-border than an uncut run would give).
+sorted by length and packed into batches of at most ``batch_seconds`` of padded audio, so padding
+stays small. A file longer than :data:`LONG_SECONDS` (or than a batch, or than ``exact_seconds``) runs alone through
+:mod:`lighthubert.longform`: exactly (conv extractor in pieces, transformer over the whole file) up to
+``exact_seconds``, windowed with ``window_seconds`` and ``context_seconds`` beyond. Every file gets
+exactly ``conv_frames(num_samples)`` frames.
 """
 
 from __future__ import annotations
@@ -26,11 +27,14 @@ import torch
 from .audio import MIN_SAMPLES, SAMPLE_RATE, AudioError, ResamplerUnavailable, audio_frames, load_audio
 from .errors import LightHubertError
 from .extractor import Extractor
+from .longform import LongForm
 from .inputs import Item, display_path
 from .storage import FeaturesWriter, OutputError
 
 HOP = 320
 MAX_BATCH = 256
+LONG_SECONDS = 60.0
+"""Files longer than this run alone, with the conv extractor in pieces (bounded memory)."""
 
 
 @dataclass
@@ -40,8 +44,10 @@ class Options:
     layers: list[int]
     save_dtype: str
     batch_seconds: float
-    max_chunk_seconds: float
-    """0: never cut."""
+    exact_seconds: float
+    """Files up to this long run exactly; longer ones windowed. 0: every file exactly."""
+    window_seconds: float
+    context_seconds: float
     num_workers: int
     strict: bool
     flush_seconds: float = 1.0
@@ -92,14 +98,14 @@ def estimate_samples(item: Item) -> int:
     return math.ceil(frames * SAMPLE_RATE / rate) if rate > 0 else 0
 
 
-def plan_batches(sizes: list[tuple[Item, int]], batch_samples: int, chunk_samples: int) -> list[list[tuple[Item, int]]]:
-    """Longest first; files longer than a chunk go alone; others packed so that
+def plan_batches(sizes: list[tuple[Item, int]], batch_samples: int, long_samples: int) -> list[list[tuple[Item, int]]]:
+    """Longest first; files longer than ``long_samples`` go alone; others packed so that
     (files in batch) * (longest) <= batch_samples."""
     ordered = sorted(sizes, key=lambda s: (-s[1], s[0].key))
     batches: list[list[tuple[Item, int]]] = []
     current: list[tuple[Item, int]] = []
     for item, n in ordered:
-        if chunk_samples and n > chunk_samples:
+        if long_samples and n > long_samples:
             batches.append([(item, n)])
             continue
         if current and ((len(current) + 1) * current[0][1] > batch_samples or len(current) >= MAX_BATCH):
@@ -109,17 +115,6 @@ def plan_batches(sizes: list[tuple[Item, int]], batch_samples: int, chunk_sample
     if current:
         batches.append(current)
     return batches
-
-
-def chunk_bounds(n: int, chunk: int) -> list[tuple[int, int]]:
-    """[start, end) of each chunk; a tail shorter than 400 samples joins the previous chunk."""
-    if not chunk or n <= chunk:
-        return [(0, n)]
-    bounds = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
-    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < MIN_SAMPLES:
-        last = bounds.pop()
-        bounds[-1] = (bounds[-1][0], last[1])
-    return bounds
 
 
 class _Writer(threading.Thread):
@@ -144,8 +139,8 @@ class _Writer(threading.Thread):
                 if job == "flush":
                     self.writer.flush()
                     continue
-                key, data, source, n, chunks = job
-                self.writer.write(key, data, source=source, num_samples=n, chunks=chunks)
+                key, data, source, n, windows = job
+                self.writer.write(key, data, source=source, num_samples=n, windows=windows)
                 if time.monotonic() - last > self.flush_seconds:
                     self.writer.flush()
                     last = time.monotonic()
@@ -198,14 +193,15 @@ def extract(items: Iterable[Item], extractor: Extractor, writer: FeaturesWriter,
     todo = [it for it in items if it.key not in writer.done]
     summary = Summary(done_before=len(writer.done))
     workers = max(1, int(options.num_workers))
-    chunk = int(options.max_chunk_seconds * SAMPLE_RATE) // HOP * HOP if options.max_chunk_seconds else 0
     batch_samples = max(int(options.batch_seconds * SAMPLE_RATE), MIN_SAMPLES)
+    long_samples = min(int(LONG_SECONDS * SAMPLE_RATE), batch_samples,
+                       int(options.exact_seconds * SAMPLE_RATE) if options.exact_seconds else batch_samples)
     save_dtype = np.dtype(options.save_dtype)
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lhb-decode") as pool:
         sizes = list(zip(todo, pool.map(estimate_samples, todo)))
         reporter.start(len(todo), sum(n for _, n in sizes) / SAMPLE_RATE, len(writer.done))
-        batches = plan_batches(sizes, batch_samples, chunk)
+        batches = plan_batches(sizes, batch_samples, long_samples)
         pending: deque[list[tuple[Item, Future]]] = deque()
         ahead = max(2, workers)
         out = _Writer(writer, options.flush_seconds)
@@ -234,7 +230,7 @@ def extract(items: Iterable[Item], extractor: Extractor, writer: FeaturesWriter,
                     else:
                         good.append((it, wave))
                 t = time.monotonic()
-                results = _compute(good, extractor, options.layers, chunk, batch_samples, save_dtype)
+                results = _compute(good, extractor, options, long_samples, save_dtype)
                 summary.timings["compute"] += time.monotonic() - t
                 t = time.monotonic()
                 for job in results:
@@ -257,48 +253,44 @@ def extract(items: Iterable[Item], extractor: Extractor, writer: FeaturesWriter,
     return summary
 
 
-def _compute(good: list[tuple[Item, np.ndarray]], extractor: Extractor, layers: list[int], chunk: int,
-             batch_samples: int, save_dtype: np.dtype) -> list[tuple]:
-    """Run one planned batch; returns writer jobs (key, array, source, num_samples, chunks)."""
+def _compute(good: list[tuple[Item, np.ndarray]], extractor: Extractor, options: Options, long_samples: int,
+             save_dtype: np.dtype) -> list[tuple]:
+    """Run one planned batch; returns writer jobs (key, array, source, num_samples, windows)."""
     if not good:
         return []
-    jobs = []
-    if len(good) == 1 and chunk and len(good[0][1]) > chunk:
+    out_dtype = torch.float16 if save_dtype == np.float16 else torch.float32
+    if len(good) == 1 and len(good[0][1]) > long_samples:
         item, wave = good[0]
-        wave_t = torch.from_numpy(wave)
-        if extractor.normalize:  # the whole file is the utterance: normalise before cutting
-            wave_t = torch.nn.functional.layer_norm(wave_t, wave_t.shape)
-        pieces = [wave_t[s:e] for s, e in chunk_bounds(len(wave), chunk)]
-        per = max(1, batch_samples // chunk)
-        feats = []
-        for i in range(0, len(pieces), per):
-            feats += _run(extractor, pieces[i:i + per], layers, True, save_dtype)
-        data = np.concatenate(feats, axis=-2)
-        jobs.append((item.key, _squeeze(data, layers), display_path(item.path), len(wave), len(pieces)))
-        return jobs
-    feats = _run(extractor, [w for _, w in good], layers, False, save_dtype)
-    for (item, wave), data in zip(good, feats):
-        jobs.append((item.key, _squeeze(data, layers), display_path(item.path), len(wave), 1))
-    return jobs
+        form = long_form(len(wave), options)
+        wave_t = extractor.batch([wave])[0][0]  # normalised over the whole file, on the device
+        data = extractor.run_long(wave_t, options.layers, form).to(out_dtype).cpu().numpy()
+        windows = math.ceil(data.shape[-2] / round(form.window_seconds * 50)) if form.mode == "windowed" else 0
+        return [(item.key, _squeeze(data, options.layers), display_path(item.path), len(wave), windows)]
+    feats = _run(extractor, [w for _, w in good], options.layers, out_dtype)
+    return [(item.key, _squeeze(data, options.layers), display_path(item.path), len(wave), 0)
+            for (item, wave), data in zip(good, feats)]
+
+
+def long_form(num_samples: int, options: Options) -> LongForm:
+    """How a long file of ``num_samples`` (16 kHz) runs under ``options``."""
+    if not options.exact_seconds or num_samples <= options.exact_seconds * SAMPLE_RATE:
+        return LongForm("exact")
+    return LongForm("windowed", options.window_seconds, options.context_seconds)
 
 
 def _squeeze(data: np.ndarray, layers: list[int]) -> np.ndarray:
     return data[0] if len(layers) == 1 else data
 
 
-def _run(extractor: Extractor, waves: list, layers: list[int], normalized: bool,
-         save_dtype: np.dtype) -> list[np.ndarray]:
-    """Forward pass; on CUDA out-of-memory the batch is split in halves and retried."""
+def _run(extractor: Extractor, waves: list, layers: list[int], out_dtype: torch.dtype) -> list[np.ndarray]:
+    """Forward pass, results cast to ``out_dtype`` on the device (half the transfer when saving
+    float16); on CUDA out-of-memory the batch is split in halves and retried."""
     try:
-        # cast on the device: half the transfer when saving float16
-        out_dtype = torch.float16 if save_dtype == np.float16 else torch.float32
-        pending = extractor.submit(extractor.prepare(waves, normalized=normalized), layers, out_dtype)
+        pending = extractor.submit(extractor.prepare(waves), layers, out_dtype)
         return [f.numpy() for f in pending.result()]
     except torch.OutOfMemoryError:
         if len(waves) == 1:
             raise
         torch.cuda.empty_cache()
         half = len(waves) // 2
-        return (_run(extractor, waves[:half], layers, normalized, save_dtype)
-                + _run(extractor, waves[half:], layers, normalized, save_dtype))
-
+        return _run(extractor, waves[:half], layers, out_dtype) + _run(extractor, waves[half:], layers, out_dtype)

@@ -146,10 +146,19 @@ def extract(
     save_dtype: Annotated[SaveDtype, typer.Option("--save-dtype", help="Dtype of the stored features.")] = SaveDtype.float32,
     batch_seconds: Annotated[Optional[float], typer.Option(
         "--batch-seconds", min=1.0, help="Padded audio per batch. Default: 200 on CUDA, 30 on CPU.")] = None,
-    max_chunk_seconds: Annotated[float, typer.Option(
-        "--max-chunk-seconds", min=0.0,
-        help="Files longer than this are cut into chunks of this length whose features are concatenated "
-             "(no context across chunk borders). 0: never cut.")] = 120.0,
+    exact_seconds: Annotated[Optional[float], typer.Option(
+        "--exact-seconds", metavar="S",
+        help="Files up to S seconds give exactly the features of an uncut run (memory linear in length, "
+             "time quadratic); longer files run windowed. 0: every file exactly. Default: 3600 on CUDA, 120 on CPU.")] = None,
+    window_seconds: Annotated[float, typer.Option(
+        "--window-seconds", metavar="W",
+        help="Windowed mode: the transformer sees windows of W seconds (plus context); same frame count as uncut.")] = 60.0,
+    context_seconds: Annotated[float, typer.Option(
+        "--context-seconds", metavar="C",
+        help="Windowed mode: C seconds of context on each side of a window, dropped after the run.")] = 10.0,
+    max_chunk_seconds: Annotated[Optional[float], typer.Option(
+        "--max-chunk-seconds", metavar="S",
+        help="Deprecated: the same as --exact-seconds S --window-seconds S --context-seconds 0.")] = None,
     num_workers: Annotated[int, typer.Option("--num-workers", "-j", min=1, help="Decoding threads (overlap compute).")] = 2,
     resume: Annotated[bool, typer.Option("--resume", help="Keep what OUTPUT holds and do the rest.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing OUTPUT.")] = False,
@@ -173,6 +182,7 @@ def extract(
     job = ExtractJob(
         input=input, output=output, checkpoint=checkpoint, subnet=subnet, layers=layers, device=device,
         dtype=dtype.value, save_dtype=save_dtype.value, batch_seconds=batch_seconds,
+        exact_seconds=exact_seconds, window_seconds=window_seconds, context_seconds=context_seconds,
         max_chunk_seconds=max_chunk_seconds, num_workers=num_workers, resume=resume, overwrite=overwrite,
         strict=strict, compression=compression.value, keep_parts=keep_parts, seed=seed,
         trust_checkpoint=trust_checkpoint,
@@ -180,6 +190,9 @@ def extract(
     world = detect_world()
     _quiet_hub(checkpoint)
     plan = prepare(job, world=world, download=not (quiet or world.rank != 0))
+    if max_chunk_seconds is not None and world.rank == 0:
+        err("lhb: note: --max-chunk-seconds is deprecated; use --exact-seconds, --window-seconds and "
+            "--context-seconds (long files now keep every frame)")
     ckpt, sub, dev = plan.checkpoint, plan.extractor.subnet, plan.device
     quiet_here = quiet or world.rank != 0
     if not quiet_here:

@@ -171,12 +171,6 @@ def job_export(ctx):
     return SimpleNamespace(pt=pt, export=export, info=info, out=out, extract=extract)
 
 
-def job_chunk(ctx):
-    out = ctx.tmp / "chunks.h5"
-    return out, lhb("extract", SPEECH_DIR / "spk1/utt01.wav", out, "-c", ctx.ckpt["stage1"], *SMALL_MIN,
-                    "--layers", "all", "--max-chunk-seconds", "1.5", "--num-workers", "1")
-
-
 def job_random(ctx):
     """-c random:small --seed S: the same weights as write_random_checkpoint(path, "small", S)."""
     out = ctx.tmp / "random.h5"
@@ -368,7 +362,7 @@ def jobs(ckpt_files, tmp_path_factory):
                          "--export", ctx.aux_pt)
     ctx.aux = ctx.aux_pt if ctx.aux_export.returncode == EXIT_OK and ctx.aux_pt.is_file() else ctx.ckpt["small"]
     for name, fn in [("tsv", job_tsv), ("txt", job_txt), ("single", job_single), ("export", job_export),
-                     ("chunk", job_chunk), ("random", job_random), ("bad", job_bad), ("strict", job_strict),
+                     ("random", job_random), ("bad", job_bad), ("strict", job_strict),
                      ("quiet", job_quiet), ("resume", job_resume)]:
         pool.submit(name, fn, ctx)
     for name, (inp, out, extra) in early_cases(ctx).items():
@@ -552,22 +546,6 @@ def test_subnet_export_preset(jobs, authors_space, ckpt_files):
     assert core(json.loads(r.stdout)) == core(authors_space["small"].min_subnet)
     assert jobs.ctx.aux == jobs.ctx.aux_pt
     assert jobs.ctx.aux_pt.stat().st_size < 0.3 * ckpt_files["small"].stat().st_size
-
-
-def test_max_chunk_seconds(jobs, authors_models, ckpt_dicts, authors_space):
-    """--max-chunk-seconds 1.5 on a 4.2 s file (Stage 1: no normalisation): the features are those of
-    the 1.5 s pieces run alone, concatenated (chunks have no context across their borders)."""
-    out, r = jobs["chunk"]
-    assert r.returncode == EXIT_OK, r
-    wave = spec_audio(SPEECH_DIR / "spk1/utt01.wav")
-    assert not normalize_of(ckpt_dicts, "stage1")
-    model = authors_models["stage1"]
-    model.set_sample_config(authors_space["base"].min_subnet)
-    theirs = np.concatenate([authors_states(model, wave[s:s + 24000], False) for s in range(0, len(wave), 24000)],
-                            axis=1)
-    f = read_features(out)
-    assert int(f.meta["utt01"]["num_samples"]) == len(wave)
-    check_against(f, "utt01", theirs, f.layers, "chunked")
 
 
 def test_random_checkpoint_option(jobs, ref_min):

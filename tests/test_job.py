@@ -19,12 +19,12 @@ from helpers import SPEECH_DIR, authors_hidden_states, rel_err
 from lighthubert.audio import MIN_SAMPLES
 from lighthubert.inputs import Item
 from lighthubert.job import BATCH_SECONDS, ExtractJob, prepare
-from lighthubert.pipeline import MAX_BATCH, chunk_bounds, plan_batches
+from lighthubert.pipeline import MAX_BATCH, plan_batches
 from lighthubert.storage import HDF5, OutputError, check_identity, run_attrs
 from lighthubert.storage.hdf5 import FeatureWriter
 from oracle import build_model
 
-# ----------------------------------------------------------------------------- plan_batches, chunk_bounds
+# ----------------------------------------------------------------------------- plan_batches
 
 
 def _items(lengths: list[int]) -> list[tuple[Item, int]]:
@@ -42,7 +42,7 @@ def test_plan_batches_packs_every_file_once_within_budget(lengths, budget, chunk
         longest = max(n for _, n in b)
         assert len(b) <= MAX_BATCH
         if chunk and longest > chunk:
-            assert len(b) == 1  # a file to be cut runs alone
+            assert len(b) == 1  # a long file runs alone
         elif len(b) > 1:
             assert len(b) * longest <= budget  # padded audio within the budget
     order = [max(n for _, n in b) for b in batches]
@@ -57,32 +57,13 @@ def test_plan_batches_examples():
     assert plan_batches([], 1000, 0) == []
 
 
-@given(st.integers(1, 2_000_000), st.sampled_from([0, 16_000, 16_320, 160_000]))
-def test_chunk_bounds_cover_the_file(n, chunk):
-    bounds = chunk_bounds(n, chunk)
-    assert bounds[0][0] == 0 and bounds[-1][1] == n
-    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))  # contiguous, no overlap
-    if not chunk or n <= chunk:
-        assert bounds == [(0, n)]
-        return
-    assert all(e - s == chunk for s, e in bounds[:-1])
-    last = bounds[-1][1] - bounds[-1][0]
-    assert MIN_SAMPLES <= last < chunk + MIN_SAMPLES  # a tail under 400 samples joins the previous chunk
-
-
-def test_chunk_bounds_examples():
-    assert chunk_bounds(1000, 400) == [(0, 400), (400, 1000)]  # tail of 200 joined
-    assert chunk_bounds(1200, 400) == [(0, 400), (400, 800), (800, 1200)]
-    assert chunk_bounds(50, 0) == [(0, 50)]
-
-
 # ----------------------------------------------------------------------------- resume identity, merge
 
 
 def _attrs(**change) -> dict:
     base = dict(layers=[0, 2], subnet={"a": 1}, checkpoint="c.pt", checkpoint_sha256="ab", normalize=True,
                 random_weights=False, params=10, dtype="float32", compute_dtype="float32", version="t",
-                max_chunk_seconds=120.0, num_layers=2, embed_dim=4)
+                exact_seconds=120.0, window_seconds=60.0, context_seconds=10.0, num_layers=2, embed_dim=4)
     return run_attrs(**{**base, **change})
 
 
@@ -94,7 +75,7 @@ def test_identity_includes_compute_dtype(tmp_path):
     old = {k: v for k, v in _attrs().items() if k != "compute_dtype"}  # a file from before the attribute
     with pytest.raises(OutputError, match="compute_dtype"):
         check_identity(path, old, _attrs())
-    for change in ({"layers": [-1]}, {"dtype": "float16"}, {"max_chunk_seconds": 0.0}, {"subnet": {"a": 2}}):
+    for change in ({"layers": [-1]}, {"dtype": "float16"}, {"exact_seconds": 0.0}, {"window_seconds": 30.0}, {"context_seconds": 5.0}, {"subnet": {"a": 2}}):
         with pytest.raises(OutputError, match=next(iter(change))):
             check_identity(path, _attrs(), _attrs(**change))
 
@@ -152,7 +133,8 @@ def test_one_default_per_setting():
 
     job = ExtractJob("in", "out")
     params = inspect.signature(extract).parameters
-    for name in ("checkpoint", "subnet", "layers", "device", "max_chunk_seconds", "num_workers", "batch_seconds",
+    for name in ("checkpoint", "subnet", "layers", "device", "exact_seconds", "window_seconds", "context_seconds",
+                 "max_chunk_seconds", "num_workers", "batch_seconds",
                  "resume", "overwrite", "strict", "keep_parts", "seed", "trust_checkpoint"):
         assert params[name].default == getattr(job, name), name
     for name in ("dtype", "save_dtype", "compression"):
@@ -177,7 +159,7 @@ def two_files(tmp_path_factory):
 
 def test_prepare_resolves_device_dependent_defaults(tmp_path, two_files):
     plan = prepare(ExtractJob(two_files, tmp_path / "o.h5", checkpoint="random:small", device="cpu"))
-    assert plan.options.batch_seconds == 30.0 and plan.options.max_chunk_seconds == 120.0
+    assert plan.options.batch_seconds == 30.0 and (plan.options.exact_seconds, plan.options.window_seconds, plan.options.context_seconds) == (120.0, 60.0, 10.0)
     assert plan.attrs["compute_dtype"] == "float32" and plan.attrs["dtype"] == "float32"
     assert not (tmp_path / "o.h5").exists()  # nothing is created before the run
 
@@ -204,7 +186,9 @@ def test_extract_resume_with_another_compute_dtype_is_refused(tmp_path, two_file
 def test_bad_settings_are_setting_errors(tmp_path, two_files):
     for change, setting in (({"layers": "1,99"}, "layers"), ({"dtype": "float16", "device": "cpu"}, "dtype"),
                             ({"subnet": '{"x": 1}'}, "subnet"), ({"save_dtype": "int8"}, "save_dtype"),
-                            ({"max_chunk_seconds": 0.02}, "max_chunk_seconds")):
+                            ({"max_chunk_seconds": 0.02}, "max_chunk_seconds"), ({"exact_seconds": 0.5}, "exact_seconds"),
+                            ({"window_seconds": float("inf")}, "window_seconds"),
+                            ({"context_seconds": -1.0}, "context_seconds"), ({"exact_seconds": float("nan")}, "exact_seconds")):
         with pytest.raises(lighthubert.SettingError) as info:
             lighthubert.extract(two_files, tmp_path / "o.h5", checkpoint="random:small", **change)
         assert info.value.setting == setting
@@ -297,11 +281,11 @@ def test_fairseq_defaults_are_the_authors():
 
 
 def test_cli_reports_library_setting_errors_as_usage(tmp_path, two_files):
-    """A setting the job refuses (here a chunk too short to give frames) is one line and exit 2, before
-    anything is written."""
+    """A setting the job refuses (here an infinite window) is one line and exit 2, before anything is
+    written."""
     from cli_helpers import lhb
 
-    r = lhb("extract", two_files, tmp_path / "o.h5", "-c", "random:small", "--max-chunk-seconds", "0.02")
+    r = lhb("extract", two_files, tmp_path / "o.h5", "-c", "random:small", "--window-seconds", "inf")
     assert r.returncode == 2, r
-    assert r.err_lines == ["lhb: error: --max-chunk-seconds: 0.02 is neither 0 (never cut) nor at least 1 second"], r
+    assert r.err_lines == ["lhb: error: --window-seconds: inf is not from 1 to 3600 seconds"], r
     assert not (tmp_path / "o.h5").exists()

@@ -29,7 +29,7 @@ FORMAT_VERSION = 1
 FRAME_RATE = 50.0
 # Root attributes that must match for resume to add to a file, and for merge to join files.
 RUN_IDENTITY = ("format", "layers", "subnet", "checkpoint_sha256", "checkpoint", "normalize", "dtype",
-                "compute_dtype", "max_chunk_seconds")
+                "compute_dtype", "exact_seconds", "window_seconds", "context_seconds")
 
 
 class OutputError(LightHubertError):
@@ -49,7 +49,7 @@ class FeaturesWriter(Protocol):
     broken: bool
     """True once a write failed inside the storage library (nothing more is written then)."""
 
-    def write(self, key: str, data: np.ndarray, *, source: str, num_samples: int, chunks: int = 1) -> None:
+    def write(self, key: str, data: np.ndarray, *, source: str, num_samples: int, windows: int = 0) -> None:
         """Store one utterance whole: ``data`` (T, D) or (L, T, D); raises :class:`OutputError`."""
 
     def skip(self, key: str, source: str, reason: str) -> None:
@@ -131,9 +131,11 @@ def check_identity(path: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -
 
 def run_attrs(*, layers: list[int], subnet: dict, checkpoint: str, checkpoint_sha256: str | None,
               normalize: bool, random_weights: bool, params: int, dtype: str, compute_dtype: str, version: str,
-              max_chunk_seconds: float, num_layers: int, embed_dim: int) -> dict[str, Any]:
+              exact_seconds: float, window_seconds: float, context_seconds: float, num_layers: int,
+              embed_dim: int) -> dict[str, Any]:
     """The root attributes of a features file. ``layers``: hidden-state indices, or ``[-1]`` for the
-    final output of a pre-norm model; ``dtype`` is the stored dtype, ``compute_dtype`` the model's."""
+    final output of a pre-norm model; ``dtype`` is the stored dtype, ``compute_dtype`` the model's.
+    Long files: exact up to ``exact_seconds`` (0: all), windowed (window, context) beyond."""
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -150,7 +152,11 @@ def run_attrs(*, layers: list[int], subnet: dict, checkpoint: str, checkpoint_sh
         "normalize": bool(normalize),
         "dtype": dtype,
         "compute_dtype": compute_dtype,
-        "max_chunk_seconds": float(max_chunk_seconds),
+        "long_files": (f"exact up to {exact_seconds:g} s, then windowed ({window_seconds:g} s windows, "
+                       f"{context_seconds:g} s context)") if exact_seconds else "exact",
+        "exact_seconds": float(exact_seconds),
+        "window_seconds": float(window_seconds),
+        "context_seconds": float(context_seconds),
         "package_version": f"lighthubert {version}",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -80,7 +80,7 @@ class FeatureWriter:
             f.create_group(GROUP)
         return f
 
-    def write(self, key: str, data: np.ndarray, *, source: str, num_samples: int, chunks: int = 1) -> None:
+    def write(self, key: str, data: np.ndarray, *, source: str, num_samples: int, windows: int = 0) -> None:
         free = shutil.disk_usage(self.path.parent).free
         if free < data.nbytes + self.RESERVE:
             raise OutputError(
@@ -88,20 +88,20 @@ class FeatureWriter:
                 "needed); the file is valid up to the last complete utterance: free space, then --resume"
             )
         try:
-            self._write(key, data, source=source, num_samples=num_samples, chunks=chunks)
+            self._write(key, data, source=source, num_samples=num_samples, windows=windows)
         except OSError:
             self.broken = True
             raise
 
-    def _write(self, key: str, data: np.ndarray, *, source: str, num_samples: int, chunks: int) -> None:
+    def _write(self, key: str, data: np.ndarray, *, source: str, num_samples: int, windows: int) -> None:
         name = f"{GROUP}/{key}"
         if name in self.file:  # a dataset left by an interrupted run: replace it
             del self.file[name]
         ds = self.file.create_dataset(name, data=data, compression=self.compression)
         ds.attrs["source"] = source
         ds.attrs["num_samples"] = int(num_samples)
-        if chunks > 1:
-            ds.attrs["chunks"] = int(chunks)
+        if windows:
+            ds.attrs["windows"] = int(windows)
         self.done.add(key)
 
     def skip(self, key: str, source: str, reason: str) -> None:

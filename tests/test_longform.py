@@ -1,0 +1,153 @@
+"""Long recordings: exact mode equals an uncut run of the authors' model, windowed mode equals the
+authors' encoder run on the same windows, every file keeps the frame count of an uncut run, and a
+10-minute file runs in bounded memory."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import lighthubert
+from cli_helpers import _env, lhb, lhb_command, read_features
+from conftest import SUPERNET_TYPE
+from helpers import SPEECH_DIR, authors_hidden_states, frames_for, rel_err
+from lighthubert.audio import load_audio
+from lighthubert.longform import LongForm, hidden_states
+from oracle import authors
+
+TOL = 1e-5
+
+
+def speech(seconds: float) -> np.ndarray:
+    """Real speech (the example files, concatenated and repeated) of the given length, 16 kHz."""
+    waves = [load_audio(p) for p in sorted(SPEECH_DIR.rglob("*")) if p.suffix in (".wav", ".flac")]
+    return np.resize(np.concatenate(waves), int(seconds * 16000)).astype(np.float32)
+
+
+def min_subnet(kind: str) -> dict:
+    space = authors().LightHuBERTSupernetConfig(SUPERNET_TYPE[kind])
+    return space.min_subnet
+
+
+def authors_windowed(model, wave: np.ndarray, normalize: bool, window: int, context: int) -> list[np.ndarray]:
+    """The authors' hidden state 0 of the whole file, then their encoder on each window of ``window``
+    frames with ``context`` frames on each side, context dropped, windows joined: (T, E) per layer."""
+    full = authors_hidden_states(model, wave, normalize)
+    x0 = full[0][None]
+    frames = x0.shape[1]
+    layers: list[list[torch.Tensor]] = [[] for _ in range(len(full) - 1)]
+    with torch.no_grad():
+        for s in range(0, frames, window):
+            e = min(frames, s + window)
+            lo, hi = max(0, s - context), min(frames, e + context)
+            _, results = model.encoder(x0[:, lo:hi], padding_mask=None, layer=None)
+            for i, (hs, _, _) in enumerate(results):
+                layers[i].append(hs.transpose(0, 1)[0, s - lo:s - lo + e - s])
+    return [full[0].numpy()] + [torch.cat(parts).numpy() for parts in layers]
+
+
+@pytest.mark.parametrize("kind", ["small", "stage1"])  # layer_norm extractor / default (GroupNorm) extractor
+def test_exact_mode_equals_the_authors_uncut(kind, ckpts, authors_models):
+    """The conv extractor in pieces of 37 frames (so many piece borders), GroupNorm statistics over
+    the whole file first: every hidden state equals the authors' uncut run on 12.3 s of real speech."""
+    wave = speech(12.3)
+    model = authors_models[kind]
+    model.set_sample_config(min_subnet(kind))
+    ref = authors_hidden_states(model, wave, ckpts[kind].normalize)
+    ext = lighthubert.Extractor(ckpts[kind], min_subnet(kind), "cpu")
+    x = ext.batch([wave])[0][0]
+    out = hidden_states(ext.model, x, list(range(ext.num_layers + 1)), piece_frames=37)
+    assert out.hidden[0].shape[1] == frames_for(len(wave)) == ref[0].shape[0]
+    for i, r in enumerate(ref):
+        assert rel_err(out.hidden[i][0], r) <= TOL, (kind, i)
+
+
+@pytest.mark.parametrize("kind", ["small", "stage1"])
+def test_windowed_mode_equals_the_authors_encoder_on_windows(kind, ckpts, authors_models):
+    """Windows of 2 s with 1 s of context: frames are neither lost nor repeated, hidden state 0 is
+    exact, and each layer equals the authors' encoder run on the same windows."""
+    wave = speech(9.1)
+    model = authors_models[kind]
+    model.set_sample_config(min_subnet(kind))
+    ref = authors_windowed(model, wave, ckpts[kind].normalize, window=100, context=50)
+    ext = lighthubert.Extractor(ckpts[kind], min_subnet(kind), "cpu")
+    stacked = ext.run_long(ext.batch([wave])[0][0], list(range(ext.num_layers + 1)), LongForm("windowed", 2.0, 1.0))
+    assert stacked.shape[1] == frames_for(len(wave))
+    for i, r in enumerate(ref):
+        assert rel_err(stacked[i], r) <= TOL, (kind, i)
+
+
+def test_cli_long_files_exact_and_windowed(tmp_path, ckpt_files, authors_models):
+    """Through the installed lhb, Stage 1 (GroupNorm extractor, no normalisation): with
+    --exact-seconds 0 and --batch-seconds 1 every file runs alone through the exact long-file path
+    and equals the authors' uncut run; the deprecated --max-chunk-seconds 1.5 gives 1.5 s windows
+    without context (a note says so), the uncut frame count, and the attributes say how."""
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(str(src / "a.wav"), speech(4.3), 16000, subtype="FLOAT")
+    wave = sf.read(str(src / "a.wav"), dtype="float32")[0]
+    model = authors_models["stage1"]
+    model.set_sample_config(min_subnet("stage1"))
+    common = ["-c", ckpt_files["stage1"], "--subnet", "min", "--layers", "all", "-q"]
+
+    exact = tmp_path / "exact.h5"
+    r = lhb("extract", src, exact, "--exact-seconds", "0", "--batch-seconds", "1", *common)
+    assert r.returncode == 0, r
+    f = read_features(exact)
+    ref = authors_hidden_states(model, wave, normalize=False)
+    assert f.data["a"].shape[1] == frames_for(len(wave))
+    for i, layer in enumerate(f.layers):
+        assert rel_err(f.data["a"][i], ref[layer]) <= TOL, i
+    assert f.attrs["long_files"] == "exact" and f.attrs["exact_seconds"] == 0.0
+    assert "windows" not in f.meta["a"]
+
+    windowed = tmp_path / "windowed.h5"
+    r = lhb("extract", src, windowed, "--max-chunk-seconds", "1.5", *common)
+    assert r.returncode == 0, r
+    assert any("--max-chunk-seconds is deprecated" in ln for ln in r.err_lines), r
+    f = read_features(windowed)
+    ref = authors_windowed(model, wave, normalize=False, window=75, context=0)
+    assert f.data["a"].shape[1] == frames_for(len(wave))
+    for i, layer in enumerate(f.layers):
+        assert rel_err(f.data["a"][i], ref[layer]) <= TOL, i
+    assert (f.attrs["exact_seconds"], f.attrs["window_seconds"], f.attrs["context_seconds"]) == (1.5, 1.5, 0.0)
+    assert f.meta["a"]["windows"] == 3
+    info = lhb("info", windowed, "--json")
+    assert info.returncode == 0, info
+    assert "windowed (1.5 s windows, 0 s context)" in json.loads(info.stdout)["attributes"]["long_files"]
+
+    # --resume refuses to mix modes
+    r = lhb("extract", src, windowed, "--resume", "--window-seconds", "30", "--exact-seconds", "1.5",
+            "--context-seconds", "0", *common)
+    assert r.returncode == 1 and len(r.err_lines) == 1 and "window_seconds" in r.err_lines[0], r
+
+
+@pytest.mark.slow
+def test_ten_minutes_on_the_cpu_in_bounded_memory(tmp_path):
+    """A 10-minute file with the CPU defaults (exact up to 120 s, then 60 s windows with 10 s of
+    context): the uncut frame count, and the process stays under 3 GiB of resident memory."""
+    src = tmp_path / "in"
+    src.mkdir()
+    wave = speech(600.0)
+    sf.write(str(src / "long.wav"), wave, 16000, subtype="FLOAT")
+    out = tmp_path / "long.h5"
+    cmd = lhb_command() + ["extract", str(src), str(out), "-c", "random:small", "--subnet", "min", "-q",
+                           "--device", "cpu"]
+    # a fresh parent whose only child is lhb: its RUSAGE_CHILDREN peak is lhb's own
+    probe = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)")
+    proc = subprocess.run([sys.executable, "-c", probe, *cmd], env=_env(), capture_output=True, text=True,
+                          timeout=1200, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    peak_gib = int(proc.stdout.split()[-1]) / 2**20  # ru_maxrss is in KiB on Linux
+    assert peak_gib < 3.0, f"peak RSS {peak_gib:.2f} GiB"
+    f = read_features(out)
+    assert f.data["long"].shape[0] == frames_for(len(wave)) == 29999
+    assert f.meta["long"]["windows"] == 10
+    assert f.attrs["long_files"] == "exact up to 120 s, then windowed (60 s windows, 10 s context)"
