@@ -10,7 +10,7 @@ default subnet, last layer, float16 unless said otherwise:
    through `Extractor.prepare` / `submit` with one batch in flight, first sight and seen again, in
    float16 and bfloat16; the rate over the forward-only rate.
 4. whole process: `lhb extract -v` over a generated corpus (copies of the example speech with
-   random gains and lengths 2-16 s) in float16 and bfloat16; one long file uncut and chunked.
+   random gains and lengths 2-16 s) in float16 and bfloat16; one long file exact (the CUDA default) and windowed, with GPU memory peaks.
 5. accuracy on the real speech: our float32 / float16 / bfloat16 on the device against the authors'
    float32 on the CPU, worst hidden state; batched = alone in float32 on the device.
 
@@ -333,8 +333,9 @@ def whole_process(ckpt: Path, work: Path, hours: float, long_minutes: float, dev
     long.mkdir(exist_ok=True)
     n = int(long_minutes * 60 * 16000)
     sf.write(long / "long.wav", np.resize(np.concatenate(waves), n), 16000, subtype="PCM_16")
+    # defaults on CUDA: exact up to 3600 s (target: an hour under 16 GB); then forced windowed
     lhb([str(long), str(work / "long.h5"), *common], n / 16000)
-    lhb([str(long), str(work / "long0.h5"), *common, "--max-chunk-seconds", "0"], n / 16000)
+    lhb([str(long), str(work / "long_w.h5"), *common, "--exact-seconds", "60"], n / 16000)
 
 
 # ----------------------------------------------------------------------------- 5. accuracy

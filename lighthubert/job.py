@@ -47,8 +47,8 @@ BATCH_SECONDS = {"cuda": 200.0, "cpu": 30.0}
 """Default padded audio per batch, by device type."""
 EXACT_SECONDS = {"cuda": 3600.0, "cpu": 120.0}
 """Default length up to which files run exactly, by device type. Exact attention costs time
-quadratic in length: on an H200 an hour fits (memory is linear); on a CPU a file of 120 s costs about
-twice the windowed run and 10 minutes about 6 times (BENCHMARKS.md, "Long files")."""
+quadratic in length: on a GPU an hour fits (memory is linear); on a CPU 10 minutes took 6.4 times the
+windowed run (BENCHMARKS.md, "Long files")."""
 WINDOW_SECONDS = 60.0
 CONTEXT_SECONDS = 10.0
 """Windowed mode defaults, chosen from the measurements in BENCHMARKS.md ("Long files")."""

@@ -151,3 +151,21 @@ def test_ten_minutes_on_the_cpu_in_bounded_memory(tmp_path):
     assert f.data["long"].shape[0] == frames_for(len(wave)) == 29999
     assert f.meta["long"]["windows"] == 10
     assert f.attrs["long_files"] == "exact up to 120 s, then windowed (60 s windows, 10 s context)"
+
+
+@pytest.mark.slow
+def test_windowed_defaults_stay_within_the_stated_bound(ckpts):
+    """The default windows (W=60 s, C=10 s) on 3 minutes of real speech: no frame lost, hidden state 0
+    exact, every layer within 2e-2 of its largest value of the uncut run (the bound README states)."""
+    from lighthubert.job import CONTEXT_SECONDS, WINDOW_SECONDS
+
+    wave = speech(180.0)
+    ext = lighthubert.Extractor(ckpts["small"], "min", "cpu")
+    x = ext.batch([wave])[0][0]
+    layers = list(range(ext.num_layers + 1))
+    exact = ext.run_long(x, layers, LongForm("exact"))
+    windowed = ext.run_long(x, layers, LongForm("windowed", WINDOW_SECONDS, CONTEXT_SECONDS))
+    assert windowed.shape == exact.shape and windowed.shape[1] == frames_for(len(wave))
+    assert torch.equal(windowed[0], exact[0])
+    errors = [rel_err(windowed[i], exact[i]) for i in layers[1:]]
+    assert max(errors) <= 2e-2, errors
