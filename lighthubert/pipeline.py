@@ -19,7 +19,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Callable, Iterable, Protocol
 
 import numpy as np
 import torch
@@ -206,6 +206,27 @@ def extract(items: Iterable[Item], extractor: Extractor, writer: FeaturesWriter,
         ahead = max(2, workers)
         out = _Writer(writer, options.flush_seconds)
         out.start()
+        inflight: tuple[Callable[[], list[tuple]], int, float] | None = None
+
+        def finish() -> None:
+            """Collect the batch in flight: wait for its results, queue them for writing, report."""
+            nonlocal inflight
+            if inflight is None:
+                return
+            collect, files, seconds = inflight
+            inflight = None
+            t = time.monotonic()
+            results = collect()
+            summary.timings["compute"] += time.monotonic() - t
+            t = time.monotonic()
+            for job in results:
+                out.put(job)
+            if stop.is_set():
+                out.put("flush")
+            summary.timings["write_wait"] += time.monotonic() - t
+            summary.seconds += seconds
+            reporter.advance(files, seconds)
+
         try:
             next_batch = 0
             while next_batch < len(batches) or pending:
@@ -226,23 +247,19 @@ def extract(items: Iterable[Item], extractor: Extractor, writer: FeaturesWriter,
                         writer.skip(it.key, display_path(it.path), str(wave))
                         reporter.skipped(it, str(wave))
                         if options.strict:
+                            finish()  # what is computed is kept
                             raise StrictStop(f"{display_path(it.path)}: {wave} (--strict)")
                     else:
                         good.append((it, wave))
+                # queue batch k on the device, then collect batch k-1 while it runs (CUDA overlaps the
+                # copies and the forward pass of consecutive batches; on the CPU this is sequential)
                 t = time.monotonic()
-                results = _compute(good, extractor, options, long_samples, save_dtype)
+                collect = _launch(good, extractor, options, long_samples, save_dtype)
                 summary.timings["compute"] += time.monotonic() - t
-                t = time.monotonic()
-                for job in results:
-                    out.put(job)
-                if stop.is_set():
-                    out.put("flush")
-                summary.timings["write_wait"] += time.monotonic() - t
-                files = len(decoded)
-                seconds = sum(len(w) for _, w in good) / SAMPLE_RATE
+                finish()
                 summary.files += len(good)
-                summary.seconds += seconds
-                reporter.advance(files, seconds)
+                inflight = (collect, len(decoded), sum(len(w) for _, w in good) / SAMPLE_RATE)
+            finish()
         finally:
             for batch in pending:
                 for _, fut in batch:
@@ -253,11 +270,12 @@ def extract(items: Iterable[Item], extractor: Extractor, writer: FeaturesWriter,
     return summary
 
 
-def _compute(good: list[tuple[Item, np.ndarray]], extractor: Extractor, options: Options, long_samples: int,
-             save_dtype: np.dtype) -> list[tuple]:
-    """Run one planned batch; returns writer jobs (key, array, source, num_samples, windows)."""
+def _launch(good: list[tuple[Item, np.ndarray]], extractor: Extractor, options: Options, long_samples: int,
+            save_dtype: np.dtype) -> Callable[[], list[tuple]]:
+    """Start one planned batch; the returned function waits for it and gives the writer jobs
+    (key, array, source, num_samples, windows)."""
     if not good:
-        return []
+        return list
     out_dtype = torch.float16 if save_dtype == np.float16 else torch.float32
     if len(good) == 1 and len(good[0][1]) > long_samples:
         item, wave = good[0]
@@ -265,10 +283,18 @@ def _compute(good: list[tuple[Item, np.ndarray]], extractor: Extractor, options:
         wave_t = extractor.batch([wave])[0][0]  # normalised over the whole file, on the device
         data = extractor.run_long(wave_t, options.layers, form).to(out_dtype).cpu().numpy()
         windows = math.ceil(data.shape[-2] / round(form.window_seconds * 50)) if form.mode == "windowed" else 0
-        return [(item.key, _squeeze(data, options.layers), display_path(item.path), len(wave), windows)]
-    feats = _run(extractor, [w for _, w in good], options.layers, out_dtype)
-    return [(item.key, _squeeze(data, options.layers), display_path(item.path), len(wave), 0)
-            for (item, wave), data in zip(good, feats)]
+        job = (item.key, _squeeze(data, options.layers), display_path(item.path), len(wave), windows)
+        return lambda: [job]
+    waves = [w for _, w in good]
+    try:
+        pending = extractor.submit(extractor.prepare(waves), options.layers, out_dtype)
+        feats: Callable[[], list] = lambda: [f.numpy() for f in pending.result()]
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        done = _run(extractor, waves, options.layers, out_dtype)
+        feats = lambda: done
+    return lambda: [(item.key, _squeeze(data, options.layers), display_path(item.path), len(wave), 0)
+                    for (item, wave), data in zip(good, feats())]
 
 
 def long_form(num_samples: int, options: Options) -> LongForm:
