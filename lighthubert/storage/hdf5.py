@@ -283,11 +283,7 @@ class SegmentWriter:
         self.current: FeatureWriter | None = None
         self.bytes = 0
         self.pending_skips: list[dict] = []  # appended from the compute thread, taken at commit
-        self.folder = parts_dir(output)
-        try:
-            self.folder.mkdir(exist_ok=True)
-        except OSError as err:
-            raise OutputError(f"{self.folder}: cannot create: {_reason(err)}") from None
+        self.folder = parts_dir(output)  # made with the first segment
         mine = find_segments(output, rank=rank)
         self.index = max((int(p.name.split(".")[0].rsplit("-", 1)[1]) for p in mine), default=0) + 1
 
@@ -295,8 +291,9 @@ class SegmentWriter:
         if self.current is None:
             tmp = segment_path(self.path, self.rank, self.index).with_suffix(".h5.tmp")
             try:
+                self.folder.mkdir(exist_ok=True)
                 self.current = FeatureWriter(tmp, self.attrs, compression=self.compression)
-            except OutputError as err:
+            except (OSError, OutputError) as err:
                 raise self._fail(err) from None
             self.bytes = 0
         return self.current
@@ -320,7 +317,7 @@ class SegmentWriter:
                            "fix the cause, then run the same command with --resume")
 
     def write(self, key: str, data: np.ndarray, *, source: str, num_samples: int, chunks: int = 1) -> None:
-        free = shutil.disk_usage(self.folder).free
+        free = shutil.disk_usage(self.folder if self.current else (self.path.parent or Path('.'))).free
         if free < data.nbytes + FeatureWriter.RESERVE:  # stop before the disk is full: the segment stays good
             raise OutputError(
                 f"{self.path}: no space left on the device ({free / 2**20:.1f} MB free, {data.nbytes / 2**20:.1f} MB "
