@@ -373,11 +373,11 @@ def _run_rank(plan: Plan, user: Reporter, stop: threading.Event) -> Summary:
             try:
                 lock.enter_context(OutputLock(out))  # rank 0 holds it for the whole job
                 shares = _plan_shares(plan, world)
-            except OutputError as err:
+            except LightHubertError as err:  # OUTPUT, its lock, or input keys against what it holds
                 shares = {"error": str(err)}
         shares = group.broadcast(shares)
-        if "error" in shares:
-            raise OutputError(shares["error"])
+        if "error" in shares:  # rank 0 says it, once
+            raise JobError(shares["error"], silent=world.rank != 0)
         mine = [plan.items[i] for i in shares["shares"][world.rank]]
         reporter = _RankReporter(group, user, world.rank == 0, stop)
         reporter.total_files = sum(len(s) for s in shares["shares"])
