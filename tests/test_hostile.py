@@ -461,3 +461,16 @@ def test_absurd_numbers_in_the_library_are_setting_errors(tmp_path, setting, val
         lighthubert.extract(UTT, tmp_path / "o.h5", checkpoint="random:small", **{setting: value})
     assert e.value.setting == setting
     assert os.listdir(tmp_path) == []
+
+
+def test_merge_into_an_output_being_written_is_refused(tmp_path):
+    from lighthubert.storage import OutputLock
+
+    out = tmp_path / "o.h5"
+    (tmp_path / "o.h5.parts").mkdir()
+    (tmp_path / "o.h5.parts" / "part-00000.h5").write_bytes(b"")
+    with OutputLock(out):  # as a running lhb extract holds it
+        p = lhb("merge", out, timeout=60)
+        line = one_line(p)
+        assert p.returncode == 1 and str(out) in line and f"pid {os.getpid()}" in line, line
+    assert sorted(os.listdir(tmp_path)) == ["o.h5.parts"]  # the lock file goes with its holder
