@@ -9,6 +9,7 @@ import random
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -431,3 +432,46 @@ def test_odd_audio(tmp_path, ckpt):
     # the same samples in 1, 2 or 6 identical channels average to the same mono signal
     np.testing.assert_allclose(got["ch2"], got["ch1"], rtol=0, atol=1e-5 * np.abs(got["ch1"]).max())
     np.testing.assert_allclose(got["ch6"], got["ch1"], rtol=0, atol=1e-5 * np.abs(got["ch1"]).max())
+
+
+WRITE_UNTIL_EFBIG = """
+import resource, signal, sys
+from pathlib import Path
+import numpy as np
+from lighthubert.storage import OutputError, run_attrs
+from lighthubert.storage.hdf5 import SegmentWriter, create
+
+out = Path(sys.argv[1])
+attrs = run_attrs(layers=[1], subnet={}, checkpoint="x", checkpoint_sha256="", normalize=False, random_weights=True,
+                  params=1, dtype="float32", compute_dtype="float32", version="0", max_chunk_seconds=0.0,
+                  num_layers=1, embed_dim=8)
+create(out, attrs)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))  # a file cannot grow past 1 MB: EFBIG
+w = SegmentWriter(out, attrs)
+for i in range(3):
+    w.write(f"small{i}", np.full((10, 8), i, np.float32), source="s", num_samples=3200)
+w.skip("bad", "bad.wav", "too short")
+w.flush()
+w.write("also", np.ones((10, 8), np.float32), source="s", num_samples=3200)
+try:
+    w.write("huge", np.ones((400_000, 8), np.float32), source="s", num_samples=1)
+except OutputError as err:
+    print(w.broken, err)
+"""
+
+
+def test_a_write_failing_inside_hdf5_discards_only_the_current_segment(tmp_path):
+    """HDF5 fails half-way through a write (here EFBIG from a file-size limit; ENOSPC or EIO alike):
+    one line naming OUTPUT, the segment being written is removed, committed ones stay readable."""
+    out = tmp_path / "o.h5"
+    p = subprocess.run([sys.executable, "-c", WRITE_UNTIL_EFBIG, str(out)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    broken, message = p.stdout.strip().split(" ", 1)
+    assert broken == "True" and message.startswith(f"{out}: writing failed: file too large") and "--resume" in message
+    segments = sorted((tmp_path / "o.h5.parts").iterdir())
+    assert [s.name for s in segments] == ["seg-00000-000001.h5"]  # "also" and "huge" were in the discarded one
+    with h5py.File(segments[0], "r") as f:
+        assert sorted(keys(f)) == ["small0", "small1", "small2"]
+        assert np.array_equal(f["features/small2"][()], np.full((10, 8), 2, np.float32))
+        assert json.loads(f.attrs["skipped"])[0]["key"] == "bad"

@@ -259,7 +259,7 @@ def remove_stale_temps(output: Path) -> None:
     new files, partial merges, and segments that were never committed."""
     folder = output.parent if str(output.parent) else Path(".")
     stale = [p for p in folder.glob(f".{glob.escape(output.name)}.*") if p.suffix in (".new", ".merging")]
-    stale += list(parts_dir(output).glob("seg-*.tmp"))
+    stale += list(parts_dir(output).glob("seg-*.tmp")) + list(parts_dir(output).glob(".seg-*.new"))
     for p in stale:
         try:
             p.unlink()
