@@ -6,8 +6,10 @@ and loads the model, all before any audio is read; :func:`execute` runs it in on
 torchrun/srun, as one rank of many (rank 0 plans, every rank writes its part, rank 0 merges).
 :func:`run` is both; :func:`lighthubert.extract` is the short form with a progress callback.
 
-Failures are :class:`~lighthubert.errors.LightHubertError` with one line for the user; the output
-file is closed and valid whenever one is raised.
+Failures are :class:`~lighthubert.errors.LightHubertError` with one line for the user. A run holds
+OUTPUT's lock (:class:`~lighthubert.storage.OutputLock`) throughout and never modifies committed data in
+place: it adds committed segments and finally joins them with OUTPUT into a new OUTPUT (see
+:mod:`lighthubert.storage.hdf5`), so OUTPUT and the committed segments are valid whenever one is raised.
 """
 
 from __future__ import annotations
@@ -241,9 +243,10 @@ def _claim(plan: Plan) -> set[str]:
     return existing
 
 
-def _join(plan: Plan, complete: bool, include_output: bool = True) -> None:
+def _join(plan: Plan, complete: bool) -> None:
+    """OUTPUT and the committed segments into a new OUTPUT (on failure both stay as they were)."""
     try:
-        plan.backend.join(plan.output, include_output=include_output, complete=complete)
+        plan.backend.join(plan.output, include_output=True, complete=complete)
     except OutputError as err:
         raise OutputError(f"{err}; run the same command with --resume to complete it") from None
 

@@ -46,7 +46,8 @@ class OutputBroken(OutputError):
 
 
 class FeaturesWriter(Protocol):
-    """One output file being written. ``done`` holds the keys it already has (after a resume)."""
+    """What a run writes into OUTPUT (committed pieces, see :meth:`Backend.open_writer`). ``done``
+    holds the keys written, and those already committed when the job sets it before the run."""
 
     path: Path
     done: set[str]
@@ -60,10 +61,10 @@ class FeaturesWriter(Protocol):
         """Record a skipped input (kept in the file at the next flush)."""
 
     def flush(self) -> None:
-        """Make everything written so far durable."""
+        """Commit everything written so far (durable; a later failure cannot undo it)."""
 
     def close(self, complete: bool) -> None:
-        """Record whether the run finished and close (no-op after a failed write)."""
+        """Commit what is written and close (no-op after a failed write)."""
 
 
 class Backend(Protocol):
