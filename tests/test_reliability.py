@@ -190,7 +190,7 @@ def test_disk_filled_by_another_process_loses_nothing_committed(tmp_path, ckpt, 
         assert proc.returncode == 1, err
         line = one_error_line(subprocess.CompletedProcess(args, 1, "", err))
         assert str(out) in line and "no space left" in line and "--resume" in line, line
-        assert 0 < check_committed(out, reference) < 36
+        assert 0 < check_committed(out, reference) <= 36  # all 36 when the disk filled during the final join
         (disk / "filler").unlink()
         done = run(args + ["--resume"], timeout=300)
         assert done.returncode == 0, done.stderr
