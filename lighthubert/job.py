@@ -6,14 +6,19 @@ and loads the model, all before any audio is read; :func:`execute` runs it in on
 torchrun/srun, as one rank of many (rank 0 plans, every rank writes its part, rank 0 merges).
 :func:`run` is both; :func:`lighthubert.extract` is the short form with a progress callback.
 
-Failures are :class:`~lighthubert.errors.LightHubertError` with one line for the user; the output
-file is closed and valid whenever one is raised.
+Failures are :class:`~lighthubert.errors.LightHubertError` with one line for the user. A run holds
+OUTPUT's lock (:class:`~lighthubert.storage.OutputLock`) throughout and never modifies committed data in
+place: it adds committed segments and finally joins them with OUTPUT into a new OUTPUT (see
+:mod:`lighthubert.storage.hdf5`), so OUTPUT and the committed segments are valid whenever one is raised.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
 import threading
+from contextlib import ExitStack
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +31,7 @@ from .checkpoint import Checkpoint, load_checkpoint
 from .distributed import Group, World, balance, detect_world, wait_for
 from .errors import LightHubertError, SettingError
 from .extractor import Extractor, resolve_device, resolve_dtype, resolve_layers
-from .inputs import Item, list_inputs
+from .inputs import Item, check_against, list_inputs
 from .pipeline import Options, Quiet, Reporter, StrictStop, Summary, estimate_samples
 from .pipeline import extract as run_pipeline
 from .storage import (
@@ -34,12 +39,14 @@ from .storage import (
     FeaturesWriter,
     OutputBroken,
     OutputError,
+    OutputLock,
     check_output_path,
     find_parts,
+    find_segments,
     get_backend,
     part_path,
     parts_dir,
-    remove_parts,
+    remove_stale_temps,
     run_attrs,
 )
 
@@ -52,6 +59,10 @@ windowed run (BENCHMARKS.md, "Long files")."""
 WINDOW_SECONDS = 60.0
 CONTEXT_SECONDS = 10.0
 """Windowed mode defaults, chosen from the measurements in BENCHMARKS.md ("Long files")."""
+MAX_BATCH_SECONDS = 86400.0
+"""More padded audio per batch than a day is a mistake, not a setting."""
+MAX_WORKERS = 64
+"""Decoding threads (each keeps batches in flight: more would only hold memory)."""
 SAVE_DTYPES = ("float32", "float16")
 COMPRESSIONS = ("none", "gzip", "lzf")
 
@@ -147,18 +158,33 @@ def _check_values(job: ExtractJob) -> None:
         bad("save_dtype", f"{job.save_dtype!r} is not one of {', '.join(SAVE_DTYPES)}")
     if (job.compression or "none") not in COMPRESSIONS:
         bad("compression", f"{job.compression!r} is not one of {', '.join(COMPRESSIONS)}")
-    if job.batch_seconds is not None and not job.batch_seconds >= 1.0:
-        bad("batch_seconds", f"{job.batch_seconds} is below 1 second")
-    if job.max_chunk_seconds is not None and not (job.max_chunk_seconds == 0 or 1.0 <= job.max_chunk_seconds < 1e6):
+    if job.batch_seconds is not None:
+        if not _number(job.batch_seconds) or not 1.0 <= job.batch_seconds <= MAX_BATCH_SECONDS:
+            bad("batch_seconds", f"{job.batch_seconds} is not a number of seconds from 1 to {MAX_BATCH_SECONDS:g}")
+    if job.max_chunk_seconds is not None and not (
+            _number(job.max_chunk_seconds) and (job.max_chunk_seconds == 0 or 1.0 <= job.max_chunk_seconds < 1e6)):
         bad("max_chunk_seconds", f"{job.max_chunk_seconds} is neither 0 (never cut) nor from 1 to 1e6 seconds")
-    if job.exact_seconds is not None and not (job.exact_seconds == 0 or 1.0 <= job.exact_seconds < 1e6):
+    if job.exact_seconds is not None and not (
+            _number(job.exact_seconds) and (job.exact_seconds == 0 or 1.0 <= job.exact_seconds < 1e6)):
         bad("exact_seconds", f"{job.exact_seconds} is neither 0 (every file exactly) nor from 1 to 1e6 seconds")
-    if not 1.0 <= job.window_seconds <= 3600.0:
+    if not (_number(job.window_seconds) and 1.0 <= job.window_seconds <= 3600.0):
         bad("window_seconds", f"{job.window_seconds} is not from 1 to 3600 seconds")
-    if not 0.0 <= job.context_seconds <= 600.0:
+    if not (_number(job.context_seconds) and 0.0 <= job.context_seconds <= 600.0):
         bad("context_seconds", f"{job.context_seconds} is not from 0 to 600 seconds")
-    if int(job.num_workers) < 1:
-        bad("num_workers", f"{job.num_workers} is below 1")
+    if not _integer(job.num_workers) or not 1 <= job.num_workers <= MAX_WORKERS:
+        bad("num_workers", f"{job.num_workers} is not a whole number from 1 to {MAX_WORKERS}")
+    if not _integer(job.seed) or not 0 <= job.seed < 2**63:
+        bad("seed", f"{job.seed} is not a whole number from 0 to 2^63-1")
+    if not _number(job.flush_seconds) or not 0.01 <= job.flush_seconds <= 3600:
+        bad("flush_seconds", f"{job.flush_seconds} is not a number of seconds from 0.01 to 3600")
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _integer(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def long_settings(job: ExtractJob, device: torch.device) -> tuple[float, float, float]:
@@ -180,7 +206,8 @@ def prepare(job: ExtractJob, *, world: World | None = None, download: bool = Tru
     dtype = _setting("dtype", resolve_dtype, job.dtype, dev)
     backend = get_backend(job.format)
     items = list_inputs(job.input)
-    out = check_output_path(job.output, resume=job.resume, overwrite=job.overwrite)
+    out = check_output_path(job.output, resume=job.resume, overwrite=job.overwrite,
+                            inputs=itertools.chain([job.input], (it.path for it in items)))
     if not world.distributed and find_parts(parts_dir(out), backend.suffix):
         raise OutputError(f"{parts_dir(out)}: parts of a run with several processes are there; "
                           f"join them with: lhb merge {out} {parts_dir(out)}")
@@ -213,10 +240,48 @@ def execute(plan: Plan, reporter: Reporter | None = None, stop: threading.Event 
     stop = stop or threading.Event()
     if plan.world.distributed:
         return _run_rank(plan, reporter, stop)
-    writer = plan.backend.open_writer(plan.output, plan.attrs, resume=plan.job.resume, compression=plan.job.compression)
-    summary = _run_writer(plan, plan.items, writer, reporter, stop)
-    summary.output = plan.output
+    out, backend = plan.output, plan.backend
+    with OutputLock(out):
+        existing = _claim(plan)
+        if not (plan.job.resume and out.exists()):
+            backend.create(out, plan.attrs)
+        writer = backend.open_writer(out, plan.attrs, compression=plan.job.compression)
+        writer.done = set(existing)
+        try:
+            summary = _run_writer(plan, plan.items, writer, reporter, stop)
+        except (StrictStop, ResamplerUnavailable):
+            _join(plan, complete=False)  # not the storage: what was done goes into OUTPUT
+            raise
+        _join(plan, complete=not summary.interrupted)
+    summary.output = out
     return summary
+
+
+def _claim(plan: Plan) -> set[str]:
+    """With OUTPUT's lock held: check OUTPUT again (another run may have made it since
+    :func:`prepare`), remove what ``overwrite`` replaces and what killed runs left half-written, and
+    return the keys already committed, refusing input keys that nest with them."""
+    job, out, backend = plan.job, plan.output, plan.backend
+    check_output_path(out, resume=job.resume, overwrite=job.overwrite)
+    remove_stale_temps(out)
+    held = find_segments(out, backend.suffix) + find_parts(parts_dir(out), backend.suffix)
+    if job.overwrite:
+        for path in held:
+            path.unlink()
+    elif held and not job.resume:
+        raise OutputError(f"{parts_dir(out)}: work of an interrupted run is there; "
+                          "pass --resume to complete it or --overwrite to start again")
+    existing = backend.committed(out, plan.attrs, include_output=job.resume)
+    check_against(plan.items, existing, str(out))
+    return existing
+
+
+def _join(plan: Plan, complete: bool) -> None:
+    """OUTPUT and the committed segments into a new OUTPUT (on failure both stay as they were)."""
+    try:
+        plan.backend.join(plan.output, include_output=True, complete=complete)
+    except OutputError as err:
+        raise OutputError(f"{err}; run the same command with --resume to complete it") from None
 
 
 def run(job: ExtractJob, reporter: Reporter | None = None, stop: threading.Event | None = None) -> Summary:
@@ -256,8 +321,8 @@ def extract(input: str | os.PathLike, output: str | os.PathLike, *, progress: Pr
 
 def _run_writer(plan: Plan, items: list[Item], writer: FeaturesWriter, reporter: Reporter,
                 stop: threading.Event) -> Summary:
-    """Extract ``items`` into ``writer`` and close it: complete unless interrupted; not complete on a
-    failure, which is raised (:class:`OutputBroken` when the file was left as of its last flush)."""
+    """Extract ``items`` into ``writer`` and commit what it holds; a failure is raised
+    (:class:`OutputBroken` when the storage library failed: the current segment was discarded)."""
     try:
         summary = run_pipeline(items, plan.extractor, writer, plan.options, reporter, stop)
     except (StrictStop, OutputError, ResamplerUnavailable) as err:
@@ -312,22 +377,24 @@ class _RankReporter:
 
 
 def _plan_shares(plan: Plan, world: World) -> dict:
-    """Rank 0: which items each rank does, balanced by duration (what OUTPUT and parts hold is kept)."""
-    out, backend, job = plan.output, plan.backend, plan.job
-    if job.overwrite:
-        remove_parts(out)
-    elif find_parts(parts_dir(out), backend.suffix) and not job.resume:
-        raise OutputError(f"{parts_dir(out)}: parts of an interrupted run are there; "
-                          "pass --resume to complete them or --overwrite to start again")
-    sources = ([out] if job.resume and out.exists() else []) + find_parts(parts_dir(out), backend.suffix)
-    done: set[str] = set()
-    for path in sources:
-        done |= backend.keys(path)
+    """Rank 0, with OUTPUT's lock held: which items each rank does, balanced by duration (what OUTPUT,
+    its segments and parts hold is kept)."""
+    done = _claim(plan)
     todo = [i for i, it in enumerate(plan.items) if it.key not in done]
     with ThreadPoolExecutor(max_workers=max(2, plan.options.num_workers)) as pool:
         sizes = list(zip(todo, pool.map(lambda i: estimate_samples(plan.items[i]), todo)))
-    parts_dir(out).mkdir(parents=True, exist_ok=True)
+    parts_dir(plan.output).mkdir(parents=True, exist_ok=True)
     return {"shares": balance(sizes, world.size), "done": len(done), "seconds": sum(n for _, n in sizes) / 16000}
+
+
+def _keep_part(plan: Plan, rank: int) -> None:
+    """``keep_parts``: this rank's committed segments become its part file ``part-RANK.h5``."""
+    out, backend = plan.output, plan.backend
+    segments = find_segments(out, backend.suffix, rank=rank)
+    if segments:
+        backend.merge(part_path(out, rank, backend.suffix), segments, include_output=True, complete=True)
+        for path in segments:
+            path.unlink()
 
 
 def _run_rank(plan: Plan, user: Reporter, stop: threading.Event) -> Summary:
@@ -335,16 +402,18 @@ def _run_rank(plan: Plan, user: Reporter, stop: threading.Event) -> Summary:
     world, out, backend = plan.world, plan.output, plan.backend
     parts = parts_dir(out)
     group = Group(world, out)
+    lock = ExitStack()
     try:
         shares: dict = {}
         if world.rank == 0:
             try:
+                lock.enter_context(OutputLock(out))  # rank 0 holds it for the whole job
                 shares = _plan_shares(plan, world)
-            except OutputError as err:
+            except LightHubertError as err:  # OUTPUT, its lock, or input keys against what it holds
                 shares = {"error": str(err)}
         shares = group.broadcast(shares)
-        if "error" in shares:
-            raise OutputError(shares["error"])
+        if "error" in shares:  # rank 0 says it, once
+            raise JobError(shares["error"], silent=world.rank != 0)
         mine = [plan.items[i] for i in shares["shares"][world.rank]]
         reporter = _RankReporter(group, user, world.rank == 0, stop)
         reporter.total_files = sum(len(s) for s in shares["shares"])
@@ -352,9 +421,10 @@ def _run_rank(plan: Plan, user: Reporter, stop: threading.Event) -> Summary:
         status = {"rank": world.rank, "error": None, "interrupted": False, "skipped": 0, "files": 0, "seconds": 0.0}
         summary = Summary(output=parts)
         try:
-            writer = backend.open_writer(part_path(out, world.rank, backend.suffix), plan.attrs, resume=True,
-                                         compression=plan.job.compression)
+            writer = backend.open_writer(out, plan.attrs, compression=plan.job.compression, rank=world.rank)
             summary = _run_writer(plan, mine, writer, reporter, stop)
+            if plan.job.keep_parts and not summary.interrupted:
+                _keep_part(plan, world.rank)
             summary.output = parts
             status.update(interrupted=summary.interrupted, skipped=len(summary.skipped), files=summary.files,
                           seconds=summary.seconds)
@@ -399,13 +469,13 @@ def _run_rank(plan: Plan, user: Reporter, stop: threading.Event) -> Summary:
         if whole.interrupted or world.rank != 0 or plan.job.keep_parts:
             return whole
         try:
-            backend.merge(out, find_parts(parts, backend.suffix), include_output=plan.job.resume, complete=True)
+            backend.join(out, include_output=plan.job.resume, complete=True)
         except OutputError as err:
             raise OutputError(f"merging the parts failed: {err}; they are kept in {parts}") from None
-        remove_parts(out)
         whole.output = out
         return whole
     finally:
+        lock.close()
         group.close()
 
 

@@ -396,7 +396,7 @@ def merge(
     """
     import shutil
 
-    from lighthubert.storage import HDF5, find_parts, parts_dir
+    from lighthubert.storage import HDF5, OutputLock, find_parts, parts_dir
 
     sources = parts or [parts_dir(output)]
     files: list[Path] = []
@@ -409,7 +409,8 @@ def merge(
             raise Fail(f"{src}: no such file or folder")
     if not files:
         raise Fail(f"no parts found in {', '.join(map(str, sources))}")
-    n = HDF5.merge(output, files, include_output=True)
+    with OutputLock(output):  # not while a run writes it
+        n = HDF5.merge(output, files, include_output=True)
     err(f"merged {len(files)} parts into {output}: {n} utterances ({size(output.stat().st_size)})")
     if remove_parts:
         for src in sources:

@@ -122,8 +122,8 @@ def test_killed_rank_fails_cleanly_and_resumes(tmp_path, ckpt):
     assert proc.returncode != 0, log
     assert not out.exists(), "a failed job must not leave a (half-merged) OUTPUT"
     got = set()
-    for p in parts.glob("part-*.h5"):
-        with h5py.File(p, "r") as f:  # every part still opens
+    for p in parts.glob("seg-*.h5"):  # the ranks' committed segments
+        with h5py.File(p, "r") as f:  # every one still opens
             got.update(keys(f))
     assert 0 < len(got) <= 36  # a rank may also die after its share, before the merge
     again = subprocess.run([TORCHRUN, "--standalone", "--nproc-per-node", "2", "--no-python", LHB, *args, "--resume"],
@@ -133,3 +133,21 @@ def test_killed_rank_fails_cleanly_and_resumes(tmp_path, ckpt):
     subprocess.run([LHB, "extract", str(audio), str(ref), "-c", str(ckpt), *ARGS], check=True)
     assert_same(out, ref)
     assert not parts.exists()
+
+
+def test_resume_refuses_keys_nesting_with_what_output_holds(tmp_path, ckpt):
+    """Rank 0 checks the list against the keys OUTPUT (and the parts) hold before any audio is read;
+    every rank stops with the one line, and OUTPUT is left as it was."""
+    wav = SPEECH / "spk1" / "utt03.wav"
+    nested, flat = tmp_path / "nested.scp", tmp_path / "flat.scp"
+    nested.write_text(f"a/b {wav}\na/c {wav}\n")
+    flat.write_text(f"x {wav}\na {wav}\n")
+    out = tmp_path / "out.h5"
+    subprocess.run([LHB, "extract", str(nested), str(out), "-c", str(ckpt), *ARGS], check=True)
+    before = out.read_bytes()
+    proc = torchrun("extract", str(flat), str(out), "-c", str(ckpt), *ARGS, "--resume")
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0, log
+    assert log.count(f"lhb: error: {flat}:2: key 'a' is a group in {out}, which holds 'a/b'") == 1, log
+    assert "internal error" not in log, log
+    assert out.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["flat.scp", "nested.scp", "out.h5"]

@@ -312,3 +312,165 @@ def test_a_second_sigterm_stops_at_once_with_143(tmp_path):
         proc.kill()
     assert proc.returncode == 143, err
     assert "lhb: terminated" in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------- OUTPUT
+
+
+def file_state(path: Path) -> tuple:
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns, path.read_bytes()
+
+
+@needs_speech
+def test_resume_refuses_keys_nesting_with_what_output_and_its_segments_hold(tmp_path):
+    """Before any audio is read, a resumed list whose key is a folder of a stored key (or the
+    reverse) is refused naming both; OUTPUT and the committed segments are left as they were."""
+    nested = tmp_path / "nested.scp"
+    nested.write_text(f"a/b {UTT}\na/c {UTT}\n")
+    out = tmp_path / "o.h5"
+    assert lhb("extract", nested, out, *FAST, "-q").returncode == 0
+    before = file_state(out)
+    flat = tmp_path / "flat.scp"
+    flat.write_text(f"x {UTT}\na {UTT}\n")
+    p = lhb("extract", flat, out, *FAST, "--resume", "-q")
+    line = one_line(p)
+    assert p.returncode == 1 and f"{flat}:2" in line and "'a'" in line and "'a/b'" in line, line
+    assert file_state(out) == before and sorted(h5_keys(out)) == ["a/b", "a/c"]
+    # the reverse: the file holds a, the list has a/b
+    out2 = tmp_path / "o2.h5"
+    assert lhb("extract", flat, out2, *FAST, "-q").returncode == 0
+    p = lhb("extract", nested, out2, *FAST, "--resume", "-q")
+    line = one_line(p)
+    assert p.returncode == 1 and "'a/b'" in line and "'a'" in line, line
+    assert sorted(h5_keys(out2)) == ["a", "x"]
+    # keys held by a committed segment of a killed run count too
+    out3 = tmp_path / "o3.h5"
+    (tmp_path / "o3.h5.parts").mkdir()
+    segment = tmp_path / "o3.h5.parts" / "seg-00000-000001.h5"
+    out.rename(segment)
+    p = lhb("extract", flat, out3, *FAST, "--resume", "-q")
+    line = one_line(p)
+    assert p.returncode == 1 and "'a'" in line and "'a/b'" in line, line
+    assert not out3.exists() and sorted(h5_keys(segment)) == ["a/b", "a/c"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "folder"])
+def test_output_that_is_not_a_regular_file_is_never_replaced(tmp_path, kind):
+    target = tmp_path / "out.h5"
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "device":
+        if os.geteuid() != 0:
+            pytest.skip("making device nodes needs root")
+        os.mknod(target, 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # like /dev/null, but here
+    else:
+        target.mkdir()
+    for flag in ("--overwrite", "--resume"):
+        p = lhb("extract", UTT, target, *FAST, flag, timeout=60)
+        line = one_line(p)
+        assert p.returncode == 1 and str(target) in line and "not a regular file" in line, line
+    mode = target.stat().st_mode
+    assert {"fifo": stat.S_ISFIFO, "device": stat.S_ISCHR, "folder": stat.S_ISDIR}[kind](mode)
+    assert sorted(os.listdir(tmp_path)) == ["out.h5"]
+
+
+@needs_speech
+def test_output_that_is_an_input_is_refused_before_reading(tmp_path):
+    same = tmp_path / "same.wav"
+    shutil.copy(UTT, same)
+    os.link(same, tmp_path / "link.h5")
+    before = file_state(same)
+    for out in (same, tmp_path / "link.h5"):
+        for flag in ("--overwrite", "--resume"):
+            p = lhb("extract", same, out, *FAST, flag)
+            line = one_line(p)
+            assert p.returncode == 1 and "is also an input" in line and str(out) in line, line
+    lst = tmp_path / "list.txt"  # a list naming OUTPUT, and the list file itself as OUTPUT
+    lst.write_text(f"{same}\n")
+    for out in (same, lst):
+        p = lhb("extract", lst, out, *FAST, "--overwrite")
+        assert p.returncode == 1 and "is also an input" in one_line(p)
+    assert file_state(same) == before and lst.read_text() == f"{same}\n"
+    assert sorted(os.listdir(tmp_path)) == ["link.h5", "list.txt", "same.wav"]
+
+
+@needs_speech
+def test_a_second_writer_of_the_same_output_is_refused_naming_the_first(tmp_path):
+    """While one run writes OUTPUT, another (with --overwrite or --resume, or into a folder of its own)
+    is refused naming the holder's pid; the first run completes with all its utterances."""
+    audio = tmp_path / "in"
+    audio.mkdir()
+    for i in range(100):  # 270 s of speech: long enough for two more commands to start meanwhile
+        os.link(UTT, audio / f"u{i:03d}.wav")
+    shutil.copy(UTT, tmp_path / "short.wav")
+    out = tmp_path / "o.h5"
+    first = subprocess.Popen(lhb_command() + ["extract", str(audio), str(out), *FAST], stderr=subprocess.PIPE,
+                             text=True, env=_env(), stdin=subprocess.DEVNULL)
+    try:
+        for line in first.stderr:
+            if line.startswith("extracting"):
+                break
+        for flag in ("--overwrite", "--resume"):
+            p = lhb("extract", tmp_path / "short.wav", out, *FAST, flag, "-q")
+            line = one_line(p)
+            assert p.returncode == 1 and str(out) in line and f"pid {first.pid}" in line, line
+        rest = first.stderr.read()
+        first.wait(timeout=120)
+    finally:
+        first.kill()
+    assert first.returncode == 0, rest
+    assert sorted(h5_keys(out)) == [f"u{i:03d}" for i in range(100)]
+    assert sorted(os.listdir(tmp_path)) == ["in", "o.h5", "short.wav"]  # no lock or part is left
+
+
+@needs_speech
+def test_resume_with_another_compute_dtype_is_refused_and_the_file_kept(tmp_path):
+    out = tmp_path / "o.h5"
+    assert lhb("extract", UTT, out, *FAST, "--dtype", "float32", "-q").returncode == 0
+    before = file_state(out)
+    shutil.copy(UTT, tmp_path / "more.wav")
+    p = lhb("extract", tmp_path / "more.wav", out, *FAST, "--dtype", "bfloat16", "--resume", "-q")
+    line = one_line(p)
+    assert p.returncode == 1 and str(out) in line and "compute_dtype" in line and "bfloat16" in line, line
+    assert file_state(out) == before
+    assert sorted(os.listdir(tmp_path)) == ["more.wav", "o.h5"]
+
+
+@needs_speech
+@pytest.mark.parametrize("option,value", [
+    ("--batch-seconds", "inf"), ("--batch-seconds", "1e300"), ("--num-workers", "1000000"),
+    ("--seed", "-1"), ("--seed", str(2**64)),
+])
+def test_absurd_numbers_are_usage_errors_before_anything(tmp_path, option, value):
+    p = lhb("extract", UTT, tmp_path / "o.h5", *FAST, option, value, timeout=60)
+    line = one_line(p)
+    assert p.returncode == 2 and line.startswith(f"lhb: error: {option}:"), line
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("setting,value", [
+    ("batch_seconds", float("nan")), ("batch_seconds", float("inf")), ("num_workers", 2.5),
+    ("num_workers", 0), ("num_workers", 10**6), ("flush_seconds", float("inf")), ("seed", -1),
+])
+def test_absurd_numbers_in_the_library_are_setting_errors(tmp_path, setting, value):
+    import lighthubert
+    from lighthubert.errors import SettingError
+
+    with pytest.raises(SettingError) as e:
+        lighthubert.extract(UTT, tmp_path / "o.h5", checkpoint="random:small", **{setting: value})
+    assert e.value.setting == setting
+    assert os.listdir(tmp_path) == []
+
+
+def test_merge_into_an_output_being_written_is_refused(tmp_path):
+    from lighthubert.storage import OutputLock
+
+    out = tmp_path / "o.h5"
+    (tmp_path / "o.h5.parts").mkdir()
+    (tmp_path / "o.h5.parts" / "part-00000.h5").write_bytes(b"")
+    with OutputLock(out):  # as a running lhb extract holds it
+        p = lhb("merge", out, timeout=60)
+        line = one_line(p)
+        assert p.returncode == 1 and str(out) in line and f"pid {os.getpid()}" in line, line
+    assert sorted(os.listdir(tmp_path)) == ["o.h5.parts"]  # the lock file goes with its holder

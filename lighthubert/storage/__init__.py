@@ -12,13 +12,17 @@ check of OUTPUT and the naming of the parts of a run with several processes.
 
 from __future__ import annotations
 
+import fcntl
+import glob
 import json
 import os
+import socket
+import stat
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Iterable, Mapping, Protocol
 
 import numpy as np
 
@@ -42,7 +46,8 @@ class OutputBroken(OutputError):
 
 
 class FeaturesWriter(Protocol):
-    """One output file being written. ``done`` holds the keys it already has (after a resume)."""
+    """What a run writes into OUTPUT (committed pieces, see :meth:`Backend.open_writer`). ``done``
+    holds the keys written, and those already committed when the job sets it before the run."""
 
     path: Path
     done: set[str]
@@ -56,10 +61,10 @@ class FeaturesWriter(Protocol):
         """Record a skipped input (kept in the file at the next flush)."""
 
     def flush(self) -> None:
-        """Make everything written so far durable."""
+        """Commit everything written so far (durable; a later failure cannot undo it)."""
 
     def close(self, complete: bool) -> None:
-        """Record whether the run finished and close (no-op after a failed write)."""
+        """Commit what is written and close (no-op after a failed write)."""
 
 
 class Backend(Protocol):
@@ -68,9 +73,21 @@ class Backend(Protocol):
     name: str
     suffix: str
 
-    def open_writer(self, path: Path, attrs: Mapping[str, Any], *, resume: bool, compression: str | None) -> FeaturesWriter:
-        """Create ``path`` (atomically; replacing an old one) or, with ``resume`` and an existing file,
-        reopen it after :func:`check_identity`."""
+    def open_writer(self, output: Path, attrs: Mapping[str, Any], *, compression: str | None,
+                    rank: int = 0) -> FeaturesWriter:
+        """A writer that never modifies a committed file: it adds segments of OUTPUT (see
+        :func:`segment_path`) for this rank, each committed whole; :meth:`join` puts them into OUTPUT."""
+
+    def create(self, output: Path, attrs: Mapping[str, Any]) -> None:
+        """A new, empty, valid OUTPUT, atomically (replacing an old one only once it is ready)."""
+
+    def committed(self, output: Path, attrs: Mapping[str, Any], *, include_output: bool) -> set[str]:
+        """The keys OUTPUT (when ``include_output``) and its committed segments and parts hold, after
+        checking that each was made with the run identity of ``attrs`` (:class:`OutputError` if not)."""
+
+    def join(self, output: Path, *, include_output: bool, complete: bool) -> int:
+        """Join OUTPUT (when ``include_output``), its committed segments and parts into a new OUTPUT that
+        replaces it atomically, then remove them; on failure all stay as they were. Returns the count."""
 
     def keys(self, path: Path) -> set[str]:
         """The utterance keys a file holds; :class:`OutputError` when it cannot be read."""
@@ -162,8 +179,15 @@ def run_attrs(*, layers: list[int], subnet: dict, checkpoint: str, checkpoint_sh
     }
 
 
-def check_output_path(path: str | os.PathLike, *, resume: bool, overwrite: bool) -> Path:
-    """Fail early (before any audio is read) when OUTPUT cannot be written."""
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def check_output_path(path: str | os.PathLike, *, resume: bool, overwrite: bool,
+                      inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """Fail early (before any audio is read) when OUTPUT cannot be written: its folder is missing or
+    read-only, it exists without ``resume``/``overwrite``, it is not a regular file (a device, FIFO or
+    folder is never replaced), or it is one of ``inputs`` (the same file under any name)."""
     out = Path(path)
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
@@ -173,14 +197,81 @@ def check_output_path(path: str | os.PathLike, *, resume: bool, overwrite: bool)
             pass
     except OSError as err:
         raise OutputError(f"{out}: the folder {folder} is not writable ({err.strerror})") from None
-    if out.is_dir():
-        raise OutputError(f"{out}: is a folder; give a file name such as {out / 'features.h5'}")
-    if out.exists():
-        if not (resume or overwrite):
-            raise OutputError(f"{out}: already exists; pass --resume to complete it or --overwrite to replace it")
-        if not os.access(out, os.W_OK):
-            raise OutputError(f"{out}: is not writable")
+    try:
+        st = out.stat()
+    except OSError:
+        return out  # absent (or a dangling link): created at the start of the run
+    for test, kind in _KINDS:
+        if test(st.st_mode):
+            hint = f"; give a file name such as {out / 'features.h5'}" if kind == "a folder" else ""
+            raise OutputError(f"{out}: is {kind}, not a regular file; OUTPUT is never replaced unless it is one{hint}")
+    if not (resume or overwrite):
+        raise OutputError(f"{out}: already exists; pass --resume to complete it or --overwrite to replace it")
+    if not os.access(out, os.W_OK):
+        raise OutputError(f"{out}: is not writable")
+    for p in inputs:
+        try:
+            s = os.stat(p)
+        except OSError:
+            continue
+        if (s.st_dev, s.st_ino) == (st.st_dev, st.st_ino):
+            raise OutputError(f"{out}: is also an input ({p}); choose another OUTPUT")
     return out
+
+
+class OutputLock:
+    """An exclusive lock on OUTPUT for a whole run (its temporary files and parts too): ``flock`` on
+    ``.OUTPUT.lock`` next to it, which holds the owner's pid and host. A second writer is refused
+    with :class:`OutputError` naming the holder; the kernel releases the lock when a process dies."""
+
+    def __init__(self, output: Path):
+        self.output = output
+        self.path = output.with_name(f".{output.name}.lock")
+        self.fd: int | None = None
+
+    def __enter__(self) -> "OutputLock":
+        for _ in range(10):  # the file may be unlinked by its holder between our open and flock
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                raise OutputError(f"{self.output}: is being written by {holder}; wait for it to end, "
+                                  "or choose another OUTPUT") from None
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"lhb pid {os.getpid()} on {socket.gethostname()}\n".encode())
+                self.fd = fd
+                return self
+            os.close(fd)
+        raise OutputError(f"{self.output}: cannot take the lock {self.path}")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            try:
+                self.path.unlink()
+            except OSError:
+                pass
+            os.close(self.fd)
+            self.fd = None
+
+
+def remove_stale_temps(output: Path) -> None:
+    """Temporary files of runs that were killed (call with the :class:`OutputLock` held): partial
+    new files, partial merges, and segments that were never committed."""
+    folder = output.parent if str(output.parent) else Path(".")
+    stale = [p for p in folder.glob(f".{glob.escape(output.name)}.*") if p.suffix in (".new", ".merging")]
+    stale += list(parts_dir(output).glob("seg-*.tmp")) + list(parts_dir(output).glob(".seg-*.new"))
+    for p in stale:
+        try:
+            p.unlink()
+        except OSError:
+            pass
 
 
 # ----------------------------------------------------------------------------- parts of a run with several processes
@@ -196,10 +287,24 @@ def part_path(output: Path, rank: int, suffix: str = ".h5") -> Path:
 
 
 def find_parts(folder: Path, suffix: str = ".h5", *, any_name: bool = False) -> list[Path]:
-    """The part files in ``folder``, sorted; with ``any_name`` every ``*suffix`` file when no
-    ``part-*`` file is there."""
+    """The part files in ``folder``, sorted; with ``any_name`` also the committed segments, or every
+    ``*suffix`` file when neither is there."""
     found = sorted(folder.glob(f"part-*{suffix}"))
-    return found or (sorted(folder.glob(f"*{suffix}")) if any_name else [])
+    if any_name:  # what lhb merge joins: parts and committed segments, or else every such file
+        found += sorted(folder.glob(f"seg-*{suffix}"))
+        return found or sorted(folder.glob(f"*{suffix}"))
+    return found
+
+
+def segment_path(output: Path, rank: int, index: int, suffix: str = ".h5") -> Path:
+    """A committed segment: ``OUTPUT.parts/seg-RANK-INDEX.h5`` (written as ``....h5.tmp`` until then)."""
+    return parts_dir(output) / f"seg-{rank:05d}-{index:06d}{suffix}"
+
+
+def find_segments(output: Path, suffix: str = ".h5", rank: int | None = None) -> list[Path]:
+    """The committed segments of OUTPUT (of one rank, or of all), oldest first per rank."""
+    pattern = f"seg-{rank:05d}-*{suffix}" if rank is not None else f"seg-*{suffix}"
+    return sorted(parts_dir(output).glob(pattern))
 
 
 def remove_parts(output: Path) -> None:
@@ -212,6 +317,7 @@ HDF5 = register(_hdf5.Hdf5Backend())
 
 __all__ = [
     "BACKENDS", "Backend", "FORMAT", "FORMAT_VERSION", "FRAME_RATE", "FeaturesWriter", "HDF5", "OutputBroken",
-    "OutputError", "RUN_IDENTITY", "check_identity", "check_output_path", "find_parts", "get_backend",
-    "identity_diff", "part_path", "parts_dir", "plain", "register", "remove_parts", "run_attrs",
+    "OutputError", "OutputLock", "RUN_IDENTITY", "check_identity", "check_output_path", "find_parts", "find_segments",
+    "get_backend", "identity_diff", "part_path", "parts_dir", "plain", "register", "remove_parts",
+    "remove_stale_temps", "run_attrs", "segment_path",
 ]

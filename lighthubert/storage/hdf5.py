@@ -1,13 +1,19 @@
 """The HDF5 features file (SPEC.md §5): ``/features/KEY`` datasets, root attributes that explain the
-run. :class:`FeatureWriter` writes it (new, resumed or overwritten), :func:`merge` joins parts,
-:func:`describe` reads a summary back. :class:`Hdf5Backend` is this module as a storage backend."""
+run. :class:`FeatureWriter` writes one file, :class:`SegmentWriter` writes a run as segment files
+that are never modified once committed, :func:`merge` joins files into a new one that replaces OUTPUT
+atomically, :func:`describe` reads a summary back. :class:`Hdf5Backend` is this module as a storage backend.
+
+HDF5 has no journal: a failed write or flush (a disk filled by anyone, EIO, a kill) can leave a file
+that no longer opens. So a run never writes into a file that holds committed work: utterances go into
+a new segment (``OUTPUT.parts/seg-RANK-INDEX.h5.tmp``), which is closed, fsynced and renamed to its
+final name about every second; only renamed segments count. OUTPUT itself is only ever replaced whole
+(:func:`merge` writes a new file, fsyncs it, renames it over OUTPUT)."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -15,7 +21,8 @@ from typing import Any, Iterable, Mapping
 import h5py
 import numpy as np
 
-from . import FORMAT, RUN_IDENTITY, OutputError, check_identity, identity_diff, plain
+from . import (FORMAT, RUN_IDENTITY, OutputError, check_identity, find_parts, find_segments, identity_diff, parts_dir,
+               plain, remove_parts, segment_path)
 
 GROUP = "features"
 MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -57,7 +64,7 @@ class FeatureWriter:
                 f.create_group(GROUP)
             os.replace(tmp, self.path)
             return h5py.File(self.path, "a")
-        except OSError as err:
+        except (OSError, RuntimeError) as err:
             raise OutputError(f"{self.path}: cannot create: {_reason(err)}") from None
         finally:
             if tmp.exists():
@@ -151,52 +158,74 @@ def file_keys(path: Path) -> set[str]:
 
 def merge(output: Path, parts: list[Path], *, include_output: bool, complete: bool | None = None) -> int:
     """Join ``parts`` (and OUTPUT itself when ``include_output``) into a new file that replaces
-    OUTPUT atomically. All must come from the same run settings; a key in two files is an error
-    unless the datasets are equal. ``complete`` (default: every source says so) is recorded.
-    Returns the number of utterances."""
+    OUTPUT atomically (written, fsynced, renamed). All must come from the same run settings; a key in
+    two files is an error unless the datasets are equal. ``complete`` (default: every source says so)
+    is recorded. On any failure (a full disk too) the new file is removed and OUTPUT and ``parts`` are
+    as they were. Returns the number of utterances."""
     sources = ([output] if include_output and output.exists() else []) + list(parts)
     if not sources:
         raise OutputError(f"{output}: nothing to merge")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".merging", dir=output.parent or ".")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.{os.urandom(4).hex()}.merging")
+    try:  # an ordinary new file (the umask applies), unlike mkstemp's 0600
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except OSError as err:
+        raise OutputError(f"{output}: cannot write next to it ({_reason(err)})") from None
     try:
-        skipped: dict[str, dict] = {}
-        identity: dict | None = None
-        with h5py.File(tmp, "w", libver=("v108", "latest")) as dst:
-            group = dst.create_group(GROUP)
-            for path in sources:
-                try:
-                    src = h5py.File(path, "r")
-                except OSError as err:
-                    raise OutputError(f"{path}: cannot be opened ({err})") from None
-                with src:
-                    ident = {k: plain(src.attrs.get(k)) for k in RUN_IDENTITY}
-                    if identity is None:
-                        identity = ident
-                        for k, v in src.attrs.items():
-                            dst.attrs[k] = v
-                    elif diff := identity_diff(identity, ident):
-                        raise OutputError(f"{path}: made with different settings ({', '.join(diff)}) than {sources[0]}")
-                    for entry in json.loads(plain(src.attrs.get("skipped", "[]")) or "[]"):
-                        skipped[entry["key"]] = entry
-                    for key in keys(src):
-                        if key in group:
-                            if not np.array_equal(group[key][()], src[GROUP][key][()]):
-                                raise OutputError(f"{path}: key {key!r} is also in another part, with other values")
-                            continue
-                        parent = key.rsplit("/", 1)[0] if "/" in key else ""
-                        dest_group = group.require_group(parent) if parent else group
-                        src.copy(src[GROUP][key], dest_group, name=key.rsplit("/", 1)[-1])
-            done = set(keys(dst))
-            dst.attrs["skipped"] = json.dumps([v for k, v in skipped.items() if k not in done])
-            dst.attrs["complete"] = all(_complete(p) for p in sources) if complete is None else complete
-            dst.attrs["merged_from"] = len(sources)
+        n = _merge_into(tmp, sources, complete)
+        _fsync(tmp)
         os.replace(tmp, output)
-        return len(done)
+        _fsync(output.parent if str(output.parent) else Path("."))
+        return n
+    except (OSError, RuntimeError) as err:  # ENOSPC, EIO from h5py: nothing changed
+        raise OutputError(f"{output}: merging failed: {_reason(err)}; {output} and the files to merge are kept as "
+                          "they were") from None
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _merge_into(tmp: Path, sources: list[Path], complete: bool | None) -> int:
+    skipped: dict[str, dict] = {}
+    identity: dict | None = None
+    with h5py.File(tmp, "w", libver=("v108", "latest")) as dst:
+        group = dst.create_group(GROUP)
+        for path in sources:
+            try:
+                src = h5py.File(path, "r")
+            except OSError as err:
+                raise OutputError(f"{path}: cannot be opened ({err})") from None
+            with src:
+                ident = {k: plain(src.attrs.get(k)) for k in RUN_IDENTITY}
+                if identity is None:
+                    identity = ident
+                    for k, v in src.attrs.items():
+                        dst.attrs[k] = v
+                elif diff := identity_diff(identity, ident):
+                    raise OutputError(f"{path}: made with different settings ({', '.join(diff)}) than {sources[0]}")
+                for entry in json.loads(plain(src.attrs.get("skipped", "[]")) or "[]"):
+                    skipped[entry["key"]] = entry
+                for key in keys(src):
+                    if key in group:
+                        if not np.array_equal(group[key][()], src[GROUP][key][()]):
+                            raise OutputError(f"{path}: key {key!r} is also in another part, with other values")
+                        continue
+                    parent = key.rsplit("/", 1)[0] if "/" in key else ""
+                    dest_group = group.require_group(parent) if parent else group
+                    src.copy(src[GROUP][key], dest_group, name=key.rsplit("/", 1)[-1])
+        done = set(keys(dst))
+        dst.attrs["skipped"] = json.dumps([v for k, v in skipped.items() if k not in done])
+        dst.attrs["complete"] = all(_complete(p) for p in sources) if complete is None else complete
+        dst.attrs["merged_from"] = len(sources)
+        dst.attrs["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return len(done)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _complete(path: Path) -> bool:
@@ -233,14 +262,165 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
     }
 
 
+SEGMENT_BYTES = 64 << 20
+"""A segment is committed once it holds this many bytes of features (or at each flush, about every second)."""
+
+
+class SegmentWriter:
+    """A :class:`~lighthubert.storage.FeaturesWriter` for OUTPUT that never modifies a committed file.
+
+    Utterances go into the current segment (``OUTPUT.parts/seg-RANK-INDEX.h5.tmp``, a features file of
+    its own); :meth:`flush` commits it: closed, fsynced, renamed to ``seg-RANK-INDEX.h5``. A failed
+    write or commit discards only the current segment (at most about a second of work) and raises
+    :class:`OutputError` with ``broken`` set; committed segments stay for ``--resume``."""
+
+    def __init__(self, output: Path, attrs: Mapping[str, Any], *, compression: str | None = None, rank: int = 0,
+                 max_bytes: int = SEGMENT_BYTES):
+        self.path, self.attrs, self.compression, self.rank = output, dict(attrs), compression, rank
+        self.max_bytes = max_bytes
+        self.done: set[str] = set()
+        self.broken = False
+        self.current: FeatureWriter | None = None
+        self.bytes = 0
+        self.pending_skips: list[dict] = []  # appended from the compute thread, taken at commit
+        self.folder = parts_dir(output)  # made with the first segment
+        mine = find_segments(output, rank=rank)
+        self.index = max((int(p.name.split(".")[0].rsplit("-", 1)[1]) for p in mine), default=0) + 1
+
+    def _open(self) -> FeatureWriter:
+        if self.current is None:
+            tmp = segment_path(self.path, self.rank, self.index).with_suffix(".h5.tmp")
+            try:
+                self.folder.mkdir(exist_ok=True)
+                self.current = FeatureWriter(tmp, self.attrs, compression=self.compression)
+            except (OSError, OutputError) as err:
+                raise self._fail(err) from None
+            self.bytes = 0
+        return self.current
+
+    def _fail(self, err: BaseException) -> OutputError:
+        """Discard the current segment; the error for the user."""
+        self.broken = True
+        cur, self.current = self.current, None
+        if cur is not None:
+            try:
+                if cur.file:
+                    cur.file.close()
+            except Exception:  # noqa: BLE001 - the segment is dropped anyway
+                pass
+            try:
+                cur.path.unlink()
+            except OSError:
+                pass
+        reason = _os_reason(err)
+        return OutputError(f"{self.path}: writing failed: {reason}; the work committed before is kept in {self.folder}: "
+                           "fix the cause, then run the same command with --resume")
+
+    def write(self, key: str, data: np.ndarray, *, source: str, num_samples: int, windows: int = 0) -> None:
+        free = shutil.disk_usage(self.folder if self.current else (self.path.parent or Path('.'))).free
+        if free < data.nbytes + FeatureWriter.RESERVE:  # stop before the disk is full: the segment stays good
+            raise OutputError(
+                f"{self.path}: no space left on the device ({free / 2**20:.1f} MB free, {data.nbytes / 2**20:.1f} MB "
+                "needed); the work done so far is kept: free space, then run the same command with --resume")
+        try:
+            self._open().write(key, data, source=source, num_samples=num_samples, windows=windows)
+        except OutputError as err:  # another process took the space since the check above
+            raise self._fail(err) from None
+        except (OSError, RuntimeError) as err:
+            raise self._fail(err) from None
+        self.done.add(key)
+        self.bytes += data.nbytes
+        if self.bytes >= self.max_bytes:
+            self.flush()
+
+    def skip(self, key: str, source: str, reason: str) -> None:
+        self.pending_skips.append({"key": key, "path": source, "reason": reason})
+
+    def flush(self) -> None:
+        """Commit the current segment (and the skipped inputs recorded since the last commit)."""
+        if self.broken or (self.current is None and not self.pending_skips):
+            return
+        try:
+            cur = self._open()
+            taken, self.pending_skips = self.pending_skips, []
+            cur.skipped.extend(taken)
+            cur.close(complete=False)
+            final = segment_path(self.path, self.rank, self.index)
+            _fsync(cur.path)
+            os.replace(cur.path, final)
+            _fsync(self.folder)
+        except (OSError, RuntimeError) as err:
+            raise self._fail(err) from None
+        self.current = None
+        self.index += 1
+
+    def close(self, complete: bool) -> None:
+        """Commit what is written (``complete`` is recorded by the join, not in segments)."""
+        self.flush()
+
+
+def _os_reason(err: BaseException) -> str:
+    text = str(err)
+    if "No space left" in text or "errno = 28" in text or getattr(err, "errno", None) == 28:
+        return "no space left on the device"
+    if "File too large" in text or "errno = 27" in text or getattr(err, "errno", None) == 27:
+        return "file too large for this filesystem or limit"
+    if "Input/output error" in text or "errno = 5" in text or getattr(err, "errno", None) == 5:
+        return "input/output error (EIO)"
+    return _reason(err)
+
+
+def create(output: Path, attrs: Mapping[str, Any]) -> None:
+    """A new, empty, valid OUTPUT, atomically."""
+    FeatureWriter(output, attrs).close(complete=False)
+
+
+def committed(output: Path, attrs: Mapping[str, Any], *, include_output: bool) -> set[str]:
+    """Keys of OUTPUT (when ``include_output``) and its committed segments and parts, each checked
+    against the run identity of ``attrs``."""
+    sources = ([output] if include_output and output.exists() else []) + find_segments(output) \
+        + find_parts(parts_dir(output))
+    found: set[str] = set()
+    for path in sources:
+        try:
+            with h5py.File(path, "r") as f:
+                check_identity(path, dict(f.attrs), attrs)
+                found |= set(keys(f))
+        except (OSError, RuntimeError) as err:
+            raise OutputError(f"{path}: cannot be read to resume ({_reason(err)}); use --overwrite to start again") from None
+    return found
+
+
+def join(output: Path, *, include_output: bool, complete: bool) -> int:
+    """Merge OUTPUT (when ``include_output``), its segments and parts into OUTPUT; then remove them."""
+    sources = find_segments(output) + find_parts(parts_dir(output))
+    if not sources and include_output and output.exists() and _complete(output) == complete:
+        remove_parts(output)
+        return len(file_keys(output))  # nothing new: OUTPUT is left as it is
+    n = merge(output, sources, include_output=include_output, complete=complete)
+    remove_parts(output)
+    return n
+
+
 class Hdf5Backend:
     """This module as a :class:`lighthubert.storage.Backend`."""
 
     name = "hdf5"
     suffix = ".h5"
 
-    def open_writer(self, path: Path, attrs: Mapping[str, Any], *, resume: bool, compression: str | None) -> FeatureWriter:
-        return FeatureWriter(path, attrs, resume=resume, compression=compression)
+    def open_writer(self, output: Path, attrs: Mapping[str, Any], *, compression: str | None,
+                    rank: int = 0) -> SegmentWriter:
+        return SegmentWriter(output, attrs, compression=None if compression in (None, "none") else compression,
+                             rank=rank)
+
+    def create(self, output: Path, attrs: Mapping[str, Any]) -> None:
+        create(output, attrs)
+
+    def committed(self, output: Path, attrs: Mapping[str, Any], *, include_output: bool) -> set[str]:
+        return committed(output, attrs, include_output=include_output)
+
+    def join(self, output: Path, *, include_output: bool, complete: bool) -> int:
+        return join(output, include_output=include_output, complete=complete)
 
     def keys(self, path: Path) -> set[str]:
         return file_keys(path)
