@@ -22,7 +22,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from lighthubert.inputs import display_path
 
-from .progress import Reporter, err, hms, size
+from .progress import Reporter, count, err, hms, size
 
 try:  # Typer >= 0.2x vendors click as typer._click
     from typer._click import exceptions as click_errors
@@ -204,6 +204,7 @@ def extract(
     """
     from lighthubert.distributed import detect_world
     from lighthubert.job import ExtractJob, JobError, execute, prepare
+    from lighthubert.pipeline import StrictStop
     from lighthubert.storage import OutputBroken
 
     job = ExtractJob(
@@ -235,7 +236,10 @@ def extract(
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        summary = execute(plan, Reporter(quiet=quiet), stop)
+        summary = execute(plan, Reporter(quiet=quiet, strict=strict), stop)
+    except StrictStop as e:
+        raise Fail(f"{e}; stopped: {output} keeps what was done (fix or remove that input, then run the same "
+                   "command with --resume to finish)") from None
     except OutputBroken as e:
         # The storage library failed mid-write: leave the file as of its last flush and skip its finalisers.
         err(f"lhb: error: {e}")
@@ -253,9 +257,9 @@ def extract(
         raise typer.Exit(130 if received and received[0] == signal.SIGINT else 143)
     if not quiet and world.rank == 0:
         speed = summary.seconds / summary.wall if summary.wall else 0.0
-        err(f"done: {summary.files} files, {hms(summary.seconds)} of audio in {hms(summary.wall)} "
+        err(f"done: {count(summary.files, 'file')}, {hms(summary.seconds)} of audio in {hms(summary.wall)} "
             f"({speed:,.0f}x real time); {summary.output} ({size(_size_of(summary.output))}) holds "
-            f"{summary.done_before + summary.files} utterances"
+            f"{count(summary.done_before + summary.files, 'utterance')}"
             + (f"; skipped {len(summary.skipped)}" if summary.skipped else ""))
     if verbose and not quiet:
         t = summary.timings

@@ -123,10 +123,29 @@ def check_identity(path: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -
     diff = identity_diff(old, new)
     if diff:
         k = diff[0]
-        raise OutputError(
-            f"{path}: was made with a different {k} ({plain(old.get(k))!r}, now {plain(new.get(k))!r}); "
-            "use --overwrite to replace it, or another OUTPUT"
-        )
+        raise OutputError(f"{path}: was made with a different {k} ({_what_differs(old.get(k), new.get(k))}); "
+                          "use --overwrite to replace it, or another OUTPUT")
+
+
+def _short(v: Any, width: int = 40) -> str:
+    text = json.dumps(v) if isinstance(v, (list, dict)) else repr(v)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _what_differs(old: Any, new: Any) -> str:
+    """``'a', now 'b'``; for JSON objects (the subnet) only the fields that differ, each shortened:
+    ``embed_dim 384, now 320; layer_num 12, now 10``."""
+    old, new = plain(old), plain(new)
+    try:
+        a, b = json.loads(old), json.loads(new)
+    except (TypeError, ValueError):
+        a = b = None
+    if isinstance(a, dict) and isinstance(b, dict):
+        fields = [f for f in sorted(set(a) | set(b)) if a.get(f) != b.get(f)]
+        shown = [f"{f} {_short(a.get(f))}, now {_short(b.get(f))}" for f in fields[:3]]
+        more = f"; and {len(fields) - 3} more" if len(fields) > 3 else ""
+        return "; ".join(shown) + more
+    return f"{_short(old)}, now {_short(new)}"
 
 
 def run_attrs(*, layers: list[int], subnet: dict, checkpoint: str, checkpoint_sha256: str | None,
