@@ -508,10 +508,19 @@ def _info_checkpoint(source: str, as_json: bool, seed: int, trust: bool) -> None
         print(json.dumps(data))
         return
     default, dims = data["default_subnet"], data["supernet_dims"]
-    _table(f"{data['checkpoint']}", [
+    if data["num_subnets"] == 1:  # an exported subnet: its own dims, not its supernet's
+        shape = ("subnet", f"{default['layer_num']} layers, {default['embed_dim']} wide, heads "
+                           f"{_values(default['heads_num'])}, FFN {_values(default['ffn_embed'])}")
+        space = ("supernet", f"cut from the {data['supernet']} space "
+                             f"({dims['layers']} layers, {dims['embed_dim']} wide)")
+    else:
+        shape = ("dims", f"{dims['layers']} layers, {dims['embed_dim']} wide, {dims['heads']} heads, "
+                         f"FFN {dims['ffn_embed_dim']}")
+        space = ("supernet", f"{data['supernet']} ({data['num_subnets']:,} subnets)")
+    rows = [
         ("kind", data["kind"]),
-        ("supernet", f"{data['supernet']} ({data['num_subnets']:,} subnets)"),
-        ("dims", f"{dims['layers']} layers, {dims['embed_dim']} wide, {dims['heads']} heads, FFN {dims['ffn_embed_dim']}"),
+        space,
+        shape,
         ("extractor", f"{data['extractor_mode']}, {'pre' if data['layer_norm_first'] else 'post'}-norm"),
         ("normalize", str(data["normalize"])),
         ("weights", str(data["weight_dtype"])),
@@ -521,7 +530,16 @@ def _info_checkpoint(source: str, as_json: bool, seed: int, trust: bool) -> None
         ("min / max", f"{data['min_params']:,} / {data['max_params']:,} params"),
         ("file", f"{size(data['file_size'])}" if data["file_size"] else "(built in memory)"),
         ("sha256", data["sha256"] or "-"),
-    ])
+    ]
+    if data["num_subnets"] == 1:  # default / min / max are all the one subnet
+        rows = [r for r in rows if r[0] not in ("default subnet", "min / max")]
+        rows.insert(3, ("params", f"{data['default_subnet_params']:,}"))
+    _table(f"{data['checkpoint']}", rows)
+
+
+def _values(v: list[int]) -> str:
+    """``8`` when every layer has the same value, else the per-layer list."""
+    return str(v[0]) if len(set(v)) == 1 else "[" + ", ".join(map(str, v)) + "]"
 
 
 def _info_features(path: Path, as_json: bool) -> None:
@@ -540,6 +558,12 @@ def _info_features(path: Path, as_json: bool) -> None:
 
 
 def _table(title: str, rows: list[tuple[str, str]]) -> None:
+    """On a terminal a table as wide as the terminal (long values wrap); piped, plain ``key  value``
+    lines, each complete on one line (a sha256 or a path is never split)."""
+    if not sys.stdout.isatty():
+        width = max(len(k) for k, _ in rows)
+        print("\n".join([title] + [f"  {k.ljust(width)}  {v}" for k, v in rows]))
+        return
     from rich.console import Console
     from rich.table import Table
 
@@ -548,8 +572,7 @@ def _table(title: str, rows: list[tuple[str, str]]) -> None:
     table.add_column(overflow="fold")  # long values (sha256, JSON) wrap; never cut
     for k, v in rows:
         table.add_row(k, v)
-    # piped: wide enough that no value (a sha256, a path) is split across lines
-    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    Console().print(table)
 
 
 from .use import register as _register_use  # noqa: E402 - lhb convert, lhb units (use.py imports this module)
