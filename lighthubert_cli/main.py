@@ -238,8 +238,9 @@ def extract(
     try:
         summary = execute(plan, Reporter(quiet=quiet, strict=strict), stop)
     except StrictStop as e:
-        raise Fail(f"{e}; stopped: {output} keeps what was done (fix or remove that input, then run the same "
-                   "command with --resume to finish)") from None
+        reason = str(e).removesuffix(" (--strict)").rstrip(".")
+        raise Fail(f"{reason}; --strict stopped the run and {output} keeps what was done: fix or remove that "
+                   "input, then run the same command with --resume") from None
     except OutputBroken as e:
         # The storage library failed mid-write: leave the file as of its last flush and skip its finalisers.
         err(f"lhb: error: {e}")
@@ -585,6 +586,7 @@ def _usage_line(e: click_errors.UsageError) -> str:
     float32, float16``; ``missing argument OUTPUT``; ``no such option --bogus``."""
     message = re.sub(r"^\w+ error, ", "", str(getattr(e, "message", "") or e.format_message())).rstrip(".")
     message = re.sub(r"^Input should be ", "must be ", message)
+    message = re.sub(r"\. Did you mean '([^']*)'\?$", r" (did you mean \1?)", message)
     message = message[:1].lower() + message[1:]
     choices = re.match(r"(.*is not one of )(.*)$", message)
     if choices:  # 'a', 'b' -> a, b
