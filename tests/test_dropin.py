@@ -91,10 +91,12 @@ def check_readme_output(lines: list[str]) -> None:
     assert lines[2] == "Representation at bottom hidden states: True"
 
 
+@pytest.mark.slow
 def test_readme_example_on_a_random_file(ckpt_files):
     check_readme_output(run_readme(ckpt_files["base"]))
 
 
+@pytest.mark.slow
 def test_readme_example_on_a_random_file_without_numpy_scalars(ckpt_dicts, tmp_path):
     """The same README run, on the random base checkpoint with its numpy scalars made plain Python
     numbers (so that plain torch.load can read it): the drop-in behaves as the README expects."""
@@ -162,6 +164,7 @@ def test_dropin_default_subnet_matches_authors(kind, dropin_models, authors_defa
             assert rel_err(o[0], t) <= TOL, f"{kind} {name} hidden state {j}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_dropin_random_subnets_match_authors(kind, dropin_models, authors_models, ckpt_dicts, short_speech):
     """Random subnets: hidden states, the last layer, ret_conv and forward() against the authors."""

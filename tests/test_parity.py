@@ -28,6 +28,7 @@ def check_parity(ours, theirs, what):
         assert err <= TOL, f"{what}: hidden state {i} differs by {err:.2e} (relative)"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_default_subnet_all_speech(kind, ours_default_outputs, authors_default_outputs, ckpt_dicts, speech):
     """lighthubert.load(path) with no subnet: the checkpoint's default subnet, on every speech file."""
@@ -67,6 +68,7 @@ def test_subnet_sweep_covers_the_hard_cases():
     assert all(3.5 * s["embed_dim"] in s["ffn_embed"] for s in base[:2])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_random_subnets_short_speech(kind, ckpts, authors_models, short_speech):
     """Random subnets (and min/max) of each kind: the compact SubnetModel (``Checkpoint.model``,

@@ -69,6 +69,7 @@ def run(args, **kw):
 # ----------------------------------------------------------------------------- crash safety
 
 
+@pytest.mark.slow
 @needs_cli
 def test_sigkill_at_random_points_then_resume(tmp_path, ckpt, corpus, reference):
     out = tmp_path / "out.h5"
@@ -96,6 +97,7 @@ def test_sigkill_at_random_points_then_resume(tmp_path, ckpt, corpus, reference)
         assert bool(f.attrs["complete"])
 
 
+@pytest.mark.slow
 @needs_cli
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_stops_after_batch_and_resume_completes(tmp_path, ckpt, corpus, reference, sig, code):
@@ -120,6 +122,7 @@ def test_signal_stops_after_batch_and_resume_completes(tmp_path, ckpt, corpus, r
     assert check_subset(out, reference) == 36
 
 
+@pytest.mark.slow
 @needs_cli
 def test_full_disk_fails_cleanly_and_keeps_the_file(tmp_path, ckpt, corpus, reference):
     """OUTPUT on a 4 MB filesystem: one clear line, exit 1, and a file valid up to the last complete
@@ -265,6 +268,7 @@ def test_list_parser_gives_items_or_clear_errors(tmp_path, lines, ext):
         assert it.key and not it.key.startswith("/") and "//" not in it.key
 
 
+@pytest.mark.slow
 @needs_cli
 def test_list_with_missing_paths_spaces_and_unicode(tmp_path, ckpt):
     audio = tmp_path / "dir with spaces"
@@ -292,6 +296,7 @@ def test_list_with_missing_paths_spaces_and_unicode(tmp_path, ckpt):
 # ----------------------------------------------------------------------------- long and odd audio
 
 
+@pytest.mark.slow
 @needs_cli
 def test_ten_minute_file_in_bounded_memory_on_cpu(tmp_path, ckpt):
     speech = np.concatenate([lighthubert.load_audio(p) for p in sorted(SPEECH.rglob("*.wav"))])
@@ -317,6 +322,7 @@ def test_ten_minute_file_in_bounded_memory_on_cpu(tmp_path, ckpt):
         assert np.isfinite(x[()]).all()
 
 
+@pytest.mark.slow
 @needs_cli
 def test_odd_audio(tmp_path, ckpt):
     folder = tmp_path / "odd"
