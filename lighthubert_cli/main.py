@@ -20,8 +20,6 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from lighthubert.inputs import display_path
-
 from .progress import Reporter, count, err, hms, size
 
 try:  # Typer >= 0.2x vendors click as typer._click

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 import lighthubert
 from lighthubert import SPACES, SubnetError
-from conftest import KINDS, README, REPO, SUPERNET_TYPE, authors_default_subnet
+from conftest import KIND_PARAMS, KINDS, README, REPO, SUPERNET_TYPE, authors_default_subnet
 from helpers import frames_for, rel_err
 
 TOL = 1e-4
@@ -112,7 +112,7 @@ def test_readme_example_on_a_random_file_without_numpy_scalars(ckpt_dicts, tmp_p
 # ----------------------------------------------------------------------------- the supernet object
 
 
-@pytest.mark.parametrize("kind", ["base", "small"])
+@pytest.mark.parametrize("kind", KIND_PARAMS[:2])
 def test_supernet_dicts_equal_the_authors(kind, dropin_models, authors_models):
     ours, theirs = dropin_models[kind].supernet, authors_models[kind].supernet
     for attr in ("subnet", "max_subnet", "min_subnet", "search_space", "supernet"):
@@ -123,7 +123,7 @@ def test_supernet_dicts_equal_the_authors(kind, dropin_models, authors_models):
     assert ours.dimensions == theirs.dimensions
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KIND_PARAMS)
 def test_dropin_load_state_dict_reports_like_the_authors(kind, dropin_models, authors_models, ckpt_dicts):
     result = dropin_models[kind].load_state_dict(ckpt_dicts[kind]["model"], strict=False)
     theirs = authors_models[kind].load_result
@@ -146,7 +146,7 @@ def prepared(wave: np.ndarray, normalize: bool) -> torch.Tensor:
     return F.layer_norm(w, w.shape) if normalize else w
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KIND_PARAMS)
 def test_dropin_default_subnet_matches_authors(kind, dropin_models, authors_default_outputs, ckpt_dicts, speech):
     """The drop-in on real speech (the shortest and the longest file), the kind's default subnet."""
     model = dropin_models[kind]

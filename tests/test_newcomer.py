@@ -21,7 +21,6 @@ import tomllib
 from pathlib import Path
 
 import fcntl
-import h5py
 import numpy as np
 import pytest
 import termios
@@ -283,7 +282,7 @@ def test_txt_list_keys_inside_its_folder_and_the_way_out():
         (root / "in.txt").write_text(f"a/x.wav\n{root / 'a' / 'x.wav'}\n")
         with pytest.raises(InputError, match="also given by"):  # the same key twice: both name a/x
             list_inputs(root / "in.txt")
-        (root / "in.txt").write_text(f"./a/x.wav\n")
+        (root / "in.txt").write_text("./a/x.wav\n")
         assert [it.key for it in list_inputs(root / "in.txt")] == ["a/x"]
         (root / "dot.txt").write_text(".\n")
         with pytest.raises(InputError, match=r"\.scp"):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import lighthubert
 from lighthubert import SPACES
-from conftest import KINDS, authors_default_subnet
+from conftest import KIND_PARAMS, KINDS, authors_default_subnet
 from helpers import authors_hidden_states, frames_for, rel_err
 
 TOL = 1e-4
@@ -142,7 +142,7 @@ def pick_batch(speech, count=4):
     return chosen
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KIND_PARAMS)
 def test_batch_equals_single(kind, ours_default_outputs, speech):
     """A batch of utterances of different lengths: each gets the hidden states it gets alone
     (layer_norm mode for small/base, GroupNorm over real frames only for stage1)."""
@@ -162,7 +162,7 @@ def test_batch_equals_single(kind, ours_default_outputs, speech):
 
 
 
-@pytest.mark.parametrize("kind", ["small", "base", "stage1"])
+@pytest.mark.parametrize("kind", KIND_PARAMS)
 def test_batch_with_dc_offset_equals_single(kind, ours_default_outputs, speech):
     """An utterance with a DC offset (cheap microphones have one), batched with a longer one, gets
     the hidden states it gets alone: normalisation and GroupNorm must use its real samples only."""
