@@ -52,7 +52,7 @@ def progress_line(r: "Reporter") -> str:
     elapsed = time.monotonic() - r.t0
     rt = r.seconds / elapsed if elapsed > 0 else 0.0
     total = r.seconds if r.files >= r.total else r.total_seconds  # skipped files' audio never comes
-    return (f"{r.files}/{count(r.total, 'file')}, {hms(r.seconds)}/{hms(r.total_seconds)} audio, "
+    return (f"{r.files:,}/{count(r.total, 'file')}, {hms(r.seconds)}/{hms(r.total_seconds)} audio, "
             f"{rt:,.0f}x real time, ETA {eta(r.seconds, total, elapsed)}")
 
 
