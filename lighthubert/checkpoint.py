@@ -167,6 +167,13 @@ def _read_pickle(data: bytes, where: str, trust: bool) -> Any:
         raise CheckpointError(f"{where}: this is an HDF5 file (a features file?), not a checkpoint")
     if not data:
         raise CheckpointError(f"{where}: the file is empty")
+    zipped = data[:4] == b"PK\x03\x04"
+    if zipped and not zipfile.is_zipfile(io.BytesIO(data)):
+        raise CheckpointError(f"{where}: truncated checkpoint: a zip archive (torch.save's format) without its end "
+                              f"({len(data):,} bytes); download or copy it again")
+    if not zipped and data[:1] != b"\x80":  # neither torch.save's zip nor a (legacy) binary pickle
+        what = "a text file" if _is_text(data[:4096]) else "neither a zip archive nor a pickle"
+        raise CheckpointError(f"{where}: not a PyTorch checkpoint ({what}); give a .pt file written by torch.save")
     try:
         if trust:
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
@@ -190,12 +197,26 @@ def _read_pickle(data: bytes, where: str, trust: bool) -> Any:
         raise CheckpointError(f"{where}: cannot be loaded ({type(err).__name__}: {_reason(str(err))})") from None
 
 
+def _is_text(head: bytes) -> bool:
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return err.start > len(head) - 4  # a character cut by the 4096-byte window
+    return True
+
+
 def _reason(text: str) -> str:
     """torch's message, without its advice to load with weights_only=False (unsafe, and wrong for
-    a file that is not a checkpoint at all)."""
+    a file that is not a checkpoint at all); long ones cut after a whole sentence or word."""
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip() and "weights_only" not in ln
              and "Weights only load failed" not in ln and "trust the source" not in ln]
-    return lines[0][:200] if lines else "unreadable"
+    if not lines:
+        return "unreadable"
+    line = lines[0]
+    if len(line) <= 160:
+        return line
+    end = line.rfind(". ", 0, 160)
+    return line[: end + 1] if end > 40 else line[:160].rsplit(" ", 1)[0] + " ..."
 
 
 # ----------------------------------------------------------------------------- the checkpoint

@@ -244,17 +244,32 @@ class Extractor:
         out = hidden_states(self.model, wave, sorted(i for i in layers if i != FINAL), last=final, form=form)
         return torch.stack([out.last[0] if i == FINAL else out.hidden[i][0] for i in layers])
 
-    def __call__(self, waves: Sequence[Tensor | np.ndarray], layers: Any = "last") -> list[Tensor]:
+    def __call__(self, waves: Sequence[Tensor | np.ndarray] | Tensor | np.ndarray,
+                 layers: Any = "last") -> list[Tensor] | Tensor:
         """Hidden states of each waveform (16 kHz, mono): a float32 CPU tensor (T, E) for one layer,
-        (len(layers), T, E) for several. Every utterance gets the numbers it gets alone."""
+        (len(layers), T, E) for several. ``waves``: a list of (N_i,) waveforms (or a (B, N) array)
+        gives a list; one (N,) waveform gives one result. A batch gives each utterance its numbers
+        alone up to float32 rounding (README: batching)."""
         idx = resolve_layers(layers, self.num_layers, self.checkpoint.cfg.layer_norm_first)
+        single = isinstance(waves, (Tensor, np.ndarray)) and waves.ndim == 1
+        if single:
+            waves = [waves]
+        elif isinstance(waves, (Tensor, np.ndarray)) and waves.ndim != 2:
+            raise ValueError(f"expected one waveform (N,), a batch (B, N) or a list of waveforms; got shape {tuple(waves.shape)}")
+        elif len(waves) and np.ndim(waves[0]) == 0:
+            raise ValueError("expected a waveform or a list of waveforms, got a list of numbers; "
+                             "pass one waveform as an array: ext(np.asarray(samples))")
         for i, w in enumerate(waves):
-            if np.asarray(w).size < 400:
+            shape = tuple(np.shape(w))
+            if len(shape) != 1 and not (len(shape) == 2 and shape[0] == 1):
+                raise ValueError(f"waveform {i} has shape {shape}; expected (N,) samples of one 16 kHz channel")
+            if np.prod(shape) < 400:
                 raise ValueError(f"waveform {i} has fewer than 400 samples (25 ms); it gives no frame")
         feats = self.submit(self.prepare(waves), idx).result()
         if self.device.type == "cuda":  # own memory: kept features must not pin the batch's page-locked buffer
             feats = [f.clone() for f in feats]
-        return [f[0] for f in feats] if len(idx) == 1 else feats
+        feats = [f[0] for f in feats] if len(idx) == 1 else feats
+        return feats[0] if single else feats
 
 
 def load(source: str = "small", subnet: Any = None, device: Any = "auto", dtype: Any = None, *,

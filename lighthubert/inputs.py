@@ -3,8 +3,11 @@
 - folder: searched recursively for audio files (by extension; hidden files and folders skipped);
   key = path relative to the folder, without extension, ``/``-separated.
 - one audio file: key = its name without extension.
-- ``.txt`` / ``.lst``: one path per line; relative paths are relative to the list file's folder;
-  key = the path as written, without extension (a leading ``/`` or ``./`` dropped).
+- ``.txt`` / ``.lst``: one path per line; relative paths are relative to the list file's folder.
+  key = the file's path relative to the list's folder, without extension, when every path of the
+  list is inside that folder; otherwise (``../`` or absolute paths elsewhere) relative to the
+  deepest folder holding all the list's files. Paths are taken as written (``..`` resolved in the
+  text, links not followed). For keys of your own, use ``.scp``.
 - ``.tsv``: a fairseq manifest: first line the root folder, then ``relative/path<TAB>num_samples``;
   key = the relative path without extension.
 - ``.scp``: Kaldi style ``key path`` lines; key as given. Pipe commands (``... |``) are refused.
@@ -83,7 +86,8 @@ def _check_key(key: str, where: str) -> str:
                          f"U+{ord(bad.group()):04X}; keys must be printable text")
     parts = key.split("/")
     if not key or any(part in ("", ".", "..") for part in parts):
-        raise InputError(f"{where}: {key!r} is not a usable key (empty, '.' or '..' parts)")
+        raise InputError(f"{where}: {key!r} is not a usable key (empty, '.' or '..' parts); "
+                         "give keys of your own with a .scp list ('key path' lines)")
     return key
 
 
@@ -179,6 +183,7 @@ def _from_list(path: Path) -> list[Item]:
                 raise InputError(f"{where}: expected 'relative/path<TAB>num_samples'")
             items.append(Item(_check_key(_key_from(rel), where), root / rel, where))
         return items
+    paths: list[tuple[str, str]] = []  # (where, path text) of a .txt / .lst
     for n, line in lines:
         if not line or line.startswith("#"):
             continue
@@ -190,13 +195,25 @@ def _from_list(path: Path) -> list[Item]:
             key, target = parts
             if target.rstrip().endswith("|"):
                 raise InputError(f"{where}: pipe commands are not supported; give a path to an audio file")
-            key = _check_key(key, where)
+            p = Path(target)
+            items.append(Item(_check_key(key, where), p if p.is_absolute() else base / p, where))
         else:
-            target = line
-            key = _check_key(_key_from(target), where)
-        p = Path(target)
-        items.append(Item(key, p if p.is_absolute() else base / p, where))
+            paths.append((where, line))
+    if paths:
+        for (where, target), key in zip(paths, _list_keys(base, [t for _, t in paths])):
+            p = Path(target)
+            items.append(Item(_check_key(key, where), p if p.is_absolute() else base / p, where))
     return items
+
+
+def _list_keys(base: Path, targets: list[str]) -> list[str]:
+    """Keys of a .txt / .lst list in folder ``base``: each path relative to ``base`` when all are
+    inside it, else relative to the deepest folder holding all the files; without extension."""
+    full = [os.path.abspath(os.path.join(base, t.replace("\\", "/"))) for t in targets]
+    root = os.path.abspath(base)
+    if not all(os.path.commonpath([f, root]) == root for f in full):
+        root = os.path.commonpath([os.path.dirname(f) for f in full])
+    return [_key_from(os.path.relpath(f, root)) for f in full]
 
 
 def check_against(items: list[Item], existing_keys: Iterable[str], where: str = "OUTPUT") -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -17,13 +18,38 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
-from lighthubert.inputs import display_path
+from .progress import Reporter, count, err, hms, size
 
-from .progress import Reporter, err, hms, size
+try:  # Typer >= 0.2x vendors click as typer._click
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - older Typer on click
+    from click import exceptions as click_errors
+
+
+class _PlainFlags:
+    """In --help, flags (--resume, --quiet, -h) show no value type: they take no value."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for p in params:
+            if getattr(p, "is_flag", False) and p.metavar is None:
+                p.metavar = ""
+        return params
+
+
+class LhbCommand(_PlainFlags, TyperCommand):
+    """Every ``lhb`` command (``@app.command(cls=LhbCommand)``)."""
+
+
+class LhbGroup(_PlainFlags, TyperGroup):
+    """``lhb`` and ``lhb units``."""
+
 
 app = typer.Typer(
     name="lhb",
+    cls=LhbGroup,
     help="Turn folders of speech into LightHuBERT representations (HDF5), pick subnets, describe files.",
     add_completion=False,
     no_args_is_help=True,
@@ -66,7 +92,19 @@ class Supernet(str, Enum):
 
 
 class Terminated(KeyboardInterrupt):
-    """A second signal after a SIGTERM: stop at once, exit 143 (a second SIGINT exits 130)."""
+    """SIGTERM outside lhb extract's graceful stop, or a second signal after a SIGTERM: stop at
+    once, exit 143 (SIGINT raises KeyboardInterrupt: exit 130)."""
+
+
+_stop_said: list[int] = []
+
+
+def _say_stopped(terminated: bool) -> int:
+    """The one line for a stop by signal (printed once per process); returns the exit status."""
+    if not _stop_said:
+        err("lhb: terminated" if terminated else "lhb: interrupted")
+        _stop_said.append(1)
+    return 143 if terminated else 130
 
 
 def _one_line_errors(command):
@@ -79,14 +117,10 @@ def _one_line_errors(command):
         except Fail as e:
             err(f"lhb: error: {e}")
             raise typer.Exit(e.code) from None
-        except Terminated:
-            err("lhb: terminated")
-            raise typer.Exit(143) from None
-        except KeyboardInterrupt:
-            err("lhb: interrupted")
-            raise typer.Exit(130) from None
-        except (typer.Exit, typer.Abort):
-            raise
+        except KeyboardInterrupt as e:
+            raise typer.Exit(_say_stopped(isinstance(e, Terminated))) from None
+        except (typer.Exit, typer.Abort, BrokenPipeError):
+            raise  # a closed stdout ends quietly (see run)
         except Exception as e:  # noqa: BLE001
             from lighthubert.errors import LightHubertError, SettingError  # not at import: keeps --help fast
 
@@ -108,7 +142,7 @@ CheckpointOpt = Annotated[str, typer.Option(
          "or random:base / random:small / random:stage1 for random weights.")]
 TrustOpt = Annotated[bool, typer.Option(
     "--trust-checkpoint", help="Allow the checkpoint's pickle to run code. Only for files you trust.")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for random:* checkpoints and --sample.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for random:* checkpoints.")]
 
 
 def _quiet_hub(source: str) -> None:
@@ -128,7 +162,7 @@ def _load_checkpoint(source: str, seed: int, trust: bool, quiet: bool):
     return load_checkpoint(source, seed=seed, trust=trust, progress=not quiet)
 
 
-@app.command()
+@app.command(cls=LhbCommand)
 @_one_line_errors
 def extract(
     input: Annotated[Path, typer.Argument(
@@ -163,7 +197,7 @@ def extract(
     resume: Annotated[bool, typer.Option("--resume", help="Keep what OUTPUT holds and do the rest.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing OUTPUT.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Stop at the first bad input (exit 1).")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary; errors only.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary; errors and skipped inputs only.")] = False,
     keep_parts: Annotated[bool, typer.Option(
         "--keep-parts", help="With several processes: keep each rank's part in OUTPUT.parts/ instead of merging (join later with lhb merge).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also print where the time went and the GPU memory peak.")] = False,
@@ -177,6 +211,7 @@ def extract(
     """
     from lighthubert.distributed import detect_world
     from lighthubert.job import ExtractJob, JobError, execute, prepare
+    from lighthubert.pipeline import StrictStop
     from lighthubert.storage import OutputBroken
 
     job = ExtractJob(
@@ -212,7 +247,11 @@ def extract(
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        summary = execute(plan, Reporter(quiet=quiet), stop)
+        summary = execute(plan, Reporter(quiet=quiet, strict=strict), stop)
+    except StrictStop as e:
+        reason = str(e).removesuffix(" (--strict)").rstrip(".")
+        raise Fail(f"{reason}; --strict stopped the run and {output} keeps what was done: fix or remove that "
+                   "input, then run the same command with --resume") from None
     except OutputBroken as e:
         # The storage library failed mid-write: leave the file as of its last flush and skip its finalisers.
         err(f"lhb: error: {e}")
@@ -230,9 +269,9 @@ def extract(
         raise typer.Exit(130 if received and received[0] == signal.SIGINT else 143)
     if not quiet and world.rank == 0:
         speed = summary.seconds / summary.wall if summary.wall else 0.0
-        err(f"done: {summary.files} files, {hms(summary.seconds)} of audio in {hms(summary.wall)} "
+        err(f"done: {count(summary.files, 'file')}, {hms(summary.seconds)} of audio in {hms(summary.wall)} "
             f"({speed:,.0f}x real time); {summary.output} ({size(_size_of(summary.output))}) holds "
-            f"{summary.done_before + summary.files} utterances"
+            f"{count(summary.done_before + summary.files, 'utterance')}"
             + (f"; skipped {len(summary.skipped)}" if summary.skipped else ""))
     if verbose and not quiet:
         t = summary.timings
@@ -254,7 +293,7 @@ def _size_of(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
-@app.command("subnet")
+@app.command("subnet", cls=LhbCommand)
 @_one_line_errors
 def subnet_cmd(
     params: Annotated[Optional[str], typer.Option(
@@ -273,7 +312,7 @@ def subnet_cmd(
         "--export-dtype", help="Weights and compute of an .onnx/.ts export: float32 (default) or float16 (for GPUs).")] = None,
     layers: Annotated[Optional[str], typer.Option(
         "--layers", "-l", help="Hidden states an .onnx/.ts export outputs: last (default), all, or indices like 0,4,12.")] = None,
-    seed: SeedOpt = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for --sample and random:* checkpoints.")] = 0,
     trust_checkpoint: TrustOpt = False,
 ) -> None:
     """Choose a subnet: by parameter budget, preset, sampling or JSON; print it as JSON on stdout.
@@ -382,7 +421,7 @@ def _subnet_table(item: dict) -> None:
     Console(stderr=True).print(table)
 
 
-@app.command()
+@app.command(cls=LhbCommand)
 @_one_line_errors
 def merge(
     output: Annotated[Path, typer.Argument(metavar="OUTPUT", help="The features file to write (kept and added to if it exists).", show_default=False)],
@@ -417,7 +456,7 @@ def merge(
             shutil.rmtree(src) if src.is_dir() else src.unlink()
 
 
-@app.command()
+@app.command(cls=LhbCommand)
 @_one_line_errors
 def info(
     path: Annotated[str, typer.Argument(metavar="PATH", help=(
@@ -482,10 +521,19 @@ def _info_checkpoint(source: str, as_json: bool, seed: int, trust: bool) -> None
         print(json.dumps(data))
         return
     default, dims = data["default_subnet"], data["supernet_dims"]
-    _table(f"{data['checkpoint']}", [
+    if data["num_subnets"] == 1:  # an exported subnet: its own dims, not its supernet's
+        shape = ("subnet", f"{default['layer_num']} layers, {default['embed_dim']} wide, heads "
+                           f"{_values(default['heads_num'])}, FFN {_values(default['ffn_embed'])}")
+        space = ("supernet", f"cut from the {data['supernet']} space "
+                             f"({dims['layers']} layers, {dims['embed_dim']} wide)")
+    else:
+        shape = ("dims", f"{dims['layers']} layers, {dims['embed_dim']} wide, {dims['heads']} heads, "
+                         f"FFN {dims['ffn_embed_dim']}")
+        space = ("supernet", f"{data['supernet']} ({data['num_subnets']:,} subnets)")
+    rows = [
         ("kind", data["kind"]),
-        ("supernet", f"{data['supernet']} ({data['num_subnets']:,} subnets)"),
-        ("dims", f"{dims['layers']} layers, {dims['embed_dim']} wide, {dims['heads']} heads, FFN {dims['ffn_embed_dim']}"),
+        space,
+        shape,
         ("extractor", f"{data['extractor_mode']}, {'pre' if data['layer_norm_first'] else 'post'}-norm"),
         ("normalize", str(data["normalize"])),
         ("weights", str(data["weight_dtype"])),
@@ -495,7 +543,16 @@ def _info_checkpoint(source: str, as_json: bool, seed: int, trust: bool) -> None
         ("min / max", f"{data['min_params']:,} / {data['max_params']:,} params"),
         ("file", f"{size(data['file_size'])}" if data["file_size"] else "(built in memory)"),
         ("sha256", data["sha256"] or "-"),
-    ])
+    ]
+    if data["num_subnets"] == 1:  # default / min / max are all the one subnet
+        rows = [r for r in rows if r[0] not in ("default subnet", "min / max")]
+        rows.insert(3, ("params", f"{data['default_subnet_params']:,}"))
+    _table(f"{data['checkpoint']}", rows)
+
+
+def _values(v: list[int]) -> str:
+    """``8`` when every layer has the same value, else the per-layer list."""
+    return str(v[0]) if len(set(v)) == 1 else "[" + ", ".join(map(str, v)) + "]"
 
 
 def _info_features(path: Path, as_json: bool) -> None:
@@ -514,6 +571,12 @@ def _info_features(path: Path, as_json: bool) -> None:
 
 
 def _table(title: str, rows: list[tuple[str, str]]) -> None:
+    """On a terminal a table as wide as the terminal (long values wrap); piped, plain ``key  value``
+    lines, each complete on one line (a sha256 or a path is never split)."""
+    if not sys.stdout.isatty():
+        width = max(len(k) for k, _ in rows)
+        print("\n".join([title] + [f"  {k.ljust(width)}  {v}" for k, v in rows]))
+        return
     from rich.console import Console
     from rich.table import Table
 
@@ -522,8 +585,7 @@ def _table(title: str, rows: list[tuple[str, str]]) -> None:
     table.add_column(overflow="fold")  # long values (sha256, JSON) wrap; never cut
     for k, v in rows:
         table.add_row(k, v)
-    # piped: wide enough that no value (a sha256, a path) is split across lines
-    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    Console().print(table)
 
 
 from .use import register as _register_use  # noqa: E402 - lhb convert, lhb units (use.py imports this module)
@@ -531,11 +593,106 @@ from .use import register as _register_use  # noqa: E402 - lhb convert, lhb unit
 _register_use(app)
 
 
+def _usage_line(e: click_errors.UsageError) -> str:
+    """A usage error as the text after ``lhb: error: ``: ``--save-dtype: 'float64' is not one of
+    float32, float16``; ``missing argument OUTPUT``; ``no such option --bogus``."""
+    message = re.sub(r"^\w+ error, ", "", str(getattr(e, "message", "") or e.format_message())).rstrip(".")
+    message = re.sub(r"^Input should be ", "must be ", message)
+    message = re.sub(r"\. Did you mean '([^']*)'\?$", r" (did you mean \1?)", message)
+    message = message[:1].lower() + message[1:]
+    choices = re.match(r"(.*is not one of )(.*)$", message)
+    if choices:  # 'a', 'b' -> a, b
+        message = choices.group(1) + re.sub(r"'([^']*)'", r"\1", choices.group(2))
+    if isinstance(e, click_errors.MissingParameter):
+        param = e.param
+        name = (param.opts[0] if getattr(param, "param_type_name", "") == "option" and param.opts
+                else getattr(param, "metavar", None) or getattr(param, "name", "") or "")
+        kind = getattr(param, "param_type_name", "parameter")
+        return f"missing {kind} {name.strip('{}').upper() if kind == 'argument' else name}"
+    if isinstance(e, click_errors.BadParameter) and e.param is not None:
+        param = e.param
+        name = param.opts[0] if getattr(param, "param_type_name", "") == "option" and param.opts else \
+            (getattr(param, "metavar", None) or param.name or "").strip("{}")
+        return f"{name}: {message}"
+    if isinstance(e, click_errors.NoSuchOption) and e.possibilities:
+        return f"{message} (did you mean {', '.join(sorted(e.possibilities))}?)"
+    return message or "bad usage"
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"lhb (lighthubert) {version('lighthubert')}")
+        except PackageNotFoundError:  # pragma: no cover - run from a source tree
+            from lighthubert import __version__
+
+            print(f"lhb (lighthubert) {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main_options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Turn folders of speech into LightHuBERT representations (HDF5), pick subnets, describe files."""
+
+
+_signals: list[int] = []
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    _signals.append(signum)
+    raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+
+
+def _stdout_closed() -> int:
+    """stdout's reader went away (``lhb info --json | head``): end quietly, as a process killed by
+    SIGPIPE would (exit 141), without Python's complaint when it flushes stdout at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 141
+
+
+def run(args: list[str] | None = None) -> int:
+    """Run ``lhb`` and return its exit status. Every way out is one line at most: usage errors
+    ``lhb: error: ...`` (2), failures (see ``_one_line_errors``), SIGINT / SIGTERM (130 / 143)."""
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, _on_signal)
+    try:
+        try:
+            rc = app(args=args, prog_name="lhb", standalone_mode=False)
+        except click_errors.NoArgsIsHelpError as e:  # bare `lhb` or `lhb units`: the help
+            if e.format_message().strip():  # Typer without Rich returns the text (with Rich it is printed)
+                print(e.format_message())
+            return e.exit_code
+        except click_errors.UsageError as e:
+            err(f"lhb: error: {_usage_line(e)}")
+            return EXIT_USAGE
+        except click_errors.ClickException as e:
+            err(f"lhb: error: {e.format_message()}")
+            return e.exit_code
+        except typer.Abort:
+            return _say_stopped(False)
+        if _signals and not _stop_said:  # a signal while the command line was parsed (Typer hid it)
+            return _say_stopped(_signals[0] == signal.SIGTERM)
+        return rc if isinstance(rc, int) else 0
+    except KeyboardInterrupt as e:
+        return _say_stopped(isinstance(e, Terminated))
+    except BrokenPipeError:
+        return _stdout_closed()
+    except SystemExit as e:
+        if isinstance(e.__context__, BrokenPipeError):  # Rich's own reaction to a closed stdout
+            return _stdout_closed()
+        raise
+
+
 def main() -> None:
-    """Entry point. Typer reports usage errors (exit 2); the commands report their own failures in
-    one line (see ``_one_line_errors``)."""
-    app()
-
-
-if __name__ == "__main__":
-    main()
+    """Entry point (the console script is :func:`lighthubert_cli.entry.main`, which handles signals
+    during start-up first)."""
+    sys.exit(run())

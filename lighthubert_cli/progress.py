@@ -7,7 +7,7 @@ import sys
 import time
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn
 from rich.text import Text
 
 from lighthubert.inputs import Item, display_path
@@ -33,25 +33,48 @@ def size(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-class _Audio(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        done = task.fields.get("seconds", 0.0)
-        total = task.fields.get("total_seconds", 0.0)
-        return Text(f"{hms(done)}/{hms(total)} audio", style="cyan")
+def count(n: int, noun: str) -> str:
+    """``1 file``, ``2 files``."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
-class _Speed(ProgressColumn):
+def eta(done: float, total: float, elapsed: float) -> str:
+    """Time left at the speed so far (audio seconds per wall second), ``-:--`` before any audio is
+    done. The one ETA format of both displays."""
+    if done <= 0 or elapsed <= 0:
+        return "-:--"
+    return hms(max(total - done, 0.0) * elapsed / done)
+
+
+def progress_line(r: "Reporter") -> str:
+    """``4/108 files, 1:23/12:34 audio, 35x real time, ETA 1:20`` (files as text; the ETA follows
+    the audio seconds, since the longest files run first)."""
+    elapsed = time.monotonic() - r.t0
+    rt = r.seconds / elapsed if elapsed > 0 else 0.0
+    total = r.seconds if r.files >= r.total else r.total_seconds  # skipped files' audio never comes
+    return (f"{r.files:,}/{count(r.total, 'file')}, {hms(r.seconds)}/{hms(r.total_seconds)} audio, "
+            f"{rt:,.0f}x real time, ETA {eta(r.seconds, total, elapsed)}")
+
+
+class _Line(ProgressColumn):
+    """The same text as the plain lines, after the bar."""
+
+    def __init__(self, reporter: "Reporter"):
+        super().__init__()
+        self.reporter = reporter
+
     def render(self, task: Task) -> Text:
-        elapsed = task.elapsed or 0.0
-        rt = task.fields.get("seconds", 0.0) / elapsed if elapsed > 0 else 0.0
-        return Text(f"{rt:,.0f}x real time", style="green")
+        return Text(progress_line(self.reporter))
 
 
 class Reporter:
-    """Receives the pipeline's events and shows them."""
+    """Receives the pipeline's events and shows them: on a terminal a bar that follows the seconds
+    of audio done, elsewhere a plain line every ``every`` seconds."""
 
-    def __init__(self, quiet: bool = False, plain: bool | None = None, every: float = 10.0):
+    def __init__(self, quiet: bool = False, plain: bool | None = None, every: float = 10.0, strict: bool = False):
         self.quiet = quiet
+        self.strict = strict
+        """With --strict a bad input stops the run and the error says which: no "skipped" line."""
         self.plain = (not sys.stderr.isatty()) if plain is None else plain
         self.every = every
         self.console = Console(stderr=True)
@@ -67,35 +90,34 @@ class Reporter:
         if self.quiet:
             return
         if done_before:
-            err(f"resuming: {done_before} utterances already in the file, {files} to do")
+            err(f"resuming: {count(done_before, 'utterance')} already in the file, {files} to do")
         if self.plain:
-            err(f"extracting {files} files, {hms(seconds)} of audio")
+            err(f"extracting {count(files, 'file')}, {hms(seconds)} of audio")
             return
-        self.progress = Progress(
-            TextColumn("[bold]extract"), BarColumn(), TextColumn("{task.completed}/{task.total} files"),
-            _Audio(), _Speed(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console, transient=False,
-        )
+        bar = max(10, min(40, self.console.width - 70))  # the line fits 80 columns
+        self.progress = Progress(TextColumn("[bold]extract"), BarColumn(bar_width=bar), _Line(self), console=self.console)
         self.progress.start()
-        self.task = self.progress.add_task("extract", total=files, seconds=0.0, total_seconds=seconds)
+        self.task = self.progress.add_task("extract", total=max(seconds, 1e-9))
 
     def advance(self, files: int, seconds: float) -> None:
+        """``files`` finished (skipped ones included) and ``seconds`` of audio done; a long file's
+        chunks may advance the seconds with ``files`` 0."""
         self.files += files
         self.seconds += seconds
         if self.quiet:
             return
+        finished = self.total > 0 and self.files >= self.total
         if self.progress is not None:
-            self.progress.update(self.task, advance=files, seconds=self.seconds)
+            self.progress.update(self.task, completed=self.total_seconds if finished else min(self.seconds, self.total_seconds))
             return
         now = time.monotonic()
-        if now - self.last >= self.every or self.files == self.total:
+        if now - self.last >= self.every or finished:
             self.last = now
-            elapsed = now - self.t0
-            rt = self.seconds / elapsed if elapsed else 0.0
-            left = (self.total_seconds - self.seconds) / rt if rt else 0.0
-            err(f"{self.files}/{self.total} files, {hms(self.seconds)}/{hms(self.total_seconds)} audio, "
-                f"{rt:,.0f}x real time, ETA {hms(max(left, 0.0))}")
+            err(progress_line(self))
 
     def skipped(self, item: Item, reason: str) -> None:
+        if self.strict:
+            return
         message = f"skipped {display_path(item.path)}: {reason}"
         if self.progress is not None:
             self.progress.console.print(Text(message, style="yellow"), soft_wrap=True)

@@ -10,11 +10,11 @@ import typer
 
 from lighthubert.units import BATCH_SIZE, ITERATIONS, MAX_FRAMES
 
-from .main import EXIT_USAGE, Fail, _one_line_errors
+from .main import EXIT_USAGE, Fail, LhbCommand, LhbGroup, _one_line_errors
 from .progress import err
 
 units_app = typer.Typer(
-    name="units", help="Discrete units: learn k-means centroids on one layer, turn features into unit sequences.",
+    name="units", cls=LhbGroup, help="Discrete units: learn k-means centroids on one layer, turn features into unit sequences.",
     no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -78,7 +78,7 @@ def convert(
         err(f"wrote {len(files)} files to {output}")
 
 
-@units_app.command("learn")
+@units_app.command("learn", cls=LhbCommand)
 @_one_line_errors
 def learn(
     features: FeaturesArg,
@@ -112,7 +112,7 @@ def learn(
             f"inertia {km['inertia']:.4g} per frame")
 
 
-@units_app.command("apply")
+@units_app.command("apply", cls=LhbCommand)
 @_one_line_errors
 def apply(
     features: FeaturesArg,
@@ -138,5 +138,5 @@ def apply(
 
 def register(app: typer.Typer) -> None:
     """Add ``convert`` and ``units`` to the ``lhb`` app."""
-    app.command("convert")(convert)
+    app.command("convert", cls=LhbCommand)(convert)
     app.add_typer(units_app, name="units")

@@ -26,6 +26,10 @@ REPO = TESTS.parent
 README = Path(__file__).resolve().parents[2] / "shared" / "seed" / "LightHuBERT-README.md"
 
 KINDS = ("small", "base", "stage1")
+KIND_PARAMS = [pytest.param(k, marks=pytest.mark.slow) if k == "base" else k for k in KINDS]
+"""KINDS for ``parametrize`` in the quick subset (``-m "not slow"``): small and stage1 cover both
+extractor modes and both spaces' code; base (building its authors' model is the costly part) runs in
+the full suite."""
 SEEDS = {"small": 11, "base": 22, "stage1": 33}
 SUPERNET_TYPE = {"small": "small", "base": "base", "stage1": "base"}
 

@@ -44,6 +44,7 @@ def refused(path, *words) -> str:
 # ----------------------------------------------------------------------------- the random files
 
 
+@pytest.mark.slow
 def test_written_file_holds_the_random_dict(ckpts, ckpt_dicts):
     """write_random_checkpoint(path, kind, seed) writes random_checkpoint(kind, seed)."""
     for kind in ("small", "stage1"):
@@ -57,6 +58,7 @@ def test_written_file_holds_the_random_dict(ckpts, ckpt_dicts):
     assert ckpts["stage1"].kind == "student_hubert" and ckpts["small"].kind == "hubert_pruner"
 
 
+@pytest.mark.slow
 def test_random_file_layout_matches_the_authors_model(authors_models):
     """The authors' model takes the random state dicts with no missing key and only the
     training-only extras unexpected (SPEC §1)."""
@@ -78,6 +80,7 @@ EXPORTS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,subnet", EXPORTS, ids=["small-10-layers", "stage1-min"])
 def test_export_round_trip(kind, subnet, ckpts, ckpt_files, authors_counters, short_speech, tmp_path):
     ckpt = ckpts[kind]
@@ -282,6 +285,7 @@ def test_numpy1_scalar_names_load(layout, tmp_path, ckpt_dicts):
 # ----------------------------------------------------------------------------- random names
 
 
+@pytest.mark.slow
 def test_random_names_are_labelled_and_seedable():
     a = load_checkpoint("random:small:7")
     b = load_checkpoint("random:small:7")

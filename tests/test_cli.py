@@ -67,6 +67,8 @@ SHORT_FILES = ["spk2/utt03.wav", "spk1/utt03.wav", "spk3/utt03.flac", "spk2/utt0
 
 SMALL_MIN = ["--subnet", "min", "--device", "cpu"]  # for the tests where size is not the point; with ctx.aux
 
+pytestmark = pytest.mark.slow  # end-to-end: many lhb runs (README: the quick subset)
+
 
 def key_of(rel: str) -> str:
     return rel.rsplit(".", 1)[0]

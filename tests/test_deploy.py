@@ -27,7 +27,7 @@ from cli_helpers import lhb
 from helpers import frames_for, rel_err
 
 # torch 2.14 marks torch.jit deprecated; the TorchScript file is still what libtorch (C++) users load
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.:FutureWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.:FutureWarning"), pytest.mark.slow]
 
 TOL = 1e-4
 SPEC_SMALL_MIN_PARAMS = 11_449_088  # SPEC.md §2

@@ -22,7 +22,8 @@ from lighthubert.features import keys
 SPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech"
 LHB = shutil.which("lhb")
 TORCHRUN = shutil.which("torchrun")
-pytestmark = pytest.mark.skipif(not (LHB and TORCHRUN and SPEECH.is_dir()), reason="needs lhb, torchrun and the speech data")
+pytestmark = [pytest.mark.skipif(not (LHB and TORCHRUN and SPEECH.is_dir()), reason="needs lhb, torchrun and the speech data"),
+              pytest.mark.slow]
 ARGS = ["--layers", "0,2", "--device", "cpu", "-q"]
 
 

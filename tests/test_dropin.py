@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 import lighthubert
 from lighthubert import SPACES, SubnetError
-from conftest import KINDS, README, REPO, SUPERNET_TYPE, authors_default_subnet
+from conftest import KIND_PARAMS, KINDS, README, REPO, SUPERNET_TYPE, authors_default_subnet
 from helpers import frames_for, rel_err
 
 TOL = 1e-4
@@ -91,10 +91,12 @@ def check_readme_output(lines: list[str]) -> None:
     assert lines[2] == "Representation at bottom hidden states: True"
 
 
+@pytest.mark.slow
 def test_readme_example_on_a_random_file(ckpt_files):
     check_readme_output(run_readme(ckpt_files["base"]))
 
 
+@pytest.mark.slow
 def test_readme_example_on_a_random_file_without_numpy_scalars(ckpt_dicts, tmp_path):
     """The same README run, on the random base checkpoint with its numpy scalars made plain Python
     numbers (so that plain torch.load can read it): the drop-in behaves as the README expects."""
@@ -110,7 +112,7 @@ def test_readme_example_on_a_random_file_without_numpy_scalars(ckpt_dicts, tmp_p
 # ----------------------------------------------------------------------------- the supernet object
 
 
-@pytest.mark.parametrize("kind", ["base", "small"])
+@pytest.mark.parametrize("kind", KIND_PARAMS[:2])
 def test_supernet_dicts_equal_the_authors(kind, dropin_models, authors_models):
     ours, theirs = dropin_models[kind].supernet, authors_models[kind].supernet
     for attr in ("subnet", "max_subnet", "min_subnet", "search_space", "supernet"):
@@ -121,7 +123,7 @@ def test_supernet_dicts_equal_the_authors(kind, dropin_models, authors_models):
     assert ours.dimensions == theirs.dimensions
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KIND_PARAMS)
 def test_dropin_load_state_dict_reports_like_the_authors(kind, dropin_models, authors_models, ckpt_dicts):
     result = dropin_models[kind].load_state_dict(ckpt_dicts[kind]["model"], strict=False)
     theirs = authors_models[kind].load_result
@@ -144,7 +146,7 @@ def prepared(wave: np.ndarray, normalize: bool) -> torch.Tensor:
     return F.layer_norm(w, w.shape) if normalize else w
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KIND_PARAMS)
 def test_dropin_default_subnet_matches_authors(kind, dropin_models, authors_default_outputs, ckpt_dicts, speech):
     """The drop-in on real speech (the shortest and the longest file), the kind's default subnet."""
     model = dropin_models[kind]
@@ -162,6 +164,7 @@ def test_dropin_default_subnet_matches_authors(kind, dropin_models, authors_defa
             assert rel_err(o[0], t) <= TOL, f"{kind} {name} hidden state {j}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_dropin_random_subnets_match_authors(kind, dropin_models, authors_models, ckpt_dicts, short_speech):
     """Random subnets: hidden states, the last layer, ret_conv and forward() against the authors."""

@@ -30,6 +30,8 @@ FILES = ["spk1/utt01.wav", "spk1/utt03.wav", "spk2/utt02.wav", "spk2/utt03.wav",
          "spk3/utt01.wav", "spk3/utt03.flac"]
 LAYER = 6
 
+pytestmark = pytest.mark.slow  # end-to-end: many lhb runs (README: the quick subset)
+
 
 @pytest.fixture(scope="module")
 def feats(tmp_path_factory):

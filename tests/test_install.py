@@ -27,6 +27,8 @@ from conftest import authors_default_subnet
 REPO = Path(__file__).resolve().parents[1]
 FIX = "pip install --upgrade 'torch>=2.14' 'torchaudio>=2.11.1'"
 
+pytestmark = pytest.mark.slow  # end-to-end: many lhb runs (README: the quick subset)
+
 
 # ----------------------------------------------------------------------------- torchaudio only to resample
 

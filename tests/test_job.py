@@ -164,6 +164,7 @@ def test_prepare_resolves_device_dependent_defaults(tmp_path, two_files):
     assert not (tmp_path / "o.h5").exists()  # nothing is created before the run
 
 
+@pytest.mark.slow
 def test_extract_resume_with_another_compute_dtype_is_refused(tmp_path, two_files):
     out = tmp_path / "f.h5"
     seen = []
@@ -196,6 +197,7 @@ def test_bad_settings_are_setting_errors(tmp_path, two_files):
     assert not (tmp_path / "o.h5").exists()
 
 
+@pytest.mark.slow
 def test_last_layer_of_a_pre_norm_checkpoint(tmp_path, two_files):
     """'last' is the final (normed) output, recorded as layer -1; a number is always that hidden state,
     alone or with others; both equal the authors' numbers."""

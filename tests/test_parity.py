@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import lighthubert
 from lighthubert import SPACES
-from conftest import KINDS, authors_default_subnet
+from conftest import KIND_PARAMS, KINDS, authors_default_subnet
 from helpers import authors_hidden_states, frames_for, rel_err
 
 TOL = 1e-4
@@ -28,6 +28,7 @@ def check_parity(ours, theirs, what):
         assert err <= TOL, f"{what}: hidden state {i} differs by {err:.2e} (relative)"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_default_subnet_all_speech(kind, ours_default_outputs, authors_default_outputs, ckpt_dicts, speech):
     """lighthubert.load(path) with no subnet: the checkpoint's default subnet, on every speech file."""
@@ -67,6 +68,7 @@ def test_subnet_sweep_covers_the_hard_cases():
     assert all(3.5 * s["embed_dim"] in s["ffn_embed"] for s in base[:2])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_random_subnets_short_speech(kind, ckpts, authors_models, short_speech):
     """Random subnets (and min/max) of each kind: the compact SubnetModel (``Checkpoint.model``,
@@ -140,7 +142,7 @@ def pick_batch(speech, count=4):
     return chosen
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KIND_PARAMS)
 def test_batch_equals_single(kind, ours_default_outputs, speech):
     """A batch of utterances of different lengths: each gets the hidden states it gets alone
     (layer_norm mode for small/base, GroupNorm over real frames only for stage1)."""
@@ -160,7 +162,7 @@ def test_batch_equals_single(kind, ours_default_outputs, speech):
 
 
 
-@pytest.mark.parametrize("kind", ["small", "base", "stage1"])
+@pytest.mark.parametrize("kind", KIND_PARAMS)
 def test_batch_with_dc_offset_equals_single(kind, ours_default_outputs, speech):
     """An utterance with a DC offset (cheap microphones have one), batched with a longer one, gets
     the hidden states it gets alone: normalisation and GroupNorm must use its real samples only."""

@@ -81,6 +81,7 @@ def run(args, **kw):
 # ----------------------------------------------------------------------------- crash safety
 
 
+@pytest.mark.slow
 @needs_cli
 def test_sigkill_at_random_points_then_resume(tmp_path, ckpt, corpus, reference):
     out = tmp_path / "out.h5"
@@ -109,6 +110,7 @@ def test_sigkill_at_random_points_then_resume(tmp_path, ckpt, corpus, reference)
     assert sorted(os.listdir(tmp_path)) == ["out.h5"]  # the segments were joined, the lock removed
 
 
+@pytest.mark.slow
 @needs_cli
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_stops_after_batch_and_resume_completes(tmp_path, ckpt, corpus, reference, sig, code):
@@ -145,6 +147,7 @@ def one_error_line(proc: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 @needs_cli
 def test_full_disk_fails_cleanly_and_keeps_the_file(tmp_path, ckpt, corpus, reference):
     """OUTPUT on a 4 MB filesystem: one clear line, exit 1, the committed work (OUTPUT and its
@@ -350,6 +353,7 @@ def test_list_parser_gives_items_or_clear_errors(tmp_path, lines, ext):
         assert it.key and not it.key.startswith("/") and "//" not in it.key
 
 
+@pytest.mark.slow
 @needs_cli
 def test_list_with_missing_paths_spaces_and_unicode(tmp_path, ckpt):
     audio = tmp_path / "dir with spaces"
@@ -377,6 +381,7 @@ def test_list_with_missing_paths_spaces_and_unicode(tmp_path, ckpt):
 # ----------------------------------------------------------------------------- long and odd audio
 
 
+@pytest.mark.slow
 @needs_cli
 def test_odd_audio(tmp_path, ckpt):
     folder = tmp_path / "odd"

@@ -312,6 +312,7 @@ def test_budget_optimal_in_base_space(base_totals, authors_counters):
     assert best_under_budget(lo - 1, [SPACES["base"]]) is None
 
 
+@pytest.mark.slow
 def test_budget_near_optimal_over_both_spaces(all_totals, authors_counters):
     small_min, base_max = SPEC_COUNTS[("small", "min")], SPEC_COUNTS[("base", "max")]
     budgets = sorted({int(b) for b in np.geomspace(small_min, base_max * 1.05, 12)} | {11_510_000, 12_000_000, 20_000_000, 30_000_000, 55_000_000, 74_000_000})

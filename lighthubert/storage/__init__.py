@@ -136,14 +136,36 @@ def identity_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
 
 def check_identity(path: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
     """Resuming ``path`` (attributes ``old``) with settings ``new``: :class:`OutputError` naming the
-    first setting that differs (a file from before an identity attribute existed differs too)."""
-    diff = identity_diff(old, new)
+    settings that differ and how (a file from before an identity attribute existed differs too)."""
+    diff = sorted(identity_diff(old, new), key=lambda k: k != "subnet")  # a subnet changes layers too
     if diff:
-        k = diff[0]
-        raise OutputError(
-            f"{path}: was made with a different {k} ({plain(old.get(k))!r}, now {plain(new.get(k))!r}); "
-            "use --overwrite to replace it, or another OUTPUT"
-        )
+        what = " and ".join(f"{k} ({_what_differs(old.get(k), new.get(k))})" for k in diff)
+        raise OutputError(f"{path}: was made with a different {what}; use --overwrite to replace it, or another OUTPUT")
+
+
+def _short(v: Any, width: int = 40) -> str:
+    """A value for a message: ``[384]*12`` for a list of one value, else JSON cut to ``width``."""
+    if isinstance(v, list) and len(v) > 1 and len({json.dumps(x) for x in v}) == 1:
+        return f"[{json.dumps(v[0])}]*{len(v)}"
+    text = json.dumps(v) if isinstance(v, (list, dict)) else repr(v)
+    return text if len(text) <= width else text[: width - 4] + " ..."
+
+
+def _what_differs(old: Any, new: Any) -> str:
+    """``'a', now 'b'``; for JSON objects (the subnet) the fields that differ, single values first,
+    each shortened: ``embed_dim 384, now 256; layer_num 12, now 10; heads_num [6]*12, now [4]*10``."""
+    old, new = plain(old), plain(new)
+    try:
+        a, b = json.loads(old), json.loads(new)
+    except (TypeError, ValueError):
+        a = b = None
+    if isinstance(a, dict) and isinstance(b, dict):
+        fields = sorted((f for f in set(a) | set(b) if a.get(f) != b.get(f)),
+                        key=lambda f: (isinstance(a.get(f), list), f))
+        shown = [f"{f} {_short(a.get(f))}, now {_short(b.get(f))}" for f in fields[:3]]
+        more = f"; and {len(fields) - 3} more" if len(fields) > 3 else ""
+        return "; ".join(shown) + more
+    return f"{_short(old)}, now {_short(new)}"
 
 
 def run_attrs(*, layers: list[int], subnet: dict, checkpoint: str, checkpoint_sha256: str | None,
