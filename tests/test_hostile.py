@@ -322,6 +322,7 @@ def file_state(path: Path) -> tuple:
     return st.st_ino, st.st_size, st.st_mtime_ns, path.read_bytes()
 
 
+@pytest.mark.slow
 @needs_speech
 def test_resume_refuses_keys_nesting_with_what_output_and_its_segments_hold(tmp_path):
     """Before any audio is read, a resumed list whose key is a folder of a stored key (or the
@@ -375,6 +376,7 @@ def test_output_that_is_not_a_regular_file_is_never_replaced(tmp_path, kind):
     assert sorted(os.listdir(tmp_path)) == ["out.h5"]
 
 
+@pytest.mark.slow
 @needs_speech
 def test_output_that_is_an_input_is_refused_before_reading(tmp_path):
     same = tmp_path / "same.wav"
@@ -395,6 +397,7 @@ def test_output_that_is_an_input_is_refused_before_reading(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["link.h5", "list.txt", "same.wav"]
 
 
+@pytest.mark.slow
 @needs_speech
 def test_a_second_writer_of_the_same_output_is_refused_naming_the_first(tmp_path):
     """While one run writes OUTPUT, another (with --overwrite or --resume, or into a folder of its own)
@@ -424,6 +427,7 @@ def test_a_second_writer_of_the_same_output_is_refused_naming_the_first(tmp_path
     assert sorted(os.listdir(tmp_path)) == ["in", "o.h5", "short.wav"]  # no lock or part is left
 
 
+@pytest.mark.slow
 @needs_speech
 def test_resume_with_another_compute_dtype_is_refused_and_the_file_kept(tmp_path):
     out = tmp_path / "o.h5"

@@ -83,6 +83,7 @@ def test_windowed_mode_equals_the_authors_encoder_on_windows(kind, ckpts, author
         assert rel_err(stacked[i], r) <= TOL, (kind, i)
 
 
+@pytest.mark.slow
 def test_cli_long_files_exact_and_windowed(tmp_path, ckpt_files, authors_models):
     """Through the installed lhb, Stage 1 (GroupNorm extractor, no normalisation): with
     --exact-seconds 0 and --batch-seconds 1 every file runs alone through the exact long-file path

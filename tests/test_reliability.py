@@ -172,6 +172,7 @@ def test_full_disk_fails_cleanly_and_keeps_the_file(tmp_path, ckpt, corpus, refe
     assert check_subset(moved, reference) == 36
 
 
+@pytest.mark.slow
 @needs_cli
 def test_disk_filled_by_another_process_loses_nothing_committed(tmp_path, ckpt, corpus, reference):
     """Another process fills the disk while lhb writes: one line, exit 1, every committed utterance
@@ -203,6 +204,7 @@ def test_disk_filled_by_another_process_loses_nothing_committed(tmp_path, ckpt, 
         subprocess.run(["umount", str(disk)])
 
 
+@pytest.mark.slow
 @needs_cli
 def test_failed_final_join_keeps_output_and_segments(tmp_path, ckpt):
     """The final join cannot write its file (a 3 MB file-size limit, EFBIG, as a full disk would):
