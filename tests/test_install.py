@@ -283,3 +283,7 @@ def test_wheel_builds_without_warnings(tmp_path):
         meta = z.read(next(n for n in z.namelist() if n.endswith("METADATA"))).decode()
         assert "License-Expression: MIT" in meta
         assert any(n.endswith("licenses/LICENSE") for n in z.namelist())
+        # every module of the packages is in the wheel (subpackages too: lighthubert.storage)
+        sources = {p.relative_to(REPO).as_posix() for pkg in ("lighthubert", "lighthubert_cli")
+                   for p in (REPO / pkg).rglob("*.py")}
+        assert sources <= set(z.namelist()), sorted(sources - set(z.namelist()))
