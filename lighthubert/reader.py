@@ -18,24 +18,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .features import FORMAT, GROUP
+from .errors import LightHubertError
+from .storage import FORMAT, plain
+from .storage.hdf5 import GROUP
 
 Layers = Union[None, int, str, Sequence[int]]
 """None: as stored ((T, D) or (L, T, D)); int: one layer, (T, D); list of ints or "all": (L, T, D)."""
 
 
-class FeaturesError(Exception):
+class FeaturesError(LightHubertError):
     """A features file cannot be read (or lacks what was asked for); the message names the file."""
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, bytes):
-        return v.decode()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
 
 
 def _open(path: Path) -> h5py.File:
@@ -47,7 +39,7 @@ def _open(path: Path) -> h5py.File:
         f = h5py.File(path, "r")
     except OSError as e:
         raise FeaturesError(f"{path}: cannot be read: {e.strerror or str(e).split('(')[0].strip()}") from None
-    if _plain(f.attrs.get("format")) != FORMAT or GROUP not in f:
+    if plain(f.attrs.get("format")) != FORMAT or GROUP not in f:
         f.close()
         raise FeaturesError(f"{path}: an HDF5 file, but not a lighthubert features file")
     return f
@@ -70,7 +62,7 @@ class Features:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self._file = _open(self.path)
-        self.attrs: dict[str, Any] = {k: _plain(v) for k, v in self._file.attrs.items()}
+        self.attrs: dict[str, Any] = {k: plain(v) for k, v in self._file.attrs.items()}
         for k in ("subnet", "skipped"):
             if isinstance(self.attrs.get(k), str):
                 self.attrs[k] = json.loads(self.attrs[k])
@@ -118,7 +110,7 @@ class Features:
 
     def source(self, key: str) -> str:
         """The audio file ``key`` came from."""
-        return str(_plain(self._file[GROUP][key].attrs.get("source", "")))
+        return str(plain(self._file[GROUP][key].attrs.get("source", "")))
 
 
 def open_features(path: str | os.PathLike) -> Features:

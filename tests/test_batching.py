@@ -106,15 +106,20 @@ def user_tf32():
     torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = saved
 
 
-def test_float32_forward_turns_tf32_off_and_restores_the_user_setting(user_tf32):
-    ext = lighthubert.load("random:small", device="cpu", dtype="float32")
+def _flags_during_forward(dtype: str, waves: list) -> list[tuple[str, str]]:
+    """The TF32 flags seen inside each forward of the first encoder layer."""
+    ext = lighthubert.load("random:small", device="cpu", dtype=dtype)
     seen = []
     handle = ext.model.layers[0].register_forward_hook(lambda *_: seen.append(_flags()))
     try:
-        ext(_waves(seed=5)[:2])
+        ext(waves)
     finally:
         handle.remove()
-    assert seen == [("ieee", "ieee")]
+    return seen
+
+
+def test_float32_forward_turns_tf32_off_and_restores_the_user_setting(user_tf32):
+    assert _flags_during_forward("float32", _waves(seed=5)[:2]) == [("ieee", "ieee")]
     assert _flags() == ("tf32", "tf32")
 
 
@@ -127,11 +132,4 @@ def test_flags_restored_when_the_forward_fails(user_tf32):
 
 
 def test_bfloat16_forward_leaves_the_flags_alone(user_tf32):
-    ext = lighthubert.load("random:small", device="cpu", dtype="bfloat16")
-    seen = []
-    handle = ext.model.layers[0].register_forward_hook(lambda *_: seen.append(_flags()))
-    try:
-        ext(_waves(seed=6)[:1])
-    finally:
-        handle.remove()
-    assert seen == [("tf32", "tf32")]
+    assert _flags_during_forward("bfloat16", _waves(seed=6)[:1]) == [("tf32", "tf32")]
