@@ -177,8 +177,10 @@ def _read_pickle(data: bytes, where: str, trust: bool) -> Any:
     try:
         if trust:
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
-        with torch.serialization.safe_globals(_numpy_globals()):
-            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        # Added, never removed: the safe_globals context manager would take away on exit what importing
+        # lighthubert registered, and a later plain torch.load of a released file would fail.
+        torch.serialization.add_safe_globals(_numpy_globals())
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         text = str(err)
         if "Unsupported global" in text or "GLOBAL" in text or "not an allowed global" in text:

@@ -282,6 +282,16 @@ def test_numpy1_scalar_names_load(layout, tmp_path, ckpt_dicts):
     assert torch.equal(ckpt.state["encoder.layers.0.fc1.weight"], d["model"]["encoder.layers.0.fc1.weight"])
 
 
+def test_plain_torch_load_still_works_after_load_checkpoint(ckpt_files):
+    """The authors' README calls plain ``torch.load`` on a released file (numpy scalars inside):
+    importing lighthubert allows those, and loading a checkpoint through lighthubert first must not
+    take that away again."""
+    path = ckpt_files["small"]
+    load_checkpoint(path)
+    obj = torch.load(path)
+    assert isinstance(obj["extra_state"]["best"], np.generic)
+
+
 # ----------------------------------------------------------------------------- random names
 
 
