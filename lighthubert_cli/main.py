@@ -233,7 +233,8 @@ def extract(
     if not quiet_here:
         label = "RANDOM WEIGHTS: these features mean nothing; " if ckpt.random else ""
         ranks = f"; {world.size} processes ({world.launcher})" if world.distributed else ""
-        err(f"{label}checkpoint {ckpt.name}, subnet {plan.extractor.params / 1e6:.1f}M params "
+        name = ckpt.name.removesuffix(" (RANDOM WEIGHTS)")  # the line already starts with the warning
+        err(f"{label}checkpoint {name}, subnet {plan.extractor.params / 1e6:.1f}M params "
             f"({sub['layer_num']} layers, width {sub['embed_dim']}), {dev} {str(plan.dtype).replace('torch.', '')}{ranks}")
     stop = threading.Event()
     received: list[int] = []

@@ -553,6 +553,7 @@ def test_subnet_export_preset(jobs, authors_space, ckpt_files):
 def test_random_checkpoint_option(jobs, ref_min):
     out, r = jobs["random"]
     assert r.returncode == EXIT_OK, r
+    assert r.stderr.count("RANDOM WEIGHTS") == 1, r.stderr  # the header warns, once
     f = read_features(out)
     assert set(f.data) == {"utt03"}
     check_against(f, "utt03", ref_min("small", SPEECH_DIR / "spk2/utt03.wav"), f.layers, "random:small")
