@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one prepared script for the GPU machine (the device tool runs it in the repository root with
 # $OUT set; carry [".whl", ".devdata"] made by benchmarks/device_prepare.sh). No network there and
-# torch 2.11 (below this package's torch>=2.12 pin), so nothing is pip-installed from the project:
+# possibly an older torch than this package's torch>=2.14 pin (the issue measured 2.11), so nothing is pip-installed from the project:
 # the source tree runs as is, soundfile comes from the carried wheels. Results land in $OUT.
 set -uo pipefail
 OUT=${OUT:-/tmp/lhb-device}

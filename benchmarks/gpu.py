@@ -3,7 +3,7 @@ default subnet, last layer, float16 unless said otherwise:
 
 1. start-up: imports, checkpoint load (read + SHA-256), subnet cut and move to the device, planning
    (file headers + batch plan), first batch; each timed in a fresh process.
-2. forward only, B x S s (and the conv blocks 1-6 three ways, for the move to tensor cores): ours (Base default, Base max), the authors' model, torchaudio's
+2. forward only, B x S s (and the conv blocks 1-6 four ways, for the move to tensor cores): ours (Base default, Base max), the authors' model, torchaudio's
    `hubert_base` and Hugging Face's `HubertModel` (sdpa) when importable: audio seconds per second
    and GPU memory peak.
 3. pipeline compute in-process: 12 padded batches of new lengths (2-16 s, 60 s of padded audio each)
@@ -195,10 +195,11 @@ def forward_only(ckpt: Path, dev: torch.device, batch: int, seconds: float, repe
 
 
 def conv_variants(dev: torch.device, batch: int, seconds: float, repeats: int) -> None:
-    """The conv feature extractor's blocks 1-6 (512 -> 512, kernel 3/2, stride 2) three ways, for the
+    """The conv feature extractor's blocks 1-6 (512 -> 512, kernel 3/2, stride 2) four ways, for the
     next step on tensor cores: channels_last conv2d of height 1 (what the model runs), plain conv1d on
-    (B, C, T), and a matmul over the windows ((B, T', k*C) @ (k*C, C'): a view when kernel = stride,
-    a copy of the overlapping windows otherwise). Time per variant and error against float32."""
+    (B, C, T), a matmul over the windows ((B, T', k*C) @ (k*C, C'): a view when kernel = stride,
+    a copy of the overlapping windows otherwise), and one GEMM over stride groups (a view) with a
+    shifted add. Time per variant and error against float32."""
     import torch.nn.functional as F
 
     from lighthubert.model import DEFAULT_CONV, conv_frames, no_tf32, parse_conv_layers
@@ -220,7 +221,26 @@ def conv_variants(dev: torch.device, batch: int, seconds: float, repeats: int) -
         win = x.as_strided((b, tt, k, c), (x.stride(0), s * c, c, 1)).reshape(b, tt, k * c)
         return win @ w.permute(0, 2, 1).reshape(o, k * c).T
 
-    total = {name: 0.0 for name in ("channels_last conv2d", "conv1d (B, C, T)", "window matmul")}
+    def grouped(x, w, s):
+        # x (B, T, C) seen as (B, T/s, s*C) stride groups (a view); one GEMM against the kernel's
+        # taps split into g = ceil(k/s) groups of s, then output t = sum_j P[t + j, group j]. No
+        # overlapping-window copy; (g*s/k - 1) extra multiply-adds on zero taps (1/3 for k=3, s=2).
+        b, t, c = x.shape
+        o, _, k = w.shape
+        g = -(-k // s)
+        tt = (t - k) // s + 1
+        m = tt + g - 1
+        if m * s > t:  # the last window's zero taps reach past the end
+            x = F.pad(x, (0, 0, 0, m * s - t))
+        xg = x[:, : m * s].reshape(b, m, s * c)
+        wg = F.pad(w, (0, g * s - k)).reshape(o, c, g, s).permute(2, 3, 1, 0).reshape(g, s * c, o)
+        p = xg @ wg.permute(1, 0, 2).reshape(s * c, g * o)
+        y = p[:, :tt, :o]
+        for j in range(1, g):
+            y = y + p[:, j : j + tt, j * o : (j + 1) * o]
+        return y
+
+    total = {name: 0.0 for name in ("channels_last conv2d", "conv1d (B, C, T)", "window matmul", "stride-group GEMM")}
     n = torch.tensor([int(seconds * 16000)])
     for i, (dim, k, s) in enumerate(layers):
         n_in = int(n)
@@ -233,7 +253,8 @@ def conv_variants(dev: torch.device, batch: int, seconds: float, repeats: int) -
             ref = cl(x32, w32, s)
         x, w = x32.to(dtype), w32.to(dtype)
         cells = []
-        for name, fn in (("channels_last conv2d", cl), ("conv1d (B, C, T)", c1), ("window matmul", mm)):
+        for name, fn in (("channels_last conv2d", cl), ("conv1d (B, C, T)", c1), ("window matmul", mm),
+                         ("stride-group GEMM", grouped)):
             with torch.inference_mode():
                 t = timed(lambda: fn(x, w, s), dev, repeats)
                 err = float((fn(x, w, s).float() - ref).abs().max() / ref.abs().max())
@@ -418,7 +439,7 @@ def main() -> None:
     if "forward" in sections:
         guarded("forward only", lambda: rates.update(forward_only(ckpt, dev, args.batch, args.seconds, args.repeats, True)))
     if "conv" in sections:
-        guarded("conv blocks 1-6, three ways", lambda: conv_variants(dev, args.batch, args.seconds, args.repeats))
+        guarded("conv blocks 1-6, four ways", lambda: conv_variants(dev, args.batch, args.seconds, args.repeats))
     if "pipeline" in sections:
         guarded("pipeline compute (in-process, one batch in flight)",
                 lambda: pipeline_compute(ckpt, dev, 3 if args.dry_run else 12, 8.0 if args.dry_run else 60.0,

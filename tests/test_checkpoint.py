@@ -189,6 +189,16 @@ def test_refuses_a_misshaped_weight(tmp_path, ckpt_dicts):
     refused(save_variant(tmp_path / "shape.pt", d, state=state), "encoder.layers.5.self_attn.k_proj.weight")
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_refuses_a_weight_with_nan_or_inf(bad, tmp_path, ckpt_dicts):
+    d = ckpt_dicts["small"]
+    state = dict(d["model"])
+    w = state["encoder.layers.7.fc2.weight"].clone()
+    w[100, 3] = bad
+    state["encoder.layers.7.fc2.weight"] = w
+    refused(save_variant(tmp_path / "nan.pt", d, state=state), "encoder.layers.7.fc2.weight", "NaN or infinite")
+
+
 @pytest.mark.parametrize("supernet", ["config/pruner/Large.yaml", "", "Base.yml"])
 def test_refuses_an_unknown_pruner_supernet(supernet, tmp_path, ckpt_dicts):
     d = ckpt_dicts["small"]
