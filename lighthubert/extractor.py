@@ -4,7 +4,7 @@ of 16 kHz waveforms into per-utterance hidden states."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -237,11 +237,14 @@ class Extractor:
         return stacked, n
 
     @torch.inference_mode()
-    def run_long(self, wave: Tensor, layers: list[int], form: LongForm = LongForm()) -> Tensor:
+    def run_long(self, wave: Tensor, layers: list[int], form: LongForm = LongForm(),
+                 progress: Callable[[float], None] | None = None) -> Tensor:
         """One long utterance, prepared (N,) on the device (normalised, in ``dtype``), through
-        :mod:`lighthubert.longform`: (len(layers), T, E) with T = conv_frames(N)."""
+        :mod:`lighthubert.longform`: (len(layers), T, E) with T = conv_frames(N). ``progress``
+        gets the fraction done after each window (windowed mode)."""
         final = FINAL in layers
-        out = hidden_states(self.model, wave, sorted(i for i in layers if i != FINAL), last=final, form=form)
+        out = hidden_states(self.model, wave, sorted(i for i in layers if i != FINAL), last=final, form=form,
+                            progress=progress)
         return torch.stack([out.last[0] if i == FINAL else out.hidden[i][0] for i in layers])
 
     def __call__(self, waves: Sequence[Tensor | np.ndarray] | Tensor | np.ndarray,

@@ -19,7 +19,7 @@ Frames are 20 ms (50 per second) for the released conv stack.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -92,17 +92,19 @@ def conv_features(model: SubnetModel, wave: Tensor, piece_frames: int = PIECE_FR
 
 
 def hidden_states(model: SubnetModel, wave: Tensor, want: Sequence[int], last: bool = False,
-                  form: LongForm = LongForm(), piece_frames: int = PIECE_FRAMES) -> Output:
+                  form: LongForm = LongForm(), piece_frames: int = PIECE_FRAMES,
+                  progress: Callable[[float], None] | None = None) -> Output:
     """The forward pass of one long utterance, wave (N,) already normalised if the checkpoint asks
     for it: the hidden states in ``want`` (sorted indices) and, with ``last``, the final output,
     each (1, T, E) with T = conv_frames(N), as ``model(wave[None], layers=want, last=last)`` gives
-    (exact mode) or with windowed attention (windowed mode)."""
+    (exact mode) or with windowed attention (windowed mode). ``progress`` is called with the
+    fraction of the file done after each window (windowed mode; on CUDA, once each is queued)."""
     with kernel_choices(wave.device, wave.dtype):
-        return _hidden_states(model, wave, want, last, form, piece_frames)
+        return _hidden_states(model, wave, want, last, form, piece_frames, progress)
 
 
 def _hidden_states(model: SubnetModel, wave: Tensor, want: Sequence[int], last: bool, form: LongForm,
-                   piece_frames: int) -> Output:
+                   piece_frames: int, progress: Callable[[float], None] | None = None) -> Output:
     x = model.project(conv_features(model, wave, piece_frames))
     if form.mode == "exact":
         return model.encode(x, None, want, last)
@@ -117,5 +119,7 @@ def _hidden_states(model: SubnetModel, wave: Tensor, want: Sequence[int], last: 
         keep = slice(s - lo, s - lo + (e - s))
         parts.append(Output(hidden={i: h[:, keep] for i, h in out.hidden.items()},
                             last=None if out.last is None else out.last[:, keep]))
+        if progress is not None:
+            progress(e / frames)
     return Output(hidden={i: torch.cat([p.hidden[i] for p in parts], dim=1) for i in parts[0].hidden},
                   last=torch.cat([p.last for p in parts], dim=1) if last else None, lengths=None)

@@ -206,14 +206,14 @@ def extract(items: Iterable[Item], extractor: Extractor, writer: FeaturesWriter,
         ahead = max(2, workers)
         out = _Writer(writer, options.flush_seconds)
         out.start()
-        inflight: tuple[Callable[[], list[tuple]], int, float] | None = None
+        inflight: tuple[Callable[[], list[tuple]], int, float, list[float]] | None = None
 
         def finish() -> None:
             """Collect the batch in flight: wait for its results, queue them for writing, report."""
             nonlocal inflight
             if inflight is None:
                 return
-            collect, files, seconds = inflight
+            collect, files, seconds, shown = inflight
             inflight = None
             t = time.monotonic()
             results = collect()
@@ -225,7 +225,7 @@ def extract(items: Iterable[Item], extractor: Extractor, writer: FeaturesWriter,
                 out.put("flush")
             summary.timings["write_wait"] += time.monotonic() - t
             summary.seconds += seconds
-            reporter.advance(files, seconds)
+            reporter.advance(files, seconds - shown[0])
 
         try:
             next_batch = 0
@@ -253,12 +253,20 @@ def extract(items: Iterable[Item], extractor: Extractor, writer: FeaturesWriter,
                         good.append((it, wave))
                 # queue batch k on the device, then collect batch k-1 while it runs (CUDA overlaps the
                 # copies and the forward pass of consecutive batches; on the CPU this is sequential)
+                seconds = sum(len(w) for _, w in good) / SAMPLE_RATE
+                shown = [0.0]  # audio seconds of this batch already reported (a long file's windows)
+
+                def window_done(fraction: float, seconds: float = seconds, shown: list[float] = shown) -> None:
+                    step = fraction * seconds - shown[0]
+                    shown[0] += step
+                    reporter.advance(0, step)
+
                 t = time.monotonic()
-                collect = _launch(good, extractor, options, long_samples, save_dtype)
+                collect = _launch(good, extractor, options, long_samples, save_dtype, window_done)
                 summary.timings["compute"] += time.monotonic() - t
                 finish()
                 summary.files += len(good)
-                inflight = (collect, len(decoded), sum(len(w) for _, w in good) / SAMPLE_RATE)
+                inflight = (collect, len(decoded), seconds, shown)
             finish()
         finally:
             for batch in pending:
@@ -271,9 +279,10 @@ def extract(items: Iterable[Item], extractor: Extractor, writer: FeaturesWriter,
 
 
 def _launch(good: list[tuple[Item, np.ndarray]], extractor: Extractor, options: Options, long_samples: int,
-            save_dtype: np.dtype) -> Callable[[], list[tuple]]:
+            save_dtype: np.dtype, progress: Callable[[float], None] | None = None) -> Callable[[], list[tuple]]:
     """Start one planned batch; the returned function waits for it and gives the writer jobs
-    (key, array, source, num_samples, windows)."""
+    (key, array, source, num_samples, windows). ``progress``: the fraction of a long file done,
+    after each of its windows."""
     if not good:
         return list
     out_dtype = torch.float16 if save_dtype == np.float16 else torch.float32
@@ -281,7 +290,7 @@ def _launch(good: list[tuple[Item, np.ndarray]], extractor: Extractor, options: 
         item, wave = good[0]
         form = long_form(len(wave), options)
         wave_t = extractor.batch([wave])[0][0]  # normalised over the whole file, on the device
-        data = extractor.run_long(wave_t, options.layers, form).to(out_dtype).cpu().numpy()
+        data = extractor.run_long(wave_t, options.layers, form, progress).to(out_dtype).cpu().numpy()
         windows = math.ceil(data.shape[-2] / round(form.window_seconds * 50)) if form.mode == "windowed" else 0
         job = (item.key, _squeeze(data, options.layers), display_path(item.path), len(wave), windows)
         return lambda: [job]

@@ -170,3 +170,20 @@ def test_windowed_defaults_stay_within_the_stated_bound(ckpts):
     assert torch.equal(windowed[0], exact[0])
     errors = [rel_err(windowed[i], exact[i]) for i in layers[1:]]
     assert max(errors) <= 2e-2, errors
+
+
+def test_progress_moves_with_each_window_of_a_long_file(tmp_path, ckpt_files):
+    """A windowed long file reports its audio window by window (files done unchanged until it is
+    written), not in one step at the end; the seconds add up to the audio of the run."""
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(str(src / "long.wav"), speech(12.0), 16000, subtype="FLOAT")
+    sf.write(str(src / "short.wav"), speech(3.0), 16000, subtype="FLOAT")
+    calls: list[tuple[int, int, float, float]] = []
+    lighthubert.extract(src, tmp_path / "o.h5", checkpoint=ckpt_files["small"], subnet="min", device="cpu",
+                        exact_seconds=5, window_seconds=2, context_seconds=1, progress=lambda *a: calls.append(a))
+    assert calls[0] == (0, 2, 0.0, 15.0) and calls[-1][:3] == (2, 2, 15.0), calls
+    during_long = [c for c in calls[1:] if c[0] == 0]  # the long file runs first (longest first)
+    assert len(during_long) >= 5, calls  # 6 windows of 2 s, the last reported with the file
+    seconds = [c[2] for c in calls]
+    assert seconds == sorted(seconds) and 0 < during_long[0][2] <= 2.5, calls
