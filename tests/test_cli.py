@@ -65,6 +65,9 @@ JSON_SUBNETS = {
 # Short real files: 1 s at 16 kHz, 2.7 s, a flac, an 8 kHz wav, a 24-bit wav.
 SHORT_FILES = ["spk2/utt03.wav", "spk1/utt03.wav", "spk3/utt03.flac", "spk2/utt04.wav", "spk2/utt05.wav"]
 
+# The JSON-subnet runs: the short files and the 44.1 kHz stereo one (the default-subnet runs take every file).
+JSON_FILES = SHORT_FILES + ["spk1/utt04.wav"]
+
 SMALL_MIN = ["--subnet", "min", "--device", "cpu"]  # for the tests where size is not the point; with ctx.aux
 
 pytestmark = pytest.mark.slow  # end-to-end: many lhb runs (README: the quick subset)
@@ -120,7 +123,7 @@ def job_json(ctx, kind):
         (ctx.tmp / "subnet.json").write_text(spec)
         spec = str(ctx.tmp / "subnet.json")
     out = ctx.tmp / f"json_{kind}.h5"
-    return out, lhb("extract", SPEECH_DIR, out, "-c", ctx.ckpt[kind], "--subnet", spec, "--layers", "all",
+    return out, lhb("extract", ctx.json_in, out, "-c", ctx.ckpt[kind], "--subnet", spec, "--layers", "all",
                     "--batch-seconds", "1", "--device", "cpu", "--dtype", "float32")
 
 
@@ -154,7 +157,7 @@ def job_single(ctx):
     return out, lhb("extract", SPEECH_DIR / "spk3/utt03.flac", out, "-c", ctx.aux, *SMALL_MIN)
 
 
-SCP_KEYS = {"spk1/utt01": "spk1/utt01.wav", "spk2/utt04": "spk2/utt04.wav", "renamed/x-1": "spk2/utt05.wav",
+SCP_KEYS = {"spk1/utt03": "spk1/utt03.wav", "spk2/utt04": "spk2/utt04.wav", "renamed/x-1": "spk2/utt05.wav",
             "spk3/utt03": "spk3/utt03.flac"}
 
 
@@ -351,6 +354,10 @@ def jobs(ckpt_files, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli")
     ctx = SimpleNamespace(tmp=tmp, ckpt={}, bad=tmp / "badinputs")
     make_bad_folder(ctx.bad)
+    ctx.json_in = tmp / "json_in"
+    for rel in JSON_FILES:
+        (ctx.json_in / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(SPEECH_DIR / rel, ctx.json_in / rel)
     pool = Jobs(workers=2)
     for kind in KINDS:
         ctx.ckpt[kind] = ckpt_files[kind]  # written on first use: start each kind's runs as soon as it is there
@@ -445,11 +452,13 @@ def test_extract_default_subnet_all_layers_matches_authors(kind, jobs, ckpt_file
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_extract_json_subnet_all_layers_matches_authors(kind, jobs, authors_models, ckpt_dicts, speech):
-    """A hand-made JSON subnet (a file for small, inline for the others), every file, every hidden
-    state, one file per batch (--batch-seconds 1)."""
+    """A hand-made JSON subnet (a file for small, inline for the others), every hidden state, one file
+    per batch (--batch-seconds 1), on the short files (8 kHz, 24-bit, flac) and the 44.1 kHz stereo one."""
     sub = JSON_SUBNETS[kind]
     model = authors_models[kind]
     model.set_sample_config(sub)
+    speech = [(rel, w) for rel, w in speech if rel in JSON_FILES]
+    assert len(speech) == len(JSON_FILES)
     theirs = {rel: authors_states(model, w, normalize_of(ckpt_dicts, kind)) for rel, w in speech}
     out, r = jobs[f"json:{kind}"]
     assert r.returncode == EXIT_OK, r
@@ -803,6 +812,7 @@ def test_info_features_file(jobs, speech):
     assert r_json.returncode == EXIT_OK, r_json
     assert r_text.returncode == EXIT_OK, r_text
     values = find_values(json.loads(r_json.stdout))
+    speech = [(rel, w) for rel, w in speech if rel in JSON_FILES]  # what json:small extracted
     frames = sum(frames_for(len(w)) for _, w in speech)
     seconds = sum(len(w) for _, w in speech) / 16000
     sub = JSON_SUBNETS["small"]

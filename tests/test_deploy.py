@@ -170,17 +170,19 @@ def test_info_describes_exported_files(kind, exported, ckpt_dicts):
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "ts"])
-def test_float16_export(fmt, exported, ckpt_files, batch, tmp_path):
-    """--export-dtype float16: weights and outputs in float16, close to the float32 features."""
+def test_float16_export(fmt, ckpt_files, batch, tmp_path):
+    """--export-dtype float16: weights and outputs in float16, close to the float32 features (layers
+    0 and 2 only: a shorter trace)."""
     path = tmp_path / f"half.{fmt}"
-    r = lhb("subnet", "-c", ckpt_files["small"], "--preset", "min", "--export", path, "--export-dtype", "float16")
+    r = lhb("subnet", "-c", ckpt_files["small"], "--preset", "min", "--export", path, "--export-dtype", "float16",
+            "--layers", "0,2")
     assert r.returncode == 0, r
-    wave, lengths, _ = batch
+    wave, lengths, crops = batch
     half, frames = (run_onnx if fmt == "onnx" else run_ts)(path, wave, lengths)
-    full, _ = run_onnx(exported["small"]["onnx"], wave, lengths)
-    assert half.dtype == np.float16
+    full = lighthubert.load(str(ckpt_files["small"]), subnet="min", device="cpu")(crops, layers=[0, 2])
+    assert half.dtype == np.float16 and half.shape[1] == 2
     for b, n in enumerate(frames):
-        assert rel_err(torch.from_numpy(half[b, :, :n]), torch.from_numpy(full[b, :, :n])) < 2e-2
+        assert rel_err(torch.from_numpy(half[b, :, :n]).float(), full[b]) < 2e-2
     assert json.loads(lhb("info", path, "--json").stdout)["metadata"]["dtype"] == "float16"
 
 

@@ -1,6 +1,6 @@
 """Long recordings: exact mode equals an uncut run of the authors' model, windowed mode equals the
 authors' encoder run on the same windows, every file keeps the frame count of an uncut run, and a
-10-minute file runs in bounded memory."""
+5-minute file runs in bounded memory."""
 
 from __future__ import annotations
 
@@ -130,12 +130,13 @@ def test_cli_long_files_exact_and_windowed(tmp_path, ckpt_files, authors_models)
 
 
 @pytest.mark.slow
-def test_ten_minutes_on_the_cpu_in_bounded_memory(tmp_path):
-    """A 10-minute file with the CPU defaults (exact up to 120 s, then 60 s windows with 10 s of
-    context): the uncut frame count, and the process stays under 3 GiB of resident memory."""
+def test_five_minutes_on_the_cpu_in_bounded_memory(tmp_path):
+    """A 5-minute file with the CPU defaults (exact up to 120 s, then 60 s windows with 10 s of
+    context): the uncut frame count, and the process stays under 2.5 GiB of resident memory (about
+    1.6 GiB measured; the first conv block's output for the whole file alone would take 1.8 GiB)."""
     src = tmp_path / "in"
     src.mkdir()
-    wave = speech(600.0)
+    wave = speech(300.0)
     sf.write(str(src / "long.wav"), wave, 16000, subtype="FLOAT")
     out = tmp_path / "long.h5"
     cmd = lhb_command() + ["extract", str(src), str(out), "-c", "random:small", "--subnet", "min", "-q",
@@ -147,10 +148,10 @@ def test_ten_minutes_on_the_cpu_in_bounded_memory(tmp_path):
                           timeout=1200, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr
     peak_gib = int(proc.stdout.split()[-1]) / 2**20  # ru_maxrss is in KiB on Linux
-    assert peak_gib < 3.0, f"peak RSS {peak_gib:.2f} GiB"
+    assert peak_gib < 2.5, f"peak RSS {peak_gib:.2f} GiB"
     f = read_features(out)
-    assert f.data["long"].shape[0] == frames_for(len(wave)) == 29999
-    assert f.meta["long"]["windows"] == 10
+    assert f.data["long"].shape[0] == frames_for(len(wave)) == 14999
+    assert f.meta["long"]["windows"] == 5
     assert f.attrs["long_files"] == "exact up to 120 s, then windowed (60 s windows, 10 s context)"
 
 
