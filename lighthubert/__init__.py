@@ -11,33 +11,65 @@ New code::
 The authors' API (drop-in)::
 
     from lighthubert import LightHuBERT, LightHuBERTConfig
+
+The names below are imported on first use, so that ``import lighthubert`` (and ``lhb --help``) does
+not load torch; the first of them also lets a plain ``torch.load`` open the released files
+(:mod:`lighthubert.checkpoint` allows their numpy scalars).
 """
 
-from .audio import AudioError, load_audio
-from .checkpoint import (
-    Checkpoint,
-    CheckpointError,
-    cache_dir,
-    export_subnet,
-    load_checkpoint,
-    random_checkpoint,
-    write_random_checkpoint,
-)
-from .errors import LightHubertError, SettingError
-from .compat import LightHuBERT, LightHuBERTConfig, LightHuBERTSupernetConfig
-from .extractor import Extractor, load, resolve_layers
-from .job import ExtractJob, extract
-from .model import ModelConfig, SubnetModel
-from .reader import Features, FeaturesDataset, FeaturesError, LengthGroupedSampler, open_features, pad_collate
-from .space import SPACES, SearchSpace, SubnetError, best_under_budget, parse_budget, subnet_from_text
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AudioError", "Checkpoint", "CheckpointError", "ExtractJob", "Extractor", "Features", "FeaturesDataset",
-    "FeaturesError", "LengthGroupedSampler", "LightHubertError", "SettingError", "extract", "subnet_from_text",
-    "LightHuBERT", "LightHuBERTConfig",
-    "LightHuBERTSupernetConfig", "ModelConfig", "SPACES", "SearchSpace", "SubnetError", "SubnetModel",
-    "__version__", "best_under_budget", "cache_dir", "export_subnet", "load", "load_audio", "load_checkpoint",
-    "open_features", "pad_collate", "parse_budget", "random_checkpoint", "resolve_layers", "write_random_checkpoint",
-]
+_WHERE = {
+    "audio": ("AudioError", "load_audio"),
+    "checkpoint": ("Checkpoint", "CheckpointError", "cache_dir", "export_subnet", "load_checkpoint",
+                   "random_checkpoint", "write_random_checkpoint"),
+    "errors": ("LightHubertError", "SettingError"),
+    "compat": ("LightHuBERT", "LightHuBERTConfig", "LightHuBERTSupernetConfig"),
+    "extractor": ("Extractor", "load", "resolve_layers"),
+    "job": ("ExtractJob", "extract"),
+    "model": ("ModelConfig", "SubnetModel"),
+    "reader": ("Features", "FeaturesDataset", "FeaturesError", "LengthGroupedSampler", "open_features", "pad_collate"),
+    "space": ("SPACES", "SearchSpace", "SubnetError", "best_under_budget", "parse_budget", "subnet_from_text"),
+}
+_MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
+
+__all__ = sorted(_MODULE_OF) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    """``lighthubert.X``: a public name is imported from its module on first use; a submodule
+    (``lighthubert.job``) is imported as Python does for ``import lighthubert.job``."""
+    module = _MODULE_OF.get(name)
+    if module is None:
+        try:
+            return importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    importlib.import_module(f"{__name__}.checkpoint")  # torch.load of released files works from here on
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # what type checkers and editors see
+    from .audio import AudioError, load_audio
+    from .checkpoint import (Checkpoint, CheckpointError, cache_dir, export_subnet, load_checkpoint,
+                             random_checkpoint, write_random_checkpoint)
+    from .compat import LightHuBERT, LightHuBERTConfig, LightHuBERTSupernetConfig
+    from .errors import LightHubertError, SettingError
+    from .extractor import Extractor, load, resolve_layers
+    from .job import ExtractJob, extract
+    from .model import ModelConfig, SubnetModel
+    from .reader import Features, FeaturesDataset, FeaturesError, LengthGroupedSampler, open_features, pad_collate
+    from .space import SPACES, SearchSpace, SubnetError, best_under_budget, parse_budget, subnet_from_text

@@ -28,6 +28,8 @@ import torch
 
 from .audio import ResamplerUnavailable
 from .checkpoint import Checkpoint, load_checkpoint
+from .defaults import (BATCH_SECONDS, CHECKPOINT, COMPRESSION, CONTEXT_SECONDS, DEVICE, DTYPE, EXACT_SECONDS, LAYERS,
+                       NUM_WORKERS, SAVE_DTYPE, SEED, WINDOW_SECONDS)
 from .distributed import Group, World, balance, detect_world, wait_for
 from .errors import LightHubertError, SettingError
 from .extractor import Extractor, resolve_device, resolve_dtype, resolve_layers
@@ -50,15 +52,6 @@ from .storage import (
     run_attrs,
 )
 
-BATCH_SECONDS = {"cuda": 200.0, "cpu": 30.0}
-"""Default padded audio per batch, by device type."""
-EXACT_SECONDS = {"cuda": 3600.0, "cpu": 120.0}
-"""Default length up to which files run exactly, by device type. Exact attention costs time
-quadratic in length: on a GPU an hour fits (memory is linear); on a CPU 10 minutes took 6.4 times the
-windowed run (BENCHMARKS.md, "Long files")."""
-WINDOW_SECONDS = 60.0
-CONTEXT_SECONDS = 10.0
-"""Windowed mode defaults, chosen from the measurements in BENCHMARKS.md ("Long files")."""
 MAX_BATCH_SECONDS = 86400.0
 """More padded audio per batch than a day is a mistake, not a setting."""
 MAX_WORKERS = 64
@@ -77,19 +70,19 @@ class JobError(LightHubertError):
 
 @dataclass
 class ExtractJob:
-    """Every setting of an extraction, with its default (``lhb extract`` has the same ones)."""
+    """Every setting of an extraction, with its default from :mod:`lighthubert.defaults` (``lhb extract`` shows the same ones)."""
 
     input: str | os.PathLike
     """A folder, one audio file, or a list (.txt/.lst, .tsv, .scp)."""
     output: str | os.PathLike
-    checkpoint: str = "small"
+    checkpoint: str = CHECKPOINT
     subnet: Any = None
     """None (the checkpoint's default), a preset, a dict, inline JSON or a JSON file."""
-    layers: Any = "last"
-    device: str = "auto"
-    dtype: str = "auto"
+    layers: Any = LAYERS
+    device: str = DEVICE
+    dtype: str = DTYPE
     """Compute dtype; auto: float16 on CUDA, float32 on the CPU."""
-    save_dtype: str = "float32"
+    save_dtype: str = SAVE_DTYPE
     batch_seconds: float | None = None
     """Padded audio per batch; None: :data:`BATCH_SECONDS` of the device type."""
     exact_seconds: float | None = None
@@ -102,13 +95,13 @@ class ExtractJob:
     max_chunk_seconds: float | None = None
     """Deprecated (lighthubert 0.1): S means exact_seconds=S, window_seconds=S, context_seconds=0;
     0 means every file exactly."""
-    num_workers: int = 2
+    num_workers: int = NUM_WORKERS
     resume: bool = False
     overwrite: bool = False
     strict: bool = False
-    compression: str = "none"
+    compression: str = COMPRESSION
     keep_parts: bool = False
-    seed: int = 0
+    seed: int = SEED
     trust_checkpoint: bool = False
     format: str = "hdf5"
     flush_seconds: float = 1.0

@@ -15,11 +15,10 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .defaults import BATCH_SIZE, ITERATIONS, MAX_FRAMES  # batch and steps as fairseq's learn_kmeans.py
 from .reader import FeaturesError, open_features
 
 KM_FORMAT = "lighthubert-kmeans"
-MAX_FRAMES, BATCH_SIZE, ITERATIONS = 1_000_000, 10000, 100
-"""Defaults of :func:`learn_file` (and ``lhb units learn``); batch and steps as fairseq's learn_kmeans.py."""
 
 
 def pick_device(device: str = "auto") -> torch.device:

@@ -20,6 +20,8 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+from lighthubert import defaults
+
 from .progress import Reporter, count, err, hms, size
 
 try:  # Typer >= 0.2x vendors click as typer._click
@@ -136,6 +138,11 @@ def _one_line_errors(command):
     return run
 
 
+def _by_device(seconds: dict[str, float]) -> str:
+    """``200 on CUDA, 30 on CPU`` for a per-device default."""
+    return f"{seconds['cuda']:g} on CUDA, {seconds['cpu']:g} on CPU"
+
+
 CheckpointOpt = Annotated[str, typer.Option(
     "--checkpoint", "-c", metavar="CKPT",
     help="Checkpoint: a path, a released name (base, small, stage1: downloaded once into the cache), "
@@ -169,31 +176,31 @@ def extract(
         metavar="INPUT", help="A folder (searched recursively for audio), one audio file, or a list: .txt/.lst (paths), "
              ".tsv (fairseq manifest), .scp (key path).", show_default=False)],
     output: Annotated[Path, typer.Argument(metavar="OUTPUT", help="The HDF5 features file to write.", show_default=False)],
-    checkpoint: CheckpointOpt = "small",
+    checkpoint: CheckpointOpt = defaults.CHECKPOINT,
     subnet: Annotated[Optional[str], typer.Option(
         "--subnet", "-s", metavar="SPEC",
         help="Subnet: a preset (default, max, min), a JSON file, or inline JSON. Default: the checkpoint's.")] = None,
     layers: Annotated[str, typer.Option(
-        "--layers", "-l", help="last, all, or comma-separated hidden-state indices (0 = projected conv features).")] = "last",
-    device: Annotated[str, typer.Option("--device", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N.")] = "auto",
-    dtype: Annotated[Dtype, typer.Option("--dtype", help="Compute dtype; auto: float16 on CUDA, float32 on CPU.")] = Dtype.auto,
-    save_dtype: Annotated[SaveDtype, typer.Option("--save-dtype", help="Dtype of the stored features.")] = SaveDtype.float32,
+        "--layers", "-l", help="last, all, or comma-separated hidden-state indices (0 = projected conv features).")] = defaults.LAYERS,
+    device: Annotated[str, typer.Option("--device", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N.")] = defaults.DEVICE,
+    dtype: Annotated[Dtype, typer.Option("--dtype", help="Compute dtype; auto: float16 on CUDA, float32 on CPU.")] = Dtype(defaults.DTYPE),
+    save_dtype: Annotated[SaveDtype, typer.Option("--save-dtype", help="Dtype of the stored features.")] = SaveDtype(defaults.SAVE_DTYPE),
     batch_seconds: Annotated[Optional[float], typer.Option(
-        "--batch-seconds", min=1.0, help="Padded audio per batch. Default: 200 on CUDA, 30 on CPU.")] = None,
+        "--batch-seconds", min=1.0, help=f"Padded audio per batch. Default: {_by_device(defaults.BATCH_SECONDS)}.")] = None,
     exact_seconds: Annotated[Optional[float], typer.Option(
         "--exact-seconds", metavar="S",
         help="Files up to S seconds give exactly the features of an uncut run (memory linear in length, "
-             "time quadratic); longer files run windowed. 0: every file exactly. Default: 3600 on CUDA, 120 on CPU.")] = None,
+             f"time quadratic); longer files run windowed. 0: every file exactly. Default: {_by_device(defaults.EXACT_SECONDS)}.")] = None,
     window_seconds: Annotated[float, typer.Option(
         "--window-seconds", metavar="W",
-        help="Windowed mode: the transformer sees windows of W seconds (plus context); same frame count as uncut.")] = 60.0,
+        help="Windowed mode: the transformer sees windows of W seconds (plus context); same frame count as uncut.")] = defaults.WINDOW_SECONDS,
     context_seconds: Annotated[float, typer.Option(
         "--context-seconds", metavar="C",
-        help="Windowed mode: C seconds of context on each side of a window, dropped after the run.")] = 10.0,
+        help="Windowed mode: C seconds of context on each side of a window, dropped after the run.")] = defaults.CONTEXT_SECONDS,
     max_chunk_seconds: Annotated[Optional[float], typer.Option(
         "--max-chunk-seconds", metavar="S",
         help="Deprecated: the same as --exact-seconds S --window-seconds S --context-seconds 0.")] = None,
-    num_workers: Annotated[int, typer.Option("--num-workers", "-j", min=1, help="Decoding threads (overlap compute).")] = 2,
+    num_workers: Annotated[int, typer.Option("--num-workers", "-j", min=1, help="Decoding threads (overlap compute).")] = defaults.NUM_WORKERS,
     resume: Annotated[bool, typer.Option("--resume", help="Keep what OUTPUT holds and do the rest.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing OUTPUT.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Stop at the first bad input (exit 1).")] = False,
@@ -201,8 +208,8 @@ def extract(
     keep_parts: Annotated[bool, typer.Option(
         "--keep-parts", help="With several processes: keep each rank's part in OUTPUT.parts/ instead of merging (join later with lhb merge).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also print where the time went and the GPU memory peak.")] = False,
-    compression: Annotated[Compression, typer.Option("--compression", help="HDF5 compression of the features.")] = Compression.none,
-    seed: SeedOpt = 0,
+    compression: Annotated[Compression, typer.Option("--compression", help="HDF5 compression of the features.")] = Compression(defaults.COMPRESSION),
+    seed: SeedOpt = defaults.SEED,
     trust_checkpoint: TrustOpt = False,
 ) -> None:
     """Extract features of every audio file in INPUT into OUTPUT (HDF5).

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lighthubert.units import BATCH_SIZE, ITERATIONS, MAX_FRAMES
+from lighthubert.defaults import BATCH_SIZE, ITERATIONS, MAX_FRAMES
 
 from .main import EXIT_USAGE, Fail, LhbCommand, LhbGroup, _one_line_errors
 from .progress import err

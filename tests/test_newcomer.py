@@ -16,6 +16,7 @@ import signal
 import struct
 import subprocess
 import sys
+import textwrap
 import time
 import tomllib
 from pathlib import Path
@@ -220,6 +221,33 @@ def test_version():
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
     r = lhb("--version")
     assert (r.returncode, r.stdout.strip(), r.stderr) == (0, f"lhb (lighthubert) {version}", ""), r
+
+
+def test_help_and_version_do_not_load_torch():
+    """``lhb --help``, ``--version`` and ``import lighthubert`` answer without importing torch (about
+    0.3 s instead of 2); the first library name used loads it, and from then on a plain
+    ``torch.load`` of a released file is allowed its numpy scalars, as the authors' README needs."""
+    probe = textwrap.dedent("""
+        import sys
+        import lighthubert, lighthubert_cli.main, lighthubert_cli.use, lighthubert.defaults
+        assert "torch" not in sys.modules, "torch imported"
+        assert lighthubert.__version__ and "ExtractJob" in dir(lighthubert)
+        try:
+            lighthubert.no_such_name
+        except AttributeError:
+            pass
+        else:
+            raise SystemExit("no AttributeError")
+        from lighthubert import LightHuBERT
+        import io, numpy as np, torch
+        buf = io.BytesIO()
+        torch.save({"best": np.float64(1.5)}, buf)  # as in the released files' extra_state
+        buf.seek(0)
+        assert torch.load(buf)["best"] == 1.5
+        assert lighthubert.job.ExtractJob is lighthubert.ExtractJob  # submodules by attribute too
+    """)
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
 
 
 # ----------------------------------------------------------------------------- 4, 8. resume and --strict

@@ -1,0 +1,38 @@
+"""Every default of the library's jobs, in one place and importable without torch: the extraction
+job (:class:`lighthubert.job.ExtractJob`, ``lhb extract``) and the k-means units
+(:mod:`lighthubert.units`, ``lhb units``) take theirs from here, and ``--help`` shows them without
+loading the model code."""
+
+from __future__ import annotations
+
+# ----------------------------------------------------------------------------- extraction
+
+CHECKPOINT = "small"
+LAYERS = "last"
+DEVICE = "auto"
+DTYPE = "auto"
+"""Compute dtype; auto: float16 on CUDA, float32 on the CPU."""
+SAVE_DTYPE = "float32"
+BATCH_SECONDS = {"cuda": 200.0, "cpu": 30.0}
+"""Padded audio per batch, by device type."""
+EXACT_SECONDS = {"cuda": 3600.0, "cpu": 120.0}
+"""Length up to which files run exactly, by device type. Exact attention costs time quadratic in
+length: on a GPU an hour fits (memory is linear); on a CPU 10 minutes took 6.4 times the windowed
+run (BENCHMARKS.md, "Long files")."""
+WINDOW_SECONDS = 60.0
+CONTEXT_SECONDS = 10.0
+"""Windowed mode, chosen from the measurements in BENCHMARKS.md ("Long files")."""
+NUM_WORKERS = 2
+"""Decoding threads."""
+COMPRESSION = "none"
+SEED = 0
+"""For ``random:KIND`` checkpoints."""
+
+# ----------------------------------------------------------------------------- k-means units
+
+MAX_FRAMES = 1_000_000
+"""Frames to learn centroids from."""
+BATCH_SIZE = 10_000
+"""Frames per mini-batch."""
+ITERATIONS = 100
+"""Mini-batch steps."""
