@@ -46,6 +46,8 @@ def __getattr__(name: str) -> Any:
     (``lighthubert.job``) is imported as Python does for ``import lighthubert.job``."""
     module = _MODULE_OF.get(name)
     if module is None:
+        if name.startswith("__"):  # __wrapped__, __test__, ...: asked by tools, never a submodule
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
         try:
             return importlib.import_module(f"{__name__}.{name}")
         except ModuleNotFoundError as err:

@@ -390,9 +390,9 @@ class ConvBlock(nn.Module):
         """x: (B, T_in, C_in) -> (B, T, C_out); ``mask`` (B, T) True on real frames, for GroupNorm;
         ``stats``: GroupNorm's (mean, var), each (B, 1, C), when computed elsewhere (long files)."""
         x = self.conv_only(x)
-        if self.norm_kind == "layer":
-            x = F.layer_norm(x.float(), self.norm.normalized_shape, self.norm.weight.float(),
-                             self.norm.bias.float(), self.norm.eps).type_as(x)
+        if self.norm_kind == "layer":  # float32 statistics for any input dtype (torch accumulates
+            # float16/bfloat16 in float32): the authors' Fp32LayerNorm without its dtype copies
+            x = F.layer_norm(x, self.norm.normalized_shape, self.norm.weight, self.norm.bias, self.norm.eps)
         elif self.norm_kind == "group":
             x = self._group_norm(x, mask, stats)
         return F.gelu(x)
@@ -472,7 +472,9 @@ class EncoderLayer(nn.Module):
         return self.out_proj(y.transpose(1, 2).reshape(b, t, self.heads * HEAD_DIM))
 
     def ffn(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x).float()).type_as(x))
+        # fairseq's gelu casts to float32 and back; torch's gelu computes float16/bfloat16 in float32
+        # already (the same numbers, without two copies of the (B, T, F) activations)
+        return self.fc2(F.gelu(self.fc1(x)))
 
     def forward(self, x: Tensor, attn_mask: Tensor | None) -> Tensor:
         if self.layer_norm_first:
