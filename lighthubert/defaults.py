@@ -30,9 +30,14 @@ SEED = 0
 
 # ----------------------------------------------------------------------------- k-means units
 
+CLUSTERS = 500
+"""Units (``lhb units learn --clusters``)."""
 MAX_FRAMES = 1_000_000
 """Frames to learn centroids from."""
 BATCH_SIZE = 10_000
 """Frames per mini-batch."""
 ITERATIONS = 100
 """Mini-batch steps."""
+KMEANS_SEED = 0
+"""The frame sample, the k-means++ start and the batches."""
+UNITS_DEVICE = DEVICE

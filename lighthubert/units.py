@@ -15,18 +15,18 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .defaults import BATCH_SIZE, ITERATIONS, MAX_FRAMES  # batch and steps as fairseq's learn_kmeans.py
+from .defaults import BATCH_SIZE, ITERATIONS, KMEANS_SEED, MAX_FRAMES, UNITS_DEVICE  # batch and steps as fairseq's learn_kmeans.py
 from .reader import FeaturesError, open_features
 
 KM_FORMAT = "lighthubert-kmeans"
 
 
-def pick_device(device: str = "auto") -> torch.device:
+def pick_device(device: str = UNITS_DEVICE) -> torch.device:
     return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                         "cpu" if device == "auto" else device)
 
 
-def sample_frames(features: str | os.PathLike, layer: int, max_frames: int, seed: int = 0) -> torch.Tensor:
+def sample_frames(features: str | os.PathLike, layer: int, max_frames: int, seed: int = KMEANS_SEED) -> torch.Tensor:
     """Up to ``max_frames`` frames (N, D) float32 of ``layer``: utterances are taken in a seeded
     random order until ``max_frames`` is reached, then frames are drawn from them without
     replacement."""
@@ -86,7 +86,7 @@ def kmeans_pp(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
     return torch.stack(centers)
 
 
-def learn(x: torch.Tensor, clusters: int, *, batch_size: int = BATCH_SIZE, iterations: int = ITERATIONS, seed: int = 0,
+def learn(x: torch.Tensor, clusters: int, *, batch_size: int = BATCH_SIZE, iterations: int = ITERATIONS, seed: int = KMEANS_SEED,
           init_size: int | None = None, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """Mini-batch k-means (Sculley 2010, per-centroid learning rate 1/count) on x (N, D) float32, on
     x's device. k-means++ seeding on ``init_size`` frames (default 3 * batch_size, at least 3 * K).
@@ -123,7 +123,7 @@ def inertia(x: torch.Tensor, centroids: torch.Tensor) -> float:
 
 
 def learn_file(features: str | os.PathLike, layer: int, clusters: int, *, max_frames: int = MAX_FRAMES,
-               batch_size: int = BATCH_SIZE, iterations: int = ITERATIONS, seed: int = 0, device: str = "auto",
+               batch_size: int = BATCH_SIZE, iterations: int = ITERATIONS, seed: int = KMEANS_SEED, device: str = UNITS_DEVICE,
                progress: Callable[[int, int], None] | None = None) -> dict:
     """Learn ``clusters`` centroids from up to ``max_frames`` frames of ``layer``; the km.pt dict."""
     x = sample_frames(features, layer, max_frames, seed).to(pick_device(device))
@@ -148,7 +148,7 @@ def load_km(path: str | os.PathLike) -> dict:
 
 
 def apply_file(features: str | os.PathLike, km: dict, output: str | os.PathLike, *, keys: bool = False,
-               device: str = "auto", progress: Callable[[int, int], None] | None = None) -> int:
+               device: str = UNITS_DEVICE, progress: Callable[[int, int], None] | None = None) -> int:
     """Units of every utterance (in the file's key order) with the centroids of ``km`` on its
     layer. ``output`` ending in ``.h5``: ``/units/KEY`` int16/int32 datasets (T,); otherwise text,
     one line per utterance: the units separated by spaces (fairseq's ``.km``), preceded by the key

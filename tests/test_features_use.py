@@ -287,3 +287,16 @@ def test_readme_snippets_run(feats, tmp_path, monkeypatch):
         exec(compile(block, str(README), "exec"), scope)
     assert scope["weights"].grad is not None and scope["loss"].isfinite()
     assert lighthubert.FeaturesDataset is FeaturesDataset
+
+
+def test_units_command_and_library_share_their_defaults():
+    """``lhb units learn`` shows the defaults :func:`lighthubert.units.learn_file` uses."""
+    import inspect
+
+    import lighthubert_cli.main  # noqa: F401 - the app, which registers the units commands
+    from lighthubert.units import learn_file
+    from lighthubert_cli.use import learn
+
+    cli, lib = inspect.signature(learn).parameters, inspect.signature(learn_file).parameters
+    for name in ("max_frames", "batch_size", "iterations", "seed", "device"):
+        assert cli[name].default == lib[name].default, name
