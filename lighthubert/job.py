@@ -43,6 +43,7 @@ from .storage import (
     OutputError,
     OutputLock,
     check_output_path,
+    find_committed,
     find_parts,
     find_segments,
     get_backend,
@@ -257,7 +258,7 @@ def _claim(plan: Plan) -> set[str]:
     job, out, backend = plan.job, plan.output, plan.backend
     check_output_path(out, resume=job.resume, overwrite=job.overwrite)
     remove_stale_temps(out)
-    held = find_segments(out, backend.suffix) + find_parts(parts_dir(out), backend.suffix)
+    held = find_committed(out, backend.suffix)
     if job.overwrite:
         for path in held:
             path.unlink()

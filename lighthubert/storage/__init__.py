@@ -329,6 +329,12 @@ def find_segments(output: Path, suffix: str = ".h5", rank: int | None = None) ->
     return sorted(parts_dir(output).glob(pattern))
 
 
+def find_committed(output: Path, suffix: str = ".h5") -> list[Path]:
+    """Everything a run of OUTPUT committed besides OUTPUT itself: its segments, then the parts of a
+    run with several processes."""
+    return find_segments(output, suffix) + find_parts(parts_dir(output), suffix)
+
+
 def remove_parts(output: Path) -> None:
     shutil.rmtree(parts_dir(output), ignore_errors=True)
 
@@ -339,7 +345,8 @@ HDF5 = register(_hdf5.Hdf5Backend())
 
 __all__ = [
     "BACKENDS", "Backend", "FORMAT", "FORMAT_VERSION", "FRAME_RATE", "FeaturesWriter", "HDF5", "OutputBroken",
-    "OutputError", "OutputLock", "RUN_IDENTITY", "check_identity", "check_output_path", "find_parts", "find_segments",
+    "OutputError", "OutputLock", "RUN_IDENTITY", "check_identity", "check_output_path", "find_committed", "find_parts",
+    "find_segments",
     "get_backend", "identity_diff", "part_path", "parts_dir", "plain", "register", "remove_parts",
     "remove_stale_temps", "run_attrs", "segment_path",
 ]

@@ -21,8 +21,8 @@ from typing import Any, Iterable, Mapping
 import h5py
 import numpy as np
 
-from . import (FORMAT, RUN_IDENTITY, OutputError, check_identity, find_parts, find_segments, identity_diff, parts_dir,
-               plain, remove_parts, segment_path)
+from . import (FORMAT, RUN_IDENTITY, OutputError, check_identity, find_committed, find_segments, identity_diff,
+               parts_dir, plain, remove_parts, segment_path)
 
 GROUP = "features"
 MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -324,9 +324,7 @@ class SegmentWriter:
                 "needed); the work done so far is kept: free space, then run the same command with --resume")
         try:
             self._open().write(key, data, source=source, num_samples=num_samples, windows=windows)
-        except OutputError as err:  # another process took the space since the check above
-            raise self._fail(err) from None
-        except (OSError, RuntimeError) as err:
+        except (OutputError, OSError, RuntimeError) as err:  # OutputError: the space went since the check above
             raise self._fail(err) from None
         self.done.add(key)
         self.bytes += data.nbytes
@@ -378,8 +376,7 @@ def create(output: Path, attrs: Mapping[str, Any]) -> None:
 def committed(output: Path, attrs: Mapping[str, Any], *, include_output: bool) -> set[str]:
     """Keys of OUTPUT (when ``include_output``) and its committed segments and parts, each checked
     against the run identity of ``attrs``."""
-    sources = ([output] if include_output and output.exists() else []) + find_segments(output) \
-        + find_parts(parts_dir(output))
+    sources = ([output] if include_output and output.exists() else []) + find_committed(output)
     found: set[str] = set()
     for path in sources:
         try:
@@ -393,7 +390,7 @@ def committed(output: Path, attrs: Mapping[str, Any], *, include_output: bool) -
 
 def join(output: Path, *, include_output: bool, complete: bool) -> int:
     """Merge OUTPUT (when ``include_output``), its segments and parts into OUTPUT; then remove them."""
-    sources = find_segments(output) + find_parts(parts_dir(output))
+    sources = find_committed(output)
     if not sources and include_output and output.exists() and _complete(output) == complete:
         remove_parts(output)
         return len(file_keys(output))  # nothing new: OUTPUT is left as it is
