@@ -298,9 +298,8 @@ def _launch(good: list[tuple[Item, np.ndarray]], extractor: Extractor, options: 
     try:
         pending = extractor.submit(extractor.prepare(waves), options.layers, out_dtype)
         feats: Callable[[], list] = lambda: [f.numpy() for f in pending.result()]
-    except torch.OutOfMemoryError:
-        torch.cuda.empty_cache()
-        done = _run(extractor, waves, options.layers, out_dtype)
+    except torch.OutOfMemoryError as err:
+        done = _halves(extractor, waves, options.layers, out_dtype, err)
         feats = lambda: done
     return lambda: [(item.key, _squeeze(data, options.layers), display_path(item.path), len(wave), 0)
                     for (item, wave), data in zip(good, feats())]
@@ -319,13 +318,20 @@ def _squeeze(data: np.ndarray, layers: list[int]) -> np.ndarray:
 
 def _run(extractor: Extractor, waves: list, layers: list[int], out_dtype: torch.dtype) -> list[np.ndarray]:
     """Forward pass, results cast to ``out_dtype`` on the device (half the transfer when saving
-    float16); on CUDA out-of-memory the batch is split in halves and retried."""
+    float16); on CUDA out-of-memory the batch is split in halves (see :func:`_halves`)."""
     try:
         pending = extractor.submit(extractor.prepare(waves), layers, out_dtype)
         return [f.numpy() for f in pending.result()]
-    except torch.OutOfMemoryError:
-        if len(waves) == 1:
-            raise
-        torch.cuda.empty_cache()
-        half = len(waves) // 2
-        return _run(extractor, waves[:half], layers, out_dtype) + _run(extractor, waves[half:], layers, out_dtype)
+    except torch.OutOfMemoryError as err:
+        return _halves(extractor, waves, layers, out_dtype, err)
+
+
+def _halves(extractor: Extractor, waves: list, layers: list[int], out_dtype: torch.dtype,
+            err: torch.OutOfMemoryError) -> list[np.ndarray]:
+    """After ``waves`` ran out of memory together (``err``): each half on its own, without trying
+    the whole batch again; a single utterance that does not fit raises ``err``."""
+    if len(waves) == 1:
+        raise err
+    torch.cuda.empty_cache()
+    half = len(waves) // 2
+    return _run(extractor, waves[:half], layers, out_dtype) + _run(extractor, waves[half:], layers, out_dtype)

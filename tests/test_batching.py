@@ -133,3 +133,32 @@ def test_flags_restored_when_the_forward_fails(user_tf32):
 
 def test_bfloat16_forward_leaves_the_flags_alone(user_tf32):
     assert _flags_during_forward("bfloat16", _waves(seed=6)[:1]) == [("tf32", "tf32")]
+
+
+def test_out_of_memory_splits_the_batch_in_halves(tmp_path, ckpt_files, monkeypatch):
+    """A batch that runs out of device memory (injected here: any batch of more than one utterance)
+    is split in halves down to single utterances, without trying the same batch again, and every
+    utterance gets the numbers of an unconstrained run."""
+    import soundfile as sf
+
+    for i, w in enumerate(_waves((16000, 23456, 40001), seed=3)):
+        sf.write(str(tmp_path / f"u{i}.wav"), w.numpy(), 16000, subtype="FLOAT")
+    settings = dict(checkpoint=ckpt_files["small"], subnet="min", device="cpu", layers="all")
+    lighthubert.extract(tmp_path, tmp_path / "ref.h5", **settings)
+
+    submit, sizes = lighthubert.Extractor.submit, []
+
+    def tight(self, prepared, *args, **kwargs):
+        sizes.append(prepared.wave.shape[0])
+        if prepared.wave.shape[0] > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected by the test)")
+        return submit(self, prepared, *args, **kwargs)
+
+    monkeypatch.setattr(lighthubert.Extractor, "submit", tight)
+    lighthubert.extract(tmp_path, tmp_path / "split.h5", **settings)
+    assert sizes == [3, 1, 2, 1, 1]  # the batch, then its halves (the second one halved again)
+    with lighthubert.open_features(tmp_path / "ref.h5") as ref, lighthubert.open_features(tmp_path / "split.h5") as got:
+        assert sorted(got.keys) == sorted(ref.keys) == ["u0", "u1", "u2"]
+        for k in ref.keys:
+            a, b = got[k], ref[k]
+            assert a.shape == b.shape and float((a - b).abs().max() / b.abs().max()) <= 1e-5, k
