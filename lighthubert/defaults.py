@@ -10,6 +10,7 @@ from __future__ import annotations
 CHECKPOINT = "small"
 LAYERS = "last"
 DEVICE = "auto"
+"""auto: CUDA when present, else the CPU (extraction and units)."""
 DTYPE = "auto"
 """Compute dtype; auto: float16 on CUDA, float32 on the CPU."""
 SAVE_DTYPE = "float32"
@@ -40,4 +41,3 @@ ITERATIONS = 100
 """Mini-batch steps."""
 KMEANS_SEED = 0
 """The frame sample, the k-means++ start and the batches."""
-UNITS_DEVICE = DEVICE

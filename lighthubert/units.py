@@ -15,13 +15,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .defaults import BATCH_SIZE, ITERATIONS, KMEANS_SEED, MAX_FRAMES, UNITS_DEVICE  # batch and steps as fairseq's learn_kmeans.py
+from .defaults import BATCH_SIZE, DEVICE, ITERATIONS, KMEANS_SEED, MAX_FRAMES  # batch and steps as fairseq's learn_kmeans.py
 from .reader import FeaturesError, open_features
 
 KM_FORMAT = "lighthubert-kmeans"
 
 
-def pick_device(device: str = UNITS_DEVICE) -> torch.device:
+def pick_device(device: str = DEVICE) -> torch.device:
     return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                         "cpu" if device == "auto" else device)
 
@@ -123,7 +123,7 @@ def inertia(x: torch.Tensor, centroids: torch.Tensor) -> float:
 
 
 def learn_file(features: str | os.PathLike, layer: int, clusters: int, *, max_frames: int = MAX_FRAMES,
-               batch_size: int = BATCH_SIZE, iterations: int = ITERATIONS, seed: int = KMEANS_SEED, device: str = UNITS_DEVICE,
+               batch_size: int = BATCH_SIZE, iterations: int = ITERATIONS, seed: int = KMEANS_SEED, device: str = DEVICE,
                progress: Callable[[int, int], None] | None = None) -> dict:
     """Learn ``clusters`` centroids from up to ``max_frames`` frames of ``layer``; the km.pt dict."""
     x = sample_frames(features, layer, max_frames, seed).to(pick_device(device))
@@ -148,7 +148,7 @@ def load_km(path: str | os.PathLike) -> dict:
 
 
 def apply_file(features: str | os.PathLike, km: dict, output: str | os.PathLike, *, keys: bool = False,
-               device: str = UNITS_DEVICE, progress: Callable[[int, int], None] | None = None) -> int:
+               device: str = DEVICE, progress: Callable[[int, int], None] | None = None) -> int:
     """Units of every utterance (in the file's key order) with the centroids of ``km`` on its
     layer. ``output`` ending in ``.h5``: ``/units/KEY`` int16/int32 datasets (T,); otherwise text,
     one line per utterance: the units separated by spaces (fairseq's ``.km``), preceded by the key

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lighthubert.defaults import BATCH_SIZE, CLUSTERS, ITERATIONS, KMEANS_SEED, MAX_FRAMES, UNITS_DEVICE
+from lighthubert.defaults import BATCH_SIZE, CLUSTERS, DEVICE, ITERATIONS, KMEANS_SEED, MAX_FRAMES
 
 from .main import EXIT_USAGE, Fail, LhbCommand, LhbGroup, _one_line_errors
 from .progress import err
@@ -90,7 +90,7 @@ def learn(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Frames per mini-batch (>= frames: plain k-means).")] = BATCH_SIZE,
     iterations: Annotated[int, typer.Option("--iterations", min=1, help="Mini-batch steps.")] = ITERATIONS,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the frame sample, the k-means++ start and the batches.")] = KMEANS_SEED,
-    device: DeviceOpt = UNITS_DEVICE,
+    device: DeviceOpt = DEVICE,
     quiet: QuietOpt = False,
 ) -> None:
     """Learn k-means centroids (mini-batch k-means, k-means++ start) on one layer.
@@ -121,7 +121,7 @@ def apply(
         metavar="OUTPUT", help="units.h5 (/units/KEY int datasets) or a text file (.km: one line of units per "
                                "utterance, in the features file's key order).", show_default=False)],
     keys: Annotated[bool, typer.Option("--keys", help="Text output: start each line with the key.")] = False,
-    device: DeviceOpt = UNITS_DEVICE,
+    device: DeviceOpt = DEVICE,
     quiet: QuietOpt = False,
 ) -> None:
     """Turn each utterance's features into units (nearest centroid of each frame).
