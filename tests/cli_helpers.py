@@ -92,6 +92,13 @@ def lhb(*args: Any, cwd: str | os.PathLike | None = None) -> Result:
     return Run(args, cwd).result()
 
 
+def one_line(run: Result | subprocess.CompletedProcess) -> str:
+    """The one line a failing run printed on stderr (no traceback, no "internal error")."""
+    lines = [ln for ln in run.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in run.stderr and "internal error" not in run.stderr, run.stderr
+    return lines[0]
+
+
 # ----------------------------------------------------------------------------- features files
 
 

@@ -26,7 +26,7 @@ import torch
 
 import lighthubert
 
-from cli_helpers import _env, lhb_command
+from cli_helpers import _env, lhb_command, one_line
 from helpers import SPEECH_DIR
 from lighthubert.audio import AudioError, audio_frames, load_audio
 from lighthubert.checkpoint import CheckpointError, load_checkpoint
@@ -70,12 +70,6 @@ def within(seconds: int):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
-
-
-def one_line(p: subprocess.CompletedProcess) -> str:
-    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
-    return lines[0]
 
 
 def h5_keys(path: Path) -> dict[str, str]:

@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lighthubert
+from cli_helpers import one_line
 from lighthubert.features import keys
 from lighthubert.inputs import InputError, list_inputs
 from lighthubert.space import SPACES, SubnetError, check_subnet, count_params, parse_budget, parse_subnet
@@ -145,12 +146,6 @@ def small_disk(path: Path, size: str) -> None:
         pytest.skip("cannot mount a small tmpfs here (needs root)")
 
 
-def one_error_line(proc: subprocess.CompletedProcess) -> str:
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Traceback" not in proc.stderr and "internal error" not in proc.stderr, proc.stderr
-    return lines[0]
-
-
 @pytest.mark.slow
 @needs_cli
 def test_full_disk_fails_cleanly_and_keeps_the_file(tmp_path, ckpt, corpus, reference):
@@ -163,7 +158,7 @@ def test_full_disk_fails_cleanly_and_keeps_the_file(tmp_path, ckpt, corpus, refe
         args = ["extract", str(corpus), str(out), "-c", str(ckpt), *FAST, "--batch-seconds", "4", "-q"]
         proc = run(args, timeout=300)
         assert proc.returncode == 1, proc.stderr
-        line = one_error_line(proc)
+        line = one_line(proc)
         assert str(out) in line and "no space left" in line and "--resume" in line, line
         assert 0 < check_committed(out, reference) < 36
         moved = tmp_path / "out.h5"
@@ -196,7 +191,7 @@ def test_disk_filled_by_another_process_loses_nothing_committed(tmp_path, ckpt, 
         err = proc.stderr.read()
         proc.wait(timeout=300)
         assert proc.returncode == 1, err
-        line = one_error_line(subprocess.CompletedProcess(args, 1, "", err))
+        line = one_line(subprocess.CompletedProcess(args, 1, "", err))
         assert str(out) in line and "no space left" in line and "--resume" in line, line
         assert 0 < check_committed(out, reference) <= 36  # all 36 when the disk filled during the final join
         (disk / "filler").unlink()
@@ -225,7 +220,7 @@ def test_failed_final_join_keeps_output_and_segments(tmp_path, ckpt):
 
     proc = subprocess.run([LHB, *args], capture_output=True, text=True, timeout=300, preexec_fn=limit)
     assert proc.returncode == 1, proc.stderr
-    line = one_error_line(proc)
+    line = one_line(proc)
     assert "merging failed" in line and "too large" in line and "--resume" in line, line
     segments = sorted((tmp_path / "out.h5.parts").glob("seg-*.h5"))
     assert segments and not list(tmp_path.glob(".out.h5.*"))  # no temporary file is left
