@@ -612,19 +612,22 @@ def _usage_line(e: click_errors.UsageError) -> str:
     if choices:  # 'a', 'b' -> a, b
         message = choices.group(1) + re.sub(r"'([^']*)'", r"\1", choices.group(2))
     if isinstance(e, click_errors.MissingParameter):
-        param = e.param
-        name = (param.opts[0] if getattr(param, "param_type_name", "") == "option" and param.opts
-                else getattr(param, "metavar", None) or getattr(param, "name", "") or "")
-        kind = getattr(param, "param_type_name", "parameter")
-        return f"missing {kind} {name.strip('{}').upper() if kind == 'argument' else name}"
+        kind = getattr(e.param, "param_type_name", "parameter")
+        name = _param_name(e.param)
+        return f"missing {kind} {name.upper() if kind == 'argument' else name}"
     if isinstance(e, click_errors.BadParameter) and e.param is not None:
-        param = e.param
-        name = param.opts[0] if getattr(param, "param_type_name", "") == "option" and param.opts else \
-            (getattr(param, "metavar", None) or param.name or "").strip("{}")
-        return f"{name}: {message}"
+        return f"{_param_name(e.param)}: {message}"
     if isinstance(e, click_errors.NoSuchOption) and e.possibilities:
         return f"{message} (did you mean {', '.join(sorted(e.possibilities))}?)"
     return message or "bad usage"
+
+
+def _param_name(param) -> str:
+    """How a parameter is written on the command line: ``--save-dtype`` for an option, its metavar
+    (``OUTPUT``) or name for an argument."""
+    if getattr(param, "param_type_name", "") == "option" and param.opts:
+        return param.opts[0]
+    return (getattr(param, "metavar", None) or getattr(param, "name", "") or "").strip("{}")
 
 
 def _version(value: bool) -> None:
