@@ -52,7 +52,6 @@ class LhbGroup(_PlainFlags, TyperGroup):
 app = typer.Typer(
     name="lhb",
     cls=LhbGroup,
-    help="Turn folders of speech into LightHuBERT representations (HDF5), pick subnets, describe files.",
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
