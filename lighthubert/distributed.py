@@ -8,11 +8,17 @@ replaces OUTPUT, then removes the parts; with ``keep_parts`` the parts stay and 
 them later (:mod:`lighthubert.job` runs all this; parts and merging are in :mod:`lighthubert.storage`).
 Coordination uses a torch.distributed gloo group: torchrun's rendezvous, or under srun a
 FileStore in the parts folder (a filesystem shared by the nodes is assumed, as for OUTPUT itself).
+
+A rank that dies (killed, out of memory) must not leave the others waiting for it: torchrun tears the
+job down, but srun lets the other tasks run on. So every rank bumps a heartbeat counter in the store
+from a thread, and a rank waiting for the others gives up when one that has not finished falls silent
+for ``LIGHTHUBERT_RANK_TIMEOUT`` seconds (default 120): it fails with the parts kept for ``--resume``.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -20,6 +26,15 @@ from pathlib import Path
 from typing import Iterable
 
 from .storage import OutputError, parts_dir
+
+TIMEOUT_ENV = "LIGHTHUBERT_RANK_TIMEOUT"
+RANK_TIMEOUT = 120.0
+"""Seconds without a heartbeat after which a rank that has not finished counts as gone."""
+BEAT_SECONDS = 2.0
+
+
+def rank_timeout() -> float:
+    return float(os.environ.get(TIMEOUT_ENV) or RANK_TIMEOUT)
 
 
 @dataclass(frozen=True)
@@ -65,6 +80,31 @@ class Group:
             store = dist.FileStore(str(store_path), world.size)
             dist.init_process_group("gloo", store=store, rank=world.rank, world_size=world.size, timeout=timeout)
         self.store = dist.distributed_c10d._get_default_store()
+        self._stop_beating = threading.Event()
+        self._seen: dict[int, tuple[int, float]] = {}  # rank -> (last heartbeat count, when it changed)
+        threading.Thread(target=self._beat, name="lhb-heartbeat", daemon=True).start()
+
+    def _beat(self) -> None:
+        while True:
+            try:
+                self.add(f"beat/{self.world.rank}", 1)
+            except Exception:  # noqa: BLE001 - the store is gone: the job is ending
+                return
+            if self._stop_beating.wait(BEAT_SECONDS):
+                return
+
+    def gone(self, ranks: Iterable[int], timeout: float) -> list[int]:
+        """Those of ``ranks`` whose heartbeat has not moved for ``timeout`` seconds of this process's
+        clock (counters, not timestamps: the nodes' clocks need not agree)."""
+        now, silent = time.monotonic(), []
+        for r in ranks:
+            count = self.add(f"beat/{r}", 0)
+            last, since = self._seen.get(r, (-1, now))
+            if count != last:
+                self._seen[r] = (count, now)
+            elif now - since > timeout:
+                silent.append(r)
+        return silent
 
     def broadcast(self, obj):
         box = [obj]
@@ -74,12 +114,26 @@ class Group:
     def add(self, key: str, amount: int) -> int:
         return int(self.store.add(f"lhb/{key}", int(amount)))
 
+    def fail(self, reason: str) -> None:
+        """Say that this rank failed (the others stop after their current batch) and why."""
+        self.store.set("lhb/error", reason)
+        self.add("failed", 1)
+
+    def failure(self) -> str:
+        """Why a rank failed, or "" when none has."""
+        return self.store.get("lhb/error").decode() if self.store.check(["lhb/error"]) else ""
+
+    def ending(self) -> bool:
+        """Whether another rank failed or left: this one should stop after its current batch."""
+        return bool(self.add("failed", 0)) or self.store.check(["lhb/verdict"])
+
     def gather(self, obj) -> list:
         out = [None] * self.world.size
         self.dist.all_gather_object(out, obj)
         return out
 
     def close(self) -> None:
+        self._stop_beating.set()
         try:
             self.dist.destroy_process_group()
         except Exception:  # noqa: BLE001 - best effort at exit
@@ -97,10 +151,40 @@ def balance(sizes: Iterable[tuple[object, int]], ranks: int) -> list[list[object
     return shares
 
 
-def wait_for(group: Group, key: str, count: int, on_tick=None, poll: float = 0.5, stop=None) -> None:
-    """Block until the store counter ``key`` reaches ``count`` (or ``stop`` is set), calling
-    ``on_tick`` meanwhile."""
-    while group.add(key, 0) < count and not (stop is not None and stop.is_set()):
+def finished(group: Group) -> None:
+    """This rank has finished its share (successfully or not)."""
+    group.add(f"done/{group.world.rank}", 1)
+    group.add("finished", 1)
+
+
+def decide(group: Group, verdict: str) -> str:
+    """Propose how the job ends, ``"gather"`` (every rank takes part in the final exchange) or
+    ``"abandon"`` (some rank cannot); the first proposal wins and is returned, so no rank waits in
+    the exchange for one that left. A rank that will not take part proposes ``"abandon"`` *before*
+    :func:`finished`, which is what ``"gather"`` waits for, so its proposal always wins."""
+    return group.store.compare_set("lhb/verdict", "", verdict).decode()
+
+
+def wait_for_ranks(group: Group, on_tick=None, poll: float = 0.5, stop=None) -> str:
+    """After :func:`finished`: block until every rank has finished its share. Returns ``"gather"``
+    (all have; take part in the final exchange), ``"abandon"`` (another rank left), ``"stopped"``
+    (``stop`` was set and this rank leaves), or ``"gone R"`` (rank R fell silent before finishing;
+    rank 0 watches every rank, the others watch rank 0, which merges). Calls ``on_tick`` meanwhile."""
+    timeout = rank_timeout()
+    watched = range(group.world.size) if group.world.rank == 0 else [0]
+    checked = time.monotonic()
+    while True:
+        if group.store.check(["lhb/verdict"]):
+            return decide(group, "")
+        if group.add("finished", 0) >= group.world.size:
+            return decide(group, "gather")
+        if stop is not None and stop.is_set():
+            return "stopped" if decide(group, "abandon") == "abandon" else "gather"
         if on_tick:
             on_tick()
+        if time.monotonic() - checked >= min(5.0, timeout / 4):
+            checked = time.monotonic()
+            unfinished = [r for r in watched if r != group.world.rank and not group.add(f"done/{r}", 0)]
+            if (gone := group.gone(unfinished, timeout)) and decide(group, "abandon") == "abandon":
+                return f"gone {gone[0]}"
         time.sleep(poll)

@@ -30,7 +30,7 @@ from .audio import ResamplerUnavailable
 from .checkpoint import Checkpoint, load_checkpoint
 from .defaults import (BATCH_SECONDS, CHECKPOINT, COMPRESSION, CONTEXT_SECONDS, DEVICE, DTYPE, EXACT_SECONDS, LAYERS,
                        NUM_WORKERS, SAVE_DTYPE, SEED, WINDOW_SECONDS)
-from .distributed import Group, World, balance, detect_world, wait_for
+from .distributed import Group, World, balance, decide, detect_world, finished, rank_timeout, wait_for_ranks
 from .errors import LightHubertError, SettingError
 from .extractor import Extractor, resolve_device, resolve_dtype, resolve_layers
 from .inputs import Item, check_against, list_inputs
@@ -350,7 +350,7 @@ class _RankReporter:
         self.group.add("files", files)
         self.group.add("ms", int(seconds * 1000))
         self.tick()
-        if self.group.add("failed", 0) > 0:
+        if self.group.ending():
             self.stop_event.set()
 
     def tick(self) -> None:
@@ -422,31 +422,45 @@ def _run_rank(plan: Plan, user: Reporter, stop: threading.Event) -> Summary:
             summary.output = parts
             status.update(interrupted=summary.interrupted, skipped=len(summary.skipped), files=summary.files,
                           seconds=summary.seconds)
-        except OutputBroken:  # the process is to exit at once; the others stop after their batch
-            group.add("failed", 1)
-            group.add("finished", 1)
+        except OutputBroken as err:  # the process is to exit at once; the others stop after their batch
+            group.fail(f"rank {world.rank}: {err}")
+            decide(group, "abandon")
+            finished(group)
             raise
         except LightHubertError as err:
             status["error"] = str(err)
-            group.add("failed", 1)
-        group.add("finished", 1)
+            group.fail(f"rank {world.rank} failed ({err})")
+        kept = f"the finished work is kept in {parts}; run the same command with --resume to complete it"
         if stop.is_set() and not status["error"]:
-            # Stopped (signal, or another rank failed): the part is closed and valid. Do not wait for
-            # ranks that may be gone; resume completes the job.
+            # Stopped (signal, or another rank failed or left): the part is closed and valid. Do not
+            # wait for ranks that may be gone; resume completes the job.
+            decide(group, "abandon")
+            finished(group)
             reporter.end()
-            if group.add("failed", 0) and world.rank == 0:
-                raise JobError(f"another rank failed; the finished work is kept in {parts}; "
-                               "run the same command with --resume to complete it")
+            if world.rank == 0 and (why := group.failure()):
+                raise JobError(f"{why}; {kept}")
             summary.interrupted = True
             return summary
-        if world.rank == 0:
-            wait_for(group, "finished", world.size, on_tick=reporter.tick, stop=stop)
-            reporter.tick()
-            if stop.is_set():
-                reporter.end()
-                summary.interrupted = True
-                return summary
-        statuses = group.gather(status)
+        finished(group)
+        outcome = wait_for_ranks(group, on_tick=reporter.tick, stop=stop)
+        reporter.tick()
+        if outcome == "stopped":
+            reporter.end()
+            summary.interrupted = True
+            return summary
+        if outcome != "gather":  # some rank cannot take part in the exchange below
+            reporter.end()
+            if status["error"]:
+                raise JobError(f"rank {world.rank}: {status['error']}")
+            if outcome.startswith("gone"):
+                raise JobError(f"rank {outcome.split()[1]} stopped responding (no heartbeat for {rank_timeout():g} s); "
+                               f"{kept}")
+            raise JobError(f"{group.failure() or 'another rank stopped before finishing its share'}; {kept}",
+                           silent=world.rank != 0)
+        try:
+            statuses = group.gather(status)
+        except RuntimeError:  # a rank died during the exchange itself (gloo: connection closed)
+            raise JobError(f"a rank left during the ranks' final exchange; {kept}") from None
         reporter.end()
         failed = [s for s in statuses if s["error"]]
         if status["error"]:

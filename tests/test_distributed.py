@@ -144,6 +144,41 @@ def test_killed_rank_fails_cleanly_and_resumes(tmp_path, ckpt, single):
     assert not parts.exists()
 
 
+def test_srun_rank_killed_does_not_leave_the_others_waiting(tmp_path, ckpt, single):
+    """Under srun a killed task does not end the others (torchrun tears them down; srun need not): rank
+    0 notices the silent rank by its heartbeat, fails with one line and keeps the parts; --resume in
+    one process completes the job."""
+    audio = tmp_path / "audio"
+    for i in range(3):
+        shutil.copytree(SPEECH, audio / f"copy{i}")
+    out = tmp_path / "out.h5"
+    args = [LHB, "extract", str(audio), str(out), "-c", str(ckpt), "--batch-seconds", "3", "--layers", "0,2",
+            "--device", "cpu"]
+    procs = []
+    for rank in range(2):
+        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+        env.update(SLURM_PROCID=str(rank), SLURM_STEP_NUM_TASKS="2", SLURM_LOCALID=str(rank), SLURM_JOB_ID="77",
+                   SLURM_STEP_ID="0", OMP_NUM_THREADS="1", LIGHTHUBERT_RANK_TIMEOUT="4")
+        procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    for line in procs[0].stdout:  # rank 0's plain progress: the ranks have planned and started
+        if line.startswith("extracting"):
+            break
+    procs[1].kill()
+    procs[1].wait()
+    log, _ = procs[0].communicate(timeout=240)
+    assert procs[0].returncode == 1, log
+    parts = tmp_path / "out.h5.parts"
+    assert f"lhb: error: rank 1 stopped responding (no heartbeat for 4 s); the finished work is kept in {parts}" in log
+    assert "Traceback" not in log and not out.exists()
+    subprocess.run([*args, "-q", "--resume"], check=True, timeout=300)
+    with h5py.File(out) as a, h5py.File(single) as b:
+        assert set(keys(a)) == {f"copy{i}/{k}" for i in range(3) for k in keys(b)}
+        for k in keys(b):
+            x, y = a["features"][f"copy1/{k}"][()], b["features"][k][()]
+            assert x.shape == y.shape and np.abs(x - y).max() / np.abs(y).max() < 1e-5, k
+        assert bool(a.attrs["complete"])
+
+
 def test_resume_refuses_keys_nesting_with_what_output_holds(tmp_path, ckpt):
     """Rank 0 checks the list against the keys OUTPUT (and the parts) hold before any audio is read;
     every rank stops with the one line, and OUTPUT is left as it was."""
