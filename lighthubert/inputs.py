@@ -176,7 +176,7 @@ def _from_list(path: Path) -> list[Item]:
     base = path.parent
     items = []
     if ext == ".tsv":
-        lines = [(n, s) for n, s in lines if s]
+        lines = [(n, s) for n, s in lines if s and not s.startswith("#")]
         if not lines:
             return []
         (_, root_text), rows = lines[0], lines[1:]
