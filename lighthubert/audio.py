@@ -74,16 +74,18 @@ def _kind(mode: int) -> str:
 
 
 def check_regular(path: str | os.PathLike) -> None:
-    """:class:`AudioError` when ``path`` is missing or not a regular file. Only ``stat`` is used, so a
-    FIFO named ``x.wav`` (which would wait for a writer forever) is never opened."""
+    """:class:`AudioError` when ``path`` is missing, not a regular file or empty (0 bytes). Only
+    ``stat`` is used, so a FIFO named ``x.wav`` (which would wait for a writer forever) is never opened."""
     try:
-        mode = os.stat(path).st_mode
+        st = os.stat(path)
     except FileNotFoundError:
         raise AudioError("no such file") from None
     except OSError as err:
         raise AudioError(f"cannot read: {err.strerror or err}") from None
-    if not stat.S_ISREG(mode):
-        raise AudioError(f"not a regular file ({_kind(mode)})")
+    if not stat.S_ISREG(st.st_mode):
+        raise AudioError(f"not a regular file ({_kind(st.st_mode)})")
+    if st.st_size == 0:
+        raise AudioError("empty file (0 bytes)")
 
 
 def check_rate(rate: int) -> None:
@@ -93,8 +95,14 @@ def check_rate(rate: int) -> None:
 
 
 def _decode_error(err: Exception) -> AudioError:
+    """The reason a regular, non-empty file could not be decoded. libsndfile says "File does not
+    exist or is not a regular file" for any file it cannot open (a corrupt MP3 too), which is
+    untrue once :func:`check_regular` has passed, so that one is said plainly."""
     text = err.error_string if isinstance(err, sf.LibsndfileError) else str(err).strip()
-    return AudioError(f"cannot decode: {text.splitlines()[0] if text else type(err).__name__}")
+    text = text.splitlines()[0] if text else type(err).__name__
+    if text.startswith("File does not exist or is not a regular file"):
+        text = "not audio that libsndfile can read (corrupt, or an unsupported format)"
+    return AudioError(f"cannot decode: {text}")
 
 
 def load_audio(path: str | os.PathLike) -> np.ndarray:

@@ -10,7 +10,6 @@ import math
 import os
 import pickle
 import stat
-import tempfile
 import threading
 import time
 import zipfile
@@ -537,11 +536,23 @@ def random_checkpoint(kind: str = "base", seed: int = 0, extractor_mode: str | N
     }
 
 
+def new_temp_beside(path: Path) -> Path:
+    """A new, empty file next to ``path`` to write and then rename over it: an ordinary file (the
+    umask applies, so the result is as readable as any file the user makes), unlike mkstemp's 0600."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.part")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
 def _atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    tmp = new_temp_beside(path)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             torch.save(obj, f)
         os.replace(tmp, path)
     finally:

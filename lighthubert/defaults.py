@@ -26,6 +26,10 @@ CONTEXT_SECONDS = 10.0
 NUM_WORKERS = 2
 """Decoding threads."""
 COMPRESSION = "none"
+OUTPUT_FORMAT = "hdf5"
+"""The storage backend (:mod:`lighthubert.storage`; HDF5 is the one there is)."""
+FLUSH_SECONDS = 1.0
+"""How often the segment being written is committed (at most this much work is lost to a kill)."""
 SEED = 0
 """For ``random:KIND`` checkpoints."""
 

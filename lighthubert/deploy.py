@@ -16,7 +16,6 @@ import contextlib
 import json
 import logging
 import os
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checkpoint import Checkpoint, CheckpointError, export_subnet
+from .checkpoint import Checkpoint, CheckpointError, export_subnet, new_temp_beside
 from .extractor import DTYPES, resolve_layers
 from .model import SubnetModel, frame_mask
 
@@ -131,8 +130,7 @@ def _example(device: Any = "cpu", batch: int = 2, samples: int = 16000) -> tuple
 
 def _atomic(path: Path, write) -> Path:
     """Write through a temporary file in the same folder, then rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
+    tmp = str(new_temp_beside(path))
     try:
         write(tmp)
         os.replace(tmp, path)

@@ -69,6 +69,13 @@ def display_path(path: str | os.PathLike) -> str:
     return _CONTROL.sub(lambda m: f"%{ord(m.group()):02X}", escape_name(os.fspath(path)))
 
 
+def source_text(path: str | os.PathLike) -> str:
+    """The audio path as a features file records it (``source``, the ``path`` of a skipped input):
+    absolute, so the file says where its audio is wherever it is read or converted later (``..``
+    resolved in the text, links not followed), written as :func:`display_path` writes it."""
+    return display_path(os.path.abspath(path))
+
+
 def _key_from(text: str) -> str:
     posix = text.replace("\\", "/")
     while posix.startswith("./"):
@@ -169,7 +176,7 @@ def _from_list(path: Path) -> list[Item]:
     base = path.parent
     items = []
     if ext == ".tsv":
-        lines = [(n, s) for n, s in lines if s]
+        lines = [(n, s) for n, s in lines if s and not s.startswith("#")]
         if not lines:
             return []
         (_, root_text), rows = lines[0], lines[1:]

@@ -28,8 +28,8 @@ import torch
 
 from .audio import ResamplerUnavailable
 from .checkpoint import Checkpoint, load_checkpoint
-from .defaults import (BATCH_SECONDS, CHECKPOINT, COMPRESSION, CONTEXT_SECONDS, DEVICE, DTYPE, EXACT_SECONDS, LAYERS,
-                       NUM_WORKERS, SAVE_DTYPE, SEED, WINDOW_SECONDS)
+from .defaults import (BATCH_SECONDS, CHECKPOINT, COMPRESSION, CONTEXT_SECONDS, DEVICE, DTYPE, EXACT_SECONDS,
+                       FLUSH_SECONDS, LAYERS, NUM_WORKERS, OUTPUT_FORMAT, SAVE_DTYPE, SEED, WINDOW_SECONDS)
 from .distributed import Group, World, balance, decide, detect_world, finished, rank_timeout, wait_for_ranks
 from .errors import LightHubertError, SettingError
 from .extractor import Extractor, resolve_device, resolve_dtype, resolve_layers
@@ -104,8 +104,8 @@ class ExtractJob:
     keep_parts: bool = False
     seed: int = SEED
     trust_checkpoint: bool = False
-    format: str = "hdf5"
-    flush_seconds: float = 1.0
+    format: str = OUTPUT_FORMAT
+    flush_seconds: float = FLUSH_SECONDS
 
 
 @dataclass

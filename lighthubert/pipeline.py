@@ -25,10 +25,11 @@ import numpy as np
 import torch
 
 from .audio import MIN_SAMPLES, SAMPLE_RATE, AudioError, ResamplerUnavailable, audio_frames, load_audio
+from .defaults import FLUSH_SECONDS
 from .errors import LightHubertError
 from .extractor import Extractor
 from .longform import LongForm
-from .inputs import Item, display_path
+from .inputs import Item, display_path, source_text
 from .storage import FeaturesWriter, OutputError
 
 HOP = 320
@@ -50,7 +51,7 @@ class Options:
     context_seconds: float
     num_workers: int
     strict: bool
-    flush_seconds: float = 1.0
+    flush_seconds: float = FLUSH_SECONDS
 
 
 class Reporter(Protocol):
@@ -244,7 +245,7 @@ def extract(items: Iterable[Item], extractor: Extractor, writer: FeaturesWriter,
                 for it, wave in decoded:
                     if isinstance(wave, AudioError):
                         summary.skipped.append((it, str(wave)))
-                        writer.skip(it.key, display_path(it.path), str(wave))
+                        writer.skip(it.key, source_text(it.path), str(wave))
                         reporter.skipped(it, str(wave))
                         if options.strict:
                             finish()  # what is computed is kept
@@ -292,7 +293,7 @@ def _launch(good: list[tuple[Item, np.ndarray]], extractor: Extractor, options: 
         wave_t = extractor.batch([wave])[0][0]  # normalised over the whole file, on the device
         data = extractor.run_long(wave_t, options.layers, form, progress).to(out_dtype).cpu().numpy()
         windows = math.ceil(data.shape[-2] / round(form.window_seconds * 50)) if form.mode == "windowed" else 0
-        job = (item.key, _squeeze(data, options.layers), display_path(item.path), len(wave), windows)
+        job = (item.key, _squeeze(data, options.layers), source_text(item.path), len(wave), windows)
         return lambda: [job]
     waves = [w for _, w in good]
     try:
@@ -301,7 +302,7 @@ def _launch(good: list[tuple[Item, np.ndarray]], extractor: Extractor, options: 
     except torch.OutOfMemoryError as err:
         done = _halves(extractor, waves, options.layers, out_dtype, err)
         feats = lambda: done
-    return lambda: [(item.key, _squeeze(data, options.layers), display_path(item.path), len(wave), 0)
+    return lambda: [(item.key, _squeeze(data, options.layers), source_text(item.path), len(wave), 0)
                     for (item, wave), data in zip(good, feats())]
 
 

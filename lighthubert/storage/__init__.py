@@ -21,6 +21,7 @@ import stat
 import shutil
 import tempfile
 import time
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Protocol
 
@@ -168,6 +169,16 @@ def _what_differs(old: Any, new: Any) -> str:
     return f"{_short(old)}, now {_short(new)}"
 
 
+def resampler() -> str:
+    """How audio at other rates reaches 16 kHz (SPEC §4), for the root attribute ``resampler``; the
+    torchaudio version is read from the installed metadata (torchaudio itself is not imported)."""
+    try:
+        version = metadata.version("torchaudio")
+    except metadata.PackageNotFoundError:
+        version = "not installed"
+    return f"torchaudio.functional.resample, default arguments (torchaudio {version})"
+
+
 def run_attrs(*, layers: list[int], subnet: dict, checkpoint: str, checkpoint_sha256: str | None,
               normalize: bool, random_weights: bool, params: int, dtype: str, compute_dtype: str, version: str,
               exact_seconds: float, window_seconds: float, context_seconds: float, num_layers: int,
@@ -196,6 +207,7 @@ def run_attrs(*, layers: list[int], subnet: dict, checkpoint: str, checkpoint_sh
         "exact_seconds": float(exact_seconds),
         "window_seconds": float(window_seconds),
         "context_seconds": float(context_seconds),
+        "resampler": resampler(),
         "package_version": f"lighthubert {version}",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
