@@ -185,6 +185,10 @@ def _decode(item: Item) -> np.ndarray | AudioError:
         return AudioError(f"cannot decode: {type(err).__name__}: {err}")
 
 
+class _Stopped(Exception):
+    """``stop`` was set while a long file ran window by window."""
+
+
 def extract(items: Iterable[Item], extractor: Extractor, writer: FeaturesWriter, options: Options,
             reporter: Reporter | None = None, stop: threading.Event | None = None) -> Summary:
     """Extract every item not already in ``writer.done``; returns what happened."""
@@ -261,9 +265,15 @@ def extract(items: Iterable[Item], extractor: Extractor, writer: FeaturesWriter,
                     step = fraction * seconds - shown[0]
                     shown[0] += step
                     reporter.advance(0, step)
+                    if stop.is_set() and fraction < 1:  # a long file stops between windows, not at its end
+                        raise _Stopped
 
                 t = time.monotonic()
-                collect = _launch(good, extractor, options, long_samples, save_dtype, window_done)
+                try:
+                    collect = _launch(good, extractor, options, long_samples, save_dtype, window_done)
+                except _Stopped:  # the long file is dropped; --resume does it again
+                    summary.interrupted = True
+                    break
                 summary.timings["compute"] += time.monotonic() - t
                 finish()
                 summary.files += len(good)

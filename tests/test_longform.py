@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 
+import h5py
 import numpy as np
 import pytest
 import soundfile as sf
@@ -18,6 +20,7 @@ from cli_helpers import _env, lhb, lhb_command, read_features
 from conftest import SUPERNET_TYPE
 from helpers import SPEECH_DIR, authors_hidden_states, frames_for, rel_err
 from lighthubert.audio import load_audio
+from lighthubert.features import keys
 from lighthubert.longform import LongForm, hidden_states
 from oracle import authors
 
@@ -188,3 +191,32 @@ def test_progress_moves_with_each_window_of_a_long_file(tmp_path, ckpt_files):
     assert len(during_long) >= 5, calls  # 6 windows of 2 s, the last reported with the file
     seconds = [c[2] for c in calls]
     assert seconds == sorted(seconds) and 0 < during_long[0][2] <= 2.5, calls
+
+
+def test_stop_during_a_long_file_ends_after_its_current_window(tmp_path, ckpt_files):
+    """A stop signal does not wait for the rest of a windowed file: the run ends after the current
+    window, the file is left out of OUTPUT (a valid, incomplete file), and --resume completes the job."""
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(str(src / "long.wav"), speech(12.0), 16000, subtype="FLOAT")
+    sf.write(str(src / "short.wav"), speech(3.0), 16000, subtype="FLOAT")
+    stop, calls = threading.Event(), []
+
+    def progress(files, total, seconds, total_seconds):
+        calls.append((files, seconds))
+        if files == 0 and seconds > 0:  # the long file's first window is done (longest runs first)
+            stop.set()
+
+    settings = dict(checkpoint=ckpt_files["small"], subnet="min", device="cpu", exact_seconds=5, window_seconds=2,
+                    context_seconds=1)
+    out = tmp_path / "o.h5"
+    summary = lighthubert.extract(src, out, progress=progress, stop=stop, **settings)
+    assert summary.interrupted and summary.files == 0, (summary, calls)
+    assert len([c for c in calls if c[0] == 0 and c[1] > 0]) == 1, calls  # one window of six ran
+    with h5py.File(out) as f:
+        assert keys(f) == [] and not f.attrs["complete"]
+    again = lighthubert.extract(src, out, resume=True, **settings)
+    assert again.files == 2 and not again.interrupted
+    with h5py.File(out) as f:
+        assert sorted(keys(f)) == ["long", "short"] and f.attrs["complete"]
+        assert f["features"]["long"].shape[0] == frames_for(12 * 16000)
