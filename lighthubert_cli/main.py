@@ -479,8 +479,8 @@ def info(
     from lighthubert.storage import HDF5
 
     p = Path(path)
-    if p.is_file() and HDF5.is_features_file(p):
-        return _info_features(p, as_json)
+    if p.is_file() and (HDF5.is_features_file(p) or p.suffix.lower() in (".h5", ".hdf5")):
+        return _info_features(p, as_json)  # a broken .h5 is described as one, not as a checkpoint
     if p.is_file():
         from lighthubert.deploy import file_format
 
