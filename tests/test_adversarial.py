@@ -86,3 +86,75 @@ def test_info_of_a_broken_h5_file_speaks_of_hdf5_not_checkpoints(tmp_path):
     p = lhb("info", text)
     assert p.returncode == 1 and one_line(p) == f"lhb: error: {text}: cannot be read (not an HDF5 file)", p.stderr
     assert p.stdout == ""
+
+
+# ----------------------------------------------------------------------------- lists and folders
+
+
+def test_tsv_without_its_root_line_or_with_a_missing_root_is_refused(tmp_path):
+    """Before: a manifest missing its root line was 'the list holds no entries' (its first entry was
+    taken for the root); a missing root skipped every file one by one; '#' lines, which the README says
+    are ignored in lists, were taken for the root or for files."""
+    from lighthubert.inputs import InputError, list_inputs
+
+    (tmp_path / "spk1").mkdir()
+    shutil.copy(UTT, tmp_path / "spk1" / "a.wav")
+    headless = tmp_path / "headless.tsv"
+    headless.write_text("spk1/a.wav\t16000\n")
+    with pytest.raises(InputError) as e:
+        list_inputs(headless)
+    assert str(e.value).startswith(f"{headless}:1: expected the root folder, found an entry ('spk1/a.wav')"), e.value
+    missing = tmp_path / "missing.tsv"
+    missing.write_text(f"{tmp_path}/nowhere\nspk1/a.wav\t16000\n")
+    with pytest.raises(InputError, match=f"missing.tsv:1: the root folder {tmp_path}/nowhere does not exist$"):
+        list_inputs(missing)
+    commented = tmp_path / "commented.tsv"
+    commented.write_text(f"# made by hand\r\n{tmp_path}\r\n\r\nspk1/a.wav\t16000\r\n# spk1/b.wav\t16000\r\n")
+    assert [(it.key, it.path) for it in list_inputs(commented)] == [("spk1/a", tmp_path / "spk1" / "a.wav")]
+
+
+def _without_root_powers(code: str, cwd) -> subprocess.CompletedProcess:
+    """Python ``code`` run where file permissions apply: as root, without the capabilities that
+    bypass them (``chmod 000`` means nothing to root otherwise)."""
+    import sys
+
+    cmd = [sys.executable, "-c", code]
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("as root, needs setpriv to drop the capabilities that bypass file permissions")
+        caps = "-dac_override,-dac_read_search"
+        cmd = [setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}"] + cmd
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=cwd, env=_env())
+
+
+@needs_speech
+def test_unreadable_files_and_subfolders_are_skipped_with_their_reason(tmp_path):
+    """Before: a subfolder that could not be listed was passed over without a word (its files simply
+    missing) and an unreadable file was skipped as 'cannot decode: System error.'."""
+    root = tmp_path / "in"
+    (root / "locked").mkdir(parents=True)
+    shutil.copy(UTT, root / "a.wav")
+    shutil.copy(UTT, root / "locked" / "b.wav")
+    shutil.copy(UTT, root / "noread.wav")
+    os.chmod(root / "noread.wav", 0)
+    os.chmod(root / "locked", 0)
+    try:
+        p = _without_root_powers(
+            "from lighthubert.audio import load_audio, AudioError\n"
+            "from lighthubert.inputs import list_inputs\n"
+            "for it in list_inputs('in'):\n"
+            "    try:\n"
+            "        print(it.key, load_audio(it.path).shape[0])\n"
+            "    except AudioError as e:\n"
+            "        print(it.key, e)\n", tmp_path)
+    finally:
+        os.chmod(root / "locked", 0o755)
+        os.chmod(root / "noread.wav", 0o644)
+    assert p.returncode == 0, p.stderr
+    n = int(p.stdout.split()[1])
+    assert p.stdout.splitlines() == [
+        f"a {n}",
+        "locked a folder that cannot be read (Permission denied): its files were not listed",
+        "noread cannot read: Permission denied",
+    ], p.stdout
