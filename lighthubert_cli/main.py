@@ -131,6 +131,11 @@ def _one_line_errors(command):
                 raise typer.Exit(EXIT_USAGE if isinstance(e, SettingError) else EXIT_FAIL) from None
             if os.environ.get("LHB_DEBUG"):
                 raise
+            if isinstance(e, OSError) and e.filename is not None and e.strerror:  # e.g. a name too long
+                from lighthubert.inputs import display_path
+
+                err(f"lhb: error: {display_path(os.fsdecode(e.filename))}: {e.strerror}")
+                raise typer.Exit(EXIT_FAIL) from None
             err(f"lhb: internal error: {type(e).__name__}: {e} (set LHB_DEBUG=1 for the traceback)")
             raise typer.Exit(EXIT_FAIL) from None
 
@@ -168,13 +173,20 @@ def _load_checkpoint(source: str, seed: int, trust: bool, quiet: bool):
     return load_checkpoint(source, seed=seed, trust=trust, progress=not quiet)
 
 
+def _path(text: str | Path) -> Path:
+    """A path argument; an empty one (an unset shell variable) is refused instead of meaning '.'."""
+    if isinstance(text, str) and not text.strip():
+        raise typer.BadParameter("an empty path")
+    return Path(text)
+
+
 @app.command(cls=LhbCommand)
 @_one_line_errors
 def extract(
     input: Annotated[Path, typer.Argument(
-        metavar="INPUT", help="A folder (searched recursively for audio), one audio file, or a list: .txt/.lst (paths), "
+        parser=_path, metavar="INPUT", help="A folder (searched recursively for audio), one audio file, or a list: .txt/.lst (paths), "
              ".tsv (fairseq manifest), .scp (key path).", show_default=False)],
-    output: Annotated[Path, typer.Argument(metavar="OUTPUT", help="The HDF5 features file to write.", show_default=False)],
+    output: Annotated[Path, typer.Argument(parser=_path, metavar="OUTPUT", help="The HDF5 features file to write.", show_default=False)],
     checkpoint: CheckpointOpt = defaults.CHECKPOINT,
     subnet: Annotated[Optional[str], typer.Option(
         "--subnet", "-s", metavar="SPEC",
@@ -431,8 +443,8 @@ def _subnet_table(item: dict) -> None:
 @app.command(cls=LhbCommand)
 @_one_line_errors
 def merge(
-    output: Annotated[Path, typer.Argument(metavar="OUTPUT", help="The features file to write (kept and added to if it exists).", show_default=False)],
-    parts: Annotated[Optional[list[Path]], typer.Argument(metavar="PARTS",
+    output: Annotated[Path, typer.Argument(parser=_path, metavar="OUTPUT", help="The features file to write (kept and added to if it exists).", show_default=False)],
+    parts: Annotated[Optional[list[Path]], typer.Argument(parser=_path, metavar="PARTS",
         help="Part files or folders of parts. Default: OUTPUT.parts/.", show_default=False)] = None,
     remove_parts: Annotated[bool, typer.Option("--remove-parts", help="Delete the parts once merged.")] = False,
 ) -> None:

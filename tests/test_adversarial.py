@@ -158,3 +158,38 @@ def test_unreadable_files_and_subfolders_are_skipped_with_their_reason(tmp_path)
         "locked a folder that cannot be read (Permission denied): its files were not listed",
         "noread cannot read: Permission denied",
     ], p.stdout
+
+
+# ----------------------------------------------------------------------------- arguments
+
+
+def test_an_empty_path_argument_is_refused_not_taken_for_the_current_folder(tmp_path):
+    """Before: ``lhb extract "$UNSET" out.h5`` extracted every audio file under the current folder
+    (Path("") is "."), and ``-c ""`` said '.: is a folder'."""
+    import lighthubert
+    from lighthubert.checkpoint import CheckpointError, load_checkpoint
+    from lighthubert.errors import SettingError
+
+    shutil.copy(UTT, tmp_path / "here.wav")  # what an empty INPUT used to pick up
+    for args, line in (((" ", "o.h5"), "lhb: error: INPUT: an empty path"),
+                       (("here.wav", ""), "lhb: error: OUTPUT: an empty path")):
+        p = subprocess.run(lhb_command() + ["extract", *args, "-c", "random:small"], capture_output=True, text=True,
+                           timeout=120, env=_env(), stdin=subprocess.DEVNULL, cwd=tmp_path)
+        assert p.returncode == 2 and one_line(p) == line, p.stderr
+    p = lhb("info", "")
+    assert p.returncode == 1 and "the checkpoint is an empty string" in one_line(p), p.stderr
+    with pytest.raises(CheckpointError, match="empty string"):
+        load_checkpoint("")
+    with pytest.raises(SettingError, match="INPUT is an empty path"):
+        lighthubert.extract("", tmp_path / "o.h5", checkpoint="random:small")
+    assert sorted(os.listdir(tmp_path)) == ["here.wav"]
+
+
+def test_a_file_name_too_long_is_one_line_naming_it(tmp_path):
+    """Before: 'lhb: internal error: OSError: [Errno 36] File name too long' for INPUT, OUTPUT and info."""
+    long = tmp_path / ("y" * 300)
+    for args in (("extract", f"{long}.wav", tmp_path / "o.h5", "-c", "random:small"), ("info", f"{long}.pt")):
+        p = lhb(*args)
+        line = one_line(p)
+        assert p.returncode == 1 and line.startswith(f"lhb: error: {long}") and line.endswith(": File name too long"), line
+    assert os.listdir(tmp_path) == []
