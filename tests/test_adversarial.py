@@ -193,3 +193,65 @@ def test_a_file_name_too_long_is_one_line_naming_it(tmp_path):
         line = one_line(p)
         assert p.returncode == 1 and line.startswith(f"lhb: error: {long}") and line.endswith(": File name too long"), line
     assert os.listdir(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------- lhb units
+
+
+def _units_inputs(tmp_path):
+    """A features file of three utterances (layer 1, 4 wide) and a k-means file of two centroids."""
+    import torch
+
+    from lighthubert.units import KM_FORMAT
+
+    feats = tmp_path / "f.h5"
+    w = FeatureWriter(feats, _attrs())
+    rng = np.random.default_rng(0)
+    for k in ("a", "b", "c"):
+        w.write(k, rng.standard_normal((5, 4)).astype(np.float32), source=f"/x/{k}.wav", num_samples=1600)
+    w.close(complete=True)
+    km = tmp_path / "km.pt"
+    torch.save({"format": KM_FORMAT, "centroids": torch.eye(2, 4), "layer": 1, "clusters": 2}, km)
+    return feats, km
+
+
+def test_units_learn_refuses_a_bad_km_path_or_device_before_learning(tmp_path):
+    """Before: KM a folder gave 'internal error: RuntimeError: [enforce fail at inline_container.cc...'
+    after the whole k-means; --device xyz or cuda without CUDA gave internal errors too."""
+    feats, _ = _units_inputs(tmp_path)
+    for km, line in ((tmp_path, f"lhb: error: {tmp_path}: is a folder; give a file name"),
+                     (tmp_path / "no" / "km.pt", f"lhb: error: {tmp_path}/no/km.pt: the folder {tmp_path}/no does not exist")):
+        p = lhb("units", "learn", feats, km, "--layer", "1", "--clusters", "2")
+        assert p.returncode == 1 and one_line(p) == line, p.stderr  # no "k-means step" line: nothing was learnt
+    p = lhb("units", "learn", feats, tmp_path / "k.pt", "--layer", "1", "--clusters", "2", "--device", "xyz")
+    assert p.returncode == 2 and one_line(p) == "lhb: error: --device: unknown device 'xyz'; use auto, cpu, cuda or cuda:N"
+    p = lhb("units", "apply", feats, tmp_path / "km.pt", tmp_path / "u.txt", "--device", "cuda:99")
+    assert p.returncode == 2 and one_line(p).startswith("lhb: error: --device: device 'cuda:99' asked for")
+    assert not (tmp_path / "k.pt").exists() and not (tmp_path / "u.txt").exists()
+
+
+@pytest.mark.parametrize("name", ["u.txt", "u.h5"])
+def test_units_apply_keeps_the_old_output_until_the_new_one_is_whole(tmp_path, name):
+    """Before: OUTPUT was truncated first and written in place, so a stop (Ctrl-C, a full disk) half-way
+    lost the previous good file and left a partial one."""
+    from lighthubert.units import apply_file, load_km
+
+    feats, km_path = _units_inputs(tmp_path)
+    out = tmp_path / name
+    km = load_km(km_path)
+    assert apply_file(feats, km, out) == 3
+    before = out.read_bytes()
+
+    def stop_after_one(done, total):
+        if done == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        apply_file(feats, km, out, keys=True, progress=stop_after_one)
+    assert out.read_bytes() == before and sorted(os.listdir(tmp_path)) == sorted(["f.h5", "km.pt", name])
+    assert apply_file(feats, km, out, keys=True) == 3
+    if name.endswith(".h5"):
+        with h5py.File(out, "r") as f:
+            assert sorted(f["units"]) == ["a", "b", "c"]
+    else:
+        assert [line.split()[0] for line in out.read_text().splitlines()] == ["a", "b", "c"]
