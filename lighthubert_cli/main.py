@@ -318,7 +318,7 @@ def subnet_cmd(
     params: Annotated[Optional[str], typer.Option(
         "--params", "-p", help="Parameter budget (30M, 30m, 3e7, 30000000): the largest subnet not above it.")] = None,
     preset: Annotated[Optional[str], typer.Option("--preset", help="default, max or min.")] = None,
-    sample: Annotated[Optional[int], typer.Option("--sample", min=1, help="Sample N random subnets (with --seed).")] = None,
+    sample: Annotated[Optional[int], typer.Option("--sample", min=1, max=10_000, help="Sample N random subnets (with --seed).")] = None,
     subnet: Annotated[Optional[str], typer.Option("--subnet", "-s", metavar="SPEC", help="A JSON file or inline JSON to check and show.")] = None,
     supernet: Annotated[Optional[Supernet], typer.Option("--supernet", help="Search space (default: both, or the checkpoint's).")] = None,
     checkpoint: Annotated[Optional[str], typer.Option(
@@ -358,6 +358,10 @@ def subnet_cmd(
     if export is None and (export_dtype is not None or layers is not None):
         raise Fail("--export-dtype and --layers go with --export OUT.onnx or OUT.ts", EXIT_USAGE)
     dtype = export_dtype.value if export_dtype else None
+    if output is not None and output.is_dir():  # said before anything is printed
+        raise Fail(f"{output}: is a folder; give a file name such as {output / 'subnet.json'}")
+    if output is not None and not output.parent.is_dir():
+        raise Fail(f"{output}: the folder {output.parent} does not exist")
     if export is not None:  # a wrong suffix or a missing extra is said before any work
         _export(None, None, export, layers, dtype, check_only=True)
     ckpt = _load_checkpoint(checkpoint, seed, trust_checkpoint, quiet=False) if checkpoint else None
@@ -389,8 +393,8 @@ def subnet_cmd(
             for n in space_names:
                 results.append((SPACES[n].preset(name) if ckpt is None or ckpt.kind != "student_hubert" or preset
                                 else ckpt.default_subnet, n))
-    except SubnetError as e:
-        raise Fail(str(e), EXIT_USAGE) from None
+    except SubnetError as e:  # named by the option that gave the value
+        raise Fail(f"{chosen[0]}: {e}" if chosen else str(e), EXIT_USAGE) from None
     out = [{**sub, "supernet": name, "params": count_params(sub, fixed)} for sub, name in results]
     for item in out:
         _subnet_table(item)

@@ -255,3 +255,27 @@ def test_units_apply_keeps_the_old_output_until_the_new_one_is_whole(tmp_path, n
             assert sorted(f["units"]) == ["a", "b", "c"]
     else:
         assert [line.split()[0] for line in out.read_text().splitlines()] == ["a", "b", "c"]
+
+
+# ----------------------------------------------------------------------------- lhb subnet
+
+
+@pytest.mark.parametrize("args,line", [
+    (["--params", "30MB"], "lhb: error: --params: '30MB' is not a parameter budget; write e.g. 30M, 30m, 3e7 or 30000000"),
+    (["--params", "0"], "lhb: error: --params: '0' is not a parameter budget; it must be a positive number"),
+    (["--preset", "huge"], "lhb: error: --preset: unknown preset 'huge'; choose one of: default, max, min"),
+    (["--sample", "1000000000"], "lhb: error: --sample: must be less than or equal to 10000"),
+])
+def test_subnet_usage_errors_name_their_option(args, line):
+    """Before: budget and preset errors did not say which option was wrong; --sample 1e9 ran for hours
+    (every sample printed as a table) before printing anything on stdout."""
+    p = lhb("subnet", *args, "--supernet", "small", timeout=60)
+    assert p.returncode == 2 and one_line(p) == line and p.stdout == "", p.stderr
+
+
+def test_subnet_output_that_cannot_be_written_is_refused_before_printing(tmp_path):
+    """Before: the JSON went to stdout and the table to stderr, then 'cannot write: Is a directory'."""
+    for out, line in ((tmp_path, f"lhb: error: {tmp_path}: is a folder; give a file name such as {tmp_path}/subnet.json"),
+                      (tmp_path / "no" / "s.json", f"lhb: error: {tmp_path}/no/s.json: the folder {tmp_path}/no does not exist")):
+        p = lhb("subnet", "--preset", "min", "--supernet", "small", "-o", out)
+        assert p.returncode == 1 and one_line(p) == line and p.stdout == "", p.stderr
