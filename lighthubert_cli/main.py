@@ -460,6 +460,10 @@ def merge(
 
     from lighthubert.storage import HDF5, OutputLock, find_parts, parts_dir
 
+    if output.is_dir():
+        raise Fail(f"{output}: is a folder, not a features file")
+    if not output.parent.is_dir():
+        raise Fail(f"{output}: the folder {output.parent} does not exist")
     sources = parts or [parts_dir(output)]
     files: list[Path] = []
     for src in sources:

@@ -42,12 +42,15 @@ def _every(what: str, quiet: bool):
 
 
 def _library_errors(fn, *args, **kwargs):
+    from lighthubert.errors import SettingError
     from lighthubert.reader import FeaturesError
 
     try:
         return fn(*args, **kwargs)
     except FeaturesError as e:
         raise Fail(str(e)) from None
+    except SettingError:
+        raise  # lhb's own one line, named by its option
     except ValueError as e:
         raise Fail(str(e), EXIT_USAGE) from None
     except OSError as e:

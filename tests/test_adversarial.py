@@ -279,3 +279,35 @@ def test_subnet_output_that_cannot_be_written_is_refused_before_printing(tmp_pat
                       (tmp_path / "no" / "s.json", f"lhb: error: {tmp_path}/no/s.json: the folder {tmp_path}/no does not exist")):
         p = lhb("subnet", "--preset", "min", "--supernet", "small", "-o", out)
         assert p.returncode == 1 and one_line(p) == line and p.stdout == "", p.stderr
+
+
+# ----------------------------------------------------------------------------- lhb merge, lhb convert
+
+
+def test_merge_into_a_folder_or_a_missing_folder_is_one_clear_line(tmp_path):
+    """Before: OUTPUT a folder gave h5py's many-line 'file read failed: time = ...' text; a missing
+    folder named the lock file ('nod/.m.h5.lock: No such file or directory')."""
+    part = tmp_path / "p.h5"
+    _features_file(part)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    for out, line in ((folder, f"lhb: error: {folder}: is a folder, not a features file"),
+                      (tmp_path / "no" / "m.h5", f"lhb: error: {tmp_path}/no/m.h5: the folder {tmp_path}/no does not exist")):
+        p = lhb("merge", out, part)
+        assert p.returncode == 1 and one_line(p) == line, p.stderr
+    with pytest.raises(OutputError) as e:  # the library says the OS reason, on one line
+        HDF5.describe(folder)
+    assert str(e.value) == f"{folder}: cannot be read (Is a directory)"
+    assert sorted(os.listdir(tmp_path)) == ["out", "p.h5"] and os.listdir(folder) == []
+
+
+@pytest.mark.parametrize("split", ["../escaped", "/abs/name", "", ".."])
+def test_convert_split_must_be_a_plain_name(tmp_path, split):
+    """Before: --split ../escaped wrote escaped_0_1.npy (and .len, .keys, .tsv) outside OUTPUT."""
+    feats = tmp_path / "f.h5"
+    _features_file(feats)
+    out = tmp_path / "sub" / "conv"
+    p = lhb("convert", feats, out, "--layer", "1", "--split", split)
+    line = one_line(p)
+    assert p.returncode == 2 and line == f"lhb: error: --split: {split!r} is not a plain file name (no '/', not empty)", line
+    assert sorted(os.listdir(tmp_path)) == ["f.h5"]

@@ -150,6 +150,8 @@ def _open_reason(err: Exception) -> str:
         return "not an HDF5 file"
     if m := _TRUNCATED.search(text):
         return f"truncated: {int(m[1]):,} of its {int(m[2]):,} bytes are there"
+    if m := re.search(r"error message = '([^']*)'", text):  # the OS error inside a many-line h5py text
+        return m[1]
     return getattr(err, "strerror", None) or _reason(err)
 
 
