@@ -358,10 +358,11 @@ def subnet_cmd(
     if export is None and (export_dtype is not None or layers is not None):
         raise Fail("--export-dtype and --layers go with --export OUT.onnx or OUT.ts", EXIT_USAGE)
     dtype = export_dtype.value if export_dtype else None
-    if output is not None and output.is_dir():  # said before anything is printed
-        raise Fail(f"{output}: is a folder; give a file name such as {output / 'subnet.json'}")
-    if output is not None and not output.parent.is_dir():
-        raise Fail(f"{output}: the folder {output.parent} does not exist")
+    for target, example in ((output, "subnet.json"), (export, "subnet.pt")):  # said before anything is printed
+        if target is not None and target.is_dir():
+            raise Fail(f"{target}: is a folder; give a file name such as {target / example}")
+        if target is not None and not target.parent.is_dir():
+            raise Fail(f"{target}: the folder {target.parent} does not exist")
     if export is not None:  # a wrong suffix or a missing extra is said before any work
         _export(None, None, export, layers, dtype, check_only=True)
     ckpt = _load_checkpoint(checkpoint, seed, trust_checkpoint, quiet=False) if checkpoint else None

@@ -273,12 +273,18 @@ def test_subnet_usage_errors_name_their_option(args, line):
     assert p.returncode == 2 and one_line(p) == line and p.stdout == "", p.stderr
 
 
-def test_subnet_output_that_cannot_be_written_is_refused_before_printing(tmp_path):
-    """Before: the JSON went to stdout and the table to stderr, then 'cannot write: Is a directory'."""
+def test_subnet_output_that_cannot_be_written_is_refused_before_printing(tmp_path, ckpt_files):
+    """Before: the JSON went to stdout and the table to stderr (for --export after loading the
+    checkpoint), then 'cannot write: Is a directory' or 'No such file or directory'."""
     for out, line in ((tmp_path, f"lhb: error: {tmp_path}: is a folder; give a file name such as {tmp_path}/subnet.json"),
                       (tmp_path / "no" / "s.json", f"lhb: error: {tmp_path}/no/s.json: the folder {tmp_path}/no does not exist")):
         p = lhb("subnet", "--preset", "min", "--supernet", "small", "-o", out)
         assert p.returncode == 1 and one_line(p) == line and p.stdout == "", p.stderr
+    for out, line in ((tmp_path, f"lhb: error: {tmp_path}: is a folder; give a file name such as {tmp_path}/subnet.pt"),
+                      (tmp_path / "no" / "s.pt", f"lhb: error: {tmp_path}/no/s.pt: the folder {tmp_path}/no does not exist")):
+        p = lhb("subnet", "--preset", "min", "-c", ckpt_files["small"], "--export", out)
+        assert p.returncode == 1 and one_line(p) == line and p.stdout == "", p.stderr
+    assert os.listdir(tmp_path) == []
 
 
 # ----------------------------------------------------------------------------- lhb merge, lhb convert
