@@ -317,3 +317,28 @@ def test_convert_split_must_be_a_plain_name(tmp_path, split):
     line = one_line(p)
     assert p.returncode == 2 and line == f"lhb: error: --split: {split!r} is not a plain file name (no '/', not empty)", line
     assert sorted(os.listdir(tmp_path)) == ["f.h5"]
+
+
+# ----------------------------------------------------------------------------- exported subnets
+
+
+def test_export_errors_are_lighthubert_errors_naming_the_file(tmp_path, ckpts):
+    """Before: ExportError was a bare Exception (the README: errors are LightHubertError), and without
+    the onnx extra 'lhb info x.onnx' did not name the file."""
+    import sys
+
+    import lighthubert
+    from lighthubert.deploy import export
+
+    with pytest.raises(lighthubert.LightHubertError, match=r"x\.bad: unknown export format '\.bad'"):
+        export(ckpts["small"], "min", tmp_path / "x.bad")
+    stub = tmp_path / "stub" / "onnx"  # an onnx that cannot be imported, as when the extra is missing
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text("raise ImportError('No module named onnx')\n")
+    fake = tmp_path / "fake.onnx"
+    fake.write_bytes(b"\x08\x07")
+    code = (f"import sys; sys.path.insert(0, {str(stub.parent)!r}); sys.argv = ['lhb', 'info', {str(fake)!r}]\n"
+            "from lighthubert_cli.main import main; main()")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=_env())
+    line = one_line(p)
+    assert p.returncode == 1 and line.startswith(f"lhb: error: {fake}: reading an ONNX file needs the optional 'onnx' extra"), line
