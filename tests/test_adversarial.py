@@ -342,3 +342,22 @@ def test_export_errors_are_lighthubert_errors_naming_the_file(tmp_path, ckpts):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=_env())
     line = one_line(p)
     assert p.returncode == 1 and line.startswith(f"lhb: error: {fake}: reading an ONNX file needs the optional 'onnx' extra"), line
+
+
+# ----------------------------------------------------------------------------- the Python extractor
+
+
+def test_extractor_refuses_nan_waveforms_and_takes_an_empty_batch(ckpts):
+    """Before: a NaN or infinite sample gave all-NaN features without a word (lhb extract skips such
+    files); ``ext([])`` failed with 'max() arg is an empty sequence'."""
+    import torch
+
+    from lighthubert.extractor import Extractor
+
+    ext = Extractor(ckpts["small"], "min", "cpu")
+    good = np.random.default_rng(0).standard_normal(1600).astype(np.float32) * 0.1
+    assert ext([]) == []
+    for bad in (np.where(np.arange(1600) == 7, np.nan, good).astype(np.float32), torch.full((1600,), float("inf"))):
+        with pytest.raises(ValueError, match="waveform 1 holds NaN or infinite samples"):
+            ext([good, bad])
+    assert torch.isfinite(ext(good)).all()
