@@ -361,3 +361,21 @@ def test_extractor_refuses_nan_waveforms_and_takes_an_empty_batch(ckpts):
         with pytest.raises(ValueError, match="waveform 1 holds NaN or infinite samples"):
             ext([good, bad])
     assert torch.isfinite(ext(good)).all()
+
+
+def test_reading_a_truncated_features_file_or_a_folder_says_so(tmp_path):
+    """Before: open_features (lhb convert, lhb units) said 'cannot be read: Unable to synchronously
+    open file' for a truncated file and 'no such file' for a folder."""
+    import lighthubert
+    from lighthubert.reader import FeaturesError
+
+    good = tmp_path / "good.h5"
+    _features_file(good)
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(good.read_bytes()[:1000])
+    with pytest.raises(FeaturesError, match=f"cut.h5: cannot be read: truncated: 1,000 of its {good.stat().st_size:,} bytes"):
+        lighthubert.open_features(cut)
+    with pytest.raises(FeaturesError, match=f"{tmp_path}: is a folder, not a features file$"):
+        lighthubert.open_features(tmp_path)
+    p = lhb("convert", cut, tmp_path / "out", "--layer", "1")
+    assert p.returncode == 1 and "truncated" in one_line(p) and not (tmp_path / "out").exists()

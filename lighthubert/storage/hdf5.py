@@ -75,7 +75,7 @@ class FeatureWriter:
         try:
             f = h5py.File(self.path, "a")
         except OSError as err:
-            raise OutputError(f"{self.path}: cannot be opened to resume ({_open_reason(err)}); use --overwrite to start again") from None
+            raise OutputError(f"{self.path}: cannot be opened to resume ({open_reason(err)}); use --overwrite to start again") from None
         try:
             check_identity(self.path, dict(f.attrs), attrs)
         except OutputError:
@@ -142,7 +142,7 @@ def _reason(err: Exception) -> str:
 _TRUNCATED = re.compile(r"truncated file: eof = (\d+),.*stored_eof = (\d+)")
 
 
-def _open_reason(err: Exception) -> str:
+def open_reason(err: Exception) -> str:
     """Why h5py could not open a file, in words: ``not an HDF5 file``, ``truncated (N of M bytes)``,
     else the OS reason (h5py's own text puts the useful part in parentheses, which :func:`_reason` drops)."""
     text = str(err)
@@ -170,7 +170,7 @@ def file_keys(path: Path) -> set[str]:
         with h5py.File(path, "r") as f:
             return set(keys(f))
     except OSError as err:
-        raise OutputError(f"{path}: cannot be read to resume ({_open_reason(err)}); remove it or use --overwrite") from None
+        raise OutputError(f"{path}: cannot be read to resume ({open_reason(err)}); remove it or use --overwrite") from None
 
 
 def merge(output: Path, parts: list[Path], *, include_output: bool, complete: bool | None = None) -> int:
@@ -210,7 +210,7 @@ def _merge_into(tmp: Path, sources: list[Path], complete: bool | None) -> int:
             try:
                 src = h5py.File(path, "r")
             except OSError as err:
-                raise OutputError(f"{path}: cannot be opened ({_open_reason(err)})") from None
+                raise OutputError(f"{path}: cannot be opened ({open_reason(err)})") from None
             with src:
                 if plain(src.attrs.get("format")) != FORMAT:
                     raise OutputError(f"{path}: an HDF5 file, but not a lighthubert features file")
@@ -268,7 +268,7 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
                 samples += int(ds.attrs.get("num_samples", 0))
                 shapes.add(tuple(ds.shape[:-2]) + (ds.shape[-1],))
     except OSError as err:
-        raise OutputError(f"{path}: cannot be read ({_open_reason(err)})") from None
+        raise OutputError(f"{path}: cannot be read ({open_reason(err)})") from None
     for k in ("subnet", "skipped"):
         if isinstance(attrs.get(k), str):
             attrs[k] = json.loads(attrs[k])
@@ -403,7 +403,7 @@ def committed(output: Path, attrs: Mapping[str, Any], *, include_output: bool) -
                 check_identity(path, dict(f.attrs), attrs)
                 found |= set(keys(f))
         except (OSError, RuntimeError) as err:
-            raise OutputError(f"{path}: cannot be read to resume ({_open_reason(err)}); use --overwrite to start again") from None
+            raise OutputError(f"{path}: cannot be read to resume ({open_reason(err)}); use --overwrite to start again") from None
     return found
 
 
