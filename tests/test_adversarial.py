@@ -379,3 +379,21 @@ def test_reading_a_truncated_features_file_or_a_folder_says_so(tmp_path):
         lighthubert.open_features(tmp_path)
     p = lhb("convert", cut, tmp_path / "out", "--layer", "1")
     assert p.returncode == 1 and "truncated" in one_line(p) and not (tmp_path / "out").exists()
+
+
+@needs_speech
+def test_a_file_where_the_parts_folder_goes_is_refused_before_anything(tmp_path):
+    """Before: OUTPUT was created, then the first segment failed with the same reason printed twice
+    ('o.h5: writing failed: o.h5: writing failed: [Errno 17] File exists ...; ...; ...')."""
+    from lighthubert.storage.hdf5 import SegmentWriter
+
+    out = tmp_path / "o.h5"
+    (tmp_path / "o.h5.parts").write_text("mine\n")
+    p = lhb("extract", UTT, out, "-c", "random:small", "-q")
+    assert p.returncode == 1 and one_line(p) == (
+        f"lhb: error: {out}.parts: is not a folder; lhb keeps the work of a run for {out} there: move or remove it")
+    assert sorted(os.listdir(tmp_path)) == ["o.h5.parts"] and (tmp_path / "o.h5.parts").read_text() == "mine\n"
+    w = SegmentWriter(out, _attrs())  # the library alone: one reason, said once
+    with pytest.raises(OutputError) as e:
+        w.write("k", np.zeros((3, 4), np.float32), source="s", num_samples=960)
+    assert str(e.value).count("writing failed") == 1 and "File exists" in str(e.value), e.value

@@ -223,6 +223,9 @@ def check_output_path(path: str | os.PathLike, *, resume: bool, overwrite: bool,
             pass
     except OSError as err:
         raise OutputError(f"{out}: the folder {folder} is not writable ({err.strerror})") from None
+    parts = parts_dir(out)
+    if os.path.lexists(parts) and not parts.is_dir():  # where a run commits its work
+        raise OutputError(f"{parts}: is not a folder; lhb keeps the work of a run for {out} there: move or remove it")
     try:
         st = out.stat()
     except OSError:

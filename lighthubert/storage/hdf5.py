@@ -341,8 +341,9 @@ class SegmentWriter:
             raise OutputError(
                 f"{self.path}: no space left on the device ({free / 2**20:.1f} MB free, {data.nbytes / 2**20:.1f} MB "
                 "needed); the work done so far is kept: free space, then run the same command with --resume")
+        cur = self._open()  # its failure is already the user's line (and discards the segment)
         try:
-            self._open().write(key, data, source=source, num_samples=num_samples, windows=windows)
+            cur.write(key, data, source=source, num_samples=num_samples, windows=windows)
         except (OutputError, OSError, RuntimeError) as err:  # OutputError: the space went since the check above
             raise self._fail(err) from None
         self.done.add(key)
