@@ -110,6 +110,8 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
         os.close(os.open(path, os.O_RDONLY))
     except OSError as err:
         raise AudioError(f"cannot read: {err.strerror or err}") from None
+    if os.stat(path).st_size == 0:  # libsndfile: "Format not recognised."
+        raise AudioError("the file is empty (0 bytes)")
     try:  # bytes: soundfile cannot encode a str path holding undecodable (surrogate-escaped) bytes
         with sf.SoundFile(os.fsencode(path)) as f:
             rate = int(f.samplerate)

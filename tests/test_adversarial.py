@@ -131,12 +131,14 @@ def _without_root_powers(code: str, cwd) -> subprocess.CompletedProcess:
 @needs_speech
 def test_unreadable_files_and_subfolders_are_skipped_with_their_reason(tmp_path):
     """Before: a subfolder that could not be listed was passed over without a word (its files simply
-    missing) and an unreadable file was skipped as 'cannot decode: System error.'."""
+    missing), an unreadable file was skipped as 'cannot decode: System error.' and an empty one as
+    'cannot decode: Format not recognised.'."""
     root = tmp_path / "in"
     (root / "locked").mkdir(parents=True)
     shutil.copy(UTT, root / "a.wav")
     shutil.copy(UTT, root / "locked" / "b.wav")
     shutil.copy(UTT, root / "noread.wav")
+    (root / "empty.wav").write_bytes(b"")
     os.chmod(root / "noread.wav", 0)
     os.chmod(root / "locked", 0)
     try:
@@ -155,6 +157,7 @@ def test_unreadable_files_and_subfolders_are_skipped_with_their_reason(tmp_path)
     n = int(p.stdout.split()[1])
     assert p.stdout.splitlines() == [
         f"a {n}",
+        "empty the file is empty (0 bytes)",
         "locked a folder that cannot be read (Permission denied): its files were not listed",
         "noread cannot read: Permission denied",
     ], p.stdout
