@@ -400,3 +400,14 @@ def test_a_file_where_the_parts_folder_goes_is_refused_before_anything(tmp_path)
     with pytest.raises(OutputError) as e:
         w.write("k", np.zeros((3, 4), np.float32), source="s", num_samples=960)
     assert str(e.value).count("writing failed") == 1 and "File exists" in str(e.value), e.value
+
+
+def test_messages_write_undecodable_bytes_of_a_path_as_in_the_features_file(tmp_path):
+    """Before: 'lhb: error: out\\udcff.h5: ...' (Python's escape); keys and sources write such a byte %FF."""
+    out = os.fsencode(tmp_path) + b"/out\xff.h5"
+    with open(out, "wb"):
+        pass
+    p = subprocess.run(lhb_command() + ["extract", str(UTT), os.fsdecode(out), "-c", "random:small"],
+                       capture_output=True, text=True, timeout=120, env=_env(), stdin=subprocess.DEVNULL)
+    assert p.returncode == 1 and one_line(p) == (
+        f"lhb: error: {tmp_path}/out%FF.h5: already exists; pass --resume to complete it or --overwrite to replace it")
