@@ -16,8 +16,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .errors import SettingError
 from .defaults import BATCH_SIZE, DEVICE, ITERATIONS, KMEANS_SEED, MAX_FRAMES  # batch and steps as fairseq's learn_kmeans.py
+from .errors import SettingError
 from .reader import FeaturesError, open_features
 
 KM_FORMAT = "lighthubert-kmeans"

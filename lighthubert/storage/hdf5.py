@@ -312,7 +312,7 @@ class SegmentWriter:
             try:
                 self.folder.mkdir(exist_ok=True)
                 self.current = FeatureWriter(tmp, self.attrs, compression=self.compression)
-            except (OSError, OutputError) as err:
+            except (OSError, OutputError, RuntimeError) as err:
                 raise self._fail(err) from None
             self.bytes = 0
         return self.current
