@@ -82,6 +82,11 @@ def check_regular(path: str | os.PathLike) -> None:
         raise AudioError("no such file") from None
     except OSError as err:
         raise AudioError(f"cannot read: {err.strerror or err}") from None
+    if stat.S_ISDIR(st.st_mode):
+        try:
+            os.scandir(path).close()
+        except OSError as err:  # a subfolder a folder walk could not list
+            raise AudioError(f"a folder that cannot be read ({err.strerror or err}): its files were not listed") from None
     if not stat.S_ISREG(st.st_mode):
         raise AudioError(f"not a regular file ({_kind(st.st_mode)})")
     if st.st_size == 0:
@@ -109,6 +114,12 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
     """(N,) float32 mono waveform at 16 kHz, or :class:`AudioError` saying why not.
     Raises :class:`ResamplerUnavailable` when the file needs resampling and torchaudio is broken."""
     check_regular(path)
+    try:  # libsndfile says only "System error." for a file it may not open
+        os.close(os.open(path, os.O_RDONLY))
+    except OSError as err:
+        raise AudioError(f"cannot read: {err.strerror or err}") from None
+    if os.stat(path).st_size == 0:  # libsndfile: "Format not recognised."
+        raise AudioError("the file is empty (0 bytes)")
     try:  # bytes: soundfile cannot encode a str path holding undecodable (surrogate-escaped) bytes
         with sf.SoundFile(os.fsencode(path)) as f:
             rate = int(f.samplerate)

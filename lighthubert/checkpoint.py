@@ -330,6 +330,9 @@ def load_checkpoint(source: str | os.PathLike, *, seed: int = 0, trust: bool = F
     Raises :class:`CheckpointError` with one line naming the file and the reason.
     """
     text = str(source)
+    if not text.strip():  # Path("") would be the current folder
+        raise CheckpointError("the checkpoint is an empty string; give a path, a released name (base, small, stage1) "
+                              "or random:KIND")
     if text.startswith("random:"):
         parts = text.split(":")
         if len(parts) > 3 or parts[1] not in RELEASED:

@@ -17,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 
+from .errors import SettingError
 from .reader import FeaturesError, open_features
 
 FORMATS = ("fairseq", "npy", "kaldi")
@@ -33,6 +34,8 @@ def convert(features: str | os.PathLike, output: str | os.PathLike, fmt: str, la
     the layout ``fmt`` (see module docstring). Returns the files written."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
+    if not split or split in (".", "..") or any(c in split for c in "/\\\0"):  # the files stay inside ``output``
+        raise SettingError(f"{split!r} is not a plain file name (no '/', not empty)", "split")
     out = Path(output)
     if out.exists() and not out.is_dir():
         raise FeaturesError(f"{out}: exists and is not a folder")

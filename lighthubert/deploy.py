@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .checkpoint import Checkpoint, CheckpointError, export_subnet, new_temp_beside
+from .errors import LightHubertError
 from .extractor import DTYPES, resolve_layers
 from .model import SubnetModel, frame_mask
 
@@ -39,7 +40,7 @@ DEFAULT_OPSET = 18
 EXTRA_HINT = "pip install 'lighthubert[onnx]' (or: pip install onnx onnxruntime onnxscript)"
 
 
-class ExportError(Exception):
+class ExportError(LightHubertError):
     """An export or exported file that cannot be made or read; the message is one line."""
 
 
@@ -268,7 +269,7 @@ def describe(path: str | os.PathLike) -> dict:
 
 
 def _describe_onnx(path: Path) -> dict:
-    require_onnx("Reading an ONNX file", ("onnx",))
+    require_onnx(f"{path}: reading an ONNX file", ("onnx",))
     import onnx
 
     try:

@@ -259,7 +259,9 @@ class Extractor:
             waves = [waves]
         elif isinstance(waves, (Tensor, np.ndarray)) and waves.ndim != 2:
             raise ValueError(f"expected one waveform (N,), a batch (B, N) or a list of waveforms; got shape {tuple(waves.shape)}")
-        elif len(waves) and np.ndim(waves[0]) == 0:
+        elif len(waves) == 0:
+            return []
+        elif np.ndim(waves[0]) == 0:
             raise ValueError("expected a waveform or a list of waveforms, got a list of numbers; "
                              "pass one waveform as an array: ext(np.asarray(samples))")
         for i, w in enumerate(waves):
@@ -268,6 +270,8 @@ class Extractor:
                 raise ValueError(f"waveform {i} has shape {shape}; expected (N,) samples of one 16 kHz channel")
             if np.prod(shape) < 400:
                 raise ValueError(f"waveform {i} has fewer than 400 samples (25 ms); it gives no frame")
+            if not bool(torch.isfinite(torch.as_tensor(w)).all()):  # else every feature is NaN, silently
+                raise ValueError(f"waveform {i} holds NaN or infinite samples")
         feats = self.submit(self.prepare(waves), idx).result()
         if self.device.type == "cuda":  # own memory: kept features must not pin the batch's page-locked buffer
             feats = [f.clone() for f in feats]

@@ -8,8 +8,8 @@
   list is inside that folder; otherwise (``../`` or absolute paths elsewhere) relative to the
   deepest folder holding all the list's files. Paths are taken as written (``..`` resolved in the
   text, links not followed). For keys of your own, use ``.scp``.
-- ``.tsv``: a fairseq manifest: first line the root folder, then ``relative/path<TAB>num_samples``;
-  key = the relative path without extension.
+- ``.tsv``: a fairseq manifest: first line the root folder (which must exist), then
+  ``relative/path<TAB>num_samples``; key = the relative path without extension.
 - ``.scp``: Kaldi style ``key path`` lines; key as given. Pipe commands (``... |``) are refused.
 
 In list files, blank lines and lines starting with ``#`` are ignored, surrounding whitespace is
@@ -19,6 +19,7 @@ characters (below U+0020, or U+007F) are an error naming the line or file.
 
 Folders are walked once per real directory: links to files are followed, a link to a folder already
 walked (a loop such as ``sub/up -> ..``, or a second link to the same folder) is not entered again.
+A subfolder that cannot be read is an item of its own (key: its path), which decoding skips with the reason.
 File names that are not valid UTF-8 get a key with each undecodable byte written ``%XX`` (``caf%E9``);
 the same escaping (and control characters as ``%XX``) gives the ``source`` text stored with the
 features and the paths in messages (:func:`display_path`).
@@ -137,7 +138,13 @@ def _from_folder(root: Path) -> list[Item]:
         seen.add((st.st_dev, st.st_ino))
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError:
+        except OSError as err:
+            if folder == root:
+                raise InputError(f"{display_path(root)}: cannot read: {err.strerror or err}") from None
+            # an unreadable subfolder is kept as an item of its own: decoding skips it with the reason,
+            # so that its files are not missing without a word
+            rel = escape_name(folder.relative_to(root).as_posix())
+            items.append(Item(_check_key(rel, display_path(folder)), folder, display_path(folder)))
             continue
         subdirs = []
         for entry in entries:
@@ -179,10 +186,16 @@ def _from_list(path: Path) -> list[Item]:
         lines = [(n, s) for n, s in lines if s and not s.startswith("#")]
         if not lines:
             return []
-        (_, root_text), rows = lines[0], lines[1:]
+        (first, root_text), rows = lines[0], lines[1:]
+        if "\t" in root_text:
+            raise InputError(f"{display_path(path)}:{first}: expected the root folder, found an entry "
+                             f"({root_text.split(chr(9))[0]!r}); a fairseq .tsv manifest starts with its root folder")
         root = Path(root_text)
         if not root.is_absolute():
             root = base / root
+        if not root.is_dir():
+            why = "is not a folder" if root.exists() else "does not exist"
+            raise InputError(f"{display_path(path)}:{first}: the root folder {display_path(root)} {why}")
         for n, line in rows:
             where = f"{display_path(path)}:{n}"
             rel = line.split("\t")[0].strip()

@@ -148,6 +148,9 @@ def _check_values(job: ExtractJob) -> None:
 
     if job.resume and job.overwrite:
         raise SettingError("--resume and --overwrite exclude each other")
+    for name in ("input", "output"):  # Path("") would be the current folder
+        if isinstance(getattr(job, name), str) and not getattr(job, name).strip():
+            raise SettingError(f"{name.upper()} is an empty path")
     if job.save_dtype not in SAVE_DTYPES:
         bad("save_dtype", f"{job.save_dtype!r} is not one of {', '.join(SAVE_DTYPES)}")
     if (job.compression or "none") not in COMPRESSIONS:

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset, Sampler
 
 from .errors import LightHubertError
 from .storage import FORMAT, plain
-from .storage.hdf5 import GROUP
+from .storage.hdf5 import GROUP, open_reason
 
 Layers = Union[None, int, str, Sequence[int]]
 """None: as stored ((T, D) or (L, T, D)); int: one layer, (T, D); list of ints or "all": (L, T, D)."""
@@ -31,6 +31,8 @@ class FeaturesError(LightHubertError):
 
 
 def _open(path: Path) -> h5py.File:
+    if path.is_dir():
+        raise FeaturesError(f"{path}: is a folder, not a features file")
     if not path.is_file():
         raise FeaturesError(f"{path}: no such file")
     try:
@@ -38,7 +40,7 @@ def _open(path: Path) -> h5py.File:
             raise FeaturesError(f"{path}: not an HDF5 file (lhb extract writes features files)")
         f = h5py.File(path, "r")
     except OSError as e:
-        raise FeaturesError(f"{path}: cannot be read: {e.strerror or str(e).split('(')[0].strip()}") from None
+        raise FeaturesError(f"{path}: cannot be read: {open_reason(e)}") from None
     if plain(f.attrs.get("format")) != FORMAT or GROUP not in f:
         f.close()
         raise FeaturesError(f"{path}: an HDF5 file, but not a lighthubert features file")

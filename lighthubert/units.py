@@ -9,6 +9,7 @@ learnt from), ``format`` = ``"lighthubert-kmeans"``.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Callable
 
@@ -16,14 +17,21 @@ import numpy as np
 import torch
 
 from .defaults import BATCH_SIZE, DEVICE, ITERATIONS, KMEANS_SEED, MAX_FRAMES  # batch and steps as fairseq's learn_kmeans.py
+from .errors import SettingError
 from .reader import FeaturesError, open_features
 
 KM_FORMAT = "lighthubert-kmeans"
 
 
 def pick_device(device: str = DEVICE) -> torch.device:
-    return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                        "cpu" if device == "auto" else device)
+    """``auto`` -> CUDA when present, else CPU; a device that is unknown or absent here is a
+    :class:`SettingError` of ``device`` (as for extraction)."""
+    from .extractor import resolve_device
+
+    try:
+        return resolve_device(device)
+    except ValueError as e:
+        raise SettingError(str(e), "device") from None
 
 
 def sample_frames(features: str | os.PathLike, layer: int, max_frames: int, seed: int = KMEANS_SEED) -> torch.Tensor:
@@ -161,22 +169,48 @@ def apply_file(features: str | os.PathLike, km: dict, output: str | os.PathLike,
         f.get(f.keys[0], km["layer"]) if f.keys else None  # the layer is there
         if f.dim != c.shape[1]:
             raise FeaturesError(f"{features}: features are {f.dim} wide, the centroids {c.shape[1]}")
-        if out.suffix in (".h5", ".hdf5"):
-            import h5py
-
-            with h5py.File(out, "w") as h:
-                h.attrs.update({"format": "lighthubert-units", "layer": km["layer"], "clusters": km["clusters"],
-                                "features": str(features)})
-                g = h.create_group("units")
-                for i, k in enumerate(f.keys):
-                    g.create_dataset(k, data=assign(f.get(k, km["layer"]).to(dev), c)[0].cpu().numpy().astype(dtype))
-                    if progress:
-                        progress(i + 1, len(f))
-        else:
-            with open(out, "w") as t:
-                for i, k in enumerate(f.keys):
-                    units = assign(f.get(k, km["layer"]).to(dev), c)[0].tolist()
-                    t.write((f"{k} " if keys else "") + " ".join(map(str, units)) + "\n")
-                    if progress:
-                        progress(i + 1, len(f))
+        if not _plain_file_or_new(out):  # /dev/stdout, a FIFO, a link: written in place, never replaced
+            _write_units(f, km, c, out, h5=out.suffix in (".h5", ".hdf5"), features=features, keys=keys,
+                         dtype=dtype, progress=progress)
+            return len(f)
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # an old OUTPUT stays until the new one is whole
+        try:
+            _write_units(f, km, c, tmp, h5=out.suffix in (".h5", ".hdf5"), features=features, keys=keys,
+                         dtype=dtype, progress=progress)
+            os.replace(tmp, out)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
         return len(f)
+
+
+def _plain_file_or_new(path: Path) -> bool:
+    """Whether ``path`` is missing or a regular file itself (not a link, device or FIFO)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return True
+
+
+def _write_units(f, km: dict, c: torch.Tensor, out: Path, *, h5: bool, features: str | os.PathLike, keys: bool,
+                 dtype: type, progress: Callable[[int, int], None] | None) -> None:
+    """The units of every utterance of the open features file ``f`` into ``out`` (HDF5 or text)."""
+    dev = c.device
+    if h5:
+        import h5py
+
+        with h5py.File(out, "w") as h:
+            h.attrs.update({"format": "lighthubert-units", "layer": km["layer"], "clusters": km["clusters"],
+                            "features": str(features)})
+            g = h.create_group("units")
+            for i, k in enumerate(f.keys):
+                g.create_dataset(k, data=assign(f.get(k, km["layer"]).to(dev), c)[0].cpu().numpy().astype(dtype))
+                if progress:
+                    progress(i + 1, len(f))
+    else:
+        with open(out, "w") as t:
+            for i, k in enumerate(f.keys):
+                units = assign(f.get(k, km["layer"]).to(dev), c)[0].tolist()
+                t.write((f"{k} " if keys else "") + " ".join(map(str, units)) + "\n")
+                if progress:
+                    progress(i + 1, len(f))

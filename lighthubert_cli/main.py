@@ -131,6 +131,11 @@ def _one_line_errors(command):
                 raise typer.Exit(EXIT_USAGE if isinstance(e, SettingError) else EXIT_FAIL) from None
             if os.environ.get("LHB_DEBUG"):
                 raise
+            if isinstance(e, OSError) and e.filename is not None and e.strerror:  # e.g. a name too long
+                from lighthubert.inputs import display_path
+
+                err(f"lhb: error: {display_path(os.fsdecode(e.filename))}: {e.strerror}")
+                raise typer.Exit(EXIT_FAIL) from None
             err(f"lhb: internal error: {type(e).__name__}: {e} (set LHB_DEBUG=1 for the traceback)")
             raise typer.Exit(EXIT_FAIL) from None
 
@@ -168,13 +173,20 @@ def _load_checkpoint(source: str, seed: int, trust: bool, quiet: bool):
     return load_checkpoint(source, seed=seed, trust=trust, progress=not quiet)
 
 
+def _path(text: str | Path) -> Path:
+    """A path argument; an empty one (an unset shell variable) is refused instead of meaning '.'."""
+    if isinstance(text, str) and not text.strip():
+        raise typer.BadParameter("an empty path")
+    return Path(text)
+
+
 @app.command(cls=LhbCommand)
 @_one_line_errors
 def extract(
     input: Annotated[Path, typer.Argument(
-        metavar="INPUT", help="A folder (searched recursively for audio), one audio file, or a list: .txt/.lst (paths), "
+        parser=_path, metavar="INPUT", help="A folder (searched recursively for audio), one audio file, or a list: .txt/.lst (paths), "
              ".tsv (fairseq manifest), .scp (key path).", show_default=False)],
-    output: Annotated[Path, typer.Argument(metavar="OUTPUT", help="The HDF5 features file to write.", show_default=False)],
+    output: Annotated[Path, typer.Argument(parser=_path, metavar="OUTPUT", help="The HDF5 features file to write.", show_default=False)],
     checkpoint: CheckpointOpt = defaults.CHECKPOINT,
     subnet: Annotated[Optional[str], typer.Option(
         "--subnet", "-s", metavar="SPEC",
@@ -306,7 +318,7 @@ def subnet_cmd(
     params: Annotated[Optional[str], typer.Option(
         "--params", "-p", help="Parameter budget (30M, 30m, 3e7, 30000000): the largest subnet not above it.")] = None,
     preset: Annotated[Optional[str], typer.Option("--preset", help="default, max or min.")] = None,
-    sample: Annotated[Optional[int], typer.Option("--sample", min=1, help="Sample N random subnets (with --seed).")] = None,
+    sample: Annotated[Optional[int], typer.Option("--sample", min=1, max=10_000, help="Sample N random subnets (with --seed).")] = None,
     subnet: Annotated[Optional[str], typer.Option("--subnet", "-s", metavar="SPEC", help="A JSON file or inline JSON to check and show.")] = None,
     supernet: Annotated[Optional[Supernet], typer.Option("--supernet", help="Search space (default: both, or the checkpoint's).")] = None,
     checkpoint: Annotated[Optional[str], typer.Option(
@@ -346,6 +358,11 @@ def subnet_cmd(
     if export is None and (export_dtype is not None or layers is not None):
         raise Fail("--export-dtype and --layers go with --export OUT.onnx or OUT.ts", EXIT_USAGE)
     dtype = export_dtype.value if export_dtype else None
+    for target, example in ((output, "subnet.json"), (export, "subnet.pt")):  # said before anything is printed
+        if target is not None and target.is_dir():
+            raise Fail(f"{target}: is a folder; give a file name such as {target / example}")
+        if target is not None and not target.parent.is_dir():
+            raise Fail(f"{target}: the folder {target.parent} does not exist")
     if export is not None:  # a wrong suffix or a missing extra is said before any work
         _export(None, None, export, layers, dtype, check_only=True)
     ckpt = _load_checkpoint(checkpoint, seed, trust_checkpoint, quiet=False) if checkpoint else None
@@ -377,8 +394,8 @@ def subnet_cmd(
             for n in space_names:
                 results.append((SPACES[n].preset(name) if ckpt is None or ckpt.kind != "student_hubert" or preset
                                 else ckpt.default_subnet, n))
-    except SubnetError as e:
-        raise Fail(str(e), EXIT_USAGE) from None
+    except SubnetError as e:  # named by the option that gave the value
+        raise Fail(f"{chosen[0]}: {e}" if chosen else str(e), EXIT_USAGE) from None
     out = [{**sub, "supernet": name, "params": count_params(sub, fixed)} for sub, name in results]
     for item in out:
         _subnet_table(item)
@@ -431,8 +448,8 @@ def _subnet_table(item: dict) -> None:
 @app.command(cls=LhbCommand)
 @_one_line_errors
 def merge(
-    output: Annotated[Path, typer.Argument(metavar="OUTPUT", help="The features file to write (kept and added to if it exists).", show_default=False)],
-    parts: Annotated[Optional[list[Path]], typer.Argument(metavar="PARTS",
+    output: Annotated[Path, typer.Argument(parser=_path, metavar="OUTPUT", help="The features file to write (kept and added to if it exists).", show_default=False)],
+    parts: Annotated[Optional[list[Path]], typer.Argument(parser=_path, metavar="PARTS",
         help="Part files or folders of parts. Default: OUTPUT.parts/.", show_default=False)] = None,
     remove_parts: Annotated[bool, typer.Option("--remove-parts", help="Delete the parts once merged.")] = False,
 ) -> None:
@@ -444,6 +461,10 @@ def merge(
 
     from lighthubert.storage import HDF5, OutputLock, find_parts, parts_dir
 
+    if output.is_dir():
+        raise Fail(f"{output}: is a folder, not a features file")
+    if not output.parent.is_dir():
+        raise Fail(f"{output}: the folder {output.parent} does not exist")
     sources = parts or [parts_dir(output)]
     files: list[Path] = []
     for src in sources:
@@ -479,8 +500,8 @@ def info(
     from lighthubert.storage import HDF5
 
     p = Path(path)
-    if p.is_file() and HDF5.is_features_file(p):
-        return _info_features(p, as_json)
+    if p.is_file() and (HDF5.is_features_file(p) or p.suffix.lower() in (".h5", ".hdf5")):
+        return _info_features(p, as_json)  # a broken .h5 is described as one, not as a checkpoint
     if p.is_file():
         from lighthubert.deploy import file_format
 

@@ -10,12 +10,13 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn
 from rich.text import Text
 
-from lighthubert.inputs import Item, display_path
+from lighthubert.inputs import Item, display_path, escape_name
 
 
 def err(message: str) -> None:
-    """One plain line on stderr (never wrapped)."""
-    print(message, file=sys.stderr, flush=True)
+    """One plain line on stderr (never wrapped); a path's undecodable bytes written ``%XX``, as in
+    the features file (not Python's ``\\udcff``)."""
+    print(escape_name(message), file=sys.stderr, flush=True)
 
 
 def hms(seconds: float) -> str:

@@ -42,16 +42,33 @@ def _every(what: str, quiet: bool):
 
 
 def _library_errors(fn, *args, **kwargs):
+    from lighthubert.errors import SettingError
     from lighthubert.reader import FeaturesError
 
     try:
         return fn(*args, **kwargs)
     except FeaturesError as e:
         raise Fail(str(e)) from None
+    except SettingError:
+        raise  # lhb's own one line, named by its option
     except ValueError as e:
         raise Fail(str(e), EXIT_USAGE) from None
     except OSError as e:
         raise Fail(f"{e.filename or ''}: {e.strerror or e}") from None
+
+
+def _check_target(path: Path) -> None:
+    """Fail before any work when the file ``path`` cannot be written: a folder, or its folder is
+    missing or read-only."""
+    import os
+
+    if path.is_dir():
+        raise Fail(f"{path}: is a folder; give a file name")
+    parent = path.parent
+    if not parent.is_dir():
+        raise Fail(f"{path}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise Fail(f"{path}: the folder {parent} is not writable")
 
 
 @_one_line_errors
@@ -99,14 +116,18 @@ def learn(
     """
     import torch
 
-    from lighthubert.units import learn_file
+    from lighthubert.units import learn_file, pick_device
 
+    _check_target(km_path)
+    pick_device(device)
     km = _library_errors(learn_file, features, layer, clusters, max_frames=max_frames, batch_size=batch_size,
                          iterations=iterations, seed=seed, device=device, progress=_every("k-means step", quiet))
     try:
         torch.save(km, km_path)
     except OSError as e:
         raise Fail(f"{km_path}: cannot write ({e.strerror})") from None
+    except RuntimeError as e:  # torch's zip writer reports an open failure as RuntimeError
+        raise Fail(f"{km_path}: cannot write ({str(e).splitlines()[0]})") from None
     if not quiet:
         err(f"wrote {km_path}: {clusters} clusters of layer {layer} from {km['frames']:,} frames, "
             f"inertia {km['inertia']:.4g} per frame")
@@ -128,8 +149,11 @@ def apply(
 
     Example: lhb units apply feats.h5 km.pt train.km
     """
-    from lighthubert.units import apply_file, load_km
+    from lighthubert.units import apply_file, load_km, pick_device
 
+    if not output.exists() or output.is_dir() or (output.is_file() and not output.is_symlink()):
+        _check_target(output)  # a new or plain file is written beside it, then renamed (not /dev/stdout)
+    pick_device(device)
     km = _library_errors(load_km, km_path)
     n = _library_errors(apply_file, features, km, output, keys=keys, device=device, progress=_every("units", quiet))
     if not quiet:

@@ -137,7 +137,11 @@ def identity_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
 
 def check_identity(path: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
     """Resuming ``path`` (attributes ``old``) with settings ``new``: :class:`OutputError` naming the
-    settings that differ and how (a file from before an identity attribute existed differs too)."""
+    settings that differ and how (a file from before an identity attribute existed differs too).
+    An HDF5 file that is not a features file at all is refused as such, not as a list of differences."""
+    if plain(old.get("format")) != FORMAT:
+        raise OutputError(f"{path}: an HDF5 file, but not a lighthubert features file; use --overwrite to replace it, "
+                          "or another OUTPUT")
     diff = sorted(identity_diff(old, new), key=lambda k: k != "subnet")  # a subnet changes layers too
     if diff:
         what = " and ".join(f"{k} ({_what_differs(old.get(k), new.get(k))})" for k in diff)
@@ -231,6 +235,9 @@ def check_output_path(path: str | os.PathLike, *, resume: bool, overwrite: bool,
             pass
     except OSError as err:
         raise OutputError(f"{out}: the folder {folder} is not writable ({err.strerror})") from None
+    parts = parts_dir(out)
+    if os.path.lexists(parts) and not parts.is_dir():  # where a run commits its work
+        raise OutputError(f"{parts}: is not a folder; lhb keeps the work of a run for {out} there: move or remove it")
     try:
         st = out.stat()
     except OSError:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -74,7 +75,7 @@ class FeatureWriter:
         try:
             f = h5py.File(self.path, "a")
         except OSError as err:
-            raise OutputError(f"{self.path}: cannot be opened to resume ({_reason(err)}); use --overwrite to start again") from None
+            raise OutputError(f"{self.path}: cannot be opened to resume ({open_reason(err)}); use --overwrite to start again") from None
         try:
             check_identity(self.path, dict(f.attrs), attrs)
         except OutputError:
@@ -138,6 +139,22 @@ def _reason(err: Exception) -> str:
     return text.split("(", 1)[0].strip() or type(err).__name__
 
 
+_TRUNCATED = re.compile(r"truncated file: eof = (\d+),.*stored_eof = (\d+)")
+
+
+def open_reason(err: Exception) -> str:
+    """Why h5py could not open a file, in words: ``not an HDF5 file``, ``truncated (N of M bytes)``,
+    else the OS reason (h5py's own text puts the useful part in parentheses, which :func:`_reason` drops)."""
+    text = str(err)
+    if "file signature not found" in text:
+        return "not an HDF5 file"
+    if m := _TRUNCATED.search(text):
+        return f"truncated: {int(m[1]):,} of its {int(m[2]):,} bytes are there"
+    if m := re.search(r"error message = '([^']*)'", text):  # the OS error inside a many-line h5py text
+        return m[1]
+    return getattr(err, "strerror", None) or _reason(err)
+
+
 def keys(f: h5py.File) -> list[str]:
     """Every utterance key in an open features file."""
     if GROUP not in f:
@@ -153,7 +170,7 @@ def file_keys(path: Path) -> set[str]:
         with h5py.File(path, "r") as f:
             return set(keys(f))
     except OSError as err:
-        raise OutputError(f"{path}: cannot be read to resume ({err}); remove it or use --overwrite") from None
+        raise OutputError(f"{path}: cannot be read to resume ({open_reason(err)}); remove it or use --overwrite") from None
 
 
 def merge(output: Path, parts: list[Path], *, include_output: bool, complete: bool | None = None) -> int:
@@ -193,8 +210,10 @@ def _merge_into(tmp: Path, sources: list[Path], complete: bool | None) -> int:
             try:
                 src = h5py.File(path, "r")
             except OSError as err:
-                raise OutputError(f"{path}: cannot be opened ({err})") from None
+                raise OutputError(f"{path}: cannot be opened ({open_reason(err)})") from None
             with src:
+                if plain(src.attrs.get("format")) != FORMAT:
+                    raise OutputError(f"{path}: an HDF5 file, but not a lighthubert features file")
                 ident = {k: plain(src.attrs.get(k)) for k in RUN_IDENTITY}
                 if identity is None:
                     identity = ident
@@ -249,7 +268,7 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
                 samples += int(ds.attrs.get("num_samples", 0))
                 shapes.add(tuple(ds.shape[:-2]) + (ds.shape[-1],))
     except OSError as err:
-        raise OutputError(f"{path}: {err}") from None
+        raise OutputError(f"{path}: cannot be read ({open_reason(err)})") from None
     for k in ("subnet", "skipped"):
         if isinstance(attrs.get(k), str):
             attrs[k] = json.loads(attrs[k])
@@ -293,7 +312,7 @@ class SegmentWriter:
             try:
                 self.folder.mkdir(exist_ok=True)
                 self.current = FeatureWriter(tmp, self.attrs, compression=self.compression)
-            except (OSError, OutputError) as err:
+            except (OSError, OutputError, RuntimeError) as err:
                 raise self._fail(err) from None
             self.bytes = 0
         return self.current
@@ -322,8 +341,9 @@ class SegmentWriter:
             raise OutputError(
                 f"{self.path}: no space left on the device ({free / 2**20:.1f} MB free, {data.nbytes / 2**20:.1f} MB "
                 "needed); the work done so far is kept: free space, then run the same command with --resume")
+        cur = self._open()  # its failure is already the user's line (and discards the segment)
         try:
-            self._open().write(key, data, source=source, num_samples=num_samples, windows=windows)
+            cur.write(key, data, source=source, num_samples=num_samples, windows=windows)
         except (OutputError, OSError, RuntimeError) as err:  # OutputError: the space went since the check above
             raise self._fail(err) from None
         self.done.add(key)
@@ -384,7 +404,7 @@ def committed(output: Path, attrs: Mapping[str, Any], *, include_output: bool) -
                 check_identity(path, dict(f.attrs), attrs)
                 found |= set(keys(f))
         except (OSError, RuntimeError) as err:
-            raise OutputError(f"{path}: cannot be read to resume ({_reason(err)}); use --overwrite to start again") from None
+            raise OutputError(f"{path}: cannot be read to resume ({open_reason(err)}); use --overwrite to start again") from None
     return found
 
 
