@@ -74,7 +74,8 @@ def _kind(mode: int) -> str:
 
 
 def check_regular(path: str | os.PathLike) -> None:
-    """:class:`AudioError` when ``path`` is missing, not a regular file or empty (0 bytes). Only
+    """:class:`AudioError` when ``path`` is missing, not a regular file (a folder that cannot be read
+    says so: a folder walk could not list its files) or empty (0 bytes). Only
     ``stat`` is used, so a FIFO named ``x.wav`` (which would wait for a writer forever) is never opened."""
     try:
         st = os.stat(path)
@@ -118,8 +119,6 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
         os.close(os.open(path, os.O_RDONLY))
     except OSError as err:
         raise AudioError(f"cannot read: {err.strerror or err}") from None
-    if os.stat(path).st_size == 0:  # libsndfile: "Format not recognised."
-        raise AudioError("the file is empty (0 bytes)")
     try:  # bytes: soundfile cannot encode a str path holding undecodable (surrogate-escaped) bytes
         with sf.SoundFile(os.fsencode(path)) as f:
             rate = int(f.samplerate)

@@ -157,7 +157,7 @@ def test_unreadable_files_and_subfolders_are_skipped_with_their_reason(tmp_path)
     n = int(p.stdout.split()[1])
     assert p.stdout.splitlines() == [
         f"a {n}",
-        "empty the file is empty (0 bytes)",
+        "empty empty file (0 bytes)",
         "locked a folder that cannot be read (Permission denied): its files were not listed",
         "noread cannot read: Permission denied",
     ], p.stdout
