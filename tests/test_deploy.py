@@ -23,7 +23,7 @@ import torch
 
 import lighthubert
 from lighthubert import deploy
-from cli_helpers import lhb
+from cli_helpers import Run, lhb
 from helpers import frames_for, rel_err
 
 # torch 2.14 marks torch.jit deprecated; the TorchScript file is still what libtorch (C++) users load
@@ -146,8 +146,10 @@ def test_info_describes_exported_files(kind, exported, ckpt_dicts):
     outputs with dynamic axes, opset; the table form names the subnet and the opset."""
     e = exported[kind]
     normalize = ckpt_dicts[kind]["cfg"]["task"]["normalize"]
+    runs = {fmt: Run(["info", e[fmt], "--json"]) for fmt in ("onnx", "ts")}  # all three at once
+    table_run = Run(["info", e["onnx"]])
     for fmt in ("onnx", "ts"):
-        r = lhb("info", e[fmt], "--json")
+        r = runs[fmt].result()
         assert r.returncode == 0, r
         d = json.loads(r.stdout)
         m = d["metadata"]
@@ -164,7 +166,7 @@ def test_info_describes_exported_files(kind, exported, ckpt_dicts):
             assert d["opset"] == deploy.DEFAULT_OPSET
     if kind == "small":
         assert m["params"] == SPEC_SMALL_MIN_PARAMS
-    table = lhb("info", e["onnx"])
+    table = table_run.result()
     assert table.returncode == 0, table
     assert f"{e['params']:,} params" in table.stdout and "opset 18" in table.stdout
 
@@ -195,8 +197,9 @@ def test_bad_export_requests_are_one_line(ckpt_files, tmp_path):
         (["--export", tmp_path / "x.ts", "--layers", "11"], "layer 11 is out of range"),
         (["--layers", "3"], "--export-dtype and --layers go with --export"),
     ]
-    for args, message in cases:
-        r = lhb("subnet", "-c", ck, "--preset", "min", *args)
+    runs = [Run(["subnet", "-c", ck, "--preset", "min", *args]) for args, _ in cases]  # independent: all at once
+    for (_, message), run in zip(cases, runs):
+        r = run.result()
         assert r.returncode in (1, 2), r
         assert message in r.err_lines[-1] and "Traceback" not in r.stderr, r
     assert not list(tmp_path.iterdir())

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import lighthubert
-from cli_helpers import lhb, read_features
+from cli_helpers import Run, lhb, read_features
 from helpers import SPEECH_DIR
 from lighthubert import FeaturesDataset, FeaturesError, LengthGroupedSampler, open_features, pad_collate
 
@@ -202,17 +202,22 @@ def test_convert_npy_and_kaldi(feats, tmp_path):
 
 def test_cli_errors_are_one_line(feats, tmp_path):
     path, _ = feats
-    r = lhb("convert", path, tmp_path / "x", "--layer", 12)
+    (tmp_path / "a.wav").write_bytes(b"RIFF")
+    runs = [Run(args) for args in (  # independent: all at once
+        ["convert", path, tmp_path / "x", "--layer", 12],
+        ["units", "learn", tmp_path / "a.wav", tmp_path / "km1.pt", "--layer", 1],
+        ["units", "learn", path, tmp_path / "km.pt", "--layer", 1, "--clusters", 50, "--max-frames", 40],
+        ["units", "apply", path, path, tmp_path / "u.km"])]
+    r = runs[0].result()
     assert r.returncode == 1 and r.err_lines == [f"lhb: error: {path}: has no layer 12 (it holds layers {list(range(11))})"]
     assert not (tmp_path / "x").exists()
-    (tmp_path / "a.wav").write_bytes(b"RIFF")
-    r = lhb("units", "learn", tmp_path / "a.wav", tmp_path / "km.pt", "--layer", 1)
+    r = runs[1].result()
     assert r.returncode == 1 and r.err_lines == [f"lhb: error: {tmp_path / 'a.wav'}: not an HDF5 file (lhb extract writes features files)"], r
-    r = lhb("units", "learn", path, tmp_path / "km.pt", "--layer", 1, "--clusters", 50, "--max-frames", 40)
+    r = runs[2].result()
     assert r.returncode == 1 and r.err_lines == [
         f"lhb: error: {path}: 40 frames to learn from, fewer than the 50 clusters asked for"], r
     assert not (tmp_path / "km.pt").exists()
-    r = lhb("units", "apply", path, path, tmp_path / "u.km")
+    r = runs[3].result()
     assert r.returncode == 1 and len(r.err_lines) == 1 and r.err_lines[0].startswith(f"lhb: error: {path}: not a k-means file"), r
 
 

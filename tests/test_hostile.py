@@ -26,7 +26,7 @@ import torch
 
 import lighthubert
 
-from cli_helpers import _env, lhb_command, one_line
+from cli_helpers import Run, _env, lhb_command, one_line
 from helpers import SPEECH_DIR
 from lighthubert.audio import AudioError, audio_frames, load_audio
 from lighthubert.checkpoint import CheckpointError, load_checkpoint
@@ -334,18 +334,17 @@ def test_resume_refuses_keys_nesting_with_what_output_and_its_segments_hold(tmp_
     reverse) is refused naming both; OUTPUT and the committed segments are left as they were."""
     nested = tmp_path / "nested.scp"
     nested.write_text(f"a/b {UTT}\na/c {UTT}\n")
-    out = tmp_path / "o.h5"
-    assert lhb("extract", nested, out, *FAST, "-q").returncode == 0
-    before = file_state(out)
+    out, out2 = tmp_path / "o.h5", tmp_path / "o2.h5"
     flat = tmp_path / "flat.scp"
     flat.write_text(f"x {UTT}\na {UTT}\n")
+    first = [Run(["extract", nested, out, *FAST, "-q"]), Run(["extract", flat, out2, *FAST, "-q"])]  # at once
+    assert all(r.result().returncode == 0 for r in first), [str(r.result()) for r in first]
+    before = file_state(out)
     p = lhb("extract", flat, out, *FAST, "--resume", "-q")
     line = one_line(p)
     assert p.returncode == 1 and f"{flat}:2" in line and "'a'" in line and "'a/b'" in line, line
     assert file_state(out) == before and sorted(h5_keys(out)) == ["a/b", "a/c"]
     # the reverse: the file holds a, the list has a/b
-    out2 = tmp_path / "o2.h5"
-    assert lhb("extract", flat, out2, *FAST, "-q").returncode == 0
     p = lhb("extract", nested, out2, *FAST, "--resume", "-q")
     line = one_line(p)
     assert p.returncode == 1 and "'a/b'" in line and "'a'" in line, line
@@ -388,16 +387,15 @@ def test_output_that_is_an_input_is_refused_before_reading(tmp_path):
     shutil.copy(UTT, same)
     os.link(same, tmp_path / "link.h5")
     before = file_state(same)
-    for out in (same, tmp_path / "link.h5"):
-        for flag in ("--overwrite", "--resume"):
-            p = lhb("extract", same, out, *FAST, flag)
-            line = one_line(p)
-            assert p.returncode == 1 and "is also an input" in line and str(out) in line, line
     lst = tmp_path / "list.txt"  # a list naming OUTPUT, and the list file itself as OUTPUT
     lst.write_text(f"{same}\n")
-    for out in (same, lst):
-        p = lhb("extract", lst, out, *FAST, "--overwrite")
-        assert p.returncode == 1 and "is also an input" in one_line(p)
+    cases = [(same, out, flag) for out in (same, tmp_path / "link.h5") for flag in ("--overwrite", "--resume")]
+    cases += [(lst, same, "--overwrite"), (lst, lst, "--overwrite")]
+    runs = [Run(["extract", src, out, *FAST, flag]) for src, out, flag in cases]  # independent: all at once
+    for (_, out, _), run in zip(cases, runs):
+        p = run.result()
+        line = one_line(p)
+        assert p.returncode == 1 and "is also an input" in line and str(out) in line, line
     assert file_state(same) == before and lst.read_text() == f"{same}\n"
     assert sorted(os.listdir(tmp_path)) == ["link.h5", "list.txt", "same.wav"]
 

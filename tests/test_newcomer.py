@@ -28,7 +28,7 @@ import termios
 import torch
 
 import lighthubert
-from cli_helpers import _env, lhb, lhb_command, read_features
+from cli_helpers import Run, _env, lhb, lhb_command, read_features
 from helpers import SPEECH_DIR, frames_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -345,7 +345,12 @@ def test_info_of_an_exported_subnet_and_of_bad_files(tmp_path, ckpt_files):
     r = lhb("subnet", "-c", ckpt_files["small"], "--preset", "min", "--export", sub_pt)
     assert r.returncode == 0, r
     sub = json.loads(r.stdout)
-    info = lhb("info", sub_pt)
+    half = tmp_path / "half.pt"
+    half.write_bytes(sub_pt.read_bytes()[: sub_pt.stat().st_size // 2])
+    text = tmp_path / "notes.pt"
+    text.write_text("hello, these are notes\n")
+    runs = {path: Run(["info", path]) for path in (sub_pt, half, text)}  # independent: all at once
+    info = runs[sub_pt].result()
     assert info.returncode == 0, info
     assert f"{sub['layer_num']} layers, {sub['embed_dim']} wide" in info.stdout, info
     assert "768 wide, 12 heads" not in info.stdout, info
@@ -356,12 +361,8 @@ def test_info_of_an_exported_subnet_and_of_bad_files(tmp_path, ckpt_files):
     assert not set("│┃┌└─") & set(info.stdout), info
     assert max(map(len, info.stdout.splitlines())) <= 100, info
 
-    half = tmp_path / "half.pt"
-    half.write_bytes(sub_pt.read_bytes()[: sub_pt.stat().st_size // 2])
-    text = tmp_path / "notes.pt"
-    text.write_text("hello, these are notes\n")
     for bad, words in ((half, "truncated"), (text, "a text file")):
-        line = one_error_line(lhb("info", bad), 1)
+        line = one_error_line(runs[bad].result(), 1)
         assert line.startswith(f"lhb: error: {bad}: ") and words in line, line
         assert "internal" not in line and re.search(r"[a-z)]$", line), line
 
