@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -59,13 +60,16 @@ def test_import_and_commands_work_without_torchaudio(broken_torchaudio, tmp_path
     code = ("import sys, lighthubert; ext = lighthubert.load('random:small', subnet='min'); "
             "import numpy as np; print(ext([np.zeros(16000, np.float32)])[0].shape); "
             "print('torchaudio' in sys.modules)")
-    r = _run([sys.executable, "-c", code], broken_torchaudio)
+    lhb_exe = shutil.which("lhb") or str(Path(sys.executable).with_name("lhb"))
+    commands = [[sys.executable, "-c", code]] + [
+        [lhb_exe, *args] for args in (["--help"], ["subnet", "--params", "20M"], ["info", "random:small", "--json"])]
+    with ThreadPoolExecutor(len(commands)) as pool:  # independent: all at once
+        results = list(pool.map(lambda cmd: _run(cmd, broken_torchaudio), commands))
+    r = results[0]
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["torch.Size([49,", "256])", "False"]
-    lhb_exe = shutil.which("lhb") or str(Path(sys.executable).with_name("lhb"))
-    for args in (["--help"], ["subnet", "--params", "20M"], ["info", "random:small", "--json"]):
-        r = _run([lhb_exe, *args], broken_torchaudio)
-        assert r.returncode == 0, (args, r.stderr)
+    for cmd, r in zip(commands[1:], results[1:]):
+        assert r.returncode == 0, (cmd, r.stderr)
 
 
 def test_16k_extracts_and_44k_fails_in_one_line_without_torchaudio(broken_torchaudio, tmp_path):
@@ -219,7 +223,8 @@ def test_download_once_into_the_hub_cache(tmp_path, fake_hub, ckpt_files):
     url, handler = fake_hub
     digest = hashlib.sha256(ckpt_files["small"].read_bytes()).hexdigest()
     env = _hub_env(tmp_path, HF_ENDPOINT=url)
-    r = _lhb(["info", "small", "--json"], env)
+    with ThreadPoolExecutor(2) as pool:  # the first download, and a file the hub does not have, at once
+        r, missing = pool.map(lambda args: _lhb(args, env), (["info", "small", "--json"], ["info", "base"]))
     assert r.returncode == 0, r.stderr
     assert f'"sha256": "{digest}"' in r.stdout
     cached = list((tmp_path / "hf" / "hub" / "models--mechanicalsea--lighthubert").rglob("lighthubert_small.pt"))
@@ -230,9 +235,8 @@ def test_download_once_into_the_hub_cache(tmp_path, fake_hub, ckpt_files):
     assert r.returncode == 0 and f'"sha256": "{digest}"' in r.stdout, r.stderr
     assert not [req for req in handler.requests if "/mechanicalsea/" in req]
     # a file the hub does not have: one line, the way out
-    r = _lhb(["info", "base"], env)
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    lines = [ln for ln in missing.stderr.splitlines() if ln.strip()]
+    assert missing.returncode == 1 and len(lines) == 1, missing.stderr
     assert f"{url}/mechanicalsea/lighthubert/resolve/main/lighthubert_base.pt" in lines[0]
 
 

@@ -16,7 +16,7 @@ import soundfile as sf
 import torch
 
 import lighthubert
-from cli_helpers import _env, lhb, lhb_command, read_features
+from cli_helpers import Run, _env, lhb, lhb_command, read_features
 from conftest import SUPERNET_TYPE
 from helpers import SPEECH_DIR, authors_hidden_states, frames_for, rel_err
 from lighthubert.audio import load_audio
@@ -100,8 +100,10 @@ def test_cli_long_files_exact_and_windowed(tmp_path, ckpt_files, authors_models)
     model.set_sample_config(min_subnet("stage1"))
     common = ["-c", ckpt_files["stage1"], "--subnet", "min", "--layers", "all", "-q"]
 
-    exact = tmp_path / "exact.h5"
-    r = lhb("extract", src, exact, "--exact-seconds", "0", "--batch-seconds", "1", *common)
+    exact, windowed = tmp_path / "exact.h5", tmp_path / "windowed.h5"
+    runs = [Run(["extract", src, exact, "--exact-seconds", "0", "--batch-seconds", "1", *common]),  # both at once
+            Run(["extract", src, windowed, "--max-chunk-seconds", "1.5", *common])]
+    r = runs[0].result()
     assert r.returncode == 0, r
     f = read_features(exact)
     ref = authors_hidden_states(model, wave, normalize=False)
@@ -111,8 +113,7 @@ def test_cli_long_files_exact_and_windowed(tmp_path, ckpt_files, authors_models)
     assert f.attrs["long_files"] == "exact" and f.attrs["exact_seconds"] == 0.0
     assert "windows" not in f.meta["a"]
 
-    windowed = tmp_path / "windowed.h5"
-    r = lhb("extract", src, windowed, "--max-chunk-seconds", "1.5", *common)
+    r = runs[1].result()
     assert r.returncode == 0, r
     assert any("--max-chunk-seconds is deprecated" in ln for ln in r.err_lines), r
     f = read_features(windowed)
@@ -147,7 +148,8 @@ def test_five_minutes_on_the_cpu_in_bounded_memory(tmp_path):
     # a fresh parent whose only child is lhb: its RUSAGE_CHILDREN peak is lhb's own
     probe = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
              "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)")
-    proc = subprocess.run([sys.executable, "-c", probe, *cmd], env=_env(), capture_output=True, text=True,
+    env = {**_env(), "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}  # the only process running: both cores
+    proc = subprocess.run([sys.executable, "-c", probe, *cmd], env=env, capture_output=True, text=True,
                           timeout=1200, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr
     peak_gib = int(proc.stdout.split()[-1]) / 2**20  # ru_maxrss is in KiB on Linux
