@@ -222,13 +222,17 @@ def test_units_learn_refuses_a_bad_km_path_or_device_before_learning(tmp_path):
     """Before: KM a folder gave 'internal error: RuntimeError: [enforce fail at inline_container.cc...'
     after the whole k-means; --device xyz or cuda without CUDA gave internal errors too."""
     feats, _ = _units_inputs(tmp_path)
-    for km, line in ((tmp_path, f"lhb: error: {tmp_path}: is a folder; give a file name"),
-                     (tmp_path / "no" / "km.pt", f"lhb: error: {tmp_path}/no/km.pt: the folder {tmp_path}/no does not exist")):
-        p = lhb("units", "learn", feats, km, "--layer", "1", "--clusters", "2")
+    cases = [(tmp_path, f"lhb: error: {tmp_path}: is a folder; give a file name"),
+             (tmp_path / "no" / "km.pt", f"lhb: error: {tmp_path}/no/km.pt: the folder {tmp_path}/no does not exist")]
+    runs = [Run(["units", "learn", feats, km, "--layer", "1", "--clusters", "2"]) for km, _ in cases]  # all at once
+    runs += [Run(["units", "learn", feats, tmp_path / "k.pt", "--layer", "1", "--clusters", "2", "--device", "xyz"]),
+             Run(["units", "apply", feats, tmp_path / "km.pt", tmp_path / "u.txt", "--device", "cuda:99"])]
+    for (_, line), run in zip(cases, runs):
+        p = run.result()
         assert p.returncode == 1 and one_line(p) == line, p.stderr  # no "k-means step" line: nothing was learnt
-    p = lhb("units", "learn", feats, tmp_path / "k.pt", "--layer", "1", "--clusters", "2", "--device", "xyz")
+    p = runs[2].result()
     assert p.returncode == 2 and one_line(p) == "lhb: error: --device: unknown device 'xyz'; use auto, cpu, cuda or cuda:N"
-    p = lhb("units", "apply", feats, tmp_path / "km.pt", tmp_path / "u.txt", "--device", "cuda:99")
+    p = runs[3].result()
     assert p.returncode == 2 and one_line(p).startswith("lhb: error: --device: device 'cuda:99' asked for")
     assert not (tmp_path / "k.pt").exists() and not (tmp_path / "u.txt").exists()
 
