@@ -107,7 +107,8 @@ def list_inputs(source: str | os.PathLike) -> list[Item]:
     """Items of INPUT, in a stable order (sorted by key for folders, file order for lists)."""
     src = Path(source)
     if not src.exists():
-        raise InputError(f"{src}: no such file or folder")
+        why = "a symbolic link to nothing (broken, or a loop)" if os.path.islink(src) else "no such file or folder"
+        raise InputError(f"{display_path(src)}: {why}")
     if src.is_dir():
         items = _from_folder(src)
         if not items:

@@ -417,3 +417,20 @@ def test_messages_write_undecodable_bytes_of_a_path_as_in_the_features_file(tmp_
                        capture_output=True, text=True, timeout=120, env=_env(), stdin=subprocess.DEVNULL)
     assert p.returncode == 1 and one_line(p) == (
         f"lhb: error: {tmp_path}/out%FF.h5: already exists; pass --resume to complete it or --overwrite to replace it")
+
+
+def test_input_that_is_a_looping_or_broken_link_says_so(tmp_path):
+    """Before: a link loop or a dangling link as INPUT was "no such file or folder", though `ls` shows it."""
+    from lighthubert.errors import LightHubertError
+    from lighthubert.inputs import list_inputs
+
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    (tmp_path / "gone").symlink_to(tmp_path / "nothing.wav")
+    for link in (tmp_path / "a", tmp_path / "gone"):
+        with pytest.raises(LightHubertError) as e:
+            list_inputs(link)
+        assert str(e.value) == f"{link}: a symbolic link to nothing (broken, or a loop)"
+    with pytest.raises(LightHubertError) as e:
+        list_inputs(tmp_path / "missing")
+    assert str(e.value) == f"{tmp_path / 'missing'}: no such file or folder"
