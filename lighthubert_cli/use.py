@@ -140,7 +140,7 @@ def apply(
     km_path: Annotated[Path, typer.Argument(metavar="KM", help="A k-means file from lhb units learn.", show_default=False)],
     output: Annotated[Path, typer.Argument(
         metavar="OUTPUT", help="units.h5 (/units/KEY int datasets) or a text file (.km: one line of units per "
-                               "utterance, in the features file's key order).", show_default=False)],
+                               "utterance, in the features file's key order); - for standard output.", show_default=False)],
     keys: Annotated[bool, typer.Option("--keys", help="Text output: start each line with the key.")] = False,
     device: DeviceOpt = DEVICE,
     quiet: QuietOpt = False,
@@ -151,13 +151,16 @@ def apply(
     """
     from lighthubert.units import apply_file, load_km, pick_device
 
+    to_stdout = str(output) == "-"
+    if to_stdout:  # the text form, on standard output
+        output = Path("/dev/stdout")
     if not output.exists() or output.is_dir() or (output.is_file() and not output.is_symlink()):
         _check_target(output)  # a new or plain file is written beside it, then renamed (not /dev/stdout)
     pick_device(device)
     km = _library_errors(load_km, km_path)
     n = _library_errors(apply_file, features, km, output, keys=keys, device=device, progress=_every("units", quiet))
     if not quiet:
-        err(f"wrote {output}: units of {n} utterances")
+        err(f"wrote the units of {n} utterances to standard output" if to_stdout else f"wrote {output}: units of {n} utterances")
 
 
 def register(app: typer.Typer) -> None:

@@ -252,11 +252,17 @@ def test_units_learn_matches_sklearn_and_apply(feats, tmp_path):
         assert len(units) == len(d)
         chosen = d[np.arange(len(d)), units]
         np.testing.assert_allclose(chosen, d.min(1), rtol=1e-5)  # nearest (ties within rounding)
-    keyed = tmp_path / "keyed.txt"
-    assert lhb("units", "apply", path, km_path, keyed, "--keys", "--device", "cpu", "-q").returncode == 0
+    keyed, h5 = tmp_path / "keyed.txt", tmp_path / "units.h5"
+    runs = [Run(["units", "apply", path, km_path, keyed, "--keys", "--device", "cpu", "-q"]),  # all at once
+            Run(["units", "apply", path, km_path, h5, "--device", "cpu", "-q"]),
+            Run(["units", "apply", path, km_path, "-", "--keys", "--device", "cpu"], cwd=tmp_path)]
+    assert runs[0].result().returncode == 0, runs[0].result()
     assert keyed.read_text().splitlines() == [f"{k} {line}" for k, line in zip(keys, lines)]
-    h5 = tmp_path / "units.h5"
-    assert lhb("units", "apply", path, km_path, h5, "--device", "cpu", "-q").returncode == 0
+    stdout = runs[2].result()  # "-": the text on standard output, the message on standard error
+    assert stdout.returncode == 0 and stdout.stdout == keyed.read_text(), stdout
+    assert stdout.err_lines[-1] == f"wrote the units of {len(keys)} utterances to standard output", stdout
+    assert not (tmp_path / "-").exists()
+    assert runs[1].result().returncode == 0, runs[1].result()
     with h5py.File(h5) as h:
         for k, line in zip(keys, lines):
             assert h[f"units/{k}"][()].tolist() == [int(u) for u in line.split()]
