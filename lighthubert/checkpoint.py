@@ -15,7 +15,7 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -539,9 +539,9 @@ def random_checkpoint(kind: str = "base", seed: int = 0, extractor_mode: str | N
     }
 
 
-def new_temp_beside(path: Path) -> Path:
-    """A new, empty file next to ``path`` to write and then rename over it: an ordinary file (the
-    umask applies, so the result is as readable as any file the user makes), unlike mkstemp's 0600."""
+def _new_temp_beside(path: Path) -> Path:
+    """A new, empty file next to ``path``: an ordinary file (the umask applies, so the result is as
+    readable as any file the user makes), unlike mkstemp's 0600."""
     while True:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.part")
         try:
@@ -551,17 +551,22 @@ def new_temp_beside(path: Path) -> Path:
             continue
 
 
-def _atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """``write(tmp)`` into a new file beside ``path``, then rename it over ``path``: an existing file
+    stays whole until the new one is; the temporary file is removed on any failure or interruption."""
     path = Path(path)
-    tmp = new_temp_beside(path)
+    tmp = _new_temp_beside(path)
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    return write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def write_random_checkpoint(path: str | os.PathLike, kind: str = "base", seed: int = 0,

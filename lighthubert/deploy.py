@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checkpoint import Checkpoint, CheckpointError, export_subnet, new_temp_beside
+from .checkpoint import Checkpoint, CheckpointError, export_subnet, write_atomic
 from .errors import LightHubertError
 from .extractor import DTYPES, resolve_layers
 from .model import SubnetModel, frame_mask
@@ -129,18 +129,6 @@ def _example(device: Any = "cpu", batch: int = 2, samples: int = 16000) -> tuple
     return wave.to(device), lengths.to(device)
 
 
-def _atomic(path: Path, write) -> Path:
-    """Write through a temporary file in the same folder, then rename."""
-    tmp = str(new_temp_beside(path))
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 def check_export(path: str | os.PathLike, layers: Any = None, dtype: str | None = None) -> str:
     """The export format of ``path`` (``onnx``, ``torchscript``, ``checkpoint``), checked before any
     work: a known suffix, options that apply to it, the onnx extra installed for ``.onnx``."""
@@ -187,7 +175,7 @@ def export(ckpt: Checkpoint, subnet: Any, path: str | os.PathLike, layers: Any =
         raise ExportError(f"{path}: the folder {path.parent} does not exist")
     writer = _write_onnx if fmt == "onnx" else _write_torchscript
     with _quiet():
-        return _atomic(path, lambda tmp: writer(module, tmp, meta, opset))
+        return write_atomic(path, lambda tmp: writer(module, str(tmp), meta, opset))
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .checkpoint import write_atomic
 from .defaults import BATCH_SIZE, DEVICE, ITERATIONS, KMEANS_SEED, MAX_FRAMES  # batch and steps as fairseq's learn_kmeans.py
 from .errors import SettingError
 from .reader import FeaturesError, open_features
@@ -169,18 +170,14 @@ def apply_file(features: str | os.PathLike, km: dict, output: str | os.PathLike,
         f.get(f.keys[0], km["layer"]) if f.keys else None  # the layer is there
         if f.dim != c.shape[1]:
             raise FeaturesError(f"{features}: features are {f.dim} wide, the centroids {c.shape[1]}")
-        if not _plain_file_or_new(out):  # /dev/stdout, a FIFO, a link: written in place, never replaced
-            _write_units(f, km, c, out, h5=out.suffix in (".h5", ".hdf5"), features=features, keys=keys,
+        def write(target: Path) -> None:
+            _write_units(f, km, c, target, h5=out.suffix in (".h5", ".hdf5"), features=features, keys=keys,
                          dtype=dtype, progress=progress)
-            return len(f)
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # an old OUTPUT stays until the new one is whole
-        try:
-            _write_units(f, km, c, tmp, h5=out.suffix in (".h5", ".hdf5"), features=features, keys=keys,
-                         dtype=dtype, progress=progress)
-            os.replace(tmp, out)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+
+        if _plain_file_or_new(out):
+            write_atomic(out, write)  # an old OUTPUT stays whole until the new one is
+        else:  # /dev/stdout, a FIFO, a link: written in place, never replaced
+            write(out)
         return len(f)
 
 
