@@ -167,6 +167,7 @@ def _from_folder(root: Path) -> list[Item]:
 
 
 def _lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, stripped text) of each line of a list file that is not blank or a ``#`` comment."""
     try:
         if not stat.S_ISREG(path.stat().st_mode):
             raise InputError(f"{display_path(path)}: not a regular file (a list must be a file, not a FIFO or device)")
@@ -175,7 +176,8 @@ def _lines(path: Path) -> list[tuple[int, str]]:
         raise InputError(f"{path}: not UTF-8 text") from None
     except OSError as err:
         raise InputError(f"{path}: cannot read: {err.strerror}") from None
-    return [(n, line.strip()) for n, line in enumerate(text.splitlines(), start=1)]
+    stripped = ((n, line.strip()) for n, line in enumerate(text.splitlines(), start=1))
+    return [(n, line) for n, line in stripped if line and not line.startswith("#")]
 
 
 def _from_list(path: Path) -> list[Item]:
@@ -184,7 +186,6 @@ def _from_list(path: Path) -> list[Item]:
     base = path.parent
     items = []
     if ext == ".tsv":
-        lines = [(n, s) for n, s in lines if s and not s.startswith("#")]
         if not lines:
             return []
         (first, root_text), rows = lines[0], lines[1:]
@@ -206,8 +207,6 @@ def _from_list(path: Path) -> list[Item]:
         return items
     paths: list[tuple[str, str]] = []  # (where, path text) of a .txt / .lst
     for n, line in lines:
-        if not line or line.startswith("#"):
-            continue
         where = f"{display_path(path)}:{n}"
         if ext == ".scp":
             parts = line.split(maxsplit=1)
