@@ -173,6 +173,17 @@ def _load_checkpoint(source: str, seed: int, trust: bool, quiet: bool):
     return load_checkpoint(source, seed=seed, trust=trust, progress=not quiet)
 
 
+def _check_target(path: Path, is_folder: str = "is a folder; give a file name", *, writable: bool = False) -> None:
+    """Fail before any work when the file ``path`` cannot be made: a folder (the message says
+    ``is_folder``), or its folder is missing (or, with ``writable``, read-only)."""
+    if path.is_dir():
+        raise Fail(f"{path}: {is_folder}")
+    if not path.parent.is_dir():
+        raise Fail(f"{path}: the folder {path.parent} does not exist")
+    if writable and not os.access(path.parent, os.W_OK | os.X_OK):
+        raise Fail(f"{path}: the folder {path.parent} is not writable")
+
+
 def _path(text: str | Path) -> Path:
     """A path argument; an empty one (an unset shell variable) is refused instead of meaning '.'."""
     if isinstance(text, str) and not text.strip():
@@ -359,10 +370,8 @@ def subnet_cmd(
         raise Fail("--export-dtype and --layers go with --export OUT.onnx or OUT.ts", EXIT_USAGE)
     dtype = export_dtype.value if export_dtype else None
     for target, example in ((output, "subnet.json"), (export, "subnet.pt")):  # said before anything is printed
-        if target is not None and target.is_dir():
-            raise Fail(f"{target}: is a folder; give a file name such as {target / example}")
-        if target is not None and not target.parent.is_dir():
-            raise Fail(f"{target}: the folder {target.parent} does not exist")
+        if target is not None:
+            _check_target(target, f"is a folder; give a file name such as {target / example}")
     if export is not None:  # a wrong suffix or a missing extra is said before any work
         _export(None, None, export, layers, dtype, check_only=True)
     ckpt = _load_checkpoint(checkpoint, seed, trust_checkpoint, quiet=False) if checkpoint else None
@@ -461,10 +470,7 @@ def merge(
 
     from lighthubert.storage import HDF5, OutputLock, find_parts, parts_dir
 
-    if output.is_dir():
-        raise Fail(f"{output}: is a folder, not a features file")
-    if not output.parent.is_dir():
-        raise Fail(f"{output}: the folder {output.parent} does not exist")
+    _check_target(output, "is a folder, not a features file")
     sources = parts or [parts_dir(output)]
     files: list[Path] = []
     for src in sources:

@@ -10,7 +10,7 @@ import typer
 
 from lighthubert.defaults import BATCH_SIZE, CLUSTERS, DEVICE, ITERATIONS, KMEANS_SEED, MAX_FRAMES
 
-from .main import EXIT_USAGE, Fail, LhbCommand, LhbGroup, _one_line_errors
+from .main import EXIT_USAGE, Fail, LhbCommand, LhbGroup, _check_target, _one_line_errors
 from .progress import err
 
 units_app = typer.Typer(
@@ -55,20 +55,6 @@ def _library_errors(fn, *args, **kwargs):
         raise Fail(str(e), EXIT_USAGE) from None
     except OSError as e:
         raise Fail(f"{e.filename or ''}: {e.strerror or e}") from None
-
-
-def _check_target(path: Path) -> None:
-    """Fail before any work when the file ``path`` cannot be written: a folder, or its folder is
-    missing or read-only."""
-    import os
-
-    if path.is_dir():
-        raise Fail(f"{path}: is a folder; give a file name")
-    parent = path.parent
-    if not parent.is_dir():
-        raise Fail(f"{path}: the folder {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise Fail(f"{path}: the folder {parent} is not writable")
 
 
 @_one_line_errors
@@ -118,7 +104,7 @@ def learn(
 
     from lighthubert.units import learn_file, pick_device
 
-    _check_target(km_path)
+    _check_target(km_path, writable=True)
     pick_device(device)
     km = _library_errors(learn_file, features, layer, clusters, max_frames=max_frames, batch_size=batch_size,
                          iterations=iterations, seed=seed, device=device, progress=_every("k-means step", quiet))
@@ -155,7 +141,7 @@ def apply(
     if to_stdout:  # the text form, on standard output
         output = Path("/dev/stdout")
     if not output.exists() or output.is_dir() or (output.is_file() and not output.is_symlink()):
-        _check_target(output)  # a new or plain file is written beside it, then renamed (not /dev/stdout)
+        _check_target(output, writable=True)  # a new or plain file is written beside it, then renamed (not /dev/stdout)
     pick_device(device)
     km = _library_errors(load_km, km_path)
     n = _library_errors(apply_file, features, km, output, keys=keys, device=device, progress=_every("units", quiet))
