@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from .fairseq_cfg import MODEL_DEFAULTS, TRAINING_DEFAULTS, init_constant
 from .model import ModelConfig, Output, SubnetModel, cut_subnet, frame_mask, released_layout
-from .space import check_subnet, count_params, get_space
+from .space import SUBNET_KEYS, check_subnet, count_params, get_space
 
 _MODEL_KEYS = MODEL_DEFAULTS
 _TRAINING_KEYS = TRAINING_DEFAULTS
@@ -124,7 +124,7 @@ class LightHuBERT(nn.Module):
                     module.add_module(part, nn.Module())
                 module = module._modules[part]
             module.register_parameter(leaf, nn.Parameter(self._init(name, shape)))
-        self._compact: SubnetModel | None = None
+        self._compact: SubnetModel | None = None  # a cache, never a submodule: see _set_compact
         self.set_sample_config(self.supernet.max_subnet)
 
     @staticmethod
@@ -135,9 +135,13 @@ class LightHuBERT(nn.Module):
     # -- subnets
 
     def set_sample_config(self, config: Mapping) -> None:
-        """Run the subnet ``config`` (the authors' dict) from now on."""
+        """Run the subnet ``config`` (the authors' dict) from now on. As in the authors' code, only
+        its six subnet keys are read: others (their default subnet's ``ffn_ratio``, a tool's
+        ``params``) are ignored, not checked."""
+        if isinstance(config, Mapping):
+            config = {k: v for k, v in config.items() if k in SUBNET_KEYS}
         self.subnet_config = check_subnet(config)
-        self._compact = None
+        self._set_compact(None)
 
     def calc_sampled_param_num(self) -> int:
         """The current subnet's parameter count, as the authors count it."""
@@ -152,15 +156,21 @@ class LightHuBERT(nn.Module):
             state = {k: v.detach() for k, v in self.state_dict().items()}
             dtype = self.post_extract_proj.weight.dtype
             compact = cut_subnet(state, self.model_cfg, self.subnet_config)
-            self._compact = SubnetModel.from_state(self.model_cfg, self.subnet_config, compact, dtype=dtype)
+            self._set_compact(SubnetModel.from_state(self.model_cfg, self.subnet_config, compact, dtype=dtype))
         return self._compact
 
+    def _set_compact(self, model: SubnetModel | None) -> None:
+        """Keep the cut subnet out of the module tree (``nn.Module`` registers a module attribute as
+        a submodule): ``parameters()``, ``state_dict()`` and ``calc_sampled_param_num()`` must see
+        the supernet's weights only, before and after a forward pass, as the authors' do."""
+        object.__setattr__(self, "_compact", model)
+
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
-        self._compact = None
+        self._set_compact(None)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def _apply(self, fn, *args, **kwargs):
-        self._compact = None
+        self._set_compact(None)
         return super()._apply(fn, *args, **kwargs)
 
     # -- forward

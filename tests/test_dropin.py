@@ -291,3 +291,37 @@ def test_dropin_takes_the_authors_other_arguments(kind, dropin_models, authors_m
     bare.set_sample_config(sub)
     hs, _ = bare.extract_features(wave, ret_hs=True, cat_heads=True)
     assert len(hs) == sub["layer_num"] + 1
+
+
+def test_dropin_reads_only_the_subnet_keys_as_the_authors_do(dropin_models, authors_models, short_speech):
+    """The authors read six keys of a subnet dict: their default subnet edited (another FFN size, its
+    ``ffn_ratio`` list left stale) and carrying an extra key runs there, so it runs here, with their numbers."""
+    ours, theirs = dropin_models["small"], authors_models["small"]
+    sub = theirs.supernet.subnet
+    sub["ffn_embed"] = [1344] * 12  # ratio 3.5, while ffn_ratio still says 4.0
+    sub["flops"] = 1
+    ours.set_sample_config(sub)
+    theirs.set_sample_config(sub)
+    wave = prepared(short_speech[0], True)[None]
+    with torch.no_grad():
+        t, _ = theirs.extract_features(wave, ret_hs=True)
+    o, _ = ours.extract_features(wave, ret_hs=True)
+    assert ours.calc_sampled_param_num() == theirs.calc_sampled_param_num()
+    assert len(o) == len(t) == 13
+    for j, (a, b) in enumerate(zip(o, t)):
+        assert rel_err(a, b) <= TOL, j
+
+
+def test_dropin_after_a_forward_pass_counts_and_saves_the_supernet_only(dropin_models, authors_counters, short_speech):
+    """The subnet cut for the forward pass is a cache, not a submodule: after extract_features,
+    calc_sampled_param_num() still equals the authors' count (it once counted the cut weights
+    too) and state_dict()/parameters() hold the supernet's weights only."""
+    ours, theirs = dropin_models["small"], authors_counters["small"]
+    sub = SPACES["small"].max_subnet
+    ours.set_sample_config(sub)
+    theirs.set_sample_config(sub)
+    keys, numel = list(ours.state_dict()), sum(p.numel() for p in ours.parameters())
+    ours.extract_features(prepared(short_speech[0], True)[None])
+    assert ours.calc_sampled_param_num() == theirs.calc_sampled_param_num() == 44_398_336
+    assert list(ours.state_dict()) == keys
+    assert sum(p.numel() for p in ours.parameters()) == numel
