@@ -143,6 +143,20 @@ class LightHuBERT(nn.Module):
         self.subnet_config = check_subnet(config)
         self._set_compact(None)
 
+    def dynamize(self, mode: bool = True, log_subnet: bool = True) -> None:
+        """As the authors': ``False`` runs the space's default subnet; ``True`` samples a new subnet
+        (Python's global ``random``) before each ``model(...)`` call (``extract_features`` keeps the
+        current one, as theirs does). ``log_subnet`` is accepted (nothing is logged)."""
+        self.dynamic = mode
+        hook = self.__dict__.pop("_dynamic_hook", None)
+        if hook is not None:
+            hook.remove()
+        if not mode:
+            self.set_sample_config(self.supernet.subnet)
+            return
+        self._dynamic_hook = self.register_forward_pre_hook(
+            lambda module, args: module.set_sample_config(module.supernet.sample_subnet()))
+
     def calc_sampled_param_num(self) -> int:
         """The current subnet's parameter count, as the authors count it."""
         fixed = sum(p.numel() for n, p in self.named_parameters()

@@ -325,3 +325,21 @@ def test_dropin_after_a_forward_pass_counts_and_saves_the_supernet_only(dropin_m
     assert ours.calc_sampled_param_num() == theirs.calc_sampled_param_num() == 44_398_336
     assert list(ours.state_dict()) == keys
     assert sum(p.numel() for p in ours.parameters()) == numel
+
+
+def test_dropin_dynamize_as_the_authors(dropin_models, authors_counters, short_speech):
+    """dynamize(False) (the authors' advice for inference) runs the space's default subnet;
+    dynamize(True) draws a subnet from Python's random before each model(...) call, the authors' draw."""
+    ours, theirs = dropin_models["small"], authors_counters["small"]
+    ours.dynamize(False)
+    theirs.dynamize(False)
+    assert ours.subnet_config == SPACES["small"].default_subnet
+    assert ours.calc_sampled_param_num() == theirs.calc_sampled_param_num() == 26_879_744
+    ours.dynamize(True)
+    try:
+        random.seed(5)
+        ours(prepared(short_speech[0], True)[None])
+        random.seed(5)
+        assert ours.subnet_config == theirs.supernet.sample_subnet()
+    finally:
+        ours.dynamize(False)
