@@ -17,11 +17,12 @@ import random
 from typing import Any, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .fairseq_cfg import MODEL_DEFAULTS, TRAINING_DEFAULTS, init_constant
-from .model import ModelConfig, SubnetModel, cut_subnet, frame_mask, released_layout
-from .space import check_subnet, count_params, get_space
+from .model import ModelConfig, Output, SubnetModel, cut_subnet, frame_mask, released_layout
+from .space import SUBNET_KEYS, check_subnet, count_params, get_space
 
 _MODEL_KEYS = MODEL_DEFAULTS
 _TRAINING_KEYS = TRAINING_DEFAULTS
@@ -123,7 +124,7 @@ class LightHuBERT(nn.Module):
                     module.add_module(part, nn.Module())
                 module = module._modules[part]
             module.register_parameter(leaf, nn.Parameter(self._init(name, shape)))
-        self._compact: SubnetModel | None = None
+        self._compact: SubnetModel | None = None  # a cache, never a submodule: see _set_compact
         self.set_sample_config(self.supernet.max_subnet)
 
     @staticmethod
@@ -134,9 +135,27 @@ class LightHuBERT(nn.Module):
     # -- subnets
 
     def set_sample_config(self, config: Mapping) -> None:
-        """Run the subnet ``config`` (the authors' dict) from now on."""
+        """Run the subnet ``config`` (the authors' dict) from now on. As in the authors' code, only
+        its six subnet keys are read: others (their default subnet's ``ffn_ratio``, a tool's
+        ``params``) are ignored, not checked."""
+        if isinstance(config, Mapping):
+            config = {k: v for k, v in config.items() if k in SUBNET_KEYS}
         self.subnet_config = check_subnet(config)
-        self._compact = None
+        self._set_compact(None)
+
+    def dynamize(self, mode: bool = True, log_subnet: bool = True) -> None:
+        """As the authors': ``False`` runs the space's default subnet; ``True`` samples a new subnet
+        (Python's global ``random``) before each ``model(...)`` call (``extract_features`` keeps the
+        current one, as theirs does). ``log_subnet`` is accepted (nothing is logged)."""
+        self.dynamic = mode
+        hook = self.__dict__.pop("_dynamic_hook", None)
+        if hook is not None:
+            hook.remove()
+        if not mode:
+            self.set_sample_config(self.supernet.subnet)
+            return
+        self._dynamic_hook = self.register_forward_pre_hook(
+            lambda module, args: module.set_sample_config(module.supernet.sample_subnet()))
 
     def calc_sampled_param_num(self) -> int:
         """The current subnet's parameter count, as the authors count it."""
@@ -151,15 +170,21 @@ class LightHuBERT(nn.Module):
             state = {k: v.detach() for k, v in self.state_dict().items()}
             dtype = self.post_extract_proj.weight.dtype
             compact = cut_subnet(state, self.model_cfg, self.subnet_config)
-            self._compact = SubnetModel.from_state(self.model_cfg, self.subnet_config, compact, dtype=dtype)
+            self._set_compact(SubnetModel.from_state(self.model_cfg, self.subnet_config, compact, dtype=dtype))
         return self._compact
 
+    def _set_compact(self, model: SubnetModel | None) -> None:
+        """Keep the cut subnet out of the module tree (``nn.Module`` registers a module attribute as
+        a submodule): ``parameters()``, ``state_dict()`` and ``calc_sampled_param_num()`` must see
+        the supernet's weights only, before and after a forward pass, as the authors' do."""
+        object.__setattr__(self, "_compact", model)
+
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
-        self._compact = None
+        self._set_compact(None)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def _apply(self, fn, *args, **kwargs):
-        self._compact = None
+        self._set_compact(None)
         return super()._apply(fn, *args, **kwargs)
 
     # -- forward
@@ -170,32 +195,70 @@ class LightHuBERT(nn.Module):
         """source: (B, N) waveform at 16 kHz; padding_mask: (B, N) True on padded samples.
 
         Returns (features, padding_mask): the last layer (B, T, E), or with ``ret_hs`` the list of
-        L + 1 hidden states, or with ``ret_conv`` hidden state 0; padding_mask (B, T) True on
-        padded frames, None when none was given.
+        L + 1 hidden states (with ``cat_heads`` also, as in the authors' code, the prediction heads'
+        outputs: one (B, T, teacher_embed_dim) tensor per head chunk), or with ``ret_conv`` hidden
+        state 0; padding_mask (B, T) True on padded frames, None when none was given.
+        ``output_layer`` is accepted and, as in the authors' code, has no effect.
         """
-        if mask or cat_heads or output_layer is not None:
-            raise NotImplementedError("masking, prediction heads and output_layer are training features not supported here")
-        model = self.subnet_model()
-        lengths = None
-        if padding_mask is not None:
-            lengths = (~padding_mask.bool()).sum(-1)
-        with torch.no_grad():
-            if ret_hs:
-                out = model(source, lengths)
-                feature: Any = [out.hidden[i] for i in range(model.num_layers + 1)]
-            elif ret_conv:
-                out = model(source, lengths, layers=[0])
-                feature = out.hidden[0]
-            else:
-                out = model(source, lengths, layers=[], last=True)
-                feature = out.last
-        frames = (feature[0] if isinstance(feature, list) else feature).shape[1]
-        if padding_mask is None:
-            return feature, None
-        n = out.lengths if out.lengths is not None else torch.full((source.shape[0],), frames, device=source.device)
-        return feature, ~frame_mask(n, frames)
+        if mask:
+            raise NotImplementedError("mask=True (random span masking, for pre-training) is not supported: inference only")
+        if ret_hs:
+            out, pm = self._run(source, padding_mask, last=cat_heads)
+            feature: Any = [out.hidden[i] for i in range(len(out.hidden))]
+            if cat_heads:
+                feature += [chunk for chunks in self.layer_heads(out) if chunks is not None for chunk in chunks]
+        elif ret_conv:
+            out, pm = self._run(source, padding_mask, layers=[0])
+            feature = out.hidden[0]
+        else:
+            out, pm = self._run(source, padding_mask, layers=[], last=True)
+            feature = out.last
+        return feature, pm
 
-    def forward(self, source: Tensor, padding_mask: Tensor | None = None, **kwargs: Any) -> dict:
-        hs, pm = self.extract_features(source, padding_mask, ret_hs=True)
-        x, _ = self.extract_features(source, padding_mask) if self.model_cfg.layer_norm_first else (hs[-1], None)
-        return {"x": x, "padding_mask": pm, "hidden_states": hs}
+    def _run(self, source: Tensor, padding_mask: Tensor | None, layers: list[int] | None = None,
+             last: bool = False) -> tuple[Output, Tensor | None]:
+        """The current subnet on (B, N) ``source``: its :class:`Output` (all hidden states when
+        ``layers`` is None) and the (B, T) frame padding mask (None when ``padding_mask`` is)."""
+        model = self.subnet_model()
+        lengths = None if padding_mask is None else (~padding_mask.bool()).sum(-1)
+        with torch.no_grad():
+            out = model(source, lengths, layers=layers, last=last)
+        if padding_mask is None:
+            return out, None
+        frames = next(iter(out.hidden.values()), out.last).shape[1]
+        n = out.lengths if out.lengths is not None else torch.full((source.shape[0],), frames, device=source.device)
+        return out, ~frame_mask(n, frames)
+
+    @torch.no_grad()
+    def layer_heads(self, out: Output) -> list[tuple[Tensor, ...] | None]:
+        """The authors' ``layer_heads``: per supernet layer, None or the chunks (each (B, T,
+        teacher_embed_dim)) of its prediction head applied to that layer's output; the head of the
+        last layer alone (the released files) reads the final output. ``out`` must hold every
+        hidden state and the final output."""
+        cfg = self.model_cfg
+        heads: list[tuple[Tensor, ...] | None] = [None] * cfg.encoder_layers
+        if getattr(self, "layer_pred_heads", None) is None:  # none, or remove_pretraining_modules()
+            return heads
+        with_head = [i for i, n in enumerate(cfg.layer_pred_num) if n > 0]
+        if with_head != [cfg.encoder_layers - 1] and len(out.hidden) - 1 != cfg.encoder_layers:
+            raise ValueError("Multi-layer prediction requires 0.0 layerdrop.")  # the authors' refusal
+        for i in with_head:
+            hs = out.last if with_head == [cfg.encoder_layers - 1] else out.hidden[i + 1]
+            w = getattr(self.layer_pred_heads, str(i)).weight[:, : hs.shape[-1]]
+            heads[i] = torch.split(F.linear(hs, w.to(hs.dtype)), cfg.teacher_embed_dim, dim=-1)
+        return heads
+
+    def remove_pretraining_modules(self) -> None:
+        """As the authors': drop the prediction heads (``cat_heads`` then adds nothing)."""
+        self.layer_pred_heads = None
+
+    def forward(self, source: Tensor, target_list: Any = None, padding_mask: Tensor | None = None, mask: bool = True,
+                features_only: bool = False, output_layer: int | None = None, mask_indices: Any = None) -> dict:
+        """The authors' signature. Inference only: ``mask`` is ignored (no random masking),
+        ``target_list`` and ``mask_indices`` (pre-training) are refused. Returns ``x`` (B, T, E),
+        ``padding_mask``, ``hidden_states`` (L + 1 tensors) and ``layer_heads``."""
+        if target_list is not None or mask_indices is not None:
+            raise NotImplementedError("target_list and mask_indices are for pre-training, not supported: inference only")
+        out, pm = self._run(source, padding_mask, last=True)
+        hs = [out.hidden[i] for i in range(len(out.hidden))]
+        return {"x": out.last, "padding_mask": pm, "hidden_states": hs, "layer_heads": self.layer_heads(out)}

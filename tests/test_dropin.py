@@ -240,3 +240,106 @@ def test_dropin_padded_batch_equals_single(kind, dropin_models, ckpt_dicts, ours
         for j, layer in enumerate(hs):
             err = rel_err(layer[b, :t], alone[j])
             assert err <= BATCH_TOL, f"{kind} {speech[i][0]} hidden state {j}: {err:.2e} in a padded batch"
+
+
+@pytest.mark.parametrize("kind", ["small", "stage1"])
+def test_dropin_takes_the_authors_other_arguments(kind, dropin_models, authors_models, ckpt_dicts, short_speech):
+    """What the authors' extract_features and forward accept gives their results: ``cat_heads``
+    (the prediction head's output after the hidden states; ignored without ``ret_hs``),
+    ``output_layer`` (no effect in their code), forward's positional order and its ``layer_heads``,
+    and ``remove_pretraining_modules``."""
+    ours, theirs = dropin_models[kind], authors_models[kind]
+    sub = SPACES[SUPERNET_TYPE[kind]].min_subnet
+    ours.set_sample_config(sub)
+    theirs.set_sample_config(sub)
+    normalize = ckpt_dicts[kind]["cfg"]["task"]["normalize"]
+    wave = prepared(short_speech[0], normalize)[None]
+    for kw in (dict(ret_hs=True, cat_heads=True), dict(cat_heads=True), dict(output_layer=3),
+               dict(ret_hs=True, output_layer=5)):
+        with torch.no_grad():
+            t, _ = theirs.extract_features(wave, **kw)
+        o, pm = ours.extract_features(wave, **kw)
+        assert pm is None and type(o) is type(t), kw
+        if isinstance(t, list):
+            assert len(o) == len(t) == sub["layer_num"] + 1 + kw.get("cat_heads", 0), kw
+            for j, (a, b) in enumerate(zip(o, t)):
+                assert a.shape == b.shape and rel_err(a, b) <= TOL, (kw, j)
+        else:
+            assert rel_err(o, t) <= TOL, kw
+    two = torch.cat([wave, wave])
+    pad = torch.zeros(two.shape, dtype=torch.bool)
+    pad[1, -1000:] = True
+    two[1, -1000:] = 0
+    got = ours(two, None, pad, False, True)  # the authors' positional order: target_list, padding_mask, mask, features_only
+    with torch.no_grad():
+        ref = theirs(two[:1], mask=False, features_only=True)
+    assert set(got) == set(ref) == {"x", "padding_mask", "hidden_states", "layer_heads"}
+    assert got["padding_mask"].shape == (2, frames_for(wave.shape[1]))
+    assert rel_err(got["x"][:1], ref["x"]) <= TOL
+    heads = [h for h in got["layer_heads"] if h is not None]
+    ref_heads = [h for h in ref["layer_heads"] if h is not None]
+    assert len(got["layer_heads"]) == len(ref["layer_heads"]) == 12 and len(heads) == len(ref_heads) == 1
+    assert rel_err(heads[0][0][:1], ref_heads[0][0]) <= TOL
+    with pytest.raises(NotImplementedError, match="mask"):
+        ours.extract_features(wave, mask=True)
+    d = ckpt_dicts[kind]
+    cfg = lighthubert.LightHuBERTConfig(d["cfg"]["model"])
+    cfg.supernet_type = SUPERNET_TYPE[kind]
+    bare = lighthubert.LightHuBERT(cfg).eval()
+    bare.remove_pretraining_modules()
+    assert not bare.load_state_dict(d["model"], strict=False).missing_keys
+    bare.set_sample_config(sub)
+    hs, _ = bare.extract_features(wave, ret_hs=True, cat_heads=True)
+    assert len(hs) == sub["layer_num"] + 1
+
+
+def test_dropin_reads_only_the_subnet_keys_as_the_authors_do(dropin_models, authors_models, short_speech):
+    """The authors read six keys of a subnet dict: their default subnet edited (another FFN size, its
+    ``ffn_ratio`` list left stale) and carrying an extra key runs there, so it runs here, with their numbers."""
+    ours, theirs = dropin_models["small"], authors_models["small"]
+    sub = theirs.supernet.subnet
+    sub["ffn_embed"] = [1344] * 12  # ratio 3.5, while ffn_ratio still says 4.0
+    sub["flops"] = 1
+    ours.set_sample_config(sub)
+    theirs.set_sample_config(sub)
+    wave = prepared(short_speech[0], True)[None]
+    with torch.no_grad():
+        t, _ = theirs.extract_features(wave, ret_hs=True)
+    o, _ = ours.extract_features(wave, ret_hs=True)
+    assert ours.calc_sampled_param_num() == theirs.calc_sampled_param_num()
+    assert len(o) == len(t) == 13
+    for j, (a, b) in enumerate(zip(o, t)):
+        assert rel_err(a, b) <= TOL, j
+
+
+def test_dropin_after_a_forward_pass_counts_and_saves_the_supernet_only(dropin_models, authors_counters, short_speech):
+    """The subnet cut for the forward pass is a cache, not a submodule: after extract_features,
+    calc_sampled_param_num() still equals the authors' count (it once counted the cut weights
+    too) and state_dict()/parameters() hold the supernet's weights only."""
+    ours, theirs = dropin_models["small"], authors_counters["small"]
+    sub = SPACES["small"].max_subnet
+    ours.set_sample_config(sub)
+    theirs.set_sample_config(sub)
+    keys, numel = list(ours.state_dict()), sum(p.numel() for p in ours.parameters())
+    ours.extract_features(prepared(short_speech[0], True)[None])
+    assert ours.calc_sampled_param_num() == theirs.calc_sampled_param_num() == 44_398_336
+    assert list(ours.state_dict()) == keys
+    assert sum(p.numel() for p in ours.parameters()) == numel
+
+
+def test_dropin_dynamize_as_the_authors(dropin_models, authors_counters, short_speech):
+    """dynamize(False) (the authors' advice for inference) runs the space's default subnet;
+    dynamize(True) draws a subnet from Python's random before each model(...) call, the authors' draw."""
+    ours, theirs = dropin_models["small"], authors_counters["small"]
+    ours.dynamize(False)
+    theirs.dynamize(False)
+    assert ours.subnet_config == SPACES["small"].default_subnet
+    assert ours.calc_sampled_param_num() == theirs.calc_sampled_param_num() == 26_879_744
+    ours.dynamize(True)
+    try:
+        random.seed(5)
+        ours(prepared(short_speech[0], True)[None])
+        random.seed(5)
+        assert ours.subnet_config == theirs.supernet.sample_subnet()
+    finally:
+        ours.dynamize(False)

@@ -161,13 +161,15 @@ def test_five_minutes_on_the_cpu_in_bounded_memory(tmp_path):
 
 
 @pytest.mark.slow
-def test_windowed_defaults_stay_within_the_stated_bound(ckpts):
+@pytest.mark.parametrize("kind, subnet, bound", [("small", "min", 2e-2), ("stage1", "default", 6e-2)])
+def test_windowed_defaults_stay_within_the_stated_bound(kind, subnet, bound, ckpts):
     """The default windows (W=60 s, C=10 s) on 3 minutes of real speech: no frame lost, hidden state 0
-    exact, every layer within 2e-2 of its largest value of the uncut run (the bound README states)."""
+    exact, every layer within the bound README states of its largest value of the uncut run: 2e-2 in
+    the Small space, 6e-2 in the Base space (Stage 1's default, the Base max subnet: 5.5e-2 measured)."""
     from lighthubert.job import CONTEXT_SECONDS, WINDOW_SECONDS
 
     wave = speech(180.0)
-    ext = lighthubert.Extractor(ckpts["small"], "min", "cpu")
+    ext = lighthubert.Extractor(ckpts[kind], subnet, "cpu")
     x = ext.batch([wave])[0][0]
     layers = list(range(ext.num_layers + 1))
     exact = ext.run_long(x, layers, LongForm("exact"))
@@ -175,7 +177,7 @@ def test_windowed_defaults_stay_within_the_stated_bound(ckpts):
     assert windowed.shape == exact.shape and windowed.shape[1] == frames_for(len(wave))
     assert torch.equal(windowed[0], exact[0])
     errors = [rel_err(windowed[i], exact[i]) for i in layers[1:]]
-    assert max(errors) <= 2e-2, errors
+    assert max(errors) <= bound, errors
 
 
 def test_progress_moves_with_each_window_of_a_long_file(tmp_path, ckpt_files):
