@@ -1,0 +1,95 @@
+"""lhb convert and lhb units on a newcomer's path (README "Using the features"): a stop half-way
+keeps what the folder held, a layer the file lacks is refused even when the file has no utterances,
+an empty path (an unset shell variable) is refused rather than meaning the current folder. Each case
+failed before its fix. Features files are written with the storage writer (no model needed)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cli_helpers import Run, one_line
+from lighthubert.convert import convert
+from lighthubert.reader import FeaturesError
+from lighthubert.storage import run_attrs
+from lighthubert.storage.hdf5 import FeatureWriter
+from lighthubert.units import apply_file
+
+
+def _features(path: Path, n: int, layers: list[int] = [1, 2], dim: int = 4) -> Path:
+    """A features file of ``n`` utterances ``u0..`` with (len(layers), 3 + i, dim) features."""
+    attrs = run_attrs(layers=layers, subnet={"a": 1}, checkpoint="c.pt", checkpoint_sha256="ab", normalize=True,
+                      random_weights=True, params=10, dtype="float32", compute_dtype="float32", version="t",
+                      exact_seconds=120.0, window_seconds=60.0, context_seconds=10.0, num_layers=2, embed_dim=dim)
+    w = FeatureWriter(path, attrs)
+    for i in range(n):
+        x = np.full((len(layers), 3 + i, dim), float(i), np.float32)
+        w.write(f"u{i}", x, source=f"/audio/u{i}.wav", num_samples=320 * (3 + i) + 80)
+    w.close(complete=True)
+    return path
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+class Stop(KeyboardInterrupt):
+    pass
+
+
+def _stop_at(n: int):
+    def progress(done: int, total: int) -> None:
+        if done == n:
+            raise Stop  # as Ctrl-C would, half-way through the utterances
+    return progress
+
+
+@pytest.mark.parametrize("fmt", ["fairseq", "npy", "kaldi"])
+def test_convert_stopped_half_way_keeps_the_old_conversion(tmp_path, fmt):
+    """Before: the new .npy was written in place over the old one, so a stop left a new, half-filled
+    .npy beside the old .len/.keys (fairseq then reads rows that do not match the lengths)."""
+    small, big = _features(tmp_path / "small.h5", 2), _features(tmp_path / "big.h5", 6)
+    out = tmp_path / "conv"
+    convert(small, out, fmt, 2)
+    before = _tree(out)
+    with pytest.raises(Stop):
+        convert(big, out, fmt, 1, progress=_stop_at(4))
+    assert _tree(out) == before  # no temporary file left, nothing replaced
+    convert(big, out, fmt, 1)  # the next run replaces it whole
+    if fmt == "fairseq":
+        x = np.load(out / "train_0_1.npy")
+        lens = [int(v) for v in (out / "train_0_1.len").read_text().split()]
+        assert x.shape == (sum(lens), 4) and lens == [3, 4, 5, 6, 7, 8]
+        assert (out / "train_0_1.keys").read_text().split() == [f"u{i}" for i in range(6)]
+        assert x[-8:].tolist() == [[5.0] * 4] * 8
+    assert not [p for p in out.rglob(".*")]
+
+
+def test_a_layer_the_file_lacks_is_refused_also_without_utterances(tmp_path):
+    """Before: a features file without utterances converted (and took units) of any layer, writing
+    empty files as if the layer were there."""
+    empty = _features(tmp_path / "empty.h5", 0)
+    with pytest.raises(FeaturesError, match=r"empty.h5: has no layer 6 \(it holds layers \[1, 2\]\)"):
+        convert(empty, tmp_path / "out", "fairseq", 6)
+    assert not (tmp_path / "out").exists()
+    km = {"format": "lighthubert-kmeans", "centroids": torch.zeros(2, 4), "layer": 6, "clusters": 2}
+    with pytest.raises(FeaturesError, match="has no layer 6"):
+        apply_file(empty, km, tmp_path / "u.km")
+    assert not (tmp_path / "u.km").exists()
+    assert convert(empty, tmp_path / "ok", "fairseq", 2)  # a layer it holds: empty files, as asked
+
+
+def test_a_file_that_is_not_a_kmeans_file_says_so(tmp_path):
+    """Before: a text file given as KM said 'not a k-means file (KeyError)'."""
+    from lighthubert.units import load_km
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello\n")
+    with pytest.raises(FeaturesError, match=r"notes.txt: not a k-means file made by lhb units learn \(torch cannot load it\)$"):
+        load_km(notes)
+    with pytest.raises(FeaturesError, match=f"{tmp_path}: is a folder, not a k-means file$"):
+        load_km(tmp_path)
