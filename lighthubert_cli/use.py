@@ -10,7 +10,7 @@ import typer
 
 from lighthubert.defaults import BATCH_SIZE, CLUSTERS, DEVICE, ITERATIONS, KMEANS_SEED, MAX_FRAMES
 
-from .main import EXIT_USAGE, Fail, LhbCommand, LhbGroup, _check_target, _one_line_errors
+from .main import EXIT_USAGE, Fail, LhbCommand, LhbGroup, _check_target, _one_line_errors, _path
 from .progress import err
 
 units_app = typer.Typer(
@@ -25,7 +25,7 @@ class Format(str, Enum):
     kaldi = "kaldi"
 
 
-FeaturesArg = Annotated[Path, typer.Argument(metavar="FEATURES", help="A features file made by lhb extract.",
+FeaturesArg = Annotated[Path, typer.Argument(parser=_path, metavar="FEATURES", help="A features file made by lhb extract.",
                                              show_default=False)]
 LayerOpt = Annotated[int, typer.Option(
     "--layer", "-l", help="Hidden-state index (0 = projected conv features); must be in the file.", show_default=False)]
@@ -60,7 +60,7 @@ def _library_errors(fn, *args, **kwargs):
 @_one_line_errors
 def convert(
     features: FeaturesArg,
-    output: Annotated[Path, typer.Argument(metavar="OUTPUT", help="The folder to write (created).", show_default=False)],
+    output: Annotated[Path, typer.Argument(parser=_path, metavar="OUTPUT", help="The folder to write (created).", show_default=False)],
     layer: LayerOpt,
     fmt: Annotated[Format, typer.Option(
         "--format", "-f", help="fairseq: SPLIT_RANK_NSHARD.npy/.len/.keys (simple_kmeans layout); npy: one KEY.npy "
@@ -85,7 +85,7 @@ def convert(
 @_one_line_errors
 def learn(
     features: FeaturesArg,
-    km_path: Annotated[Path, typer.Argument(metavar="KM", help="The k-means file to write (e.g. km.pt).", show_default=False)],
+    km_path: Annotated[Path, typer.Argument(parser=_path, metavar="KM", help="The k-means file to write (e.g. km.pt).", show_default=False)],
     layer: LayerOpt,
     clusters: Annotated[int, typer.Option("--clusters", "-k", min=1, help="Number of clusters (units).")] = CLUSTERS,
     max_frames: Annotated[int, typer.Option(
@@ -102,14 +102,15 @@ def learn(
     """
     import torch
 
+    from lighthubert.checkpoint import write_atomic
     from lighthubert.units import learn_file, pick_device
 
     _check_target(km_path, writable=True)
     pick_device(device)
     km = _library_errors(learn_file, features, layer, clusters, max_frames=max_frames, batch_size=batch_size,
                          iterations=iterations, seed=seed, device=device, progress=_every("k-means step", quiet))
-    try:
-        torch.save(km, km_path)
+    try:  # beside KM, then renamed: an old KM stays whole if this stops half-way
+        write_atomic(km_path, lambda tmp: torch.save(km, tmp))
     except OSError as e:
         raise Fail(f"{km_path}: cannot write ({e.strerror})") from None
     except RuntimeError as e:  # torch's zip writer reports an open failure as RuntimeError
@@ -123,9 +124,9 @@ def learn(
 @_one_line_errors
 def apply(
     features: FeaturesArg,
-    km_path: Annotated[Path, typer.Argument(metavar="KM", help="A k-means file from lhb units learn.", show_default=False)],
+    km_path: Annotated[Path, typer.Argument(parser=_path, metavar="KM", help="A k-means file from lhb units learn.", show_default=False)],
     output: Annotated[Path, typer.Argument(
-        metavar="OUTPUT", help="units.h5 (/units/KEY int datasets) or a text file (.km: one line of units per "
+        parser=_path, metavar="OUTPUT", help="units.h5 (/units/KEY int datasets) or a text file (.km: one line of units per "
                                "utterance, in the features file's key order); - for standard output.", show_default=False)],
     keys: Annotated[bool, typer.Option("--keys", help="Text output: start each line with the key.")] = False,
     device: DeviceOpt = DEVICE,

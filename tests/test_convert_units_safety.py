@@ -83,6 +83,25 @@ def test_a_layer_the_file_lacks_is_refused_also_without_utterances(tmp_path):
     assert convert(empty, tmp_path / "ok", "fairseq", 2)  # a layer it holds: empty files, as asked
 
 
+def test_empty_paths_are_refused_not_taken_as_the_current_folder(tmp_path):
+    """Before: ``lhb convert feats.h5 "$OUT"`` with OUT unset wrote train_0_1.npy and friends into
+    the current folder; the units commands said '.: is a folder'."""
+    feats = _features(tmp_path / "f.h5", 2)
+    km = tmp_path / "km.pt"
+    torch.save({"format": "lighthubert-kmeans", "centroids": torch.zeros(2, 4), "layer": 1, "clusters": 2}, km)
+    work = tmp_path / "work"
+    work.mkdir()
+    calls = [["convert", feats, "", "--layer", "1"], ["convert", "", "out", "--layer", "1"],
+             ["units", "apply", feats, km, ""], ["units", "apply", feats, "", "u.km"],
+             ["units", "learn", feats, "", "--layer", "1"]]
+    runs = [Run(c, cwd=work) for c in calls]  # all at once
+    for run in runs:
+        p = run.result()
+        line = one_line(p)
+        assert p.returncode == 2 and "an empty path" in line, line
+    assert os.listdir(work) == []
+
+
 def test_a_file_that_is_not_a_kmeans_file_says_so(tmp_path):
     """Before: a text file given as KM said 'not a k-means file (KeyError)'."""
     from lighthubert.units import load_km
