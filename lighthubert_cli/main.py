@@ -570,7 +570,7 @@ def _info_checkpoint(source: str, as_json: bool, seed: int, trust: bool) -> None
         shape,
         ("extractor", f"{data['extractor_mode']}, {'pre' if data['layer_norm_first'] else 'post'}-norm"),
         ("normalize", str(data["normalize"])),
-        ("weights", str(data["weight_dtype"])),
+        ("weights", data["weight_dtype"] if isinstance(data["weight_dtype"], str) else ", ".join(data["weight_dtype"])),
         ("default subnet", f"{data['default_subnet_params']:,} params: width {default['embed_dim']}, "
                            f"{default['layer_num']} layers, heads {sorted(set(default['heads_num']))}, "
                            f"ffn {sorted(set(default['ffn_embed']))}"),

@@ -112,3 +112,19 @@ def test_a_file_that_is_not_a_kmeans_file_says_so(tmp_path):
         load_km(notes)
     with pytest.raises(FeaturesError, match=f"{tmp_path}: is a folder, not a k-means file$"):
         load_km(tmp_path)
+
+
+def test_a_kmeans_file_given_as_a_checkpoint_is_named_as_such(tmp_path, ckpts):
+    """Before: 'km.pt: not a LightHuBERT checkpoint (no 'cfg' and 'model' entries)' (both are .pt
+    files, easily swapped); and lhb info wrote an exported subnet's weights as "['float16', 'float32']"."""
+    import lighthubert
+    from lighthubert.checkpoint import CheckpointError
+
+    km = tmp_path / "km.pt"
+    torch.save({"format": "lighthubert-kmeans", "centroids": torch.zeros(2, 4), "layer": 1, "clusters": 2}, km)
+    with pytest.raises(CheckpointError, match=r"km.pt: a k-means file made by lhb units learn \(lhb units apply reads it\), not a LightHuBERT checkpoint$"):
+        lighthubert.load_checkpoint(km)
+    exported = lighthubert.export_subnet(ckpts["small"], "min", tmp_path / "min.pt")
+    p = Run(["info", exported]).result()
+    weights = [ln.split(None, 1)[1] for ln in p.stdout.splitlines() if ln.strip().startswith("weights")]
+    assert p.returncode == 0 and len(weights) == 1 and "[" not in weights[0] and "'" not in weights[0], p.stdout
