@@ -372,8 +372,9 @@ def subnet_cmd(
     for target, example in ((output, "subnet.json"), (export, "subnet.pt")):  # said before anything is printed
         if target is not None:
             _check_target(target, f"is a folder; give a file name such as {target / example}")
-    if export is not None:  # a wrong suffix or a missing extra is said before any work
+    if export is not None:  # a wrong suffix, a missing extra or --layers that cannot be read: before any work
         _export(None, None, export, layers, dtype, check_only=True)
+        _check_export_layers(layers, 1 << 20)  # the range once the subnet is known
     ckpt = _load_checkpoint(checkpoint, seed, trust_checkpoint, quiet=False) if checkpoint else None
     if ckpt is not None and supernet is not None and supernet.value != ckpt.space.name:
         raise Fail(f"--supernet {supernet.value} does not match the checkpoint's {ckpt.space.name} space", EXIT_USAGE)
@@ -406,6 +407,10 @@ def subnet_cmd(
     except SubnetError as e:  # named by the option that gave the value
         raise Fail(f"{chosen[0]}: {e}" if chosen else str(e), EXIT_USAGE) from None
     out = [{**sub, "supernet": name, "params": count_params(sub, fixed)} for sub, name in results]
+    if export is not None:  # said before the subnet is printed or -o written
+        if len(out) != 1:
+            raise Fail("--export takes one subnet", EXIT_USAGE)
+        _check_export_layers(layers, out[0]["layer_num"])
     for item in out:
         _subnet_table(item)
     text = json.dumps(out[0] if len(out) == 1 else out, indent=None)
@@ -416,9 +421,18 @@ def subnet_cmd(
         except OSError as e:
             raise Fail(f"{output}: cannot write: {e.strerror}") from None
     if export is not None:
-        if len(out) != 1:
-            raise Fail("--export takes one subnet", EXIT_USAGE)
         _export(ckpt, results[0][0], export, layers, dtype)
+
+
+def _check_export_layers(layers: str | None, num_layers: int) -> None:
+    """--layers of an export, checked as lhb extract checks its own (a usage error named by the option)."""
+    from lighthubert.extractor import resolve_layers
+
+    if layers is not None:
+        try:
+            resolve_layers(layers, num_layers)
+        except ValueError as e:
+            raise Fail(f"--layers: {e}", EXIT_USAGE) from None
 
 
 def _export(ckpt, sub: dict | None, path: Path, layers: str | None, dtype: str | None, check_only: bool = False) -> None:

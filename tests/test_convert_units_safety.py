@@ -128,3 +128,19 @@ def test_a_kmeans_file_given_as_a_checkpoint_is_named_as_such(tmp_path, ckpts):
     p = Run(["info", exported]).result()
     weights = [ln.split(None, 1)[1] for ln in p.stdout.splitlines() if ln.strip().startswith("weights")]
     assert p.returncode == 0 and len(weights) == 1 and "[" not in weights[0] and "'" not in weights[0], p.stdout
+
+
+def test_export_layers_are_checked_before_anything_is_printed(tmp_path, ckpt_files):
+    """Before: 'lhb subnet ... --export x.ts --layers 0,99' printed the subnet and wrote -o, then
+    failed naming x.ts (lhb extract names --layers); --sample 2 with --export printed both first."""
+    small = ckpt_files["small"]
+    cases = {("--preset", "min", "--layers", "0,99"): "lhb: error: --layers: layer 99 is out of range: this subnet has hidden states 0..10",
+             ("--preset", "min", "--layers", "foo"): "lhb: error: --layers: layers must be last, all or comma-separated integers, got 'foo'",
+             ("--sample", "2"): "lhb: error: --export takes one subnet"}
+    runs = {args: Run(["subnet", *args, "-c", small, "--export", tmp_path / "x.ts", "-o", tmp_path / "s.json"])
+            for args in cases}
+    for args, line in cases.items():
+        p = runs[args].result()
+        assert p.returncode == 2 and p.stdout == "" and p.err_lines[-1] == line, p
+        assert "Traceback" not in p.stderr
+    assert os.listdir(tmp_path) == []
