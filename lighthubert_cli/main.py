@@ -273,7 +273,9 @@ def extract(
             raise Terminated if received[0] == signal.SIGTERM else KeyboardInterrupt
         received.append(signum)
         stop.set()
-        err(f"\nstopping after the current batch ({signal.Signals(signum).name}); signal again to stop at once")
+        # a new line after the terminal's "^C" echo; a log gets no blank line
+        err(f"{chr(10) if sys.stderr.isatty() else ''}stopping after the current batch ({signal.Signals(signum).name}); "
+            "signal again to stop at once")
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -144,3 +144,39 @@ def test_export_layers_are_checked_before_anything_is_printed(tmp_path, ckpt_fil
         assert p.returncode == 2 and p.stdout == "" and p.err_lines[-1] == line, p
         assert "Traceback" not in p.stderr
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_a_stop_in_a_log_prints_no_blank_line(tmp_path):
+    """Before: the 'stopping after the current batch' line began with a new line meant for the
+    terminal's ^C echo, so a log (stderr not a terminal) got an empty line (README: one line each)."""
+    import signal
+    import subprocess
+
+    import soundfile as sf
+
+    from cli_helpers import _env, lhb_command
+    from helpers import SPEECH_DIR
+    from lighthubert.audio import load_audio
+
+    utt = SPEECH_DIR / "spk1" / "utt03.wav"
+    if not utt.is_file():
+        pytest.skip("needs the speech data")
+    wave = load_audio(utt)
+    sf.write(tmp_path / "long.wav", np.tile(wave, 40 * 16000 // len(wave)), 16000)  # about 40 s: one batch
+    proc = subprocess.Popen(lhb_command() + ["extract", str(tmp_path / "long.wav"), str(tmp_path / "o.h5"), "-c",
+                                             "random:small", "--subnet", "min", "--device", "cpu"],
+                            stderr=subprocess.PIPE, text=True, env=_env(), stdin=subprocess.DEVNULL)
+    try:
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if line.startswith("extracting"):
+                proc.send_signal(signal.SIGINT)
+                break
+        lines += proc.stderr.readlines()
+        proc.wait(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and any(ln.startswith("stopping after the current batch (SIGINT)") for ln in lines), lines
+    assert all(ln.strip() for ln in lines), lines
