@@ -500,7 +500,7 @@ def merge(
         raise Fail(f"no parts found in {', '.join(map(str, sources))}")
     with OutputLock(output):  # not while a run writes it
         n = HDF5.merge(output, files, include_output=True)
-    err(f"merged {len(files)} parts into {output}: {n} utterances ({size(output.stat().st_size)})")
+    err(f"merged {count(len(files), 'part')} into {output}: {count(n, 'utterance')} ({size(output.stat().st_size)})")
     if remove_parts:
         for src in sources:
             shutil.rmtree(src) if src.is_dir() else src.unlink()

@@ -180,3 +180,10 @@ def test_a_stop_in_a_log_prints_no_blank_line(tmp_path):
         proc.kill()
     assert proc.returncode == 130 and any(ln.startswith("stopping after the current batch (SIGINT)") for ln in lines), lines
     assert all(ln.strip() for ln in lines), lines
+
+
+def test_merge_counts_in_words(tmp_path):
+    """Before: 'merged 1 parts into m.h5: 1 utterances'."""
+    part = _features(tmp_path / "p.h5", 1)
+    p = Run(["merge", tmp_path / "m.h5", part]).result()
+    assert p.returncode == 0 and p.err_lines[-1].startswith(f"merged 1 part into {tmp_path / 'm.h5'}: 1 utterance ("), p
