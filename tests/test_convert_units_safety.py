@@ -187,3 +187,13 @@ def test_merge_counts_in_words(tmp_path):
     part = _features(tmp_path / "p.h5", 1)
     p = Run(["merge", tmp_path / "m.h5", part]).result()
     assert p.returncode == 0 and p.err_lines[-1].startswith(f"merged 1 part into {tmp_path / 'm.h5'}: 1 utterance ("), p
+
+
+def test_info_of_a_torchscript_export_gives_its_output_shape(tmp_path, ckpts):
+    """Before: lhb info showed a .ts file's output as (batch, layers, frames, embed_dim), where an
+    .onnx file of the same export shows (batch, 2, frames, 256)."""
+    from lighthubert.deploy import describe, export
+
+    path = export(ckpts["small"], "min", tmp_path / "min.ts", layers="0,2")
+    out = describe(path)["outputs"][0]
+    assert out["name"] == "hidden_states" and out["shape"] == ["batch", 2, "frames", 256], out
