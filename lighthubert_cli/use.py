@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -39,6 +40,18 @@ def _every(what: str, quiet: bool):
         if not quiet and (done == total or done % max(1, total // 10) == 0):
             err(f"{what}: {done}/{total}")
     return progress
+
+
+def _not_an_input(target: Path, *inputs: Path) -> None:
+    """Refuse a file to write that is one of the files read (the same file, also through a link):
+    it would be replaced by what is made from it."""
+    for src in inputs:
+        try:
+            same = os.path.samefile(target, src)
+        except OSError:  # one of them does not exist (yet)
+            continue
+        if same:
+            raise Fail(f"{target}: is the input {src} itself; give another file to write")
 
 
 def _library_errors(fn, *args, **kwargs):
@@ -106,6 +119,7 @@ def learn(
     from lighthubert.units import learn_file, pick_device
 
     _check_target(km_path, writable=True)
+    _not_an_input(km_path, features)
     pick_device(device)
     km = _library_errors(learn_file, features, layer, clusters, max_frames=max_frames, batch_size=batch_size,
                          iterations=iterations, seed=seed, device=device, progress=_every("k-means step", quiet))
@@ -143,6 +157,7 @@ def apply(
         output = Path("/dev/stdout")
     if not output.exists() or output.is_dir() or (output.is_file() and not output.is_symlink()):
         _check_target(output, writable=True)  # a new or plain file is written beside it, then renamed (not /dev/stdout)
+    _not_an_input(output, features, km_path)
     pick_device(device)
     km = _library_errors(load_km, km_path)
     n = _library_errors(apply_file, features, km, output, keys=keys, device=device, progress=_every("units", quiet))

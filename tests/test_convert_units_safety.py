@@ -197,3 +197,23 @@ def test_info_of_a_torchscript_export_gives_its_output_shape(tmp_path, ckpts):
     path = export(ckpts["small"], "min", tmp_path / "min.ts", layers="0,2")
     out = describe(path)["outputs"][0]
     assert out["name"] == "hidden_states" and out["shape"] == ["batch", 2, "frames", 256], out
+
+
+def test_units_never_write_over_the_files_they_read(tmp_path):
+    """Before: 'lhb units apply f.h5 km.pt f.h5' replaced the features file by the units (also
+    through a link), 'lhb units apply f.h5 km.pt km.pt' the k-means file by text, and 'lhb units
+    learn f.h5 f.h5' the features file by the centroids."""
+    feats = _features(tmp_path / "f.h5", 3)
+    km = tmp_path / "km.pt"
+    torch.save({"format": "lighthubert-kmeans", "centroids": torch.zeros(2, 4), "layer": 1, "clusters": 2}, km)
+    (tmp_path / "link.h5").symlink_to("f.h5")
+    before = _tree(tmp_path)
+    cases = [(["units", "apply", feats, km, feats], f"{feats}: is the input {feats} itself"),
+             (["units", "apply", feats, km, tmp_path / "link.h5"], f"{tmp_path / 'link.h5'}: is the input {feats} itself"),
+             (["units", "apply", feats, km, km], f"{km}: is the input {km} itself"),
+             (["units", "learn", feats, feats, "--layer", "1", "-k", "2"], f"{feats}: is the input {feats} itself")]
+    runs = [Run(args) for args, _ in cases]  # all at once
+    for (_, line), run in zip(cases, runs):
+        p = run.result()
+        assert p.returncode == 1 and one_line(p) == f"lhb: error: {line}; give another file to write", p
+    assert _tree(tmp_path) == before
