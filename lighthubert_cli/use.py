@@ -54,6 +54,21 @@ def _not_an_input(target: Path, *inputs: Path) -> None:
             raise Fail(f"{target}: is the input {src} itself; give another file to write")
 
 
+def _say_if_incomplete(features: Path) -> None:
+    """One line on stderr when FEATURES was left by a run that stopped (attribute ``complete`` false):
+    what it holds is used, but the user should know it is not every input. A file that cannot be
+    read says nothing here: the command's own reading names it."""
+    from lighthubert.reader import FeaturesError, open_features
+
+    try:
+        with open_features(features) as f:
+            if f.attrs.get("complete") is False:
+                err(f"{features}: incomplete (its lhb extract run stopped or is still running; --resume completes it); "
+                    f"using the {len(f):,} utterances it holds")
+    except (FeaturesError, OSError):
+        pass
+
+
 def _library_errors(fn, *args, **kwargs):
     from lighthubert.errors import SettingError
     from lighthubert.reader import FeaturesError
@@ -88,6 +103,7 @@ def convert(
     """
     from lighthubert.convert import convert as run
 
+    _say_if_incomplete(features)
     files = _library_errors(run, features, output, fmt.value, layer, split=split, nshard=nshard,
                             progress=_every("converted", quiet))
     if not quiet:
@@ -121,6 +137,7 @@ def learn(
     _check_target(km_path, writable=True)
     _not_an_input(km_path, features)
     pick_device(device)
+    _say_if_incomplete(features)
     km = _library_errors(learn_file, features, layer, clusters, max_frames=max_frames, batch_size=batch_size,
                          iterations=iterations, seed=seed, device=device, progress=_every("k-means step", quiet))
     try:  # beside KM, then renamed: an old KM stays whole if this stops half-way
@@ -159,6 +176,7 @@ def apply(
         _check_target(output, writable=True)  # a new or plain file is written beside it, then renamed (not /dev/stdout)
     _not_an_input(output, features, km_path)
     pick_device(device)
+    _say_if_incomplete(features)
     km = _library_errors(load_km, km_path)
     n = _library_errors(apply_file, features, km, output, keys=keys, device=device, progress=_every("units", quiet))
     if not quiet:

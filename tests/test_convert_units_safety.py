@@ -217,3 +217,26 @@ def test_units_never_write_over_the_files_they_read(tmp_path):
         p = run.result()
         assert p.returncode == 1 and one_line(p) == f"lhb: error: {line}; give another file to write", p
     assert _tree(tmp_path) == before
+
+
+def test_a_file_of_a_stopped_run_is_used_with_one_line_saying_so(tmp_path):
+    """Before: converting (or taking units of) the file of an interrupted lhb extract gave a partial
+    set of utterances without a word."""
+    import h5py
+
+    feats = _features(tmp_path / "f.h5", 3)
+    with h5py.File(feats, "a") as h:
+        h.attrs["complete"] = False
+    km = tmp_path / "km.pt"
+    torch.save({"format": "lighthubert-kmeans", "centroids": torch.zeros(2, 4), "layer": 1, "clusters": 2}, km)
+    line = (f"{feats}: incomplete (its lhb extract run stopped or is still running; --resume completes it); "
+            "using the 3 utterances it holds")
+    runs = [Run(["convert", feats, tmp_path / "out", "--layer", "1", "-q"]), Run(["units", "apply", feats, km, "-", "-q"]),
+            Run(["units", "learn", feats, tmp_path / "k2.pt", "--layer", "1", "-k", "2", "-q"])]
+    for run in runs:
+        p = run.result()
+        assert p.returncode == 0 and p.err_lines == [line], p
+    assert len(runs[1].result().stdout.splitlines()) == 3
+    _features(tmp_path / "done.h5", 2)
+    p = Run(["convert", tmp_path / "done.h5", tmp_path / "out2", "--layer", "1", "-q"]).result()
+    assert p.returncode == 0 and p.err_lines == [], p
