@@ -240,3 +240,14 @@ def test_a_file_of_a_stopped_run_is_used_with_one_line_saying_so(tmp_path):
     _features(tmp_path / "done.h5", 2)
     p = Run(["convert", tmp_path / "done.h5", tmp_path / "out2", "--layer", "1", "-q"]).result()
     assert p.returncode == 0 and p.err_lines == [], p
+
+
+def test_file_arguments_read_alike_in_every_help():
+    """Before: extract and merge showed file arguments as <Path>, convert and units as <path>, and
+    subnet's -o as <path>; now every file argument is <Path> (and -o names a FILE)."""
+    commands = [["extract"], ["merge"], ["convert"], ["units", "learn"], ["units", "apply"], ["subnet"]]
+    runs = [Run([*c, "--help"]) for c in commands]
+    for c, run in zip(commands, runs):
+        p = run.result()
+        assert p.returncode == 0 and "<path>" not in p.stdout, (c, p.stdout)
+        assert ("<Path>" in p.stdout) == (c != ["subnet"]), (c, p.stdout)
