@@ -43,7 +43,10 @@ class _Staged:
     def temp(self, final: Path) -> Path:
         """A new empty file to write instead of ``final`` (its folder is created)."""
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _new_temp_beside(final)
+        try:
+            tmp = _new_temp_beside(final)
+        except OSError as e:  # named by the file the user asked for, not by the temporary one
+            raise OSError(e.errno, f"cannot write ({e.strerror})", str(final)) from None
         self.pairs.append((tmp, final))
         return tmp
 

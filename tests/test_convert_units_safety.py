@@ -251,3 +251,18 @@ def test_file_arguments_read_alike_in_every_help():
         p = run.result()
         assert p.returncode == 0 and "<path>" not in p.stdout, (c, p.stdout)
         assert ("<Path>" in p.stdout) == (c != ["subnet"]), (c, p.stdout)
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders")
+def test_convert_into_a_read_only_folder_names_the_file_asked_for(tmp_path):
+    """The failure names train_0_1.npy, not the temporary '.train_0_1.npy.PID.XXXX.part' it writes first."""
+    feats = _features(tmp_path / "f.h5", 2)
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        p = Run(["convert", feats, out, "--layer", "1"]).result()
+    finally:
+        out.chmod(0o755)
+    assert p.returncode == 1 and one_line(p) == f"lhb: error: {out}/train_0_1.npy: cannot write (Permission denied)", p
+    assert os.listdir(out) == []
