@@ -266,3 +266,17 @@ def test_convert_into_a_read_only_folder_names_the_file_asked_for(tmp_path):
         out.chmod(0o755)
     assert p.returncode == 1 and one_line(p) == f"lhb: error: {out}/train_0_1.npy: cannot write (Permission denied)", p
     assert os.listdir(out) == []
+
+
+def test_a_features_path_that_is_a_fifo_or_a_broken_link_says_which(tmp_path):
+    """Before: open_features (lhb convert, lhb units, lhb merge's reader) said 'no such file' for a
+    FIFO and for a broken link, which ls shows."""
+    import lighthubert
+
+    os.mkfifo(tmp_path / "fifo.h5")
+    (tmp_path / "broken.h5").symlink_to("nowhere.h5")
+    for name, why in (("fifo.h5", r"not a regular file \(a FIFO, device or socket\)"),
+                      ("broken.h5", r"a symbolic link to nothing \(broken, or a loop\)"),
+                      ("missing.h5", "no such file")):
+        with pytest.raises(FeaturesError, match=f"{name}: {why}$"):
+            lighthubert.open_features(tmp_path / name)
