@@ -411,6 +411,9 @@ def _check_records(data: bytes, where: str) -> None:
 
 def from_object(obj: Any, where: str) -> Checkpoint:
     """Check a loaded checkpoint dict and describe it."""
+    if isinstance(obj, Mapping) and obj.get("format") == "lighthubert-kmeans":  # both are .pt files
+        raise CheckpointError(f"{where}: a k-means file made by lhb units learn (lhb units apply reads it), "
+                              "not a LightHuBERT checkpoint")
     if not isinstance(obj, Mapping) or not isinstance(obj.get("cfg"), Mapping) or not isinstance(obj.get("model"), Mapping):
         raise CheckpointError(f"{where}: not a LightHuBERT checkpoint (no 'cfg' and 'model' entries)")
     model_cfg, task = obj["cfg"].get("model"), obj["cfg"].get("task")

@@ -6,6 +6,10 @@
   ``{split}.tsv``, fairseq's audio manifest of the same utterances in the same order.
 - ``npy``: one ``KEY.npy`` per utterance ((T, D) float32; keys with ``/`` make subfolders).
 - ``kaldi``: ``{split}.ark`` (binary float matrices) and ``{split}.scp`` (``key ark:offset``).
+
+Every file is written beside its final name and renamed into place only once all of them are whole,
+so a stop or failure half-way leaves what the folder held before, never a new ``.npy`` beside the
+old ``.len``.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ from typing import Callable
 
 import numpy as np
 
+from .checkpoint import _new_temp_beside
 from .errors import SettingError
-from .reader import FeaturesError, open_features
+from .reader import FeaturesError, layer_positions, open_features
 
 FORMATS = ("fairseq", "npy", "kaldi")
 
@@ -26,6 +31,34 @@ FORMATS = ("fairseq", "npy", "kaldi")
 def shard_range(total: int, nshard: int, rank: int) -> tuple[int, int]:
     """Utterances [start, end) of shard ``rank`` of ``nshard`` (contiguous, as fairseq cuts tsvs)."""
     return round(total / nshard * rank), round(total / nshard * (rank + 1))
+
+
+class _Staged:
+    """Files written under temporary names beside their final ones; :meth:`commit` renames them all
+    into place, :meth:`discard` removes what is left (an old file of the same name stays whole)."""
+
+    def __init__(self) -> None:
+        self.pairs: list[tuple[Path, Path]] = []
+
+    def temp(self, final: Path) -> Path:
+        """A new empty file to write instead of ``final`` (its folder is created)."""
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            tmp = _new_temp_beside(final)
+        except OSError as e:  # named by the file the user asked for, not by the temporary one
+            raise OSError(e.errno, f"cannot write ({e.strerror})", str(final)) from None
+        self.pairs.append((tmp, final))
+        return tmp
+
+    def commit(self) -> list[Path]:
+        for tmp, final in self.pairs:
+            os.replace(tmp, final)
+        done, self.pairs = [final for _, final in self.pairs], []
+        return done
+
+    def discard(self) -> None:
+        for tmp, _ in self.pairs:
+            tmp.unlink(missing_ok=True)
 
 
 def convert(features: str | os.PathLike, output: str | os.PathLike, fmt: str, layer: int, *,
@@ -40,59 +73,64 @@ def convert(features: str | os.PathLike, output: str | os.PathLike, fmt: str, la
     if out.exists() and not out.is_dir():
         raise FeaturesError(f"{out}: exists and is not a folder")
     with open_features(features) as f:
-        f.get(f.keys[0], layer) if f.keys else None  # a missing layer fails before anything is written
+        layer_positions(f.layers, layer, features)  # a missing layer fails before anything is written
         if fmt == "fairseq" and nshard < 1:
             raise ValueError("nshard must be at least 1")
         out.mkdir(parents=True, exist_ok=True)
-        done = 0
+        staged = _Staged()
+        try:
+            _write(f, features, out, fmt, layer, split, nshard, staged, progress)
+            return staged.commit()
+        finally:
+            staged.discard()
 
-        def tick() -> None:
-            nonlocal done
-            done += 1
-            if progress:
-                progress(done, len(f))
 
-        written: list[Path] = []
-        if fmt == "fairseq":
-            for rank in range(nshard):
-                start, end = shard_range(len(f), nshard, rank)
-                keys = f.keys[start:end]
-                stem = out / f"{split}_{rank}_{nshard}"
-                total = sum(f.lengths[k] for k in keys)
-                arr = np.lib.format.open_memmap(f"{stem}.npy", mode="w+", dtype=np.float32, shape=(total, f.dim))
-                at = 0
-                for k in keys:
-                    x = f.get(k, layer).numpy()
-                    arr[at:at + len(x)] = x
-                    at += len(x)
-                    tick()
-                arr.flush()
-                del arr
-                Path(f"{stem}.len").write_text("".join(f"{f.lengths[k]}\n" for k in keys))
-                Path(f"{stem}.keys").write_text("".join(f"{k}\n" for k in keys))
-                written += [Path(f"{stem}.{ext}") for ext in ("npy", "len", "keys")]
-            written.append(write_tsv(f, out / f"{split}.tsv"))
-        elif fmt == "npy":
-            for k in f.keys:
-                dest = out / f"{k}.npy"
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                np.save(dest, f.get(k, layer).numpy().astype(np.float32, copy=False))
-                written.append(dest)
+def _write(f, features: str | os.PathLike, out: Path, fmt: str, layer: int, split: str, nshard: int,
+           staged: _Staged, progress: Callable[[int, int], None] | None) -> None:
+    """Write ``layer`` of the open features file ``f`` in the layout ``fmt`` into ``staged`` files."""
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress:
+            progress(done, len(f))
+
+    if fmt == "fairseq":
+        for rank in range(nshard):
+            start, end = shard_range(len(f), nshard, rank)
+            keys = f.keys[start:end]
+            stem = out / f"{split}_{rank}_{nshard}"
+            total = sum(f.lengths[k] for k in keys)
+            arr = np.lib.format.open_memmap(staged.temp(Path(f"{stem}.npy")), mode="w+", dtype=np.float32,
+                                            shape=(total, f.dim))
+            at = 0
+            for k in keys:
+                x = f.get(k, layer).numpy()
+                arr[at:at + len(x)] = x
+                at += len(x)
                 tick()
-        else:
-            bad = [k for k in f.keys if any(c.isspace() for c in k)]
-            if bad:
-                raise FeaturesError(f"{features}: key {bad[0]!r} has white space, which Kaldi cannot hold")
-            ark, scp = out / f"{split}.ark", out / f"{split}.scp"
-            with open(ark, "wb") as a, open(scp, "w") as s:
-                for k in f.keys:
-                    a.write(f"{k} ".encode())
-                    s.write(f"{k} {ark.resolve()}:{a.tell()}\n")
-                    a.write(kaldi_matrix(f.get(k, layer).numpy()))
-                    tick()
-            written += [ark, scp]
-    return written
-
+            arr.flush()
+            del arr
+            staged.temp(Path(f"{stem}.len")).write_text("".join(f"{f.lengths[k]}\n" for k in keys))
+            staged.temp(Path(f"{stem}.keys")).write_text("".join(f"{k}\n" for k in keys))
+        write_tsv(f, staged.temp(out / f"{split}.tsv"))
+    elif fmt == "npy":
+        for k in f.keys:
+            with open(staged.temp(out / f"{k}.npy"), "wb") as fh:  # np.save on a name would add ".npy"
+                np.save(fh, f.get(k, layer).numpy().astype(np.float32, copy=False))
+            tick()
+    else:
+        bad = [k for k in f.keys if any(c.isspace() for c in k)]
+        if bad:
+            raise FeaturesError(f"{features}: key {bad[0]!r} has white space, which Kaldi cannot hold")
+        ark, scp = out / f"{split}.ark", out / f"{split}.scp"
+        with open(staged.temp(ark), "wb") as a, open(staged.temp(scp), "w") as s:
+            for k in f.keys:
+                a.write(f"{k} ".encode())
+                s.write(f"{k} {ark.resolve()}:{a.tell()}\n")  # the final name: the scp is read after the rename
+                a.write(kaldi_matrix(f.get(k, layer).numpy()))
+                tick()
 
 def kaldi_matrix(x: np.ndarray) -> bytes:
     """One binary Kaldi float matrix (``\\0B FM`` header, int32 rows and cols, float32 data)."""

@@ -253,6 +253,12 @@ def describe(path: str | os.PathLike) -> dict:
     for key in ("params", "num_layers", "embed_dim", "sample_rate"):
         if str(meta.get(key, "")).isdigit():
             meta[key] = int(meta[key])
+    if fmt == "torchscript":  # a trace keeps no shapes; the metadata says the two fixed ones, as ONNX's graph does
+        shape = info["outputs"][0]["shape"]
+        if isinstance(meta.get("layers"), list):
+            shape[1] = len(meta["layers"])
+        if isinstance(meta.get("embed_dim"), int):
+            shape[3] = meta["embed_dim"]
     return {"file": str(p), "format": fmt, "file_size": p.stat().st_size, **info, "metadata": meta}
 
 

@@ -34,7 +34,9 @@ def _open(path: Path) -> h5py.File:
     if path.is_dir():
         raise FeaturesError(f"{path}: is a folder, not a features file")
     if not path.is_file():
-        raise FeaturesError(f"{path}: no such file")
+        what = "no such file" if not os.path.lexists(path) else (
+            "a symbolic link to nothing (broken, or a loop)" if not path.exists() else "not a regular file (a FIFO, device or socket)")
+        raise FeaturesError(f"{path}: {what}")
     try:
         if not h5py.is_hdf5(path):
             raise FeaturesError(f"{path}: not an HDF5 file (lhb extract writes features files)")

@@ -19,7 +19,7 @@ import torch
 from .checkpoint import write_atomic
 from .defaults import BATCH_SIZE, DEVICE, ITERATIONS, KMEANS_SEED, MAX_FRAMES  # batch and steps as fairseq's learn_kmeans.py
 from .errors import SettingError
-from .reader import FeaturesError, open_features
+from .reader import FeaturesError, layer_positions, open_features
 
 KM_FORMAT = "lighthubert-kmeans"
 
@@ -149,8 +149,10 @@ def load_km(path: str | os.PathLike) -> dict:
         km = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise FeaturesError(f"{path}: no such file") from None
-    except Exception as e:  # noqa: BLE001 - pickle/zip errors of many kinds
-        raise FeaturesError(f"{path}: not a k-means file ({type(e).__name__})") from None
+    except IsADirectoryError:
+        raise FeaturesError(f"{path}: is a folder, not a k-means file") from None
+    except Exception:  # noqa: BLE001 - pickle/zip errors of many kinds
+        raise FeaturesError(f"{path}: not a k-means file made by lhb units learn (torch cannot load it)") from None
     if not isinstance(km, dict) or km.get("format") != KM_FORMAT:
         raise FeaturesError(f"{path}: not a k-means file made by lhb units learn")
     return km
@@ -167,7 +169,7 @@ def apply_file(features: str | os.PathLike, km: dict, output: str | os.PathLike,
     c = km["centroids"].to(dev)
     dtype = np.int16 if km["clusters"] <= np.iinfo(np.int16).max else np.int32
     with open_features(features) as f:
-        f.get(f.keys[0], km["layer"]) if f.keys else None  # the layer is there
+        layer_positions(f.layers, km["layer"], features)  # the layer is there (also in a file without utterances)
         if f.dim != c.shape[1]:
             raise FeaturesError(f"{features}: features are {f.dim} wide, the centroids {c.shape[1]}")
         def write(target: Path) -> None:

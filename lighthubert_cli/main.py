@@ -273,7 +273,9 @@ def extract(
             raise Terminated if received[0] == signal.SIGTERM else KeyboardInterrupt
         received.append(signum)
         stop.set()
-        err(f"\nstopping after the current batch ({signal.Signals(signum).name}); signal again to stop at once")
+        # a new line after the terminal's "^C" echo; a log gets no blank line
+        err(f"{chr(10) if sys.stderr.isatty() else ''}stopping after the current batch ({signal.Signals(signum).name}); "
+            "signal again to stop at once")
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -334,7 +336,7 @@ def subnet_cmd(
     supernet: Annotated[Optional[Supernet], typer.Option("--supernet", help="Search space (default: both, or the checkpoint's).")] = None,
     checkpoint: Annotated[Optional[str], typer.Option(
         "--checkpoint", "-c", metavar="CKPT", help="A checkpoint: its space, its parameter count, and the source for --export.")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the JSON to this file.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="FILE", help="Also write the JSON to this file.")] = None,
     export: Annotated[Optional[Path], typer.Option("--export", metavar="OUT", help=(
         "Write the subnet (needs --checkpoint): OUT.pt a compact checkpoint for this package; OUT.onnx (ONNX, "
         "needs the onnx extra) or OUT.ts (TorchScript), waveforms to hidden states, runnable without it."))] = None,
@@ -372,8 +374,9 @@ def subnet_cmd(
     for target, example in ((output, "subnet.json"), (export, "subnet.pt")):  # said before anything is printed
         if target is not None:
             _check_target(target, f"is a folder; give a file name such as {target / example}")
-    if export is not None:  # a wrong suffix or a missing extra is said before any work
+    if export is not None:  # a wrong suffix, a missing extra or --layers that cannot be read: before any work
         _export(None, None, export, layers, dtype, check_only=True)
+        _check_export_layers(layers, 1 << 20)  # the range once the subnet is known
     ckpt = _load_checkpoint(checkpoint, seed, trust_checkpoint, quiet=False) if checkpoint else None
     if ckpt is not None and supernet is not None and supernet.value != ckpt.space.name:
         raise Fail(f"--supernet {supernet.value} does not match the checkpoint's {ckpt.space.name} space", EXIT_USAGE)
@@ -406,6 +409,10 @@ def subnet_cmd(
     except SubnetError as e:  # named by the option that gave the value
         raise Fail(f"{chosen[0]}: {e}" if chosen else str(e), EXIT_USAGE) from None
     out = [{**sub, "supernet": name, "params": count_params(sub, fixed)} for sub, name in results]
+    if export is not None:  # said before the subnet is printed or -o written
+        if len(out) != 1:
+            raise Fail("--export takes one subnet", EXIT_USAGE)
+        _check_export_layers(layers, out[0]["layer_num"])
     for item in out:
         _subnet_table(item)
     text = json.dumps(out[0] if len(out) == 1 else out, indent=None)
@@ -416,9 +423,18 @@ def subnet_cmd(
         except OSError as e:
             raise Fail(f"{output}: cannot write: {e.strerror}") from None
     if export is not None:
-        if len(out) != 1:
-            raise Fail("--export takes one subnet", EXIT_USAGE)
         _export(ckpt, results[0][0], export, layers, dtype)
+
+
+def _check_export_layers(layers: str | None, num_layers: int) -> None:
+    """--layers of an export, checked as lhb extract checks its own (a usage error named by the option)."""
+    from lighthubert.extractor import resolve_layers
+
+    if layers is not None:
+        try:
+            resolve_layers(layers, num_layers)
+        except ValueError as e:
+            raise Fail(f"--layers: {e}", EXIT_USAGE) from None
 
 
 def _export(ckpt, sub: dict | None, path: Path, layers: str | None, dtype: str | None, check_only: bool = False) -> None:
@@ -484,7 +500,7 @@ def merge(
         raise Fail(f"no parts found in {', '.join(map(str, sources))}")
     with OutputLock(output):  # not while a run writes it
         n = HDF5.merge(output, files, include_output=True)
-    err(f"merged {len(files)} parts into {output}: {n} utterances ({size(output.stat().st_size)})")
+    err(f"merged {count(len(files), 'part')} into {output}: {count(n, 'utterance')} ({size(output.stat().st_size)})")
     if remove_parts:
         for src in sources:
             shutil.rmtree(src) if src.is_dir() else src.unlink()
@@ -570,7 +586,7 @@ def _info_checkpoint(source: str, as_json: bool, seed: int, trust: bool) -> None
         shape,
         ("extractor", f"{data['extractor_mode']}, {'pre' if data['layer_norm_first'] else 'post'}-norm"),
         ("normalize", str(data["normalize"])),
-        ("weights", str(data["weight_dtype"])),
+        ("weights", data["weight_dtype"] if isinstance(data["weight_dtype"], str) else ", ".join(data["weight_dtype"])),
         ("default subnet", f"{data['default_subnet_params']:,} params: width {default['embed_dim']}, "
                            f"{default['layer_num']} layers, heads {sorted(set(default['heads_num']))}, "
                            f"ffn {sorted(set(default['ffn_embed']))}"),

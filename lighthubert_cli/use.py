@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -10,7 +11,7 @@ import typer
 
 from lighthubert.defaults import BATCH_SIZE, CLUSTERS, DEVICE, ITERATIONS, KMEANS_SEED, MAX_FRAMES
 
-from .main import EXIT_USAGE, Fail, LhbCommand, LhbGroup, _check_target, _one_line_errors
+from .main import EXIT_USAGE, Fail, LhbCommand, LhbGroup, _check_target, _one_line_errors, _path
 from .progress import err
 
 units_app = typer.Typer(
@@ -25,7 +26,7 @@ class Format(str, Enum):
     kaldi = "kaldi"
 
 
-FeaturesArg = Annotated[Path, typer.Argument(metavar="FEATURES", help="A features file made by lhb extract.",
+FeaturesArg = Annotated[Path, typer.Argument(parser=_path, metavar="FEATURES", help="A features file made by lhb extract.",
                                              show_default=False)]
 LayerOpt = Annotated[int, typer.Option(
     "--layer", "-l", help="Hidden-state index (0 = projected conv features); must be in the file.", show_default=False)]
@@ -39,6 +40,45 @@ def _every(what: str, quiet: bool):
         if not quiet and (done == total or done % max(1, total // 10) == 0):
             err(f"{what}: {done}/{total}")
     return progress
+
+
+def _not_an_input(target: Path, *inputs: Path) -> None:
+    """Refuse a file to write that is one of the files read (the same file, also through a link):
+    it would be replaced by what is made from it."""
+    for src in inputs:
+        try:
+            same = os.path.samefile(target, src)
+        except OSError:  # one of them does not exist (yet)
+            continue
+        if same:
+            raise Fail(f"{target}: is the input {src} itself; give another file to write")
+
+
+def _say_if_incomplete(features: Path) -> None:
+    """One line on stderr when FEATURES was left by a run that stopped (attribute ``complete`` false):
+    what it holds is used, but the user should know it is not every input. A file that cannot be
+    read says nothing here: the command's own reading names it."""
+    import h5py
+
+    if not features.is_file():  # never open a FIFO or a device here (it could block)
+        return
+    try:  # only the root attributes: listing every key of a large file takes seconds
+        with h5py.File(features, "r") as f:
+            if f.attrs.get("format") == "lighthubert-features" and not f.attrs.get("complete", True):
+                n = sum(1 for _ in _datasets(f["features"])) if "features" in f else 0
+                err(f"{features}: incomplete (its lhb extract run stopped or is still running; --resume completes it); "
+                    f"using the {n:,} utterances it holds")
+    except (OSError, ValueError, TypeError):
+        pass
+
+
+def _datasets(group):
+    """The datasets under an HDF5 group, at any depth (a '/' in a key makes groups)."""
+    for item in group.values():
+        if hasattr(item, "values"):
+            yield from _datasets(item)
+        else:
+            yield item
 
 
 def _library_errors(fn, *args, **kwargs):
@@ -60,7 +100,7 @@ def _library_errors(fn, *args, **kwargs):
 @_one_line_errors
 def convert(
     features: FeaturesArg,
-    output: Annotated[Path, typer.Argument(metavar="OUTPUT", help="The folder to write (created).", show_default=False)],
+    output: Annotated[Path, typer.Argument(parser=_path, metavar="OUTPUT", help="The folder to write (created).", show_default=False)],
     layer: LayerOpt,
     fmt: Annotated[Format, typer.Option(
         "--format", "-f", help="fairseq: SPLIT_RANK_NSHARD.npy/.len/.keys (simple_kmeans layout); npy: one KEY.npy "
@@ -75,6 +115,7 @@ def convert(
     """
     from lighthubert.convert import convert as run
 
+    _say_if_incomplete(features)
     files = _library_errors(run, features, output, fmt.value, layer, split=split, nshard=nshard,
                             progress=_every("converted", quiet))
     if not quiet:
@@ -85,7 +126,7 @@ def convert(
 @_one_line_errors
 def learn(
     features: FeaturesArg,
-    km_path: Annotated[Path, typer.Argument(metavar="KM", help="The k-means file to write (e.g. km.pt).", show_default=False)],
+    km_path: Annotated[Path, typer.Argument(parser=_path, metavar="KM", help="The k-means file to write (e.g. km.pt).", show_default=False)],
     layer: LayerOpt,
     clusters: Annotated[int, typer.Option("--clusters", "-k", min=1, help="Number of clusters (units).")] = CLUSTERS,
     max_frames: Annotated[int, typer.Option(
@@ -102,14 +143,17 @@ def learn(
     """
     import torch
 
+    from lighthubert.checkpoint import write_atomic
     from lighthubert.units import learn_file, pick_device
 
     _check_target(km_path, writable=True)
+    _not_an_input(km_path, features)
     pick_device(device)
+    _say_if_incomplete(features)
     km = _library_errors(learn_file, features, layer, clusters, max_frames=max_frames, batch_size=batch_size,
                          iterations=iterations, seed=seed, device=device, progress=_every("k-means step", quiet))
-    try:
-        torch.save(km, km_path)
+    try:  # beside KM, then renamed: an old KM stays whole if this stops half-way
+        write_atomic(km_path, lambda tmp: torch.save(km, tmp))
     except OSError as e:
         raise Fail(f"{km_path}: cannot write ({e.strerror})") from None
     except RuntimeError as e:  # torch's zip writer reports an open failure as RuntimeError
@@ -123,9 +167,9 @@ def learn(
 @_one_line_errors
 def apply(
     features: FeaturesArg,
-    km_path: Annotated[Path, typer.Argument(metavar="KM", help="A k-means file from lhb units learn.", show_default=False)],
+    km_path: Annotated[Path, typer.Argument(parser=_path, metavar="KM", help="A k-means file from lhb units learn.", show_default=False)],
     output: Annotated[Path, typer.Argument(
-        metavar="OUTPUT", help="units.h5 (/units/KEY int datasets) or a text file (.km: one line of units per "
+        parser=_path, metavar="OUTPUT", help="units.h5 (/units/KEY int datasets) or a text file (.km: one line of units per "
                                "utterance, in the features file's key order); - for standard output.", show_default=False)],
     keys: Annotated[bool, typer.Option("--keys", help="Text output: start each line with the key.")] = False,
     device: DeviceOpt = DEVICE,
@@ -142,7 +186,9 @@ def apply(
         output = Path("/dev/stdout")
     if not output.exists() or output.is_dir() or (output.is_file() and not output.is_symlink()):
         _check_target(output, writable=True)  # a new or plain file is written beside it, then renamed (not /dev/stdout)
+    _not_an_input(output, features, km_path)
     pick_device(device)
+    _say_if_incomplete(features)
     km = _library_errors(load_km, km_path)
     n = _library_errors(apply_file, features, km, output, keys=keys, device=device, progress=_every("units", quiet))
     if not quiet:

@@ -1,0 +1,282 @@
+"""lhb convert and lhb units on a newcomer's path (README "Using the features"): a stop half-way
+keeps what the folder held, a layer the file lacks is refused even when the file has no utterances,
+an empty path (an unset shell variable) is refused rather than meaning the current folder. Each case
+failed before its fix. Features files are written with the storage writer (no model needed)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cli_helpers import Run, one_line
+from lighthubert.convert import convert
+from lighthubert.reader import FeaturesError
+from lighthubert.storage import run_attrs
+from lighthubert.storage.hdf5 import FeatureWriter
+from lighthubert.units import apply_file
+
+
+def _features(path: Path, n: int, layers: list[int] = [1, 2], dim: int = 4) -> Path:
+    """A features file of ``n`` utterances ``u0..`` with (len(layers), 3 + i, dim) features."""
+    attrs = run_attrs(layers=layers, subnet={"a": 1}, checkpoint="c.pt", checkpoint_sha256="ab", normalize=True,
+                      random_weights=True, params=10, dtype="float32", compute_dtype="float32", version="t",
+                      exact_seconds=120.0, window_seconds=60.0, context_seconds=10.0, num_layers=2, embed_dim=dim)
+    w = FeatureWriter(path, attrs)
+    for i in range(n):
+        x = np.full((len(layers), 3 + i, dim), float(i), np.float32)
+        w.write(f"u{i}", x, source=f"/audio/u{i}.wav", num_samples=320 * (3 + i) + 80)
+    w.close(complete=True)
+    return path
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+class Stop(KeyboardInterrupt):
+    pass
+
+
+def _stop_at(n: int):
+    def progress(done: int, total: int) -> None:
+        if done == n:
+            raise Stop  # as Ctrl-C would, half-way through the utterances
+    return progress
+
+
+@pytest.mark.parametrize("fmt", ["fairseq", "npy", "kaldi"])
+def test_convert_stopped_half_way_keeps_the_old_conversion(tmp_path, fmt):
+    """Before: the new .npy was written in place over the old one, so a stop left a new, half-filled
+    .npy beside the old .len/.keys (fairseq then reads rows that do not match the lengths)."""
+    small, big = _features(tmp_path / "small.h5", 2), _features(tmp_path / "big.h5", 6)
+    out = tmp_path / "conv"
+    convert(small, out, fmt, 2)
+    before = _tree(out)
+    with pytest.raises(Stop):
+        convert(big, out, fmt, 1, progress=_stop_at(4))
+    assert _tree(out) == before  # no temporary file left, nothing replaced
+    convert(big, out, fmt, 1)  # the next run replaces it whole
+    if fmt == "fairseq":
+        x = np.load(out / "train_0_1.npy")
+        lens = [int(v) for v in (out / "train_0_1.len").read_text().split()]
+        assert x.shape == (sum(lens), 4) and lens == [3, 4, 5, 6, 7, 8]
+        assert (out / "train_0_1.keys").read_text().split() == [f"u{i}" for i in range(6)]
+        assert x[-8:].tolist() == [[5.0] * 4] * 8
+    assert not [p for p in out.rglob(".*")]
+
+
+def test_a_layer_the_file_lacks_is_refused_also_without_utterances(tmp_path):
+    """Before: a features file without utterances converted (and took units) of any layer, writing
+    empty files as if the layer were there."""
+    empty = _features(tmp_path / "empty.h5", 0)
+    with pytest.raises(FeaturesError, match=r"empty.h5: has no layer 6 \(it holds layers \[1, 2\]\)"):
+        convert(empty, tmp_path / "out", "fairseq", 6)
+    assert not (tmp_path / "out").exists()
+    km = {"format": "lighthubert-kmeans", "centroids": torch.zeros(2, 4), "layer": 6, "clusters": 2}
+    with pytest.raises(FeaturesError, match="has no layer 6"):
+        apply_file(empty, km, tmp_path / "u.km")
+    assert not (tmp_path / "u.km").exists()
+    assert convert(empty, tmp_path / "ok", "fairseq", 2)  # a layer it holds: empty files, as asked
+
+
+def test_empty_paths_are_refused_not_taken_as_the_current_folder(tmp_path):
+    """Before: ``lhb convert feats.h5 "$OUT"`` with OUT unset wrote train_0_1.npy and friends into
+    the current folder; the units commands said '.: is a folder'."""
+    feats = _features(tmp_path / "f.h5", 2)
+    km = tmp_path / "km.pt"
+    torch.save({"format": "lighthubert-kmeans", "centroids": torch.zeros(2, 4), "layer": 1, "clusters": 2}, km)
+    work = tmp_path / "work"
+    work.mkdir()
+    calls = [["convert", feats, "", "--layer", "1"], ["convert", "", "out", "--layer", "1"],
+             ["units", "apply", feats, km, ""], ["units", "apply", feats, "", "u.km"],
+             ["units", "learn", feats, "", "--layer", "1"]]
+    runs = [Run(c, cwd=work) for c in calls]  # all at once
+    for run in runs:
+        p = run.result()
+        line = one_line(p)
+        assert p.returncode == 2 and "an empty path" in line, line
+    assert os.listdir(work) == []
+
+
+def test_a_file_that_is_not_a_kmeans_file_says_so(tmp_path):
+    """Before: a text file given as KM said 'not a k-means file (KeyError)'."""
+    from lighthubert.units import load_km
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello\n")
+    with pytest.raises(FeaturesError, match=r"notes.txt: not a k-means file made by lhb units learn \(torch cannot load it\)$"):
+        load_km(notes)
+    with pytest.raises(FeaturesError, match=f"{tmp_path}: is a folder, not a k-means file$"):
+        load_km(tmp_path)
+
+
+def test_a_kmeans_file_given_as_a_checkpoint_is_named_as_such(tmp_path, ckpts):
+    """Before: 'km.pt: not a LightHuBERT checkpoint (no 'cfg' and 'model' entries)' (both are .pt
+    files, easily swapped); and lhb info wrote an exported subnet's weights as "['float16', 'float32']"."""
+    import lighthubert
+    from lighthubert.checkpoint import CheckpointError
+
+    km = tmp_path / "km.pt"
+    torch.save({"format": "lighthubert-kmeans", "centroids": torch.zeros(2, 4), "layer": 1, "clusters": 2}, km)
+    with pytest.raises(CheckpointError, match=r"km.pt: a k-means file made by lhb units learn \(lhb units apply reads it\), not a LightHuBERT checkpoint$"):
+        lighthubert.load_checkpoint(km)
+    exported = lighthubert.export_subnet(ckpts["small"], "min", tmp_path / "min.pt")
+    p = Run(["info", exported]).result()
+    weights = [ln.split(None, 1)[1] for ln in p.stdout.splitlines() if ln.strip().startswith("weights")]
+    assert p.returncode == 0 and len(weights) == 1 and "[" not in weights[0] and "'" not in weights[0], p.stdout
+
+
+def test_export_layers_are_checked_before_anything_is_printed(tmp_path, ckpt_files):
+    """Before: 'lhb subnet ... --export x.ts --layers 0,99' printed the subnet and wrote -o, then
+    failed naming x.ts (lhb extract names --layers); --sample 2 with --export printed both first."""
+    small = ckpt_files["small"]
+    cases = {("--preset", "min", "--layers", "0,99"): "lhb: error: --layers: layer 99 is out of range: this subnet has hidden states 0..10",
+             ("--preset", "min", "--layers", "foo"): "lhb: error: --layers: layers must be last, all or comma-separated integers, got 'foo'",
+             ("--sample", "2"): "lhb: error: --export takes one subnet"}
+    runs = {args: Run(["subnet", *args, "-c", small, "--export", tmp_path / "x.ts", "-o", tmp_path / "s.json"])
+            for args in cases}
+    for args, line in cases.items():
+        p = runs[args].result()
+        assert p.returncode == 2 and p.stdout == "" and p.err_lines[-1] == line, p
+        assert "Traceback" not in p.stderr
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_a_stop_in_a_log_prints_no_blank_line(tmp_path):
+    """Before: the 'stopping after the current batch' line began with a new line meant for the
+    terminal's ^C echo, so a log (stderr not a terminal) got an empty line (README: one line each)."""
+    import signal
+    import subprocess
+
+    import soundfile as sf
+
+    from cli_helpers import _env, lhb_command
+    from helpers import SPEECH_DIR
+    from lighthubert.audio import load_audio
+
+    utt = SPEECH_DIR / "spk1" / "utt03.wav"
+    if not utt.is_file():
+        pytest.skip("needs the speech data")
+    wave = load_audio(utt)
+    sf.write(tmp_path / "long.wav", np.tile(wave, 40 * 16000 // len(wave)), 16000)  # about 40 s: one batch
+    proc = subprocess.Popen(lhb_command() + ["extract", str(tmp_path / "long.wav"), str(tmp_path / "o.h5"), "-c",
+                                             "random:small", "--subnet", "min", "--device", "cpu"],
+                            stderr=subprocess.PIPE, text=True, env=_env(), stdin=subprocess.DEVNULL)
+    try:
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if line.startswith("extracting"):
+                proc.send_signal(signal.SIGINT)
+                break
+        lines += proc.stderr.readlines()
+        proc.wait(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and any(ln.startswith("stopping after the current batch (SIGINT)") for ln in lines), lines
+    assert all(ln.strip() for ln in lines), lines
+
+
+def test_merge_counts_in_words(tmp_path):
+    """Before: 'merged 1 parts into m.h5: 1 utterances'."""
+    part = _features(tmp_path / "p.h5", 1)
+    p = Run(["merge", tmp_path / "m.h5", part]).result()
+    assert p.returncode == 0 and p.err_lines[-1].startswith(f"merged 1 part into {tmp_path / 'm.h5'}: 1 utterance ("), p
+
+
+def test_info_of_a_torchscript_export_gives_its_output_shape(tmp_path, ckpts):
+    """Before: lhb info showed a .ts file's output as (batch, layers, frames, embed_dim), where an
+    .onnx file of the same export shows (batch, 2, frames, 256)."""
+    from lighthubert.deploy import describe, export
+
+    path = export(ckpts["small"], "min", tmp_path / "min.ts", layers="0,2")
+    out = describe(path)["outputs"][0]
+    assert out["name"] == "hidden_states" and out["shape"] == ["batch", 2, "frames", 256], out
+
+
+def test_units_never_write_over_the_files_they_read(tmp_path):
+    """Before: 'lhb units apply f.h5 km.pt f.h5' replaced the features file by the units (also
+    through a link), 'lhb units apply f.h5 km.pt km.pt' the k-means file by text, and 'lhb units
+    learn f.h5 f.h5' the features file by the centroids."""
+    feats = _features(tmp_path / "f.h5", 3)
+    km = tmp_path / "km.pt"
+    torch.save({"format": "lighthubert-kmeans", "centroids": torch.zeros(2, 4), "layer": 1, "clusters": 2}, km)
+    (tmp_path / "link.h5").symlink_to("f.h5")
+    before = _tree(tmp_path)
+    cases = [(["units", "apply", feats, km, feats], f"{feats}: is the input {feats} itself"),
+             (["units", "apply", feats, km, tmp_path / "link.h5"], f"{tmp_path / 'link.h5'}: is the input {feats} itself"),
+             (["units", "apply", feats, km, km], f"{km}: is the input {km} itself"),
+             (["units", "learn", feats, feats, "--layer", "1", "-k", "2"], f"{feats}: is the input {feats} itself")]
+    runs = [Run(args) for args, _ in cases]  # all at once
+    for (_, line), run in zip(cases, runs):
+        p = run.result()
+        assert p.returncode == 1 and one_line(p) == f"lhb: error: {line}; give another file to write", p
+    assert _tree(tmp_path) == before
+
+
+def test_a_file_of_a_stopped_run_is_used_with_one_line_saying_so(tmp_path):
+    """Before: converting (or taking units of) the file of an interrupted lhb extract gave a partial
+    set of utterances without a word."""
+    import h5py
+
+    feats = _features(tmp_path / "f.h5", 3)
+    with h5py.File(feats, "a") as h:
+        h.attrs["complete"] = False
+    km = tmp_path / "km.pt"
+    torch.save({"format": "lighthubert-kmeans", "centroids": torch.zeros(2, 4), "layer": 1, "clusters": 2}, km)
+    line = (f"{feats}: incomplete (its lhb extract run stopped or is still running; --resume completes it); "
+            "using the 3 utterances it holds")
+    runs = [Run(["convert", feats, tmp_path / "out", "--layer", "1", "-q"]), Run(["units", "apply", feats, km, "-", "-q"]),
+            Run(["units", "learn", feats, tmp_path / "k2.pt", "--layer", "1", "-k", "2", "-q"])]
+    for run in runs:
+        p = run.result()
+        assert p.returncode == 0 and p.err_lines == [line], p
+    assert len(runs[1].result().stdout.splitlines()) == 3
+    _features(tmp_path / "done.h5", 2)
+    p = Run(["convert", tmp_path / "done.h5", tmp_path / "out2", "--layer", "1", "-q"]).result()
+    assert p.returncode == 0 and p.err_lines == [], p
+
+
+def test_file_arguments_read_alike_in_every_help():
+    """Before: extract and merge showed file arguments as <Path>, convert and units as <path>, and
+    subnet's -o as <path>; now every file argument is <Path> (and -o names a FILE)."""
+    commands = [["extract"], ["merge"], ["convert"], ["units", "learn"], ["units", "apply"], ["subnet"]]
+    runs = [Run([*c, "--help"]) for c in commands]
+    for c, run in zip(commands, runs):
+        p = run.result()
+        assert p.returncode == 0 and "<path>" not in p.stdout, (c, p.stdout)
+        assert ("<Path>" in p.stdout) == (c != ["subnet"]), (c, p.stdout)
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders")
+def test_convert_into_a_read_only_folder_names_the_file_asked_for(tmp_path):
+    """The failure names train_0_1.npy, not the temporary '.train_0_1.npy.PID.XXXX.part' it writes first."""
+    feats = _features(tmp_path / "f.h5", 2)
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        p = Run(["convert", feats, out, "--layer", "1"]).result()
+    finally:
+        out.chmod(0o755)
+    assert p.returncode == 1 and one_line(p) == f"lhb: error: {out}/train_0_1.npy: cannot write (Permission denied)", p
+    assert os.listdir(out) == []
+
+
+def test_a_features_path_that_is_a_fifo_or_a_broken_link_says_which(tmp_path):
+    """Before: open_features (lhb convert, lhb units, lhb merge's reader) said 'no such file' for a
+    FIFO and for a broken link, which ls shows."""
+    import lighthubert
+
+    os.mkfifo(tmp_path / "fifo.h5")
+    (tmp_path / "broken.h5").symlink_to("nowhere.h5")
+    for name, why in (("fifo.h5", r"not a regular file \(a FIFO, device or socket\)"),
+                      ("broken.h5", r"a symbolic link to nothing \(broken, or a loop\)"),
+                      ("missing.h5", "no such file")):
+        with pytest.raises(FeaturesError, match=f"{name}: {why}$"):
+            lighthubert.open_features(tmp_path / name)
