@@ -134,7 +134,8 @@ def layer_positions(stored: list[int], layer: Layers, path: Path | str = "") -> 
     wanted = [layer] if isinstance(layer, (int, np.integer)) else list(layer)
     missing = [i for i in wanted if i not in stored]
     if missing:
-        raise FeaturesError(f"{path}: has no layer {', '.join(map(str, missing))} (it holds layers {stored})")
+        hint = "; layers are named by hidden-state index as stored, not counted from the end" if min(missing) < 0 else ""
+        raise FeaturesError(f"{path}: has no layer {', '.join(map(str, missing))} (it holds layers {stored}){hint}")
     pos = [stored.index(int(i)) for i in wanted]
     return pos[0] if isinstance(layer, (int, np.integer)) else pos
 

@@ -66,6 +66,8 @@ def test_open_features_reads_what_h5py_reads(feats):
             assert f.num_samples(k) == ref.meta[k]["num_samples"] and f.source(k) == ref.meta[k]["source"]
         with pytest.raises(FeaturesError, match=f"{re.escape(str(path))}: has no layer 11"):
             f.get(k, 11)
+        with pytest.raises(FeaturesError, match="has no layer -1 .*not counted from the end"):
+            f.get(k, -1)  # -1 names a pre-norm model's final output, never "the last stored"
         with pytest.raises(KeyError, match="nope"):
             f["nope"]
 
