@@ -40,6 +40,11 @@ AUDIO_EXTENSIONS = frozenset(
     ".wav .wave .flac .ogg .oga .opus .mp3 .aif .aiff .aifc .au .snd .w64 .rf64 .caf .sph .nist .htk .voc .sd2 .paf".split()
 )
 LIST_EXTENSIONS = (".txt", ".lst", ".tsv", ".scp")
+# One INPUT file of these kinds is refused before any work (OUTPUT given first, a checkpoint); in a
+# folder they are not audio and are not listed.
+NOT_AUDIO = {".h5": "an HDF5 file", ".hdf5": "an HDF5 file", ".pt": "a PyTorch file", ".pth": "a PyTorch file",
+             ".ckpt": "a checkpoint", ".onnx": "an ONNX model", ".ts": "a TorchScript file", ".json": "a JSON file",
+             ".npy": "a NumPy array", ".npz": "a NumPy archive"}
 
 
 class InputError(LightHubertError):
@@ -118,6 +123,10 @@ def list_inputs(source: str | os.PathLike) -> list[Item]:
         if not items:
             raise InputError(f"{src}: the list holds no entries")
     else:
+        kind = NOT_AUDIO.get(src.suffix.lower())
+        if kind:
+            raise InputError(f"{display_path(src)}: {kind}, not audio or a list of audio files "
+                             "(lhb extract takes INPUT first, then OUTPUT)")
         items = [Item(_check_key(escape_name(src.stem), str(src)), src, display_path(src))]
     _check_unique(items)
     return items

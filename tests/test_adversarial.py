@@ -434,3 +434,21 @@ def test_input_that_is_a_looping_or_broken_link_says_so(tmp_path):
     with pytest.raises(LightHubertError) as e:
         list_inputs(tmp_path / "missing")
     assert str(e.value) == f"{tmp_path / 'missing'}: no such file or folder"
+
+
+@needs_speech
+def test_a_features_file_or_checkpoint_as_input_is_refused_before_anything(tmp_path, ckpt_files):
+    """Before: `lhb extract out.h5 new.h5` (arguments swapped) or a checkpoint as INPUT was decoded as
+    audio, skipped, and left a new empty OUTPUT with exit 3. Now one line, exit 1, nothing written."""
+    feats = tmp_path / "feats.h5"
+    _features_file(feats)
+    before = feats.read_bytes()
+    for wrong, kind in ((feats, "an HDF5 file"), (ckpt_files["small"], "a PyTorch file")):
+        r = lhb("extract", wrong, tmp_path / "new.h5", "-c", "random:small")
+        assert r.returncode == 1
+        assert one_line(r) == f"lhb: error: {wrong}: {kind}, not audio or a list of audio files " \
+                              "(lhb extract takes INPUT first, then OUTPUT)"
+        assert not (tmp_path / "new.h5").exists()
+    r = lhb("extract", feats, UTT.parent, "-c", "random:small")  # the whole swap: OUTPUT kept as it was
+    assert r.returncode == 1 and "an HDF5 file" in one_line(r)
+    assert feats.read_bytes() == before
