@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from .errors import LightHubertError
-from .storage import FORMAT, plain
+from .storage import FORMAT, UNITS_FORMAT, plain
 from .storage.hdf5 import GROUP, open_reason
 
 Layers = Union[None, int, str, Sequence[int]]
@@ -44,7 +44,10 @@ def _open(path: Path) -> h5py.File:
     except OSError as e:
         raise FeaturesError(f"{path}: cannot be read: {open_reason(e)}") from None
     if plain(f.attrs.get("format")) != FORMAT or GROUP not in f:
+        units = plain(f.attrs.get("format")) == UNITS_FORMAT
         f.close()
+        if units:
+            raise FeaturesError(f"{path}: a units file (lhb units apply), not a features file")
         raise FeaturesError(f"{path}: an HDF5 file, but not a lighthubert features file")
     return f
 

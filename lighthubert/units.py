@@ -20,6 +20,7 @@ from .checkpoint import write_atomic
 from .defaults import BATCH_SIZE, DEVICE, ITERATIONS, KMEANS_SEED, MAX_FRAMES  # batch and steps as fairseq's learn_kmeans.py
 from .errors import SettingError
 from .reader import FeaturesError, layer_positions, open_features
+from .storage import UNITS_FORMAT, plain
 
 KM_FORMAT = "lighthubert-kmeans"
 
@@ -140,7 +141,7 @@ def learn_file(features: str | os.PathLike, layer: int, clusters: int, *, max_fr
         raise FeaturesError(f"{features}: {len(x)} frames to learn from, fewer than the {clusters} clusters asked for")
     c = learn(x, clusters, batch_size=batch_size, iterations=iterations, seed=seed, progress=progress)
     return {"format": KM_FORMAT, "centroids": c.cpu().contiguous(), "layer": int(layer), "clusters": int(clusters),
-            "inertia": inertia(x, c), "frames": len(x), "seed": int(seed), "features": str(features)}
+            "inertia": inertia(x, c), "frames": len(x), "seed": int(seed), "features": str(Path(features).absolute())}
 
 
 def load_km(path: str | os.PathLike) -> dict:
@@ -199,8 +200,8 @@ def _write_units(f, km: dict, c: torch.Tensor, out: Path, *, h5: bool, features:
         import h5py
 
         with h5py.File(out, "w") as h:
-            h.attrs.update({"format": "lighthubert-units", "layer": km["layer"], "clusters": km["clusters"],
-                            "features": str(features)})
+            h.attrs.update({"format": UNITS_FORMAT, "layer": km["layer"], "clusters": km["clusters"],
+                            "features": str(Path(features).absolute())})
             g = h.create_group("units")
             for i, k in enumerate(f.keys):
                 g.create_dataset(k, data=assign(f.get(k, km["layer"]).to(dev), c)[0].cpu().numpy().astype(dtype))
@@ -213,3 +214,31 @@ def _write_units(f, km: dict, c: torch.Tensor, out: Path, *, h5: bool, features:
                 t.write((f"{k} " if keys else "") + " ".join(map(str, units)) + "\n")
                 if progress:
                     progress(i + 1, len(f))
+
+
+def describe_units(path: str | os.PathLike) -> dict | None:
+    """What a units .h5 from :func:`apply_file` holds (its attributes, utterances, frames, the units
+    used), or None when ``path`` is not one."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as h:
+            if plain(h.attrs.get("format")) != UNITS_FORMAT or "units" not in h:
+                return None
+            seen: set[int] = set()
+            frames = 0
+            keys: list[str] = []
+
+            def visit(name: str, obj) -> None:
+                nonlocal frames
+                if isinstance(obj, h5py.Dataset):
+                    keys.append(name)
+                    data = obj[()]
+                    frames += len(data)
+                    seen.update(np.unique(data).tolist())
+            h["units"].visititems(visit)
+            attrs = {k: plain(v) for k, v in h.attrs.items()}
+    except OSError:
+        return None
+    return {"attributes": attrs, "utterances": len(keys), "frames": frames, "units_used": len(seen)}
+

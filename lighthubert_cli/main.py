@@ -510,19 +510,23 @@ def merge(
 @_one_line_errors
 def info(
     path: Annotated[str, typer.Argument(metavar="PATH", help=(
-        "A checkpoint (path, name or random:KIND), a features file (.h5) or an exported subnet (.onnx, .ts)."), show_default=False)],
+        "A checkpoint (path, name or random:KIND), a features or units file (.h5) or an exported subnet (.onnx, .ts)."), show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
     seed: SeedOpt = 0,
     trust_checkpoint: TrustOpt = False,
 ) -> None:
-    """Describe a checkpoint, a features file or an exported subnet (.onnx, .ts).
+    """Describe a checkpoint, a features or units file, or an exported subnet (.onnx, .ts).
 
     Example: lhb info lighthubert_small.pt --json
     """
     from lighthubert.storage import HDF5
+    from lighthubert.units import describe_units
 
     p = Path(path)
     if p.is_file() and (HDF5.is_features_file(p) or p.suffix.lower() in (".h5", ".hdf5")):
+        units = describe_units(p)  # None unless a units file
+        if units is not None:
+            return _info_units(p, units, as_json)
         return _info_features(p, as_json)  # a broken .h5 is described as one, not as a checkpoint
     if p.is_file():
         from lighthubert.deploy import file_format
@@ -617,6 +621,16 @@ def _info_features(path: Path, as_json: bool) -> None:
             ("audio", hms(d["audio_seconds"])), ("feature shape", ", ".join(str(s) for s in d["feature_dims"]))]
     rows += [(k, json.dumps(v) if isinstance(v, (dict, list)) else str(v)) for k, v in a.items() if k != "skipped"]
     rows.append(("skipped", f"{len(a.get('skipped', []))}"))
+    _table(str(path), rows)
+
+
+def _info_units(path: Path, d: dict, as_json: bool) -> None:
+    """A units .h5 from lhb units apply."""
+    if as_json:
+        print(json.dumps(d, default=str))
+        return
+    rows = [("utterances", f"{d['utterances']:,}"), ("frames", f"{d['frames']:,}"), ("units used", f"{d['units_used']:,}")]
+    rows += [(k, str(v)) for k, v in d["attributes"].items()]
     _table(str(path), rows)
 
 

@@ -9,6 +9,7 @@ come from plain h5py / numpy reads of it, never from the code under test.
 from __future__ import annotations
 
 import pickle
+import json
 import re
 import shutil
 import struct
@@ -268,6 +269,16 @@ def test_units_learn_matches_sklearn_and_apply(feats, tmp_path):
     with h5py.File(h5) as h:
         for k, line in zip(keys, lines):
             assert h[f"units/{k}"][()].tolist() == [int(u) for u in line.split()]
+    # lhb info describes the units file; the features readers name it as one
+    every = [int(u) for line in lines for u in line.split()]
+    described = lhb("info", h5, "--json")
+    assert described.returncode == 0, described
+    assert json.loads(described.stdout) == {
+        "attributes": {"format": "lighthubert-units", "layer": LAYER, "clusters": 20, "features": str(path.absolute())},
+        "utterances": len(keys), "frames": len(every), "units_used": len(set(every))}
+    assert km["features"] == str(path.absolute())
+    with pytest.raises(FeaturesError, match=f"{re.escape(str(h5))}: a units file \\(lhb units apply\\), not a features file"):
+        open_features(h5)
 
 
 def test_kmeans_is_seeded_and_plain_kmeans_with_a_full_batch(feats):

@@ -30,6 +30,7 @@ import numpy as np
 from ..errors import LightHubertError
 
 FORMAT = "lighthubert-features"
+UNITS_FORMAT = "lighthubert-units"  # lhb units apply's .h5: /units/KEY (T,) ints
 FORMAT_VERSION = 1
 FRAME_RATE = 50.0
 # Root attributes that must match for resume to add to a file, and for merge to join files.
