@@ -220,7 +220,12 @@ class LightHuBERT(nn.Module):
         """The current subnet on (B, N) ``source``: its :class:`Output` (all hidden states when
         ``layers`` is None) and the (B, T) frame padding mask (None when ``padding_mask`` is)."""
         model = self.subnet_model()
-        lengths = None if padding_mask is None else (~padding_mask.bool()).sum(-1)
+        lengths = None
+        if padding_mask is not None:
+            lengths = (~padding_mask.bool()).sum(-1)
+            if not torch.equal(~padding_mask.bool(), frame_mask(lengths, padding_mask.shape[-1])):
+                raise ValueError("padding_mask must mark padding at the end of each row (True after the real "
+                                 "samples); left or inner padding is not supported")
         with torch.no_grad():
             out = model(source, lengths, layers=layers, last=last)
         if padding_mask is None:

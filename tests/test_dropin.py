@@ -240,6 +240,9 @@ def test_dropin_padded_batch_equals_single(kind, dropin_models, ckpt_dicts, ours
         for j, layer in enumerate(hs):
             err = rel_err(layer[b, :t], alone[j])
             assert err <= BATCH_TOL, f"{kind} {speech[i][0]} hidden state {j}: {err:.2e} in a padded batch"
+    # Left padding would be read as right padding (lengths are what the model uses): refused instead.
+    with pytest.raises(ValueError, match="padding at the end of each row"):
+        model.extract_features(padded.flip(-1), padding_mask=mask.flip(-1), ret_hs=True)
 
 
 @pytest.mark.parametrize("kind", ["small", "stage1"])
