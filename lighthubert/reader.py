@@ -52,6 +52,22 @@ def _open(path: Path) -> h5py.File:
     return f
 
 
+def incomplete_count(path: str | os.PathLike) -> int | None:
+    """How many utterances a features file left by a run that stopped holds (attribute ``complete``
+    false), or None when it is complete, not a features file or cannot be read (the caller's own
+    reading names that). Reads the root attributes first: a complete file's keys are not listed."""
+    path = Path(path)
+    if not path.is_file():  # never open a FIFO or a device here (it could block)
+        return None
+    try:
+        with h5py.File(path, "r") as f:
+            if plain(f.attrs.get("format")) != FORMAT or bool(f.attrs.get("complete", True)):
+                return None
+            return len(_keys(f)) if GROUP in f else 0
+    except (OSError, ValueError, TypeError):
+        return None
+
+
 def _keys(f: h5py.File) -> list[str]:
     out: list[str] = []
     f[GROUP].visititems(lambda name, obj: out.append(name) if isinstance(obj, h5py.Dataset) else None)

@@ -55,30 +55,14 @@ def _not_an_input(target: Path, *inputs: Path) -> None:
 
 
 def _say_if_incomplete(features: Path) -> None:
-    """One line on stderr when FEATURES was left by a run that stopped (attribute ``complete`` false):
-    what it holds is used, but the user should know it is not every input. A file that cannot be
-    read says nothing here: the command's own reading names it."""
-    import h5py
+    """One line on stderr when FEATURES was left by a run that stopped: what it holds is used, but
+    the user should know it is not every input."""
+    from lighthubert.reader import incomplete_count
 
-    if not features.is_file():  # never open a FIFO or a device here (it could block)
-        return
-    try:  # only the root attributes: listing every key of a large file takes seconds
-        with h5py.File(features, "r") as f:
-            if f.attrs.get("format") == "lighthubert-features" and not f.attrs.get("complete", True):
-                n = sum(1 for _ in _datasets(f["features"])) if "features" in f else 0
-                err(f"{features}: incomplete (its lhb extract run stopped or is still running; --resume completes it); "
-                    f"using the {n:,} utterances it holds")
-    except (OSError, ValueError, TypeError):
-        pass
-
-
-def _datasets(group):
-    """The datasets under an HDF5 group, at any depth (a '/' in a key makes groups)."""
-    for item in group.values():
-        if hasattr(item, "values"):
-            yield from _datasets(item)
-        else:
-            yield item
+    n = incomplete_count(features)
+    if n is not None:
+        err(f"{features}: incomplete (its lhb extract run stopped or is still running; --resume completes it); "
+            f"using the {n:,} utterances it holds")
 
 
 def _library_errors(fn, *args, **kwargs):
