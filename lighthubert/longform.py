@@ -8,9 +8,10 @@ Two modes for one long utterance (B = 1):
   The transformer then runs once over the whole sequence; without a padding mask PyTorch's
   ``scaled_dot_product_attention`` uses its memory-efficient kernels, so memory grows linearly with
   length (time still grows quadratically).
-- **windowed**: the same exact conv features and hidden state 0; the transformer runs on windows of
-  W frames with C frames of context on each side; context frames are dropped and the windows joined,
-  so no frame is lost or repeated. Results near window borders differ from an uncut run by a bound
+- **windowed**: the same exact conv features and hidden state 0; the transformer runs on equal
+  windows of at most W frames, each in a run of W + 2C frames centred on it (moved inside the file
+  at its ends, see :func:`windows`); context frames are dropped and the windows joined, so no frame
+  is lost or repeated. Results near window borders differ from an uncut run by a bound
   measured in BENCHMARKS.md.
 
 Frames are 20 ms (50 per second) for the released conv stack.
@@ -43,6 +44,10 @@ class LongForm:
             raise ValueError(f"mode must be exact or windowed, got {self.mode!r}")
         if self.mode == "windowed" and not (self.window_seconds > 0 and self.context_seconds >= 0):
             raise ValueError("windowed mode needs window_seconds > 0 and context_seconds >= 0")
+
+    def windows(self, frames: int) -> list[tuple[int, int, int, int]]:
+        """The windows of a file of ``frames`` frames (windowed mode): see :func:`windows`."""
+        return windows(frames, max(1, round(self.window_seconds * 50)), max(0, round(self.context_seconds * 50)))
 
 
 def receptive_field(conv_layers: Sequence[tuple[int, int, int]]) -> tuple[int, int]:
@@ -91,6 +96,27 @@ def conv_features(model: SubnetModel, wave: Tensor, piece_frames: int = PIECE_FR
     return torch.cat(pieces, dim=1)
 
 
+def windows(frames: int, window: int, context: int) -> list[tuple[int, int, int, int]]:
+    """How windowed mode cuts ``frames``: ``(s, e, lo, hi)`` per window, frames [s, e) kept from the
+    encoder's run on [lo, hi).
+
+    The n = ceil(frames / window) windows are of equal size (within one frame), never a short tail,
+    and every run spans ``window + 2 * context`` frames (or the whole file), centred on its window
+    and moved inside the file at its ends. So no run is longer than W + 2C (the memory bound), every
+    kept frame has at least C frames of context on each side or the file's edge, and a window
+    shorter than W gets the difference as extra context. The worst layer's distance to an uncut
+    run was 2-3x smaller than with fixed W windows (a 125 s file used to end in a 5 s window with
+    context on one side only): BENCHMARKS.md, "Long files"."""
+    n = -(-frames // window)
+    span = min(frames, window + 2 * context)
+    out = []
+    for k in range(n):
+        s, e = k * frames // n, (k + 1) * frames // n
+        lo = max(0, min(s - (span - (e - s)) // 2, frames - span))
+        out.append((s, e, lo, lo + span))
+    return out
+
+
 def hidden_states(model: SubnetModel, wave: Tensor, want: Sequence[int], last: bool = False,
                   form: LongForm = LongForm(), piece_frames: int = PIECE_FRAMES,
                   progress: Callable[[float], None] | None = None) -> Output:
@@ -109,12 +135,8 @@ def _hidden_states(model: SubnetModel, wave: Tensor, want: Sequence[int], last: 
     if form.mode == "exact":
         return model.encode(x, None, want, last)
     frames = x.shape[1]
-    window = max(1, round(form.window_seconds * 50))
-    context = max(0, round(form.context_seconds * 50))
     parts: list[Output] = []
-    for s in range(0, frames, window):
-        e = min(frames, s + window)
-        lo, hi = max(0, s - context), min(frames, e + context)
+    for s, e, lo, hi in form.windows(frames):
         out = model.encode(x[:, lo:hi], None, want, last)
         keep = slice(s - lo, s - lo + (e - s))
         parts.append(Output(hidden={i: h[:, keep] for i, h in out.hidden.items()},

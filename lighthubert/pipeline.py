@@ -302,7 +302,7 @@ def _launch(good: list[tuple[Item, np.ndarray]], extractor: Extractor, options: 
         form = long_form(len(wave), options)
         wave_t = extractor.batch([wave])[0][0]  # normalised over the whole file, on the device
         data = extractor.run_long(wave_t, options.layers, form, progress).to(out_dtype).cpu().numpy()
-        windows = math.ceil(data.shape[-2] / round(form.window_seconds * 50)) if form.mode == "windowed" else 0
+        windows = len(form.windows(data.shape[-2])) if form.mode == "windowed" else 0
         job = (item.key, _squeeze(data, options.layers), source_text(item.path), len(wave), windows)
         return lambda: [job]
     waves = [w for _, w in good]

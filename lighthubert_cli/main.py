@@ -215,7 +215,7 @@ def extract(
              f"time quadratic); longer files run windowed. 0: every file exactly. Default: {_by_device(defaults.EXACT_SECONDS)}.")] = None,
     window_seconds: Annotated[float, typer.Option(
         "--window-seconds", metavar="W",
-        help="Windowed mode: the transformer sees windows of W seconds (plus context); same frame count as uncut.")] = defaults.WINDOW_SECONDS,
+        help="Windowed mode: equal windows of at most W seconds (plus context); same frame count as uncut.")] = defaults.WINDOW_SECONDS,
     context_seconds: Annotated[float, typer.Option(
         "--context-seconds", metavar="C",
         help="Windowed mode: C seconds of context on each side of a window, dropped after the run.")] = defaults.CONTEXT_SECONDS,

@@ -39,16 +39,19 @@ def min_subnet(kind: str) -> dict:
 
 
 def authors_windowed(model, wave: np.ndarray, normalize: bool, window: int, context: int) -> list[np.ndarray]:
-    """The authors' hidden state 0 of the whole file, then their encoder on each window of ``window``
-    frames with ``context`` frames on each side, context dropped, windows joined: (T, E) per layer."""
+    """The authors' hidden state 0 of the whole file, then their encoder on each of ceil(T / window)
+    equal windows (sizes within one frame), each run on ``window + 2 * context`` frames centred on it
+    (moved inside the file at its ends); context dropped, windows joined: (T, E) per layer."""
     full = authors_hidden_states(model, wave, normalize)
     x0 = full[0][None]
     frames = x0.shape[1]
     layers: list[list[torch.Tensor]] = [[] for _ in range(len(full) - 1)]
+    n = -(-frames // window)
     with torch.no_grad():
-        for s in range(0, frames, window):
-            e = min(frames, s + window)
-            lo, hi = max(0, s - context), min(frames, e + context)
+        for s, e in zip([k * frames // n for k in range(n)], [(k + 1) * frames // n for k in range(n)]):
+            width = min(frames, window + 2 * context)
+            lo = min(max(0, s - (width - (e - s)) // 2), frames - width)
+            hi = lo + width
             _, results = model.encoder(x0[:, lo:hi], padding_mask=None, layer=None)
             for i, (hs, _, _) in enumerate(results):
                 layers[i].append(hs.transpose(0, 1)[0, s - lo:s - lo + e - s])
@@ -160,15 +163,37 @@ def test_five_minutes_on_the_cpu_in_bounded_memory(tmp_path):
     assert f.attrs["long_files"] == "exact up to 120 s, then windowed (60 s windows, 10 s context)"
 
 
+def test_windows_cover_every_frame_once_in_equal_windows_with_context():
+    """The geometry README states: ceil(T / W) windows of at most W frames, sizes within one frame,
+    joined without gap or overlap; each run spans W + 2C frames (or the whole file) around its
+    window, so at least C frames of context on each side or the file's edge."""
+    from lighthubert.longform import windows
+
+    for frames in range(1, 320):
+        for window in (1, 2, 7, 50, 100, 300):
+            for context in (0, 1, 10, 50):
+                ws = windows(frames, window, context)
+                assert len(ws) == -(-frames // window)
+                assert ws[0][0] == 0 and ws[-1][1] == frames and all(a[1] == b[0] for a, b in zip(ws, ws[1:]))
+                sizes = [e - s for s, e, _, _ in ws]
+                assert max(sizes) <= window and max(sizes) - min(sizes) <= 1
+                for s, e, lo, hi in ws:
+                    assert 0 <= lo <= s < e <= hi <= frames and hi - lo == min(frames, window + 2 * context)
+                    assert s - lo >= min(context, s) and hi - e >= min(context, frames - e)
+                    assert abs((s - lo) - (hi - e)) <= 1 or lo == 0 or hi == frames  # centred inside the file
+    assert windows(6250, 3000, 500) == [(0, 2083, 0, 4000), (2083, 4166, 1125, 5125), (4166, 6250, 2250, 6250)]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("kind, subnet, bound", [("small", "min", 2e-2), ("stage1", "default", 6e-2)])
+@pytest.mark.parametrize("kind, subnet, bound", [("small", "default", 2e-2), ("stage1", "default", 6e-2)])
 def test_windowed_defaults_stay_within_the_stated_bound(kind, subnet, bound, ckpts):
-    """The default windows (W=60 s, C=10 s) on 3 minutes of real speech: no frame lost, hidden state 0
-    exact, every layer within the bound README states of its largest value of the uncut run: 2e-2 in
-    the Small space, 6e-2 in the Base space (Stage 1's default, the Base max subnet: 5.5e-2 measured)."""
+    """The default windows (W=60 s, C=10 s) on 125 s of real speech, the default subnets: no frame
+    lost, hidden state 0 exact, every layer within the bound README states of its largest value of
+    the uncut run: 2e-2 in the Small space, 6e-2 in the Base space. (Fixed 60 s windows ended this
+    file in a 5 s one and drifted 3.6e-2 in Small, 1.0e-1 in Stage 1: this test failed on them.)"""
     from lighthubert.job import CONTEXT_SECONDS, WINDOW_SECONDS
 
-    wave = speech(180.0)
+    wave = speech(125.0)
     ext = lighthubert.Extractor(ckpts[kind], subnet, "cpu")
     x = ext.batch([wave])[0][0]
     layers = list(range(ext.num_layers + 1))
