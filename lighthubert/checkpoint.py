@@ -542,7 +542,7 @@ def random_checkpoint(kind: str = "base", seed: int = 0, extractor_mode: str | N
     }
 
 
-def _new_temp_beside(path: Path) -> Path:
+def new_temp_beside(path: Path) -> Path:
     """A new, empty file next to ``path``: an ordinary file (the umask applies, so the result is as
     readable as any file the user makes), unlike mkstemp's 0600."""
     while True:
@@ -558,7 +558,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     """``write(tmp)`` into a new file beside ``path``, then rename it over ``path``: an existing file
     stays whole until the new one is; the temporary file is removed on any failure or interruption."""
     path = Path(path)
-    tmp = _new_temp_beside(path)
+    tmp = new_temp_beside(path)
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -568,14 +568,15 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     return path
 
 
-def _atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj)`` to ``path`` through :func:`write_atomic`."""
     return write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def write_random_checkpoint(path: str | os.PathLike, kind: str = "base", seed: int = 0,
                             extractor_mode: str | None = None, layer_norm_first: bool = False) -> Path:
     """Write :func:`random_checkpoint` to ``path``, laid out like the released files."""
-    return _atomic_save(random_checkpoint(kind, seed, extractor_mode, layer_norm_first), path)
+    return save_atomic(random_checkpoint(kind, seed, extractor_mode, layer_norm_first), path)
 
 
 def export_subnet(ckpt: Checkpoint, subnet: Any, path: str | os.PathLike) -> Path:
@@ -592,7 +593,7 @@ def export_subnet(ckpt: Checkpoint, subnet: Any, path: str | os.PathLike) -> Pat
         model_cfg["random"] = True
     obj = {"cfg": {"model": model_cfg, "task": {"normalize": ckpt.normalize, "sample_rate": ckpt.sample_rate}},
            "model": state}
-    return _atomic_save(obj, path)
+    return save_atomic(obj, path)
 
 
 def kind_label(ckpt: Checkpoint) -> str:

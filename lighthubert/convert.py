@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from .checkpoint import _new_temp_beside
+from .checkpoint import new_temp_beside
 from .errors import SettingError
 from .reader import FeaturesError, layer_positions, open_features
 
@@ -44,7 +44,7 @@ class _Staged:
         """A new empty file to write instead of ``final`` (its folder is created)."""
         final.parent.mkdir(parents=True, exist_ok=True)
         try:
-            tmp = _new_temp_beside(final)
+            tmp = new_temp_beside(final)
         except OSError as e:  # named by the file the user asked for, not by the temporary one
             raise OSError(e.errno, f"cannot write ({e.strerror})", str(final)) from None
         self.pairs.append((tmp, final))

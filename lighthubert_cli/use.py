@@ -125,9 +125,7 @@ def learn(
 
     Example: lhb units learn feats.h5 km.pt --layer 6 --clusters 500
     """
-    import torch
-
-    from lighthubert.checkpoint import write_atomic
+    from lighthubert.checkpoint import save_atomic
     from lighthubert.units import learn_file, pick_device
 
     _check_target(km_path, writable=True)
@@ -137,7 +135,7 @@ def learn(
     km = _library_errors(learn_file, features, layer, clusters, max_frames=max_frames, batch_size=batch_size,
                          iterations=iterations, seed=seed, device=device, progress=_every("k-means step", quiet))
     try:  # beside KM, then renamed: an old KM stays whole if this stops half-way
-        write_atomic(km_path, lambda tmp: torch.save(km, tmp))
+        save_atomic(km, km_path)
     except OSError as e:
         raise Fail(f"{km_path}: cannot write ({e.strerror})") from None
     except RuntimeError as e:  # torch's zip writer reports an open failure as RuntimeError
