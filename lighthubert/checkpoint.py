@@ -409,9 +409,13 @@ def _check_records(data: bytes, where: str) -> None:
             )
 
 
+KM_FORMAT = "lighthubert-kmeans"
+"""The ``format`` entry of a k-means file from ``lhb units learn`` (:mod:`lighthubert.units`), also a .pt."""
+
+
 def from_object(obj: Any, where: str) -> Checkpoint:
     """Check a loaded checkpoint dict and describe it."""
-    if isinstance(obj, Mapping) and obj.get("format") == "lighthubert-kmeans":  # both are .pt files
+    if isinstance(obj, Mapping) and obj.get("format") == KM_FORMAT:  # both are .pt files
         raise CheckpointError(f"{where}: a k-means file made by lhb units learn (lhb units apply reads it), "
                               "not a LightHuBERT checkpoint")
     if not isinstance(obj, Mapping) or not isinstance(obj.get("cfg"), Mapping) or not isinstance(obj.get("model"), Mapping):

@@ -16,13 +16,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .checkpoint import write_atomic
+from .checkpoint import KM_FORMAT, write_atomic
 from .defaults import BATCH_SIZE, DEVICE, ITERATIONS, KMEANS_SEED, MAX_FRAMES  # batch and steps as fairseq's learn_kmeans.py
 from .errors import SettingError
 from .reader import FeaturesError, layer_positions, open_features
 from .storage import UNITS_FORMAT, plain
-
-KM_FORMAT = "lighthubert-kmeans"
 
 
 def pick_device(device: str = DEVICE) -> torch.device:
