@@ -222,8 +222,9 @@ class LightHuBERT(nn.Module):
         model = self.subnet_model()
         lengths = None
         if padding_mask is not None:
-            lengths = (~padding_mask.bool()).sum(-1)
-            if not torch.equal(~padding_mask.bool(), frame_mask(lengths, padding_mask.shape[-1])):
+            real = ~padding_mask.bool()
+            lengths = real.sum(-1)
+            if not torch.equal(real, frame_mask(lengths, real.shape[-1])):
                 raise ValueError("padding_mask must mark padding at the end of each row (True after the real "
                                  "samples); left or inner padding is not supported")
         with torch.no_grad():

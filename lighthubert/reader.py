@@ -43,10 +43,10 @@ def _open(path: Path) -> h5py.File:
         f = h5py.File(path, "r")
     except OSError as e:
         raise FeaturesError(f"{path}: cannot be read: {open_reason(e)}") from None
-    if plain(f.attrs.get("format")) != FORMAT or GROUP not in f:
-        units = plain(f.attrs.get("format")) == UNITS_FORMAT
+    fmt = plain(f.attrs.get("format"))
+    if fmt != FORMAT or GROUP not in f:
         f.close()
-        if units:
+        if fmt == UNITS_FORMAT:
             raise FeaturesError(f"{path}: a units file (lhb units apply), not a features file")
         raise FeaturesError(f"{path}: an HDF5 file, but not a lighthubert features file")
     return f
