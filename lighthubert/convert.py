@@ -9,7 +9,7 @@
 
 Every file is written beside its final name and renamed into place only once all of them are whole,
 so a stop or failure half-way leaves what the folder held before, never a new ``.npy`` beside the
-old ``.len``.
+old ``.len``. A file that exists already is replaced only with ``overwrite`` (``--overwrite``).
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ from __future__ import annotations
 import os
 import struct
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
 from .checkpoint import new_temp_beside
 from .errors import SettingError
 from .reader import FeaturesError, layer_positions, open_features
+from .storage import refuse_existing
 
 FORMATS = ("fairseq", "npy", "kaldi")
 
@@ -61,10 +62,25 @@ class _Staged:
             tmp.unlink(missing_ok=True)
 
 
+def output_files(keys: Sequence[str], out: Path, fmt: str, split: str = "train", nshard: int = 1) -> list[Path]:
+    """The files :func:`convert` writes under ``out`` for the utterances ``keys``, in writing order:
+    fairseq: ``.npy``, ``.len``, ``.keys`` of each shard, then the ``.tsv``; npy: one per key;
+    kaldi: the ``.ark``, then the ``.scp``."""
+    if fmt == "fairseq":
+        stems = [out / f"{split}_{rank}_{nshard}" for rank in range(nshard)]
+        return [Path(f"{stem}{ext}") for stem in stems for ext in (".npy", ".len", ".keys")] + [out / f"{split}.tsv"]
+    if fmt == "npy":
+        return [out / f"{k}.npy" for k in keys]
+    return [out / f"{split}.ark", out / f"{split}.scp"]
+
+
 def convert(features: str | os.PathLike, output: str | os.PathLike, fmt: str, layer: int, *,
-            split: str = "train", nshard: int = 1, progress: Callable[[int, int], None] | None = None) -> list[Path]:
+            split: str = "train", nshard: int = 1, overwrite: bool = False,
+            progress: Callable[[int, int], None] | None = None) -> list[Path]:
     """Write ``layer`` of every utterance of ``features`` under the folder ``output`` (created) in
-    the layout ``fmt`` (see module docstring). Returns the files written."""
+    the layout ``fmt`` (see module docstring). Returns the files written. A file to write that
+    exists already is an :class:`~lighthubert.storage.OutputError` (before anything is written)
+    unless ``overwrite``."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
     if not split or split in (".", "..") or any(c in split for c in "/\\\0"):  # the files stay inside ``output``
@@ -76,18 +92,21 @@ def convert(features: str | os.PathLike, output: str | os.PathLike, fmt: str, la
         layer_positions(f.layers, layer, features)  # a missing layer fails before anything is written
         if fmt == "fairseq" and nshard < 1:
             raise ValueError("nshard must be at least 1")
+        files = output_files(f.keys, out, fmt, split, nshard)
+        refuse_existing(files, overwrite)
         out.mkdir(parents=True, exist_ok=True)
         staged = _Staged()
         try:
-            _write(f, features, out, fmt, layer, split, nshard, staged, progress)
+            _write(f, features, files, fmt, layer, nshard, staged, progress)
             return staged.commit()
         finally:
             staged.discard()
 
 
-def _write(f, features: str | os.PathLike, out: Path, fmt: str, layer: int, split: str, nshard: int,
+def _write(f, features: str | os.PathLike, files: list[Path], fmt: str, layer: int, nshard: int,
            staged: _Staged, progress: Callable[[int, int], None] | None) -> None:
-    """Write ``layer`` of the open features file ``f`` in the layout ``fmt`` into ``staged`` files."""
+    """Write ``layer`` of the open features file ``f`` in the layout ``fmt`` into ``staged`` files
+    standing for ``files`` (:func:`output_files`)."""
     done = 0
 
     def tick() -> None:
@@ -100,10 +119,9 @@ def _write(f, features: str | os.PathLike, out: Path, fmt: str, layer: int, spli
         for rank in range(nshard):
             start, end = shard_range(len(f), nshard, rank)
             keys = f.keys[start:end]
-            stem = out / f"{split}_{rank}_{nshard}"
+            npy, lens, keys_file = files[3 * rank: 3 * rank + 3]
             total = sum(f.lengths[k] for k in keys)
-            arr = np.lib.format.open_memmap(staged.temp(Path(f"{stem}.npy")), mode="w+", dtype=np.float32,
-                                            shape=(total, f.dim))
+            arr = np.lib.format.open_memmap(staged.temp(npy), mode="w+", dtype=np.float32, shape=(total, f.dim))
             at = 0
             for k in keys:
                 x = f.get(k, layer).numpy()
@@ -112,19 +130,19 @@ def _write(f, features: str | os.PathLike, out: Path, fmt: str, layer: int, spli
                 tick()
             arr.flush()
             del arr
-            staged.temp(Path(f"{stem}.len")).write_text("".join(f"{f.lengths[k]}\n" for k in keys))
-            staged.temp(Path(f"{stem}.keys")).write_text("".join(f"{k}\n" for k in keys))
-        write_tsv(f, staged.temp(out / f"{split}.tsv"))
+            staged.temp(lens).write_text("".join(f"{f.lengths[k]}\n" for k in keys))
+            staged.temp(keys_file).write_text("".join(f"{k}\n" for k in keys))
+        write_tsv(f, staged.temp(files[-1]))
     elif fmt == "npy":
-        for k in f.keys:
-            with open(staged.temp(out / f"{k}.npy"), "wb") as fh:  # np.save on a name would add ".npy"
+        for k, path in zip(f.keys, files):
+            with open(staged.temp(path), "wb") as fh:  # np.save on a name would add ".npy"
                 np.save(fh, f.get(k, layer).numpy().astype(np.float32, copy=False))
             tick()
     else:
         bad = [k for k in f.keys if any(c.isspace() for c in k)]
         if bad:
             raise FeaturesError(f"{features}: key {bad[0]!r} has white space, which Kaldi cannot hold")
-        ark, scp = out / f"{split}.ark", out / f"{split}.scp"
+        ark, scp = files
         with open(staged.temp(ark), "wb") as a, open(staged.temp(scp), "w") as s:
             for k in f.keys:
                 a.write(f"{k} ".encode())

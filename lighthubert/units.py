@@ -20,7 +20,7 @@ from .checkpoint import KM_FORMAT, write_atomic
 from .defaults import BATCH_SIZE, DEVICE, ITERATIONS, KMEANS_SEED, MAX_FRAMES  # batch and steps as fairseq's learn_kmeans.py
 from .errors import SettingError
 from .reader import FeaturesError, layer_positions, open_features
-from .storage import UNITS_FORMAT, plain
+from .storage import UNITS_FORMAT, plain, refuse_existing
 
 
 def pick_device(device: str = DEVICE) -> torch.device:
@@ -158,12 +158,15 @@ def load_km(path: str | os.PathLike) -> dict:
 
 
 def apply_file(features: str | os.PathLike, km: dict, output: str | os.PathLike, *, keys: bool = False,
-               device: str = DEVICE, progress: Callable[[int, int], None] | None = None) -> int:
+               device: str = DEVICE, overwrite: bool = False, progress: Callable[[int, int], None] | None = None) -> int:
     """Units of every utterance (in the file's key order) with the centroids of ``km`` on its
     layer. ``output`` ending in ``.h5``: ``/units/KEY`` int16/int32 datasets (T,); otherwise text,
     one line per utterance: the units separated by spaces (fairseq's ``.km``), preceded by the key
-    when ``keys``. Returns the number of utterances."""
+    when ``keys``. An ``output`` that is an existing regular file (also through a link) is an
+    :class:`~lighthubert.storage.OutputError` unless ``overwrite``; a FIFO or device is written to.
+    Returns the number of utterances."""
     out = Path(output)
+    refuse_existing([out], overwrite)
     dev = pick_device(device)
     c = km["centroids"].to(dev)
     dtype = np.int16 if km["clusters"] <= np.iinfo(np.int16).max else np.int32

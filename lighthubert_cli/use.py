@@ -32,6 +32,7 @@ LayerOpt = Annotated[int, typer.Option(
     "--layer", "-l", help="Hidden-state index (0 = projected conv features); must be in the file.", show_default=False)]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress messages.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace files that exist (without it, an existing one is an error).")]
 
 
 def _every(what: str, quiet: bool):
@@ -91,6 +92,7 @@ def convert(
                                "per utterance; kaldi: SPLIT.ark + SPLIT.scp.")] = Format.fairseq,
     split: Annotated[str, typer.Option("--split", help="Name of the split in the file names (fairseq, kaldi).")] = "train",
     nshard: Annotated[int, typer.Option("--nshard", min=1, help="fairseq: number of shards (contiguous ranges of keys).")] = 1,
+    overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Write one layer of a features file as float32 files other tools read.
@@ -100,7 +102,7 @@ def convert(
     from lighthubert.convert import convert as run
 
     _say_if_incomplete(features)
-    files = _library_errors(run, features, output, fmt.value, layer, split=split, nshard=nshard,
+    files = _library_errors(run, features, output, fmt.value, layer, split=split, nshard=nshard, overwrite=overwrite,
                             progress=_every("converted", quiet))
     if not quiet:
         err(f"wrote {len(files)} files to {output}")
@@ -119,6 +121,7 @@ def learn(
     iterations: Annotated[int, typer.Option("--iterations", min=1, help="Mini-batch steps.")] = ITERATIONS,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the frame sample, the k-means++ start and the batches.")] = KMEANS_SEED,
     device: DeviceOpt = DEVICE,
+    overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Learn k-means centroids (mini-batch k-means, k-means++ start) on one layer.
@@ -126,10 +129,12 @@ def learn(
     Example: lhb units learn feats.h5 km.pt --layer 6 --clusters 500
     """
     from lighthubert.checkpoint import save_atomic
+    from lighthubert.storage import refuse_existing
     from lighthubert.units import learn_file, pick_device
 
     _check_target(km_path, writable=True)
     _not_an_input(km_path, features)
+    refuse_existing([km_path], overwrite)  # before the work, not after
     pick_device(device)
     _say_if_incomplete(features)
     km = _library_errors(learn_file, features, layer, clusters, max_frames=max_frames, batch_size=batch_size,
@@ -155,12 +160,14 @@ def apply(
                                "utterance, in the features file's key order); - for standard output.", show_default=False)],
     keys: Annotated[bool, typer.Option("--keys", help="Text output: start each line with the key.")] = False,
     device: DeviceOpt = DEVICE,
+    overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Turn each utterance's features into units (nearest centroid of each frame).
 
     Example: lhb units apply feats.h5 km.pt train.km
     """
+    from lighthubert.storage import refuse_existing
     from lighthubert.units import apply_file, load_km, pick_device
 
     to_stdout = str(output) == "-"
@@ -169,10 +176,13 @@ def apply(
     if not output.exists() or output.is_dir() or (output.is_file() and not output.is_symlink()):
         _check_target(output, writable=True)  # a new or plain file is written beside it, then renamed (not /dev/stdout)
     _not_an_input(output, features, km_path)
+    refuse_existing([output], overwrite or to_stdout)  # before any other line (apply_file checks it too)
     pick_device(device)
     _say_if_incomplete(features)
     km = _library_errors(load_km, km_path)
-    n = _library_errors(apply_file, features, km, output, keys=keys, device=device, progress=_every("units", quiet))
+    n = _library_errors(apply_file, features, km, output, keys=keys, device=device,
+                        overwrite=overwrite or to_stdout,  # standard output: whatever the shell opened
+                        progress=_every("units", quiet))
     if not quiet:
         err(f"wrote the units of {n} utterances to standard output" if to_stdout else f"wrote {output}: units of {n} utterances")
 

@@ -254,9 +254,9 @@ def test_units_apply_keeps_the_old_output_until_the_new_one_is_whole(tmp_path, n
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        apply_file(feats, km, out, keys=True, progress=stop_after_one)
+        apply_file(feats, km, out, keys=True, overwrite=True, progress=stop_after_one)
     assert out.read_bytes() == before and sorted(os.listdir(tmp_path)) == sorted(["f.h5", "km.pt", name])
-    assert apply_file(feats, km, out, keys=True) == 3
+    assert apply_file(feats, km, out, keys=True, overwrite=True) == 3
     if name.endswith(".h5"):
         with h5py.File(out, "r") as f:
             assert sorted(f["units"]) == ["a", "b", "c"]

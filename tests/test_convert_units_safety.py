@@ -57,9 +57,9 @@ def test_convert_stopped_half_way_keeps_the_old_conversion(tmp_path, fmt):
     convert(small, out, fmt, 2)
     before = _tree(out)
     with pytest.raises(Stop):
-        convert(big, out, fmt, 1, progress=_stop_at(4))
+        convert(big, out, fmt, 1, overwrite=True, progress=_stop_at(4))
     assert _tree(out) == before  # no temporary file left, nothing replaced
-    convert(big, out, fmt, 1)  # the next run replaces it whole
+    convert(big, out, fmt, 1, overwrite=True)  # the next run replaces it whole
     if fmt == "fairseq":
         x = np.load(out / "train_0_1.npy")
         lens = [int(v) for v in (out / "train_0_1.len").read_text().split()]
@@ -217,6 +217,44 @@ def test_units_never_write_over_the_files_they_read(tmp_path):
         p = run.result()
         assert p.returncode == 1 and one_line(p) == f"lhb: error: {line}; give another file to write", p
     assert _tree(tmp_path) == before
+
+
+def test_existing_outputs_are_kept_without_overwrite(tmp_path):
+    """Before: lhb convert and lhb units learn/apply replaced what they found (a k-means file that
+    units had been taken with, say) without a word, where lhb extract refuses an existing OUTPUT. Now
+    each refuses before any work, naming the file, and --overwrite replaces it."""
+    feats = _features(tmp_path / "f.h5", 3)
+    km, units, conv = tmp_path / "km.pt", tmp_path / "u.km", tmp_path / "conv"
+    conv.mkdir()
+    (conv / "train.tsv").write_text("old\n")  # one of the four files fairseq's layout writes
+    (conv / "notes.txt").write_text("mine\n")  # not one of them
+    km.write_bytes(b"old km")
+    units.write_text("old units\n")
+    (tmp_path / "link.km").symlink_to("u.km")
+    before = _tree(tmp_path)
+    cases = [(["convert", feats, conv, "--layer", "1"], conv / "train.tsv"),
+             (["units", "learn", feats, km, "--layer", "1", "-k", "2"], km),
+             (["units", "apply", feats, km, units], units),
+             (["units", "apply", feats, km, tmp_path / "link.km"], tmp_path / "link.km")]
+    runs = [Run(args) for args, _ in cases]  # all at once
+    for (_, path), run in zip(cases, runs):
+        p = run.result()
+        assert p.returncode == 1 and one_line(p) == f"lhb: error: {path}: already exists; pass --overwrite to replace it", p
+    assert _tree(tmp_path) == before
+    runs = [Run(["convert", feats, conv, "--layer", "1", "-q", "--overwrite"]),
+            Run(["units", "learn", feats, km, "--layer", "1", "-k", "2", "-q", "--overwrite"])]
+    for run in runs:
+        assert run.result().returncode == 0, run.result()
+    p = Run(["units", "apply", feats, km, units, "-q", "--overwrite"]).result()
+    assert p.returncode == 0, p
+    assert (conv / "notes.txt").read_text() == "mine\n" and (conv / "train.tsv").read_text() != "old\n"
+    assert torch.load(km, weights_only=True)["clusters"] == 2
+    assert len(units.read_text().splitlines()) == 3 and (tmp_path / "link.km").is_symlink()
+    npy = Run(["convert", feats, conv, "--layer", "1", "--format", "npy"]).result()
+    assert npy.returncode == 0 and sorted(p.name for p in conv.glob("u*.npy")) == ["u0.npy", "u1.npy", "u2.npy"], npy
+    again = Run(["convert", feats, conv, "--layer", "1", "--format", "npy"]).result()
+    assert again.returncode == 1 and one_line(again) == (
+        f"lhb: error: {conv}/u0.npy: already exists (and 2 more of the files to write); pass --overwrite to replace it"), again
 
 
 def test_a_file_of_a_stopped_run_is_used_with_one_line_saying_so(tmp_path):

@@ -222,6 +222,16 @@ _KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, 
           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
+def refuse_existing(paths: Iterable[str | os.PathLike], overwrite: bool) -> None:
+    """Unless ``overwrite``, an :class:`OutputError` naming the first of ``paths`` (files about to be
+    written) that is an existing regular file, also through a link: a finished file is replaced only
+    when asked (``--overwrite``). FIFOs and devices are written to, not replaced, so they pass."""
+    there = [] if overwrite else [p for p in paths if os.path.isfile(p)]
+    if there:
+        more = f" (and {len(there) - 1} more of the files to write)" if len(there) > 1 else ""
+        raise OutputError(f"{there[0]}: already exists{more}; pass --overwrite to replace it")
+
+
 def check_output_path(path: str | os.PathLike, *, resume: bool, overwrite: bool,
                       inputs: Iterable[str | os.PathLike] = ()) -> Path:
     """Fail early (before any audio is read) when OUTPUT cannot be written: its folder is missing or
@@ -367,6 +377,6 @@ __all__ = [
     "BACKENDS", "Backend", "FORMAT", "FORMAT_VERSION", "FRAME_RATE", "FeaturesWriter", "HDF5", "OutputBroken",
     "OutputError", "OutputLock", "RUN_IDENTITY", "check_identity", "check_output_path", "find_committed", "find_parts",
     "find_segments",
-    "get_backend", "identity_diff", "part_path", "parts_dir", "plain", "register", "remove_parts",
+    "get_backend", "identity_diff", "part_path", "parts_dir", "plain", "refuse_existing", "register", "remove_parts",
     "remove_stale_temps", "run_attrs", "segment_path",
 ]
