@@ -407,7 +407,7 @@ def test_a_second_writer_of_the_same_output_is_refused_naming_the_first(tmp_path
     is refused naming the holder's pid; the first run completes with all its utterances."""
     audio = tmp_path / "in"
     audio.mkdir()
-    for i in range(100):  # 270 s of speech: long enough for two more commands to start meanwhile
+    for i in range(20):  # 54 s of speech: seconds of work, not over before it is paused
         os.link(UTT, audio / f"u{i:03d}.wav")
     shutil.copy(UTT, tmp_path / "short.wav")
     out = tmp_path / "o.h5"
@@ -417,16 +417,19 @@ def test_a_second_writer_of_the_same_output_is_refused_naming_the_first(tmp_path
         for line in first.stderr:
             if line.startswith("extracting"):
                 break
+        first.send_signal(signal.SIGSTOP)  # paused while it writes: as slow as a run can be
+        assert first.poll() is None, "the first run ended before the others started"
         for flag in ("--overwrite", "--resume"):
             p = lhb("extract", tmp_path / "short.wav", out, *FAST, flag, "-q")
             line = one_line(p)
             assert p.returncode == 1 and str(out) in line and f"pid {first.pid}" in line, line
+        first.send_signal(signal.SIGCONT)
         rest = first.stderr.read()
         first.wait(timeout=120)
     finally:
         first.kill()
     assert first.returncode == 0, rest
-    assert sorted(h5_keys(out)) == [f"u{i:03d}" for i in range(100)]
+    assert sorted(h5_keys(out)) == [f"u{i:03d}" for i in range(20)]
     assert sorted(os.listdir(tmp_path)) == ["in", "o.h5", "short.wav"]  # no lock or part is left
 
 
