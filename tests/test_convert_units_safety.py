@@ -6,6 +6,7 @@ failed before its fix. Features files are written with the storage writer (no mo
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 from cli_helpers import Run, one_line
 from lighthubert.convert import convert
 from lighthubert.reader import FeaturesError
-from lighthubert.storage import run_attrs
+from lighthubert.storage import OutputError, run_attrs
 from lighthubert.storage.hdf5 import FeatureWriter
 from lighthubert.units import apply_file
 
@@ -251,11 +252,9 @@ def test_existing_outputs_are_kept_without_overwrite(tmp_path):
     assert (conv / "notes.txt").read_text() == "mine\n" and (conv / "train.tsv").read_text() != "old\n"
     assert torch.load(km, weights_only=True)["clusters"] == 2
     assert len(units.read_text().splitlines()) == 3 and (tmp_path / "link.km").is_symlink()
-    npy = Run(["convert", feats, conv, "--layer", "1", "--format", "npy"]).result()
-    assert npy.returncode == 0 and sorted(p.name for p in conv.glob("u*.npy")) == ["u0.npy", "u1.npy", "u2.npy"], npy
-    again = Run(["convert", feats, conv, "--layer", "1", "--format", "npy"]).result()
-    assert again.returncode == 1 and one_line(again) == (
-        f"lhb: error: {conv}/u0.npy: already exists (and 2 more of the files to write); pass --overwrite to replace it"), again
+    assert sorted(p.name for p in convert(feats, conv, "npy", 1)) == ["u0.npy", "u1.npy", "u2.npy"]
+    with pytest.raises(OutputError, match=re.escape(f"{conv}/u0.npy: already exists (and 2 more of the files to write)")):
+        convert(feats, conv, "npy", 1)
 
 
 def test_a_file_of_a_stopped_run_is_used_with_one_line_saying_so(tmp_path):
