@@ -37,3 +37,20 @@ def test_units_apply_to_a_closed_stdout_ends_quietly(feats_km):
     proc.stdout.close()  # `| head -0`: the reader is gone before lhb writes
     err = proc.stderr.read()
     assert proc.wait(timeout=300) == 141 and err == b"", err
+
+
+def test_unusable_scp_key_is_not_told_to_use_a_scp_list(tmp_path):
+    """A .scp key with '.' or empty parts is refused naming its line; the advice 'give keys of your
+    own with a .scp list' is for keys made from paths, not for a key the user already wrote in one."""
+    from lighthubert.errors import LightHubertError
+    from lighthubert.inputs import list_inputs
+
+    wav = SPEECH_DIR / FILES[0]
+    scp = tmp_path / "k.scp"
+    scp.write_text(f"ok {wav}\na//b {wav}\n")
+    with pytest.raises(LightHubertError, match=r"k\.scp:2: 'a//b' is not a usable key \(empty, '\.' or '\.\.' parts\)$"):
+        list_inputs(scp)
+    lst = tmp_path / "k.txt"
+    lst.write_text("./.\n")
+    with pytest.raises(LightHubertError, match=r"give keys of your own with a \.scp list"):
+        list_inputs(lst)
