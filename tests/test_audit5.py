@@ -54,3 +54,23 @@ def test_unusable_scp_key_is_not_told_to_use_a_scp_list(tmp_path):
     lst.write_text("./.\n")
     with pytest.raises(LightHubertError, match=r"give keys of your own with a \.scp list"):
         list_inputs(lst)
+
+
+def test_prepare_refuses_what_the_call_refuses():
+    """README's overlapped loop, ext.submit(ext.prepare(waves), ...), took a (N, 2) stereo array as
+    2N interleaved samples (twice the frames, features of garbage) where ext(waves) refuses it."""
+    import numpy as np
+    import soundfile as sf
+
+    import lighthubert
+
+    ext = lighthubert.load("random:small", subnet="min", device="cpu")
+    wave, sr = sf.read(SPEECH_DIR / FILES[0], dtype="float32")
+    assert sr == 16000 and wave.ndim == 1
+    stereo = np.stack([wave, wave], axis=1)  # (N, 2), as soundfile gives a 2-channel file
+    for bad, words in ((stereo, r"waveform 1 has shape \(\d+, 2\)"), (wave[:399], "waveform 1 has fewer than 400"),
+                       (np.full(1000, np.nan, np.float32), "waveform 1 holds NaN")):
+        with pytest.raises(ValueError, match=words):
+            ext.prepare([wave, bad])
+    (got,) = ext.submit(ext.prepare([wave[None]]), [ext.num_layers]).result()  # (1, N) is one channel
+    assert got.shape == (1, (len(wave) - 400) // 320 + 1, ext.embed_dim)
