@@ -6,6 +6,7 @@ import shutil
 import subprocess
 
 import pytest
+import torch
 
 from cli_helpers import _env, lhb, lhb_command
 from helpers import SPEECH_DIR
@@ -74,3 +75,33 @@ def test_prepare_refuses_what_the_call_refuses():
             ext.prepare([wave, bad])
     (got,) = ext.submit(ext.prepare([wave[None]]), [ext.num_layers]).result()  # (1, N) is one channel
     assert got.shape == (1, (len(wave) - 400) // 320 + 1, ext.embed_dim)
+
+
+COMMON_RATES = [5512, 8000, 11025, 12000, 22050, 24000, 32000, 37800, 44056, 44100, 47952, 48000, 88200, 96000,
+                176400, 192000, 352800, 384000]
+
+
+def test_an_odd_sample_rate_is_skipped_before_its_filter_exhausts_memory(tmp_path):
+    """torchaudio's resample builds a (16000/g, rate/g + 2w) filter, g = gcd(rate, 16000): a 16 KB
+    file declaring 16001 Hz took 2 GB, 44101 Hz 6 GB, 383999 Hz (inside the accepted 1-384 kHz)
+    55 GB, so one small file could end a run out of memory. Such a file is now a bad input named
+    with the reason; every common rate still resamples."""
+    import numpy as np
+    import soundfile as sf
+    from torchaudio.functional.functional import _get_sinc_resample_kernel
+
+    from lighthubert.audio import AudioError, MAX_FILTER, check_rate, filter_size, load_audio
+
+    for rate in COMMON_RATES:  # the size checked is the one torchaudio builds
+        g = np.gcd(rate, 16000)
+        kernel, _ = _get_sinc_resample_kernel(rate, 16000, int(g), dtype=torch.float32)
+        assert filter_size(rate) == kernel.numel() <= MAX_FILTER, rate
+        check_rate(rate)
+    odd = tmp_path / "odd.wav"
+    sf.write(odd, np.zeros(8000, np.float32), 16001)
+    with pytest.raises(AudioError, match=r"^sample rate 16001 Hz: resampling it to 16 kHz \(16001:16000\) would need "
+                                         r"a filter of 256 million coefficients"):
+        load_audio(odd)
+    ok = tmp_path / "ok.wav"
+    sf.write(ok, np.zeros(8000, np.float32), 44100)
+    assert load_audio(ok).shape == (int(np.ceil(8000 * 16000 / 44100)),)
