@@ -191,13 +191,21 @@ def _path(text: str | Path) -> Path:
     return Path(text)
 
 
+def _features_path(text: str | Path) -> Path:
+    """A features file to write: ``-`` is refused (an HDF5 file cannot go to standard output) instead
+    of creating a file named ``-``."""
+    if isinstance(text, str) and text == "-":
+        raise typer.BadParameter("'-' (standard output) cannot hold an HDF5 features file; give a file name such as feats.h5")
+    return _path(text)
+
+
 @app.command(cls=LhbCommand)
 @_one_line_errors
 def extract(
     input: Annotated[Path, typer.Argument(
         parser=_path, metavar="INPUT", help="A folder (searched recursively for audio), one audio file, or a list: .txt/.lst (paths), "
              ".tsv (fairseq manifest), .scp (key path).", show_default=False)],
-    output: Annotated[Path, typer.Argument(parser=_path, metavar="OUTPUT", help="The HDF5 features file to write.", show_default=False)],
+    output: Annotated[Path, typer.Argument(parser=_features_path, metavar="OUTPUT", help="The HDF5 features file to write.", show_default=False)],
     checkpoint: CheckpointOpt = defaults.CHECKPOINT,
     subnet: Annotated[Optional[str], typer.Option(
         "--subnet", "-s", metavar="SPEC",
@@ -473,7 +481,7 @@ def _subnet_table(item: dict) -> None:
 @app.command(cls=LhbCommand)
 @_one_line_errors
 def merge(
-    output: Annotated[Path, typer.Argument(parser=_path, metavar="OUTPUT", help="The features file to write (kept and added to if it exists).", show_default=False)],
+    output: Annotated[Path, typer.Argument(parser=_features_path, metavar="OUTPUT", help="The features file to write (kept and added to if it exists).", show_default=False)],
     parts: Annotated[Optional[list[Path]], typer.Argument(parser=_path, metavar="PARTS",
         help="Part files or folders of parts. Default: OUTPUT.parts/.", show_default=False)] = None,
     remove_parts: Annotated[bool, typer.Option("--remove-parts", help="Delete the parts once merged.")] = False,

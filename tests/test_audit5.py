@@ -105,3 +105,17 @@ def test_an_odd_sample_rate_is_skipped_before_its_filter_exhausts_memory(tmp_pat
     ok = tmp_path / "ok.wav"
     sf.write(ok, np.zeros(8000, np.float32), 44100)
     assert load_audio(ok).shape == (int(np.ceil(8000 * 16000 / 44100)),)
+
+
+def test_features_output_dash_is_refused_not_a_file_named_dash(tmp_path):
+    """`lhb units apply ... -` writes to standard output; `lhb extract wavs -` (or `lhb merge -`)
+    silently created a file named '-' in the current folder and exited 0."""
+    wav = SPEECH_DIR / FILES[0]
+    for args in (["extract", wav, "-", "-c", "random:small"], ["merge", "-", tmp_path / "none.h5"]):
+        r = lhb(*args, cwd=tmp_path)
+        assert r.returncode == 2, r
+        assert r.err_lines == ["lhb: error: OUTPUT: '-' (standard output) cannot hold an HDF5 features file; "
+                               "give a file name such as feats.h5"], r
+        assert list(tmp_path.iterdir()) == [], r
+    r = lhb("extract", wav, "./-", "-c", "random:small", "--subnet", "min", "-q", cwd=tmp_path)  # a file named so, asked for
+    assert r.returncode == 0 and (tmp_path / "-").is_file(), r
