@@ -119,3 +119,21 @@ def test_features_output_dash_is_refused_not_a_file_named_dash(tmp_path):
         assert list(tmp_path.iterdir()) == [], r
     r = lhb("extract", wav, "./-", "-c", "random:small", "--subnet", "min", "-q", cwd=tmp_path)  # a file named so, asked for
     assert r.returncode == 0 and (tmp_path / "-").is_file(), r
+
+
+@pytest.mark.parametrize("n, batch_size, replicas", [(4, 3, 5), (1, 1, 8), (7, 2, 3), (10, 4, 2)])
+def test_length_grouped_sampler_gives_every_rank_its_announced_batches(n, batch_size, replicas):
+    """With DistributedDataParallel every process must run the same number of steps, else the one
+    with fewer waits forever in a collective. With fewer batches than processes (2 batches, 5
+    ranks) the last ranks got no batch at all while len() said 1."""
+    from lighthubert import LengthGroupedSampler
+
+    lengths = [50 + 7 * i for i in range(n)]
+    seen = set()
+    for rank in range(replicas):
+        s = LengthGroupedSampler(lengths, batch_size=batch_size, seed=3, num_replicas=replicas, rank=rank)
+        batches = list(s)
+        assert len(batches) == len(s) == -(-(-(-n // batch_size)) // replicas), (rank, batches)
+        assert all(1 <= len(b) <= batch_size for b in batches)
+        seen.update(i for b in batches for i in b)
+    assert seen == set(range(n))  # every item is used
