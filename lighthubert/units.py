@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .checkpoint import KM_FORMAT, write_atomic
+from .checkpoint import KM_FORMAT, check_seed, write_atomic
 from .defaults import BATCH_SIZE, DEVICE, ITERATIONS, KMEANS_SEED, MAX_FRAMES  # batch and steps as fairseq's learn_kmeans.py
 from .errors import SettingError
 from .reader import FeaturesError, layer_positions, open_features
@@ -101,6 +101,7 @@ def learn(x: torch.Tensor, clusters: int, *, batch_size: int = BATCH_SIZE, itera
     ``iterations`` mini-batches of ``batch_size`` frames; a batch as large as x makes each step a
     full Lloyd step. Returns the centroids (K, D)."""
     n = len(x)
+    check_seed(seed)
     if clusters < 1 or clusters > n:
         raise ValueError(f"cannot make {clusters} clusters from {n} frames")
     gen = torch.Generator().manual_seed(seed)
@@ -134,6 +135,7 @@ def learn_file(features: str | os.PathLike, layer: int, clusters: int, *, max_fr
                batch_size: int = BATCH_SIZE, iterations: int = ITERATIONS, seed: int = KMEANS_SEED, device: str = DEVICE,
                progress: Callable[[int, int], None] | None = None) -> dict:
     """Learn ``clusters`` centroids from up to ``max_frames`` frames of ``layer``; the km.pt dict."""
+    check_seed(seed)
     x = sample_frames(features, layer, max_frames, seed).to(pick_device(device))
     if len(x) < clusters:
         raise FeaturesError(f"{features}: {len(x)} frames to learn from, fewer than the {clusters} clusters asked for")

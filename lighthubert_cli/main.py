@@ -374,6 +374,9 @@ def subnet_cmd(
     chosen = [name for name, v in (("--params", params), ("--preset", preset), ("--sample", sample), ("--subnet", subnet)) if v is not None]
     if len(chosen) > 1:
         raise Fail(f"give one of --params, --preset, --sample, --subnet (got {', '.join(chosen)})", EXIT_USAGE)
+    from lighthubert.checkpoint import check_seed
+
+    check_seed(seed)  # --sample's and random:*'s seed: the range of lhb extract --seed
     if export is not None and checkpoint is None:
         raise Fail("--export needs --checkpoint (the supernet to cut the subnet from)", EXIT_USAGE)
     if export is None and (export_dtype is not None or layers is not None):

@@ -137,3 +137,27 @@ def test_length_grouped_sampler_gives_every_rank_its_announced_batches(n, batch_
         assert all(1 <= len(b) <= batch_size for b in batches)
         seen.update(i for b in batches for i in b)
     assert seen == set(range(n))  # every item is used
+
+
+def test_a_seed_out_of_range_is_one_usage_line_naming_seed_in_every_command(tmp_path, feats_km):
+    """lhb extract refuses --seed outside 0..2^63-1 naming it; lhb units learn said 'expected
+    non-negative integer' (no option named) or 'Overflow when unpacking long long', lhb subnet -c
+    random:small an 'internal error', and lhb subnet --sample / lhb info random:* took -1 silently."""
+    feats, _ = feats_km
+    for seed in ("-1", str(2**64)):  # 2**63: test_library_seed_range
+        line = f"lhb: error: --seed: {seed} is not a whole number from 0 to 2^63-1"
+        for args in (["units", "learn", feats, tmp_path / "km.pt", "--layer", "3", "--clusters", "2"],
+                     ["subnet", "--sample", "2"], ["subnet", "--preset", "min", "-c", "random:small"],
+                     ["info", "random:small"], ["extract", SPEECH_DIR / FILES[0], tmp_path / "f.h5", "-c", "random:small"]):
+            r = lhb(*args, "--seed", seed)
+            assert r.returncode == 2 and r.err_lines == [line] and r.stdout == "", r
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_library_seed_range():
+    import lighthubert
+    from lighthubert.errors import SettingError
+
+    for seed in (-1, 2**63, 1.5):
+        with pytest.raises(SettingError, match=r"is not a whole number from 0 to 2\^63-1$"):
+            lighthubert.load_checkpoint("random:small", seed=seed)
