@@ -161,3 +161,16 @@ def test_library_seed_range():
     for seed in (-1, 2**63, 1.5):
         with pytest.raises(SettingError, match=r"is not a whole number from 0 to 2\^63-1$"):
             lighthubert.load_checkpoint("random:small", seed=seed)
+
+
+def test_convert_refuses_more_shards_than_utterances(tmp_path, feats_km):
+    """--nshard above the utterance count wrote empty shards; --nshard 10**20 ran without end."""
+    feats, _ = feats_km
+    for n in ("4", str(10**20)):
+        r = lhb("convert", feats, tmp_path / "out", "--layer", "3", "--nshard", n, "-q")
+        assert r.returncode == 2, r
+        assert r.err_lines == [f"lhb: error: --nshard: {n} shards of 3 utterances would leave some empty; give at most 3"], r
+        assert not (tmp_path / "out").exists()
+    r = lhb("convert", feats, tmp_path / "out", "--layer", "3", "--nshard", "3", "-q")
+    assert r.returncode == 0, r
+    assert [(tmp_path / "out" / f"train_{i}_3.len").read_text().count("\n") for i in range(3)] == [1, 1, 1]
