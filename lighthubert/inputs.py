@@ -182,7 +182,7 @@ def _lines(path: Path) -> list[tuple[int, str]]:
     try:
         if not stat.S_ISREG(path.stat().st_mode):
             raise InputError(f"{display_path(path)}: not a regular file (a list must be a file, not a FIFO or device)")
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not part of the first path
     except UnicodeDecodeError:
         raise InputError(f"{path}: not UTF-8 text") from None
     except OSError as err:

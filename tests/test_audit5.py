@@ -174,3 +174,20 @@ def test_convert_refuses_more_shards_than_utterances(tmp_path, feats_km):
     r = lhb("convert", feats, tmp_path / "out", "--layer", "3", "--nshard", "3", "-q")
     assert r.returncode == 0, r
     assert [(tmp_path / "out" / f"train_{i}_3.len").read_text().count("\n") for i in range(3)] == [1, 1, 1]
+
+
+def test_a_list_written_with_a_byte_order_mark_reads_as_without(tmp_path):
+    """Windows editors (Notepad, Excel's 'CSV UTF-8') start UTF-8 text with U+FEFF. It became part
+    of the first line: a .tsv root 'did not exist', a .txt's first file was 'no such file', and a
+    .scp's first key silently began with an invisible character."""
+    from lighthubert.inputs import list_inputs
+
+    bom, wav = "\ufeff", SPEECH_DIR / FILES[0]
+    cases = {"l.tsv": f"{SPEECH_DIR}\r\n{FILES[0]}\t1\r\n", "l.txt": f"{wav}\r\n{SPEECH_DIR / FILES[1]}\r\n",
+             "l.scp": f"a {wav}\r\n"}
+    for name, text in cases.items():
+        (tmp_path / name).write_text(bom + text, encoding="utf-8")
+        (tmp_path / ("plain" + name)).write_text(text, encoding="utf-8")
+        with_bom, without = list_inputs(tmp_path / name), list_inputs(tmp_path / ("plain" + name))
+        assert [(i.key, i.path) for i in with_bom] == [(i.key, i.path) for i in without], name
+        assert with_bom[0].path.is_file() and not with_bom[0].key.startswith(bom), name
