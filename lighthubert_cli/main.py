@@ -507,14 +507,31 @@ def merge(
             files.append(src)
         else:
             raise Fail(f"{src}: no such file or folder")
+    files = [f for f in files if not _same_file(f, output)]  # OUTPUT is joined anyway; never removed as a part
     if not files:
         raise Fail(f"no parts found in {', '.join(map(str, sources))}")
     with OutputLock(output):  # not while a run writes it
         n = HDF5.merge(output, files, include_output=True)
     err(f"merged {count(len(files), 'part')} into {output}: {count(n, 'utterance')} ({size(output.stat().st_size)})")
-    if remove_parts:
+    if remove_parts:  # the files merged, nothing else: a folder given is removed only once empty
+        for f in files:
+            f.unlink(missing_ok=True)
         for src in sources:
-            shutil.rmtree(src) if src.is_dir() else src.unlink()
+            if src.is_dir() and os.path.abspath(src) == os.path.abspath(parts_dir(output)):
+                shutil.rmtree(src, ignore_errors=True)  # lhb's own folder: also its .tmp segments and lock
+            elif src.is_dir():
+                try:
+                    src.rmdir()
+                except OSError:
+                    pass  # other files are there: they stay
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` are the same file (also through a link); False when one is missing."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 @app.command(cls=LhbCommand)

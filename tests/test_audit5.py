@@ -191,3 +191,33 @@ def test_a_list_written_with_a_byte_order_mark_reads_as_without(tmp_path):
         with_bom, without = list_inputs(tmp_path / name), list_inputs(tmp_path / ("plain" + name))
         assert [(i.key, i.path) for i in with_bom] == [(i.key, i.path) for i in without], name
         assert with_bom[0].path.is_file() and not with_bom[0].key.startswith(bom), name
+
+
+def test_merge_remove_parts_removes_the_parts_merged_and_nothing_else(tmp_path, feats_km):
+    """`lhb merge out.h5 exp --remove-parts` ran rmtree on exp: notes and audio beside the parts went
+    too; `lhb merge f.h5 f.h5 --remove-parts` (or a folder holding OUTPUT) deleted OUTPUT itself
+    after saying 'merged 1 part into f.h5'."""
+    feats, _ = feats_km
+    exp = tmp_path / "exp"
+    (exp / "sub").mkdir(parents=True)
+    shutil.copy(feats, exp / "part.h5")
+    (exp / "notes.txt").write_text("mine\n")
+    shutil.copy(SPEECH_DIR / FILES[0], exp / "sub" / "a.wav")
+    r = lhb("merge", tmp_path / "out.h5", exp, "--remove-parts")
+    assert r.returncode == 0, r
+    assert sorted(p.relative_to(exp).as_posix() for p in exp.rglob("*")) == ["notes.txt", "sub", "sub/a.wav"], r
+    assert (tmp_path / "out.h5").is_file()
+
+    own = tmp_path / "own.h5"
+    shutil.copy(feats, own)
+    r = lhb("merge", own, own, "--remove-parts")
+    assert r.returncode == 1 and r.err_lines == [f"lhb: error: no parts found in {own}"], r
+    assert own.read_bytes() == feats.read_bytes()
+
+    solo = tmp_path / "solo"
+    solo.mkdir()
+    shutil.copy(feats, solo / "a.h5")
+    shutil.copy(tmp_path / "out.h5", solo / "all.h5")
+    r = lhb("merge", solo / "all.h5", solo, "--remove-parts")  # OUTPUT inside the folder of parts
+    assert r.returncode == 0, r
+    assert sorted(p.name for p in solo.iterdir()) == ["all.h5"], r
