@@ -382,6 +382,8 @@ def subnet_cmd(
     if export is None and (export_dtype is not None or layers is not None):
         raise Fail("--export-dtype and --layers go with --export OUT.onnx or OUT.ts", EXIT_USAGE)
     dtype = export_dtype.value if export_dtype else None
+    if output is not None and str(output) == "-":  # standard output, which has the JSON anyway (not a file '-')
+        output = None
     for target, example in ((output, "subnet.json"), (export, "subnet.pt")):  # said before anything is printed
         if target is not None:
             _check_target(target, f"is a folder; give a file name such as {target / example}")

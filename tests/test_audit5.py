@@ -221,3 +221,10 @@ def test_merge_remove_parts_removes_the_parts_merged_and_nothing_else(tmp_path, 
     r = lhb("merge", solo / "all.h5", solo, "--remove-parts")  # OUTPUT inside the folder of parts
     assert r.returncode == 0, r
     assert sorted(p.name for p in solo.iterdir()) == ["all.h5"], r
+
+
+def test_subnet_output_dash_is_standard_output(tmp_path):
+    """`lhb subnet ... -o -` wrote a file named '-' (the JSON is on standard output anyway)."""
+    r = lhb("subnet", "--preset", "min", "--supernet", "small", "-o", "-", cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.count('"layer_num": 10') == 1, r
+    assert list(tmp_path.iterdir()) == []
