@@ -228,3 +228,31 @@ def test_subnet_output_dash_is_standard_output(tmp_path):
     r = lhb("subnet", "--preset", "min", "--supernet", "small", "-o", "-", cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.count('"layer_num": 10') == 1, r
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("closed", [1, 2])
+def test_a_closed_standard_stream_never_writes_into_a_file(tmp_path, feats_km, closed):
+    """With stdout closed (`lhb units apply f.h5 km.pt - >&-`) the features file, opened first, took
+    descriptor 1 and the units were written over it; with stderr closed (`2>&-`) lhb extract ended
+    in 'internal error: AttributeError ... isatty'. A closed stream now reads as /dev/null."""
+    import os
+
+    feats, km = feats_km
+    copy = tmp_path / "feats.h5"
+    shutil.copy(feats, copy)
+    before = copy.read_bytes()
+
+    def run(*args: object) -> int:
+        proc = subprocess.run(lhb_command() + [str(a) for a in args], env=_env(), stdin=subprocess.DEVNULL,
+                              stdout=None if closed == 2 else subprocess.DEVNULL, stderr=None if closed == 1 else subprocess.DEVNULL,
+                              preexec_fn=lambda: os.close(closed), timeout=300)
+        return proc.returncode
+
+    assert run("units", "apply", copy, km, "-", "--keys") == 0
+    assert copy.read_bytes() == before
+    out = tmp_path / "out.h5"
+    assert run("extract", SPEECH_DIR / FILES[0], out, "-c", "random:small", "--subnet", "min") == 0
+    from lighthubert import open_features
+
+    with open_features(out) as f:
+        assert f.keys == [FILES[0].split("/")[1][:-4]]
