@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 
@@ -256,3 +257,24 @@ def test_a_closed_standard_stream_never_writes_into_a_file(tmp_path, feats_km, c
 
     with open_features(out) as f:
         assert f.keys == [FILES[0].split("/")[1][:-4]]
+
+
+def test_units_to_standard_output_keep_what_the_caller_wrote_there(tmp_path, feats_km):
+    """`lhb units apply f.h5 km.pt - >> all.km` reopened /dev/stdout with "w": the lines all.km held
+    were cut away; `{ echo header; lhb units apply ... -; } > f` lost the header the same way."""
+    feats, km = feats_km
+    ref = lhb("units", "apply", feats, km, "-", "--keys", "-q")
+    assert ref.returncode == 0 and ref.stdout.count("\n") == len(FILES), ref
+    target = tmp_path / "all.km"
+    target.write_text("earlier line\n")
+    with open(target, "ab") as out:
+        r = subprocess.run(lhb_command() + ["units", "apply", str(feats), str(km), "-", "--keys", "-q"], env=_env(),
+                           stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.PIPE, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert target.read_text() == "earlier line\n" + ref.stdout
+    group = tmp_path / "group.km"
+    q = shlex.quote
+    script = (f"{{ echo header; {' '.join(map(q, lhb_command()))} units apply {q(str(feats))} {q(str(km))} - --keys -q; "
+              f"echo footer; }} > {q(str(group))}")
+    assert subprocess.run(["bash", "-c", script], env=_env(), timeout=300).returncode == 0
+    assert group.read_text() == "header\n" + ref.stdout + "footer\n"
