@@ -30,6 +30,7 @@ def feats_km(tmp_path_factory):
     return feats, km
 
 
+@pytest.mark.slow  # lhb subprocesses
 def test_units_apply_to_a_closed_stdout_ends_quietly(feats_km):
     """README: `lhb units apply feats.h5 km.pt - --keys | head`, and a reader that closes the pipe
     early ends lhb quietly with exit 141. Before: 'lhb: error: : Broken pipe', exit 1."""
@@ -108,6 +109,7 @@ def test_an_odd_sample_rate_is_skipped_before_its_filter_exhausts_memory(tmp_pat
     assert load_audio(ok).shape == (int(np.ceil(8000 * 16000 / 44100)),)
 
 
+@pytest.mark.slow  # lhb subprocesses
 def test_features_output_dash_is_refused_not_a_file_named_dash(tmp_path):
     """`lhb units apply ... -` writes to standard output; `lhb extract wavs -` (or `lhb merge -`)
     silently created a file named '-' in the current folder and exited 0."""
@@ -140,6 +142,7 @@ def test_length_grouped_sampler_gives_every_rank_its_announced_batches(n, batch_
     assert seen == set(range(n))  # every item is used
 
 
+@pytest.mark.slow  # lhb subprocesses
 def test_a_seed_out_of_range_is_one_usage_line_naming_seed_in_every_command(tmp_path, feats_km):
     """lhb extract refuses --seed outside 0..2^63-1 naming it; lhb units learn said 'expected
     non-negative integer' (no option named) or 'Overflow when unpacking long long', lhb subnet -c
@@ -164,6 +167,7 @@ def test_library_seed_range():
             lighthubert.load_checkpoint("random:small", seed=seed)
 
 
+@pytest.mark.slow  # lhb subprocesses
 def test_convert_refuses_more_shards_than_utterances(tmp_path, feats_km):
     """--nshard above the utterance count wrote empty shards; --nshard 10**20 ran without end."""
     feats, _ = feats_km
@@ -194,6 +198,7 @@ def test_a_list_written_with_a_byte_order_mark_reads_as_without(tmp_path):
         assert with_bom[0].path.is_file() and not with_bom[0].key.startswith(bom), name
 
 
+@pytest.mark.slow  # lhb subprocesses
 def test_merge_remove_parts_removes_the_parts_merged_and_nothing_else(tmp_path, feats_km):
     """`lhb merge out.h5 exp --remove-parts` ran rmtree on exp: notes and audio beside the parts went
     too; `lhb merge f.h5 f.h5 --remove-parts` (or a folder holding OUTPUT) deleted OUTPUT itself
@@ -224,6 +229,7 @@ def test_merge_remove_parts_removes_the_parts_merged_and_nothing_else(tmp_path, 
     assert sorted(p.name for p in solo.iterdir()) == ["all.h5"], r
 
 
+@pytest.mark.slow  # lhb subprocesses
 def test_subnet_output_dash_is_standard_output(tmp_path):
     """`lhb subnet ... -o -` wrote a file named '-' (the JSON is on standard output anyway)."""
     r = lhb("subnet", "--preset", "min", "--supernet", "small", "-o", "-", cwd=tmp_path)
@@ -231,6 +237,7 @@ def test_subnet_output_dash_is_standard_output(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # lhb subprocesses
 @pytest.mark.parametrize("closed", [1, 2])
 def test_a_closed_standard_stream_never_writes_into_a_file(tmp_path, feats_km, closed):
     """With stdout closed (`lhb units apply f.h5 km.pt - >&-`) the features file, opened first, took
@@ -259,6 +266,7 @@ def test_a_closed_standard_stream_never_writes_into_a_file(tmp_path, feats_km, c
         assert f.keys == [FILES[0].split("/")[1][:-4]]
 
 
+@pytest.mark.slow  # lhb subprocesses
 def test_units_to_standard_output_keep_what_the_caller_wrote_there(tmp_path, feats_km):
     """`lhb units apply f.h5 km.pt - >> all.km` reopened /dev/stdout with "w": the lines all.km held
     were cut away; `{ echo header; lhb units apply ... -; } > f` lost the header the same way."""
