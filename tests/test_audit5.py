@@ -286,3 +286,26 @@ def test_units_to_standard_output_keep_what_the_caller_wrote_there(tmp_path, fea
               f"echo footer; }} > {q(str(group))}")
     assert subprocess.run(["bash", "-c", script], env=_env(), timeout=300).returncode == 0
     assert group.read_text() == "header\n" + ref.stdout + "footer\n"
+
+
+def test_launcher_variables_that_cannot_make_a_job_are_one_line():
+    """RANK and WORLD_SIZE left in a shell (no torchrun, so no MASTER_ADDR) ended in 'lhb: internal
+    error: ValueError: Error initializing torch.distributed ...'; RANK=3 WORLD_SIZE=2 waited on a
+    rendezvous; WORLD_SIZE=0 ran as one process. Now one line naming the variables."""
+    from lighthubert.distributed import World, detect_world
+    from lighthubert.errors import LightHubertError
+
+    cases = [({"RANK": "0", "WORLD_SIZE": "2"}, r"^RANK=0 and WORLD_SIZE=2 are set but MASTER_ADDR and MASTER_PORT not: "
+                                                  r"start the processes with torchrun"),
+             ({"RANK": "3", "WORLD_SIZE": "2", "MASTER_ADDR": "h", "MASTER_PORT": "1"},
+              r"^the launcher's RANK=3 and WORLD_SIZE=2 do not fit"),
+             ({"RANK": "0", "WORLD_SIZE": "0"}, r"^the launcher's RANK=0 and WORLD_SIZE=0 do not fit"),
+             ({"SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "2", "SLURM_LOCALID": "-1"}, r"^the launcher's SLURM_LOCALID=-1 is negative$")]
+    for env, words in cases:
+        with pytest.raises(LightHubertError, match=words):
+            detect_world(env)
+    good = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "29500"}
+    assert detect_world(good) == World(1, 2, 1, "torchrun")
+    assert detect_world({"RANK": "0", "WORLD_SIZE": "1"}) == World(0, 1, 0, "torchrun")  # one process: no rendezvous
+    assert detect_world({"SLURM_PROCID": "1", "SLURM_STEP_NUM_TASKS": "4"}) == World(1, 4, 0, "slurm")
+    assert detect_world({}) == World()
