@@ -7,6 +7,7 @@ torchaudio is imported only when a file needs resampling: everything else (the m
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 import sys
@@ -23,6 +24,11 @@ MIN_SAMPLES = 400  # the conv extractor's receptive field: fewer samples give no
 MIN_RATE, MAX_RATE = 1000, 384000
 """Sample rates accepted (Hz): outside, a file is refused before it is read (a 4 KB file that
 declares 1 Hz would become half an hour of audio once resampled)."""
+MAX_FILTER = 2**26
+"""Most coefficients of the resampling filter allowed: ``torchaudio.functional.resample`` builds one
+row per output phase, (16000 / g) x (rate / g + 2 x width) for g = gcd(rate, 16000), about 9 bytes
+each at its peak. Every common rate needs under 12 million (44056 Hz the most); an odd one such as
+16001 or 383999 Hz needs 256 million or 6 billion (2 or 55 GB), which would end the run out of memory."""
 FIX_TORCHAUDIO = "pip install --upgrade 'torch>=2.14' 'torchaudio>=2.11.1'"
 
 
@@ -94,10 +100,27 @@ def check_regular(path: str | os.PathLike) -> None:
         raise AudioError("empty file (0 bytes)")
 
 
+def filter_size(rate: int) -> int:
+    """Coefficients of the filter ``torchaudio.functional.resample(x, rate, 16000)`` builds (0 at 16 kHz)."""
+    if rate == SAMPLE_RATE:
+        return 0
+    g = math.gcd(rate, SAMPLE_RATE)
+    orig, new = rate // g, SAMPLE_RATE // g
+    width = math.ceil(6 * orig / (min(orig, new) * 0.99))  # its lowpass_filter_width 6, rolloff 0.99
+    return new * (orig + 2 * width)
+
+
 def check_rate(rate: int) -> None:
-    """:class:`AudioError` unless ``MIN_RATE <= rate <= MAX_RATE``."""
+    """:class:`AudioError` unless ``MIN_RATE <= rate <= MAX_RATE`` and resampling from ``rate``
+    needs a filter of at most ``MAX_FILTER`` coefficients."""
     if not MIN_RATE <= rate <= MAX_RATE:
         raise AudioError(f"sample rate {rate} Hz is outside the supported {MIN_RATE}-{MAX_RATE} Hz")
+    size = filter_size(rate)
+    if size > MAX_FILTER:
+        g = math.gcd(rate, SAMPLE_RATE)
+        raise AudioError(f"sample rate {rate} Hz: resampling it to 16 kHz ({rate // g}:{SAMPLE_RATE // g}) would need "
+                         f"a filter of {size / 1e6:,.0f} million coefficients (about {size * 9 / 2**30:,.1f} GB); "
+                         f"convert the file to a common rate such as 16000 Hz first")
 
 
 def _decode_error(err: Exception) -> AudioError:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import LightHubertError
+from .errors import LightHubertError, SettingError
 from .fairseq_cfg import HUBERT_TRAINING_EXTRA, TRAINING_DEFAULTS, is_norm
 from .model import ConfigError, ModelConfig, SubnetModel, cut_subnet, fixed_params, released_layout
 from .space import SPACES, SearchSpace, SubnetError, count_params, get_space, subnet_from_text
@@ -43,6 +43,14 @@ HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 MAX_CHECKPOINT_BYTES = 8 << 30
 """The largest checkpoint file read, far above any released one (a bound, so that no file is read without end)."""
 MAX_SEED = 2**63 - 1
+
+
+def check_seed(seed: int) -> None:
+    """:class:`SettingError` (setting ``seed``) unless ``seed`` is a whole number from 0 to 2^63-1, the
+    range of ``lhb extract --seed`` (torch and numpy said only "expected non-negative integer" or
+    "Overflow when unpacking long long", or took a negative seed silently)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+        raise SettingError(f"{seed} is not a whole number from 0 to 2^63-1", "seed")
 
 
 class CheckpointError(LightHubertError):
@@ -341,6 +349,7 @@ def load_checkpoint(source: str | os.PathLike, *, seed: int = 0, trust: bool = F
             if not (parts[2].isascii() and parts[2].isdigit() and len(parts[2]) <= 20 and int(parts[2]) <= MAX_SEED):
                 raise CheckpointError(f"{text[:60]}: the seed must be an integer from 0 to {MAX_SEED}")
             seed = int(parts[2])
+        check_seed(seed)
         obj = random_checkpoint(parts[1], seed=seed)
         ckpt = from_object(obj, text)
         ckpt.random = True

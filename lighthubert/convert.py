@@ -92,6 +92,9 @@ def convert(features: str | os.PathLike, output: str | os.PathLike, fmt: str, la
         layer_positions(f.layers, layer, features)  # a missing layer fails before anything is written
         if fmt == "fairseq" and nshard < 1:
             raise ValueError("nshard must be at least 1")
+        if fmt == "fairseq" and nshard > max(len(f), 1):  # else empty shards (10^20 of them: a run without end)
+            raise SettingError(f"{nshard} shards of {len(f)} utterances would leave some empty; "
+                               f"give at most {max(len(f), 1)}", "nshard")
         files = output_files(f.keys, out, fmt, split, nshard)
         refuse_existing(files, overwrite)
         out.mkdir(parents=True, exist_ok=True)

@@ -55,12 +55,33 @@ def detect_world(env: dict | None = None) -> World:
     e = os.environ if env is None else env
     try:
         if "RANK" in e and "WORLD_SIZE" in e:
-            return World(int(e["RANK"]), int(e["WORLD_SIZE"]), int(e.get("LOCAL_RANK", 0)), "torchrun")
+            return check_world(World(int(e["RANK"]), int(e["WORLD_SIZE"]), int(e.get("LOCAL_RANK", 0)), "torchrun"), e)
         if "SLURM_PROCID" in e and "SLURM_STEP_NUM_TASKS" in e:
-            return World(int(e["SLURM_PROCID"]), int(e["SLURM_STEP_NUM_TASKS"]), int(e.get("SLURM_LOCALID", 0)), "slurm")
+            return check_world(World(int(e["SLURM_PROCID"]), int(e["SLURM_STEP_NUM_TASKS"]), int(e.get("SLURM_LOCALID", 0)),
+                                     "slurm"), e)
     except ValueError as err:
         raise OutputError(f"cannot read the launcher's rank variables: {err}") from None
     return World()
+
+
+def check_world(world: World, env: dict | None = None) -> World:
+    """``world`` if it can be joined, else :class:`OutputError` in one line: a rank outside 0..size-1,
+    or torchrun's variables without the MASTER_ADDR / MASTER_PORT torchrun sets (RANK and WORLD_SIZE
+    left in a shell), which torch reports as an error of its own deep in the rendezvous."""
+    e = os.environ if env is None else env
+    rank, size, local = (("RANK", "WORLD_SIZE", "LOCAL_RANK") if world.launcher == "torchrun"
+                         else ("SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_LOCALID"))
+    if world.launcher and (world.size < 1 or not 0 <= world.rank < world.size):
+        raise OutputError(f"the launcher's {rank}={world.rank} and {size}={world.size} do not fit: {size} must be at "
+                          f"least 1 and {rank} from 0 to {size}-1")
+    if world.launcher and world.local_rank < 0:
+        raise OutputError(f"the launcher's {local}={world.local_rank} is negative")
+    if world.launcher == "torchrun" and world.distributed:
+        missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if not e.get(k)]
+        if missing:
+            raise OutputError(f"RANK={world.rank} and WORLD_SIZE={world.size} are set but {' and '.join(missing)} "
+                              "not: start the processes with torchrun, or unset RANK and WORLD_SIZE for one process")
+    return world
 
 
 class Group:

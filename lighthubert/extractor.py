@@ -159,7 +159,10 @@ class Extractor:
 
         On CUDA the padding goes through pinned host memory (torch's caching host allocator reuses
         it) and the copy, the normalisation and the cast run on a side stream, so preparing batch k+1
-        overlaps the forward of batch k; :meth:`submit` makes the compute stream wait for it."""
+        overlaps the forward of batch k; :meth:`submit` makes the compute stream wait for it.
+        Raises ValueError for a waveform that is not (N,) or (1, N), is under 400 samples or holds
+        NaN or infinite samples (a (N, 2) stereo array would otherwise be read interleaved)."""
+        _check_waves(waves)
         tensors = [torch.as_tensor(w, dtype=torch.float32).reshape(-1) for w in waves]
         sizes = [len(t) for t in tensors]
         cuda = self.device.type == "cuda"
@@ -264,19 +267,23 @@ class Extractor:
         elif np.ndim(waves[0]) == 0:
             raise ValueError("expected a waveform or a list of waveforms, got a list of numbers; "
                              "pass one waveform as an array: ext(np.asarray(samples))")
-        for i, w in enumerate(waves):
-            shape = tuple(np.shape(w))
-            if len(shape) != 1 and not (len(shape) == 2 and shape[0] == 1):
-                raise ValueError(f"waveform {i} has shape {shape}; expected (N,) samples of one 16 kHz channel")
-            if np.prod(shape) < 400:
-                raise ValueError(f"waveform {i} has fewer than 400 samples (25 ms); it gives no frame")
-            if not bool(torch.isfinite(torch.as_tensor(w)).all()):  # else every feature is NaN, silently
-                raise ValueError(f"waveform {i} holds NaN or infinite samples")
         feats = self.submit(self.prepare(waves), idx).result()
         if self.device.type == "cuda":  # own memory: kept features must not pin the batch's page-locked buffer
             feats = [f.clone() for f in feats]
         feats = [f[0] for f in feats] if len(idx) == 1 else feats
         return feats[0] if single else feats
+
+
+def _check_waves(waves: Sequence[Tensor | np.ndarray]) -> None:
+    """ValueError naming the first waveform that is not one channel of at least 400 finite samples."""
+    for i, w in enumerate(waves):
+        shape = tuple(np.shape(w))
+        if len(shape) != 1 and not (len(shape) == 2 and shape[0] == 1):
+            raise ValueError(f"waveform {i} has shape {shape}; expected (N,) samples of one 16 kHz channel")
+        if np.prod(shape) < 400:
+            raise ValueError(f"waveform {i} has fewer than 400 samples (25 ms); it gives no frame")
+        if not bool(torch.isfinite(torch.as_tensor(w)).all()):  # else every feature is NaN, silently
+            raise ValueError(f"waveform {i} holds NaN or infinite samples")
 
 
 def load(source: str = "small", subnet: Any = None, device: Any = "auto", dtype: Any = None, *,

@@ -92,15 +92,17 @@ def _key_from(text: str) -> str:
     return key
 
 
-def _check_key(key: str, where: str) -> str:
+def _check_key(key: str, where: str, own: bool = False) -> str:
+    """``key`` if it can be stored; ``own``: the user wrote it (a .scp key), so the error does not
+    advise writing keys of one's own."""
     bad = _CONTROL.search(key)
     if bad:
         raise InputError(f"{display_path(where)}: key {escape_name(key)!r} holds the control character "
                          f"U+{ord(bad.group()):04X}; keys must be printable text")
     parts = key.split("/")
     if not key or any(part in ("", ".", "..") for part in parts):
-        raise InputError(f"{where}: {key!r} is not a usable key (empty, '.' or '..' parts); "
-                         "give keys of your own with a .scp list ('key path' lines)")
+        advice = "" if own else "; give keys of your own with a .scp list ('key path' lines)"
+        raise InputError(f"{where}: {key!r} is not a usable key (empty, '.' or '..' parts){advice}")
     return key
 
 
@@ -180,7 +182,7 @@ def _lines(path: Path) -> list[tuple[int, str]]:
     try:
         if not stat.S_ISREG(path.stat().st_mode):
             raise InputError(f"{display_path(path)}: not a regular file (a list must be a file, not a FIFO or device)")
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not part of the first path
     except UnicodeDecodeError:
         raise InputError(f"{path}: not UTF-8 text") from None
     except OSError as err:
@@ -225,7 +227,7 @@ def _from_list(path: Path) -> list[Item]:
             if target.rstrip().endswith("|"):
                 raise InputError(f"{where}: pipe commands are not supported; give a path to an audio file")
             p = Path(target)
-            items.append(Item(_check_key(key, where), p if p.is_absolute() else base / p, where))
+            items.append(Item(_check_key(key, where, own=True), p if p.is_absolute() else base / p, where))
         else:
             paths.append((where, line))
     if paths:

@@ -277,7 +277,7 @@ class LengthGroupedSampler(Sampler[list[int]]):
         if self.shuffle:
             rng.shuffle(batches)
         if self.num_replicas > 1 and batches:
-            batches += batches[: -len(batches) % self.num_replicas]
+            batches += [batches[i % len(batches)] for i in range(-len(batches) % self.num_replicas)]  # cyclically: fewer batches than processes too
             batches = batches[self.rank::self.num_replicas]
         return batches
 

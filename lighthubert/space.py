@@ -281,7 +281,7 @@ def subnet_from_text(text: str, space: SearchSpace) -> dict:
     if not path.is_file():
         raise SubnetError(f"{text!r} is not a preset (default, max, min), inline JSON or an existing JSON file")
     try:
-        data = path.read_text(encoding="utf-8")
+        data = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not JSON
     except (OSError, UnicodeDecodeError) as err:
         raise SubnetError(f"{path}: cannot read: {err}") from None
     try:

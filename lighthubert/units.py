@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from .checkpoint import KM_FORMAT, write_atomic
+from .checkpoint import KM_FORMAT, check_seed, write_atomic
 from .defaults import BATCH_SIZE, DEVICE, ITERATIONS, KMEANS_SEED, MAX_FRAMES  # batch and steps as fairseq's learn_kmeans.py
 from .errors import SettingError
 from .reader import FeaturesError, layer_positions, open_features
@@ -101,6 +102,7 @@ def learn(x: torch.Tensor, clusters: int, *, batch_size: int = BATCH_SIZE, itera
     ``iterations`` mini-batches of ``batch_size`` frames; a batch as large as x makes each step a
     full Lloyd step. Returns the centroids (K, D)."""
     n = len(x)
+    check_seed(seed)
     if clusters < 1 or clusters > n:
         raise ValueError(f"cannot make {clusters} clusters from {n} frames")
     gen = torch.Generator().manual_seed(seed)
@@ -134,6 +136,7 @@ def learn_file(features: str | os.PathLike, layer: int, clusters: int, *, max_fr
                batch_size: int = BATCH_SIZE, iterations: int = ITERATIONS, seed: int = KMEANS_SEED, device: str = DEVICE,
                progress: Callable[[int, int], None] | None = None) -> dict:
     """Learn ``clusters`` centroids from up to ``max_frames`` frames of ``layer``; the km.pt dict."""
+    check_seed(seed)
     x = sample_frames(features, layer, max_frames, seed).to(pick_device(device))
     if len(x) < clusters:
         raise FeaturesError(f"{features}: {len(x)} frames to learn from, fewer than the {clusters} clusters asked for")
@@ -209,7 +212,10 @@ def _write_units(f, km: dict, c: torch.Tensor, out: Path, *, h5: bool, features:
                 if progress:
                     progress(i + 1, len(f))
     else:
-        with open(out, "w") as t:
+        # standard output is written through its own descriptor: reopening /dev/stdout would cut a file
+        # the caller opened (`>> all.km`) or write beside the caller's offset (`{ echo a; lhb ...; } > f`)
+        stdout = out == Path("/dev/stdout")
+        with open(sys.stdout.fileno(), "w", closefd=False) if stdout else open(out, "w") as t:
             for i, k in enumerate(f.keys):
                 units = assign(f.get(k, km["layer"]).to(dev), c)[0].tolist()
                 t.write((f"{k} " if keys else "") + " ".join(map(str, units)) + "\n")

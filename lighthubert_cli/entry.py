@@ -20,8 +20,24 @@ def _stop_now(signum: int, frame: object) -> None:
     os._exit(code)
 
 
+def _reopen_closed_std_streams() -> None:
+    """Open /dev/null on a standard stream the caller closed (``lhb ... >&-``, ``2>&-``). Else the next
+    file opened takes its number and what is meant for the stream goes into that file: ``lhb units
+    apply f.h5 km.pt - >&-`` wrote the units over f.h5 itself, and a closed stderr was an internal error."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)  # the lowest free number: fd itself, as 0..fd-1 are open now
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            setattr(sys, name, open(fd, mode, closefd=False))
+
+
 def main() -> None:
     """``lhb``: install the start-up signal handlers, then import and run the CLI."""
+    _reopen_closed_std_streams()
     for s in STOPPED:
         signal.signal(s, _stop_now)
     from .main import run

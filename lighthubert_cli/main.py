@@ -191,13 +191,21 @@ def _path(text: str | Path) -> Path:
     return Path(text)
 
 
+def _features_path(text: str | Path) -> Path:
+    """A features file to write: ``-`` is refused (an HDF5 file cannot go to standard output) instead
+    of creating a file named ``-``."""
+    if isinstance(text, str) and text == "-":
+        raise typer.BadParameter("'-' (standard output) cannot hold an HDF5 features file; give a file name such as feats.h5")
+    return _path(text)
+
+
 @app.command(cls=LhbCommand)
 @_one_line_errors
 def extract(
     input: Annotated[Path, typer.Argument(
         parser=_path, metavar="INPUT", help="A folder (searched recursively for audio), one audio file, or a list: .txt/.lst (paths), "
              ".tsv (fairseq manifest), .scp (key path).", show_default=False)],
-    output: Annotated[Path, typer.Argument(parser=_path, metavar="OUTPUT", help="The HDF5 features file to write.", show_default=False)],
+    output: Annotated[Path, typer.Argument(parser=_features_path, metavar="OUTPUT", help="The HDF5 features file to write.", show_default=False)],
     checkpoint: CheckpointOpt = defaults.CHECKPOINT,
     subnet: Annotated[Optional[str], typer.Option(
         "--subnet", "-s", metavar="SPEC",
@@ -366,11 +374,16 @@ def subnet_cmd(
     chosen = [name for name, v in (("--params", params), ("--preset", preset), ("--sample", sample), ("--subnet", subnet)) if v is not None]
     if len(chosen) > 1:
         raise Fail(f"give one of --params, --preset, --sample, --subnet (got {', '.join(chosen)})", EXIT_USAGE)
+    from lighthubert.checkpoint import check_seed
+
+    check_seed(seed)  # --sample's and random:*'s seed: the range of lhb extract --seed
     if export is not None and checkpoint is None:
         raise Fail("--export needs --checkpoint (the supernet to cut the subnet from)", EXIT_USAGE)
     if export is None and (export_dtype is not None or layers is not None):
         raise Fail("--export-dtype and --layers go with --export OUT.onnx or OUT.ts", EXIT_USAGE)
     dtype = export_dtype.value if export_dtype else None
+    if output is not None and str(output) == "-":  # standard output, which has the JSON anyway (not a file '-')
+        output = None
     for target, example in ((output, "subnet.json"), (export, "subnet.pt")):  # said before anything is printed
         if target is not None:
             _check_target(target, f"is a folder; give a file name such as {target / example}")
@@ -473,7 +486,7 @@ def _subnet_table(item: dict) -> None:
 @app.command(cls=LhbCommand)
 @_one_line_errors
 def merge(
-    output: Annotated[Path, typer.Argument(parser=_path, metavar="OUTPUT", help="The features file to write (kept and added to if it exists).", show_default=False)],
+    output: Annotated[Path, typer.Argument(parser=_features_path, metavar="OUTPUT", help="The features file to write (kept and added to if it exists).", show_default=False)],
     parts: Annotated[Optional[list[Path]], typer.Argument(parser=_path, metavar="PARTS",
         help="Part files or folders of parts. Default: OUTPUT.parts/.", show_default=False)] = None,
     remove_parts: Annotated[bool, typer.Option("--remove-parts", help="Delete the parts once merged.")] = False,
@@ -496,14 +509,31 @@ def merge(
             files.append(src)
         else:
             raise Fail(f"{src}: no such file or folder")
+    files = [f for f in files if not _same_file(f, output)]  # OUTPUT is joined anyway; never removed as a part
     if not files:
         raise Fail(f"no parts found in {', '.join(map(str, sources))}")
     with OutputLock(output):  # not while a run writes it
         n = HDF5.merge(output, files, include_output=True)
     err(f"merged {count(len(files), 'part')} into {output}: {count(n, 'utterance')} ({size(output.stat().st_size)})")
-    if remove_parts:
+    if remove_parts:  # the files merged, nothing else: a folder given is removed only once empty
+        for f in files:
+            f.unlink(missing_ok=True)
         for src in sources:
-            shutil.rmtree(src) if src.is_dir() else src.unlink()
+            if src.is_dir() and os.path.abspath(src) == os.path.abspath(parts_dir(output)):
+                shutil.rmtree(src, ignore_errors=True)  # lhb's own folder: also its .tmp segments and lock
+            elif src.is_dir():
+                try:
+                    src.rmdir()
+                except OSError:
+                    pass  # other files are there: they stay
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` are the same file (also through a link); False when one is missing."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 @app.command(cls=LhbCommand)

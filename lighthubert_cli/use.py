@@ -78,6 +78,8 @@ def _library_errors(fn, *args, **kwargs):
         raise  # lhb's own one line, named by its option
     except ValueError as e:
         raise Fail(str(e), EXIT_USAGE) from None
+    except BrokenPipeError:
+        raise  # `lhb units apply ... - | head`: stdout's reader left; lhb ends quietly (141)
     except OSError as e:
         raise Fail(f"{e.filename or ''}: {e.strerror or e}") from None
 
