@@ -191,12 +191,17 @@ def _path(text: str | Path) -> Path:
     return Path(text)
 
 
-def _features_path(text: str | Path) -> Path:
-    """A features file to write: ``-`` is refused (an HDF5 file cannot go to standard output) instead
-    of creating a file named ``-``."""
-    if isinstance(text, str) and text == "-":
-        raise typer.BadParameter("'-' (standard output) cannot hold an HDF5 features file; give a file name such as feats.h5")
-    return _path(text)
+def _not_stdout(what: str, example: str):
+    """A parser for a path to write that cannot be standard output: ``-`` is refused (saying it
+    cannot hold ``what``; give ``example``) instead of making a file or folder named ``-``."""
+    def parse(text: str | Path) -> Path:
+        if isinstance(text, str) and text == "-":
+            raise typer.BadParameter(f"'-' (standard output) cannot hold {what}; give {example}")
+        return _path(text)
+    return parse
+
+
+_features_path = _not_stdout("an HDF5 features file", "a file name such as feats.h5")
 
 
 @app.command(cls=LhbCommand)

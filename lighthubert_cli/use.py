@@ -11,7 +11,7 @@ import typer
 
 from lighthubert.defaults import BATCH_SIZE, CLUSTERS, DEVICE, ITERATIONS, KMEANS_SEED, MAX_FRAMES
 
-from .main import EXIT_USAGE, Fail, LhbCommand, LhbGroup, _check_target, _one_line_errors, _path
+from .main import EXIT_USAGE, Fail, LhbCommand, LhbGroup, _check_target, _not_stdout, _one_line_errors, _path
 from .progress import err
 
 units_app = typer.Typer(
@@ -87,7 +87,8 @@ def _library_errors(fn, *args, **kwargs):
 @_one_line_errors
 def convert(
     features: FeaturesArg,
-    output: Annotated[Path, typer.Argument(parser=_path, metavar="OUTPUT", help="The folder to write (created).", show_default=False)],
+    output: Annotated[Path, typer.Argument(parser=_not_stdout("the files of a folder", "a folder name such as km_feats"),
+                                           metavar="OUTPUT", help="The folder to write (created).", show_default=False)],
     layer: LayerOpt,
     fmt: Annotated[Format, typer.Option(
         "--format", "-f", help="fairseq: SPLIT_RANK_NSHARD.npy/.len/.keys (simple_kmeans layout); npy: one KEY.npy "
@@ -114,7 +115,8 @@ def convert(
 @_one_line_errors
 def learn(
     features: FeaturesArg,
-    km_path: Annotated[Path, typer.Argument(parser=_path, metavar="KM", help="The k-means file to write (e.g. km.pt).", show_default=False)],
+    km_path: Annotated[Path, typer.Argument(parser=_not_stdout("a k-means file", "a file name such as km.pt"), metavar="KM",
+                                            help="The k-means file to write (e.g. km.pt).", show_default=False)],
     layer: LayerOpt,
     clusters: Annotated[int, typer.Option("--clusters", "-k", min=1, help="Number of clusters (units).")] = CLUSTERS,
     max_frames: Annotated[int, typer.Option(

@@ -120,6 +120,15 @@ def test_features_output_dash_is_refused_not_a_file_named_dash(tmp_path):
         assert r.err_lines == ["lhb: error: OUTPUT: '-' (standard output) cannot hold an HDF5 features file; "
                                "give a file name such as feats.h5"], r
         assert list(tmp_path.iterdir()) == [], r
+    feats, km = tmp_path.parent / "dash_f.h5", tmp_path.parent / "dash_km.pt"  # outside the folder checked empty
+    assert lhb("extract", wav, feats, "-c", "random:small", "--subnet", "min", "-q").returncode == 0
+    for args, line in ((["convert", feats, "-", "--layer", "12"], "OUTPUT: '-' (standard output) cannot hold the files of a "
+                        "folder; give a folder name such as km_feats"),
+                       (["units", "learn", feats, "-", "--layer", "12", "-k", "2"], "KM: '-' (standard output) cannot hold "
+                        "a k-means file; give a file name such as km.pt")):
+        r = lhb(*args, cwd=tmp_path)
+        assert r.returncode == 2 and r.err_lines == [f"lhb: error: {line}"], r
+        assert list(tmp_path.iterdir()) == [], r
     r = lhb("extract", wav, "./-", "-c", "random:small", "--subnet", "min", "-q", cwd=tmp_path)  # a file named so, asked for
     assert r.returncode == 0 and (tmp_path / "-").is_file(), r
 
