@@ -159,6 +159,24 @@ def kaldi_matrix(x: np.ndarray) -> bytes:
     return b"\0BFM " + struct.pack("<bibi", 4, x.shape[0], 4, x.shape[1]) + x.tobytes()
 
 
+def sources_not_16k(features: str | os.PathLike) -> tuple[int, int, str | None, int | None]:
+    """For the ``.tsv`` of the fairseq layout, which lists the audio files as they are stored:
+    ``(n, total, first, rate)``, the ``n`` of ``total`` utterances whose file is stored at another
+    rate than 16 kHz (fairseq's HuBERT training reads it as it is and needs 16 kHz), the first such
+    file and its rate. Only headers are read; a file whose header cannot be read is not counted."""
+    from .audio import SAMPLE_RATE, audio_frames
+
+    n, first, first_rate = 0, None, None
+    with open_features(features) as f:
+        for k in f.keys:
+            info = audio_frames(f.source(k))
+            if info is not None and info[1] != SAMPLE_RATE:
+                n += 1
+                if first is None:
+                    first, first_rate = f.source(k), info[1]
+        return n, len(f), first, first_rate
+
+
 def write_tsv(f, path: Path) -> Path:
     """fairseq's manifest: the root folder, then ``relative/path<TAB>num_samples`` per utterance, in
     key order (the order of the ``.len`` lines and of ``lhb units apply``'s lines)."""

@@ -18,6 +18,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from torch.utils.data import DataLoader
 
@@ -178,6 +179,12 @@ def test_convert_fairseq_layout(feats, tmp_path):
     root, *rows = (out / "valid.tsv").read_text().splitlines()
     assert [str(Path(root) / row.split("\t")[0]) for row in rows] == [ref.meta[k]["source"] for k in keys]
     assert [int(row.split("\t")[1]) for row in rows] == [ref.meta[k]["num_samples"] for k in keys]
+    # fairseq's HuBERT training reads the listed files as stored and needs 16 kHz: the others are named
+    odd = [(ref.meta[k]["source"], sf.info(ref.meta[k]["source"]).samplerate) for k in keys]
+    odd = [(src, rate) for src, rate in odd if rate != 16000]
+    assert len(odd) == 1 and r.err_lines[-1] == (
+        f"{out / 'valid.tsv'}: 1 of {len(keys)} audio files are not stored at 16 kHz (first: {odd[0][0]}, "
+        f"{odd[0][1]} Hz); fairseq's HuBERT training reads them as stored and needs 16 kHz: resample them first"), r
 
 
 def test_convert_npy_and_kaldi(feats, tmp_path):
