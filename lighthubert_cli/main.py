@@ -655,8 +655,16 @@ def _info_features(path: Path, as_json: bool) -> None:
     rows = [("utterances", f"{d['utterances']:,}"), ("frames", f"{d['frames']:,}"),
             ("audio", hms(d["audio_seconds"])), ("feature shape", ", ".join(str(s) for s in d["feature_dims"]))]
     rows += [(k, json.dumps(v) if isinstance(v, (dict, list)) else str(v)) for k, v in a.items() if k != "skipped"]
-    rows.append(("skipped", f"{len(a.get('skipped', []))}"))
+    skipped = a.get("skipped", [])
+    rows.append(("skipped", f"{len(skipped)}"))
+    rows += [(f"  {s['key']}", f"{s['path']}: {s['reason']}") for s in skipped[:SHOW_SKIPPED]]
+    if len(skipped) > SHOW_SKIPPED:
+        rows.append(("  ...", f"and {len(skipped) - SHOW_SKIPPED:,} more (lhb info --json lists them all)"))
     _table(str(path), rows)
+
+
+SHOW_SKIPPED = 20
+"""Skipped inputs ``lhb info`` lists by key, path and reason (all of them with ``--json``)."""
 
 
 def _info_units(path: Path, d: dict, as_json: bool) -> None:

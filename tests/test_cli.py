@@ -586,6 +586,9 @@ def test_bad_inputs_are_skipped_and_recorded(jobs, ref_min):
         lines = [ln for ln in r.err_lines if f"{key}.wav" in ln]
         assert lines, f"{key}.wav is not named on stderr\n{r}"
         assert any(s["reason"] in ln or re.search(pattern, ln, re.I) for ln in lines), f"{key}: no reason\n{r}"
+    described = lhb("info", out).stdout.splitlines()  # lhb info names each, with its path and reason
+    for key, s in skipped.items():
+        assert [key, f"{s['path']}: {s['reason']}"] in [ln.strip().split(None, 1) for ln in described], described
     for key in GOOD_KEYS:
         check_against(f, key, ref_min("small", bad / f"{key}.wav"), f.layers, "bad-inputs folder")
     assert f.data["good/tiny8k"].shape[1] == 1  # 250 samples at 8 kHz -> 500 at 16 kHz -> one frame
