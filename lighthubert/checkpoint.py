@@ -422,11 +422,20 @@ KM_FORMAT = "lighthubert-kmeans"
 """The ``format`` entry of a k-means file from ``lhb units learn`` (:mod:`lighthubert.units`), also a .pt."""
 
 
+class KMeansFile(CheckpointError):
+    """A k-means file from ``lhb units learn`` where a checkpoint was expected (both are .pt files);
+    ``km`` is what it holds, for a caller that can use it (``lhb info`` describes it)."""
+
+    def __init__(self, message: str, km: dict):
+        super().__init__(message)
+        self.km = km
+
+
 def from_object(obj: Any, where: str) -> Checkpoint:
     """Check a loaded checkpoint dict and describe it."""
-    if isinstance(obj, Mapping) and obj.get("format") == KM_FORMAT:  # both are .pt files
-        raise CheckpointError(f"{where}: a k-means file made by lhb units learn (lhb units apply reads it), "
-                              "not a LightHuBERT checkpoint")
+    if isinstance(obj, Mapping) and obj.get("format") == KM_FORMAT:
+        raise KMeansFile(f"{where}: a k-means file made by lhb units learn (lhb units apply reads it), "
+                         "not a LightHuBERT checkpoint", dict(obj))
     if not isinstance(obj, Mapping) or not isinstance(obj.get("cfg"), Mapping) or not isinstance(obj.get("model"), Mapping):
         raise CheckpointError(f"{where}: not a LightHuBERT checkpoint (no 'cfg' and 'model' entries)")
     model_cfg, task = obj["cfg"].get("model"), obj["cfg"].get("task")

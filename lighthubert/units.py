@@ -223,6 +223,15 @@ def _write_units(f, km: dict, c: torch.Tensor, out: Path, *, h5: bool, features:
                     progress(i + 1, len(f))
 
 
+def describe_km(km: dict) -> dict:
+    """What a k-means file from :func:`learn_file` holds, without its centroids: layer, clusters,
+    width, inertia, frames, seed and the features file it was learnt from."""
+    c = km.get("centroids")
+    out = {k: km.get(k) for k in ("format", "layer", "clusters", "inertia", "frames", "seed", "features")}
+    out["dim"] = int(c.shape[1]) if isinstance(c, torch.Tensor) and c.dim() == 2 else None
+    return out
+
+
 def describe_units(path: str | os.PathLike) -> dict | None:
     """What a units .h5 from :func:`apply_file` holds (its attributes, utterances, frames, the units
     used), or None when ``path`` is not one."""

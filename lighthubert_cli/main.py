@@ -545,12 +545,13 @@ def _same_file(a: Path, b: Path) -> bool:
 @_one_line_errors
 def info(
     path: Annotated[str, typer.Argument(metavar="PATH", help=(
-        "A checkpoint (path, name or random:KIND), a features or units file (.h5) or an exported subnet (.onnx, .ts)."), show_default=False)],
+        "A checkpoint (path, name or random:KIND), a features or units file (.h5), a k-means file (lhb units learn) "
+        "or an exported subnet (.onnx, .ts)."), show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
     seed: SeedOpt = 0,
     trust_checkpoint: TrustOpt = False,
 ) -> None:
-    """Describe a checkpoint, a features or units file, or an exported subnet (.onnx, .ts).
+    """Describe a checkpoint, a features or units file, a k-means file, or an exported subnet (.onnx, .ts).
 
     Example: lhb info lighthubert_small.pt --json
     """
@@ -568,7 +569,27 @@ def info(
 
         if file_format(p):
             return _info_exported(p, as_json)
-    _info_checkpoint(path, as_json, seed, trust_checkpoint)
+    from lighthubert.checkpoint import KMeansFile
+
+    try:
+        _info_checkpoint(path, as_json, seed, trust_checkpoint)
+    except KMeansFile as e:  # the other .pt files lhb makes
+        _info_km(p, e.km, as_json)
+
+
+def _info_km(path: Path, km: dict, as_json: bool) -> None:
+    """A k-means file from lhb units learn."""
+    from lighthubert.units import describe_km
+
+    d = describe_km(km)
+    if as_json:
+        print(json.dumps(d, default=str))
+        return
+    rows = [("clusters", f"{d['clusters']:,}"), ("layer", str(d["layer"])), ("width", str(d["dim"])),
+            ("frames", f"{d['frames']:,}" if isinstance(d["frames"], int) else str(d["frames"])),
+            ("inertia", f"{d['inertia']:.6g} per frame" if isinstance(d["inertia"], float) else str(d["inertia"])),
+            ("seed", str(d["seed"])), ("features", str(d["features"])), ("format", str(d["format"]))]
+    _table(f"{path} (k-means centroids from lhb units learn)", rows)
 
 
 def _info_exported(path: Path, as_json: bool) -> None:

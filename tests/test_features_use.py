@@ -265,7 +265,12 @@ def test_units_learn_matches_sklearn_and_apply(feats, tmp_path):
     keyed, h5 = tmp_path / "keyed.txt", tmp_path / "units.h5"
     runs = [Run(["units", "apply", path, km_path, keyed, "--keys", "--device", "cpu", "-q"]),  # all at once
             Run(["units", "apply", path, km_path, h5, "--device", "cpu", "-q"]),
-            Run(["units", "apply", path, km_path, "-", "--keys", "--device", "cpu"], cwd=tmp_path)]
+            Run(["units", "apply", path, km_path, "-", "--keys", "--device", "cpu"], cwd=tmp_path),
+            Run(["info", km_path, "--json"])]  # the k-means file described, not refused as a checkpoint
+    info = runs[3].result()
+    assert info.returncode == 0 and json.loads(info.stdout) == {
+        "format": "lighthubert-kmeans", "layer": LAYER, "clusters": 20, "dim": 256, "inertia": km["inertia"],
+        "frames": km["frames"], "seed": 3, "features": str(path.resolve())}, info
     assert runs[0].result().returncode == 0, runs[0].result()
     assert keyed.read_text().splitlines() == [f"{k} {line}" for k, line in zip(keys, lines)]
     stdout = runs[2].result()  # "-": the text on standard output, the message on standard error
