@@ -280,7 +280,10 @@ class Checkpoint:
                 return dict(self.subnet)
             sub = spec if isinstance(spec, Mapping) else subnet_from_text(str(spec), self.space)
             if self.space.validate(sub, strict=False) != self.subnet:
-                raise SubnetError(f"{self.source} is an exported subnet and holds only {self.subnet}")
+                s = self.subnet
+                raise SubnetError(f"{self.source} is an exported subnet and holds only its own ({s['layer_num']} layers, "
+                                  f"width {s['embed_dim']}, {self.params(s):,} params): leave out the subnet, or "
+                                  "give the supernet checkpoint it was cut from")
             return dict(self.subnet)
         if spec is None:
             return self.default_subnet

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import pickle
 import time
 import zipfile
@@ -111,7 +112,9 @@ def test_export_round_trip(kind, subnet, ckpts, ckpt_files, authors_counters, sh
     assert exported.params(sub) == count
     assert "RANDOM WEIGHTS" in exported.name
     assert exported.normalize == ckpt.normalize
-    with pytest.raises(SubnetError):
+    with pytest.raises(SubnetError, match=re.escape(  # one readable line, not the subnet dict
+            f"is an exported subnet and holds only its own ({sub['layer_num']} layers, width {sub['embed_dim']}, "
+            f"{count:,} params): leave out the subnet, or give the supernet checkpoint it was cut from")):
         exported.resolve_subnet("max")
     original, again = ckpt.model(sub), exported.model()
     w = torch.from_numpy(short_speech[1])
