@@ -53,6 +53,12 @@ def test_resume_or_merge_of_an_hdf5_file_that_is_not_ours_says_so(tmp_path):
             call()
         assert str(e.value).startswith(f"{foreign}: an HDF5 file, but not a lighthubert features file"), e.value
         assert "None" not in str(e.value)
+    units = tmp_path / "units.h5"  # lhb units apply's file, given as OUTPUT by mistake: named as what it is
+    with h5py.File(units, "w") as f:
+        f.attrs["format"] = "lighthubert-units"
+        f["units/u"] = [1, 2]
+    with pytest.raises(OutputError, match=f"^{units}: a units file \\(lhb units apply\\), but not a lighthubert features file"):
+        FeatureWriter(units, _attrs(), resume=True)
     ours = tmp_path / "ours.h5"
     _features_file(ours)
     with pytest.raises(OutputError, match="other.h5: an HDF5 file, but not a lighthubert features file$"):

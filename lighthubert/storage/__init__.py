@@ -141,7 +141,8 @@ def check_identity(path: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -
     settings that differ and how (a file from before an identity attribute existed differs too).
     An HDF5 file that is not a features file at all is refused as such, not as a list of differences."""
     if plain(old.get("format")) != FORMAT:
-        raise OutputError(f"{path}: an HDF5 file, but not a lighthubert features file; use --overwrite to replace it, "
+        what = "a units file (lhb units apply)" if plain(old.get("format")) == UNITS_FORMAT else "an HDF5 file"
+        raise OutputError(f"{path}: {what}, but not a lighthubert features file; use --overwrite to replace it, "
                           "or another OUTPUT")
     diff = sorted(identity_diff(old, new), key=lambda k: k != "subnet")  # a subnet changes layers too
     if diff:
