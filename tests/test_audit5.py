@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import torch
 
-from cli_helpers import _env, lhb, lhb_command
+from cli_helpers import Run, _env, lhb, lhb_command
 from helpers import SPEECH_DIR
 
 FILES = ["spk1/utt01.wav", "spk1/utt02.wav", "spk2/utt01.wav"]
@@ -110,25 +110,22 @@ def test_an_odd_sample_rate_is_skipped_before_its_filter_exhausts_memory(tmp_pat
 
 
 @pytest.mark.slow  # lhb subprocesses
-def test_features_output_dash_is_refused_not_a_file_named_dash(tmp_path):
+def test_features_output_dash_is_refused_not_a_file_named_dash(tmp_path, feats_km):
     """`lhb units apply ... -` writes to standard output; `lhb extract wavs -` (or `lhb merge -`)
-    silently created a file named '-' in the current folder and exited 0."""
-    wav = SPEECH_DIR / FILES[0]
-    for args in (["extract", wav, "-", "-c", "random:small"], ["merge", "-", tmp_path / "none.h5"]):
-        r = lhb(*args, cwd=tmp_path)
-        assert r.returncode == 2, r
-        assert r.err_lines == ["lhb: error: OUTPUT: '-' (standard output) cannot hold an HDF5 features file; "
-                               "give a file name such as feats.h5"], r
-        assert list(tmp_path.iterdir()) == [], r
-    feats, km = tmp_path.parent / "dash_f.h5", tmp_path.parent / "dash_km.pt"  # outside the folder checked empty
-    assert lhb("extract", wav, feats, "-c", "random:small", "--subnet", "min", "-q").returncode == 0
-    for args, line in ((["convert", feats, "-", "--layer", "12"], "OUTPUT: '-' (standard output) cannot hold the files of a "
-                        "folder; give a folder name such as km_feats"),
-                       (["units", "learn", feats, "-", "--layer", "12", "-k", "2"], "KM: '-' (standard output) cannot hold "
-                        "a k-means file; give a file name such as km.pt")):
-        r = lhb(*args, cwd=tmp_path)
+    silently created a file named '-' in the current folder and exited 0, `lhb convert f.h5 -` a
+    folder '-' and `lhb units learn f.h5 -` a file '-'."""
+    wav, (feats, _) = SPEECH_DIR / FILES[0], feats_km
+    hdf5 = "OUTPUT: '-' (standard output) cannot hold an HDF5 features file; give a file name such as feats.h5"
+    cases = [(["extract", wav, "-", "-c", "random:small"], hdf5), (["merge", "-", tmp_path / "none.h5"], hdf5),
+             (["convert", feats, "-", "--layer", "3"],
+              "OUTPUT: '-' (standard output) cannot hold the files of a folder; give a folder name such as km_feats"),
+             (["units", "learn", feats, "-", "--layer", "3", "-k", "2"],
+              "KM: '-' (standard output) cannot hold a k-means file; give a file name such as km.pt")]
+    runs = [Run(args, cwd=tmp_path) for args, _ in cases]  # all at once
+    for (_, line), run in zip(cases, runs):
+        r = run.result()
         assert r.returncode == 2 and r.err_lines == [f"lhb: error: {line}"], r
-        assert list(tmp_path.iterdir()) == [], r
+    assert list(tmp_path.iterdir()) == []
     r = lhb("extract", wav, "./-", "-c", "random:small", "--subnet", "min", "-q", cwd=tmp_path)  # a file named so, asked for
     assert r.returncode == 0 and (tmp_path / "-").is_file(), r
 
@@ -157,13 +154,15 @@ def test_a_seed_out_of_range_is_one_usage_line_naming_seed_in_every_command(tmp_
     non-negative integer' (no option named) or 'Overflow when unpacking long long', lhb subnet -c
     random:small an 'internal error', and lhb subnet --sample / lhb info random:* took -1 silently."""
     feats, _ = feats_km
-    for seed in ("-1", str(2**64)):  # 2**63: test_library_seed_range
-        line = f"lhb: error: --seed: {seed} is not a whole number from 0 to 2^63-1"
-        for args in (["units", "learn", feats, tmp_path / "km.pt", "--layer", "3", "--clusters", "2"],
-                     ["subnet", "--sample", "2"], ["subnet", "--preset", "min", "-c", "random:small"],
-                     ["info", "random:small"], ["extract", SPEECH_DIR / FILES[0], tmp_path / "f.h5", "-c", "random:small"]):
-            r = lhb(*args, "--seed", seed)
-            assert r.returncode == 2 and r.err_lines == [line] and r.stdout == "", r
+    commands = (["units", "learn", feats, tmp_path / "km.pt", "--layer", "3", "--clusters", "2"],
+                ["subnet", "--sample", "2"], ["subnet", "--preset", "min", "-c", "random:small"],
+                ["info", "random:small"], ["extract", SPEECH_DIR / FILES[0], tmp_path / "f.h5", "-c", "random:small"])
+    seeds = ["-1", str(2**64)] * 3  # each command one of both (2**63: test_library_seed_range)
+    runs = [Run([*args, "--seed", seed]) for args, seed in zip(commands, seeds)]  # all at once
+    for run, seed in zip(runs, seeds):
+        r = run.result()
+        assert r.returncode == 2 and r.err_lines == [f"lhb: error: --seed: {seed} is not a whole number from 0 to 2^63-1"], r
+        assert r.stdout == "", r
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
@@ -180,8 +179,9 @@ def test_library_seed_range():
 def test_convert_refuses_more_shards_than_utterances(tmp_path, feats_km):
     """--nshard above the utterance count wrote empty shards; --nshard 10**20 ran without end."""
     feats, _ = feats_km
-    for n in ("4", str(10**20)):
-        r = lhb("convert", feats, tmp_path / "out", "--layer", "3", "--nshard", n, "-q")
+    runs = {n: Run(["convert", feats, tmp_path / "out", "--layer", "3", "--nshard", n, "-q"]) for n in ("4", str(10**20))}
+    for n, run in runs.items():
+        r = run.result()
         assert r.returncode == 2, r
         assert r.err_lines == [f"lhb: error: --nshard: {n} shards of 3 utterances would leave some empty; give at most 3"], r
         assert not (tmp_path / "out").exists()
