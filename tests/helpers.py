@@ -4,12 +4,22 @@ authors' model."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
 SPEECH_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech"
+
+
+def copy_speech(dst: Path, rels: list[str]) -> Path:
+    """Copy the example speech files ``rels`` (paths relative to SPEECH_DIR) into the folder ``dst``,
+    keeping their subfolders; returns ``dst``."""
+    for rel in rels:
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(SPEECH_DIR / rel, dst / rel)
+    return dst
 
 
 def frames_for(n: int) -> int:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cli_helpers import Run, _env, lhb, lhb_command
-from helpers import SPEECH_DIR
+from helpers import SPEECH_DIR, copy_speech
 
 FILES = ["spk1/utt01.wav", "spk1/utt02.wav", "spk2/utt01.wav"]
 
@@ -19,9 +19,7 @@ FILES = ["spk1/utt01.wav", "spk1/utt02.wav", "spk2/utt01.wav"]
 def feats_km(tmp_path_factory):
     """A features file (layers 0 and 3 of random:small's min subnet) and a 4-cluster k-means of layer 3."""
     d = tmp_path_factory.mktemp("audit5")
-    for rel in FILES:
-        (d / "wav" / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(SPEECH_DIR / rel, d / "wav" / rel)
+    copy_speech(d / "wav", FILES)
     feats, km = d / "feats.h5", d / "km.pt"
     r = lhb("extract", d / "wav", feats, "-c", "random:small", "--subnet", "min", "--layers", "0,3", "--device", "cpu", "-q")
     assert r.returncode == 0, r

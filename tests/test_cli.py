@@ -45,7 +45,7 @@ from cli_helpers import (
     variable_params,
 )
 from conftest import KINDS, SEEDS, SUPERNET_TYPE, authors_default_subnet
-from helpers import SPEECH_DIR, authors_states, frames_for, rel_err
+from helpers import SPEECH_DIR, authors_states, copy_speech, frames_for, rel_err
 from oracle import authors
 
 TOL = 1e-4  # the issue: the authors' single-utterance result within 1e-4 relative, whatever the batching
@@ -144,9 +144,7 @@ def job_tsv(ctx):
 def job_txt(ctx):
     """A .txt list of relative paths, run from the list's folder; --layers 3,0."""
     d = ctx.tmp / "txt"
-    for rel in SHORT_FILES[:3]:
-        (d / "data" / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(SPEECH_DIR / rel, d / "data" / rel)
+    copy_speech(d / "data", SHORT_FILES[:3])
     (d / "list.txt").write_text("".join(f"data/{rel}\n" for rel in SHORT_FILES[:3]))
     return d / "list.h5", lhb("extract", "list.txt", "list.h5", "-c", ctx.aux, *SMALL_MIN,
                               "--layers", "3,0", cwd=d)
@@ -354,10 +352,7 @@ def jobs(ckpt_files, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli")
     ctx = SimpleNamespace(tmp=tmp, ckpt={}, bad=tmp / "badinputs")
     make_bad_folder(ctx.bad)
-    ctx.json_in = tmp / "json_in"
-    for rel in JSON_FILES:
-        (ctx.json_in / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(SPEECH_DIR / rel, ctx.json_in / rel)
+    ctx.json_in = copy_speech(tmp / "json_in", JSON_FILES)
     pool = Jobs(workers=2)
     for kind in KINDS:
         ctx.ckpt[kind] = ckpt_files[kind]  # written on first use: start each kind's runs as soon as it is there

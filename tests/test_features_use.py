@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 import lighthubert
 from cli_helpers import Run, lhb, read_features
-from helpers import SPEECH_DIR
+from helpers import SPEECH_DIR, copy_speech
 from lighthubert import FeaturesDataset, FeaturesError, LengthGroupedSampler, open_features, pad_collate
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -39,9 +39,7 @@ pytestmark = pytest.mark.slow  # end-to-end: many lhb runs (README: the quick su
 def feats(tmp_path_factory):
     """A features file of all layers (min subnet of random:small) and its contents read with h5py."""
     d = tmp_path_factory.mktemp("use")
-    for rel in FILES:
-        (d / "wav" / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(SPEECH_DIR / rel, d / "wav" / rel)
+    copy_speech(d / "wav", FILES)
     out = d / "feats.h5"
     r = lhb("extract", d / "wav", out, "-c", "random:small", "--subnet", "min", "--layers", "all", "--device", "cpu")
     assert r.returncode == 0, r

@@ -29,7 +29,7 @@ import torch
 
 import lighthubert
 from cli_helpers import Run, _env, lhb, lhb_command, read_features
-from helpers import SPEECH_DIR, frames_for
+from helpers import SPEECH_DIR, copy_speech, frames_for
 
 REPO = Path(__file__).resolve().parents[1]
 LONG, SHORT, MID = "spk3/utt02.wav", "spk2/utt03.wav", "spk1/utt03.wav"  # about 10 s, 1 s and 2.7 s
@@ -43,13 +43,6 @@ def seconds(text: str) -> int:
     for part in text.split(":"):
         out = out * 60 + int(part)
     return out
-
-
-def copy_speech(dst: Path, rels: list[str]) -> Path:
-    for rel in rels:
-        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(SPEECH_DIR / rel, dst / rel)
-    return dst
 
 
 def one_error_line(r, code: int) -> str:
