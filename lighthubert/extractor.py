@@ -163,6 +163,11 @@ class Extractor:
         Raises ValueError for a waveform that is not (N,) or (1, N), is under 400 samples or holds
         NaN or infinite samples (a (N, 2) stereo array would otherwise be read interleaved)."""
         _check_waves(waves)
+        return self._prepare(waves, normalized)
+
+    def _prepare(self, waves: Sequence[Tensor | np.ndarray], normalized: bool = False) -> Prepared:
+        """:meth:`prepare` of waveforms known to be good, as :func:`lighthubert.audio.load_audio`
+        returns them (the pipeline's hot path: the check is a pass over every sample)."""
         tensors = [torch.as_tensor(w, dtype=torch.float32).reshape(-1) for w in waves]
         sizes = [len(t) for t in tensors]
         cuda = self.device.type == "cuda"

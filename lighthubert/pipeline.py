@@ -307,7 +307,7 @@ def _launch(good: list[tuple[Item, np.ndarray]], extractor: Extractor, options: 
         return lambda: [job]
     waves = [w for _, w in good]
     try:
-        pending = extractor.submit(extractor.prepare(waves), options.layers, out_dtype)
+        pending = extractor.submit(extractor._prepare(waves), options.layers, out_dtype)  # load_audio checked them
         feats: Callable[[], list] = lambda: [f.numpy() for f in pending.result()]
     except torch.OutOfMemoryError as err:
         done = _halves(extractor, waves, options.layers, out_dtype, err)
@@ -331,7 +331,7 @@ def _run(extractor: Extractor, waves: list, layers: list[int], out_dtype: torch.
     """Forward pass, results cast to ``out_dtype`` on the device (half the transfer when saving
     float16); on CUDA out-of-memory the batch is split in halves (see :func:`_halves`)."""
     try:
-        pending = extractor.submit(extractor.prepare(waves), layers, out_dtype)
+        pending = extractor.submit(extractor._prepare(waves), layers, out_dtype)  # load_audio checked them
         return [f.numpy() for f in pending.result()]
     except torch.OutOfMemoryError as err:
         return _halves(extractor, waves, layers, out_dtype, err)
