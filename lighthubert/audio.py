@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import stat
+import struct
 import sys
 from importlib import metadata
 
@@ -134,6 +135,38 @@ def _decode_error(err: Exception) -> AudioError:
     return AudioError(f"cannot decode: {text}")
 
 
+def wav_truncation(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(frames its header declares, frames the file holds) when ``path`` is a RIFF/WAVE file whose
+    ``data`` chunk runs past the end of the file (an interrupted copy or download), else None.
+    libsndfile silently reads such a file as far as it goes. Sizes a streaming writer leaves as
+    placeholders (0, or 2 GB and more, such as 0xFFFFFFFF) and RF64 files are not judged."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+                return None
+            order = "<" if head[:4] == b"RIFF" else ">"
+            size = os.fstat(f.fileno()).st_size
+            offset, block = 12, 0
+            for _ in range(1000):  # a bounded walk over the chunks before the data
+                f.seek(offset)
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    return None
+                cid, (length,) = chunk[:4], struct.unpack(order + "I", chunk[4:])
+                if cid == b"fmt " and length >= 14:
+                    block = struct.unpack(order + "H", f.read(14)[12:14])[0]
+                elif cid == b"data":
+                    present = size - offset - 8
+                    if block <= 0 or length == 0 or length >= 0x7FFF0000 or length <= present:
+                        return None
+                    return length // block, present // block
+                offset += 8 + length + (length & 1)
+    except OSError:
+        return None
+    return None
+
+
 def load_audio(path: str | os.PathLike) -> np.ndarray:
     """(N,) float32 mono waveform at 16 kHz, or :class:`AudioError` saying why not.
     Raises :class:`ResamplerUnavailable` when the file needs resampling and torchaudio is broken."""
@@ -146,6 +179,10 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
         with sf.SoundFile(os.fsencode(path)) as f:
             rate = int(f.samplerate)
             check_rate(rate)  # from the header, before any sample is read
+            cut = wav_truncation(path)
+            if cut is not None:
+                raise AudioError(f"truncated: its header declares {cut[0]} samples at {rate} Hz but the file ends "
+                                 f"after {cut[1]} (an interrupted copy or download?)")
             data = f.read(dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
         raise _decode_error(err) from None

@@ -27,8 +27,8 @@ needs_speech = pytest.mark.skipif(not SPEECH_DIR.is_dir(), reason=f"no speech da
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A relative-path run from ``root``: in/spk/a.wav (good), in/empty.wav (0 bytes) and
-    in/bad.mp3 (not audio) into out/feats.h5."""
+    """A relative-path run from ``root``: in/spk/a.wav (good), in/empty.wav (0 bytes),
+    in/bad.mp3 (not audio) and in/cut.wav (the first half of a.wav: an interrupted copy) into out/feats.h5."""
     if not SPEECH_DIR.is_dir():
         pytest.skip(f"no speech data at {SPEECH_DIR}")
     root = tmp_path_factory.mktemp("contract")
@@ -37,6 +37,8 @@ def run(tmp_path_factory):
     shutil.copy(SPEECH_DIR / "spk1" / "utt01.wav", root / "in" / "spk" / "a.wav")
     (root / "in" / "empty.wav").write_bytes(b"")
     (root / "in" / "bad.mp3").write_bytes(b"this is not an mp3 file\n" * 4)
+    whole = (root / "in" / "spk" / "a.wav").read_bytes()
+    (root / "in" / "cut.wav").write_bytes(whole[: len(whole) // 2])
     here = os.getcwd()
     os.chdir(root)
     try:
@@ -54,7 +56,8 @@ def test_stored_paths_are_absolute_and_the_fairseq_manifest_leads_to_the_audio(r
         assert f["features/spk/a"].attrs["source"] == str(audio)
         skipped = {s["key"]: s["path"] for s in json.loads(f.attrs["skipped"])}
         last = int(f.attrs["layers"][0])
-    assert skipped == {"empty": str(root / "in" / "empty.wav"), "bad": str(root / "in" / "bad.mp3")}
+    assert skipped == {"empty": str(root / "in" / "empty.wav"), "bad": str(root / "in" / "bad.mp3"),
+                       "cut": str(root / "in" / "cut.wav")}
     monkeypatch.chdir(tmp_path)  # convert from another folder, with a relative path to the file
     convert(os.path.relpath(root / "out" / "feats.h5"), "km", "fairseq", last)
     manifest_root, row = (tmp_path / "km" / "train.tsv").read_text().splitlines()
@@ -71,11 +74,14 @@ def test_root_attributes_name_the_resampler(run):
 
 
 @needs_speech
-def test_empty_and_undecodable_files_are_skipped_with_a_true_reason(run):
-    _, summary = run
+def test_empty_undecodable_and_truncated_files_are_skipped_with_a_true_reason(run):
+    root, summary = run
     reasons = {item.key: reason for item, reason in summary.skipped}
     assert reasons["empty"] == "empty file (0 bytes)"
     assert reasons["bad"].startswith("cannot decode") and "does not exist" not in reasons["bad"]
+    # libsndfile reads a WAV cut short as far as it goes: half an utterance would be stored as if whole
+    declared = sf.info(str(SPEECH_DIR / "spk1" / "utt01.wav")).frames
+    assert reasons["cut"].startswith(f"truncated: its header declares {declared} samples at 16000 Hz")
 
 
 def test_comment_lines_are_ignored_in_a_tsv_manifest_too(tmp_path):

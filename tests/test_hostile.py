@@ -189,6 +189,25 @@ def test_sample_rates_outside_the_range_are_refused_before_decoding(tmp_path):
     assert load_audio(path).shape == (16000,)
 
 
+def test_wav_length_fields_only_a_cut_file_is_refused(tmp_path):
+    """A WAV whose data chunk runs past the end is skipped as truncated (libsndfile would read the
+    part that is there as if it were all), but the placeholders streaming writers leave (0xFFFFFFFF,
+    0x7FFFF000), trailing bytes after the data and a stereo WAVE_FORMAT_EXTENSIBLE file are read whole."""
+    wave = (np.sin(np.arange(8000) / 7) / 2).astype(np.float32)
+    sf.write(tmp_path / "whole.wav", np.stack([wave, -wave], 1), 16000, subtype="PCM_24")  # extensible, 6-byte blocks
+    whole = (tmp_path / "whole.wav").read_bytes()
+    data = whole.index(b"data")
+    (tmp_path / "cut.wav").write_bytes(whole[:-7])  # 7 bytes short: 1 whole frame and part of another
+    with pytest.raises(AudioError, match=r"^truncated: its header declares 8000 samples at 16000 Hz but the file ends after 7998 "):
+        load_audio(tmp_path / "cut.wav")
+    for name, size in (("stream", 0xFFFFFFFF), ("sox", 0x7FFFF000)):
+        (tmp_path / f"{name}.wav").write_bytes(whole[: data + 4] + size.to_bytes(4, "little") + whole[data + 8:])
+    (tmp_path / "trailing.wav").write_bytes(whole + b"\0" * 1001)
+    expected = load_audio(tmp_path / "whole.wav")
+    for name in ("stream", "sox", "trailing"):
+        assert np.array_equal(load_audio(tmp_path / f"{name}.wav"), expected), name
+
+
 def test_fifo_audio_is_refused_without_blocking(tmp_path):
     fifo = tmp_path / "x.wav"
     os.mkfifo(fifo)
