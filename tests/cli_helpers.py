@@ -39,6 +39,18 @@ def lhb_command() -> list[str]:
     return [exe]
 
 
+def lhb_prefix() -> list[str]:
+    """How the tests start ``lhb`` when start-up itself is not the point: through the fork server in
+    ``forkserver.py`` (a real process per command, without the 2 s of importing torch each time), or
+    the installed command (:func:`lhb_command`) when ``LIGHTHUBERT_TESTS_FRESH=1``. Tests about
+    start-up, signals by pid, SIGKILL/SIGSTOP, resource limits or memory use :func:`lhb_command`."""
+    if os.environ.get("LIGHTHUBERT_TESTS_FRESH") == "1":
+        return lhb_command()
+    import forkserver
+
+    return forkserver.command(_env())
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("LHB_DEBUG", None)
@@ -72,7 +84,7 @@ class Run:
 
     def __init__(self, args: Sequence[Any], cwd: str | os.PathLike | None = None):
         self.args = [str(a) for a in args]
-        self.proc = subprocess.Popen(lhb_command() + self.args, cwd=cwd, env=_env(), stdin=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(lhb_prefix() + self.args, cwd=cwd, env=_env(), stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self._result: Result | None = None
 

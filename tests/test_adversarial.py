@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from cli_helpers import Run, _env, lhb_command, one_line
+from cli_helpers import Run, _env, lhb_prefix, one_line
 from helpers import SPEECH_DIR
 from lighthubert.storage import HDF5, OutputError, run_attrs
 from lighthubert.storage.hdf5 import FeatureWriter
@@ -22,7 +22,7 @@ needs_speech = pytest.mark.skipif(not UTT.is_file(), reason="needs the speech da
 
 
 def lhb(*args, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(lhb_command() + [str(a) for a in args], capture_output=True, text=True, timeout=timeout,
+    return subprocess.run(lhb_prefix() + [str(a) for a in args], capture_output=True, text=True, timeout=timeout,
                           env=_env(), stdin=subprocess.DEVNULL)
 
 
@@ -182,7 +182,7 @@ def test_an_empty_path_argument_is_refused_not_taken_for_the_current_folder(tmp_
     shutil.copy(UTT, tmp_path / "here.wav")  # what an empty INPUT used to pick up
     for args, line in (((" ", "o.h5"), "lhb: error: INPUT: an empty path"),
                        (("here.wav", ""), "lhb: error: OUTPUT: an empty path")):
-        p = subprocess.run(lhb_command() + ["extract", *args, "-c", "random:small"], capture_output=True, text=True,
+        p = subprocess.run(lhb_prefix() + ["extract", *args, "-c", "random:small"], capture_output=True, text=True,
                            timeout=120, env=_env(), stdin=subprocess.DEVNULL, cwd=tmp_path)
         assert p.returncode == 2 and one_line(p) == line, p.stderr
     p = lhb("info", "")
@@ -419,7 +419,7 @@ def test_messages_write_undecodable_bytes_of_a_path_as_in_the_features_file(tmp_
     out = os.fsencode(tmp_path) + b"/out\xff.h5"
     with open(out, "wb"):
         pass
-    p = subprocess.run(lhb_command() + ["extract", str(UTT), os.fsdecode(out), "-c", "random:small"],
+    p = subprocess.run(lhb_prefix() + ["extract", str(UTT), os.fsdecode(out), "-c", "random:small"],
                        capture_output=True, text=True, timeout=120, env=_env(), stdin=subprocess.DEVNULL)
     assert p.returncode == 1 and one_line(p) == (
         f"lhb: error: {tmp_path}/out%FF.h5: already exists; pass --resume to complete it or --overwrite to replace it")

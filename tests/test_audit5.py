@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import torch
 
-from cli_helpers import Run, _env, lhb, lhb_command
+from cli_helpers import Run, _env, lhb, lhb_command, lhb_prefix
 from helpers import SPEECH_DIR, copy_speech
 
 FILES = ["spk1/utt01.wav", "spk1/utt02.wav", "spk2/utt01.wav"]
@@ -33,7 +33,7 @@ def test_units_apply_to_a_closed_stdout_ends_quietly(feats_km):
     """README: `lhb units apply feats.h5 km.pt - --keys | head`, and a reader that closes the pipe
     early ends lhb quietly with exit 141. Before: 'lhb: error: : Broken pipe', exit 1."""
     feats, km = feats_km
-    proc = subprocess.Popen(lhb_command() + ["units", "apply", str(feats), str(km), "-", "--keys", "-q"], env=_env(),
+    proc = subprocess.Popen(lhb_prefix() + ["units", "apply", str(feats), str(km), "-", "--keys", "-q"], env=_env(),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()  # `| head -0`: the reader is gone before lhb writes
     err = proc.stderr.read()
@@ -283,13 +283,13 @@ def test_units_to_standard_output_keep_what_the_caller_wrote_there(tmp_path, fea
     target = tmp_path / "all.km"
     target.write_text("earlier line\n")
     with open(target, "ab") as out:
-        r = subprocess.run(lhb_command() + ["units", "apply", str(feats), str(km), "-", "--keys", "-q"], env=_env(),
+        r = subprocess.run(lhb_prefix() + ["units", "apply", str(feats), str(km), "-", "--keys", "-q"], env=_env(),
                            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.PIPE, timeout=300)
     assert r.returncode == 0, r.stderr
     assert target.read_text() == "earlier line\n" + ref.stdout
     group = tmp_path / "group.km"
     q = shlex.quote
-    script = (f"{{ echo header; {' '.join(map(q, lhb_command()))} units apply {q(str(feats))} {q(str(km))} - --keys -q; "
+    script = (f"{{ echo header; {' '.join(map(q, lhb_prefix()))} units apply {q(str(feats))} {q(str(km))} - --keys -q; "
               f"echo footer; }} > {q(str(group))}")
     assert subprocess.run(["bash", "-c", script], env=_env(), timeout=300).returncode == 0
     assert group.read_text() == "header\n" + ref.stdout + "footer\n"

@@ -26,7 +26,7 @@ import torch
 
 import lighthubert
 
-from cli_helpers import Run, _env, lhb_command, one_line
+from cli_helpers import Run, _env, lhb_command, lhb_prefix, one_line
 from helpers import SPEECH_DIR
 from lighthubert.audio import AudioError, audio_frames, load_audio
 from lighthubert.checkpoint import CheckpointError, load_checkpoint
@@ -52,7 +52,7 @@ def fast_checkpoint(tmp_path_factory, ckpts) -> None:
 def lhb(*args, timeout: float = 120) -> subprocess.CompletedProcess:
     """``lhb`` with a hard timeout: a hang fails the test instead of blocking the suite."""
     try:
-        return subprocess.run(lhb_command() + [str(a) for a in args], capture_output=True, text=True,
+        return subprocess.run(lhb_prefix() + [str(a) for a in args], capture_output=True, text=True,
                               timeout=timeout, env=_env(), stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         pytest.fail(f"lhb {' '.join(map(str, args))} hung for {timeout} s")

@@ -28,7 +28,7 @@ import termios
 import torch
 
 import lighthubert
-from cli_helpers import Run, _env, lhb, lhb_command, read_features
+from cli_helpers import Run, _env, lhb, lhb_command, lhb_prefix, read_features
 from helpers import SPEECH_DIR, copy_speech, frames_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -364,7 +364,7 @@ def test_info_of_an_exported_subnet_and_of_bad_files(tmp_path, ckpt_files):
         assert line.startswith(f"lhb: error: {bad}: ") and words in line, line
         assert "internal" not in line and re.search(r"[a-z)]$", line), line
 
-    proc = subprocess.Popen(lhb_command() + ["info", str(sub_pt), "--json"], env=_env(), stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen(lhb_prefix() + ["info", str(sub_pt), "--json"], env=_env(), stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()  # `| head -0`: the reader is gone before lhb writes
     err = proc.stderr.read()

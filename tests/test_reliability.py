@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lighthubert
-from cli_helpers import one_line
+from cli_helpers import _env, lhb_prefix, one_line
 from lighthubert.features import keys
 from lighthubert.inputs import InputError, list_inputs
 from lighthubert.space import SPACES, SubnetError, check_subnet, count_params, parse_budget, parse_subnet
@@ -53,7 +53,7 @@ def corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, ckpt, corpus) -> Path:
     out = tmp_path_factory.mktemp("ref") / "ref.h5"
-    subprocess.run([LHB, "extract", str(corpus), str(out), "-c", str(ckpt), *FAST, "-q"], check=True)
+    subprocess.run([*lhb_prefix(), "extract", str(corpus), str(out), "-c", str(ckpt), *FAST, "-q"], check=True, env=_env())
     return out
 
 
@@ -80,7 +80,9 @@ def check_committed(out: Path, reference: Path) -> int:
 
 
 def run(args, **kw):
-    return subprocess.run([LHB, *args], capture_output=True, text=True, **kw)
+    """``lhb`` through the tests' fork server (see ``cli_helpers.lhb_prefix``); the kills below start
+    the installed command itself."""
+    return subprocess.run([*lhb_prefix(), *args], capture_output=True, text=True, env=_env(), **kw)
 
 
 # ----------------------------------------------------------------------------- crash safety
