@@ -231,6 +231,9 @@ def command(env: dict[str, str]) -> list[str]:
         import tempfile
 
         folder = tempfile.mkdtemp(prefix="lhb-fork-")
+        if len(folder) > 90:  # a Unix socket's path holds at most 107 bytes
+            shutil.rmtree(folder)
+            folder = tempfile.mkdtemp(prefix="lhb-fork-", dir="/tmp")
         path = os.path.join(folder, "s")
         proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve", path], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, env=env)
