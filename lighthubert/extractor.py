@@ -53,30 +53,38 @@ def resolve_dtype(dtype: Any, device: torch.device) -> torch.dtype:
     return dtype
 
 
+def parse_layers(spec: Any) -> str | list[int]:
+    """The syntax of a layers setting, before any subnet is known: ``"last"`` (also for None),
+    ``"all"``, or the integers of ``"0,4,12"`` or of a list, in order (ValueError otherwise)."""
+    if spec is None or spec in ("last", "all"):
+        return spec or "last"
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    try:
+        out = [int(str(item).strip()) for item in items]
+    except ValueError:
+        raise ValueError(f"layers must be last, all or comma-separated integers, got {spec!r}") from None
+    if not out:
+        raise ValueError("no layers asked for")
+    return out
+
+
 def resolve_layers(spec: Any, num_layers: int, layer_norm_first: bool = False) -> list[int]:
     """The one place ``last`` is decided. ``last`` -> the final output: ``[L]`` (hidden state L) for a
     post-norm model, ``[FINAL]`` for a pre-norm one; ``all`` -> [0..L]; ``"0,4,12"`` or a list -> those
     hidden-state indices (0 = projected conv features; negative counts from the end). A number always
     means that hidden state, never the normed final output."""
-    if spec is None or spec == "last":
+    parsed = parse_layers(spec)
+    if parsed == "last":
         return [FINAL] if layer_norm_first else [num_layers]
-    if spec == "all":
+    if parsed == "all":
         return list(range(num_layers + 1))
-    items = spec.split(",") if isinstance(spec, str) else list(spec)
     out: list[int] = []
-    for item in items:
-        try:
-            i = int(str(item).strip())
-        except ValueError:
-            raise ValueError(f"layers must be last, all or comma-separated integers, got {spec!r}") from None
-        if i < 0:
-            i += num_layers + 1
-        if not 0 <= i <= num_layers:
-            raise ValueError(f"layer {item} is out of range: this subnet has hidden states 0..{num_layers}")
-        if i not in out:
-            out.append(i)
-    if not out:
-        raise ValueError("no layers asked for")
+    for i in parsed:
+        j = i + num_layers + 1 if i < 0 else i
+        if not 0 <= j <= num_layers:
+            raise ValueError(f"layer {i} is out of range: this subnet has hidden states 0..{num_layers}")
+        if j not in out:
+            out.append(j)
     return out
 
 

@@ -32,7 +32,7 @@ from .defaults import (BATCH_SECONDS, CHECKPOINT, COMPRESSION, CONTEXT_SECONDS, 
                        FLUSH_SECONDS, LAYERS, NUM_WORKERS, OUTPUT_FORMAT, SAVE_DTYPE, SEED, WINDOW_SECONDS)
 from .distributed import Group, World, balance, decide, detect_world, finished, rank_timeout, wait_for_ranks
 from .errors import LightHubertError, SettingError
-from .extractor import Extractor, resolve_device, resolve_dtype, resolve_layers
+from .extractor import Extractor, parse_layers, resolve_device, resolve_dtype, resolve_layers
 from .inputs import Item, check_against, list_inputs
 from .pipeline import Options, Quiet, Reporter, StrictStop, Summary, estimate_samples
 from .pipeline import extract as run_pipeline
@@ -148,6 +148,7 @@ def _check_values(job: ExtractJob) -> None:
 
     if job.resume and job.overwrite:
         raise SettingError("--resume and --overwrite exclude each other")
+    _setting("layers", parse_layers, job.layers)  # the syntax now, the range once the subnet is known
     for name in ("input", "output"):  # Path("") would be the current folder
         if isinstance(getattr(job, name), str) and not getattr(job, name).strip():
             raise SettingError(f"{name.upper()} is an empty path")

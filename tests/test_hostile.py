@@ -478,6 +478,18 @@ def test_absurd_numbers_are_usage_errors_before_anything(tmp_path, option, value
     assert os.listdir(tmp_path) == []
 
 
+def test_layers_that_are_not_layers_are_named_before_the_checkpoint_is_fetched(tmp_path):
+    """`--layers abc` with a released checkpoint name, offline: the layers are the mistake, so they are
+    named (exit 2), not the download that could not be made (the checkpoint used to be fetched first)."""
+    env = {"HF_HUB_OFFLINE": "1", "LIGHTHUBERT_CACHE": str(tmp_path / "empty")}
+    for value in ("abc", "1,,2", ""):
+        p = subprocess.run(lhb_prefix() + ["extract", str(UTT), str(tmp_path / "o.h5"), "-c", "small", "--layers", value],
+                           capture_output=True, text=True, timeout=60, env={**_env(), **env}, stdin=subprocess.DEVNULL)
+        line = one_line(p)
+        assert p.returncode == 2 and line.startswith("lhb: error: --layers: layers must be last, all or comma-separated"), line
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize("setting,value", [
     ("batch_seconds", float("nan")), ("batch_seconds", float("inf")), ("num_workers", 2.5),
     ("num_workers", 0), ("num_workers", 10**6), ("flush_seconds", float("inf")), ("seed", -1),
