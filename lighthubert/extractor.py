@@ -55,13 +55,13 @@ def resolve_dtype(dtype: Any, device: torch.device) -> torch.dtype:
 
 def parse_layers(spec: Any) -> str | list[int]:
     """The syntax of a layers setting, before any subnet is known: ``"last"`` (also for None),
-    ``"all"``, or the integers of ``"0,4,12"`` or of a list, in order (ValueError otherwise)."""
+    ``"all"``, or the integers of ``"0,4,12"``, of a list or of one int, in order (ValueError otherwise)."""
     if spec is None or spec in ("last", "all"):
         return spec or "last"
-    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    items = spec.split(",") if isinstance(spec, str) else [spec] if isinstance(spec, int) else spec
     try:
         out = [int(str(item).strip()) for item in items]
-    except ValueError:
+    except (TypeError, ValueError):
         raise ValueError(f"layers must be last, all or comma-separated integers, got {spec!r}") from None
     if not out:
         raise ValueError("no layers asked for")

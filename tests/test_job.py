@@ -185,7 +185,8 @@ def test_extract_resume_with_another_compute_dtype_is_refused(tmp_path, two_file
 
 
 def test_bad_settings_are_setting_errors(tmp_path, two_files):
-    for change, setting in (({"layers": "1,99"}, "layers"), ({"dtype": "float16", "device": "cpu"}, "dtype"),
+    for change, setting in (({"layers": "1,99"}, "layers"), ({"layers": 99}, "layers"), ({"layers": 2.5}, "layers"),
+                            ({"layers": [1, None]}, "layers"), ({"dtype": "float16", "device": "cpu"}, "dtype"),
                             ({"subnet": '{"x": 1}'}, "subnet"), ({"save_dtype": "int8"}, "save_dtype"),
                             ({"max_chunk_seconds": 0.02}, "max_chunk_seconds"), ({"exact_seconds": 0.5}, "exact_seconds"),
                             ({"window_seconds": float("inf")}, "window_seconds"),
