@@ -7,7 +7,8 @@ soundfile, Typer, Rich, the library and the CLI), then forks one child per comma
 real process running ``lighthubert_cli.entry.main`` on the caller's argv, environment, working folder,
 umask and standard streams (the file descriptors themselves are passed over a Unix socket), and ends
 as Python ends a process (threads joined, atexit functions run, streams flushed) but without tearing
-down the imported modules (about 0.4 s; lhb itself skips that too when it can). The command the tests start is this file run as a small client
+down the imported modules (about 0.4 s; lhb itself skips that too when it can). The command the tests
+start is this file run as a small client
 (``python -I -S tests/forkserver.py SOCKET ARGS...``, about 20 ms): it hands its streams to the server,
 forwards SIGINT, SIGTERM, SIGHUP, SIGUSR1/2 and SIGQUIT to the child, and exits with the child's status
 (killed by a signal: by the same signal), so ``subprocess.run``/``Popen`` see what they would see from
