@@ -38,12 +38,12 @@ def main() -> None:
         one.mkdir()
         shutil.copy(sorted(SPEECH.rglob("*.wav"))[0], one / "a.wav")
         ckpt = work / "small.pt"
-        subprocess.run([sys.executable, "-c", f"import lighthubert; lighthubert.write_random_checkpoint({str(ckpt)!r}, 'small')"],
-                       check=True)
+        write = f"import lighthubert; lighthubert.write_random_checkpoint({str(ckpt)!r}, 'small')"
+        subprocess.run([sys.executable, "-c", write], check=True)
         commands = {
             "info CKPT": ["info", str(ckpt)],
-            "extract (one file, Small min)": ["extract", str(one), str(work / "o.h5"), "-c", str(ckpt), "--subnet", "min",
-                                              "--overwrite", "-q", "--device", "cpu"],
+            "extract (one file, Small min)": ["extract", str(one), str(work / "o.h5"), "-c", str(ckpt),
+                                              "--subnet", "min", "--overwrite", "-q", "--device", "cpu"],
             "usage error (--layers abc)": ["extract", str(one), str(work / "o.h5"), "--layers", "abc"],
         }
         lhb = shutil.which("lhb") or str(Path(sys.executable).with_name("lhb"))

@@ -43,7 +43,8 @@ def _end(status: int) -> None:
     import threading
 
     h5py = sys.modules.get("h5py")
-    if threading.active_count() == 1 and (h5py is None or h5py.h5f.get_obj_count(h5py.h5f.OBJ_ALL, h5py.h5f.OBJ_FILE) == 0):
+    h5_open = 0 if h5py is None else h5py.h5f.get_obj_count(h5py.h5f.OBJ_ALL, h5py.h5f.OBJ_FILE)
+    if threading.active_count() == 1 and h5_open == 0:
         import atexit
 
         atexit._run_exitfuncs()

@@ -28,14 +28,15 @@ def test_the_fork_server_runs_lhb_as_the_installed_command_does(tmp_path, ckpt_f
     runs = [[subprocess.Popen(prefix + args, cwd=tmp_path, env=_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE) for prefix in (lhb_prefix(), lhb_command())] for args in cases]
     for args, (fork, real) in zip(cases, runs):
-        assert (*fork.communicate(timeout=120), fork.returncode) == (*real.communicate(timeout=120), real.returncode), args
+        fork_out, real_out = fork.communicate(timeout=120), real.communicate(timeout=120)
+        assert (*fork_out, fork.returncode) == (*real_out, real.returncode), args
 
 
 def test_umask_signals_and_a_death_by_signal_reach_through(tmp_path):
     old = os.umask(0o077)
     try:
-        p = subprocess.run(lhb_prefix() + ["subnet", "--preset", "min", "-c", "random:small", "-o", tmp_path / "s.json"],
-                           env=_env(), capture_output=True, timeout=120)
+        args = ["subnet", "--preset", "min", "-c", "random:small", "-o", tmp_path / "s.json"]
+        p = subprocess.run(lhb_prefix() + args, env=_env(), capture_output=True, timeout=120)
     finally:
         os.umask(old)
     assert p.returncode == 0 and (tmp_path / "s.json").stat().st_mode & 0o777 == 0o600, p.stderr
