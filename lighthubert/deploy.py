@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from .checkpoint import Checkpoint, CheckpointError, export_subnet, write_atomic
 from .errors import LightHubertError
-from .extractor import DTYPES, resolve_layers
+from .extractor import DTYPES, FINAL, resolve_layers
 from .model import SubnetModel, frame_mask
 
 FORMATS = {".onnx": "onnx", ".ts": "torchscript", ".pt": "checkpoint"}
@@ -76,8 +76,8 @@ class Deployable(nn.Module):
         self.model = model
         self.layers = list(layers)
         self.normalize = normalize
-        # as Extractor.run: the last layer of a pre-norm model is the final output (after encoder_norm)
-        self.final = model.cfg.layer_norm_first and self.layers == [model.num_layers]
+        # as Extractor.run: FINAL (only `last` of a pre-norm model) is the output after encoder_norm
+        self.final = FINAL in self.layers
         self.dtype = model.post_extract_proj.weight.dtype
 
     def forward(self, waveform: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
@@ -86,9 +86,9 @@ class Deployable(nn.Module):
             wave = normalize_padded(wave, lengths)
         else:
             wave = wave * frame_mask(lengths, wave.shape[1]).to(wave.dtype)
-        out = self.model(wave.to(self.dtype), lengths, layers=[] if self.final else self.layers,
+        out = self.model(wave.to(self.dtype), lengths, layers=[i for i in self.layers if i != FINAL],
                          last=self.final, always_mask=True)
-        hidden = out.last[:, None] if self.final else torch.stack([out.hidden[i] for i in self.layers], 1)
+        hidden = torch.stack([out.last if i == FINAL else out.hidden[i] for i in self.layers], 1)
         return hidden, out.lengths
 
 
@@ -164,7 +164,7 @@ def export(ckpt: Checkpoint, subnet: Any, path: str | os.PathLike, layers: Any =
             raise ExportError(str(err)) from None
     tdtype = DTYPES[dtype or "float32"]
     sub = ckpt.resolve_subnet(subnet)
-    idx = resolve_layers(layers, sub["layer_num"])
+    idx = resolve_layers(layers, sub["layer_num"], ckpt.cfg.layer_norm_first)
     # TorchScript traces fix the device of the tensors they create: a float16 (GPU) file is traced on CUDA
     device = "cuda" if fmt == "torchscript" and tdtype == torch.float16 and torch.cuda.is_available() else "cpu"
     module = Deployable(ckpt.model(sub, device=device, dtype=tdtype), idx, ckpt.normalize).eval()
