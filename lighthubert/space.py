@@ -122,27 +122,33 @@ class SearchSpace:
         """
         sub = check_subnet(subnet)
         if strict:
-            allowed = {
-                "embed_dim": self.embed_dim,
-                "heads_num": self.heads_num,
-                "layer_num": self.layer_num,
-            }
-            if sub["embed_dim"] not in self.embed_dim:
-                raise SubnetError(_not_in("embed_dim", sub["embed_dim"], self.embed_dim, self.name))
-            if sub["layer_num"] not in self.layer_num:
-                raise SubnetError(_not_in("layer_num", sub["layer_num"], self.layer_num, self.name))
-            ffn_allowed = sorted({int(r * sub["embed_dim"]) for r in self.ffn_ratio})
-            for i in range(sub["layer_num"]):
-                if sub["heads_num"][i] not in allowed["heads_num"]:
-                    raise SubnetError(
-                        _not_in(f"heads_num[{i}]", sub["heads_num"][i], self.heads_num, self.name)
-                    )
-                if sub["ffn_embed"][i] not in ffn_allowed:
-                    raise SubnetError(
-                        _not_in(f"ffn_embed[{i}]", sub["ffn_embed"][i], ffn_allowed, self.name)
-                        + f" (ratios {', '.join(map(str, self.ffn_ratio))} of embed_dim)"
-                    )
+            try:
+                self._check_in_space(sub)
+            except SubnetError as err:
+                made_for = subnet.get("supernet")  # what lhb subnet / describe() write
+                if isinstance(made_for, str) and made_for.strip().lower() != self.name:
+                    raise SubnetError(f"{err} (this subnet was made for the {made_for} space: "
+                                      f"\"supernet\": {json.dumps(made_for)})") from None
+                raise
         return sub
+
+    def _check_in_space(self, sub: dict) -> None:
+        """SubnetError unless the checked subnet ``sub`` is in this search space."""
+        if sub["embed_dim"] not in self.embed_dim:
+            raise SubnetError(_not_in("embed_dim", sub["embed_dim"], self.embed_dim, self.name))
+        if sub["layer_num"] not in self.layer_num:
+            raise SubnetError(_not_in("layer_num", sub["layer_num"], self.layer_num, self.name))
+        ffn_allowed = sorted({int(r * sub["embed_dim"]) for r in self.ffn_ratio})
+        for i in range(sub["layer_num"]):
+            if sub["heads_num"][i] not in self.heads_num:
+                raise SubnetError(
+                    _not_in(f"heads_num[{i}]", sub["heads_num"][i], self.heads_num, self.name)
+                )
+            if sub["ffn_embed"][i] not in ffn_allowed:
+                raise SubnetError(
+                    _not_in(f"ffn_embed[{i}]", sub["ffn_embed"][i], ffn_allowed, self.name)
+                    + f" (ratios {', '.join(map(str, self.ffn_ratio))} of embed_dim)"
+                )
 
     def authors_dict(self) -> dict:
         """The authors' ``search_space`` property."""
@@ -255,15 +261,18 @@ def check_subnet(subnet: Any) -> dict:
     return subnet_dict(e, heads, ffn)
 
 
-def parse_subnet(text: str) -> dict:
-    """A subnet from JSON text (structure checked; not yet matched against a space)."""
+def _json(text: str) -> Any:
     try:
-        value = json.loads(text)
+        return json.loads(text)
     except (json.JSONDecodeError, RecursionError) as err:
         raise SubnetError(f"not valid JSON: {err}") from None
     except ValueError as err:  # e.g. an integer of thousands of digits
         raise SubnetError(f"not usable JSON: {str(err).splitlines()[0][:120]}") from None
-    return check_subnet(value)
+
+
+def parse_subnet(text: str) -> dict:
+    """A subnet from JSON text (structure checked; not yet matched against a space)."""
+    return check_subnet(_json(text))
 
 
 # ----------------------------------------------------------------------------- parameter counts
@@ -276,7 +285,7 @@ def subnet_from_text(text: str, space: SearchSpace) -> dict:
     if s in ("default", "max", "min"):
         return space.preset(s)
     if s.startswith("{"):
-        return space.validate(parse_subnet(s))
+        return space.validate(_json(s))  # as written: its "supernet" can explain a mismatch
     path = Path(s)
     if not path.is_file():
         raise SubnetError(f"{text!r} is not a preset (default, max, min), inline JSON or an existing JSON file")
@@ -285,7 +294,7 @@ def subnet_from_text(text: str, space: SearchSpace) -> dict:
     except (OSError, UnicodeDecodeError) as err:
         raise SubnetError(f"{path}: cannot read: {err}") from None
     try:
-        return space.validate(parse_subnet(data))
+        return space.validate(_json(data))
     except SubnetError as err:
         raise SubnetError(f"{path}: {err}") from None
 

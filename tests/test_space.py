@@ -344,3 +344,23 @@ def test_parse_budget_accepts(text):
 def test_parse_budget_rejects(text):
     with pytest.raises(ValueError):
         parse_budget(text)
+
+
+def test_a_subnet_made_for_the_other_space_says_so(tmp_path):
+    """`lhb subnet` writes "supernet" into its JSON; given to a checkpoint of the other space, the
+    refusal says where the subnet came from. One that is in both spaces is taken, as before."""
+    from lighthubert.space import subnet_from_text
+
+    small_min = {**SPACES["small"].preset("min"), "supernet": "small"}
+    (tmp_path / "s.json").write_text(json.dumps(small_min))
+    for text in (json.dumps(small_min), str(tmp_path / "s.json")):
+        with pytest.raises(SubnetError, match=r'^.*embed_dim is 256; the base space allows 512, 640, 768 '
+                                              r'\(this subnet was made for the small space: "supernet": "small"\)$'):
+            subnet_from_text(text, SPACES["base"])
+    no_name = {k: v for k, v in small_min.items() if k != "supernet"}
+    with pytest.raises(SubnetError) as err:
+        subnet_from_text(json.dumps(no_name), SPACES["base"])
+    assert "made for" not in str(err.value)
+    small_max = {**SPACES["small"].preset("max"), "supernet": "small"}  # 512 wide, 8 heads: a Base subnet too
+    assert subnet_from_text(json.dumps(small_max), SPACES["base"]) == SPACES["small"].preset("max")
+
