@@ -37,7 +37,7 @@ def _reopen_closed_std_streams() -> None:
 
 def _end(status: int) -> None:
     """Exit with ``status``. Python's own exit then tears down every module, which takes about 0.45 s
-    once torch is loaded (a quarter of ``lhb info``). When the work has left nothing that needs it
+    once torch is loaded (a fifth of ``lhb info``). When the work has left nothing that needs it
     (no other thread, no HDF5 file open), lhb runs the atexit functions, flushes its streams and ends
     at once; otherwise, or when a flush fails, it leaves the ending to Python as usual."""
     import threading
