@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 import lighthubert
 from cli_helpers import Run, lhb, read_features
-from helpers import SPEECH_DIR, copy_speech
+from helpers import copy_speech
 from lighthubert import FeaturesDataset, FeaturesError, LengthGroupedSampler, open_features, pad_collate
 
 README = Path(__file__).resolve().parents[1] / "README.md"
