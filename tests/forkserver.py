@@ -6,9 +6,7 @@ The server is a Python process that imports what every ``lhb`` command imports (
 soundfile, Typer, Rich, the library and the CLI), then forks one child per command. The child is a
 real process running ``lighthubert_cli.entry.main`` on the caller's argv, environment, working folder,
 umask and standard streams (the file descriptors themselves are passed over a Unix socket), and ends
-as Python ends a process (threads joined, atexit functions run, streams flushed) but without tearing
-down the imported modules (about 0.4 s; lhb itself skips that too when it can). The command the tests
-start is this file run as a small client
+as lhb ends itself. The command the tests start is this file run as a small client
 (``python -I -S tests/forkserver.py SOCKET ARGS...``, about 20 ms): it hands its streams to the server,
 forwards SIGINT, SIGTERM, SIGHUP, SIGUSR1/2 and SIGQUIT to the child, and exits with the child's status
 (killed by a signal: by the same signal), so ``subprocess.run``/``Popen`` see what they would see from
@@ -121,35 +119,7 @@ def _child(conn: socket.socket) -> None:
     sys.argv = [sys.argv[0]] + [os.fsdecode(a) for a in argv]
     from lighthubert_cli.entry import main
 
-    try:
-        main()
-        code = 0
-    except SystemExit as e:  # as Python ends a process on SystemExit
-        if e.code is None or isinstance(e.code, int):
-            code = e.code or 0
-        else:
-            print(e.code, file=sys.stderr)
-            code = 1
-    except BaseException:  # noqa: BLE001 - an uncaught exception: traceback, exit 1
-        sys.excepthook(*sys.exc_info())
-        code = 1
-    _exit(code)
-
-
-def _exit(code: int) -> None:
-    """What Python does when a process ends (threads joined, atexit functions, streams flushed; a
-    flush that fails is exit 120), without tearing down the modules the server imported (0.5 s)."""
-    import atexit
-    import threading
-
-    threading._shutdown()
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:  # noqa: BLE001
-            code = 120
-    os._exit(code & 0xFF)
+    main()  # ends the process as lhb ends itself (entry._end), or with SystemExit: Python's own exit
 
 
 def serve(path: str) -> None:
