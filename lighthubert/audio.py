@@ -179,7 +179,7 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
         with sf.SoundFile(os.fsencode(path)) as f:
             rate = int(f.samplerate)
             check_rate(rate)  # from the header, before any sample is read
-            cut = wav_truncation(path)
+            cut = wav_truncation(path) if f.format in ("WAV", "WAVEX") else None  # FLAC etc.: not opened again
             if cut is not None:
                 raise AudioError(f"truncated: its header declares {cut[0]} samples at {rate} Hz but the file ends "
                                  f"after {cut[1]} (an interrupted copy or download?)")
