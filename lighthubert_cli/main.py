@@ -221,7 +221,7 @@ def extract(
     dtype: Annotated[Dtype, typer.Option("--dtype", help="Compute dtype; auto: float16 on CUDA, float32 on CPU.")] = Dtype(defaults.DTYPE),
     save_dtype: Annotated[SaveDtype, typer.Option("--save-dtype", help="Dtype of the stored features.")] = SaveDtype(defaults.SAVE_DTYPE),
     batch_seconds: Annotated[Optional[float], typer.Option(
-        "--batch-seconds", min=1.0, help=f"Padded audio per batch. Default: {_by_device(defaults.BATCH_SECONDS)}.")] = None,
+        "--batch-seconds", help=f"Padded audio per batch. Default: {_by_device(defaults.BATCH_SECONDS)}.")] = None,
     exact_seconds: Annotated[Optional[float], typer.Option(
         "--exact-seconds", metavar="S",
         help="Files up to S seconds give exactly the features of an uncut run (memory linear in length, "

@@ -301,8 +301,9 @@ def early_cases(ctx) -> dict:
         "checkpoint_garbage": (good_in, ["-c", garbage]),
         "layers_out_of_range": (good_in, ["-c", small, "--layers", "99"]),
         "resume_and_overwrite": (good_in, ["-c", small, "--resume", "--overwrite"]),
-        # bad usage caught by the option parser
         "batch_seconds_zero": (good_in, ["-c", small, "--batch-seconds", "0"]),
+        "batch_seconds_nan": (good_in, ["-c", small, "--batch-seconds", "nan"]),
+        # bad usage caught by the option parser
         "unknown_option": (good_in, ["-c", small, "--no-such-option"]),
     }
     out = {}
@@ -314,9 +315,9 @@ def early_cases(ctx) -> dict:
 
 EARLY_ONE_LINE = ["missing_input", "missing_output_folder", "subnet_bad_json", "subnet_other_space",
                   "subnet_inconsistent", "subnet_sliding_window", "checkpoint_missing", "checkpoint_garbage"]
-EARLY_USAGE = ["layers_out_of_range", "resume_and_overwrite"]
+EARLY_USAGE = ["layers_out_of_range", "resume_and_overwrite", "batch_seconds_zero", "batch_seconds_nan"]
 
-EARLY_PARSER = ["batch_seconds_zero", "unknown_option"]
+EARLY_PARSER = ["unknown_option"]
 
 
 SUBNET_RUNS = {
@@ -657,6 +658,10 @@ def test_bad_usage_exits_2(name, jobs):
     out, r = jobs[f"early:{name}"]
     assert r.returncode == EXIT_USAGE, r
     check_early(r, out)
+    if name.startswith("batch_seconds"):
+        # the library's range, not the parser's "must be >= 1" (which NaN is not below)
+        value = name.rsplit("_", 1)[1].replace("zero", "0.0")
+        assert r.err_lines == [f"lhb: error: --batch-seconds: {value} is not a number of seconds from 1 to 86400"], r
 
 
 # ============================================================================= lhb subnet
