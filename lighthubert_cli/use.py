@@ -108,7 +108,12 @@ def convert(
     files = _library_errors(run, features, output, fmt.value, layer, split=split, nshard=nshard, overwrite=overwrite,
                             progress=_every("converted", quiet))
     if not quiet:
-        err(f"wrote {len(files)} files to {output}")
+        from lighthubert.reader import open_features
+
+        with open_features(features) as f:
+            n = len(f)
+        err(f"wrote {len(files)} files to {output}: {n:,} utterances"
+            + ("" if n else f" ({features} holds none, so the files are empty)"))
     if fmt == Format.fairseq:
         from lighthubert.convert import sources_not_16k
 

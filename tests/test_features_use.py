@@ -157,6 +157,7 @@ def test_convert_fairseq_layout(feats, tmp_path):
     r = lhb("convert", path, out, "--layer", LAYER, "--format", "fairseq", "--nshard", 2, "--split", "valid")
     assert r.returncode == 0, r
     assert r.stdout == ""
+    assert f"wrote 7 files to {out}: {len(FILES)} utterances" in r.err_lines, r
     keys = []
     for rank in range(2):
         # exactly as fairseq's examples/hubert/simple_kmeans/dump_km_label.py get_feat_iterator
@@ -183,6 +184,20 @@ def test_convert_fairseq_layout(feats, tmp_path):
     assert len(odd) == 1 and r.err_lines[-1] == (
         f"{out / 'valid.tsv'}: 1 of {len(keys)} audio files are not stored at 16 kHz (first: {odd[0][0]}, "
         f"{odd[0][1]} Hz); fairseq's HuBERT training reads them as stored and needs 16 kHz: resample them first"), r
+
+
+def test_convert_of_a_file_without_utterances_says_the_files_are_empty(tmp_path):
+    """A run whose every input was skipped leaves a features file of 0 utterances; converting it
+    writes the (empty) layout, and the closing line says so rather than only "wrote 4 files"."""
+    (tmp_path / "wav").mkdir()
+    (tmp_path / "wav" / "a.wav").write_bytes(b"not audio")
+    feats = tmp_path / "empty.h5"
+    r = lhb("extract", tmp_path / "wav", feats, "-c", "random:small", "--subnet", "min", "--device", "cpu", "-q")
+    assert r.returncode == 3, r  # every input skipped
+    r = lhb("convert", feats, tmp_path / "out", "--layer", "10")  # the min subnet's last
+    assert r.returncode == 0, r
+    assert r.err_lines == [f"wrote 4 files to {tmp_path / 'out'}: 0 utterances ({feats} holds none, so the files are empty)"], r
+    assert (tmp_path / "out" / "train_0_1.len").read_text() == ""
 
 
 def test_convert_npy_and_kaldi(feats, tmp_path):
