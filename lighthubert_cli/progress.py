@@ -52,9 +52,10 @@ def progress_line(r: "Reporter") -> str:
     the audio seconds, since the longest files run first)."""
     elapsed = time.monotonic() - r.t0
     rt = r.seconds / elapsed if elapsed > 0 else 0.0
-    total = r.seconds if r.files >= r.total else r.total_seconds  # skipped files' audio never comes
+    if r.files >= r.total:  # the end: skipped files' audio never comes, and nothing is left
+        return f"{r.files:,}/{count(r.total, 'file')}, {hms(r.seconds)}/{hms(r.seconds)} audio, {rt:,.0f}x real time, ETA 0:00"
     return (f"{r.files:,}/{count(r.total, 'file')}, {hms(r.seconds)}/{hms(r.total_seconds)} audio, "
-            f"{rt:,.0f}x real time, ETA {eta(r.seconds, total, elapsed)}")
+            f"{rt:,.0f}x real time, ETA {eta(r.seconds, r.total_seconds, elapsed)}")
 
 
 class _Line(ProgressColumn):

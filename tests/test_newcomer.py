@@ -113,6 +113,35 @@ def test_progress_bar_follows_audio_seconds_not_files():
     assert eta(0.0, 100.0, 5.0) == "-:--"
 
 
+@pytest.mark.parametrize("plain", [True, False])
+def test_the_last_progress_line_is_full_when_files_were_skipped(capsys, plain):
+    """A skipped file's audio never comes: the closing line read ``5/5 files, 0:16/0:19 audio``, and
+    a resume whose remaining inputs were all bad ``1/1 file, 0:00/0:03 audio, ETA -:--``, as if
+    work were left. Once every file is through, the audio total is what was done and the ETA 0:00."""
+    from lighthubert.inputs import Item
+    from lighthubert_cli.progress import Reporter, progress_line
+
+    for files, total, skipped, done, expect in [(5, 19.0, 1, 16.0, "5/5 files, 0:16/0:16 audio, "),
+                                                (1, 3.0, 1, 0.0, "1/1 file, 0:00/0:00 audio, ")]:
+        rep = Reporter(plain=plain)
+        rep.console.file = io.StringIO()
+        rep.start(files, total, 0)
+        try:
+            for i in range(skipped):
+                rep.skipped(Item(f"bad{i}", Path(f"bad{i}.wav")), "cannot decode")
+                rep.advance(1, 0.0)
+            assert not progress_line(rep).endswith("ETA 0:00") or files == skipped
+            for _ in range(files - skipped):
+                rep.advance(1, done / (files - skipped))
+            line = progress_line(rep)
+        finally:
+            rep.stop()
+        assert line.startswith(expect) and line.endswith(", ETA 0:00"), line
+        if plain:  # the log's last line is that one
+            rate = re.compile(r"[\d,]+x real time")  # the speed moves between the two reads
+            assert rate.sub("", capsys.readouterr().err.splitlines()[-1]) == rate.sub("", line)
+
+
 @pytest.mark.slow
 def test_progress_on_a_terminal_and_in_a_log_read_alike(tmp_path, ckpt_files):
     """The job reports the audio advancing with each file, longest first; on a terminal (a pty) the
