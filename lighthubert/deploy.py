@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .checkpoint import Checkpoint, CheckpointError, export_subnet, write_atomic

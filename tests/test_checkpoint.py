@@ -3,12 +3,10 @@ random checkpoints."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import re
 import pickle
-import time
 import zipfile
 from pathlib import Path
 

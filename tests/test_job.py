@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 
 import lighthubert
 from helpers import SPEECH_DIR, authors_hidden_states, rel_err
-from lighthubert.audio import MIN_SAMPLES
 from lighthubert.inputs import Item
 from lighthubert.job import BATCH_SECONDS, ExtractJob, prepare
 from lighthubert.pipeline import MAX_BATCH, plan_batches

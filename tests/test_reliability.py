@@ -24,7 +24,7 @@ import lighthubert
 from cli_helpers import _env, lhb_prefix, one_line
 from lighthubert.features import keys
 from lighthubert.inputs import InputError, list_inputs
-from lighthubert.space import SPACES, SubnetError, check_subnet, count_params, parse_budget, parse_subnet
+from lighthubert.space import SubnetError, check_subnet, count_params, parse_budget, parse_subnet
 
 SPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech"
 LHB = shutil.which("lhb")
