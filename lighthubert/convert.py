@@ -23,7 +23,7 @@ import numpy as np
 
 from .checkpoint import new_temp_beside
 from .errors import SettingError
-from .reader import FeaturesError, layer_positions, open_features
+from .reader import FeaturesError, one_layer, open_features
 from .storage import refuse_existing
 
 FORMATS = ("fairseq", "npy", "kaldi")
@@ -74,11 +74,11 @@ def output_files(keys: Sequence[str], out: Path, fmt: str, split: str = "train",
     return [out / f"{split}.ark", out / f"{split}.scp"]
 
 
-def convert(features: str | os.PathLike, output: str | os.PathLike, fmt: str, layer: int, *,
+def convert(features: str | os.PathLike, output: str | os.PathLike, fmt: str, layer: int | None = None, *,
             split: str = "train", nshard: int = 1, overwrite: bool = False,
             progress: Callable[[int, int], None] | None = None) -> list[Path]:
     """Write ``layer`` of every utterance of ``features`` under the folder ``output`` (created) in
-    the layout ``fmt`` (see module docstring). Returns the files written. A file to write that
+    the layout ``fmt`` (see module docstring); ``layer`` None: the file's only layer. Returns the files written. A file to write that
     exists already is an :class:`~lighthubert.storage.OutputError` (before anything is written)
     unless ``overwrite``."""
     if fmt not in FORMATS:
@@ -89,7 +89,7 @@ def convert(features: str | os.PathLike, output: str | os.PathLike, fmt: str, la
     if out.exists() and not out.is_dir():
         raise FeaturesError(f"{out}: exists and is not a folder")
     with open_features(features) as f:
-        layer_positions(f.layers, layer, features)  # a missing layer fails before anything is written
+        layer = one_layer(f.layers, layer, features)  # a missing layer fails before anything is written
         if fmt == "fairseq" and nshard < 1:
             raise ValueError("nshard must be at least 1")
         if fmt == "fairseq" and nshard > max(len(f), 1):  # else empty shards (10^20 of them: a run without end)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .errors import LightHubertError
+from .errors import LightHubertError, SettingError
 from .storage import FORMAT, UNITS_FORMAT, plain
 from .storage.hdf5 import GROUP, open_reason
 
@@ -157,6 +157,18 @@ def layer_positions(stored: list[int], layer: Layers, path: Path | str = "") -> 
         raise FeaturesError(f"{path}: has no layer {', '.join(map(str, missing))} (it holds layers {stored}){hint}")
     pos = [stored.index(int(i)) for i in wanted]
     return pos[0] if isinstance(layer, (int, np.integer)) else pos
+
+
+def one_layer(stored: list[int], layer: int | None, path: Path | str = "") -> int:
+    """The one hidden-state index to use: ``layer`` when given (it must be stored), else the file's
+    only stored layer (a file of ``lhb extract``'s default ``--layers last``). A file of several
+    layers and no ``layer`` is a :class:`~lighthubert.errors.SettingError` listing them."""
+    if layer is None:
+        if len(stored) != 1:
+            raise SettingError(f"{path} holds layers {stored}; say which one", "layer")
+        return stored[0]
+    layer_positions(stored, layer, path)
+    return int(layer)
 
 
 def read_layers(ds: h5py.Dataset, stored: list[int], layer: Layers, path: Path | str = "") -> np.ndarray:

@@ -20,7 +20,7 @@ import torch
 from .checkpoint import KM_FORMAT, check_seed, write_atomic
 from .defaults import BATCH_SIZE, DEVICE, ITERATIONS, KMEANS_SEED, MAX_FRAMES  # batch and steps as fairseq's learn_kmeans.py
 from .errors import SettingError
-from .reader import FeaturesError, layer_positions, open_features
+from .reader import FeaturesError, layer_positions, one_layer, open_features
 from .storage import UNITS_FORMAT, plain, refuse_existing
 
 
@@ -132,11 +132,14 @@ def inertia(x: torch.Tensor, centroids: torch.Tensor) -> float:
     return float(assign(x, centroids)[1].double().mean())
 
 
-def learn_file(features: str | os.PathLike, layer: int, clusters: int, *, max_frames: int = MAX_FRAMES,
+def learn_file(features: str | os.PathLike, layer: int | None, clusters: int, *, max_frames: int = MAX_FRAMES,
                batch_size: int = BATCH_SIZE, iterations: int = ITERATIONS, seed: int = KMEANS_SEED, device: str = DEVICE,
                progress: Callable[[int, int], None] | None = None) -> dict:
-    """Learn ``clusters`` centroids from up to ``max_frames`` frames of ``layer``; the km.pt dict."""
+    """Learn ``clusters`` centroids from up to ``max_frames`` frames of ``layer`` (None: the file's
+    only layer); the km.pt dict."""
     check_seed(seed)
+    with open_features(features) as f:
+        layer = one_layer(f.layers, layer, features)
     x = sample_frames(features, layer, max_frames, seed).to(pick_device(device))
     if len(x) < clusters:
         raise FeaturesError(f"{features}: {len(x)} frames to learn from, fewer than the {clusters} clusters asked for")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -28,8 +28,9 @@ class Format(str, Enum):
 
 FeaturesArg = Annotated[Path, typer.Argument(parser=_path, metavar="FEATURES", help="A features file made by lhb extract.",
                                              show_default=False)]
-LayerOpt = Annotated[int, typer.Option(
-    "--layer", "-l", help="Hidden-state index (0 = projected conv features); must be in the file.", show_default=False)]
+LayerOpt = Annotated[Optional[int], typer.Option(
+    "--layer", "-l", help="Hidden-state index (0 = projected conv features); must be in the file. "
+                          "Default: the file's layer, when it holds one.", show_default=False)]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress messages.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace files that exist (without it, an existing one is an error).")]
@@ -89,7 +90,7 @@ def convert(
     features: FeaturesArg,
     output: Annotated[Path, typer.Argument(parser=_not_stdout("the files of a folder", "a folder name such as km_feats"),
                                            metavar="OUTPUT", help="The folder to write (created).", show_default=False)],
-    layer: LayerOpt,
+    layer: LayerOpt = None,
     fmt: Annotated[Format, typer.Option(
         "--format", "-f", help="fairseq: SPLIT_RANK_NSHARD.npy/.len/.keys (simple_kmeans layout); npy: one KEY.npy "
                                "per utterance; kaldi: SPLIT.ark + SPLIT.scp.")] = Format.fairseq,
@@ -129,7 +130,7 @@ def learn(
     features: FeaturesArg,
     km_path: Annotated[Path, typer.Argument(parser=_not_stdout("a k-means file", "a file name such as km.pt"), metavar="KM",
                                             help="The k-means file to write (e.g. km.pt).", show_default=False)],
-    layer: LayerOpt,
+    layer: LayerOpt = None,
     clusters: Annotated[int, typer.Option("--clusters", "-k", min=1, help="Number of clusters (units).")] = CLUSTERS,
     max_frames: Annotated[int, typer.Option(
         "--max-frames", min=1, help="Frames to learn from: utterances in a seeded random order until this many.")] = MAX_FRAMES,
@@ -162,7 +163,7 @@ def learn(
     except RuntimeError as e:  # torch's zip writer reports an open failure as RuntimeError
         raise Fail(f"{km_path}: cannot write ({str(e).splitlines()[0]})") from None
     if not quiet:
-        err(f"wrote {km_path}: {clusters} clusters of layer {layer} from {km['frames']:,} frames, "
+        err(f"wrote {km_path}: {clusters} clusters of layer {km['layer']} from {km['frames']:,} frames, "
             f"inertia {km['inertia']:.4g} per frame")
 
 

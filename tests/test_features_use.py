@@ -200,6 +200,31 @@ def test_convert_of_a_file_without_utterances_says_the_files_are_empty(tmp_path)
     assert (tmp_path / "out" / "train_0_1.len").read_text() == ""
 
 
+def test_layer_may_be_left_out_only_when_the_file_holds_one(feats, tmp_path):
+    """After a default extract (``--layers last``: one stored layer) ``lhb convert`` and ``lhb units
+    learn`` take that layer without ``--layer``; a file of several layers asks which, listing them,
+    before anything is written."""
+    path, ref = feats
+    for args in (["convert", path, tmp_path / "c"], ["units", "learn", path, tmp_path / "km.pt"]):
+        r = lhb(*args)
+        assert r.returncode == 2, r
+        assert r.err_lines == [f"lhb: error: --layer: {path} holds layers {list(range(11))}; say which one"], r
+        assert not args[-1].exists()
+    copy_speech(tmp_path / "wav", FILES[:2])
+    one = tmp_path / "last.h5"
+    assert lhb("extract", tmp_path / "wav", one, "-c", "random:small", "--subnet", "min", "--device", "cpu", "-q").returncode == 0
+    stored = read_features(one)
+    assert stored.attrs["layers"] == [10], stored.attrs  # the min subnet's 10 layers: hidden state 10
+    r = lhb("convert", one, tmp_path / "npy", "-f", "npy", "-q")
+    assert r.returncode == 0, r
+    for k, x in stored.data.items():
+        np.testing.assert_array_equal(np.load(tmp_path / "npy" / f"{k}.npy"), x)
+    r = lhb("units", "learn", one, tmp_path / "km.pt", "--clusters", 4)
+    assert r.returncode == 0, r
+    assert torch.load(tmp_path / "km.pt", weights_only=True)["layer"] == 10
+    assert r.err_lines[-1].startswith(f"wrote {tmp_path / 'km.pt'}: 4 clusters of layer 10 from "), r
+
+
 def test_convert_npy_and_kaldi(feats, tmp_path):
     path, ref = feats
     assert lhb("convert", path, tmp_path / "npy", "-l", 3, "-f", "npy", "-q").returncode == 0
