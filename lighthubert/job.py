@@ -204,7 +204,7 @@ def prepare(job: ExtractJob, *, world: World | None = None, download: bool = Tru
     dtype = _setting("dtype", resolve_dtype, job.dtype, dev)
     backend = get_backend(job.format)
     items = list_inputs(job.input)
-    out = check_output_path(job.output, resume=job.resume, overwrite=job.overwrite,
+    out = check_output_path(job.output, resume=job.resume, overwrite=job.overwrite, backend=backend,
                             inputs=itertools.chain([job.input], (it.path for it in items)))
     if not world.distributed and find_parts(parts_dir(out), backend.suffix):
         raise OutputError(f"{parts_dir(out)}: parts of a run with several processes are there; "
@@ -260,7 +260,7 @@ def _claim(plan: Plan) -> set[str]:
     :func:`prepare`), remove what ``overwrite`` replaces and what killed runs left half-written, and
     return the keys already committed, refusing input keys that nest with them."""
     job, out, backend = plan.job, plan.output, plan.backend
-    check_output_path(out, resume=job.resume, overwrite=job.overwrite)
+    check_output_path(out, resume=job.resume, overwrite=job.overwrite, backend=backend)
     remove_stale_temps(out)
     held = find_committed(out, backend.suffix)
     if job.overwrite:

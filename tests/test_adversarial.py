@@ -422,7 +422,25 @@ def test_messages_write_undecodable_bytes_of_a_path_as_in_the_features_file(tmp_
     p = subprocess.run(lhb_prefix() + ["extract", str(UTT), os.fsdecode(out), "-c", "random:small"],
                        capture_output=True, text=True, timeout=120, env=_env(), stdin=subprocess.DEVNULL)
     assert p.returncode == 1 and one_line(p) == (
-        f"lhb: error: {tmp_path}/out%FF.h5: already exists; pass --resume to complete it or --overwrite to replace it")
+        f"lhb: error: {tmp_path}/out%FF.h5: already exists and is not a features file; choose another OUTPUT "
+        f"(--overwrite would replace it)")
+
+
+def test_an_existing_output_that_is_not_a_features_file_is_not_offered_resume(tmp_path):
+    """`lhb extract wavs notes.txt` (a slip of the hand) was told "pass --resume to complete it or
+    --overwrite to replace it": --resume then failed, and --overwrite replaced the notes. Only a
+    features file is offered --resume; the other file is left as it was."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    p = lhb("extract", UTT, notes, "-c", "random:small", "-q")
+    assert p.returncode == 1 and one_line(p) == (
+        f"lhb: error: {notes}: already exists and is not a features file; choose another OUTPUT (--overwrite would replace it)")
+    assert notes.read_text() == "my notes\n"
+    feats = tmp_path / "feats.h5"
+    assert lhb("extract", UTT, feats, "-c", "random:small", "--subnet", "min", "-q").returncode == 0
+    p = lhb("extract", UTT, feats, "-c", "random:small", "--subnet", "min", "-q")
+    assert p.returncode == 1 and one_line(p) == (
+        f"lhb: error: {feats}: already exists; pass --resume to complete it or --overwrite to replace it")
 
 
 def test_input_that_is_a_looping_or_broken_link_says_so(tmp_path):

@@ -234,10 +234,11 @@ def refuse_existing(paths: Iterable[str | os.PathLike], overwrite: bool) -> None
 
 
 def check_output_path(path: str | os.PathLike, *, resume: bool, overwrite: bool,
-                      inputs: Iterable[str | os.PathLike] = ()) -> Path:
+                      inputs: Iterable[str | os.PathLike] = (), backend: Backend | None = None) -> Path:
     """Fail early (before any audio is read) when OUTPUT cannot be written: its folder is missing or
     read-only, it exists without ``resume``/``overwrite``, it is not a regular file (a device, FIFO or
-    folder is never replaced), or it is one of ``inputs`` (the same file under any name)."""
+    folder is never replaced), or it is one of ``inputs`` (the same file under any name). With a
+    ``backend``, an existing OUTPUT that is not a file of its format is not offered ``--resume``."""
     out = Path(path)
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
@@ -259,6 +260,9 @@ def check_output_path(path: str | os.PathLike, *, resume: bool, overwrite: bool,
             hint = f"; give a file name such as {out / 'features.h5'}" if kind == "a folder" else ""
             raise OutputError(f"{out}: is {kind}, not a regular file; OUTPUT is never replaced unless it is one{hint}")
     if not (resume or overwrite):
+        if backend is not None and not backend.is_features_file(out):  # a typo'd name, some other file
+            raise OutputError(f"{out}: already exists and is not a features file; choose another OUTPUT "
+                              f"(--overwrite would replace it)")
         raise OutputError(f"{out}: already exists; pass --resume to complete it or --overwrite to replace it")
     if not os.access(out, os.W_OK):
         raise OutputError(f"{out}: is not writable")
