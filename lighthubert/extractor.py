@@ -3,6 +3,7 @@ of 16 kHz waveforms into per-utterance hidden states."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -176,7 +177,7 @@ class Extractor:
     def _prepare(self, waves: Sequence[Tensor | np.ndarray], normalized: bool = False) -> Prepared:
         """:meth:`prepare` of waveforms known to be good, as :func:`lighthubert.audio.load_audio`
         returns them (the pipeline's hot path: the check is a pass over every sample)."""
-        tensors = [torch.as_tensor(w, dtype=torch.float32).reshape(-1) for w in waves]
+        tensors = [torch.as_tensor(w, dtype=torch.float32).detach().reshape(-1) for w in waves]  # no autograd
         sizes = [len(t) for t in tensors]
         cuda = self.device.type == "cuda"
         host = torch.empty(len(tensors), max(sizes), dtype=torch.float32, pin_memory=cuda)
@@ -270,11 +271,18 @@ class Extractor:
         gives a list; one (N,) waveform gives one result. A batch gives each utterance its numbers
         alone up to float32 rounding (README: batching)."""
         idx = resolve_layers(layers, self.num_layers, self.checkpoint.cfg.layer_norm_first)
+        if isinstance(waves, (str, bytes, os.PathLike)) or (
+                isinstance(waves, (list, tuple)) and waves and isinstance(waves[0], (str, bytes, os.PathLike))):
+            raise ValueError("expected waveforms, got a file name; read the audio first: "
+                             "ext(lighthubert.load_audio(path)) (or lighthubert.extract for folders and lists)")
         single = isinstance(waves, (Tensor, np.ndarray)) and waves.ndim == 1
         if single:
             waves = [waves]
         elif isinstance(waves, (Tensor, np.ndarray)) and waves.ndim != 2:
             raise ValueError(f"expected one waveform (N,), a batch (B, N) or a list of waveforms; got shape {tuple(waves.shape)}")
+        elif isinstance(waves, (Tensor, np.ndarray)) and waves.shape[1] < 400 <= waves.shape[0]:
+            raise ValueError(f"got a {tuple(waves.shape)} array: (samples, channels), as soundfile reads stereo; pass "
+                             f"one channel (load_audio averages them: wave.mean(axis=1)), or wave.T to run each channel")
         elif len(waves) == 0:
             return []
         elif np.ndim(waves[0]) == 0:
@@ -295,7 +303,10 @@ def _check_waves(waves: Sequence[Tensor | np.ndarray]) -> None:
             raise ValueError(f"waveform {i} has shape {shape}; expected (N,) samples of one 16 kHz channel")
         if np.prod(shape) < 400:
             raise ValueError(f"waveform {i} has fewer than 400 samples (25 ms); it gives no frame")
-        if not bool(torch.isfinite(torch.as_tensor(w)).all()):  # else every feature is NaN, silently
+        t = torch.as_tensor(w)
+        if t.is_complex() or t.dtype == torch.bool:
+            raise ValueError(f"waveform {i} holds {t.dtype} values; expected real samples")
+        if not bool(torch.isfinite(t).all()):  # else every feature is NaN, silently
             raise ValueError(f"waveform {i} holds NaN or infinite samples")
 
 

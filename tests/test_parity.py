@@ -5,6 +5,7 @@ kinds (both extractor modes), on real speech; and batches against single utteran
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,6 +129,29 @@ def test_too_short_input_is_an_error(ours_default_outputs):
     with pytest.raises(ValueError, match="400"):
         ext([np.zeros(399, dtype=np.float32)])
     assert ext([np.random.default_rng(0).standard_normal(400).astype(np.float32)])[0].shape == (1, ext.embed_dim)
+
+
+def test_inputs_that_are_not_mono_waveforms_are_named(ours_default_outputs, speech):
+    """What users hand ``ext`` by mistake: soundfile's (samples, channels) stereo array (was read as
+    thousands of 2-sample waveforms: "waveform 0 has fewer than 400 samples"), a file name (was "a
+    list of numbers"), complex or bool samples (were cast silently). A waveform that requires grad
+    (from an augmentation graph) gives the features of its values (was an autograd RuntimeError)."""
+    ext, _ = ours_default_outputs["small"]
+    wave = speech[0][1]
+    stereo = np.stack([wave, wave * 0.5], axis=1)
+    with pytest.raises(ValueError, match=rf"^got a \({len(wave)}, 2\) array: \(samples, channels\)"):
+        ext(stereo)
+    for name in ("a.wav", Path("a.wav"), ["a.wav", "b.wav"]):
+        with pytest.raises(ValueError, match="got a file name; read the audio first"):
+            ext(name)
+    for bad, what in ((torch.ones(800, dtype=torch.bool), "torch.bool"), (np.ones(800, np.complex64), "torch.complex64")):
+        with pytest.raises(ValueError, match=f"waveform 1 holds {what} values; expected real samples"):
+            ext([wave, bad])
+    alone = ext(torch.from_numpy(wave))
+    tracked = torch.from_numpy(wave).clone().requires_grad_()
+    torch.testing.assert_close(ext(tracked * 1.0), alone, rtol=0, atol=0)
+    for got, want in zip(ext(stereo.T), [alone, ext(wave * 0.5)]):  # the hint's batch of channels
+        assert rel_err(got, want) <= BATCH_TOL
 
 
 def pick_batch(speech, count=4):
