@@ -167,6 +167,36 @@ def wav_truncation(path: str | os.PathLike) -> tuple[int, int] | None:
     return None
 
 
+MP3_SLACK = 4 * 1152
+"""Samples (at the file's rate) an MP3 may decode short of its header's count and still be whole:
+encoder delay and padding a header without LAME's gapless fields leaves in the count."""
+
+
+def mp3_declares_frames(path: str | os.PathLike) -> bool:
+    """Whether the MP3 ``path`` opens with a Xing/Info header that states its frame count (LAME and
+    most encoders write one), so that libsndfile's length is the encoder's, not an estimate from the
+    file size and first bitrate (which a variable-bitrate file without it gets wrong either way)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(10)
+            start = 0
+            if head[:3] == b"ID3" and len(head) == 10:  # ID3v2 tag: a syncsafe size, maybe a footer
+                start = 10 + sum((b & 0x7F) << (7 * (3 - i)) for i, b in enumerate(head[6:10]))
+                start += 10 if head[5] & 0x10 else 0
+            f.seek(start)
+            data = f.read(4096 + 64)
+    except OSError:
+        return False
+    for i in range(min(len(data) - 4, 4096)):  # the first frame header (padding may come first)
+        if data[i] == 0xFF and data[i + 1] & 0xE0 == 0xE0:
+            version, mono = (data[i + 1] >> 3) & 3, (data[i + 3] >> 6) == 3
+            side = (17 if mono else 32) if version == 3 else (9 if mono else 17)
+            at = i + 4 + side
+            tag = data[at:at + 8]
+            return tag[:4] in (b"Xing", b"Info") and len(tag) == 8 and bool(tag[7] & 1)
+    return False
+
+
 def load_audio(path: str | os.PathLike) -> np.ndarray:
     """(N,) float32 mono waveform at 16 kHz, or :class:`AudioError` saying why not.
     Raises :class:`ResamplerUnavailable` when the file needs resampling and torchaudio is broken."""
@@ -184,6 +214,9 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
                 raise AudioError(f"truncated: its header declares {cut[0]} samples at {rate} Hz but the file ends "
                                  f"after {cut[1]} (an interrupted copy or download?)")
             data = f.read(dtype="float32", always_2d=True)
+            if f.format == "MP3" and len(data) + MP3_SLACK < f.frames and mp3_declares_frames(path):
+                raise AudioError(f"truncated: its header declares {f.frames} samples at {rate} Hz but the file ends "
+                                 f"after {len(data)} (an interrupted copy or download?)")
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
         raise _decode_error(err) from None
     except OSError as err:

@@ -208,6 +208,37 @@ def test_wav_length_fields_only_a_cut_file_is_refused(tmp_path):
         assert np.array_equal(load_audio(tmp_path / f"{name}.wav"), expected), name
 
 
+@needs_speech
+@pytest.mark.skipif("MP3" not in sf.available_formats(), reason="this libsndfile has no MP3 encoder")
+@pytest.mark.parametrize("mode", ["CONSTANT", "VARIABLE"])
+def test_a_cut_mp3_is_refused_only_when_its_header_states_its_length(tmp_path, mode):
+    """An MP3 cut short (an interrupted copy) decoded as far as it went and was stored as if whole.
+    When the file opens with a Xing/Info header stating its frame count (LAME's, written here by
+    libsndfile), the shortfall is certain: skipped as truncated. Without one, libsndfile's length is
+    only an estimate from the size and first bitrate (several times off for such a file), so a
+    file without the header is never judged, cut or whole."""
+    from lighthubert.audio import mp3_declares_frames
+
+    x, rate = sf.read(SPEECH_DIR / "spk3" / "utt02.wav", dtype="float32")  # about 10 s
+    sf.write(tmp_path / "whole.mp3", x, rate, format="MP3", bitrate_mode=mode)
+    whole = (tmp_path / "whole.mp3").read_bytes()
+    assert mp3_declares_frames(tmp_path / "whole.mp3")
+    assert load_audio(tmp_path / "whole.mp3").shape == (len(x),)
+    (tmp_path / "cut.mp3").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(AudioError, match=rf"^truncated: its header declares {len(x)} samples at {rate} Hz but the file ends after \d+ "):
+        load_audio(tmp_path / "cut.mp3")
+    tagged = b"ID3\x03\x00\x00\x00\x00\x02\x01" + bytes(257)  # an ID3v2 tag of 257 bytes before the frames
+    (tmp_path / "tagged_cut.mp3").write_bytes(tagged + whole[: len(whole) // 2])
+    with pytest.raises(AudioError, match="^truncated: "):
+        load_audio(tmp_path / "tagged_cut.mp3")
+    plain = whole.replace(b"Xing", b"XXXX", 1)  # the header frame becomes an ordinary (silent) frame
+    assert plain != whole
+    for name, data in (("plain.mp3", plain), ("plain_cut.mp3", plain[: len(plain) // 2])):
+        (tmp_path / name).write_bytes(data)
+        assert not mp3_declares_frames(tmp_path / name)
+        assert len(load_audio(tmp_path / name)) >= 400, name
+
+
 def test_fifo_audio_is_refused_without_blocking(tmp_path):
     fifo = tmp_path / "x.wav"
     os.mkfifo(fifo)
