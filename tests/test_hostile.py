@@ -365,6 +365,7 @@ def test_a_second_sigterm_stops_at_once_with_143(tmp_path):
         proc.wait(timeout=60)
     finally:
         proc.kill()
+        proc.stderr.close()
     assert proc.returncode == 143, err
     assert "lhb: terminated" in err and "Traceback" not in err
 
