@@ -17,4 +17,9 @@ class SettingError(LightHubertError, ValueError):
         self.setting = setting
 
 
-__all__ = ["LightHubertError", "SettingError"]
+class LightHubertWarning(UserWarning):
+    """Something the user should know that does not stop the work (``warnings.warn``); ``lhb`` shows
+    it as one line, ``lhb: warning: ...``."""
+
+
+__all__ = ["LightHubertError", "LightHubertWarning", "SettingError"]

@@ -13,6 +13,7 @@ import re
 import signal
 import sys
 import threading
+import warnings
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -790,11 +791,26 @@ def _stdout_closed() -> int:
     return 141
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """The library's warnings as one line, ``lhb: warning: ...``; any other as Python shows it."""
+    from lighthubert.errors import LightHubertWarning
+
+    if issubclass(category, LightHubertWarning):
+        err(f"lhb: warning: {message}")
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+_python_showwarning = warnings.showwarning
+
+
 def run(args: list[str] | None = None) -> int:
     """Run ``lhb`` and return its exit status. Every way out is one line at most: usage errors
-    ``lhb: error: ...`` (2), failures (see ``_one_line_errors``), SIGINT / SIGTERM (130 / 143)."""
+    ``lhb: error: ...`` (2), failures (see ``_one_line_errors``), SIGINT / SIGTERM (130 / 143);
+    the library's warnings are one line each, ``lhb: warning: ...``."""
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, _on_signal)
+    warnings.showwarning = _show_warning
     try:
         try:
             rc = app(args=args, prog_name="lhb", standalone_mode=False)

@@ -12,7 +12,9 @@ import os
 import shutil
 import signal
 import stat
+import socket
 import subprocess
+import sys
 import time
 import zipfile
 from contextlib import contextmanager
@@ -534,6 +536,67 @@ def test_absurd_numbers_in_the_library_are_setting_errors(tmp_path, setting, val
         lighthubert.extract(UTT, tmp_path / "o.h5", checkpoint="random:small", **{setting: value})
     assert e.value.setting == setting
     assert os.listdir(tmp_path) == []
+
+
+NO_LOCKS = """
+import errno, fcntl, sys
+def unsupported(code):
+    def call(*args):
+        raise OSError(code, {errno.ENOSYS: "Function not implemented", errno.ENOLCK: "No locks available"}[code])
+    return call
+fcntl.flock = unsupported(errno.ENOLCK)           # NFS without a lock daemon, Lustre without -o flock
+if sys.argv.pop(1) == "none":
+    fcntl.lockf = unsupported(errno.ENOSYS)        # no POSIX locks either
+from lighthubert_cli.entry import main
+sys.argv[0] = "lhb"
+main()
+"""
+
+
+def test_output_on_a_filesystem_without_flock(tmp_path, monkeypatch):
+    """Lustre mounted without ``-o flock`` or NFS without a lock daemon refuse ``flock`` (ENOSYS,
+    ENOLCK): every run was told OUTPUT "is being written by another process", so lhb could not write
+    there at all. Now a POSIX lock is taken instead where that works (a second run is still refused),
+    and where no lock works the run goes on after one warning line. (The system calls are replaced
+    in a real lhb process; the filesystem cannot be mounted here.)"""
+    import errno
+    import fcntl
+
+    from lighthubert.storage import OutputLock
+
+    script = tmp_path / "nolocks.py"
+    script.write_text(NO_LOCKS)
+
+    def run(mode: str, out: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(script), mode, "extract", str(UTT), str(out), *FAST, "-q"],
+                              capture_output=True, text=True, timeout=120, env=_env(), stdin=subprocess.DEVNULL)
+
+    out = tmp_path / "none.h5"
+    p = run("none", out)
+    assert p.returncode == 0, p
+    assert p.stderr.splitlines() == [f"lhb: warning: {out}: its filesystem takes no file locks (Function not implemented), "
+                                     "so nothing stops a second run writing OUTPUT at the same time"], p
+    with lighthubert.open_features(out) as f:
+        assert f.keys == ["utt03"] and f.attrs["complete"] is True
+    assert sorted(os.listdir(tmp_path)) == ["nolocks.py", "none.h5"]  # the lock file went with the run
+
+    out = tmp_path / "posix.h5"
+    real_flock = fcntl.flock
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    with OutputLock(out):  # a POSIX lock, as a running lhb extract on that filesystem holds it
+        p = run("posix", out)
+        assert p.returncode == 1 and one_line(p) == (
+            f"lhb: error: {out}: is being written by lhb pid {os.getpid()} on {socket.gethostname()}; "
+            "wait for it to end, or choose another OUTPUT"), p
+    monkeypatch.setattr(fcntl, "flock", real_flock)
+    p = run("posix", out)
+    assert p.returncode == 0 and p.stderr == "", p  # a POSIX lock is a lock: no warning
+    with lighthubert.open_features(out) as f:
+        assert f.keys == ["utt03"] and f.attrs["complete"] is True
 
 
 def test_merge_into_an_output_being_written_is_refused(tmp_path):

@@ -12,6 +12,7 @@ check of OUTPUT and the naming of the parts of a run with several processes.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import glob
 import json
@@ -21,13 +22,14 @@ import stat
 import shutil
 import tempfile
 import time
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Protocol
 
 import numpy as np
 
-from ..errors import LightHubertError
+from ..errors import LightHubertError, LightHubertWarning
 
 FORMAT = "lighthubert-features"
 UNITS_FORMAT = "lighthubert-units"  # lhb units apply's .h5: /units/KEY (T,) ints
@@ -276,10 +278,33 @@ def check_output_path(path: str | os.PathLike, *, resume: bool, overwrite: bool,
     return out
 
 
+_HELD = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+"""What a non-blocking lock call fails with when another process holds the lock; any other error
+means the filesystem does not do that kind of lock (Lustre without ``-o flock``: ENOSYS; NFS without
+a lock daemon: ENOLCK)."""
+
+
+def _lock(fd: int) -> OSError | None:
+    """Lock ``fd`` exclusively without waiting: ``flock``, else a POSIX ``lockf`` lock (some network
+    filesystems do only that). Returns None once locked, the last error when the filesystem supports
+    neither; raises the OSError of a lock another process holds."""
+    for take in (fcntl.flock, fcntl.lockf):
+        try:
+            take(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return None
+        except OSError as err:
+            if err.errno in _HELD:
+                raise
+            unsupported = err
+    return unsupported
+
+
 class OutputLock:
-    """An exclusive lock on OUTPUT for a whole run (its temporary files and parts too): ``flock`` on
-    ``.OUTPUT.lock`` next to it, which holds the owner's pid and host. A second writer is refused
-    with :class:`OutputError` naming the holder; the kernel releases the lock when a process dies."""
+    """An exclusive lock on OUTPUT for a whole run (its temporary files and parts too): ``flock`` (or
+    a POSIX lock where only that works) on ``.OUTPUT.lock`` next to it, which holds the owner's pid and
+    host. A second writer is refused with :class:`OutputError` naming the holder; the kernel releases
+    the lock when a process dies. On a filesystem without locks the run goes on unlocked, after a
+    :class:`~lighthubert.errors.LightHubertWarning` saying so."""
 
     def __init__(self, output: Path):
         self.output = output
@@ -290,12 +315,16 @@ class OutputLock:
         for _ in range(10):  # the file may be unlinked by its holder between our open and flock
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                unsupported = _lock(fd)
             except OSError:
                 holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
                 os.close(fd)
                 raise OutputError(f"{self.output}: is being written by {holder}; wait for it to end, "
                                   "or choose another OUTPUT") from None
+            if unsupported is not None:
+                warnings.warn(f"{self.output}: its filesystem takes no file locks ({unsupported.strerror}), so "
+                              "nothing stops a second run writing OUTPUT at the same time", LightHubertWarning,
+                              stacklevel=2)
             try:
                 same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
