@@ -93,13 +93,22 @@ class Group:
         self.dist, self.world = dist, world
         timeout = timedelta(minutes=timeout_minutes)
         if world.launcher == "torchrun":
-            dist.init_process_group("gloo", timeout=timeout)
+            where = f"torchrun's rendezvous ({os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')})"
         else:
             job = f"{os.environ.get('SLURM_JOB_ID', 'job')}.{os.environ.get('SLURM_STEP_ID', '0')}"
             store_path = parts_dir(output) / f".store-{job}"
+            where = f"the file {store_path} (on a filesystem all nodes share, that takes file locks)"
             store_path.parent.mkdir(parents=True, exist_ok=True)
-            store = dist.FileStore(str(store_path), world.size)
-            dist.init_process_group("gloo", store=store, rank=world.rank, world_size=world.size, timeout=timeout)
+        try:
+            if world.launcher == "torchrun":
+                dist.init_process_group("gloo", timeout=timeout)
+            else:
+                store = dist.FileStore(str(store_path), world.size)
+                dist.init_process_group("gloo", store=store, rank=world.rank, world_size=world.size, timeout=timeout)
+        except RuntimeError as err:  # torch's DistStoreError, DistNetworkError, a timeout
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise OutputError(f"rank {world.rank} of {world.size} could not join the others through {where}: "
+                              f"{reason}") from None
         self.store = dist.distributed_c10d._get_default_store()
         self._stop_beating = threading.Event()
         self._seen: dict[int, tuple[int, float]] = {}  # rank -> (last heartbeat count, when it changed)

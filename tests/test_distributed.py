@@ -101,6 +101,29 @@ def test_slurm_variables_without_torchrun(tmp_path, ckpt, single):
     assert_same(out, single)
 
 
+def test_srun_ranks_that_cannot_meet_say_where_they_tried(tmp_path, ckpt):
+    """Under srun the ranks meet through a file in OUTPUT.parts; when torch cannot use it (here a
+    folder in its place; on a filesystem without file locks, its lock calls fail) each rank said
+    "lhb: internal error: DistStoreError: Is a directory". Now one line names the file and what it
+    needs; nothing is written."""
+    out = tmp_path / "out.h5"
+    store = tmp_path / "out.h5.parts" / ".store-99.0"
+    store.mkdir(parents=True)
+    procs = []
+    for rank in range(2):
+        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+        env.update(SLURM_PROCID=str(rank), SLURM_STEP_NUM_TASKS="2", SLURM_LOCALID=str(rank),
+                   SLURM_JOB_ID="99", SLURM_STEP_ID="0", OMP_NUM_THREADS="1")
+        procs.append(subprocess.Popen([LHB, "extract", str(SPEECH), str(out), "-c", str(ckpt), *ARGS], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for rank, p in enumerate(procs):
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 1 and err.splitlines() == [
+            f"lhb: error: rank {rank} of 2 could not join the others through the file {store} (on a filesystem "
+            "all nodes share, that takes file locks): Is a directory"], err
+    assert not out.exists() and os.listdir(tmp_path / "out.h5.parts") == [".store-99.0"]
+
+
 def test_killed_rank_fails_cleanly_and_resumes(tmp_path, ckpt, single):
     audio = tmp_path / "audio"
     for i in range(3):
