@@ -78,9 +78,9 @@ def convert(features: str | os.PathLike, output: str | os.PathLike, fmt: str, la
             split: str = "train", nshard: int = 1, overwrite: bool = False,
             progress: Callable[[int, int], None] | None = None) -> list[Path]:
     """Write ``layer`` of every utterance of ``features`` under the folder ``output`` (created) in
-    the layout ``fmt`` (see module docstring); ``layer`` None: the file's only layer. Returns the files written. A file to write that
-    exists already is an :class:`~lighthubert.storage.OutputError` (before anything is written)
-    unless ``overwrite``."""
+    the layout ``fmt`` (see module docstring); ``layer`` None: the file's only layer. Returns the
+    files written. A file to write that exists already is an :class:`~lighthubert.storage.OutputError`
+    (before anything is written) unless ``overwrite``."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
     if not split or split in (".", "..") or any(c in split for c in "/\\\0"):  # the files stay inside ``output``

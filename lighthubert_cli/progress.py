@@ -52,10 +52,10 @@ def progress_line(r: "Reporter") -> str:
     the audio seconds, since the longest files run first)."""
     elapsed = time.monotonic() - r.t0
     rt = r.seconds / elapsed if elapsed > 0 else 0.0
-    if r.files >= r.total:  # the end: skipped files' audio never comes, and nothing is left
-        return f"{r.files:,}/{count(r.total, 'file')}, {hms(r.seconds)}/{hms(r.seconds)} audio, {rt:,.0f}x real time, ETA 0:00"
-    return (f"{r.files:,}/{count(r.total, 'file')}, {hms(r.seconds)}/{hms(r.total_seconds)} audio, "
-            f"{rt:,.0f}x real time, ETA {eta(r.seconds, r.total_seconds, elapsed)}")
+    end = r.files >= r.total  # skipped files' audio never comes: at the end, the total is what was done
+    total = r.seconds if end else r.total_seconds
+    return (f"{r.files:,}/{count(r.total, 'file')}, {hms(r.seconds)}/{hms(total)} audio, "
+            f"{rt:,.0f}x real time, ETA {'0:00' if end else eta(r.seconds, total, elapsed)}")
 
 
 class _Line(ProgressColumn):
