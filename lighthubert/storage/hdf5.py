@@ -225,8 +225,10 @@ def _merge_into(tmp: Path, sources: list[Path], complete: bool | None) -> int:
                     skipped[entry["key"]] = entry
                 for key in keys(src):
                     if key in group:
-                        if not np.array_equal(group[key][()], src[GROUP][key][()]):
-                            raise OutputError(f"{path}: key {key!r} is also in another part, with other values")
+                        a, b = group[key][()], src[GROUP][key][()]
+                        if not np.array_equal(a, b):
+                            raise OutputError(f"{path}: key {key!r} is also in another part, with other values "
+                                              f"({_difference(a, b)})")
                         continue
                     parent = key.rsplit("/", 1)[0] if "/" in key else ""
                     dest_group = group.require_group(parent) if parent else group
@@ -237,6 +239,16 @@ def _merge_into(tmp: Path, sources: list[Path], complete: bool | None) -> int:
         dst.attrs["merged_from"] = len(sources)
         dst.attrs["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     return len(done)
+
+
+def _difference(a: np.ndarray, b: np.ndarray) -> str:
+    """How two stored arrays of one key differ, in words: shapes, or the largest relative difference
+    (features of one input from two runs batched differently differ by float rounding, ~1e-6)."""
+    if a.shape != b.shape:
+        return f"shapes {a.shape} and {b.shape}"
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    scale = max(float(np.abs(a).max(initial=0.0)), 1e-30)
+    return f"largest difference {float(np.abs(a - b).max()) / scale:.1e} of the largest value"
 
 
 def _fsync(path: Path) -> None:
