@@ -86,15 +86,17 @@ def test_keep_parts_then_merge(tmp_path, ckpt, single):
     assert_same(out, single)
 
 
+def srun_task(args: list[str], rank: int, job: str, stderr=subprocess.STDOUT, **env: str) -> subprocess.Popen:
+    """Task ``rank`` of 2 of a SLURM step ``job``.0 as srun starts it (no torchrun variables)."""
+    environ = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    environ.update(SLURM_PROCID=str(rank), SLURM_STEP_NUM_TASKS="2", SLURM_LOCALID=str(rank), SLURM_JOB_ID=job,
+                   SLURM_STEP_ID="0", OMP_NUM_THREADS="1", **env)
+    return subprocess.Popen(args, env=environ, stdout=subprocess.PIPE, stderr=stderr, text=True)
+
+
 def test_slurm_variables_without_torchrun(tmp_path, ckpt, single):
     out = tmp_path / "out.h5"
-    procs = []
-    for rank in range(2):
-        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-        env.update(SLURM_PROCID=str(rank), SLURM_STEP_NUM_TASKS="2", SLURM_LOCALID=str(rank),
-                   SLURM_JOB_ID="4242", SLURM_STEP_ID="0", OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([LHB, "extract", str(SPEECH), str(out), "-c", str(ckpt), *ARGS], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    procs = [srun_task([LHB, "extract", str(SPEECH), str(out), "-c", str(ckpt), *ARGS], rank, "4242") for rank in range(2)]
     for p in procs:
         log, _ = p.communicate(timeout=300)
         assert p.returncode == 0, log
@@ -109,13 +111,8 @@ def test_srun_ranks_that_cannot_meet_say_where_they_tried(tmp_path, ckpt):
     out = tmp_path / "out.h5"
     store = tmp_path / "out.h5.parts" / ".store-99.0"
     store.mkdir(parents=True)
-    procs = []
-    for rank in range(2):
-        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-        env.update(SLURM_PROCID=str(rank), SLURM_STEP_NUM_TASKS="2", SLURM_LOCALID=str(rank),
-                   SLURM_JOB_ID="99", SLURM_STEP_ID="0", OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([LHB, "extract", str(SPEECH), str(out), "-c", str(ckpt), *ARGS], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    procs = [srun_task([LHB, "extract", str(SPEECH), str(out), "-c", str(ckpt), *ARGS], rank, "99", stderr=subprocess.PIPE)
+             for rank in range(2)]
     for rank, p in enumerate(procs):
         _, err = p.communicate(timeout=120)
         assert p.returncode == 1 and err.splitlines() == [
@@ -176,12 +173,7 @@ def test_srun_rank_killed_does_not_leave_the_others_waiting(tmp_path, ckpt, sing
     out = tmp_path / "out.h5"
     args = [LHB, "extract", str(audio), str(out), "-c", str(ckpt), "--batch-seconds", "3", "--layers", "0,2",
             "--device", "cpu"]
-    procs = []
-    for rank in range(2):
-        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-        env.update(SLURM_PROCID=str(rank), SLURM_STEP_NUM_TASKS="2", SLURM_LOCALID=str(rank), SLURM_JOB_ID="77",
-                   SLURM_STEP_ID="0", OMP_NUM_THREADS="1", LIGHTHUBERT_RANK_TIMEOUT="4")
-        procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    procs = [srun_task(args, rank, "77", LIGHTHUBERT_RANK_TIMEOUT="4") for rank in range(2)]
     for line in procs[0].stdout:  # rank 0's plain progress: the ranks have planned and started
         if line.startswith("extracting"):
             break
