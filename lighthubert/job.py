@@ -17,7 +17,9 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import random
 import threading
+import warnings
 from contextlib import ExitStack
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,9 +33,9 @@ from .checkpoint import Checkpoint, load_checkpoint
 from .defaults import (BATCH_SECONDS, CHECKPOINT, COMPRESSION, CONTEXT_SECONDS, DEVICE, DTYPE, EXACT_SECONDS,
                        FLUSH_SECONDS, LAYERS, NUM_WORKERS, OUTPUT_FORMAT, SAVE_DTYPE, SEED, WINDOW_SECONDS)
 from .distributed import Group, World, balance, decide, detect_world, finished, rank_timeout, wait_for_ranks
-from .errors import LightHubertError, SettingError
+from .errors import LightHubertError, LightHubertWarning, SettingError
 from .extractor import Extractor, parse_layers, resolve_device, resolve_dtype, resolve_layers
-from .inputs import Item, check_against, list_inputs
+from .inputs import Item, check_against, list_inputs, source_text
 from .pipeline import Options, Quiet, Reporter, StrictStop, Summary, estimate_samples
 from .pipeline import extract as run_pipeline
 from .storage import (
@@ -271,7 +273,32 @@ def _claim(plan: Plan) -> set[str]:
                           "pass --resume to complete it or --overwrite to start again")
     existing = backend.committed(out, plan.attrs, include_output=job.resume)
     check_against(plan.items, existing, str(out))
+    if existing:
+        _say_if_made_from_other_files(plan, existing)
     return existing
+
+
+SOURCES_CHECKED = 64
+"""How many of the keys a resumed OUTPUT already holds have their recorded audio path compared with
+INPUT's (reading each costs about 0.1 ms; all of them could take a minute on a large corpus)."""
+
+
+def _say_if_made_from_other_files(plan: Plan, existing: set[str]) -> None:
+    """A :class:`~lighthubert.errors.LightHubertWarning` when utterances OUTPUT keeps were made from
+    other files than INPUT names for the same keys (checked on a seeded sample): INPUT is another
+    folder with the same file names, or the corpus moved. They are kept, not redone."""
+    kept = sorted(((it.key, it.path) for it in plan.items if it.key in existing), key=lambda kp: kp[0])
+    wanted = {key: source_text(path) for key, path in random.Random(0).sample(kept, min(SOURCES_CHECKED, len(kept)))}
+    if not wanted:
+        return
+    out = plan.output
+    stored = plan.backend.sources([out, *find_committed(out, plan.backend.suffix)], wanted)
+    other = [(k, v) for k, v in sorted(stored.items()) if v != wanted[k]]
+    if other:
+        key, was = other[0]
+        warnings.warn(f"{out}: {len(other)} of {len(stored)} utterances checked were made from other files than INPUT "
+                      f"names for the same keys (e.g. {key!r}: {was}, now {wanted[key]}); they are kept as they are "
+                      "(another OUTPUT or --overwrite redoes them)", LightHubertWarning, stacklevel=2)
 
 
 def _join(plan: Plan, complete: bool) -> None:

@@ -240,7 +240,7 @@ def extract(
     resume: Annotated[bool, typer.Option("--resume", help="Keep what OUTPUT holds and do the rest.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing OUTPUT.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Stop at the first bad input (exit 1).")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary; errors and skipped inputs only.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary; errors, warnings and skipped inputs only.")] = False,
     keep_parts: Annotated[bool, typer.Option(
         "--keep-parts", help="With several processes: keep each rank's part in OUTPUT.parts/ instead of merging (join later with lhb merge).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also print where the time went and the GPU memory peak.")] = False,

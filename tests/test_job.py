@@ -5,7 +5,9 @@ once (pre-norm checkpoints). The CLI's end-to-end behaviour is in test_cli.py.""
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import warnings
 
 import h5py
 import numpy as np
@@ -182,6 +184,35 @@ def test_extract_resume_with_another_compute_dtype_is_refused(tmp_path, two_file
     assert s.files == 0 and s.done_before == 2
     with h5py.File(out) as f:
         assert {k: f["features"][k][()] for k in f["features"]}.keys() == before.keys()
+
+
+@pytest.mark.slow
+def test_resume_from_other_files_under_the_same_names_says_so(tmp_path, two_files):
+    """`--resume` with INPUT another folder whose files have the same names kept the old features
+    silently (a mistake, or a corpus that moved). A sample of the kept keys has its recorded source
+    compared with INPUT's: one warning names an example; the features are kept; the same INPUT again
+    gives no warning."""
+    from lighthubert.errors import LightHubertWarning
+
+    out = tmp_path / "f.h5"
+    args = dict(checkpoint="random:small", subnet="min", device="cpu")
+    lighthubert.extract(two_files, out, **args)
+    with h5py.File(out) as f:
+        before = {k: f["features"][k][()] for k in f["features"]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LightHubertWarning)
+        assert lighthubert.extract(two_files, out, resume=True, **args).done_before == 2
+    other = tmp_path / "elsewhere"
+    shutil.copytree(two_files, other)
+    first = sorted(before)[0]
+    with pytest.warns(LightHubertWarning, match=(
+            rf"^{re.escape(str(out))}: 2 of 2 utterances checked were made from other files than INPUT names for the "
+            rf"same keys \(e\.g\. '{first}': {re.escape(str(two_files / first))}\.wav, now "
+            rf"{re.escape(str(other / first))}\.wav\); they are kept as they are")):
+        s = lighthubert.extract(other, out, resume=True, **args)
+    assert s.files == 0
+    with h5py.File(out) as f:
+        assert all(np.array_equal(f["features"][k][()], x) for k, x in before.items())
 
 
 def test_bad_settings_are_setting_errors(tmp_path, two_files):

@@ -103,6 +103,9 @@ class Backend(Protocol):
     def describe(self, path: Path) -> dict[str, Any]:
         """Root attributes plus utterance count, frames, audio seconds and feature dims."""
 
+    def sources(self, paths: Iterable[Path], keys: Iterable[str]) -> dict[str, str]:
+        """The recorded ``source`` (audio path) of those ``keys`` that ``paths`` hold (first found)."""
+
     def is_features_file(self, path: Path) -> bool:
         """Whether ``path`` looks like a file of this format (a cheap check of its first bytes)."""
 

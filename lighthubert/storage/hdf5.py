@@ -460,6 +460,20 @@ class Hdf5Backend:
     def describe(self, path: Path) -> dict[str, Any]:
         return describe(path)
 
+    def sources(self, paths: Iterable[Path], keys: Iterable[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        wanted = set(keys)
+        for path in paths:
+            try:
+                with h5py.File(path, "r") as f:
+                    group = f[GROUP] if GROUP in f else {}
+                    for key in wanted - set(found):
+                        if key in group:
+                            found[key] = plain(group[key].attrs.get("source", ""))
+            except OSError as err:
+                raise OutputError(f"{path}: cannot be read ({open_reason(err)})") from None
+        return found
+
     def is_features_file(self, path: Path) -> bool:
         try:
             with open(path, "rb") as f:
