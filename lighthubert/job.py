@@ -292,7 +292,8 @@ def _say_if_made_from_other_files(plan: Plan, existing: set[str]) -> None:
     if not wanted:
         return
     out = plan.output
-    stored = plan.backend.sources([out, *find_committed(out, plan.backend.suffix)], wanted)
+    files = [path for path in (out, *find_committed(out, plan.backend.suffix)) if path.exists()]  # OUTPUT may not be there yet
+    stored = plan.backend.sources(files, wanted)
     other = [(k, v) for k, v in sorted(stored.items()) if v != wanted[k]]
     if other:
         key, was = other[0]
