@@ -210,13 +210,13 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
             rate = int(f.samplerate)
             check_rate(rate)  # from the header, before any sample is read
             cut = wav_truncation(path) if f.format in ("WAV", "WAVEX") else None  # FLAC etc.: not opened again
+            if cut is None:
+                data = f.read(dtype="float32", always_2d=True)
+                if f.format == "MP3" and len(data) + MP3_SLACK < f.frames and mp3_declares_frames(path):
+                    cut = f.frames, len(data)
             if cut is not None:
                 raise AudioError(f"truncated: its header declares {cut[0]} samples at {rate} Hz but the file ends "
                                  f"after {cut[1]} (an interrupted copy or download?)")
-            data = f.read(dtype="float32", always_2d=True)
-            if f.format == "MP3" and len(data) + MP3_SLACK < f.frames and mp3_declares_frames(path):
-                raise AudioError(f"truncated: its header declares {f.frames} samples at {rate} Hz but the file ends "
-                                 f"after {len(data)} (an interrupted copy or download?)")
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
         raise _decode_error(err) from None
     except OSError as err:

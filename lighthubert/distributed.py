@@ -92,17 +92,15 @@ class Group:
 
         self.dist, self.world = dist, world
         timeout = timedelta(minutes=timeout_minutes)
-        if world.launcher == "torchrun":
-            where = f"torchrun's rendezvous ({os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')})"
-        else:
-            job = f"{os.environ.get('SLURM_JOB_ID', 'job')}.{os.environ.get('SLURM_STEP_ID', '0')}"
-            store_path = parts_dir(output) / f".store-{job}"
-            where = f"the file {store_path} (on a filesystem all nodes share, that takes file locks)"
-            store_path.parent.mkdir(parents=True, exist_ok=True)
         try:
             if world.launcher == "torchrun":
+                where = f"torchrun's rendezvous ({os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')})"
                 dist.init_process_group("gloo", timeout=timeout)
             else:
+                job = f"{os.environ.get('SLURM_JOB_ID', 'job')}.{os.environ.get('SLURM_STEP_ID', '0')}"
+                store_path = parts_dir(output) / f".store-{job}"
+                where = f"the file {store_path} (on a filesystem all nodes share, that takes file locks)"
+                store_path.parent.mkdir(parents=True, exist_ok=True)
                 store = dist.FileStore(str(store_path), world.size)
                 dist.init_process_group("gloo", store=store, rank=world.rank, world_size=world.size, timeout=timeout)
         except RuntimeError as err:  # torch's DistStoreError, DistNetworkError, a timeout

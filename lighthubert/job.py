@@ -287,8 +287,8 @@ def _say_if_made_from_other_files(plan: Plan, existing: set[str]) -> None:
     """A :class:`~lighthubert.errors.LightHubertWarning` when utterances OUTPUT keeps were made from
     other files than INPUT names for the same keys (checked on a seeded sample): INPUT is another
     folder with the same file names, or the corpus moved. They are kept, not redone."""
-    kept = sorted(((it.key, it.path) for it in plan.items if it.key in existing), key=lambda kp: kp[0])
-    wanted = {key: source_text(path) for key, path in random.Random(0).sample(kept, min(SOURCES_CHECKED, len(kept)))}
+    kept = [it for it in plan.items if it.key in existing]  # list_inputs' stable order: the sample is seeded
+    wanted = {it.key: source_text(it.path) for it in random.Random(0).sample(kept, min(SOURCES_CHECKED, len(kept)))}
     if not wanted:
         return
     out = plan.output
