@@ -165,9 +165,14 @@ def test_a_stop_in_a_log_prints_no_blank_line(tmp_path):
     if not utt.is_file():
         pytest.skip("needs the speech data")
     wave = load_audio(utt)
-    sf.write(tmp_path / "long.wav", np.tile(wave, 40 * 16000 // len(wave)), 16000)  # about 40 s: one batch
-    proc = subprocess.Popen(lhb_command() + ["extract", str(tmp_path / "long.wav"), str(tmp_path / "o.h5"), "-c",
-                                             "random:small", "--subnet", "min", "--device", "cpu"],
+    # two files of about 40 s in two batches: the Ctrl-C lands during the first, so a second is left to
+    # skip (with one batch, a signal that came after its launch let the whole run finish, exit 0)
+    (tmp_path / "wav").mkdir()
+    for name in ("a.wav", "b.wav"):
+        sf.write(tmp_path / "wav" / name, np.tile(wave, 40 * 16000 // len(wave)), 16000)
+    proc = subprocess.Popen(lhb_command() + ["extract", str(tmp_path / "wav"), str(tmp_path / "o.h5"), "-c",
+                                             "random:small", "--subnet", "min", "--device", "cpu",
+                                             "--batch-seconds", "45"],
                             stderr=subprocess.PIPE, text=True, env=_env(), stdin=subprocess.DEVNULL)
     try:
         lines = []
