@@ -93,6 +93,10 @@ def fetch(name: str, progress: bool = True) -> Path:
     seconds, default 3600)."""
     filename = RELEASED[name]
     folder = cache_dir()
+    if folder.exists() and not folder.is_dir():
+        source = f"{CACHE_ENV}={folder}" if os.environ.get(CACHE_ENV) else str(folder)
+        raise CheckpointError(f"could not look for the {name!r} checkpoint: {source} is a file, not a folder; "
+                              f"point {CACHE_ENV} at a folder (or pass the checkpoint's path with -c)")
     placed = folder / filename
     if placed.is_file():
         return placed

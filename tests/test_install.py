@@ -155,6 +155,18 @@ def test_offline_names_the_way_to_place_the_file(tmp_path):
     assert not (tmp_path / "xdg" / "lighthubert" / "lighthubert_small.pt").exists()
 
 
+def test_a_cache_setting_that_names_a_file_is_named(tmp_path):
+    """LIGHTHUBERT_CACHE set to a file: the line says so, instead of the hub's error about a
+    '<file>/.cache/huggingface' path and a hint to put the checkpoint "in" the file."""
+    afile = tmp_path / "notes.txt"
+    afile.write_text("x")
+    r = _lhb(["info", "small"], _hub_env(tmp_path, HF_HUB_OFFLINE="1", LIGHTHUBERT_CACHE=str(afile)))
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert f"LIGHTHUBERT_CACHE={afile} is a file, not a folder" in lines[0]
+    assert ".cache/huggingface" not in lines[0] and afile.read_text() == "x"
+
+
 def test_a_file_placed_by_hand_is_used_offline(tmp_path, ckpt_files):
     folder = tmp_path / "mine"
     folder.mkdir()
