@@ -104,6 +104,23 @@ class LightHuBERTSupernetConfig:
         return self.space.sample(rng)
 
 
+def _as_lists(module: nn.Module) -> None:
+    """Turn every container whose children are numbered (``encoder.layers``,
+    ``feature_extractor.conv_layers``, ``layer_pred_heads``, ...) into an ``nn.ModuleList``, as in
+    the authors' model, so that ``model.encoder.layers[3]`` and ``len(...)`` work. Numbers without
+    weights (the authors' dropouts, activations, heads of layers without one) become ``nn.Identity``:
+    ``state_dict()`` is unchanged."""
+    for name, child in list(module._modules.items()):
+        if child is None:
+            continue
+        _as_lists(child)
+        names = list(child._modules)
+        if names and type(child) is nn.Module and not child._parameters and all(n.isdigit() for n in names):
+            numbered = [child._modules[str(i)] if str(i) in child._modules else nn.Identity()
+                        for i in range(max(map(int, names)) + 1)]
+            module._modules[name] = nn.ModuleList(numbered)
+
+
 class LightHuBERT(nn.Module):
     """The supernet with the authors' interface (inference only).
 
@@ -124,7 +141,9 @@ class LightHuBERT(nn.Module):
                     module.add_module(part, nn.Module())
                 module = module._modules[part]
             module.register_parameter(leaf, nn.Parameter(self._init(name, shape)))
+        _as_lists(self)
         self._compact: SubnetModel | None = None  # a cache, never a submodule: see _set_compact
+        self._compact_key: tuple = ()
         self.set_sample_config(self.supernet.max_subnet)
 
     @staticmethod
@@ -164,14 +183,32 @@ class LightHuBERT(nn.Module):
         return count_params(self.subnet_config, fixed)
 
     def subnet_model(self) -> SubnetModel:
-        """The current subnet with its weights cut (once; again after a new subnet, new weights or
-        a move to another device or dtype)."""
-        if self._compact is None:
+        """The current subnet with its weights cut: once, and again after a new subnet or any change
+        of the supernet's weights (``load_state_dict``, a move to another device or dtype, in-place
+        edits such as ``p.mul_(2)`` or an optimiser step, ``p.data = ...``). The authors' model cuts
+        on every forward pass; this one cuts when a weight's storage or version counter changed.
+        Edits through ``p.data`` in place (``p.data.copy_(...)``) bypass the version counter, as
+        they bypass autograd: call :meth:`set_sample_config` after them."""
+        key = self._weights_key()
+        if self._compact is None or key != self._compact_key:
             state = {k: v.detach() for k, v in self.state_dict().items()}
             dtype = self.post_extract_proj.weight.dtype
             compact = cut_subnet(state, self.model_cfg, self.subnet_config)
             self._set_compact(SubnetModel.from_state(self.model_cfg, self.subnet_config, compact, dtype=dtype))
+            self._compact_key = key
         return self._compact
+
+    def _weights_key(self) -> tuple:
+        """What identifies the supernet's current weights without reading them: each parameter's
+        storage address and in-place version (inference tensors have no version: their address only)."""
+        key = []
+        for p in self.parameters():
+            try:
+                version = p._version
+            except RuntimeError:  # an inference tensor (made under torch.inference_mode)
+                version = -1
+            key.append((p.data_ptr(), version))
+        return tuple(key)
 
     def _set_compact(self, model: SubnetModel | None) -> None:
         """Keep the cut subnet out of the module tree (``nn.Module`` registers a module attribute as

@@ -213,6 +213,40 @@ def test_dropin_sees_new_weights_and_new_subnets(ckpt_dicts, ckpts, short_speech
     assert wider.shape[-1] == 512
 
 
+def test_dropin_follows_weights_edited_in_place_as_the_authors_do(ckpt_dicts, short_speech):
+    """The authors' model cuts its subnet's weights on every forward pass, so edits of the weights
+    after a first forward pass (in place under no_grad, as an optimiser step does; ``p.data = ...``)
+    show in the next one. Ours once kept the weights it had cut first (1.7e-1 off after a
+    ``mul_``). Also their layers are a list: ``model.encoder.layers[3]``."""
+    from oracle import build_model
+
+    d = ckpt_dicts["small"]
+    cfg = lighthubert.LightHuBERTConfig(d["cfg"]["model"])
+    cfg.supernet_type = "small"
+    ours = lighthubert.LightHuBERT(cfg).eval()
+    ours.load_state_dict(d["model"], strict=False)
+    theirs = build_model(d["cfg"]["model"], "small", d["model"])
+    sub = SPACES["small"].default_subnet
+    ours.set_sample_config(sub)
+    theirs.set_sample_config(sub)
+    wave = prepared(short_speech[0], True)[None]
+    assert len(ours.encoder.layers) == len(theirs.encoder.layers) == 12
+    assert rel_err(ours.extract_features(wave)[0], theirs.extract_features(wave)[0]) <= BATCH_TOL
+
+    def edit(model):
+        with torch.no_grad():
+            model.encoder.layers[3].fc1.weight.mul_(1.5)
+            model.feature_extractor.conv_layers[2][0].weight.add_(0.01)
+        model.layer_norm.weight.data = model.layer_norm.weight.data * 0.5
+
+    for model in (ours, theirs):
+        edit(model)
+    o, _ = ours.extract_features(wave, ret_hs=True)
+    t, _ = theirs.extract_features(wave, ret_hs=True)
+    for j, (a, b) in enumerate(zip(o, t)):
+        assert rel_err(a, b) <= BATCH_TOL, j
+
+
 @pytest.mark.parametrize("kind", ["small", "stage1"])
 def test_dropin_padded_batch_equals_single(kind, dropin_models, ckpt_dicts, ours_default_outputs, speech):
     """extract_features(padded, padding_mask=...) gives each utterance, on its real frames, what it
