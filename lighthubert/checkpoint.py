@@ -9,6 +9,7 @@ import io
 import math
 import os
 import pickle
+import re
 import stat
 import threading
 import time
@@ -169,6 +170,14 @@ def _numpy_globals() -> list:
     return allowed
 
 
+def _numpy_array_globals() -> list:
+    """What a pickled numpy array needs beyond :func:`_numpy_globals` (an array in ``extra_state``):
+    numpy's own array rebuilder, which runs no code; allowed in this package's loader only."""
+    core = getattr(np, "_core", None) or np.core
+    rebuild = core.multiarray._reconstruct
+    return [np.ndarray, (rebuild, "numpy.core.multiarray._reconstruct"), (rebuild, "numpy._core.multiarray._reconstruct")]
+
+
 # Importing lighthubert lets a plain torch.load(path) (weights_only=True by default) open the released
 # files, as the authors' README does: only numpy scalars and dtypes are added, which run no code.
 torch.serialization.add_safe_globals(_numpy_globals())
@@ -192,13 +201,15 @@ def _read_pickle(data: bytes, where: str, trust: bool) -> Any:
         # Added, never removed: the safe_globals context manager would take away on exit what importing
         # lighthubert registered, and a later plain torch.load of a released file would fail.
         torch.serialization.add_safe_globals(_numpy_globals())
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_array_globals()):  # removed again on exit: only these
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         text = str(err)
         if "Unsupported global" in text or "GLOBAL" in text or "not an allowed global" in text:
-            what = text.split("Unsupported global:", 1)[-1].split("\n")[0].strip() if "Unsupported global:" in text else "code"
+            named = re.search(r"GLOBAL ([\w.]+)", text)
+            what = named.group(1)[:120] if named else "code"
             raise CheckpointError(
-                f"{where}: refused: unpickling it would run {what[:120]}, which a checkpoint never needs. "
+                f"{where}: refused: unpickling it would call {what}, which a checkpoint never needs. "
                 "If you trust the file, pass --trust-checkpoint (trust=True in Python)."
             ) from None
         raise CheckpointError(f"{where}: not a PyTorch checkpoint ({_reason(text)})") from None
