@@ -432,8 +432,7 @@ def subnet_cmd(
         if len(out) != 1:
             raise Fail("--export takes one subnet", EXIT_USAGE)
         _check_export_layers(layers, out[0]["layer_num"])
-    for item in out:
-        _subnet_table(item)
+    _show_subnets(out)
     text = json.dumps(out[0] if len(out) == 1 else out, indent=None)
     print(text)
     if output is not None:
@@ -475,8 +474,37 @@ def _export(ckpt, sub: dict | None, path: Path, layers: str | None, dtype: str |
     err(f"wrote {path} ({size(path.stat().st_size)})")
 
 
-def _subnet_table(item: dict) -> None:
+SUBNET_ROWS = 20  # more subnets than this (--sample) get one summary line, not a table
+
+
+def _show_subnets(out: list[dict]) -> None:
+    """On stderr: one subnet as a table of its layers; a few as a table of one row each; many (up to
+    --sample 10000) as one line, so that drawing never costs more than choosing."""
     from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=True)
+    if len(out) == 1:
+        return console.print(_subnet_table(out[0]))
+    if len(out) > SUBNET_ROWS:
+        params = [item["params"] for item in out]
+        return console.print(f"{len(out):,} subnets, {min(params):,} to {max(params):,} parameters (JSON on stdout)",
+                             highlight=False)
+    table = Table(title=f"{len(out)} subnets", title_justify="left")
+    for col in ("#", "supernet", "params", "width", "layers", "heads", "ffn_embed"):
+        table.add_column(col, justify="left" if col == "supernet" else "right")
+    for i, item in enumerate(out):
+        table.add_row(str(i), item["supernet"], f"{item['params']:,}", str(item["embed_dim"]), str(item["layer_num"]),
+                      _span(item["heads_num"]), _span(item["ffn_embed"]))
+    console.print(table)
+
+
+def _span(values: list[int]) -> str:
+    low, high = min(values), max(values)
+    return str(low) if low == high else f"{low}-{high}"
+
+
+def _subnet_table(item: dict):
     from rich.table import Table
 
     table = Table(title=f"{item['supernet']} subnet: {item['params']:,} parameters, width {item['embed_dim']}",
@@ -486,7 +514,7 @@ def _subnet_table(item: dict) -> None:
     for i in range(item["layer_num"]):
         table.add_row(str(i), str(item["heads_num"][i]), str(item["atten_dim"][i]), str(item["ffn_embed"][i]),
                       f"{item['ffn_embed'][i] / item['embed_dim']:g}")
-    Console(stderr=True).print(table)
+    return table
 
 
 @app.command(cls=LhbCommand)

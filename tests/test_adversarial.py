@@ -286,6 +286,27 @@ def test_subnet_usage_errors_name_their_option(args, line):
     assert p.returncode == 2 and one_line(p) == line and p.stdout == "", p.stderr
 
 
+def test_many_sampled_subnets_are_summed_up_on_stderr():
+    """`lhb subnet --sample N` drew one table of layers per subnet on stderr: 165,039 lines and 80 s
+    for --sample 10000, even with stderr thrown away. One subnet keeps its table of layers, a few get
+    one row each, many one line; the JSON on stdout holds every subnet."""
+    import json
+
+    p = lhb("subnet", "--sample", "500", "--seed", "3", timeout=120)
+    subs = json.loads(p.stdout)
+    params = [s["params"] for s in subs]
+    assert p.returncode == 0 and len(subs) == 500
+    assert one_line(p) == f"500 subnets, {min(params):,} to {max(params):,} parameters (JSON on stdout)"
+    p = lhb("subnet", "--sample", "3", "--seed", "3", timeout=120)
+    subs = json.loads(p.stdout)
+    rows = [line for line in p.stderr.splitlines() if line.startswith("│")]
+    assert p.returncode == 0 and len(rows) == 3 and "3 subnets" in p.stderr
+    assert [row.split("│")[3].strip() for row in rows] == [f"{s['params']:,}" for s in subs]
+    p = lhb("subnet", "--preset", "min", "--supernet", "small", timeout=120)
+    rows = [line for line in p.stderr.splitlines() if line.startswith("│")]
+    assert p.returncode == 0 and len(rows) == json.loads(p.stdout)["layer_num"]  # one row per layer
+
+
 def test_subnet_output_that_cannot_be_written_is_refused_before_printing(tmp_path, ckpt_files):
     """Before: the JSON went to stdout and the table to stderr (for --export after loading the
     checkpoint), then 'cannot write: Is a directory' or 'No such file or directory'."""
