@@ -206,8 +206,9 @@ def prepare(job: ExtractJob, *, world: World | None = None, download: bool = Tru
     dtype = _setting("dtype", resolve_dtype, job.dtype, dev)
     backend = get_backend(job.format)
     items = list_inputs(job.input)
+    read = [f for f in (job.checkpoint, job.subnet) if isinstance(f, (str, os.PathLike))]  # files, if they are
     out = check_output_path(job.output, resume=job.resume, overwrite=job.overwrite, backend=backend,
-                            inputs=itertools.chain([job.input], (it.path for it in items)))
+                            inputs=itertools.chain([job.input], read, (it.path for it in items)))
     if not world.distributed and find_parts(parts_dir(out), backend.suffix):
         raise OutputError(f"{parts_dir(out)}: parts of a run with several processes are there; "
                           f"join them with: lhb merge {out} {parts_dir(out)}")

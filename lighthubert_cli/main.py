@@ -360,6 +360,8 @@ def subnet_cmd(
         "--layers", "-l", help="Hidden states an .onnx/.ts export outputs: last (default), all, or indices like 0,4,12.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for --sample and random:* checkpoints.")] = 0,
     trust_checkpoint: TrustOpt = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=(
+        "Replace an existing --export file, or an existing -o file that is not a subnet JSON."))] = False,
 ) -> None:
     """Choose a subnet: by parameter budget, preset, sampling or JSON; print it as JSON on stdout.
 
@@ -393,6 +395,11 @@ def subnet_cmd(
     for target, example in ((output, "subnet.json"), (export, "subnet.pt")):  # said before anything is printed
         if target is not None:
             _check_target(target, f"is a folder; give a file name such as {target / example}")
+            _not_a_source(target, ("the checkpoint (-c)", checkpoint), ("the --subnet file", subnet))
+            if target.exists() and not overwrite and not (target == output and _is_subnet_json(target)):
+                raise Fail(f"{target}: already exists; pass --overwrite to replace it")
+    if output is not None and export is not None:
+        _not_a_source(export, ("the -o file", str(output)))
     if export is not None:  # a wrong suffix, a missing extra or --layers that cannot be read: before any work
         _export(None, None, export, layers, dtype, check_only=True)
         _check_export_layers(layers, 1 << 20)  # the range once the subnet is known
@@ -442,6 +449,34 @@ def subnet_cmd(
             raise Fail(f"{output}: cannot write: {e.strerror}") from None
     if export is not None:
         _export(ckpt, results[0][0], export, layers, dtype)
+
+
+def _not_a_source(target: Path, *sources: tuple[str, str | None]) -> None:
+    """Refuse to write over a file this command reads (the checkpoint, a --subnet file), or over the
+    other file it writes, whatever --overwrite says: it would be lost."""
+    for what, src in sources:
+        if src is not None and (target == Path(src) or _same_file(target, src)):
+            raise Fail(f"{target}: is {what}; give another file to write", EXIT_USAGE)
+
+
+def _same_file(a: Path, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):  # absent, or not a file name (a released name, inline JSON)
+        return False
+
+
+def _is_subnet_json(path: Path) -> bool:
+    """Whether ``path`` holds what ``-o`` writes (a subnet, or a list of them, as JSON): rewriting it
+    needs no --overwrite; any other file does."""
+    try:
+        if path.stat().st_size > 50_000_000:
+            return False
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    items = data if isinstance(data, list) else [data]
+    return bool(items) and all(isinstance(d, dict) and "layer_num" in d for d in items)
 
 
 def _check_export_layers(layers: str | None, num_layers: int) -> None:

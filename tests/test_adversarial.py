@@ -307,6 +307,49 @@ def test_many_sampled_subnets_are_summed_up_on_stderr():
     assert p.returncode == 0 and len(rows) == json.loads(p.stdout)["layer_num"]  # one row per layer
 
 
+def test_files_a_command_reads_are_never_written_over(tmp_path, ckpt_files):
+    """`lhb subnet --preset min -c src.pt --export src.pt` replaced the 190 MB supernet with its 23 MB
+    subnet (exit 0), and `lhb extract wav src.pt -c src.pt --overwrite` (or OUTPUT = the --subnet file)
+    replaced the checkpoint with features. Such targets are refused whatever --overwrite says; other
+    existing files need --overwrite, except a subnet JSON rewritten by -o."""
+    import hashlib
+    import json
+
+    src = tmp_path / "src.pt"
+    shutil.copy(ckpt_files["small"], src)
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+    sub = tmp_path / "sub.json"
+    sub.write_text(json.dumps(lighthubert_space_min()), encoding="utf-8")
+    sub_text = sub.read_text()
+    for args, line in (
+        (["subnet", "--preset", "min", "-c", src, "--export", src, "--overwrite"], f"{src}: is the checkpoint (-c)"),
+        (["subnet", "--preset", "min", "-c", src, "-o", src, "--overwrite"], f"{src}: is the checkpoint (-c)"),
+        (["subnet", "-s", sub, "-o", sub], f"{sub}: is the --subnet file"),
+        (["extract", UTT, src, "-c", src, "--overwrite"], f"{src}: is also an input ({src})"),
+        (["extract", UTT, sub, "-c", "random:small", "-s", sub, "--overwrite"], f"{sub}: is also an input ({sub})"),
+    ):
+        p = lhb(*args, timeout=120)
+        assert p.returncode in (1, 2) and one_line(p).startswith(f"lhb: error: {line}"), (args, p.stderr)
+    assert hashlib.sha256(src.read_bytes()).hexdigest() == digest and sub.read_text() == sub_text
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    p = lhb("subnet", "--preset", "min", "--supernet", "small", "-o", notes, timeout=60)
+    assert p.returncode == 1 and one_line(p) == f"lhb: error: {notes}: already exists; pass --overwrite to replace it"
+    assert notes.read_text() == "mine"
+    out = tmp_path / "again.json"
+    for _ in range(2):  # a subnet JSON written by -o is rewritten without --overwrite
+        p = lhb("subnet", "--preset", "max", "--supernet", "small", "-o", out, timeout=60)
+        assert p.returncode == 0 and json.loads(out.read_text())["layer_num"] == 12, p.stderr
+    p = lhb("subnet", "--preset", "min", "--supernet", "small", "-o", notes, "--overwrite", timeout=60)
+    assert p.returncode == 0 and json.loads(notes.read_text())["supernet"] == "small"
+
+
+def lighthubert_space_min() -> dict:
+    from lighthubert import SPACES
+
+    return SPACES["small"].min_subnet
+
+
 def test_subnet_output_that_cannot_be_written_is_refused_before_printing(tmp_path, ckpt_files):
     """Before: the JSON went to stdout and the table to stderr (for --export after loading the
     checkpoint), then 'cannot write: Is a directory' or 'No such file or directory'."""

@@ -274,7 +274,7 @@ def check_output_path(path: str | os.PathLike, *, resume: bool, overwrite: bool,
     for p in inputs:
         try:
             s = os.stat(p)
-        except OSError:
+        except (OSError, ValueError):  # absent, or not a file name (inline JSON, a released name)
             continue
         if (s.st_dev, s.st_ino) == (st.st_dev, st.st_ino):
             raise OutputError(f"{out}: is also an input ({p}); choose another OUTPUT")
