@@ -13,6 +13,7 @@ import re
 import stat
 import threading
 import time
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,6 +184,10 @@ def _numpy_array_globals() -> list:
 torch.serialization.add_safe_globals(_numpy_globals())
 
 
+TORCH_LEGACY_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)[2:]
+"""How torch.save's legacy (non-zip) format begins, after the pickle protocol byte(s): its magic number."""
+
+
 def _read_pickle(data: bytes, where: str, trust: bool) -> Any:
     if data[:8] == HDF5_MAGIC:
         raise CheckpointError(f"{where}: this is an HDF5 file (a features file?), not a checkpoint")
@@ -195,16 +200,24 @@ def _read_pickle(data: bytes, where: str, trust: bool) -> Any:
     if not zipped and data[:1] != b"\x80":  # neither torch.save's zip nor a (legacy) binary pickle
         what = "a text file" if _is_text(data[:4096]) else "neither a zip archive nor a pickle"
         raise CheckpointError(f"{where}: not a PyTorch checkpoint ({what}); give a .pt file written by torch.save")
+    if not zipped and TORCH_LEGACY_MAGIC not in data[:32]:  # pickle.dump's file: torch.load cannot read it at all
+        raise CheckpointError(f"{where}: not a PyTorch checkpoint (a plain pickle, not a file written by torch.save)")
     try:
         if trust:
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
         # Added, never removed: the safe_globals context manager would take away on exit what importing
         # lighthubert registered, and a later plain torch.load of a released file would fail.
         torch.serialization.add_safe_globals(_numpy_globals())
-        with torch.serialization.safe_globals(_numpy_array_globals()):  # removed again on exit: only these
+        with torch.serialization.safe_globals(_numpy_array_globals()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")  # said below if it matters
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         text = str(err)
+        if "Unsupported operand" in text and not zipped:
+            raise CheckpointError(
+                f"{where}: written by torch.save with pickle protocol {data[1]}, which the safe loader cannot read "
+                "(it reads protocol 2, torch.save's default). If you trust the file, pass --trust-checkpoint "
+                "(trust=True in Python).") from None
         if "Unsupported global" in text or "GLOBAL" in text or "not an allowed global" in text:
             named = re.search(r"GLOBAL ([\w.]+)", text)
             what = named.group(1)[:120] if named else "code"

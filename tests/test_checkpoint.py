@@ -7,6 +7,7 @@ import io
 import os
 import re
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -247,8 +248,11 @@ def test_refuses_a_hostile_pickle(how, tmp_path):
     else:
         path.write_bytes(pickle.dumps(obj, protocol=2))
     assert b"system" in path.read_bytes()
-    msg = refused(path, "--trust-checkpoint")
-    assert f"would call {os.system.__module__}.system," in msg, msg  # the global named whole, not cut
+    if how == "pickle-protocol-2":  # pickle.dump's file, not torch.save's: refused before unpickling
+        refused(path, "not a PyTorch checkpoint (a plain pickle, not a file written by torch.save)")
+    else:
+        msg = refused(path, "--trust-checkpoint")
+        assert f"would call {os.system.__module__}.system," in msg, msg  # the global named whole, not cut
     assert not marker.exists()
 
 
@@ -256,8 +260,25 @@ def test_a_hostile_pickle_protocol_5_runs_nothing(tmp_path):
     marker = tmp_path / "MARKER"
     path = tmp_path / "evil5.pt"
     path.write_bytes(pickle.dumps({"x": _Hostile(marker)}, protocol=5))
-    refused(path)
+    refused(path, "a plain pickle")
+    with pytest.raises(CheckpointError):  # trusted or not: torch.load would unpickle it looking for its magic number
+        load_checkpoint(path, trust=True)
     assert not marker.exists()
+
+
+def test_pickles_torch_cannot_read_safely_are_named_in_one_line(tmp_path):
+    """A plain pickle (pickle.dump) or a legacy torch.save file with pickle protocol 4 printed torch's
+    two-line UserWarning before 'not a PyTorch checkpoint (Unsupported operand 149)'."""
+    plain = tmp_path / "plain.pkl"
+    plain.write_bytes(pickle.dumps({"model": {}}, protocol=4))
+    legacy = tmp_path / "legacy4.pt"
+    torch.save({"cfg": {}, "model": {}}, legacy, _use_new_zipfile_serialization=False, pickle_protocol=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning may escape
+        refused(plain, "not a PyTorch checkpoint (a plain pickle, not a file written by torch.save)")
+        refused(legacy, "written by torch.save with pickle protocol 4", "--trust-checkpoint")
+    with pytest.raises(CheckpointError, match="not a LightHuBERT checkpoint"):  # trusted, it is read
+        load_checkpoint(legacy, trust=True)
 
 
 def _numpy1_zip(data: bytes) -> bytes:
