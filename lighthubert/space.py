@@ -287,8 +287,13 @@ def subnet_from_text(text: str, space: SearchSpace) -> dict:
     if s.startswith("{"):
         return space.validate(_json(s))  # as written: its "supernet" can explain a mismatch
     path = Path(s)
-    if not path.is_file():
-        raise SubnetError(f"{text!r} is not a preset (default, max, min), inline JSON or an existing JSON file")
+    try:
+        is_file = path.is_file()
+    except (OSError, ValueError):  # a name too long for a file, or holding a NUL byte
+        is_file = False
+    if not is_file:
+        shown = repr(text) if len(text) <= 80 else repr(text[:60]) + f" ... ({len(text):,} characters)"
+        raise SubnetError(f"{shown} is not a preset (default, max, min), inline JSON or an existing JSON file")
     try:
         data = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not JSON
     except (OSError, UnicodeDecodeError) as err:
@@ -308,7 +313,9 @@ def subnet_in_spaces(text: str, names: Iterable[str] = ("base", "small")) -> tup
             return subnet_from_text(text, get_space(n)), n
         except SubnetError as err:
             errors.append(str(err))
-    raise SubnetError(errors[0] if len(errors) == 1 else "; ".join(f"{n}: {e}" for n, e in zip(names, errors)))
+    if len(set(errors)) == 1:  # the same in every space (not a subnet at all): said once
+        raise SubnetError(errors[0])
+    raise SubnetError("; ".join(f"{n}: {e}" for n, e in zip(names, errors)))
 
 
 def layer_params(embed_dim: int, heads: int, ffn: int) -> int:

@@ -286,6 +286,20 @@ def test_subnet_usage_errors_name_their_option(args, line):
     assert p.returncode == 2 and one_line(p) == line and p.stdout == "", p.stderr
 
 
+def test_a_subnet_that_is_no_file_name_is_a_usage_error(tmp_path):
+    """A --subnet value longer than a file name may be was tried as a file: 'File name too long',
+    exit 1, with the whole value echoed; lhb subnet said the same twice (once per space)."""
+    value = "a" * 300
+    p = lhb("extract", UTT, tmp_path / "o.h5", "-c", "random:small", "--subnet", value, timeout=60)
+    assert p.returncode == 2 and one_line(p) == (
+        f"lhb: error: --subnet: {'a' * 60!r} ... (300 characters) is not a preset (default, max, min), "
+        "inline JSON or an existing JSON file"), p.stderr
+    p = lhb("subnet", "--subnet", "maxi", timeout=60)
+    assert p.returncode == 2 and one_line(p) == (
+        "lhb: error: --subnet: 'maxi' is not a preset (default, max, min), inline JSON or an existing JSON file")
+    assert os.listdir(tmp_path) == []
+
+
 def test_many_sampled_subnets_are_summed_up_on_stderr():
     """`lhb subnet --sample N` drew one table of layers per subnet on stderr: 165,039 lines and 80 s
     for --sample 10000, even with stderr thrown away. One subnet keeps its table of layers, a few get
