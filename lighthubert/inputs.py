@@ -177,6 +177,9 @@ def _from_folder(root: Path) -> list[Item]:
     return sorted(items, key=lambda it: it.key)
 
 
+ASCII_BLANKS = " \t\r\f\v"
+
+
 def _lines(path: Path) -> list[tuple[int, str]]:
     """(line number, stripped text) of each line of a list file that is not blank or a ``#`` comment."""
     try:
@@ -187,7 +190,9 @@ def _lines(path: Path) -> list[tuple[int, str]]:
         raise InputError(f"{path}: not UTF-8 text") from None
     except OSError as err:
         raise InputError(f"{path}: cannot read: {err.strerror}") from None
-    stripped = ((n, line.strip()) for n, line in enumerate(text.splitlines(), start=1))
+    # Lines end at \n (\r\n too) only, and only ASCII blanks are trimmed: str.splitlines() and strip()
+    # would also cut at, or drop, U+2028, U+0085, U+00A0... which a file name may hold.
+    stripped = ((n, line.strip(ASCII_BLANKS)) for n, line in enumerate(text.split("\n"), start=1))
     return [(n, line) for n, line in stripped if line and not line.startswith("#")]
 
 
@@ -211,7 +216,7 @@ def _from_list(path: Path) -> list[Item]:
             raise InputError(f"{display_path(path)}:{first}: the root folder {display_path(root)} {why}")
         for n, line in rows:
             where = f"{display_path(path)}:{n}"
-            rel = line.split("\t")[0].strip()
+            rel = line.split("\t")[0].strip(ASCII_BLANKS)
             if not rel:
                 raise InputError(f"{where}: expected 'relative/path<TAB>num_samples'")
             items.append(Item(_check_key(_key_from(rel), where), root / rel, where))
@@ -220,7 +225,7 @@ def _from_list(path: Path) -> list[Item]:
     for n, line in lines:
         where = f"{display_path(path)}:{n}"
         if ext == ".scp":
-            parts = line.split(maxsplit=1)
+            parts = re.split(f"[{ASCII_BLANKS}]+", line, maxsplit=1)
             if len(parts) != 2:
                 raise InputError(f"{where}: expected 'key path'")
             key, target = parts

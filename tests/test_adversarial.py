@@ -119,6 +119,30 @@ def test_tsv_without_its_root_line_or_with_a_missing_root_is_refused(tmp_path):
     assert [(it.key, it.path) for it in list_inputs(commented)] == [("spk1/a", tmp_path / "spk1" / "a.wav")]
 
 
+def test_list_lines_end_at_newlines_only(tmp_path):
+    """Lists were split with str.splitlines(), which also ends a line at U+2028, U+0085, form feeds...,
+    and trimmed with strip(), which drops U+00A0: a .scp key '\u2028x' was stored as 'x', and a file
+    name ending in a no-break space was not found. Only \n ends a line (\r\n too), only ASCII blanks
+    are trimmed; the line numbers in messages stay right."""
+    from lighthubert.inputs import InputError, list_inputs
+
+    odd = "b\u2028c\u00a0"
+    (tmp_path / "spk1").mkdir()
+    for name in ("a", odd):
+        shutil.copy(UTT, tmp_path / "spk1" / f"{name}.wav")
+    scp = tmp_path / "x.scp"
+    scp.write_text(f"\u2028k1 spk1/a.wav\r\nk\u00852\tspk1/{odd}.wav\n", encoding="utf-8")
+    assert [(it.key, it.path.name) for it in list_inputs(scp)] == [("\u2028k1", "a.wav"), ("k\u00852", f"{odd}.wav")]
+    txt = tmp_path / "x.txt"
+    txt.write_text(f"spk1/{odd}.wav\n\x0c\nspk1/missing\u2028.wav \n", encoding="utf-8")
+    items = list_inputs(txt)
+    assert [it.key for it in items] == [f"spk1/{odd}", "spk1/missing\u2028"] and items[0].path.is_file()
+    bad = tmp_path / "bad.scp"
+    bad.write_text("k1 spk1/a.wav\u2028k2\nk3\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"bad.scp:2: expected 'key path'"):
+        list_inputs(bad)
+
+
 def _without_root_powers(code: str, cwd) -> subprocess.CompletedProcess:
     """Python ``code`` run where file permissions apply: as root, without the capabilities that
     bypass them (``chmod 000`` means nothing to root otherwise)."""
