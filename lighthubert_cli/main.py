@@ -279,6 +279,8 @@ def extract(
         name = ckpt.name.removesuffix(" (RANDOM WEIGHTS)")  # the line already starts with the warning
         err(f"{label}checkpoint {name}, subnet {plan.extractor.params / 1e6:.1f}M params "
             f"({sub['layer_num']} layers, width {sub['embed_dim']}), {dev} {str(plan.dtype).replace('torch.', '')}{ranks}")
+    elif ckpt.random and world.rank == 0:  # a warning, which --quiet keeps
+        err(f"lhb: warning: RANDOM WEIGHTS ({ckpt.name.removesuffix(' (RANDOM WEIGHTS)')}): these features mean nothing")
     stop = threading.Event()
     received: list[int] = []
 
@@ -506,7 +508,7 @@ def _export(ckpt, sub: dict | None, path: Path, layers: str | None, dtype: str |
         raise Fail(f"{path}: {e}", EXIT_USAGE) from None
     except OSError as e:
         raise Fail(f"{path}: cannot write: {e.strerror or e}") from None
-    err(f"wrote {path} ({size(path.stat().st_size)})")
+    err(f"wrote {path} ({size(path.stat().st_size)}){' from RANDOM WEIGHTS' if ckpt.random else ''}")
 
 
 SUBNET_ROWS = 20  # more subnets than this (--sample) get one summary line, not a table
