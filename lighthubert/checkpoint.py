@@ -379,6 +379,9 @@ def load_checkpoint(source: str | os.PathLike, *, seed: int = 0, trust: bool = F
         if len(parts) == 3:
             if not (parts[2].isascii() and parts[2].isdigit() and len(parts[2]) <= 20 and int(parts[2]) <= MAX_SEED):
                 raise CheckpointError(f"{text[:60]}: the seed must be an integer from 0 to {MAX_SEED}")
+            if seed not in (0, int(parts[2])):  # 0: the default, not a choice
+                raise CheckpointError(f"{text}: names seed {int(parts[2])}, and seed {seed} (--seed) was given too; "
+                                      "give the seed once")
             seed = int(parts[2])
         check_seed(seed)
         obj = random_checkpoint(parts[1], seed=seed)

@@ -371,6 +371,12 @@ def test_bad_random_names(name):
         load_checkpoint(name)
 
 
+def test_a_random_name_and_another_seed_is_refused():
+    """`-c random:small:5 --seed 7` ran with seed 5 without a word about --seed 7."""
+    with pytest.raises(CheckpointError, match=r"^random:small:5: names seed 5, and seed 7 \(--seed\) was given too"):
+        load_checkpoint("random:small:5", seed=7)
+
+
 def test_file_checkpoint_is_not_labelled_random_unless_it_is(ckpts, tmp_path, ckpt_dicts):
     assert "RANDOM WEIGHTS" in ckpts["small"].name  # written by write_random_checkpoint
     d = ckpt_dicts["stage1"]
