@@ -399,7 +399,9 @@ def load_checkpoint(source: str | os.PathLike, *, seed: int = 0, trust: bool = F
         data = _read_regular(path)
     except FileNotFoundError:
         names = ", ".join(RELEASED)
-        raise CheckpointError(f"{path}: no such file (released checkpoints by name: {names}; random:base for random weights)") from None
+        hint = (f" (released checkpoints by name: {names}; random:base for random weights)"
+                if path.suffix.lower() in ("", ".pt", ".pth", ".ckpt", ".bin") else "")
+        raise CheckpointError(f"{path}: no such file{hint}") from None
     except OSError as err:
         raise CheckpointError(f"{path}: cannot read: {err.strerror}") from None
     digest = hashlib.sha256()

@@ -236,7 +236,7 @@ def extract(
     max_chunk_seconds: Annotated[Optional[float], typer.Option(
         "--max-chunk-seconds", metavar="S",
         help="Deprecated: the same as --exact-seconds S --window-seconds S --context-seconds 0.")] = None,
-    num_workers: Annotated[int, typer.Option("--num-workers", "-j", min=1, help="Decoding threads (overlap compute).")] = defaults.NUM_WORKERS,
+    num_workers: Annotated[int, typer.Option("--num-workers", "-j", help="Decoding threads (overlap compute), 1 to 64.")] = defaults.NUM_WORKERS,
     resume: Annotated[bool, typer.Option("--resume", help="Keep what OUTPUT holds and do the rest.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing OUTPUT.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Stop at the first bad input (exit 1).")] = False,
@@ -741,7 +741,8 @@ def _info_features(path: Path, as_json: bool) -> None:
     a = d["attributes"]
     rows = [("utterances", f"{d['utterances']:,}"), ("frames", f"{d['frames']:,}"),
             ("audio", hms(d["audio_seconds"])), ("feature shape", ", ".join(str(s) for s in d["feature_dims"]))]
-    rows += [(k, json.dumps(v) if isinstance(v, (dict, list)) else str(v)) for k, v in a.items() if k != "skipped"]
+    rows += [(k, json.dumps(v) if isinstance(v, (dict, list)) else str(v) if v != "" else "-")  # "": none (random weights)
+             for k, v in a.items() if k != "skipped"]
     skipped = a.get("skipped", [])
     rows.append(("skipped", f"{len(skipped)}"))
     rows += [(f"  {s['key']}", f"{s['path']}: {s['reason']}") for s in skipped[:SHOW_SKIPPED]]

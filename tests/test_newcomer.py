@@ -219,7 +219,8 @@ USAGE = {
                    "lhb: error: --save-dtype: 'float64' is not one of float32, float16"),
     "missing argument": (["extract", "a"], "lhb: error: missing argument OUTPUT"),
     "unknown option": (["extract", "a", "b", "--resum"], "lhb: error: no such option: --resum (did you mean --resume?)"),
-    "below the minimum": (["extract", "a", "b", "-j", "0"], "lhb: error: --num-workers: must be greater than or equal to 1"),
+    "below the minimum": (["subnet", "--sample", "0"], "lhb: error: --sample: must be greater than or equal to 1"),
+    "out of range": (["extract", "a", "b", "-j", "0"], "lhb: error: --num-workers: 0 is not a whole number from 1 to 64"),
     "unknown command": (["extrakt"], "lhb: error: no such command 'extrakt' (did you mean extract?)"),
     "flag with a value": (["extract", "a", "b", "--resume=yes"], "lhb: error: option '--resume' does not take a value"),
 }
