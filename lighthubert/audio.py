@@ -30,12 +30,23 @@ MAX_FILTER = 2**26
 row per output phase, (16000 / g) x (rate / g + 2 x width) for g = gcd(rate, 16000), about 9 bytes
 each at its peak. Every common rate needs under 12 million (44056 Hz the most); an odd one such as
 16001 or 383999 Hz needs 256 million or 6 billion (2 or 55 GB), which would end the run out of memory."""
+MAX_AMPLITUDE = 1e10
+"""Largest sample magnitude taken. Float audio is expected within about ±1; float audio scaled like
+int32 (up to 2.1e9) still passes. The standardisation sums squares in float32: after the mean is
+taken off a sample is at most 2e10, its square 4e20, so the sum stays below float32's 3.4e38 for
+8e17 samples (1.7 million years at 16 kHz). At 1e18 one second already overflows to inf, and the
+features came out as those of silence."""
 FIX_TORCHAUDIO = "pip install --upgrade 'torch>=2.14' 'torchaudio>=2.11.1'"
 
 
 class AudioError(LightHubertError):
     """An input that cannot be used; the message is the reason (the caller names the file)."""
 
+
+def too_loud(peak: float) -> str:
+    """The reason samples of magnitude ``peak`` (over :data:`MAX_AMPLITUDE`) are refused."""
+    return (f"samples as large as {peak:.1e}: float audio is expected within about ±1 "
+            f"(values this large overflow the computation)")
 
 
 class ResamplerUnavailable(LightHubertError, RuntimeError):
@@ -289,7 +300,8 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
             check_rate(rate)  # from the header, before any sample is read
             cut = truncation(path) if f.format in HEADER_FORMATS else None
             if cut is None:
-                data = f.read(dtype="float32", always_2d=True)
+                # float64 read as float32 would turn 1e300 into inf: read it whole, judged below
+                data = f.read(dtype="float64" if f.subtype == "DOUBLE" else "float32", always_2d=True)
                 if f.format == "MP3" and len(data) + MP3_SLACK < f.frames and mp3_declares_frames(path):
                     cut = f.frames, len(data)
             if cut is not None:
@@ -301,8 +313,12 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
         raise AudioError(f"cannot read: {err.strerror or err}") from None
     if data.size == 0:
         raise AudioError("no samples")
-    if not np.isfinite(data).all():
+    peak = max(-float(data.min()), float(data.max()))  # NaN shows in both, inf in one
+    if not math.isfinite(peak):
         raise AudioError("holds NaN or infinite samples")
+    if peak > MAX_AMPLITUDE:
+        raise AudioError(too_loud(peak))
+    data = data.astype(np.float32, copy=False)
     wave = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     if rate != SAMPLE_RATE:
         wave = resample(wave, rate, path)

@@ -1,14 +1,18 @@
 """Audio whose numbers would be silently wrong: files cut short in every format whose header states
-the length (libsndfile reads what is there as if it were the whole). Each is skipped with its reason
-(exit 3); nothing wrong is stored. The model runs for real (random weights)."""
+the length (libsndfile reads what is there as if it were the whole) and samples too large for the
+computation. Each is skipped with its reason (exit 3); nothing wrong is stored. The model runs for
+real (random weights)."""
 
 from __future__ import annotations
 
 import struct
 
 import numpy as np
+import pytest
 import soundfile as sf
+import torch
 
+import lighthubert
 from cli_helpers import lhb, read_features
 from helpers import frames_for
 
@@ -74,3 +78,41 @@ def test_files_cut_short_are_skipped_in_every_format_whose_header_states_the_len
         assert got.shape == reference.shape and np.isfinite(got).all(), name
         if subtype in ("PCM_16", "FLOAT", "PCM_24"):  # the same samples, give or take 16-bit rounding
             assert np.abs(got - reference).max() < 0.05 * np.abs(reference).max(), name
+
+
+def test_samples_too_large_for_the_computation_are_skipped_with_a_true_reason(tmp_path):
+    """Before: float samples of 1e18 gave features identical to those of silence (the standardisation's
+    sum of squares overflowed float32), and a DOUBLE file of finite 1e300 samples was said to hold NaN or
+    infinite ones. Float audio scaled like int32 (±2.1e9) is still taken."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    unit = NOISE / np.abs(NOISE).max()
+    sf.write(str(folder / "unit.wav"), unit, RATE, subtype="FLOAT")
+    sf.write(str(folder / "int32.wav"), unit * np.float32(2**31 - 128), RATE, subtype="FLOAT")
+    sf.write(str(folder / "e18.wav"), unit * np.float32(1e18), RATE, subtype="FLOAT")
+    sf.write(str(folder / "e38.wav"), unit * np.float32(3e38), RATE, subtype="FLOAT")
+    sf.write(str(folder / "e300.wav"), unit.astype(np.float64) * 1e300, RATE, subtype="DOUBLE")
+    nan = unit.astype(np.float64)
+    nan[100] = np.nan
+    sf.write(str(folder / "nan.wav"), nan, RATE, subtype="DOUBLE")
+    out = tmp_path / "feats.h5"
+    run = lhb("extract", folder, out, "-c", "random:small", "-q", "--num-workers", "1")
+    assert run.returncode == 3 and "Traceback" not in run.stderr, run
+    feats = read_features(out)
+    reasons = {s["key"]: s["reason"] for s in feats.skipped}
+    large = "float audio is expected within about ±1 (values this large overflow the computation)"
+    assert reasons == {"e18": f"samples as large as 1.0e+18: {large}", "e38": f"samples as large as 3.0e+38: {large}",
+                       "e300": f"samples as large as 1.0e+300: {large}", "nan": "holds NaN or infinite samples"}
+    assert sorted(feats.data) == ["int32", "unit"]
+    ref = feats.data["unit"]  # the checkpoint standardises each utterance: the scale does not matter
+    assert np.abs(feats.data["int32"] - ref).max() < 1e-3 * np.abs(ref).max()
+
+
+def test_the_library_refuses_waveforms_too_large_for_the_computation(ckpts):
+    ext = lighthubert.Extractor(ckpts["small"], "min", "cpu")
+    with pytest.raises(ValueError, match=r"^waveform 1 holds samples as large as 1\.0e\+18: float audio is expected"):
+        ext([NOISE, NOISE / np.abs(NOISE).max() * np.float32(1e18)])
+    with pytest.raises(ValueError, match=r"^waveform 0 holds samples as large as 1\.0e\+300"):
+        ext(np.full(1000, 1e300))
+    scaled = ext(NOISE * np.float32(2e9 / np.abs(NOISE).max()))
+    assert torch.isfinite(scaled).all() and torch.allclose(scaled, ext(NOISE), atol=1e-3)
