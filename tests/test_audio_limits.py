@@ -1,7 +1,7 @@
 """Audio whose numbers would be silently wrong: files cut short in every format whose header states
-the length (libsndfile reads what is there as if it were the whole) and samples too large for the
-computation. Each is skipped with its reason (exit 3); nothing wrong is stored. The model runs for
-real (random weights)."""
+the length (libsndfile reads what is there as if it were the whole), samples too large for the
+computation, and features that come out NaN or inf. Each is skipped with its reason (exit 3);
+nothing wrong is stored. The model runs for real (random weights, some set absurd on purpose)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import torch
 import lighthubert
 from cli_helpers import lhb, read_features
 from helpers import frames_for
+from lighthubert.checkpoint import save_atomic
 
 RATE = 16000
 NOISE = (np.random.default_rng(7).standard_normal(3 * RATE) * 0.1).astype(np.float32)
@@ -116,3 +117,33 @@ def test_the_library_refuses_waveforms_too_large_for_the_computation(ckpts):
         ext(np.full(1000, 1e300))
     scaled = ext(NOISE * np.float32(2e9 / np.abs(NOISE).max()))
     assert torch.isfinite(scaled).all() and torch.allclose(scaled, ext(NOISE), atol=1e-3)
+
+
+def _edited(path, name: str, value: float, dtype: torch.dtype):
+    """A random Small checkpoint with the weight ``name`` set to ``value`` everywhere, written to ``path``."""
+    d = lighthubert.random_checkpoint("small", 3)
+    d["model"][name] = torch.full(d["model"][name].shape, value, dtype=dtype)
+    return save_atomic(d, path)
+
+
+def test_features_that_come_out_not_finite_are_skipped_not_stored(tmp_path):
+    """Before: NaN or inf features were stored and the run exited 0. Here a real forward pass makes them:
+    a LayerNorm weight of 3e38 overflows float32, one of 6e4 gives features that float16 cannot hold."""
+    wav = tmp_path / "a.wav"
+    sf.write(str(wav), NOISE[:RATE], RATE, subtype="PCM_16")
+    huge = _edited(tmp_path / "huge.pt", "encoder.layer_norm.weight", 3e38, torch.float32)
+    run = lhb("extract", wav, tmp_path / "huge.h5", "-c", huge, "-q")
+    assert run.returncode == 3, run
+    assert run.err_lines == [f"skipped {wav}: its features are not finite (NaN or inf): the computation overflowed "
+                             f"in float32 (look at the checkpoint's weights)"], run
+    assert read_features(tmp_path / "huge.h5").data == {}
+
+    big = _edited(tmp_path / "big.pt", "encoder.layers.0.final_layer_norm.weight", 6e4, torch.float16)
+    run = lhb("extract", wav, tmp_path / "f16.h5", "-c", big, "-q", "--layers", "1", "--save-dtype", "float16")
+    assert run.returncode == 3, run
+    assert run.err_lines[-1].endswith("its features are not finite (NaN or inf): values past 65504 do not fit "
+                                      "float16; store them with --save-dtype float32"), run
+    assert read_features(tmp_path / "f16.h5").data == {}
+    run = lhb("extract", wav, tmp_path / "f32.h5", "-c", big, "-q", "--layers", "1", "--save-dtype", "float32")
+    assert run.returncode == 0, run  # the advice works: the same features fit float32
+    assert np.abs(read_features(tmp_path / "f32.h5").data["a"]).max() > 65504
