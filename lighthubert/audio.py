@@ -30,11 +30,23 @@ MAX_FILTER = 2**26
 row per output phase, (16000 / g) x (rate / g + 2 x width) for g = gcd(rate, 16000), about 9 bytes
 each at its peak. Every common rate needs under 12 million (44056 Hz the most); an odd one such as
 16001 or 383999 Hz needs 256 million or 6 billion (2 or 55 GB), which would end the run out of memory."""
+MAX_AMPLITUDE = 1e10
+"""Largest sample magnitude taken. Float audio is expected within about ±1; float audio scaled like
+int32 (up to 2.1e9) still passes. The standardisation sums squares in float32: after the mean is
+taken off a sample is at most 2e10, its square 4e20, so the sum stays below float32's 3.4e38 for
+8e17 samples (1.7 million years at 16 kHz). At 1e18 one second already overflows to inf, and the
+features came out as those of silence."""
 FIX_TORCHAUDIO = "pip install --upgrade 'torch>=2.14' 'torchaudio>=2.11.1'"
 
 
 class AudioError(LightHubertError):
     """An input that cannot be used; the message is the reason (the caller names the file)."""
+
+
+def too_loud(peak: float) -> str:
+    """The reason samples of magnitude ``peak`` (over :data:`MAX_AMPLITUDE`) are refused."""
+    return (f"samples as large as {peak:.1e}: float audio is expected within about ±1 "
+            f"(values this large overflow the computation)")
 
 
 class ResamplerUnavailable(LightHubertError, RuntimeError):
@@ -135,36 +147,113 @@ def _decode_error(err: Exception) -> AudioError:
     return AudioError(f"cannot decode: {text}")
 
 
-def wav_truncation(path: str | os.PathLike) -> tuple[int, int] | None:
-    """(frames its header declares, frames the file holds) when ``path`` is a RIFF/WAVE file whose
-    ``data`` chunk runs past the end of the file (an interrupted copy or download), else None.
+HEADER_FORMATS = ("WAV", "WAVEX", "RF64", "W64", "AIFF", "AU")
+"""libsndfile's formats whose header :func:`truncation` reads (a FLAC etc. file is not opened again)."""
+PLACEHOLDER = 0x7FFF0000
+"""32-bit data sizes from here up (0xFFFFFFFF "unknown" and the like) are what a streaming writer
+leaves when it cannot go back to the header: not judged, as a size of 0 is not."""
+UNKNOWN64 = 1 << 62
+"""The same for the 64-bit sizes of RF64 and W64 (no file holds 4 EiB)."""
+AU_WIDTHS = {1: 1, 2: 1, 3: 2, 4: 3, 5: 4, 6: 4, 7: 8, 27: 1}
+"""Bytes per sample of the AU encodings libsndfile reads uncompressed (u-law, PCM 8-32, float, double, A-law)."""
+
+
+def _w64_guid(tag: bytes) -> bytes:
+    return tag + bytes.fromhex("f3acd3118cd100c04f8edb8a")
+
+
+def _riff(f, magic: bytes) -> tuple[int, int, int] | None:
+    """RIFF/RIFX/RF64 WAVE: the data chunk's (start, declared bytes, declared frames). In RF64 a data
+    size of 0xFFFFFFFF stands for the ds64 chunk's 64-bit one."""
+    order = ">" if magic == b"RIFX" else "<"
+    offset, block, big = 12, 0, None
+    for _ in range(1000):  # a bounded walk over the chunks before the data
+        f.seek(offset)
+        cid, length = struct.unpack(order + "4sI", f.read(8))
+        if cid == b"ds64" and length >= 16:
+            big = struct.unpack("<Q", f.read(16)[8:])[0]
+        elif cid == b"fmt " and length >= 14:
+            block = struct.unpack(order + "H", f.read(14)[12:])[0]
+        elif cid == b"data":
+            if length == 0xFFFFFFFF and big is not None:
+                length = big
+            elif length >= PLACEHOLDER:
+                return None
+            return (offset + 8, length, length // block) if block else None
+        offset += 8 + length + (length & 1)
+    return None
+
+
+def _w64(f) -> tuple[int, int, int] | None:
+    """Sony Wave64: GUID chunks with 64-bit sizes that count their 24-byte header, 8-byte aligned."""
+    f.seek(24)
+    if f.read(16) != _w64_guid(b"wave"):
+        return None
+    offset, block = 40, 0
+    for _ in range(1000):
+        f.seek(offset)
+        guid, length = struct.unpack("<16sQ", f.read(24))
+        if guid == _w64_guid(b"fmt ") and length >= 24 + 14:
+            block = struct.unpack("<H", f.read(14)[12:])[0]
+        elif guid == _w64_guid(b"data"):
+            return (offset + 24, length - 24, (length - 24) // block) if block else None
+        if length < 24:
+            return None
+        offset += (length + 7) & ~7
+    return None
+
+
+def _aiff(f) -> tuple[int, int, int] | None:
+    """AIFF/AIFC: frames from the COMM chunk, bytes from the SSND chunk (after its offset field)."""
+    offset, frames = 12, 0
+    for _ in range(1000):
+        f.seek(offset)
+        cid, length = struct.unpack(">4sI", f.read(8))
+        if cid == b"COMM" and length >= 6:
+            frames = struct.unpack(">hI", f.read(6))[1]
+        elif cid == b"SSND":
+            skip = struct.unpack(">I", f.read(4))[0]
+            return None if length >= PLACEHOLDER else (offset + 16 + skip, length - 8 - skip, frames)
+        offset += 8 + length + (length & 1)
+    return None
+
+
+def _au(f, order: str) -> tuple[int, int, int] | None:
+    """AU/SND: data offset, data size, encoding, rate, channels after the magic."""
+    f.seek(4)
+    start, length, encoding, _, channels = struct.unpack(order + "5I", f.read(20))
+    width = AU_WIDTHS.get(encoding, 0) * channels
+    return None if not width or length >= PLACEHOLDER else (start, length, length // width)
+
+
+def truncation(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(frames its header declares, frames the file holds) when ``path`` is a WAV, RF64, W64, AIFF/AIFC
+    or AU file whose data runs past the end of the file (an interrupted copy or download), else None.
     libsndfile silently reads such a file as far as it goes. Sizes a streaming writer leaves as
-    placeholders (0, or 2 GB and more, such as 0xFFFFFFFF) and RF64 files are not judged."""
+    placeholders (0, "unknown" such as 0xFFFFFFFF, 32-bit sizes of 2 GB and more) are not judged."""
     try:
         with open(path, "rb") as f:
-            head = f.read(12)
-            if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
-                return None
-            order = "<" if head[:4] == b"RIFF" else ">"
             size = os.fstat(f.fileno()).st_size
-            offset, block = 12, 0
-            for _ in range(1000):  # a bounded walk over the chunks before the data
-                f.seek(offset)
-                chunk = f.read(8)
-                if len(chunk) < 8:
-                    return None
-                cid, (length,) = chunk[:4], struct.unpack(order + "I", chunk[4:])
-                if cid == b"fmt " and length >= 14:
-                    block = struct.unpack(order + "H", f.read(14)[12:14])[0]
-                elif cid == b"data":
-                    present = size - offset - 8
-                    if block <= 0 or length == 0 or length >= 0x7FFF0000 or length <= present:
-                        return None
-                    return length // block, present // block
-                offset += 8 + length + (length & 1)
-    except OSError:
+            head = f.read(16)
+            if head[8:12] == b"WAVE" and head[:4] in (b"RIFF", b"RIFX", b"RF64", b"BW64"):
+                found = _riff(f, head[:4])
+            elif head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+                found = _aiff(f)
+            elif head[:4] in (b".snd", b"dns."):
+                found = _au(f, ">" if head[:4] == b".snd" else "<")
+            elif head == b"riff" + bytes.fromhex("2e91cf11a5d628db04c10000"):
+                found = _w64(f)
+            else:
+                return None
+    except (OSError, struct.error):  # a header cut inside a chunk header: libsndfile judges it
         return None
-    return None
+    if found is None:
+        return None
+    start, length, frames = found
+    present = max(size - start, 0)
+    if frames <= 0 or not 0 < length < UNKNOWN64 or length <= present:
+        return None
+    return frames, present * frames // length
 
 
 MP3_SLACK = 4 * 1152
@@ -209,9 +298,10 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
         with sf.SoundFile(os.fsencode(path)) as f:
             rate = int(f.samplerate)
             check_rate(rate)  # from the header, before any sample is read
-            cut = wav_truncation(path) if f.format in ("WAV", "WAVEX") else None  # FLAC etc.: not opened again
+            cut = truncation(path) if f.format in HEADER_FORMATS else None
             if cut is None:
-                data = f.read(dtype="float32", always_2d=True)
+                # float64 read as float32 would turn 1e300 into inf: read it whole, judged below
+                data = f.read(dtype="float64" if f.subtype == "DOUBLE" else "float32", always_2d=True)
                 if f.format == "MP3" and len(data) + MP3_SLACK < f.frames and mp3_declares_frames(path):
                     cut = f.frames, len(data)
             if cut is not None:
@@ -223,8 +313,12 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
         raise AudioError(f"cannot read: {err.strerror or err}") from None
     if data.size == 0:
         raise AudioError("no samples")
-    if not np.isfinite(data).all():
+    peak = max(-float(data.min()), float(data.max()))  # NaN shows in both, inf in one
+    if not math.isfinite(peak):
         raise AudioError("holds NaN or infinite samples")
+    if peak > MAX_AMPLITUDE:
+        raise AudioError(too_loud(peak))
+    data = data.astype(np.float32, copy=False)
     wave = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     if rate != SAMPLE_RATE:
         wave = resample(wave, rate, path)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .audio import MAX_AMPLITUDE, too_loud
 from .checkpoint import Checkpoint, load_checkpoint
 from .longform import LongForm, hidden_states
 from .model import conv_frames
@@ -170,7 +171,8 @@ class Extractor:
         it) and the copy, the normalisation and the cast run on a side stream, so preparing batch k+1
         overlaps the forward of batch k; :meth:`submit` makes the compute stream wait for it.
         Raises ValueError for a waveform that is not (N,) or (1, N), is under 400 samples or holds
-        NaN or infinite samples (a (N, 2) stereo array would otherwise be read interleaved)."""
+        NaN, infinite or absurdly large (over 1e10) samples (a (N, 2) stereo array would otherwise be
+        read interleaved)."""
         _check_waves(waves)
         return self._prepare(waves, normalized)
 
@@ -296,7 +298,8 @@ class Extractor:
 
 
 def _check_waves(waves: Sequence[Tensor | np.ndarray]) -> None:
-    """ValueError naming the first waveform that is not one channel of at least 400 finite samples."""
+    """ValueError naming the first waveform that is not one channel of at least 400 finite samples
+    within ±MAX_AMPLITUDE."""
     for i, w in enumerate(waves):
         shape = tuple(np.shape(w))
         if len(shape) != 1 and not (len(shape) == 2 and shape[0] == 1):
@@ -308,6 +311,9 @@ def _check_waves(waves: Sequence[Tensor | np.ndarray]) -> None:
             raise ValueError(f"waveform {i} holds {t.dtype} values; expected real samples")
         if not bool(torch.isfinite(t).all()):  # else every feature is NaN, silently
             raise ValueError(f"waveform {i} holds NaN or infinite samples")
+        peak = max(-float(t.min()), float(t.max()))
+        if peak > MAX_AMPLITUDE:  # else the standardisation overflows: features of silence, or NaN
+            raise ValueError(f"waveform {i} holds {too_loud(peak)}")
 
 
 def load(source: str = "small", subnet: Any = None, device: Any = "auto", dtype: Any = None, *,

@@ -211,25 +211,41 @@ def extract(items: Iterable[Item], extractor: Extractor, writer: FeaturesWriter,
         ahead = max(2, workers)
         out = _Writer(writer, options.flush_seconds)
         out.start()
-        inflight: tuple[Callable[[], list[tuple]], int, float, list[float]] | None = None
+        inflight: tuple[Callable[[], list[tuple]], int, float, list[float], dict[str, Item]] | None = None
+
+        def skip(it: Item, reason: str) -> None:
+            summary.skipped.append((it, reason))
+            writer.skip(it.key, source_text(it.path), reason)
+            reporter.skipped(it, reason)
+            if options.strict:
+                finish()  # what is computed is kept
+                raise StrictStop(f"{display_path(it.path)}: {reason} (--strict)")
 
         def finish() -> None:
-            """Collect the batch in flight: wait for its results, queue them for writing, report."""
+            """Collect the batch in flight: wait for its results, queue them for writing, report.
+            Features that are not finite are never written: their utterance is skipped."""
             nonlocal inflight
             if inflight is None:
                 return
-            collect, files, seconds, shown = inflight
+            collect, files, seconds, shown, items = inflight
             inflight = None
             t = time.monotonic()
             results = collect()
             summary.timings["compute"] += time.monotonic() - t
             t = time.monotonic()
+            bad = []
             for job in results:
-                out.put(job)
+                if _finite(job[1]):
+                    out.put(job)
+                else:
+                    bad.append(items[job[0]])
             if stop.is_set():
                 out.put("flush")
             summary.timings["write_wait"] += time.monotonic() - t
             summary.seconds += seconds
+            summary.files -= len(bad)
+            for it in bad:
+                skip(it, _not_finite(extractor.dtype, save_dtype))
             reporter.advance(files, seconds - shown[0])
 
         try:
@@ -248,12 +264,7 @@ def extract(items: Iterable[Item], extractor: Extractor, writer: FeaturesWriter,
                 good = []
                 for it, wave in decoded:
                     if isinstance(wave, AudioError):
-                        summary.skipped.append((it, str(wave)))
-                        writer.skip(it.key, source_text(it.path), str(wave))
-                        reporter.skipped(it, str(wave))
-                        if options.strict:
-                            finish()  # what is computed is kept
-                            raise StrictStop(f"{display_path(it.path)}: {wave} (--strict)")
+                        skip(it, str(wave))
                     else:
                         good.append((it, wave))
                 # queue batch k on the device, then collect batch k-1 while it runs (CUDA overlaps the
@@ -277,7 +288,7 @@ def extract(items: Iterable[Item], extractor: Extractor, writer: FeaturesWriter,
                 summary.timings["compute"] += time.monotonic() - t
                 finish()
                 summary.files += len(good)
-                inflight = (collect, len(decoded), seconds, shown)
+                inflight = (collect, len(decoded), seconds, shown, {it.key: it for it, _ in good})
             finish()
         finally:
             for batch in pending:
@@ -314,6 +325,22 @@ def _launch(good: list[tuple[Item, np.ndarray]], extractor: Extractor, options: 
         feats = lambda: done
     return lambda: [(item.key, _squeeze(data, options.layers), source_text(item.path), len(wave), 0)
                     for (item, wave), data in zip(good, feats())]
+
+
+def _finite(data: np.ndarray) -> bool:
+    """Whether ``data`` holds no NaN or inf: its min and max show both, without a copy of it."""
+    return bool(np.isfinite(data.min()) and np.isfinite(data.max()))
+
+
+def _not_finite(dtype: torch.dtype, save_dtype: np.dtype) -> str:
+    """The reason an utterance whose features came out NaN or inf is skipped, with what to try."""
+    if dtype == torch.float16:
+        advice = "float16 computation overflows past 65504; run with --dtype bfloat16 or float32"
+    elif save_dtype == np.float16:
+        advice = "values past 65504 do not fit float16; store them with --save-dtype float32"
+    else:
+        advice = f"the computation overflowed in {str(dtype).replace('torch.', '')} (look at the checkpoint's weights)"
+    return f"its features are not finite (NaN or inf): {advice}"
 
 
 def long_form(num_samples: int, options: Options) -> LongForm:
