@@ -281,6 +281,19 @@ def check_output_path(path: str | os.PathLike, *, resume: bool, overwrite: bool,
     return out
 
 
+def os_reason(err: BaseException) -> str:
+    """Why a write failed, in words: a full disk, a file-size limit and EIO by name (also inside h5py's
+    many-line texts), else the first part of the text."""
+    text = str(err)
+    if "No space left" in text or "errno = 28" in text or getattr(err, "errno", None) == errno.ENOSPC:
+        return "no space left on the device"
+    if "File too large" in text or "errno = 27" in text or getattr(err, "errno", None) == errno.EFBIG:
+        return "file too large for this filesystem or limit"
+    if "Input/output error" in text or "errno = 5" in text or getattr(err, "errno", None) == errno.EIO:
+        return "input/output error (EIO)"
+    return getattr(err, "strerror", None) or text.split("(", 1)[0].strip() or type(err).__name__
+
+
 _HELD = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
 """What a non-blocking lock call fails with when another process holds the lock; any other error
 means the filesystem does not do that kind of lock (Lustre without ``-o flock``: ENOSYS; NFS without
@@ -316,7 +329,10 @@ class OutputLock:
 
     def __enter__(self) -> "OutputLock":
         for _ in range(10):  # the file may be unlinked by its holder between our open and flock
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as err:  # no inode left, a read-only folder
+                raise OutputError(f"{self.output}: cannot create the lock {self.path}: {os_reason(err)}") from None
             try:
                 unsupported = _lock(fd)
             except OSError:
@@ -333,8 +349,14 @@ class OutputLock:
             except FileNotFoundError:
                 same = False
             if same:
-                os.ftruncate(fd, 0)
-                os.write(fd, f"lhb pid {os.getpid()} on {socket.gethostname()}\n".encode())
+                try:
+                    os.ftruncate(fd, 0)
+                    os.write(fd, f"lhb pid {os.getpid()} on {socket.gethostname()}\n".encode())
+                except OSError as err:  # a full disk: the lock file is ours to remove (we hold it)
+                    self.fd = fd
+                    self.__exit__()
+                    raise OutputError(f"{self.output}: cannot write the lock {self.path}: {os_reason(err)}; "
+                                      "nothing was written") from None
                 self.fd = fd
                 return self
             os.close(fd)

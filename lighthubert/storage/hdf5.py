@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 
 from . import (FORMAT, RUN_IDENTITY, OutputError, check_identity, find_committed, find_segments, identity_diff,
-               parts_dir, plain, remove_parts, segment_path)
+               os_reason, parts_dir, plain, remove_parts, segment_path)
 
 GROUP = "features"
 MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -343,7 +343,7 @@ class SegmentWriter:
                 cur.path.unlink()
             except OSError:
                 pass
-        reason = _os_reason(err)
+        reason = os_reason(err)
         return OutputError(f"{self.path}: writing failed: {reason}; the work committed before is kept in {self.folder}: "
                            "fix the cause, then run the same command with --resume")
 
@@ -387,17 +387,6 @@ class SegmentWriter:
     def close(self, complete: bool) -> None:
         """Commit what is written (``complete`` is recorded by the join, not in segments)."""
         self.flush()
-
-
-def _os_reason(err: BaseException) -> str:
-    text = str(err)
-    if "No space left" in text or "errno = 28" in text or getattr(err, "errno", None) == 28:
-        return "no space left on the device"
-    if "File too large" in text or "errno = 27" in text or getattr(err, "errno", None) == 27:
-        return "file too large for this filesystem or limit"
-    if "Input/output error" in text or "errno = 5" in text or getattr(err, "errno", None) == 5:
-        return "input/output error (EIO)"
-    return _reason(err)
 
 
 def create(output: Path, attrs: Mapping[str, Any]) -> None:

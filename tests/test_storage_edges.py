@@ -1,0 +1,75 @@
+"""Edges of OUTPUT's storage: a full disk at the lock or the final join, features files with
+malformed attributes or datasets, a corrupt segment on --resume, merge refusals and messages, a
+finished --keep-parts job run again, and an OUTPUT that is a symbolic link. Each is one line naming
+the file and the reason, and nothing already written is lost."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+import lighthubert
+from cli_helpers import _env, lhb_prefix, one_line
+from helpers import SPEECH_DIR
+
+needs_speech = pytest.mark.skipif(not SPEECH_DIR.is_dir(), reason="needs the speech data")
+FAST = ["-c", "(set by ckpt)", "--layers", "1", "--device", "cpu", "-q"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ckpt(tmp_path_factory) -> Path:
+    """The Small min subnet of a random Small file as a compact checkpoint (the model is not the point)."""
+    folder = tmp_path_factory.mktemp("ckpt")
+    full = lighthubert.write_random_checkpoint(folder / "small.pt", "small", seed=9)
+    path = lighthubert.export_subnet(lighthubert.load_checkpoint(full), "min", folder / "small_min.pt")
+    FAST[1] = str(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def feats(tmp_path_factory, ckpt) -> Path:
+    """A valid features file of the four files of spk1 (copy it before changing it)."""
+    out = tmp_path_factory.mktemp("feats") / "v.h5"
+    p = lhb("extract", SPEECH_DIR / "spk1", out, *FAST)
+    assert p.returncode == 0, p.stderr
+    return out
+
+
+def lhb(*args, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([*lhb_prefix(), *map(str, args)], capture_output=True, text=True, env=_env(),
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def full_disk(path: Path, size: str = "1m") -> None:
+    """A small tmpfs at ``path``, then filled; skips where none can be mounted (needs root)."""
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    subprocess.run(["dd", "if=/dev/zero", f"of={path / 'filler'}", "bs=64k"], capture_output=True)
+
+
+# ----------------------------------------------------------------------------- a full disk
+
+
+@needs_speech
+def test_full_disk_at_the_lock_is_one_line_and_leaves_no_lock_file(tmp_path, feats):
+    """The disk is full before the run writes anything: the lock file's pid line cannot be written.
+    One line naming OUTPUT and the reason, exit 1, and no empty ``.OUTPUT.lock`` is left behind."""
+    disk = tmp_path / "disk"
+    full_disk(disk)
+    try:
+        out = disk / "n.h5"
+        for args in (["extract", SPEECH_DIR / "spk1", out, *FAST], ["merge", out, feats]):
+            p = lhb(*args)
+            assert p.returncode == 1, p.stderr
+            line = one_line(p)
+            assert line.startswith(f"lhb: error: {out}: ") and "no space left on the device" in line, line
+            assert sorted(os.listdir(disk)) == ["filler"]
+    finally:
+        subprocess.run(["umount", str(disk)])
