@@ -73,3 +73,57 @@ def test_full_disk_at_the_lock_is_one_line_and_leaves_no_lock_file(tmp_path, fea
             assert sorted(os.listdir(disk)) == ["filler"]
     finally:
         subprocess.run(["umount", str(disk)])
+
+
+@needs_speech
+def test_merge_that_runs_out_of_space_says_so(tmp_path, feats):
+    """A join or merge that fills the disk half-way: HDF5 words it as "Disable slist on flush dest
+    failure failed"; the line says the disk is full, and nothing is left or lost."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        part = Path(shutil.copy(feats, disk / "part.h5"))
+        room = shutil.disk_usage(disk).free - part.stat().st_size // 6  # a sixth of the copy fits
+        with open(disk / "filler", "wb") as f:
+            f.write(b"\0" * room)
+        out = disk / "o.h5"
+        p = lhb("merge", out, part)
+        assert p.returncode == 1, p.stderr
+        line = one_line(p)
+        assert line.startswith(f"lhb: error: {out}: merging failed: no space left on the device;"), line
+        assert sorted(os.listdir(disk)) == ["filler", "part.h5"]
+        with h5py.File(part) as a, h5py.File(feats) as b:
+            assert sorted(a["features"]) == sorted(b["features"])
+    finally:
+        subprocess.run(["umount", str(disk)])
+
+
+def test_no_room_message_counts_the_reserve_in_what_is_needed(tmp_path):
+    """A write refused for lack of room gives numbers that add up: what is needed includes the
+    space kept for the file's metadata, so it is more than what is free (it said "2.4 MB free,
+    2.2 MB needed")."""
+    import re
+
+    from lighthubert.storage import OutputError, run_attrs
+    from lighthubert.storage.hdf5 import SegmentWriter, create
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        attrs = run_attrs(layers=[1], subnet={}, checkpoint="x", checkpoint_sha256="", normalize=False,
+                          random_weights=True, params=1, dtype="float32", compute_dtype="float32", version="0",
+                          exact_seconds=0.0, window_seconds=60.0, context_seconds=10.0, num_layers=1, embed_dim=8)
+        out = disk / "o.h5"
+        create(out, attrs)
+        free = shutil.disk_usage(disk).free
+        rows = (free - (300 << 10)) // 32  # 300 KB less than is free: fits, but eats into the reserve
+        with pytest.raises(OutputError) as e:
+            SegmentWriter(out, attrs).write("big", np.ones((rows, 8), np.float32), source="s", num_samples=1)
+        m = re.search(r"\(([\d.]+) MB free, ([\d.]+) MB needed", str(e.value))
+        assert m and float(m[1]) < float(m[2]), str(e.value)
+    finally:
+        subprocess.run(["umount", str(disk)])

@@ -91,10 +91,8 @@ class FeatureWriter:
     def write(self, key: str, data: np.ndarray, *, source: str, num_samples: int, windows: int = 0) -> None:
         free = shutil.disk_usage(self.path.parent).free
         if free < data.nbytes + self.RESERVE:
-            raise OutputError(
-                f"{self.path}: no space left on the device ({free / 2**20:.1f} MB free, {data.nbytes / 2**20:.1f} MB "
-                "needed); the file is valid up to the last complete utterance: free space, then --resume"
-            )
+            raise OutputError(f"{self.path}: {_no_room(free, data.nbytes)}; the file is valid up to the last complete "
+                              "utterance: free space, then --resume")
         try:
             self._write(key, data, source=source, num_samples=num_samples, windows=windows)
         except OSError:
@@ -132,6 +130,14 @@ class FeatureWriter:
             self.flush()
             self.file.close()
             self.file = None
+
+
+def _no_room(free: int, nbytes: int) -> str:
+    """The words for a write refused before it starts: the need includes the metadata reserve, so the
+    numbers never read as enough room."""
+    need = nbytes + FeatureWriter.RESERVE
+    return (f"no space left on the device ({free / 2**20:.1f} MB free, {need / 2**20:.1f} MB needed: "
+            f"{nbytes / 2**20:.1f} MB of features and {FeatureWriter.RESERVE / 2**20:.0f} MB kept for the file's metadata)")
 
 
 def _reason(err: Exception) -> str:
@@ -194,11 +200,29 @@ def merge(output: Path, parts: list[Path], *, include_output: bool, complete: bo
         _fsync(output.parent if str(output.parent) else Path("."))
         return n
     except (OSError, RuntimeError) as err:  # ENOSPC, EIO from h5py: nothing changed
-        raise OutputError(f"{output}: merging failed: {_reason(err)}; {output} and the files to merge are kept as "
+        reason = os_reason(err)
+        if reason not in _OS_WORDS and _short_of_room(tmp, sources):  # HDF5's own words ("Disable slist on ...")
+            reason = "no space left on the device"
+        raise OutputError(f"{output}: merging failed: {reason}; {output} and the files to merge are kept as "
                           "they were") from None
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+_OS_WORDS = ("no space left on the device", "file too large for this filesystem or limit", "input/output error (EIO)")
+"""What :func:`~lighthubert.storage.os_reason` says for the OS errors it recognises."""
+
+
+def _short_of_room(tmp: Path, sources: list[Path]) -> bool:
+    """After a failed merge: whether the disk lacks room for the rest of the copy (HDF5 often reports
+    a full disk in words of its own, without the OS error)."""
+    try:
+        written = tmp.stat().st_size if tmp.exists() else 0
+        need = sum(p.stat().st_size for p in sources) - written
+        return shutil.disk_usage(tmp.parent).free < need + FeatureWriter.RESERVE
+    except OSError:
+        return False
 
 
 def _merge_into(tmp: Path, sources: list[Path], complete: bool | None) -> int:
@@ -350,9 +374,8 @@ class SegmentWriter:
     def write(self, key: str, data: np.ndarray, *, source: str, num_samples: int, windows: int = 0) -> None:
         free = shutil.disk_usage(self.folder if self.current else (self.path.parent or Path('.'))).free
         if free < data.nbytes + FeatureWriter.RESERVE:  # stop before the disk is full: the segment stays good
-            raise OutputError(
-                f"{self.path}: no space left on the device ({free / 2**20:.1f} MB free, {data.nbytes / 2**20:.1f} MB "
-                "needed); the work done so far is kept: free space, then run the same command with --resume")
+            raise OutputError(f"{self.path}: {_no_room(free, data.nbytes)}; the work done so far is kept: free space, "
+                              "then run the same command with --resume")
         cur = self._open()  # its failure is already the user's line (and discards the segment)
         try:
             cur.write(key, data, source=source, num_samples=num_samples, windows=windows)
