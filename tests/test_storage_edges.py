@@ -127,3 +127,36 @@ def test_no_room_message_counts_the_reserve_in_what_is_needed(tmp_path):
         assert m and float(m[1]) < float(m[2]), str(e.value)
     finally:
         subprocess.run(["umount", str(disk)])
+
+
+# ----------------------------------------------------------------------------- malformed features files
+
+
+MALFORMED = {
+    "skipped": (lambda f: f.attrs.__setitem__("skipped", "not json{"), "attribute 'skipped' is not valid JSON"),
+    "skipped-entries": (lambda f: f.attrs.__setitem__("skipped", "[1]"), "attribute 'skipped' is not a JSON list"),
+    "subnet": (lambda f: f.attrs.__setitem__("subnet", "{"), "attribute 'subnet' is not valid JSON"),
+    "layers": (lambda f: f.attrs.__setitem__("layers", "x"), "attribute 'layers' is not a list"),
+    "scalar": (lambda f: f.__setitem__("features/weird", 5), "dataset 'features/weird' holds a scalar"),
+    "width": (lambda f: f.__setitem__("features/wd", np.zeros((3, 5), np.float32)), "dataset 'features/wd' holds shape (3, 5)"),
+}
+
+
+@needs_speech
+@pytest.mark.parametrize("what", sorted(MALFORMED))
+def test_malformed_features_file_is_one_line_naming_it(tmp_path, feats, what):
+    """A features file edited by hand (an attribute that is not JSON, a scalar or a dataset of
+    another width among the features): lhb info, merge and convert each give one line naming the file
+    and what is wrong in it, exit 1 (a data error, not usage); nothing is written."""
+    change, reason = MALFORMED[what]
+    bad = Path(shutil.copy(feats, tmp_path / "bad.h5"))
+    with h5py.File(bad, "a") as f:
+        change(f)
+    for args in (["info", bad], ["merge", tmp_path / "m.h5", bad], ["convert", bad, tmp_path / "conv"]):
+        p = lhb(*args)
+        assert p.returncode == 1, (args, p.stderr)
+        line = one_line(p)
+        assert line.startswith(f"lhb: error: {bad}: {reason}"), line
+    assert sorted(os.listdir(tmp_path)) == ["bad.h5"]
+    with pytest.raises(lighthubert.FeaturesError, match=reason.replace("(", r"\(").replace(")", r"\)")):
+        lighthubert.open_features(bad)

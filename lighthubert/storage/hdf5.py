@@ -170,6 +170,48 @@ def keys(f: h5py.File) -> list[str]:
     return out
 
 
+def read_features(path: str | os.PathLike, f: h5py.File) -> tuple[dict[str, Any], list[str]]:
+    """The root attributes (plain Python; ``subnet`` and ``skipped`` decoded from JSON) and the keys of
+    an open features file, after checking what readers rely on: those two attributes are well-formed
+    JSON, ``layers`` are integers, and every dataset holds float features of the stored layers and one
+    width. :class:`OutputError` naming the file and the attribute or key otherwise."""
+    attrs = {k: plain(v) for k, v in f.attrs.items()}
+    for name, kind, what in (("subnet", dict, "a JSON object"), ("skipped", list, "a JSON list of {key, path, reason}")):
+        value = attrs.get(name)
+        if value is None:
+            continue
+        try:
+            value = json.loads(value) if isinstance(value, str) else value
+        except ValueError as err:
+            raise OutputError(f"{path}: attribute {name!r} is not valid JSON ({err})") from None
+        if not isinstance(value, kind) or (name == "skipped" and not all(
+                isinstance(e, dict) and {"key", "path", "reason"} <= set(e) for e in value)):
+            raise OutputError(f"{path}: attribute {name!r} is not {what}")
+        attrs[name] = value
+    layers = np.atleast_1d(np.asarray(attrs.get("layers", [])))
+    if layers.ndim != 1 or (layers.size and layers.dtype.kind not in "iu"):
+        raise OutputError(f"{path}: attribute 'layers' is not a list of hidden-state indices ({_short(attrs.get('layers'))})")
+    names = keys(f)
+    dim = attrs.get("embed_dim")
+    if not isinstance(dim, int):  # a file from before the attribute: the first dataset's width
+        dim = next((f[GROUP][k].shape[-1] for k in names if f[GROUP][k].ndim), None)
+    n = layers.size
+    for k in names:
+        ds = f[GROUP][k]
+        layout = ds.ndim == 2 and n <= 1 or ds.ndim == 3 and ds.shape[0] == n
+        if ds.dtype.kind != "f" or not layout or ds.shape[-1] != dim:
+            want = f"(T, {dim})" if n <= 1 else f"({n}, T, {dim})"
+            got = "a scalar" if ds.ndim == 0 else f"shape {ds.shape}"
+            raise OutputError(f"{path}: dataset '{GROUP}/{k}' holds {got} of {ds.dtype}, not features of shape {want} "
+                              f"(layers {layers.tolist()}, width {dim})")
+    return attrs, names
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:36] + " ..."
+
+
 def file_keys(path: Path) -> set[str]:
     """The keys of a features file on disk."""
     try:
@@ -238,6 +280,7 @@ def _merge_into(tmp: Path, sources: list[Path], complete: bool | None) -> int:
             with src:
                 if plain(src.attrs.get("format")) != FORMAT:
                     raise OutputError(f"{path}: an HDF5 file, but not a lighthubert features file")
+                attrs, names = read_features(path, src)
                 ident = {k: plain(src.attrs.get(k)) for k in RUN_IDENTITY}
                 if identity is None:
                     identity = ident
@@ -245,9 +288,9 @@ def _merge_into(tmp: Path, sources: list[Path], complete: bool | None) -> int:
                         dst.attrs[k] = v
                 elif diff := identity_diff(identity, ident):
                     raise OutputError(f"{path}: made with different settings ({', '.join(diff)}) than {sources[0]}")
-                for entry in json.loads(plain(src.attrs.get("skipped", "[]")) or "[]"):
+                for entry in attrs.get("skipped") or []:
                     skipped[entry["key"]] = entry
-                for key in keys(src):
+                for key in names:
                     if key in group:
                         a, b = group[key][()], src[GROUP][key][()]
                         if not np.array_equal(a, b):
@@ -292,12 +335,11 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
     """Root attributes plus utterance count, total frames, audio duration, layers and dims."""
     try:
         with h5py.File(path, "r") as f:
-            attrs = {k: plain(v) for k, v in f.attrs.items()}
-            if attrs.get("format") != FORMAT:
+            if plain(f.attrs.get("format")) != FORMAT:
                 raise OutputError(f"{path}: an HDF5 file, but not a lighthubert features file")
+            attrs, names = read_features(path, f)
             frames = samples = 0
             shapes: set[tuple] = set()
-            names = keys(f)
             for k in names:
                 ds = f[GROUP][k]
                 frames += ds.shape[-2]
@@ -305,9 +347,6 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
                 shapes.add(tuple(ds.shape[:-2]) + (ds.shape[-1],))
     except OSError as err:
         raise OutputError(f"{path}: cannot be read ({open_reason(err)})") from None
-    for k in ("subnet", "skipped"):
-        if isinstance(attrs.get(k), str):
-            attrs[k] = json.loads(attrs[k])
     return {
         "attributes": attrs,
         "utterances": len(names),
