@@ -160,3 +160,30 @@ def test_malformed_features_file_is_one_line_naming_it(tmp_path, feats, what):
     assert sorted(os.listdir(tmp_path)) == ["bad.h5"]
     with pytest.raises(lighthubert.FeaturesError, match=reason.replace("(", r"\(").replace(")", r"\)")):
         lighthubert.open_features(bad)
+
+
+# ----------------------------------------------------------------------------- resume and merge
+
+
+@needs_speech
+def test_a_corrupt_segment_is_named_with_advice_that_keeps_the_others(tmp_path, feats):
+    """One committed segment of a killed run is damaged (truncated): --resume names it and advises
+    moving that one file away (its utterances are extracted again), not --overwrite alone, which
+    deletes every intact segment; nothing is deleted, and following the advice completes the file."""
+    out = tmp_path / "p.h5"
+    parts = tmp_path / "p.h5.parts"
+    parts.mkdir()
+    good = Path(shutil.copy(feats, parts / "seg-00000-000001.h5"))
+    bad = Path(shutil.copy(feats, parts / "seg-00000-000003.h5"))
+    os.truncate(bad, 3000)
+    p = lhb("extract", SPEECH_DIR / "spk1", out, *FAST, "--resume")
+    assert p.returncode == 1, p.stderr
+    line = one_line(p)
+    assert line.startswith(f"lhb: error: {bad}: cannot be read to resume (truncated"), line
+    assert "move or delete this one file" in line and "--resume then extracts its utterances again" in line, line
+    assert sorted(os.listdir(parts)) == [good.name, bad.name] and bad.stat().st_size == 3000
+    bad.rename(tmp_path / "damaged.h5")
+    p = lhb("extract", SPEECH_DIR / "spk1", out, *FAST, "--resume")
+    assert p.returncode == 0, p.stderr
+    with h5py.File(out) as f, h5py.File(feats) as r:
+        assert sorted(f["features"]) == sorted(r["features"]) and bool(f.attrs["complete"])

@@ -467,7 +467,10 @@ def committed(output: Path, attrs: Mapping[str, Any], *, include_output: bool) -
                 check_identity(path, dict(f.attrs), attrs)
                 found |= set(keys(f))
         except (OSError, RuntimeError) as err:
-            raise OutputError(f"{path}: cannot be read to resume ({open_reason(err)}); use --overwrite to start again") from None
+            advice = "use --overwrite to start again" if path == output else (
+                f"move or delete this one file (--resume then extracts its utterances again), or use --overwrite "
+                f"to start over (it deletes all of {parts_dir(output)})")
+            raise OutputError(f"{path}: cannot be read to resume ({open_reason(err)}); {advice}") from None
     return found
 
 
