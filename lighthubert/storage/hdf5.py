@@ -198,7 +198,7 @@ def read_features(path: str | os.PathLike, f: h5py.File) -> tuple[dict[str, Any]
     n = layers.size
     for k in names:
         ds = f[GROUP][k]
-        layout = ds.ndim == 2 and n <= 1 or ds.ndim == 3 and ds.shape[0] == n
+        layout = ds.ndim == 2 or ds.ndim == 3 and ds.shape[0] == n
         if ds.dtype.kind != "f" or not layout or ds.shape[-1] != dim:
             want = f"(T, {dim})" if n <= 1 else f"({n}, T, {dim})"
             got = "a scalar" if ds.ndim == 0 else f"shape {ds.shape}"
@@ -269,6 +269,7 @@ def _short_of_room(tmp: Path, sources: list[Path]) -> bool:
 
 def _merge_into(tmp: Path, sources: list[Path], complete: bool | None) -> int:
     skipped: dict[str, dict] = {}
+    owner: dict[str, Path] = {}  # the file each key was taken from
     identity: dict | None = None
     with h5py.File(tmp, "w", libver=("v108", "latest")) as dst:
         group = dst.create_group(GROUP)
@@ -294,9 +295,10 @@ def _merge_into(tmp: Path, sources: list[Path], complete: bool | None) -> int:
                     if key in group:
                         a, b = group[key][()], src[GROUP][key][()]
                         if not np.array_equal(a, b):
-                            raise OutputError(f"{path}: key {key!r} is also in another part, with other values "
+                            raise OutputError(f"{path}: key {key!r} is also in {owner[key]}, with other values "
                                               f"({_difference(a, b)})")
                         continue
+                    owner[key] = path
                     parent = key.rsplit("/", 1)[0] if "/" in key else ""
                     dest_group = group.require_group(parent) if parent else group
                     src.copy(src[GROUP][key], dest_group, name=key.rsplit("/", 1)[-1])
