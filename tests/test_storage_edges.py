@@ -187,3 +187,40 @@ def test_a_corrupt_segment_is_named_with_advice_that_keeps_the_others(tmp_path, 
     assert p.returncode == 0, p.stderr
     with h5py.File(out) as f, h5py.File(feats) as r:
         assert sorted(f["features"]) == sorted(r["features"]) and bool(f.attrs["complete"])
+
+
+@needs_speech
+def test_merge_into_an_output_a_run_holds_is_refused_naming_it_before_parts_exist(tmp_path, feats):
+    """A run holds OUTPUT's lock but has made no OUTPUT.parts/ yet (or has just removed it): lhb merge
+    OUTPUT is refused naming the holder, as README says, not "OUTPUT.parts: no such file or folder"."""
+    from lighthubert.storage import OutputLock
+
+    out = tmp_path / "lk3.h5"
+    with OutputLock(out):  # what a running lhb extract holds
+        for args in (["merge", out], ["merge", out, feats]):
+            p = lhb(*args)
+            assert p.returncode == 1, p.stderr
+            line = one_line(p)
+            assert line.startswith(f"lhb: error: {out}: is being written by lhb pid {os.getpid()} on "), line
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+@needs_speech
+def test_merge_names_what_is_wrong_with_a_part(tmp_path, feats):
+    """A part that exists but is a device is not "no such file"; OUTPUT given as its own part is said
+    to be OUTPUT; a key with other values in two parts names both files."""
+    out = tmp_path / "o.h5"
+    p = lhb("merge", out, "/dev/null")
+    assert p.returncode == 1 and one_line(p) == "lhb: error: /dev/null: is neither a features file nor a folder of parts"
+    own = Path(shutil.copy(feats, tmp_path / "m3.h5"))
+    p = lhb("merge", own, own)
+    assert p.returncode == 1, p.stderr
+    assert one_line(p) == f"lhb: error: {own}: is OUTPUT itself, not a part; name the parts to join into it"
+    a, b = Path(shutil.copy(feats, tmp_path / "a.h5")), Path(shutil.copy(feats, tmp_path / "b.h5"))
+    with h5py.File(b, "a") as f:
+        key = sorted(f["features"])[0]
+        f["features"][key][0, 0] += 1
+    p = lhb("merge", out, a, b)
+    assert p.returncode == 1, p.stderr
+    assert one_line(p).startswith(f"lhb: error: {b}: key {key!r} is also in {a}, with other values"), p.stderr
+    assert sorted(os.listdir(tmp_path)) == ["a.h5", "b.h5", "m3.h5"]
