@@ -224,3 +224,43 @@ def test_merge_names_what_is_wrong_with_a_part(tmp_path, feats):
     assert p.returncode == 1, p.stderr
     assert one_line(p).startswith(f"lhb: error: {b}: key {key!r} is also in {a}, with other values"), p.stderr
     assert sorted(os.listdir(tmp_path)) == ["a.h5", "b.h5", "m3.h5"]
+
+
+def srun_pair(args: list, job: str) -> list[subprocess.CompletedProcess]:
+    """``lhb`` as the 2 tasks of a SLURM step (the ranks meet through a file store; no torchrun needed)."""
+    env = {k: v for k, v in _env().items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    procs = [subprocess.Popen([shutil.which("lhb") or "lhb", *map(str, args)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True,
+                              env={**env, "SLURM_PROCID": str(r), "SLURM_STEP_NUM_TASKS": "2", "SLURM_LOCALID": str(r),
+                                   "SLURM_JOB_ID": job, "SLURM_STEP_ID": "0", "OMP_NUM_THREADS": "1"})
+             for r in range(2)]
+    out = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=300)
+        out.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
+    return out
+
+
+@needs_speech
+@pytest.mark.skipif(not shutil.which("lhb"), reason="needs the installed lhb")
+def test_a_finished_keep_parts_run_run_again_is_not_called_interrupted(tmp_path):
+    """The same --keep-parts command run twice: the second is refused saying the parts are those of
+    a finished run (merge them, or --overwrite), not "work of an interrupted run ... --resume"; a
+    --keep-parts run makes no OUTPUT, only its parts."""
+    out = tmp_path / "kq.h5"
+    args = ["extract", SPEECH_DIR / "spk1", out, *FAST, "--keep-parts"]
+    first = srun_pair(args, f"{os.getpid()}1")
+    assert [p.returncode for p in first] == [0, 0], [p.stderr for p in first]
+    parts = tmp_path / "kq.h5.parts"
+    assert not out.exists() and sorted(p.name for p in parts.glob("*.h5")) == ["part-00000.h5", "part-00001.h5"]
+    again = srun_pair(args, f"{os.getpid()}2")
+    assert [p.returncode for p in again] == [1, 1], [p.stderr for p in again]
+    line = one_line(again[0])
+    assert line == (f"lhb: error: {parts}: holds the parts of a finished run: join them with lhb merge {out} {parts}, "
+                    "or use --overwrite to start again"), line
+    assert sorted(p.name for p in parts.glob("*.h5")) == ["part-00000.h5", "part-00001.h5"]
+    p = lhb("merge", out, "--remove-parts")
+    assert p.returncode == 0, p.stderr
+    with h5py.File(out) as f:
+        assert len(f["features"]) == 4 and bool(f.attrs["complete"])
+    assert sorted(os.listdir(tmp_path)) == ["kq.h5"]

@@ -393,6 +393,12 @@ def parts_dir(output: Path) -> Path:
     return output.with_name(output.name + ".parts")
 
 
+def finished_path(output: Path) -> Path:
+    """``OUTPUT.parts/FINISHED``: written once every rank of a ``--keep-parts`` run finished its share,
+    so the parts are a whole job to merge, not the work of an interrupted run."""
+    return parts_dir(output) / "FINISHED"
+
+
 def part_path(output: Path, rank: int, suffix: str = ".h5") -> Path:
     return parts_dir(output) / f"part-{rank:05d}{suffix}"
 
@@ -435,6 +441,7 @@ HDF5 = register(_hdf5.Hdf5Backend())
 __all__ = [
     "BACKENDS", "Backend", "FORMAT", "FORMAT_VERSION", "FRAME_RATE", "FeaturesWriter", "HDF5", "OutputBroken",
     "OutputError", "OutputLock", "RUN_IDENTITY", "check_identity", "check_output_path", "find_committed", "find_parts",
+    "finished_path",
     "find_segments",
     "get_backend", "identity_diff", "part_path", "parts_dir", "plain", "refuse_existing", "register", "remove_parts",
     "remove_stale_temps", "run_attrs", "segment_path",
