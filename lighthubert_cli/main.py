@@ -531,8 +531,9 @@ def merge(
     """
     import shutil
 
-    from lighthubert.storage import HDF5, OutputLock, find_parts, parts_dir
+    from lighthubert.storage import HDF5, OutputLock, find_parts, parts_dir, resolve_link
 
+    output = resolve_link(output)  # a link's target is written, not a new file in place of the link
     _check_target(output, "is a folder, not a features file")
     sources = parts or [parts_dir(output)]
     with OutputLock(output):  # not while a run writes it (which may not have made OUTPUT.parts/ yet)

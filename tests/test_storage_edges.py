@@ -264,3 +264,34 @@ def test_a_finished_keep_parts_run_run_again_is_not_called_interrupted(tmp_path)
     with h5py.File(out) as f:
         assert len(f["features"]) == 4 and bool(f.attrs["complete"])
     assert sorted(os.listdir(tmp_path)) == ["kq.h5"]
+
+
+# ----------------------------------------------------------------------------- OUTPUT as a link
+
+
+@needs_speech
+def test_output_that_is_a_link_writes_its_target_and_keeps_the_link(tmp_path, feats):
+    """OUTPUT a symbolic link to a file on another disk: --overwrite, --resume and lhb merge write the
+    target (the link stays a link, nothing lands beside it); a link into a missing folder is one line."""
+    (tmp_path / "disk").mkdir()
+    target = tmp_path / "disk" / "t.h5"
+    link = tmp_path / "here" / "l.h5"
+    link.parent.mkdir()
+    link.symlink_to(target)
+    for extra in (["--overwrite"], ["--resume"]):
+        p = lhb("extract", SPEECH_DIR / "spk1", link, *FAST, *extra)
+        assert p.returncode == 0, p.stderr
+        assert link.is_symlink() and os.readlink(link) == str(target), extra
+        assert sorted(os.listdir(link.parent)) == ["l.h5"] and sorted(os.listdir(target.parent)) == ["t.h5"]
+        with h5py.File(target) as f:
+            assert len(f["features"]) == 4 and bool(f.attrs["complete"])
+    p = lhb("merge", link, feats)
+    assert p.returncode == 0, p.stderr
+    assert link.is_symlink() and sorted(os.listdir(link.parent)) == ["l.h5"]
+    with h5py.File(target) as f:
+        assert f.attrs["merged_from"] == 2
+    lost = tmp_path / "here" / "lost.h5"
+    lost.symlink_to(tmp_path / "nowhere" / "x.h5")
+    p = lhb("extract", SPEECH_DIR / "spk1", lost, *FAST)
+    assert p.returncode == 1, p.stderr
+    assert one_line(p) == f"lhb: error: {lost}: is a symbolic link to {tmp_path / 'nowhere' / 'x.h5'}, whose folder does not exist"

@@ -238,13 +238,27 @@ def refuse_existing(paths: Iterable[str | os.PathLike], overwrite: bool) -> None
         raise OutputError(f"{there[0]}: already exists{more}; pass --overwrite to replace it")
 
 
+def resolve_link(out: Path) -> Path:
+    """OUTPUT as the file to write: a symbolic link is followed to the path it points to (also when that
+    file does not exist yet), so the file replaced is the link's target and the link stays, as other
+    tools' writes through a link do. A loop, or a target whose folder is missing, is an :class:`OutputError`."""
+    if not out.is_symlink():
+        return out
+    target = Path(os.path.realpath(out))
+    if target.is_symlink():
+        raise OutputError(f"{out}: is a symbolic link that leads round in a loop; give the file itself")
+    if not target.parent.is_dir():
+        raise OutputError(f"{out}: is a symbolic link to {target}, whose folder does not exist")
+    return target
+
+
 def check_output_path(path: str | os.PathLike, *, resume: bool, overwrite: bool,
                       inputs: Iterable[str | os.PathLike] = (), backend: Backend | None = None) -> Path:
     """Fail early (before any audio is read) when OUTPUT cannot be written: its folder is missing or
     read-only, it exists without ``resume``/``overwrite``, it is not a regular file (a device, FIFO or
     folder is never replaced), or it is one of ``inputs`` (the same file under any name). With a
     ``backend``, an existing OUTPUT that is not a file of its format is not offered ``--resume``."""
-    out = Path(path)
+    out = resolve_link(Path(path))
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
         raise OutputError(f"{out}: the folder {folder} does not exist")
@@ -441,7 +455,7 @@ HDF5 = register(_hdf5.Hdf5Backend())
 __all__ = [
     "BACKENDS", "Backend", "FORMAT", "FORMAT_VERSION", "FRAME_RATE", "FeaturesWriter", "HDF5", "OutputBroken",
     "OutputError", "OutputLock", "RUN_IDENTITY", "check_identity", "check_output_path", "find_committed", "find_parts",
-    "finished_path",
+    "finished_path", "resolve_link",
     "find_segments",
     "get_backend", "identity_diff", "part_path", "parts_dir", "plain", "refuse_existing", "register", "remove_parts",
     "remove_stale_temps", "run_attrs", "segment_path",
