@@ -48,6 +48,7 @@ from .storage import (
     find_committed,
     find_parts,
     find_segments,
+    finished_path,
     get_backend,
     part_path,
     parts_dir,
@@ -269,7 +270,11 @@ def _claim(plan: Plan) -> set[str]:
     if job.overwrite:
         for path in held:
             path.unlink()
+        finished_path(out).unlink(missing_ok=True)
     elif held and not job.resume:
+        if finished_path(out).exists():  # a --keep-parts run that ended well
+            raise OutputError(f"{parts_dir(out)}: holds the parts of a finished run: join them with lhb merge {out} "
+                              f"{parts_dir(out)}, or use --overwrite to start again")
         raise OutputError(f"{parts_dir(out)}: work of an interrupted run is there; "
                           "pass --resume to complete it or --overwrite to start again")
     existing = backend.committed(out, plan.attrs, include_output=job.resume)
@@ -407,6 +412,7 @@ def _plan_shares(plan: Plan, world: World) -> dict:
     """Rank 0, with OUTPUT's lock held: which items each rank does, balanced by duration (what OUTPUT,
     its segments and parts hold is kept)."""
     done = _claim(plan)
+    finished_path(plan.output).unlink(missing_ok=True)  # written again when this run ends well
     todo = [i for i, it in enumerate(plan.items) if it.key not in done]
     with ThreadPoolExecutor(max_workers=max(2, plan.options.num_workers)) as pool:
         sizes = list(zip(todo, pool.map(lambda i: estimate_samples(plan.items[i]), todo)))
@@ -507,6 +513,8 @@ def _run_rank(plan: Plan, user: Reporter, stop: threading.Event) -> Summary:
         whole.skipped = summary.skipped
         if world.rank == 0:  # the other ranks' skipped inputs were reported there; here only their count
             whole.skipped = summary.skipped + [(None, "")] * (sum(s["skipped"] for s in statuses) - len(summary.skipped))
+        if world.rank == 0 and plan.job.keep_parts and not whole.interrupted:
+            finished_path(out).write_text(f"all {world.size} ranks finished; join the parts with: lhb merge {out} {parts}\n")
         if whole.interrupted or world.rank != 0 or plan.job.keep_parts:
             return whole
         try:

@@ -7,7 +7,6 @@ features), not by their position in the file. ``layer=None`` means every stored 
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from pathlib import Path
@@ -19,8 +18,8 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from .errors import LightHubertError, SettingError
-from .storage import FORMAT, UNITS_FORMAT, plain
-from .storage.hdf5 import GROUP, open_reason
+from .storage import FORMAT, UNITS_FORMAT, OutputError, plain
+from .storage.hdf5 import GROUP, open_reason, read_features
 
 Layers = Union[None, int, str, Sequence[int]]
 """None: as stored ((T, D) or (L, T, D)); int: one layer, (T, D); list of ints or "all": (L, T, D)."""
@@ -85,12 +84,12 @@ class Features:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self._file = _open(self.path)
-        self.attrs: dict[str, Any] = {k: plain(v) for k, v in self._file.attrs.items()}
-        for k in ("subnet", "skipped"):
-            if isinstance(self.attrs.get(k), str):
-                self.attrs[k] = json.loads(self.attrs[k])
+        try:
+            self.attrs, self.keys = read_features(self.path, self._file)
+        except OutputError as err:
+            self.close()
+            raise FeaturesError(str(err)) from None
         self.layers: list[int] = [int(i) for i in np.atleast_1d(self.attrs.get("layers", []))]
-        self.keys: list[str] = _keys(self._file)
         group = self._file[GROUP]
         self.lengths: dict[str, int] = {k: int(group[k].shape[-2]) for k in self.keys}
         self.dim: int = int(group[self.keys[0]].shape[-1]) if self.keys else int(self.attrs.get("embed_dim", 0))

@@ -568,22 +568,27 @@ def merge(
     """
     import shutil
 
-    from lighthubert.storage import HDF5, OutputLock, find_parts, parts_dir
+    from lighthubert.storage import HDF5, OutputLock, find_parts, parts_dir, resolve_link
 
+    output = resolve_link(output)  # a link's target is written, not a new file in place of the link
     _check_target(output, "is a folder, not a features file")
     sources = parts or [parts_dir(output)]
-    files: list[Path] = []
-    for src in sources:
-        if src.is_dir():
-            files += find_parts(src, HDF5.suffix, any_name=True)
-        elif src.is_file():
-            files.append(src)
-        else:
-            raise Fail(f"{src}: no such file or folder")
-    files = [f for f in files if not _same_file(f, output)]  # OUTPUT is joined anyway; never removed as a part
-    if not files:
-        raise Fail(f"no parts found in {', '.join(map(str, sources))}")
-    with OutputLock(output):  # not while a run writes it
+    with OutputLock(output):  # not while a run writes it (which may not have made OUTPUT.parts/ yet)
+        files: list[Path] = []
+        for src in sources:
+            if src.is_dir():
+                files += find_parts(src, HDF5.suffix, any_name=True)
+            elif src.is_file():
+                files.append(src)
+            elif os.path.exists(src):
+                raise Fail(f"{src}: is neither a features file nor a folder of parts")
+            else:
+                raise Fail(f"{src}: no such file or folder")
+        if files and all(_same_file(f, output) for f in files):
+            raise Fail(f"{files[0]}: is OUTPUT itself, not a part; name the parts to join into it")
+        files = [f for f in files if not _same_file(f, output)]  # OUTPUT is joined anyway; never removed as a part
+        if not files:
+            raise Fail(f"no parts found in {', '.join(map(str, sources))}")
         n = HDF5.merge(output, files, include_output=True)
     err(f"merged {count(len(files), 'part')} into {output}: {count(n, 'utterance')} ({size(output.stat().st_size)})")
     if remove_parts:  # the files merged, nothing else: a folder given is removed only once empty

@@ -224,7 +224,7 @@ def test_merge_remove_parts_removes_the_parts_merged_and_nothing_else(tmp_path, 
     own = tmp_path / "own.h5"
     shutil.copy(feats, own)
     r = lhb("merge", own, own, "--remove-parts")
-    assert r.returncode == 1 and r.err_lines == [f"lhb: error: no parts found in {own}"], r
+    assert r.returncode == 1 and r.err_lines == [f"lhb: error: {own}: is OUTPUT itself, not a part; name the parts to join into it"], r
     assert own.read_bytes() == feats.read_bytes()
 
     solo = tmp_path / "solo"

@@ -238,13 +238,27 @@ def refuse_existing(paths: Iterable[str | os.PathLike], overwrite: bool) -> None
         raise OutputError(f"{there[0]}: already exists{more}; pass --overwrite to replace it")
 
 
+def resolve_link(out: Path) -> Path:
+    """OUTPUT as the file to write: a symbolic link is followed to the path it points to (also when that
+    file does not exist yet), so the file replaced is the link's target and the link stays, as other
+    tools' writes through a link do. A loop, or a target whose folder is missing, is an :class:`OutputError`."""
+    if not out.is_symlink():
+        return out
+    target = Path(os.path.realpath(out))
+    if target.is_symlink():
+        raise OutputError(f"{out}: is a symbolic link that leads round in a loop; give the file itself")
+    if not target.parent.is_dir():
+        raise OutputError(f"{out}: is a symbolic link to {target}, whose folder does not exist")
+    return target
+
+
 def check_output_path(path: str | os.PathLike, *, resume: bool, overwrite: bool,
                       inputs: Iterable[str | os.PathLike] = (), backend: Backend | None = None) -> Path:
     """Fail early (before any audio is read) when OUTPUT cannot be written: its folder is missing or
     read-only, it exists without ``resume``/``overwrite``, it is not a regular file (a device, FIFO or
     folder is never replaced), or it is one of ``inputs`` (the same file under any name). With a
     ``backend``, an existing OUTPUT that is not a file of its format is not offered ``--resume``."""
-    out = Path(path)
+    out = resolve_link(Path(path))
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
         raise OutputError(f"{out}: the folder {folder} does not exist")
@@ -279,6 +293,19 @@ def check_output_path(path: str | os.PathLike, *, resume: bool, overwrite: bool,
         if (s.st_dev, s.st_ino) == (st.st_dev, st.st_ino):
             raise OutputError(f"{out}: is also an input ({p}); choose another OUTPUT")
     return out
+
+
+def os_reason(err: BaseException) -> str:
+    """Why a write failed, in words: a full disk, a file-size limit and EIO by name (also inside h5py's
+    many-line texts), else the first part of the text."""
+    text = str(err)
+    if "No space left" in text or "errno = 28" in text or getattr(err, "errno", None) == errno.ENOSPC:
+        return "no space left on the device"
+    if "File too large" in text or "errno = 27" in text or getattr(err, "errno", None) == errno.EFBIG:
+        return "file too large for this filesystem or limit"
+    if "Input/output error" in text or "errno = 5" in text or getattr(err, "errno", None) == errno.EIO:
+        return "input/output error (EIO)"
+    return getattr(err, "strerror", None) or text.split("(", 1)[0].strip() or type(err).__name__
 
 
 _HELD = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
@@ -316,7 +343,10 @@ class OutputLock:
 
     def __enter__(self) -> "OutputLock":
         for _ in range(10):  # the file may be unlinked by its holder between our open and flock
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as err:  # no inode left, a read-only folder
+                raise OutputError(f"{self.output}: cannot create the lock {self.path}: {os_reason(err)}") from None
             try:
                 unsupported = _lock(fd)
             except OSError:
@@ -333,8 +363,14 @@ class OutputLock:
             except FileNotFoundError:
                 same = False
             if same:
-                os.ftruncate(fd, 0)
-                os.write(fd, f"lhb pid {os.getpid()} on {socket.gethostname()}\n".encode())
+                try:
+                    os.ftruncate(fd, 0)
+                    os.write(fd, f"lhb pid {os.getpid()} on {socket.gethostname()}\n".encode())
+                except OSError as err:  # a full disk: the lock file is ours to remove (we hold it)
+                    self.fd = fd
+                    self.__exit__()
+                    raise OutputError(f"{self.output}: cannot write the lock {self.path}: {os_reason(err)}; "
+                                      "nothing was written") from None
                 self.fd = fd
                 return self
             os.close(fd)
@@ -369,6 +405,12 @@ def remove_stale_temps(output: Path) -> None:
 def parts_dir(output: Path) -> Path:
     """``OUTPUT.parts/``: where the ranks of a run with several processes write their parts."""
     return output.with_name(output.name + ".parts")
+
+
+def finished_path(output: Path) -> Path:
+    """``OUTPUT.parts/FINISHED``: written once every rank of a ``--keep-parts`` run finished its share,
+    so the parts are a whole job to merge, not the work of an interrupted run."""
+    return parts_dir(output) / "FINISHED"
 
 
 def part_path(output: Path, rank: int, suffix: str = ".h5") -> Path:
@@ -413,6 +455,7 @@ HDF5 = register(_hdf5.Hdf5Backend())
 __all__ = [
     "BACKENDS", "Backend", "FORMAT", "FORMAT_VERSION", "FRAME_RATE", "FeaturesWriter", "HDF5", "OutputBroken",
     "OutputError", "OutputLock", "RUN_IDENTITY", "check_identity", "check_output_path", "find_committed", "find_parts",
+    "finished_path", "resolve_link",
     "find_segments",
     "get_backend", "identity_diff", "part_path", "parts_dir", "plain", "refuse_existing", "register", "remove_parts",
     "remove_stale_temps", "run_attrs", "segment_path",

@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 
 from . import (FORMAT, RUN_IDENTITY, OutputError, check_identity, find_committed, find_segments, identity_diff,
-               parts_dir, plain, remove_parts, segment_path)
+               os_reason, parts_dir, plain, remove_parts, segment_path)
 
 GROUP = "features"
 MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -91,10 +91,8 @@ class FeatureWriter:
     def write(self, key: str, data: np.ndarray, *, source: str, num_samples: int, windows: int = 0) -> None:
         free = shutil.disk_usage(self.path.parent).free
         if free < data.nbytes + self.RESERVE:
-            raise OutputError(
-                f"{self.path}: no space left on the device ({free / 2**20:.1f} MB free, {data.nbytes / 2**20:.1f} MB "
-                "needed); the file is valid up to the last complete utterance: free space, then --resume"
-            )
+            raise OutputError(f"{self.path}: {_no_room(free, data.nbytes)}; the file is valid up to the last complete "
+                              "utterance: free space, then --resume")
         try:
             self._write(key, data, source=source, num_samples=num_samples, windows=windows)
         except OSError:
@@ -134,6 +132,14 @@ class FeatureWriter:
             self.file = None
 
 
+def _no_room(free: int, nbytes: int) -> str:
+    """The words for a write refused before it starts: the need includes the metadata reserve, so the
+    numbers never read as enough room."""
+    need = nbytes + FeatureWriter.RESERVE
+    return (f"no space left on the device ({free / 2**20:.1f} MB free, {need / 2**20:.1f} MB needed: "
+            f"{nbytes / 2**20:.1f} MB of features and {FeatureWriter.RESERVE / 2**20:.0f} MB kept for the file's metadata)")
+
+
 def _reason(err: Exception) -> str:
     text = str(err)
     return text.split("(", 1)[0].strip() or type(err).__name__
@@ -162,6 +168,48 @@ def keys(f: h5py.File) -> list[str]:
     out: list[str] = []
     f[GROUP].visititems(lambda name, obj: out.append(name) if isinstance(obj, h5py.Dataset) else None)
     return out
+
+
+def read_features(path: str | os.PathLike, f: h5py.File) -> tuple[dict[str, Any], list[str]]:
+    """The root attributes (plain Python; ``subnet`` and ``skipped`` decoded from JSON) and the keys of
+    an open features file, after checking what readers rely on: those two attributes are well-formed
+    JSON, ``layers`` are integers, and every dataset holds float features of the stored layers and one
+    width. :class:`OutputError` naming the file and the attribute or key otherwise."""
+    attrs = {k: plain(v) for k, v in f.attrs.items()}
+    for name, kind, what in (("subnet", dict, "a JSON object"), ("skipped", list, "a JSON list of {key, path, reason}")):
+        value = attrs.get(name)
+        if value is None:
+            continue
+        try:
+            value = json.loads(value) if isinstance(value, str) else value
+        except ValueError as err:
+            raise OutputError(f"{path}: attribute {name!r} is not valid JSON ({err})") from None
+        if not isinstance(value, kind) or (name == "skipped" and not all(
+                isinstance(e, dict) and {"key", "path", "reason"} <= set(e) for e in value)):
+            raise OutputError(f"{path}: attribute {name!r} is not {what}")
+        attrs[name] = value
+    layers = np.atleast_1d(np.asarray(attrs.get("layers", [])))
+    if layers.ndim != 1 or (layers.size and layers.dtype.kind not in "iu"):
+        raise OutputError(f"{path}: attribute 'layers' is not a list of hidden-state indices ({_short(attrs.get('layers'))})")
+    names = keys(f)
+    dim = attrs.get("embed_dim")
+    if not isinstance(dim, int):  # a file from before the attribute: the first dataset's width
+        dim = next((f[GROUP][k].shape[-1] for k in names if f[GROUP][k].ndim), None)
+    n = layers.size
+    for k in names:
+        ds = f[GROUP][k]
+        layout = ds.ndim == 2 or ds.ndim == 3 and ds.shape[0] == n
+        if ds.dtype.kind != "f" or not layout or ds.shape[-1] != dim:
+            want = f"(T, {dim})" if n <= 1 else f"({n}, T, {dim})"
+            got = "a scalar" if ds.ndim == 0 else f"shape {ds.shape}"
+            raise OutputError(f"{path}: dataset '{GROUP}/{k}' holds {got} of {ds.dtype}, not features of shape {want} "
+                              f"(layers {layers.tolist()}, width {dim})")
+    return attrs, names
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:36] + " ..."
 
 
 def file_keys(path: Path) -> set[str]:
@@ -194,15 +242,34 @@ def merge(output: Path, parts: list[Path], *, include_output: bool, complete: bo
         _fsync(output.parent if str(output.parent) else Path("."))
         return n
     except (OSError, RuntimeError) as err:  # ENOSPC, EIO from h5py: nothing changed
-        raise OutputError(f"{output}: merging failed: {_reason(err)}; {output} and the files to merge are kept as "
+        reason = os_reason(err)
+        if reason not in _OS_WORDS and _short_of_room(tmp, sources):  # HDF5's own words ("Disable slist on ...")
+            reason = "no space left on the device"
+        raise OutputError(f"{output}: merging failed: {reason}; {output} and the files to merge are kept as "
                           "they were") from None
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
+_OS_WORDS = ("no space left on the device", "file too large for this filesystem or limit", "input/output error (EIO)")
+"""What :func:`~lighthubert.storage.os_reason` says for the OS errors it recognises."""
+
+
+def _short_of_room(tmp: Path, sources: list[Path]) -> bool:
+    """After a failed merge: whether the disk lacks room for the rest of the copy (HDF5 often reports
+    a full disk in words of its own, without the OS error)."""
+    try:
+        written = tmp.stat().st_size if tmp.exists() else 0
+        need = sum(p.stat().st_size for p in sources) - written
+        return shutil.disk_usage(tmp.parent).free < need + FeatureWriter.RESERVE
+    except OSError:
+        return False
+
+
 def _merge_into(tmp: Path, sources: list[Path], complete: bool | None) -> int:
     skipped: dict[str, dict] = {}
+    owner: dict[str, Path] = {}  # the file each key was taken from
     identity: dict | None = None
     with h5py.File(tmp, "w", libver=("v108", "latest")) as dst:
         group = dst.create_group(GROUP)
@@ -214,6 +281,7 @@ def _merge_into(tmp: Path, sources: list[Path], complete: bool | None) -> int:
             with src:
                 if plain(src.attrs.get("format")) != FORMAT:
                     raise OutputError(f"{path}: an HDF5 file, but not a lighthubert features file")
+                attrs, names = read_features(path, src)
                 ident = {k: plain(src.attrs.get(k)) for k in RUN_IDENTITY}
                 if identity is None:
                     identity = ident
@@ -221,15 +289,16 @@ def _merge_into(tmp: Path, sources: list[Path], complete: bool | None) -> int:
                         dst.attrs[k] = v
                 elif diff := identity_diff(identity, ident):
                     raise OutputError(f"{path}: made with different settings ({', '.join(diff)}) than {sources[0]}")
-                for entry in json.loads(plain(src.attrs.get("skipped", "[]")) or "[]"):
+                for entry in attrs.get("skipped") or []:
                     skipped[entry["key"]] = entry
-                for key in keys(src):
+                for key in names:
                     if key in group:
                         a, b = group[key][()], src[GROUP][key][()]
                         if not np.array_equal(a, b):
-                            raise OutputError(f"{path}: key {key!r} is also in another part, with other values "
+                            raise OutputError(f"{path}: key {key!r} is also in {owner[key]}, with other values "
                                               f"({_difference(a, b)})")
                         continue
+                    owner[key] = path
                     parent = key.rsplit("/", 1)[0] if "/" in key else ""
                     dest_group = group.require_group(parent) if parent else group
                     src.copy(src[GROUP][key], dest_group, name=key.rsplit("/", 1)[-1])
@@ -268,12 +337,11 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
     """Root attributes plus utterance count, total frames, audio duration, layers and dims."""
     try:
         with h5py.File(path, "r") as f:
-            attrs = {k: plain(v) for k, v in f.attrs.items()}
-            if attrs.get("format") != FORMAT:
+            if plain(f.attrs.get("format")) != FORMAT:
                 raise OutputError(f"{path}: an HDF5 file, but not a lighthubert features file")
+            attrs, names = read_features(path, f)
             frames = samples = 0
             shapes: set[tuple] = set()
-            names = keys(f)
             for k in names:
                 ds = f[GROUP][k]
                 frames += ds.shape[-2]
@@ -281,9 +349,6 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
                 shapes.add(tuple(ds.shape[:-2]) + (ds.shape[-1],))
     except OSError as err:
         raise OutputError(f"{path}: cannot be read ({open_reason(err)})") from None
-    for k in ("subnet", "skipped"):
-        if isinstance(attrs.get(k), str):
-            attrs[k] = json.loads(attrs[k])
     return {
         "attributes": attrs,
         "utterances": len(names),
@@ -343,16 +408,15 @@ class SegmentWriter:
                 cur.path.unlink()
             except OSError:
                 pass
-        reason = _os_reason(err)
+        reason = os_reason(err)
         return OutputError(f"{self.path}: writing failed: {reason}; the work committed before is kept in {self.folder}: "
                            "fix the cause, then run the same command with --resume")
 
     def write(self, key: str, data: np.ndarray, *, source: str, num_samples: int, windows: int = 0) -> None:
         free = shutil.disk_usage(self.folder if self.current else (self.path.parent or Path('.'))).free
         if free < data.nbytes + FeatureWriter.RESERVE:  # stop before the disk is full: the segment stays good
-            raise OutputError(
-                f"{self.path}: no space left on the device ({free / 2**20:.1f} MB free, {data.nbytes / 2**20:.1f} MB "
-                "needed); the work done so far is kept: free space, then run the same command with --resume")
+            raise OutputError(f"{self.path}: {_no_room(free, data.nbytes)}; the work done so far is kept: free space, "
+                              "then run the same command with --resume")
         cur = self._open()  # its failure is already the user's line (and discards the segment)
         try:
             cur.write(key, data, source=source, num_samples=num_samples, windows=windows)
@@ -389,17 +453,6 @@ class SegmentWriter:
         self.flush()
 
 
-def _os_reason(err: BaseException) -> str:
-    text = str(err)
-    if "No space left" in text or "errno = 28" in text or getattr(err, "errno", None) == 28:
-        return "no space left on the device"
-    if "File too large" in text or "errno = 27" in text or getattr(err, "errno", None) == 27:
-        return "file too large for this filesystem or limit"
-    if "Input/output error" in text or "errno = 5" in text or getattr(err, "errno", None) == 5:
-        return "input/output error (EIO)"
-    return _reason(err)
-
-
 def create(output: Path, attrs: Mapping[str, Any]) -> None:
     """A new, empty, valid OUTPUT, atomically."""
     FeatureWriter(output, attrs).close(complete=False)
@@ -416,7 +469,10 @@ def committed(output: Path, attrs: Mapping[str, Any], *, include_output: bool) -
                 check_identity(path, dict(f.attrs), attrs)
                 found |= set(keys(f))
         except (OSError, RuntimeError) as err:
-            raise OutputError(f"{path}: cannot be read to resume ({open_reason(err)}); use --overwrite to start again") from None
+            advice = "use --overwrite to start again" if path == output else (
+                f"move or delete this one file (--resume then extracts its utterances again), or use --overwrite "
+                f"to start over (it deletes all of {parts_dir(output)})")
+            raise OutputError(f"{path}: cannot be read to resume ({open_reason(err)}); {advice}") from None
     return found
 
 

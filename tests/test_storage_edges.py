@@ -1,0 +1,297 @@
+"""Edges of OUTPUT's storage: a full disk at the lock or the final join, features files with
+malformed attributes or datasets, a corrupt segment on --resume, merge refusals and messages, a
+finished --keep-parts job run again, and an OUTPUT that is a symbolic link. Each is one line naming
+the file and the reason, and nothing already written is lost."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+import lighthubert
+from cli_helpers import _env, lhb_prefix, one_line
+from helpers import SPEECH_DIR
+
+needs_speech = pytest.mark.skipif(not SPEECH_DIR.is_dir(), reason="needs the speech data")
+FAST = ["-c", "(set by ckpt)", "--layers", "1", "--device", "cpu", "-q"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ckpt(tmp_path_factory) -> Path:
+    """The Small min subnet of a random Small file as a compact checkpoint (the model is not the point)."""
+    folder = tmp_path_factory.mktemp("ckpt")
+    full = lighthubert.write_random_checkpoint(folder / "small.pt", "small", seed=9)
+    path = lighthubert.export_subnet(lighthubert.load_checkpoint(full), "min", folder / "small_min.pt")
+    FAST[1] = str(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def feats(tmp_path_factory, ckpt) -> Path:
+    """A valid features file of the four files of spk1 (copy it before changing it)."""
+    out = tmp_path_factory.mktemp("feats") / "v.h5"
+    p = lhb("extract", SPEECH_DIR / "spk1", out, *FAST)
+    assert p.returncode == 0, p.stderr
+    return out
+
+
+def lhb(*args, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([*lhb_prefix(), *map(str, args)], capture_output=True, text=True, env=_env(),
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def full_disk(path: Path, size: str = "1m") -> None:
+    """A small tmpfs at ``path``, then filled; skips where none can be mounted (needs root)."""
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    subprocess.run(["dd", "if=/dev/zero", f"of={path / 'filler'}", "bs=64k"], capture_output=True)
+
+
+# ----------------------------------------------------------------------------- a full disk
+
+
+@needs_speech
+def test_full_disk_at_the_lock_is_one_line_and_leaves_no_lock_file(tmp_path, feats):
+    """The disk is full before the run writes anything: the lock file's pid line cannot be written.
+    One line naming OUTPUT and the reason, exit 1, and no empty ``.OUTPUT.lock`` is left behind."""
+    disk = tmp_path / "disk"
+    full_disk(disk)
+    try:
+        out = disk / "n.h5"
+        for args in (["extract", SPEECH_DIR / "spk1", out, *FAST], ["merge", out, feats]):
+            p = lhb(*args)
+            assert p.returncode == 1, p.stderr
+            line = one_line(p)
+            assert line.startswith(f"lhb: error: {out}: ") and "no space left on the device" in line, line
+            assert sorted(os.listdir(disk)) == ["filler"]
+    finally:
+        subprocess.run(["umount", str(disk)])
+
+
+@needs_speech
+def test_merge_that_runs_out_of_space_says_so(tmp_path, feats):
+    """A join or merge that fills the disk half-way: HDF5 words it as "Disable slist on flush dest
+    failure failed"; the line says the disk is full, and nothing is left or lost."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        part = Path(shutil.copy(feats, disk / "part.h5"))
+        room = shutil.disk_usage(disk).free - part.stat().st_size // 6  # a sixth of the copy fits
+        with open(disk / "filler", "wb") as f:
+            f.write(b"\0" * room)
+        out = disk / "o.h5"
+        p = lhb("merge", out, part)
+        assert p.returncode == 1, p.stderr
+        line = one_line(p)
+        assert line.startswith(f"lhb: error: {out}: merging failed: no space left on the device;"), line
+        assert sorted(os.listdir(disk)) == ["filler", "part.h5"]
+        with h5py.File(part) as a, h5py.File(feats) as b:
+            assert sorted(a["features"]) == sorted(b["features"])
+    finally:
+        subprocess.run(["umount", str(disk)])
+
+
+def test_no_room_message_counts_the_reserve_in_what_is_needed(tmp_path):
+    """A write refused for lack of room gives numbers that add up: what is needed includes the
+    space kept for the file's metadata, so it is more than what is free (it said "2.4 MB free,
+    2.2 MB needed")."""
+    import re
+
+    from lighthubert.storage import OutputError, run_attrs
+    from lighthubert.storage.hdf5 import SegmentWriter, create
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        attrs = run_attrs(layers=[1], subnet={}, checkpoint="x", checkpoint_sha256="", normalize=False,
+                          random_weights=True, params=1, dtype="float32", compute_dtype="float32", version="0",
+                          exact_seconds=0.0, window_seconds=60.0, context_seconds=10.0, num_layers=1, embed_dim=8)
+        out = disk / "o.h5"
+        create(out, attrs)
+        free = shutil.disk_usage(disk).free
+        rows = (free - (300 << 10)) // 32  # 300 KB less than is free: fits, but eats into the reserve
+        with pytest.raises(OutputError) as e:
+            SegmentWriter(out, attrs).write("big", np.ones((rows, 8), np.float32), source="s", num_samples=1)
+        m = re.search(r"\(([\d.]+) MB free, ([\d.]+) MB needed", str(e.value))
+        assert m and float(m[1]) < float(m[2]), str(e.value)
+    finally:
+        subprocess.run(["umount", str(disk)])
+
+
+# ----------------------------------------------------------------------------- malformed features files
+
+
+MALFORMED = {
+    "skipped": (lambda f: f.attrs.__setitem__("skipped", "not json{"), "attribute 'skipped' is not valid JSON"),
+    "skipped-entries": (lambda f: f.attrs.__setitem__("skipped", "[1]"), "attribute 'skipped' is not a JSON list"),
+    "subnet": (lambda f: f.attrs.__setitem__("subnet", "{"), "attribute 'subnet' is not valid JSON"),
+    "layers": (lambda f: f.attrs.__setitem__("layers", "x"), "attribute 'layers' is not a list"),
+    "scalar": (lambda f: f.__setitem__("features/weird", 5), "dataset 'features/weird' holds a scalar"),
+    "width": (lambda f: f.__setitem__("features/wd", np.zeros((3, 5), np.float32)), "dataset 'features/wd' holds shape (3, 5)"),
+}
+
+
+@needs_speech
+@pytest.mark.parametrize("what", sorted(MALFORMED))
+def test_malformed_features_file_is_one_line_naming_it(tmp_path, feats, what):
+    """A features file edited by hand (an attribute that is not JSON, a scalar or a dataset of
+    another width among the features): lhb info, merge and convert each give one line naming the file
+    and what is wrong in it, exit 1 (a data error, not usage); nothing is written."""
+    change, reason = MALFORMED[what]
+    bad = Path(shutil.copy(feats, tmp_path / "bad.h5"))
+    with h5py.File(bad, "a") as f:
+        change(f)
+    for args in (["info", bad], ["merge", tmp_path / "m.h5", bad], ["convert", bad, tmp_path / "conv"]):
+        p = lhb(*args)
+        assert p.returncode == 1, (args, p.stderr)
+        line = one_line(p)
+        assert line.startswith(f"lhb: error: {bad}: {reason}"), line
+    assert sorted(os.listdir(tmp_path)) == ["bad.h5"]
+    with pytest.raises(lighthubert.FeaturesError, match=reason.replace("(", r"\(").replace(")", r"\)")):
+        lighthubert.open_features(bad)
+
+
+# ----------------------------------------------------------------------------- resume and merge
+
+
+@needs_speech
+def test_a_corrupt_segment_is_named_with_advice_that_keeps_the_others(tmp_path, feats):
+    """One committed segment of a killed run is damaged (truncated): --resume names it and advises
+    moving that one file away (its utterances are extracted again), not --overwrite alone, which
+    deletes every intact segment; nothing is deleted, and following the advice completes the file."""
+    out = tmp_path / "p.h5"
+    parts = tmp_path / "p.h5.parts"
+    parts.mkdir()
+    good = Path(shutil.copy(feats, parts / "seg-00000-000001.h5"))
+    bad = Path(shutil.copy(feats, parts / "seg-00000-000003.h5"))
+    os.truncate(bad, 3000)
+    p = lhb("extract", SPEECH_DIR / "spk1", out, *FAST, "--resume")
+    assert p.returncode == 1, p.stderr
+    line = one_line(p)
+    assert line.startswith(f"lhb: error: {bad}: cannot be read to resume (truncated"), line
+    assert "move or delete this one file" in line and "--resume then extracts its utterances again" in line, line
+    assert sorted(os.listdir(parts)) == [good.name, bad.name] and bad.stat().st_size == 3000
+    bad.rename(tmp_path / "damaged.h5")
+    p = lhb("extract", SPEECH_DIR / "spk1", out, *FAST, "--resume")
+    assert p.returncode == 0, p.stderr
+    with h5py.File(out) as f, h5py.File(feats) as r:
+        assert sorted(f["features"]) == sorted(r["features"]) and bool(f.attrs["complete"])
+
+
+@needs_speech
+def test_merge_into_an_output_a_run_holds_is_refused_naming_it_before_parts_exist(tmp_path, feats):
+    """A run holds OUTPUT's lock but has made no OUTPUT.parts/ yet (or has just removed it): lhb merge
+    OUTPUT is refused naming the holder, as README says, not "OUTPUT.parts: no such file or folder"."""
+    from lighthubert.storage import OutputLock
+
+    out = tmp_path / "lk3.h5"
+    with OutputLock(out):  # what a running lhb extract holds
+        for args in (["merge", out], ["merge", out, feats]):
+            p = lhb(*args)
+            assert p.returncode == 1, p.stderr
+            line = one_line(p)
+            assert line.startswith(f"lhb: error: {out}: is being written by lhb pid {os.getpid()} on "), line
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+@needs_speech
+def test_merge_names_what_is_wrong_with_a_part(tmp_path, feats):
+    """A part that exists but is a device is not "no such file"; OUTPUT given as its own part is said
+    to be OUTPUT; a key with other values in two parts names both files."""
+    out = tmp_path / "o.h5"
+    p = lhb("merge", out, "/dev/null")
+    assert p.returncode == 1 and one_line(p) == "lhb: error: /dev/null: is neither a features file nor a folder of parts"
+    own = Path(shutil.copy(feats, tmp_path / "m3.h5"))
+    p = lhb("merge", own, own)
+    assert p.returncode == 1, p.stderr
+    assert one_line(p) == f"lhb: error: {own}: is OUTPUT itself, not a part; name the parts to join into it"
+    a, b = Path(shutil.copy(feats, tmp_path / "a.h5")), Path(shutil.copy(feats, tmp_path / "b.h5"))
+    with h5py.File(b, "a") as f:
+        key = sorted(f["features"])[0]
+        f["features"][key][0, 0] += 1
+    p = lhb("merge", out, a, b)
+    assert p.returncode == 1, p.stderr
+    assert one_line(p).startswith(f"lhb: error: {b}: key {key!r} is also in {a}, with other values"), p.stderr
+    assert sorted(os.listdir(tmp_path)) == ["a.h5", "b.h5", "m3.h5"]
+
+
+def srun_pair(args: list, job: str) -> list[subprocess.CompletedProcess]:
+    """``lhb`` as the 2 tasks of a SLURM step (the ranks meet through a file store; no torchrun needed)."""
+    env = {k: v for k, v in _env().items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    procs = [subprocess.Popen([shutil.which("lhb") or "lhb", *map(str, args)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True,
+                              env={**env, "SLURM_PROCID": str(r), "SLURM_STEP_NUM_TASKS": "2", "SLURM_LOCALID": str(r),
+                                   "SLURM_JOB_ID": job, "SLURM_STEP_ID": "0", "OMP_NUM_THREADS": "1"})
+             for r in range(2)]
+    out = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=300)
+        out.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
+    return out
+
+
+@needs_speech
+@pytest.mark.skipif(not shutil.which("lhb"), reason="needs the installed lhb")
+def test_a_finished_keep_parts_run_run_again_is_not_called_interrupted(tmp_path):
+    """The same --keep-parts command run twice: the second is refused saying the parts are those of
+    a finished run (merge them, or --overwrite), not "work of an interrupted run ... --resume"; a
+    --keep-parts run makes no OUTPUT, only its parts."""
+    out = tmp_path / "kq.h5"
+    args = ["extract", SPEECH_DIR / "spk1", out, *FAST, "--keep-parts"]
+    first = srun_pair(args, f"{os.getpid()}1")
+    assert [p.returncode for p in first] == [0, 0], [p.stderr for p in first]
+    parts = tmp_path / "kq.h5.parts"
+    assert not out.exists() and sorted(p.name for p in parts.glob("*.h5")) == ["part-00000.h5", "part-00001.h5"]
+    again = srun_pair(args, f"{os.getpid()}2")
+    assert [p.returncode for p in again] == [1, 1], [p.stderr for p in again]
+    line = one_line(again[0])
+    assert line == (f"lhb: error: {parts}: holds the parts of a finished run: join them with lhb merge {out} {parts}, "
+                    "or use --overwrite to start again"), line
+    assert sorted(p.name for p in parts.glob("*.h5")) == ["part-00000.h5", "part-00001.h5"]
+    p = lhb("merge", out, "--remove-parts")
+    assert p.returncode == 0, p.stderr
+    with h5py.File(out) as f:
+        assert len(f["features"]) == 4 and bool(f.attrs["complete"])
+    assert sorted(os.listdir(tmp_path)) == ["kq.h5"]
+
+
+# ----------------------------------------------------------------------------- OUTPUT as a link
+
+
+@needs_speech
+def test_output_that_is_a_link_writes_its_target_and_keeps_the_link(tmp_path, feats):
+    """OUTPUT a symbolic link to a file on another disk: --overwrite, --resume and lhb merge write the
+    target (the link stays a link, nothing lands beside it); a link into a missing folder is one line."""
+    (tmp_path / "disk").mkdir()
+    target = tmp_path / "disk" / "t.h5"
+    link = tmp_path / "here" / "l.h5"
+    link.parent.mkdir()
+    link.symlink_to(target)
+    for extra in (["--overwrite"], ["--resume"]):
+        p = lhb("extract", SPEECH_DIR / "spk1", link, *FAST, *extra)
+        assert p.returncode == 0, p.stderr
+        assert link.is_symlink() and os.readlink(link) == str(target), extra
+        assert sorted(os.listdir(link.parent)) == ["l.h5"] and sorted(os.listdir(target.parent)) == ["t.h5"]
+        with h5py.File(target) as f:
+            assert len(f["features"]) == 4 and bool(f.attrs["complete"])
+    p = lhb("merge", link, feats)
+    assert p.returncode == 0, p.stderr
+    assert link.is_symlink() and sorted(os.listdir(link.parent)) == ["l.h5"]
+    with h5py.File(target) as f:
+        assert f.attrs["merged_from"] == 2
+    lost = tmp_path / "here" / "lost.h5"
+    lost.symlink_to(tmp_path / "nowhere" / "x.h5")
+    p = lhb("extract", SPEECH_DIR / "spk1", lost, *FAST)
+    assert p.returncode == 1, p.stderr
+    assert one_line(p) == f"lhb: error: {lost}: is a symbolic link to {tmp_path / 'nowhere' / 'x.h5'}, whose folder does not exist"
