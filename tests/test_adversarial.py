@@ -550,6 +550,9 @@ def test_an_existing_output_that_is_not_a_features_file_is_not_offered_resume(tm
     p = lhb("extract", UTT, notes, "-c", "random:small", "-q")
     assert p.returncode == 1 and one_line(p) == (
         f"lhb: error: {notes}: already exists and is not a features file; choose another OUTPUT (--overwrite would replace it)")
+    p = lhb("extract", UTT, notes, "-c", "random:small", "--resume")  # said before the model is loaded
+    assert p.returncode == 1 and one_line(p) == (f"lhb: error: {notes}: already exists and is not a features file "
+                                                 "to resume; choose another OUTPUT (--overwrite would replace it)")
     assert notes.read_text() == "my notes\n"
     feats = tmp_path / "feats.h5"
     assert lhb("extract", UTT, feats, "-c", "random:small", "--subnet", "min", "-q").returncode == 0
