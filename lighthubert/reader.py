@@ -84,15 +84,16 @@ class Features:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self._file = _open(self.path)
+        self.attrs: dict[str, Any]
         try:
-            self.attrs, self.keys = read_features(self.path, self._file)
+            self.attrs, shapes = read_features(self.path, self._file)
         except OutputError as err:
             self.close()
             raise FeaturesError(str(err)) from None
         self.layers: list[int] = [int(i) for i in np.atleast_1d(self.attrs.get("layers", []))]
-        group = self._file[GROUP]
-        self.lengths: dict[str, int] = {k: int(group[k].shape[-2]) for k in self.keys}
-        self.dim: int = int(group[self.keys[0]].shape[-1]) if self.keys else int(self.attrs.get("embed_dim", 0))
+        self.keys: list[str] = list(shapes)
+        self.lengths: dict[str, int] = {k: int(shape[-2]) for k, shape in shapes.items()}
+        self.dim: int = int(shapes[self.keys[0]][-1]) if self.keys else int(self.attrs.get("embed_dim", 0))
 
     def __enter__(self) -> "Features":
         return self

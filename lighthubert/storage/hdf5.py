@@ -170,11 +170,12 @@ def keys(f: h5py.File) -> list[str]:
     return out
 
 
-def read_features(path: str | os.PathLike, f: h5py.File) -> tuple[dict[str, Any], list[str]]:
-    """The root attributes (plain Python; ``subnet`` and ``skipped`` decoded from JSON) and the keys of
-    an open features file, after checking what readers rely on: those two attributes are well-formed
-    JSON, ``layers`` are integers, and every dataset holds float features of the stored layers and one
-    width. :class:`OutputError` naming the file and the attribute or key otherwise."""
+def read_features(path: str | os.PathLike, f: h5py.File) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]:
+    """The root attributes (plain Python; ``subnet`` and ``skipped`` decoded from JSON) and the shape
+    of each key's dataset (in file order) of an open features file, after checking what readers rely
+    on: those two attributes are well-formed JSON, ``layers`` are integers, and every dataset holds
+    float features of the stored layers and one width. :class:`OutputError` naming the file and the
+    attribute or key otherwise. One pass over the datasets' metadata (no data is read)."""
     attrs = {k: plain(v) for k, v in f.attrs.items()}
     for name, kind, what in (("subnet", dict, "a JSON object"), ("skipped", list, "a JSON list of {key, path, reason}")):
         value = attrs.get(name)
@@ -196,15 +197,19 @@ def read_features(path: str | os.PathLike, f: h5py.File) -> tuple[dict[str, Any]
     if not isinstance(dim, int):  # a file from before the attribute: the first dataset's width
         dim = next((f[GROUP][k].shape[-1] for k in names if f[GROUP][k].ndim), None)
     n = layers.size
+    shapes: dict[str, tuple[int, ...]] = {}
+    group = f[GROUP] if names else None
     for k in names:
-        ds = f[GROUP][k]
-        layout = ds.ndim == 2 or ds.ndim == 3 and ds.shape[0] == n
-        if ds.dtype.kind != "f" or not layout or ds.shape[-1] != dim:
+        ds = group[k]
+        shape = ds.shape
+        layout = len(shape) == 2 or len(shape) == 3 and shape[0] == n
+        if ds.dtype.kind != "f" or not layout or shape[-1] != dim:
             want = f"(T, {dim})" if n <= 1 else f"({n}, T, {dim})"
-            got = "a scalar" if ds.ndim == 0 else f"shape {ds.shape}"
+            got = "a scalar" if not shape else f"shape {shape}"
             raise OutputError(f"{path}: dataset '{GROUP}/{k}' holds {got} of {ds.dtype}, not features of shape {want} "
                               f"(layers {layers.tolist()}, width {dim})")
-    return attrs, names
+        shapes[k] = shape
+    return attrs, shapes
 
 
 def _short(v: Any) -> str:
@@ -281,7 +286,7 @@ def _merge_into(tmp: Path, sources: list[Path], complete: bool | None) -> int:
             with src:
                 if plain(src.attrs.get("format")) != FORMAT:
                     raise OutputError(f"{path}: an HDF5 file, but not a lighthubert features file")
-                attrs, names = read_features(path, src)
+                attrs, shapes = read_features(path, src)
                 ident = {k: plain(src.attrs.get(k)) for k in RUN_IDENTITY}
                 if identity is None:
                     identity = ident
@@ -291,7 +296,7 @@ def _merge_into(tmp: Path, sources: list[Path], complete: bool | None) -> int:
                     raise OutputError(f"{path}: made with different settings ({', '.join(diff)}) than {sources[0]}")
                 for entry in attrs.get("skipped") or []:
                     skipped[entry["key"]] = entry
-                for key in names:
+                for key in shapes:
                     if key in group:
                         a, b = group[key][()], src[GROUP][key][()]
                         if not np.array_equal(a, b):
@@ -339,22 +344,18 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
         with h5py.File(path, "r") as f:
             if plain(f.attrs.get("format")) != FORMAT:
                 raise OutputError(f"{path}: an HDF5 file, but not a lighthubert features file")
-            attrs, names = read_features(path, f)
-            frames = samples = 0
-            shapes: set[tuple] = set()
-            for k in names:
-                ds = f[GROUP][k]
-                frames += ds.shape[-2]
-                samples += int(ds.attrs.get("num_samples", 0))
-                shapes.add(tuple(ds.shape[:-2]) + (ds.shape[-1],))
+            attrs, shapes = read_features(path, f)
+            frames = sum(shape[-2] for shape in shapes.values())
+            samples = sum(int(f[GROUP][k].attrs.get("num_samples", 0)) for k in shapes)
+            dims = {tuple(shape[:-2]) + (shape[-1],) for shape in shapes.values()}
     except OSError as err:
         raise OutputError(f"{path}: cannot be read ({open_reason(err)})") from None
     return {
         "attributes": attrs,
-        "utterances": len(names),
+        "utterances": len(shapes),
         "frames": frames,
         "audio_seconds": samples / 16000,
-        "feature_dims": sorted(shapes),
+        "feature_dims": sorted(dims),
     }
 
 
