@@ -279,8 +279,6 @@ def extract(
         name = ckpt.name.removesuffix(" (RANDOM WEIGHTS)")  # the line already starts with the warning
         err(f"{label}checkpoint {name}, subnet {plan.extractor.params / 1e6:.1f}M params "
             f"({sub['layer_num']} layers, width {sub['embed_dim']}), {dev} {str(plan.dtype).replace('torch.', '')}{ranks}")
-    elif ckpt.random and world.rank == 0:  # a warning, which --quiet keeps
-        err(f"lhb: warning: RANDOM WEIGHTS ({ckpt.name.removesuffix(' (RANDOM WEIGHTS)')}): these features mean nothing")
     stop = threading.Event()
     received: list[int] = []
 
