@@ -278,10 +278,11 @@ def check_output_path(path: str | os.PathLike, *, resume: bool, overwrite: bool,
         if test(st.st_mode):
             hint = f"; give a file name such as {out / 'features.h5'}" if kind == "a folder" else ""
             raise OutputError(f"{out}: is {kind}, not a regular file; OUTPUT is never replaced unless it is one{hint}")
-    if not overwrite and backend is not None and not backend.is_features_file(out):  # a typo'd name, some other file
-        raise OutputError(f"{out}: already exists and is not a features file{' to resume' if resume else ''}; "
-                          f"choose another OUTPUT (--overwrite would replace it)")
+    features = backend is None or backend.is_features_file(out)  # else a typo'd name, some other file
     if not (resume or overwrite):
+        if not features:
+            raise OutputError(f"{out}: already exists and is not a features file; choose another OUTPUT "
+                              f"(--overwrite would replace it)")
         raise OutputError(f"{out}: already exists; pass --resume to complete it or --overwrite to replace it")
     if not os.access(out, os.W_OK):
         raise OutputError(f"{out}: is not writable")
@@ -292,6 +293,9 @@ def check_output_path(path: str | os.PathLike, *, resume: bool, overwrite: bool,
             continue
         if (s.st_dev, s.st_ino) == (st.st_dev, st.st_ino):
             raise OutputError(f"{out}: is also an input ({p}); choose another OUTPUT")
+    if resume and not overwrite and not features:
+        raise OutputError(f"{out}: already exists and is not a features file to resume; choose another OUTPUT "
+                          f"(--overwrite would replace it)")
     return out
 
 
