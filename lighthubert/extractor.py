@@ -126,6 +126,10 @@ class Pending:
     data: Tensor
     frames: list[int]
     done: torch.cuda.Event | None = None
+    finite: Tensor | None = None
+    """(B,) bool host tensor: whether each utterance's hidden states (its real frames) hold no NaN or
+    inf, found on the device, where it costs next to nothing (on the host, float16 arrays are slow
+    to scan); copied with ``data``."""
 
     def result(self) -> list[Tensor]:
         """Wait for the copy; each utterance's (len(layers), T_i, E) host tensor (views of ``data``, so
@@ -133,6 +137,10 @@ class Pending:
         if self.done is not None:
             self.done.synchronize()
         return [self.data[b, :, :t] for b, t in enumerate(self.frames)]
+
+    def all_finite(self) -> list[bool]:
+        """After :meth:`result`: per utterance, whether its hidden states are finite."""
+        return [True] * len(self.frames) if self.finite is None else self.finite.tolist()
 
 
 class Extractor:
@@ -214,18 +222,22 @@ class Extractor:
             prepared.wave.record_stream(compute)
             prepared.lengths.record_stream(compute)
         stacked, _ = self.run(prepared.wave, prepared.lengths, layers)
-        if not cuda:
-            return Pending(stacked.to(out_dtype), prepared.frames)
         stacked = stacked.to(out_dtype)
+        finite = finite_rows(stacked, conv_frames(prepared.lengths, self.checkpoint.cfg.conv_layers))
+        if not cuda:
+            return Pending(stacked, prepared.frames, finite=finite)
         out = torch.empty(stacked.shape, dtype=out_dtype, pin_memory=True)
+        finite_host = torch.empty(finite.shape, dtype=torch.bool, pin_memory=True)
         stream = self._streams()[1]
         stream.wait_stream(compute)
         with torch.cuda.stream(stream):
             out.copy_(stacked, non_blocking=True)
+            finite_host.copy_(finite, non_blocking=True)
             stacked.record_stream(stream)
+            finite.record_stream(stream)
             done = torch.cuda.Event()
             done.record(stream)
-        return Pending(out, prepared.frames, done)
+        return Pending(out, prepared.frames, done, finite_host)
 
     def _streams(self) -> tuple[torch.cuda.Stream, torch.cuda.Stream]:
         """The side streams for host-to-device and device-to-host copies (made on first use)."""
@@ -295,6 +307,14 @@ class Extractor:
             feats = [f.clone() for f in feats]
         feats = [f[0] for f in feats] if len(idx) == 1 else feats
         return feats[0] if single else feats
+
+
+def finite_rows(stacked: Tensor, frames: Tensor) -> Tensor:
+    """(B,) bool on ``stacked``'s device: whether the real frames of each utterance of the (B, L, T, E)
+    hidden states ``stacked`` (``frames``: (B,) real frames, on the same device) hold no NaN or inf."""
+    bad = (~torch.isfinite(stacked)).any(dim=-1).any(dim=1)  # (B, T)
+    real = torch.arange(stacked.shape[2], device=stacked.device)[None, :] < frames[:, None]
+    return ~(bad & real).any(dim=1)
 
 
 def _check_waves(waves: Sequence[Tensor | np.ndarray]) -> None:

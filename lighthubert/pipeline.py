@@ -211,7 +211,7 @@ def extract(items: Iterable[Item], extractor: Extractor, writer: FeaturesWriter,
         ahead = max(2, workers)
         out = _Writer(writer, options.flush_seconds)
         out.start()
-        inflight: tuple[Callable[[], list[tuple]], int, float, list[float], dict[str, Item]] | None = None
+        inflight: tuple[Callable[[], list[tuple[tuple, bool]]], int, float, list[float], dict[str, Item]] | None = None
 
         def skip(it: Item, reason: str) -> None:
             summary.skipped.append((it, reason))
@@ -233,16 +233,17 @@ def extract(items: Iterable[Item], extractor: Extractor, writer: FeaturesWriter,
             results = collect()
             summary.timings["compute"] += time.monotonic() - t
             t = time.monotonic()
-            bad = []
-            for job in results:
-                if _finite(job[1]):
+            bad, lost = [], 0.0
+            for job, finite in results:  # finite: found on the device
+                if finite:
                     out.put(job)
                 else:
                     bad.append(items[job[0]])
+                    lost += job[3] / SAMPLE_RATE
             if stop.is_set():
                 out.put("flush")
             summary.timings["write_wait"] += time.monotonic() - t
-            summary.seconds += seconds
+            summary.seconds += seconds - lost  # the summary's audio is what was written
             summary.files -= len(bad)
             for it in bad:
                 skip(it, _not_finite(extractor.dtype, save_dtype))
@@ -301,10 +302,10 @@ def extract(items: Iterable[Item], extractor: Extractor, writer: FeaturesWriter,
 
 
 def _launch(good: list[tuple[Item, np.ndarray]], extractor: Extractor, options: Options, long_samples: int,
-            save_dtype: np.dtype, progress: Callable[[float], None] | None = None) -> Callable[[], list[tuple]]:
-    """Start one planned batch; the returned function waits for it and gives the writer jobs
-    (key, array, source, num_samples, windows). ``progress``: the fraction of a long file done,
-    after each of its windows."""
+            save_dtype: np.dtype, progress: Callable[[float], None] | None = None) -> Callable[[], list[tuple[tuple, bool]]]:
+    """Start one planned batch; the returned function waits for it and gives, per utterance, the
+    writer's job (key, array, source, num_samples, windows) and whether its features are finite
+    (checked on the device). ``progress``: the fraction of a long file done, after each of its windows."""
     if not good:
         return list
     out_dtype = torch.float16 if save_dtype == np.float16 else torch.float32
@@ -312,24 +313,21 @@ def _launch(good: list[tuple[Item, np.ndarray]], extractor: Extractor, options: 
         item, wave = good[0]
         form = long_form(len(wave), options)
         wave_t = extractor.batch([wave])[0][0]  # normalised over the whole file, on the device
-        data = extractor.run_long(wave_t, options.layers, form, progress).to(out_dtype).cpu().numpy()
+        states = extractor.run_long(wave_t, options.layers, form, progress).to(out_dtype)
+        finite = bool(torch.isfinite(states).all())
+        data = states.cpu().numpy()
         windows = len(form.windows(data.shape[-2])) if form.mode == "windowed" else 0
         job = (item.key, _squeeze(data, options.layers), source_text(item.path), len(wave), windows)
-        return lambda: [job]
+        return lambda: [(job, finite)]
     waves = [w for _, w in good]
     try:
         pending = extractor.submit(extractor._prepare(waves), options.layers, out_dtype)  # load_audio checked them
-        feats: Callable[[], list] = lambda: [f.numpy() for f in pending.result()]
+        feats: Callable[[], list] = lambda: [(f.numpy(), ok) for f, ok in zip(pending.result(), pending.all_finite())]
     except torch.OutOfMemoryError as err:
-        done = _halves(extractor, waves, options.layers, out_dtype, err)
+        done = [(data, bool(np.isfinite(data).all())) for data in _halves(extractor, waves, options.layers, out_dtype, err)]
         feats = lambda: done
-    return lambda: [(item.key, _squeeze(data, options.layers), source_text(item.path), len(wave), 0)
-                    for (item, wave), data in zip(good, feats())]
-
-
-def _finite(data: np.ndarray) -> bool:
-    """Whether ``data`` holds no NaN or inf: its min and max show both, without a copy of it."""
-    return bool(np.isfinite(data.min()) and np.isfinite(data.max()))
+    return lambda: [((item.key, _squeeze(data, options.layers), source_text(item.path), len(wave), 0), finite)
+                    for (item, wave), (data, finite) in zip(good, feats())]
 
 
 def _not_finite(dtype: torch.dtype, save_dtype: np.dtype) -> str:
