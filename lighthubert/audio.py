@@ -245,7 +245,8 @@ def truncation(path: str | os.PathLike) -> tuple[int, int] | None:
                 found = _w64(f)
             else:
                 return None
-    except (OSError, struct.error):  # a header cut inside a chunk header: libsndfile judges it
+    except (OSError, struct.error, ValueError, OverflowError):  # a cut or absurd header (a 2**64 chunk length
+        # makes seek fail): not judged here, libsndfile judges the file
         return None
     if found is None:
         return None

@@ -214,10 +214,11 @@ def _read_pickle(data: bytes, where: str, trust: bool) -> Any:
     except pickle.UnpicklingError as err:
         text = str(err)
         if "Unsupported operand" in text and not zipped:
-            raise CheckpointError(
-                f"{where}: written by torch.save with pickle protocol {data[1]}, which the safe loader cannot read "
-                "(it reads protocol 2, torch.save's default). If you trust the file, pass --trust-checkpoint "
-                "(trust=True in Python).") from None
+            how = (f"written by torch.save with pickle protocol {data[1]}, which the safe loader cannot read (it reads "
+                   "protocol 2, torch.save's default)" if data[1] > 2 else
+                   f"its pickle uses an operation the safe loader cannot read ({_reason(text)})")
+            raise CheckpointError(f"{where}: {how}. If you trust the file, pass --trust-checkpoint "
+                                  "(trust=True in Python).") from None
         if "Unsupported global" in text or "GLOBAL" in text or "not an allowed global" in text:
             named = re.search(r"GLOBAL ([\w.]+)", text)
             what = named.group(1)[:120] if named else "code"

@@ -514,7 +514,10 @@ def _run_rank(plan: Plan, user: Reporter, stop: threading.Event) -> Summary:
         if world.rank == 0:  # the other ranks' skipped inputs were reported there; here only their count
             whole.skipped = summary.skipped + [(None, "")] * (sum(s["skipped"] for s in statuses) - len(summary.skipped))
         if world.rank == 0 and plan.job.keep_parts and not whole.interrupted:
-            finished_path(out).write_text(f"all {world.size} ranks finished; join the parts with: lhb merge {out} {parts}\n")
+            try:  # a note for the next run's message only: the parts are whole without it
+                finished_path(out).write_text(f"all {world.size} ranks finished; join the parts with: lhb merge {out} {parts}\n")
+            except OSError:
+                pass
         if whole.interrupted or world.rank != 0 or plan.job.keep_parts:
             return whole
         try:

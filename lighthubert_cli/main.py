@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import stat
 import sys
 import threading
 import warnings
@@ -396,14 +397,16 @@ def subnet_cmd(
         if target is not None:
             _check_target(target, f"is a folder; give a file name such as {target / example}")
             _not_a_source(target, ("the checkpoint (-c)", checkpoint), ("the --subnet file", subnet))
-            if target.exists() and not overwrite and not (target == output and _is_subnet_json(target)):
-                raise Fail(f"{target}: already exists; pass --overwrite to replace it")
+            if target.is_file() and not overwrite and not (target == output and _is_subnet_json(target)):
+                raise Fail(f"{target}: already exists; pass --overwrite to replace it")  # /dev/stdout, a FIFO: written
     if output is not None and export is not None:
         _not_a_source(export, ("the -o file", str(output)))
     if export is not None:  # a wrong suffix, a missing extra or --layers that cannot be read: before any work
         _export(None, None, export, layers, dtype, check_only=True)
         _check_export_layers(layers, 1 << 20)  # the range once the subnet is known
-    ckpt = _load_checkpoint(checkpoint, seed, trust_checkpoint, quiet=False) if checkpoint else None
+    # with --sample, --seed is the sampling's: a random:KIND:SEED checkpoint keeps the seed it names
+    load_seed = 0 if sample is not None and checkpoint and checkpoint.count(":") == 2 else seed
+    ckpt = _load_checkpoint(checkpoint, load_seed, trust_checkpoint, quiet=False) if checkpoint else None
     if ckpt is not None and supernet is not None and supernet.value != ckpt.space.name:
         raise Fail(f"--supernet {supernet.value} does not match the checkpoint's {ckpt.space.name} space", EXIT_USAGE)
     space_names = [supernet.value] if supernet else ([ckpt.space.name] if ckpt else ["base", "small"])
@@ -459,18 +462,13 @@ def _not_a_source(target: Path, *sources: tuple[str, str | None]) -> None:
             raise Fail(f"{target}: is {what}; give another file to write", EXIT_USAGE)
 
 
-def _same_file(a: Path, b: str) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except (OSError, ValueError):  # absent, or not a file name (a released name, inline JSON)
-        return False
-
-
 def _is_subnet_json(path: Path) -> bool:
     """Whether ``path`` holds what ``-o`` writes (a subnet, or a list of them, as JSON): rewriting it
-    needs no --overwrite; any other file does."""
+    needs no --overwrite; any other regular file does. Never reads anything else (``-o /dev/stdout``
+    would read the pipe lhb writes to)."""
     try:
-        if path.stat().st_size > 50_000_000:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode) or st.st_size > 50_000_000:
             return False
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -602,11 +600,12 @@ def merge(
                     pass  # other files are there: they stay
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    """Whether ``a`` and ``b`` are the same file (also through a link); False when one is missing."""
+def _same_file(a: Path, b: Path | str) -> bool:
+    """Whether ``a`` and ``b`` are the same file (also through a link); False when one is missing or
+    is not a file name (a released checkpoint name, inline JSON)."""
     try:
         return os.path.samefile(a, b)
-    except OSError:
+    except (OSError, ValueError):
         return False
 
 

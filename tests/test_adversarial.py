@@ -390,6 +390,22 @@ def test_files_a_command_reads_are_never_written_over(tmp_path, ckpt_files):
     assert p.returncode == 0 and json.loads(notes.read_text())["supernet"] == "small"
 
 
+def test_subnet_output_to_a_stream_and_seeds_of_samples(tmp_path):
+    """`-o /dev/stdout` hung: the check for an existing subnet JSON read the pipe lhb itself writes to.
+    A stream or device is written, never read; and with --sample, --seed seeds the sampling, so
+    `-c random:small:5 --sample 2 --seed 7` is not a conflict of seeds."""
+    import json
+
+    p = subprocess.run(lhb_prefix() + ["subnet", "--preset", "min", "--supernet", "small", "-o", "/dev/stdout"],
+                       capture_output=True, text=True, timeout=60, env=_env(), stdin=subprocess.DEVNULL)
+    assert p.returncode == 0 and [json.loads(line)["layer_num"] for line in p.stdout.splitlines()] == [10, 10], p.stderr
+    p = lhb("subnet", "--preset", "min", "--supernet", "small", "-o", "/dev/null", timeout=60)
+    assert p.returncode == 0, p.stderr
+    a = lhb("subnet", "-c", "random:small:5", "--sample", "2", "--seed", "7", timeout=120)
+    b = lhb("subnet", "--supernet", "small", "--sample", "2", "--seed", "7", timeout=120)
+    assert a.returncode == 0 and a.stdout == b.stdout, a.stderr
+
+
 def lighthubert_space_min() -> dict:
     from lighthubert import SPACES
 

@@ -81,6 +81,23 @@ def test_files_cut_short_are_skipped_in_every_format_whose_header_states_the_len
             assert np.abs(got - reference).max() < 0.05 * np.abs(reference).max(), name
 
 
+def test_an_absurd_chunk_length_is_left_to_libsndfile(tmp_path):
+    """A W64 chunk declaring 2**64-1 bytes before the data made the header walk's seek raise ValueError,
+    and the file, which libsndfile reads whole, was skipped as "cannot decode: cannot fit 'int' into an
+    offset-sized integer"."""
+    from lighthubert.audio import load_audio
+
+    whole = tmp_path / "a.w64"
+    sf.write(str(whole), NOISE[:RATE], RATE, format="W64", subtype="PCM_16")
+    data = whole.read_bytes()
+    junk = b"junk" + W64_DATA[4:] + struct.pack("<Q", 2**64 - 1)
+    at = data.index(W64_DATA)
+    odd = tmp_path / "junk.w64"
+    odd.write_bytes(data[:at] + junk + data[at:])
+    assert sf.info(str(odd)).frames == RATE
+    assert np.array_equal(load_audio(odd), load_audio(whole))
+
+
 def test_samples_too_large_for_the_computation_are_skipped_with_a_true_reason(tmp_path):
     """Before: float samples of 1e18 gave features identical to those of silence (the standardisation's
     sum of squares overflowed float32), and a DOUBLE file of finite 1e300 samples was said to hold NaN or

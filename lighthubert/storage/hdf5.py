@@ -17,7 +17,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import h5py
 import numpy as np
@@ -170,12 +170,14 @@ def keys(f: h5py.File) -> list[str]:
     return out
 
 
-def read_features(path: str | os.PathLike, f: h5py.File) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]:
+def read_features(path: str | os.PathLike, f: h5py.File,
+                  visit: Callable[[str, h5py.Dataset], None] | None = None) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]:
     """The root attributes (plain Python; ``subnet`` and ``skipped`` decoded from JSON) and the shape
     of each key's dataset (in file order) of an open features file, after checking what readers rely
     on: those two attributes are well-formed JSON, ``layers`` are integers, and every dataset holds
     float features of the stored layers and one width. :class:`OutputError` naming the file and the
-    attribute or key otherwise. One pass over the datasets' metadata (no data is read)."""
+    attribute or key otherwise. One pass over the datasets' metadata (no data is read), in which
+    ``visit(key, dataset)`` is called for each, if given."""
     attrs = {k: plain(v) for k, v in f.attrs.items()}
     for name, kind, what in (("subnet", dict, "a JSON object"), ("skipped", list, "a JSON list of {key, path, reason}")):
         value = attrs.get(name)
@@ -209,6 +211,8 @@ def read_features(path: str | os.PathLike, f: h5py.File) -> tuple[dict[str, Any]
             raise OutputError(f"{path}: dataset '{GROUP}/{k}' holds {got} of {ds.dtype}, not features of shape {want} "
                               f"(layers {layers.tolist()}, width {dim})")
         shapes[k] = shape
+        if visit is not None:
+            visit(k, ds)
     return attrs, shapes
 
 
@@ -344,9 +348,14 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
         with h5py.File(path, "r") as f:
             if plain(f.attrs.get("format")) != FORMAT:
                 raise OutputError(f"{path}: an HDF5 file, but not a lighthubert features file")
-            attrs, shapes = read_features(path, f)
+            samples = 0
+
+            def add_samples(key: str, ds: h5py.Dataset) -> None:
+                nonlocal samples
+                samples += int(ds.attrs.get("num_samples", 0))
+
+            attrs, shapes = read_features(path, f, add_samples)
             frames = sum(shape[-2] for shape in shapes.values())
-            samples = sum(int(f[GROUP][k].attrs.get("num_samples", 0)) for k in shapes)
             dims = {tuple(shape[:-2]) + (shape[-1],) for shape in shapes.values()}
     except OSError as err:
         raise OutputError(f"{path}: cannot be read ({open_reason(err)})") from None
