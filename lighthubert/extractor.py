@@ -326,7 +326,7 @@ def _check_waves(waves: Sequence[Tensor | np.ndarray]) -> None:
             raise ValueError(f"waveform {i} has shape {shape}; expected (N,) samples of one 16 kHz channel")
         if np.prod(shape) < 400:
             raise ValueError(f"waveform {i} has fewer than 400 samples (25 ms); it gives no frame")
-        t = torch.as_tensor(w)
+        t = torch.as_tensor(w).detach()
         if t.is_complex() or t.dtype == torch.bool:
             raise ValueError(f"waveform {i} holds {t.dtype} values; expected real samples")
         if not bool(torch.isfinite(t).all()):  # else every feature is NaN, silently
