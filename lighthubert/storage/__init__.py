@@ -299,17 +299,26 @@ def check_output_path(path: str | os.PathLike, *, resume: bool, overwrite: bool,
     return out
 
 
-def os_reason(err: BaseException) -> str:
-    """Why a write failed, in words: a full disk, a file-size limit and EIO by name (also inside h5py's
-    many-line texts), else the first part of the text."""
+NO_SPACE = "no space left on the device"
+
+
+def os_words(err: BaseException) -> str | None:
+    """A full disk, a file-size limit or EIO in words (also found inside h5py's many-line texts);
+    None for any other error."""
     text = str(err)
     if "No space left" in text or "errno = 28" in text or getattr(err, "errno", None) == errno.ENOSPC:
-        return "no space left on the device"
+        return NO_SPACE
     if "File too large" in text or "errno = 27" in text or getattr(err, "errno", None) == errno.EFBIG:
         return "file too large for this filesystem or limit"
     if "Input/output error" in text or "errno = 5" in text or getattr(err, "errno", None) == errno.EIO:
         return "input/output error (EIO)"
-    return getattr(err, "strerror", None) or text.split("(", 1)[0].strip() or type(err).__name__
+    return None
+
+
+def os_reason(err: BaseException) -> str:
+    """Why a write failed, in words: :func:`os_words`, else the first part of the error's text."""
+    return (os_words(err) or getattr(err, "strerror", None) or str(err).split("(", 1)[0].strip()
+            or type(err).__name__)
 
 
 _HELD = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)

@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 
 from . import (FORMAT, RUN_IDENTITY, OutputError, check_identity, find_committed, find_segments, identity_diff,
-               os_reason, parts_dir, plain, remove_parts, segment_path)
+               NO_SPACE, os_reason, os_words, parts_dir, plain, remove_parts, segment_path)
 
 GROUP = "features"
 MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -136,7 +136,7 @@ def _no_room(free: int, nbytes: int) -> str:
     """The words for a write refused before it starts: the need includes the metadata reserve, so the
     numbers never read as enough room."""
     need = nbytes + FeatureWriter.RESERVE
-    return (f"no space left on the device ({free / 2**20:.1f} MB free, {need / 2**20:.1f} MB needed: "
+    return (f"{NO_SPACE} ({free / 2**20:.1f} MB free, {need / 2**20:.1f} MB needed: "
             f"{nbytes / 2**20:.1f} MB of features and {FeatureWriter.RESERVE / 2**20:.0f} MB kept for the file's metadata)")
 
 
@@ -251,18 +251,13 @@ def merge(output: Path, parts: list[Path], *, include_output: bool, complete: bo
         _fsync(output.parent if str(output.parent) else Path("."))
         return n
     except (OSError, RuntimeError) as err:  # ENOSPC, EIO from h5py: nothing changed
-        reason = os_reason(err)
-        if reason not in _OS_WORDS and _short_of_room(tmp, sources):  # HDF5's own words ("Disable slist on ...")
-            reason = "no space left on the device"
+        # a full disk in HDF5's own words ("Disable slist on ...") is still a full disk
+        reason = os_words(err) or (NO_SPACE if _short_of_room(tmp, sources) else os_reason(err))
         raise OutputError(f"{output}: merging failed: {reason}; {output} and the files to merge are kept as "
                           "they were") from None
     finally:
         if tmp.exists():
             tmp.unlink()
-
-
-_OS_WORDS = ("no space left on the device", "file too large for this filesystem or limit", "input/output error (EIO)")
-"""What :func:`~lighthubert.storage.os_reason` says for the OS errors it recognises."""
 
 
 def _short_of_room(tmp: Path, sources: list[Path]) -> bool:
