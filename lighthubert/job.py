@@ -270,7 +270,6 @@ def _claim(plan: Plan) -> set[str]:
     if job.overwrite:
         for path in held:
             path.unlink()
-        finished_path(out).unlink(missing_ok=True)
     elif held and not job.resume:
         if finished_path(out).exists():  # a --keep-parts run that ended well
             raise OutputError(f"{parts_dir(out)}: holds the parts of a finished run: join them with lhb merge {out} "
@@ -281,6 +280,7 @@ def _claim(plan: Plan) -> set[str]:
     check_against(plan.items, existing, str(out))
     if existing:
         _say_if_made_from_other_files(plan, existing)
+    finished_path(out).unlink(missing_ok=True)  # this run is claiming the parts: written again when it ends well
     return existing
 
 
@@ -412,7 +412,6 @@ def _plan_shares(plan: Plan, world: World) -> dict:
     """Rank 0, with OUTPUT's lock held: which items each rank does, balanced by duration (what OUTPUT,
     its segments and parts hold is kept)."""
     done = _claim(plan)
-    finished_path(plan.output).unlink(missing_ok=True)  # written again when this run ends well
     todo = [i for i, it in enumerate(plan.items) if it.key not in done]
     with ThreadPoolExecutor(max_workers=max(2, plan.options.num_workers)) as pool:
         sizes = list(zip(todo, pool.map(lambda i: estimate_samples(plan.items[i]), todo)))
