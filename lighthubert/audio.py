@@ -43,6 +43,12 @@ class AudioError(LightHubertError):
     """An input that cannot be used; the message is the reason (the caller names the file)."""
 
 
+def sample_peak(data) -> float:
+    """The largest sample magnitude of a numpy array or tensor: NaN when it holds a NaN (shown by both
+    its min and max), inf when it holds an inf."""
+    return max(-float(data.min()), float(data.max()))
+
+
 def too_loud(peak: float) -> str:
     """The reason samples of magnitude ``peak`` (over :data:`MAX_AMPLITUDE`) are refused."""
     return (f"samples as large as {peak:.1e}: float audio is expected within about ±1 "
@@ -314,7 +320,7 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
         raise AudioError(f"cannot read: {err.strerror or err}") from None
     if data.size == 0:
         raise AudioError("no samples")
-    peak = max(-float(data.min()), float(data.max()))  # NaN shows in both, inf in one
+    peak = sample_peak(data)
     if not math.isfinite(peak):
         raise AudioError("holds NaN or infinite samples")
     if peak > MAX_AMPLITUDE:

@@ -3,6 +3,7 @@ of 16 kHz waveforms into per-utterance hidden states."""
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .audio import MAX_AMPLITUDE, too_loud
+from .audio import MAX_AMPLITUDE, sample_peak, too_loud
 from .checkpoint import Checkpoint, load_checkpoint
 from .longform import LongForm, hidden_states
 from .model import conv_frames
@@ -329,9 +330,9 @@ def _check_waves(waves: Sequence[Tensor | np.ndarray]) -> None:
         t = torch.as_tensor(w).detach()
         if t.is_complex() or t.dtype == torch.bool:
             raise ValueError(f"waveform {i} holds {t.dtype} values; expected real samples")
-        if not bool(torch.isfinite(t).all()):  # else every feature is NaN, silently
+        peak = sample_peak(t)
+        if not math.isfinite(peak):  # else every feature is NaN, silently
             raise ValueError(f"waveform {i} holds NaN or infinite samples")
-        peak = max(-float(t.min()), float(t.max()))
         if peak > MAX_AMPLITUDE:  # else the standardisation overflows: features of silence, or NaN
             raise ValueError(f"waveform {i} holds {too_loud(peak)}")
 
