@@ -257,6 +257,22 @@ def test_fifo_list_file_is_refused_without_blocking(tmp_path):
         list_inputs(fifo)
 
 
+def test_merge_into_a_fifo_is_refused_without_blocking(tmp_path):
+    """Before: lhb merge FIFO part.h5 waited forever, reading the FIFO as OUTPUT's earlier contents."""
+    from lighthubert.storage import HDF5, OutputError
+
+    fifo, part = tmp_path / "out.h5", tmp_path / "part.h5"
+    os.mkfifo(fifo)
+    part.write_bytes(b"not looked at")
+    p = lhb("merge", fifo, part, timeout=60)
+    assert p.returncode == 1 and one_line(p) == f"lhb: error: {fifo}: is a FIFO, not a regular file; " \
+        "OUTPUT is never replaced unless it is one", p.stderr
+    assert part.read_bytes() == b"not looked at" and stat.S_ISFIFO(fifo.stat().st_mode)
+    with within(30), pytest.raises(OutputError, match=f"{fifo}: is not a regular file, so not a part"):
+        HDF5.merge(tmp_path / "new.h5", [fifo], include_output=False)  # the library, given a FIFO part
+    assert not (tmp_path / "new.h5").exists()
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 

@@ -228,6 +228,20 @@ _KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, 
           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
+def refuse_special(out: Path, st: os.stat_result | None = None) -> None:
+    """An :class:`OutputError` when the existing ``out`` is not a regular file (a folder, FIFO, device
+    or socket): OUTPUT is never replaced by one, nor read as one (reading a FIFO would wait forever)."""
+    if st is None:
+        try:
+            st = out.stat()
+        except OSError:
+            return
+    for test, kind in _KINDS:
+        if test(st.st_mode):
+            hint = f"; give a file name such as {out / 'features.h5'}" if kind == "a folder" else ""
+            raise OutputError(f"{out}: is {kind}, not a regular file; OUTPUT is never replaced unless it is one{hint}")
+
+
 def refuse_existing(paths: Iterable[str | os.PathLike], overwrite: bool) -> None:
     """Unless ``overwrite``, an :class:`OutputError` naming the first of ``paths`` (files about to be
     written) that is an existing regular file, also through a link: a finished file is replaced only
@@ -274,10 +288,7 @@ def check_output_path(path: str | os.PathLike, *, resume: bool, overwrite: bool,
         st = out.stat()
     except OSError:
         return out  # absent (or a dangling link): created at the start of the run
-    for test, kind in _KINDS:
-        if test(st.st_mode):
-            hint = f"; give a file name such as {out / 'features.h5'}" if kind == "a folder" else ""
-            raise OutputError(f"{out}: is {kind}, not a regular file; OUTPUT is never replaced unless it is one{hint}")
+    refuse_special(out, st)
     features = backend is None or backend.is_features_file(out)  # else a typo'd name, some other file
     if not (resume or overwrite):
         if not features:

@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 
 from . import (FORMAT, RUN_IDENTITY, OutputError, check_identity, find_committed, find_segments, identity_diff,
-               NO_SPACE, os_reason, os_words, parts_dir, plain, remove_parts, segment_path)
+               NO_SPACE, os_reason, os_words, parts_dir, plain, refuse_special, remove_parts, segment_path)
 
 GROUP = "features"
 MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -236,6 +236,10 @@ def merge(output: Path, parts: list[Path], *, include_output: bool, complete: bo
     two files is an error unless the datasets are equal. ``complete`` (default: every source says so)
     is recorded. On any failure (a full disk too) the new file is removed and OUTPUT and ``parts`` are
     as they were. Returns the number of utterances."""
+    refuse_special(output)  # a FIFO would be read forever, a device never replaced
+    for p in parts:
+        if os.path.exists(p) and not os.path.isfile(p):
+            raise OutputError(f"{p}: is not a regular file, so not a part to merge")
     sources = ([output] if include_output and output.exists() else []) + list(parts)
     if not sources:
         raise OutputError(f"{output}: nothing to merge")
