@@ -168,24 +168,36 @@ def _w64_guid(tag: bytes) -> bytes:
     return tag + bytes.fromhex("f3acd3118cd100c04f8edb8a")
 
 
+_PLAIN_TAGS = (1, 3, 6, 7, 0xFFFE)  # PCM, IEEE float, A-law, mu-law, extensible: one frame per block
+
+
+def _fmt_block(fmt: bytes, order: str) -> tuple[int, int]:
+    """A WAVE fmt chunk's (bytes per block, frames per block). Compressed formats (IMA and MS ADPCM,
+    GSM 6.10) state their frames per block after cbSize; the others hold one frame per block."""
+    tag, block = struct.unpack(order + "H", fmt[:2])[0], struct.unpack(order + "H", fmt[12:14])[0]
+    if tag not in _PLAIN_TAGS and len(fmt) >= 20 and struct.unpack(order + "H", fmt[16:18])[0] >= 2:
+        return block, max(struct.unpack(order + "H", fmt[18:20])[0], 1)
+    return block, 1
+
+
 def _riff(f, magic: bytes) -> tuple[int, int, int] | None:
     """RIFF/RIFX/RF64 WAVE: the data chunk's (start, declared bytes, declared frames). In RF64 a data
     size of 0xFFFFFFFF stands for the ds64 chunk's 64-bit one."""
     order = ">" if magic == b"RIFX" else "<"
-    offset, block, big = 12, 0, None
+    offset, block, per_block, big = 12, 0, 1, None
     for _ in range(1000):  # a bounded walk over the chunks before the data
         f.seek(offset)
         cid, length = struct.unpack(order + "4sI", f.read(8))
         if cid == b"ds64" and length >= 16:
             big = struct.unpack("<Q", f.read(16)[8:])[0]
         elif cid == b"fmt " and length >= 14:
-            block = struct.unpack(order + "H", f.read(14)[12:])[0]
+            block, per_block = _fmt_block(f.read(min(length, 20)), order)
         elif cid == b"data":
             if length == 0xFFFFFFFF and big is not None:
                 length = big
             elif length >= PLACEHOLDER:
                 return None
-            return (offset + 8, length, length // block) if block else None
+            return (offset + 8, length, length // block * per_block) if block else None
         offset += 8 + length + (length & 1)
     return None
 
@@ -195,14 +207,14 @@ def _w64(f) -> tuple[int, int, int] | None:
     f.seek(24)
     if f.read(16) != _w64_guid(b"wave"):
         return None
-    offset, block = 40, 0
+    offset, block, per_block = 40, 0, 1
     for _ in range(1000):
         f.seek(offset)
         guid, length = struct.unpack("<16sQ", f.read(24))
         if guid == _w64_guid(b"fmt ") and length >= 24 + 14:
-            block = struct.unpack("<H", f.read(14)[12:])[0]
+            block, per_block = _fmt_block(f.read(min(length - 24, 20)), "<")
         elif guid == _w64_guid(b"data"):
-            return (offset + 24, length - 24, (length - 24) // block) if block else None
+            return (offset + 24, length - 24, (length - 24) // block * per_block) if block else None
         if length < 24:
             return None
         offset += (length + 7) & ~7
@@ -263,6 +275,17 @@ def truncation(path: str | os.PathLike) -> tuple[int, int] | None:
     return frames, present * frames // length
 
 
+def _read_all(f: sf.SoundFile, dtype: str) -> np.ndarray:
+    """Every frame of the open file ``f``, (frames, channels). libsndfile cannot seek in some
+    formats (GSM 6.10 in WAV), where soundfile refuses to read "all": those are read block by block."""
+    if f.seekable():
+        return f.read(dtype=dtype, always_2d=True)
+    blocks = [f.read(1 << 18, dtype=dtype, always_2d=True)]
+    while len(blocks[-1]):
+        blocks.append(f.read(1 << 18, dtype=dtype, always_2d=True))
+    return np.concatenate(blocks)
+
+
 MP3_SLACK = 4 * 1152
 """Samples (at the file's rate) an MP3 may decode short of its header's count and still be whole:
 encoder delay and padding a header without LAME's gapless fields leaves in the count."""
@@ -308,7 +331,7 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
             cut = truncation(path) if f.format in HEADER_FORMATS else None
             if cut is None:
                 # float64 read as float32 would turn 1e300 into inf: read it whole, judged below
-                data = f.read(dtype="float64" if f.subtype == "DOUBLE" else "float32", always_2d=True)
+                data = _read_all(f, "float64" if f.subtype == "DOUBLE" else "float32")
                 if f.format == "MP3" and len(data) + MP3_SLACK < f.frames and mp3_declares_frames(path):
                     cut = f.frames, len(data)
             if cut is not None:

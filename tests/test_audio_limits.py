@@ -5,6 +5,7 @@ nothing wrong is stored. The model runs for real (random weights, some set absur
 
 from __future__ import annotations
 
+import re
 import struct
 
 import numpy as np
@@ -41,6 +42,28 @@ def _placeholder(name: str, data: bytes) -> bytes:
     elif name == "rf64":
         struct.pack_into("<Q", b, b.index(b"ds64") + 16, 0)  # the 64-bit data size, not yet written
     return bytes(b)
+
+
+@pytest.mark.parametrize("fmt,ext", [("WAV", "wav"), ("W64", "w64")])
+@pytest.mark.parametrize("subtype", ["IMA_ADPCM", "MS_ADPCM", "GSM610"])
+def test_a_cut_compressed_wav_is_reported_in_samples(tmp_path, fmt, ext, subtype):
+    """Before: a cut ADPCM or GSM file was said to declare 32 "samples" (its blocks) and to end after 15.
+    The counts are now samples, as libsndfile counts them, the second within a block of what it reads.
+    Also before: every GSM 6.10 WAV, whole or not, was skipped as "cannot decode: frames must be specified
+    for non-seekable files" (libsndfile cannot seek in it)."""
+    from lighthubert.audio import AudioError, load_audio
+
+    whole, cut = tmp_path / f"whole.{ext}", tmp_path / f"cut.{ext}"
+    sf.write(str(whole), NOISE, RATE, format=fmt, subtype=subtype)
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(AudioError, match="^truncated: ") as e:
+        load_audio(cut)
+    said = re.match(r"truncated: its header declares (\d+) samples at 16000 Hz but the file ends after (\d+) ", str(e.value))
+    assert said, e.value
+    declared, present = map(int, said.groups())
+    assert declared == sf.info(str(whole)).frames >= len(NOISE)
+    assert abs(present - sf.info(str(cut)).frames) <= 1024  # a block of 256-2048 bytes holds 320-2041 samples
+    assert len(load_audio(whole)) == sf.info(str(whole)).frames  # whole, and read whole (GSM: block by block)
 
 
 def test_files_cut_short_are_skipped_in_every_format_whose_header_states_the_length(tmp_path):
