@@ -177,7 +177,7 @@ def read_layers(ds: h5py.Dataset, stored: list[int], layer: Layers, path: Path |
     if pos is None:
         return ds[()]
     if ds.ndim == 2:  # one stored layer
-        return ds[()] if isinstance(pos, int) else ds[()][None]
+        return ds[()] if isinstance(pos, int) else ds[()][None][[0] * len(pos)]  # [L, L] gives 2 x the layer
     if isinstance(pos, int):
         return ds[pos]
     if pos == sorted(set(pos)):

@@ -62,6 +62,7 @@ def test_open_features_reads_what_h5py_reads(feats):
             assert torch.equal(f[k], torch.from_numpy(x))
             assert torch.equal(f.get(k, LAYER), torch.from_numpy(layer_of(ref, k, LAYER)))
             assert torch.equal(f.get(k, [LAYER, 2]), torch.from_numpy(x[[LAYER, 2]]))
+            assert torch.equal(f.get(k, [LAYER, LAYER]), torch.from_numpy(x[[LAYER, LAYER]]))
             assert f.get(k, "all").shape == x.shape
             assert f.num_samples(k) == ref.meta[k]["num_samples"] and f.source(k) == ref.meta[k]["source"]
         with pytest.raises(FeaturesError, match=f"{re.escape(str(path))}: has no layer 11"):
@@ -86,6 +87,8 @@ def test_single_layer_file_and_bad_files(feats, tmp_path):
         assert torch.equal(f[key], torch.from_numpy(layer_of(ref, key, LAYER)))
         assert torch.equal(f.get(key, LAYER), f[key])
         assert f.get(key, [LAYER]).shape == (1, *f[key].shape)
+        # a repeated layer is repeated, as from a file of several layers (before: (1, T, D) here)
+        assert torch.equal(f.get(key, [LAYER, LAYER]), torch.stack([f[key], f[key]]))
     with pytest.raises(FeaturesError, match="not a lighthubert features file"):
         with h5py.File(tmp_path / "other.h5", "w") as h:
             h["x"] = 1
