@@ -14,6 +14,7 @@ attention (in no released space) is refused.
 from __future__ import annotations
 
 import random
+import warnings
 from typing import Any, Mapping
 
 import torch
@@ -256,6 +257,10 @@ class LightHuBERT(nn.Module):
              last: bool = False) -> tuple[Output, Tensor | None]:
         """The current subnet on (B, N) ``source``: its :class:`Output` (all hidden states when
         ``layers`` is None) and the (B, T) frame padding mask (None when ``padding_mask`` is)."""
+        if self.training and torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            warnings.warn("lighthubert.LightHuBERT is inference only: in training mode it applies no dropout and no "
+                          "gradient reaches its weights; call .eval() (as the authors' README does) or run under "
+                          "torch.no_grad() to extract features", UserWarning, stacklevel=3)
         model = self.subnet_model()
         lengths = None
         if padding_mask is not None:

@@ -213,6 +213,28 @@ def test_dropin_sees_new_weights_and_new_subnets(ckpt_dicts, ckpts, short_speech
     assert wider.shape[-1] == 512
 
 
+def test_dropin_in_training_mode_says_it_is_inference_only(ckpt_dicts, short_speech):
+    """Before: a model left in training mode (or put there to fine-tune) ran silently without dropout,
+    and no gradient reached its weights. It still runs, and says so once per call site; eval mode or
+    no_grad (extraction) says nothing."""
+    import warnings
+
+    d = ckpt_dicts["small"]
+    cfg = lighthubert.LightHuBERTConfig(d["cfg"]["model"])
+    cfg.supernet_type = "small"
+    model = lighthubert.LightHuBERT(cfg)
+    model.set_sample_config(SPACES["small"].min_subnet)
+    wave = prepared(short_speech[0], True)[None]
+    with pytest.warns(UserWarning, match=r"inference only: in training mode it applies no dropout and no gradient"):
+        rep, _ = model.extract_features(wave)
+    assert not rep.requires_grad
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.no_grad():
+            model.extract_features(wave)
+        model.eval()(wave)  # forward through __call__, in eval mode
+
+
 def test_dropin_follows_weights_edited_in_place_as_the_authors_do(ckpt_dicts, short_speech):
     """The authors' model cuts its subnet's weights on every forward pass, so edits of the weights
     after a first forward pass (in place under no_grad, as an optimiser step does; ``p.data = ...``)
