@@ -330,6 +330,10 @@ def _check_waves(waves: Sequence[Tensor | np.ndarray]) -> None:
         t = torch.as_tensor(w).detach()
         if t.is_complex() or t.dtype == torch.bool:
             raise ValueError(f"waveform {i} holds {t.dtype} values; expected real samples")
+        if not t.is_floating_point():  # raw PCM read as integers would be taken as amplitudes of thousands
+            raise ValueError(f"waveform {i} holds {str(t.dtype).removeprefix('torch.')} integers; expected float "
+                             "samples within about ±1 (16-bit PCM: divide by 32768, or read files with "
+                             "lighthubert.load_audio)")
         peak = sample_peak(t)
         if not math.isfinite(peak):  # else every feature is NaN, silently
             raise ValueError(f"waveform {i} holds NaN or infinite samples")

@@ -134,7 +134,7 @@ def test_too_short_input_is_an_error(ours_default_outputs):
 def test_inputs_that_are_not_mono_waveforms_are_named(ours_default_outputs, speech):
     """What users hand ``ext`` by mistake: soundfile's (samples, channels) stereo array (was read as
     thousands of 2-sample waveforms: "waveform 0 has fewer than 400 samples"), a file name (was "a
-    list of numbers"), complex or bool samples (were cast silently). A waveform that requires grad
+    list of numbers"), complex, bool or integer samples (were cast silently). A waveform that requires grad
     (from an augmentation graph) gives the features of its values (was an autograd RuntimeError)."""
     ext, _ = ours_default_outputs["small"]
     wave = speech[0][1]
@@ -147,6 +147,10 @@ def test_inputs_that_are_not_mono_waveforms_are_named(ours_default_outputs, spee
     for bad, what in ((torch.ones(800, dtype=torch.bool), "torch.bool"), (np.ones(800, np.complex64), "torch.complex64")):
         with pytest.raises(ValueError, match=f"waveform 1 holds {what} values; expected real samples"):
             ext([wave, bad])
+    pcm = np.round(wave * 32767).astype(np.int16)  # raw PCM (was taken as amplitudes of thousands)
+    for bad, what in ((pcm, "int16"), (torch.from_numpy(pcm).int(), "int32")):
+        with pytest.raises(ValueError, match=f"waveform 0 holds {what} integers; expected float samples .*divide by 32768"):
+            ext([bad])
     alone = ext(torch.from_numpy(wave))
     tracked = torch.from_numpy(wave).clone().requires_grad_()
     torch.testing.assert_close(ext(tracked * 1.0), alone, rtol=0, atol=0)
