@@ -390,7 +390,7 @@ def load_checkpoint(source: str | os.PathLike, *, seed: int = 0, trust: bool = F
         ckpt.random = True
         ckpt.source = f"random:{parts[1]}:{seed}"
         return ckpt
-    if text in RELEASED and not Path(text).exists():
+    if text in RELEASED and not Path(text).is_file():  # a folder named small (a data subset) is not a checkpoint
         path = fetch(text, progress)
     else:
         path = Path(text)

@@ -175,6 +175,13 @@ def test_a_file_placed_by_hand_is_used_offline(tmp_path, ckpt_files):
     r = _lhb(["info", "small", "--json"], _hub_env(tmp_path, HF_HUB_OFFLINE="1", LIGHTHUBERT_CACHE=str(folder)))
     assert r.returncode == 0, r.stderr
     assert f'"sha256": "{digest}"' in r.stdout
+    # from a folder holding a data subset called small/ (before: "small: is a folder, not a checkpoint file",
+    # also for lhb extract small feats.h5, whose default checkpoint is small)
+    data = tmp_path / "corpus"
+    (data / "small").mkdir(parents=True)
+    r = _run([shutil.which("lhb") or str(Path(sys.executable).with_name("lhb")), "info", "small", "--json"],
+             _hub_env(tmp_path, HF_HUB_OFFLINE="1", LIGHTHUBERT_CACHE=str(folder)), cwd=data)
+    assert r.returncode == 0 and f'"sha256": "{digest}"' in r.stdout, r.stderr
     # the old default folder (~/.cache/lighthubert) is still searched
     legacy = tmp_path / "xdg" / "lighthubert"
     legacy.mkdir(parents=True)
