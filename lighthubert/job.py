@@ -211,8 +211,8 @@ def prepare(job: ExtractJob, *, world: World | None = None, download: bool = Tru
     out = check_output_path(job.output, resume=job.resume, overwrite=job.overwrite, backend=backend,
                             inputs=itertools.chain([job.input], read, (it.path for it in items)))
     if not world.distributed and find_parts(parts_dir(out), backend.suffix):
-        raise OutputError(f"{parts_dir(out)}: parts of a run with several processes are there; "
-                          f"join them with: lhb merge {out} {parts_dir(out)}")
+        raise OutputError(f"{parts_dir(out)}: parts of a run with several processes are there (merged already, "
+                          f"or not yet); join them and remove them with: lhb merge {out} {parts_dir(out)} --remove-parts")
     ckpt = load_checkpoint(job.checkpoint, seed=job.seed, trust=job.trust_checkpoint, progress=download)
     sub = _setting("subnet", ckpt.resolve_subnet, job.subnet)
     layers = _setting("layers", resolve_layers, job.layers, sub["layer_num"], ckpt.cfg.layer_norm_first)
@@ -273,7 +273,7 @@ def _claim(plan: Plan) -> set[str]:
     elif held and not job.resume:
         if finished_path(out).exists():  # a --keep-parts run that ended well
             raise OutputError(f"{parts_dir(out)}: holds the parts of a finished run: join them with lhb merge {out} "
-                              f"{parts_dir(out)}, or use --overwrite to start again")
+                              f"{parts_dir(out)} --remove-parts, or use --overwrite to start again")
         raise OutputError(f"{parts_dir(out)}: work of an interrupted run is there; "
                           "pass --resume to complete it or --overwrite to start again")
     existing = backend.committed(out, plan.attrs, include_output=job.resume)
@@ -514,7 +514,7 @@ def _run_rank(plan: Plan, user: Reporter, stop: threading.Event) -> Summary:
             whole.skipped = summary.skipped + [(None, "")] * (sum(s["skipped"] for s in statuses) - len(summary.skipped))
         if world.rank == 0 and plan.job.keep_parts and not whole.interrupted:
             try:  # a note for the next run's message only: the parts are whole without it
-                finished_path(out).write_text(f"all {world.size} ranks finished; join the parts with: lhb merge {out} {parts}\n")
+                finished_path(out).write_text(f"all {world.size} ranks finished; join the parts with: lhb merge {out} {parts} --remove-parts\n")
             except OSError:
                 pass
         if whole.interrupted or world.rank != 0 or plan.job.keep_parts:

@@ -256,13 +256,21 @@ def test_a_finished_keep_parts_run_run_again_is_not_called_interrupted(tmp_path)
     again = srun_pair(args, f"{os.getpid()}2")
     assert [p.returncode for p in again] == [1, 1], [p.stderr for p in again]
     line = one_line(again[0])
-    assert line == (f"lhb: error: {parts}: holds the parts of a finished run: join them with lhb merge {out} {parts}, "
+    assert line == (f"lhb: error: {parts}: holds the parts of a finished run: join them with lhb merge {out} {parts} --remove-parts, "
                     "or use --overwrite to start again"), line
     assert sorted(p.name for p in parts.glob("*.h5")) == ["part-00000.h5", "part-00001.h5"]
-    p = lhb("merge", out, "--remove-parts")
-    assert p.returncode == 0, p.stderr
+    # merged without --remove-parts, then resumed in one process: before, the refusal asked for the
+    # same merge again, which changed nothing (a loop); it now names the way out
+    assert lhb("merge", out).returncode == 0
+    p = lhb("extract", SPEECH_DIR / "spk1", out, *FAST, "--resume")
+    assert p.returncode == 1 and one_line(p) == (
+        f"lhb: error: {parts}: parts of a run with several processes are there (merged already, or not yet); "
+        f"join them and remove them with: lhb merge {out} {parts} --remove-parts"), p.stderr
+    p = lhb("merge", out, parts, "--remove-parts")
+    assert p.returncode == 0 and not parts.exists(), p.stderr
     with h5py.File(out) as f:
         assert len(f["features"]) == 4 and bool(f.attrs["complete"])
+    assert lhb("extract", SPEECH_DIR / "spk1", out, *FAST, "--resume").returncode == 0
     assert sorted(os.listdir(tmp_path)) == ["kq.h5"]
 
 
