@@ -734,15 +734,21 @@ def _values(v: list[int]) -> str:
 
 
 def _info_features(path: Path, as_json: bool) -> None:
-    from lighthubert.storage import HDF5
+    from lighthubert.storage import HDF5, find_committed, parts_dir
 
     d = HDF5.describe(path)
+    waiting = find_committed(path, HDF5.suffix)  # the work of a run that stopped or is running, not in it yet
+    d["not_yet_joined"] = [str(p) for p in waiting]
     if as_json:
         print(json.dumps(d, default=str))
         return
     a = d["attributes"]
     rows = [("utterances", f"{d['utterances']:,}"), ("frames", f"{d['frames']:,}"),
             ("audio", hms(d["audio_seconds"])), ("feature shape", ", ".join(str(s) for s in d["feature_dims"]))]
+    if waiting:
+        rows.insert(1, ("not yet joined", f"{count(len(waiting), 'file')} of committed work in {parts_dir(path)} (a run "
+                        "stopped or is still running: the same lhb extract command with --resume completes it, "
+                        f"lhb merge {path} --remove-parts joins what is there)"))
     rows += [(k, json.dumps(v) if isinstance(v, (dict, list)) else str(v) if v != "" else "-")  # "": none (random weights)
              for k, v in a.items() if k != "skipped"]
     skipped = a.get("skipped", [])

@@ -61,10 +61,14 @@ def _say_if_incomplete(features: Path) -> None:
     the user should know it is not every input."""
     from lighthubert.reader import incomplete_count
 
+    from lighthubert.storage import find_committed, parts_dir
+
     n = incomplete_count(features)
     if n is not None:
+        waiting = find_committed(features)
+        more = f", not the work committed in {parts_dir(features)} (lhb merge {features} --remove-parts joins it)" if waiting else ""
         err(f"{features}: incomplete (its lhb extract run stopped or is still running; --resume completes it); "
-            f"using the {n:,} utterances it holds")
+            f"using the {n:,} utterances it holds{more}")
 
 
 def _library_errors(fn, *args, **kwargs):

@@ -5,6 +5,7 @@ the file and the reason, and nothing already written is lost."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -303,3 +304,32 @@ def test_output_that_is_a_link_writes_its_target_and_keeps_the_link(tmp_path, fe
     p = lhb("extract", SPEECH_DIR / "spk1", lost, *FAST)
     assert p.returncode == 1, p.stderr
     assert one_line(p) == f"lhb: error: {lost}: is a symbolic link to {tmp_path / 'nowhere' / 'x.h5'}, whose folder does not exist"
+
+
+@needs_speech
+def test_info_on_a_stopped_run_counts_the_work_not_yet_joined(feats, tmp_path):
+    """What a killed run leaves: an empty OUTPUT (made at its start) and committed segments beside it.
+    Before: lhb info said 0 utterances and a `finished` time (the creation time), and nothing of the
+    segments, so the file looked empty and done: a user might delete it."""
+    from lighthubert.storage import HDF5, segment_path
+
+    out = tmp_path / "k.h5"
+    with h5py.File(feats) as f:
+        attrs = dict(f.attrs)
+    attrs.pop("finished", None)
+    HDF5.create(out, attrs)  # as a run does before its first batch
+    segment_path(out, 0, 0).parent.mkdir()
+    shutil.copy(feats, segment_path(out, 0, 0))  # one committed segment
+    p = lhb("info", out)
+    assert p.returncode == 0, p.stderr
+    rows = dict(line.split(None, 1) if not line.startswith("  not yet joined") else ("not yet joined", line.split("joined", 1)[1].strip())
+                for line in p.stdout.splitlines()[1:])
+    assert rows["utterances"].strip() == "0" and "finished" not in rows and rows["complete"].strip() == "False"
+    assert rows["not yet joined"] == (f"1 file of committed work in {out}.parts (a run stopped or is still running: the same "
+                                      f"lhb extract command with --resume completes it, lhb merge {out} --remove-parts joins what is there)")
+    d = json.loads(lhb("info", out, "--json").stdout)
+    assert d["not_yet_joined"] == [str(segment_path(out, 0, 0))]
+    p = lhb("convert", out, tmp_path / "npy", "--format", "npy")
+    assert f"not the work committed in {out}.parts (lhb merge {out} --remove-parts joins it)" in p.stderr, p.stderr
+    assert lhb("merge", out, "--remove-parts").returncode == 0  # what the line says: then it holds the work, and says nothing more
+    assert "not yet joined" not in lhb("info", out).stdout and json.loads(lhb("info", out, "--json").stdout)["utterances"] == 4

@@ -121,12 +121,13 @@ class FeatureWriter:
             self.broken = True
             raise
 
-    def close(self, complete: bool) -> None:
-        """Record the end of the run and close. After a failed write (``broken``) HDF5's state is
-        not to be trusted: nothing more is written; the file stays as of the last flush."""
+    def close(self, complete: bool, *, finished: bool = True) -> None:
+        """Record the end of the run (``finished``: its time) and close. After a failed write (``broken``)
+        HDF5's state is not to be trusted: nothing more is written; the file stays as of the last flush."""
         if self.file and not self.broken:
             self.file.attrs["complete"] = bool(complete)
-            self.file.attrs["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            if finished:
+                self.file.attrs["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             self.flush()
             self.file.close()
             self.file = None
@@ -463,8 +464,8 @@ class SegmentWriter:
 
 
 def create(output: Path, attrs: Mapping[str, Any]) -> None:
-    """A new, empty, valid OUTPUT, atomically."""
-    FeatureWriter(output, attrs).close(complete=False)
+    """A new, empty, valid OUTPUT, atomically (no ``finished`` time: the run has just begun)."""
+    FeatureWriter(output, attrs).close(complete=False, finished=False)
 
 
 def committed(output: Path, attrs: Mapping[str, Any], *, include_output: bool) -> set[str]:
