@@ -311,7 +311,7 @@ def _say_if_made_from_other_files(plan: Plan, existing: set[str]) -> None:
 def _join(plan: Plan, complete: bool) -> None:
     """OUTPUT and the committed segments into a new OUTPUT (on failure both stay as they were)."""
     try:
-        plan.backend.join(plan.output, include_output=True, complete=complete)
+        plan.backend.join(plan.output, include_output=True, complete=complete, inputs={it.key for it in plan.items})
     except OutputError as err:
         raise OutputError(f"{err}; run the same command with --resume to complete it") from None
 
@@ -520,7 +520,7 @@ def _run_rank(plan: Plan, user: Reporter, stop: threading.Event) -> Summary:
         if whole.interrupted or world.rank != 0 or plan.job.keep_parts:
             return whole
         try:
-            backend.join(out, include_output=plan.job.resume, complete=True)
+            backend.join(out, include_output=plan.job.resume, complete=True, inputs={it.key for it in plan.items})
         except OutputError as err:
             raise OutputError(f"merging the parts failed: {err}; they are kept in {parts}") from None
         whole.output = out

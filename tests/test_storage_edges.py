@@ -333,3 +333,26 @@ def test_info_on_a_stopped_run_counts_the_work_not_yet_joined(feats, tmp_path):
     assert f"not the work committed in {out}.parts (lhb merge {out} --remove-parts joins it)" in p.stderr, p.stderr
     assert lhb("merge", out, "--remove-parts").returncode == 0  # what the line says: then it holds the work, and says nothing more
     assert "not yet joined" not in lhb("info", out).stdout and json.loads(lhb("info", out, "--json").stdout)["utterances"] == 4
+
+
+@needs_speech
+def test_a_resume_lists_only_the_inputs_still_skipped(tmp_path):
+    """Before: inputs skipped by an earlier run stayed in `skipped` after they were removed from INPUT
+    and the run resumed (it exited 0, and lhb info still listed them)."""
+    folder = tmp_path / "in"
+    shutil.copytree(SPEECH_DIR / "spk1", folder)
+    (folder / "bad1.wav").write_bytes(b"not audio at all")
+    (folder / "bad2.wav").write_bytes(b"not audio either")
+    out = tmp_path / "s.h5"
+
+    def skipped() -> list[str]:
+        with h5py.File(out) as f:
+            return sorted(e["key"] for e in json.loads(f.attrs["skipped"]))
+
+    assert lhb("extract", folder, out, *FAST).returncode == 3 and skipped() == ["bad1", "bad2"]
+    (folder / "bad1.wav").unlink()
+    assert lhb("extract", folder, out, *FAST, "--resume").returncode == 3 and skipped() == ["bad2"]
+    (folder / "bad2.wav").unlink()
+    assert lhb("extract", folder, out, *FAST, "--resume").returncode == 0 and skipped() == []
+    with h5py.File(out) as f:
+        assert len(f["features"]) == 4 and bool(f.attrs["complete"])

@@ -25,7 +25,7 @@ import time
 import warnings
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Protocol
+from typing import Any, Collection, Iterable, Mapping, Protocol
 
 import numpy as np
 
@@ -89,9 +89,10 @@ class Backend(Protocol):
         """The keys OUTPUT (when ``include_output``) and its committed segments and parts hold, after
         checking that each was made with the run identity of ``attrs`` (:class:`OutputError` if not)."""
 
-    def join(self, output: Path, *, include_output: bool, complete: bool) -> int:
+    def join(self, output: Path, *, include_output: bool, complete: bool, inputs: Collection[str] | None = None) -> int:
         """Join OUTPUT (when ``include_output``), its committed segments and parts into a new OUTPUT that
-        replaces it atomically, then remove them; on failure all stay as they were. Returns the count."""
+        replaces it atomically, then remove them; on failure all stay as they were. Returns the count.
+        ``inputs`` (the run's input keys): skipped entries of other keys are dropped."""
 
     def keys(self, path: Path) -> set[str]:
         """The utterance keys a file holds; :class:`OutputError` when it cannot be read."""

@@ -17,7 +17,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Collection, Iterable, Mapping
 
 import h5py
 import numpy as np
@@ -231,7 +231,8 @@ def file_keys(path: Path) -> set[str]:
         raise OutputError(f"{path}: cannot be read to resume ({open_reason(err)}); remove it or use --overwrite") from None
 
 
-def merge(output: Path, parts: list[Path], *, include_output: bool, complete: bool | None = None) -> int:
+def merge(output: Path, parts: list[Path], *, include_output: bool, complete: bool | None = None,
+          inputs: Collection[str] | None = None) -> int:
     """Join ``parts`` (and OUTPUT itself when ``include_output``) into a new file that replaces
     OUTPUT atomically (written, fsynced, renamed). All must come from the same run settings; a key in
     two files is an error unless the datasets are equal. ``complete`` (default: every source says so)
@@ -250,7 +251,7 @@ def merge(output: Path, parts: list[Path], *, include_output: bool, complete: bo
     except OSError as err:
         raise OutputError(f"{output}: cannot write next to it ({_reason(err)})") from None
     try:
-        n = _merge_into(tmp, sources, complete)
+        n = _merge_into(tmp, sources, complete, inputs)
         _fsync(tmp)
         os.replace(tmp, output)
         _fsync(output.parent if str(output.parent) else Path("."))
@@ -276,7 +277,7 @@ def _short_of_room(tmp: Path, sources: list[Path]) -> bool:
         return False
 
 
-def _merge_into(tmp: Path, sources: list[Path], complete: bool | None) -> int:
+def _merge_into(tmp: Path, sources: list[Path], complete: bool | None, inputs: Collection[str] | None = None) -> int:
     skipped: dict[str, dict] = {}
     owner: dict[str, Path] = {}  # the file each key was taken from
     identity: dict | None = None
@@ -312,7 +313,8 @@ def _merge_into(tmp: Path, sources: list[Path], complete: bool | None) -> int:
                     dest_group = group.require_group(parent) if parent else group
                     src.copy(src[GROUP][key], dest_group, name=key.rsplit("/", 1)[-1])
         done = set(keys(dst))
-        dst.attrs["skipped"] = json.dumps([v for k, v in skipped.items() if k not in done])
+        dst.attrs["skipped"] = json.dumps([v for k, v in skipped.items()
+                                           if k not in done and (inputs is None or k in inputs)])
         dst.attrs["complete"] = all(_complete(p) for p in sources) if complete is None else complete
         dst.attrs["merged_from"] = len(sources)
         dst.attrs["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -340,6 +342,15 @@ def _fsync(path: Path) -> None:
 def _complete(path: Path) -> bool:
     with h5py.File(path, "r") as f:
         return bool(f.attrs.get("complete", False))
+
+
+def _stale_skips(path: Path, inputs: Collection[str] | None) -> bool:
+    """Whether ``path`` lists skipped inputs that are not among ``inputs`` (None: any list is current)."""
+    if inputs is None:
+        return False
+    with h5py.File(path, "r") as f:
+        listed = json.loads(plain(f.attrs.get("skipped", "[]")) or "[]")
+    return any(entry["key"] not in inputs for entry in listed)
 
 
 def describe(path: str | os.PathLike) -> dict[str, Any]:
@@ -486,13 +497,15 @@ def committed(output: Path, attrs: Mapping[str, Any], *, include_output: bool) -
     return found
 
 
-def join(output: Path, *, include_output: bool, complete: bool) -> int:
-    """Merge OUTPUT (when ``include_output``), its segments and parts into OUTPUT; then remove them."""
+def join(output: Path, *, include_output: bool, complete: bool, inputs: Collection[str] | None = None) -> int:
+    """Merge OUTPUT (when ``include_output``), its segments and parts into OUTPUT; then remove them.
+    ``inputs``: the run's input keys; skipped entries of other keys (files no longer given) are dropped."""
     sources = find_committed(output)
-    if not sources and include_output and output.exists() and _complete(output) == complete:
+    if (not sources and include_output and output.exists() and _complete(output) == complete
+            and not _stale_skips(output, inputs)):
         remove_parts(output)
         return len(file_keys(output))  # nothing new: OUTPUT is left as it is
-    n = merge(output, sources, include_output=include_output, complete=complete)
+    n = merge(output, sources, include_output=include_output, complete=complete, inputs=inputs)
     remove_parts(output)
     return n
 
@@ -514,8 +527,8 @@ class Hdf5Backend:
     def committed(self, output: Path, attrs: Mapping[str, Any], *, include_output: bool) -> set[str]:
         return committed(output, attrs, include_output=include_output)
 
-    def join(self, output: Path, *, include_output: bool, complete: bool) -> int:
-        return join(output, include_output=include_output, complete=complete)
+    def join(self, output: Path, *, include_output: bool, complete: bool, inputs: Collection[str] | None = None) -> int:
+        return join(output, include_output=include_output, complete=complete, inputs=inputs)
 
     def keys(self, path: Path) -> set[str]:
         return file_keys(path)
