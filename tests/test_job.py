@@ -71,8 +71,10 @@ def _attrs(**change) -> dict:
 def test_identity_includes_compute_dtype(tmp_path):
     path = tmp_path / "f.h5"
     check_identity(path, _attrs(), _attrs(params=99))  # not part of the identity
-    with pytest.raises(OutputError, match=r"f\.h5: was made with a different compute_dtype \('float32', now 'float16'\)"):
+    with pytest.raises(OutputError, match=r"f\.h5: was made with a different compute_dtype \(--dtype: 'float32', now 'float16'\)"):
         check_identity(path, _attrs(), _attrs(compute_dtype="float16"))
+    with pytest.raises(OutputError, match=r"a different dtype \(--save-dtype: 'float32', now 'float16'\)"):
+        check_identity(path, _attrs(), _attrs(dtype="float16"))  # the option, not only the attribute
     old = {k: v for k, v in _attrs().items() if k != "compute_dtype"}  # a file from before the attribute
     with pytest.raises(OutputError, match="compute_dtype"):
         check_identity(path, old, _attrs())
@@ -177,7 +179,7 @@ def test_extract_resume_with_another_compute_dtype_is_refused(tmp_path, two_file
     with h5py.File(out) as f:
         assert f.attrs["compute_dtype"] == "float32"
         before = {k: f["features"][k][()] for k in f["features"]}
-    with pytest.raises(OutputError, match="different compute_dtype .'float32', now 'bfloat16'."):
+    with pytest.raises(OutputError, match="different compute_dtype .--dtype: 'float32', now 'bfloat16'."):
         lighthubert.extract(two_files, out, checkpoint="random:small", subnet="min", device="cpu", dtype="bfloat16",
                             resume=True)
     s = lighthubert.extract(two_files, out, checkpoint="random:small", subnet="min", device="cpu", resume=True)

@@ -40,6 +40,12 @@ RUN_IDENTITY = ("format", "layers", "subnet", "checkpoint_sha256", "checkpoint",
                 "compute_dtype", "exact_seconds", "window_seconds", "context_seconds")
 
 
+IDENTITY_OPTIONS = {"layers": "--layers", "subnet": "--subnet", "checkpoint": "-c", "checkpoint_sha256": "-c",
+                    "dtype": "--save-dtype", "compute_dtype": "--dtype", "exact_seconds": "--exact-seconds",
+                    "window_seconds": "--window-seconds", "context_seconds": "--context-seconds"}
+"""The lhb extract option that sets each identity attribute (a refused --resume names both)."""
+
+
 class OutputError(LightHubertError):
     """OUTPUT cannot be written (or resumed, or merged); the message names the file and the reason."""
 
@@ -152,7 +158,8 @@ def check_identity(path: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -
                           "or another OUTPUT")
     diff = sorted(identity_diff(old, new), key=lambda k: k != "subnet")  # a subnet changes layers too
     if diff:
-        what = " and ".join(f"{k} ({_what_differs(old.get(k), new.get(k))})" for k in diff)
+        what = " and ".join(f"{k} ({IDENTITY_OPTIONS[k] + ': ' if k in IDENTITY_OPTIONS else ''}"
+                            f"{_what_differs(old.get(k), new.get(k))})" for k in diff)
         raise OutputError(f"{path}: was made with a different {what}; use --overwrite to replace it, or another OUTPUT")
 
 
