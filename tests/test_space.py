@@ -243,6 +243,17 @@ def test_bad_subnet_is_refused_naming_the_field(field, sub, ckpts, tmp_path):
     assert field in str(err.value) and str(path) in str(err.value)
 
 
+def test_a_file_of_sampled_subnets_asks_for_one_of_them(ckpts, tmp_path):
+    """What lhb subnet --sample N -o FILE writes, given as --subnet: before, "got list" and no more."""
+    import random
+
+    path = tmp_path / "s3.json"
+    path.write_text(json.dumps([SPACES["small"].sample(random.Random(i)) for i in range(3)]))
+    with pytest.raises(SubnetError, match=r"s3\.json: a subnet must be a JSON object / dict, got a list of 3 "
+                       r"\(as lhb subnet --sample writes them\); give one of them"):
+        ckpts["small"].resolve_subnet(str(path))
+
+
 def test_small_values_are_refused_by_the_base_space_but_not_the_small_one(ckpts):
     sub = SPACES["small"].default_subnet
     with pytest.raises(SubnetError, match="embed_dim"):
