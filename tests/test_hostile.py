@@ -273,6 +273,30 @@ def test_merge_into_a_fifo_is_refused_without_blocking(tmp_path):
     assert not (tmp_path / "new.h5").exists()
 
 
+def test_a_planted_lock_link_is_refused_and_its_target_left_alone(tmp_path):
+    """Before: a symbolic link (or a second hard name) planted as .OUTPUT.lock had its target truncated
+    and overwritten with "lhb pid N on HOST" (a features file, or any file the user can write)."""
+    from lighthubert.storage import OutputError, OutputLock
+
+    out, precious = tmp_path / "feats.h5", tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    lock = tmp_path / ".feats.h5.lock"
+    lock.symlink_to(precious)
+    with pytest.raises(OutputError, match=r"its lock .*\.feats\.h5\.lock is a symbolic link, not a lock lhb made"):
+        OutputLock(out).__enter__()
+    p = lhb("merge", out, precious, timeout=60)  # through the CLI too: one line, exit 1
+    assert p.returncode == 1 and "is a symbolic link, not a lock lhb made" in one_line(p), p.stderr
+    lock.unlink()
+    os.link(precious, lock)
+    with pytest.raises(OutputError, match="is not a lock lhb made"):
+        OutputLock(out).__enter__()
+    assert precious.read_text() == "keep me" and lock.read_text() == "keep me"
+    lock.unlink()
+    with OutputLock(out):  # the real thing still works
+        assert lock.read_text().startswith("lhb pid ")
+    assert not lock.exists()
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 

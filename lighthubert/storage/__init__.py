@@ -375,10 +375,18 @@ class OutputLock:
 
     def __enter__(self) -> "OutputLock":
         for _ in range(10):  # the file may be unlinked by its holder between our open and flock
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as err:  # no inode left, a read-only folder
+            try:  # never through a link: the lock is truncated and written, and must not be another file
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+            except OSError as err:  # no inode left, a read-only folder, a symbolic link (ELOOP)
+                if err.errno == errno.ELOOP:
+                    raise OutputError(f"{self.output}: its lock {self.path} is a symbolic link, not a lock lhb made; "
+                                      "remove the link (its target is left alone)") from None
                 raise OutputError(f"{self.output}: cannot create the lock {self.path}: {os_reason(err)}") from None
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:  # a FIFO, a device, a hard link to another file
+                os.close(fd)
+                raise OutputError(f"{self.output}: its lock {self.path} is not a lock lhb made (a special file or a "
+                                  "second name of another file); remove it")
             try:
                 unsupported = _lock(fd)
             except OSError:
