@@ -562,9 +562,7 @@ def merge(
 
     Example: lhb merge feats.h5 feats.h5.parts
     """
-    import shutil
-
-    from lighthubert.storage import HDF5, OutputLock, find_parts, parts_dir, resolve_link
+    from lighthubert.storage import HDF5, OutputLock, find_parts, parts_dir, remove_parts, resolve_link
 
     output = resolve_link(output)  # a link's target is written, not a new file in place of the link
     _check_target(output, "is a folder, not a features file")
@@ -592,7 +590,7 @@ def merge(
             f.unlink(missing_ok=True)
         for src in sources:
             if src.is_dir() and os.path.abspath(src) == os.path.abspath(parts_dir(output)):
-                shutil.rmtree(src, ignore_errors=True)  # lhb's own folder: also its .tmp segments and lock
+                remove_parts(output)  # lhb's own folder: also its .tmp segments and notes, not other files
             elif src.is_dir():
                 try:
                     src.rmdir()

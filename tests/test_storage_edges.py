@@ -356,3 +356,22 @@ def test_a_resume_lists_only_the_inputs_still_skipped(tmp_path):
     assert lhb("extract", folder, out, *FAST, "--resume").returncode == 0 and skipped() == []
     with h5py.File(out) as f:
         assert len(f["features"]) == 4 and bool(f.attrs["complete"])
+
+
+@needs_speech
+def test_merge_remove_parts_leaves_other_files_in_the_parts_folder(feats, tmp_path):
+    """Before: --remove-parts on OUTPUT.parts/ removed the whole folder, with a README and a backup the
+    user kept there that were never merged (README: other files stay)."""
+    out = tmp_path / "rp.h5"
+    parts = tmp_path / "rp.h5.parts"
+    parts.mkdir()
+    for name in ("part-00000.h5", "part-00001.h5", "backup-old.h5"):
+        shutil.copy(feats, parts / name)
+    (parts / "README.txt").write_text("mine")
+    (parts / "seg-00000-000003.h5.tmp").write_bytes(b"an unfinished segment")
+    p = lhb("merge", out, parts, "--remove-parts")
+    assert p.returncode == 0 and "merged 2 parts" in p.stderr, p.stderr
+    assert sorted(x.name for x in parts.iterdir()) == ["README.txt", "backup-old.h5"]
+    assert (parts / "README.txt").read_text() == "mine"
+    with h5py.File(out) as f:
+        assert len(f["features"]) == 4

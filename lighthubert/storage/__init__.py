@@ -19,7 +19,6 @@ import json
 import os
 import socket
 import stat
-import shutil
 import tempfile
 import time
 import warnings
@@ -484,8 +483,22 @@ def find_committed(output: Path, suffix: str = ".h5") -> list[Path]:
     return find_segments(output, suffix) + find_parts(parts_dir(output), suffix)
 
 
+LHB_PARTS_FILES = ("seg-*.h5", "seg-*.tmp", ".seg-*.new", "part-*.h5", ".store-*", "FINISHED")
+"""What lhb itself writes in ``OUTPUT.parts/``: segments (committed and not), parts, the srun store, the note."""
+
+
 def remove_parts(output: Path) -> None:
-    shutil.rmtree(parts_dir(output), ignore_errors=True)
+    """Remove lhb's own files from ``OUTPUT.parts/``, then the folder once empty: anything else a user
+    keeps there stays (with the folder)."""
+    folder = parts_dir(output)
+    for pattern in LHB_PARTS_FILES:
+        for p in folder.glob(pattern):
+            if not p.is_dir() or p.is_symlink():
+                p.unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # missing, or other files are there: they stay
 
 
 from . import hdf5 as _hdf5  # noqa: E402 - registers the HDF5 backend
