@@ -21,7 +21,7 @@ from .checkpoint import KM_FORMAT, check_seed, write_atomic
 from .defaults import BATCH_SIZE, DEVICE, ITERATIONS, KMEANS_SEED, MAX_FRAMES  # batch and steps as fairseq's learn_kmeans.py
 from .errors import SettingError
 from .reader import FeaturesError, layer_positions, one_layer, open_features
-from .storage import UNITS_FORMAT, plain, refuse_existing
+from .storage import UNITS_FORMAT, plain, refuse_existing, special_kind
 
 
 def pick_device(device: str = DEVICE) -> torch.device:
@@ -150,6 +150,9 @@ def learn_file(features: str | os.PathLike, layer: int | None, clusters: int, *,
 
 def load_km(path: str | os.PathLike) -> dict:
     """A km.pt written by :func:`learn_file` (loaded with ``weights_only=True``)."""
+    kind = special_kind(path)
+    if kind and kind != "a folder":  # torch.load would wait on a FIFO forever, or read a device without end
+        raise FeaturesError(f"{path}: is {kind}, not a k-means file")
     try:
         km = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:

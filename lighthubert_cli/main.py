@@ -175,11 +175,17 @@ def _load_checkpoint(source: str, seed: int, trust: bool, quiet: bool):
     return load_checkpoint(source, seed=seed, trust=trust, progress=not quiet)
 
 
-def _check_target(path: Path, is_folder: str = "is a folder; give a file name", *, writable: bool = False) -> None:
+def _check_target(path: Path, is_folder: str = "is a folder; give a file name", *, writable: bool = False,
+                  replaced: bool = False) -> None:
     """Fail before any work when the file ``path`` cannot be made: a folder (the message says
-    ``is_folder``), or its folder is missing (or, with ``writable``, read-only)."""
+    ``is_folder``), or its folder is missing (or, with ``writable``, read-only). With ``replaced`` (the
+    file is written beside it and renamed over it) also a FIFO or device there, which would be replaced."""
+    from lighthubert.storage import special_kind
+
     if path.is_dir():
         raise Fail(f"{path}: {is_folder}")
+    if replaced and (kind := special_kind(path)):
+        raise Fail(f"{path}: is {kind}, not a regular file; it is never replaced by one: give a file name")
     if not path.parent.is_dir():
         raise Fail(f"{path}: the folder {path.parent} does not exist")
     if writable and not os.access(path.parent, os.W_OK | os.X_OK):
@@ -395,7 +401,7 @@ def subnet_cmd(
         output = None
     for target, example in ((output, "subnet.json"), (export, "subnet.pt")):  # said before anything is printed
         if target is not None:
-            _check_target(target, f"is a folder; give a file name such as {target / example}")
+            _check_target(target, f"is a folder; give a file name such as {target / example}", replaced=target == export)
             _not_a_source(target, ("the checkpoint (-c)", checkpoint), ("the --subnet file", subnet))
             if target.is_file() and not overwrite and not (target == output and _is_subnet_json(target)):
                 raise Fail(f"{target}: already exists; pass --overwrite to replace it")  # /dev/stdout, a FIFO: written

@@ -153,7 +153,7 @@ def learn(
     from lighthubert.storage import refuse_existing
     from lighthubert.units import learn_file, pick_device
 
-    _check_target(km_path, writable=True)
+    _check_target(km_path, writable=True, replaced=True)
     _not_an_input(km_path, features)
     refuse_existing([km_path], overwrite)  # before the work, not after
     pick_device(device)
@@ -196,6 +196,8 @@ def apply(
         output = Path("/dev/stdout")
     if not output.exists() or output.is_dir() or (output.is_file() and not output.is_symlink()):
         _check_target(output, writable=True)  # a new or plain file is written beside it, then renamed (not /dev/stdout)
+    elif output.suffix.lower() in (".h5", ".hdf5"):  # HDF5 cannot be streamed into a FIFO or device
+        _check_target(output, replaced=True)
     _not_an_input(output, features, km_path)
     refuse_existing([output], overwrite or to_stdout)  # before any other line (apply_file checks it too)
     pick_device(device)

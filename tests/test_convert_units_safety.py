@@ -226,6 +226,29 @@ def test_units_never_write_over_the_files_they_read(tmp_path):
     assert _tree(tmp_path) == before
 
 
+def test_fifos_are_neither_read_as_k_means_nor_replaced_by_files(tmp_path):
+    """Before: units apply with a FIFO as KM waited forever; units learn KM=FIFO, subnet --export FIFO and
+    units apply OUT.h5=FIFO replaced the FIFO with a file (or failed in two lines of HDF5's words)."""
+    import stat
+
+    feats = _features(tmp_path / "f.h5", 3)
+    km = tmp_path / "km.pt"
+    torch.save({"format": "lighthubert-kmeans", "centroids": torch.zeros(2, 4), "layer": 1, "clusters": 2}, km)
+    fifo_km, fifo_h5, fifo_pt = tmp_path / "kf.pt", tmp_path / "uf.h5", tmp_path / "ex.pt"
+    for f in (fifo_km, fifo_h5, fifo_pt):
+        os.mkfifo(f)
+    never = "is a FIFO, not a regular file; it is never replaced by one: give a file name"
+    cases = [(["units", "apply", feats, fifo_km, tmp_path / "u.km"], f"{fifo_km}: is a FIFO, not a k-means file"),
+             (["units", "learn", feats, fifo_km, "--layer", "1", "-k", "2"], f"{fifo_km}: {never}"),
+             (["units", "apply", feats, km, fifo_h5], f"{fifo_h5}: {never}"),
+             (["subnet", "--preset", "min", "-c", "random:small", "--export", fifo_pt], f"{fifo_pt}: {never}")]
+    runs = [Run(args) for args, _ in cases]
+    for (_, line), run in zip(cases, runs):
+        p = run.result()
+        assert p.returncode == 1 and one_line(p) == f"lhb: error: {line}", p
+    assert all(stat.S_ISFIFO(f.stat().st_mode) for f in (fifo_km, fifo_h5, fifo_pt))
+
+
 def test_existing_outputs_are_kept_without_overwrite(tmp_path):
     """Before: lhb convert and lhb units learn/apply replaced what they found (a k-means file that
     units had been taken with, say) without a word, where lhb extract refuses an existing OUTPUT. Now

@@ -271,6 +271,11 @@ def test_merge_into_a_fifo_is_refused_without_blocking(tmp_path):
     with within(30), pytest.raises(OutputError, match=f"{fifo}: is not a regular file, so not a part"):
         HDF5.merge(tmp_path / "new.h5", [fifo], include_output=False)  # the library, given a FIFO part
     assert not (tmp_path / "new.h5").exists()
+    seg = tmp_path / "r.h5.parts" / "seg-00000-000001.h5"  # what --resume reads: a FIFO named like a segment
+    seg.parent.mkdir()
+    os.mkfifo(seg)
+    with within(30), pytest.raises(OutputError, match=f"{seg}: is not a regular file, so not a segment lhb wrote"):
+        HDF5.committed(tmp_path / "r.h5", {}, include_output=True)
 
 
 def test_a_planted_lock_link_is_refused_and_its_target_left_alone(tmp_path):

@@ -235,18 +235,23 @@ _KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, 
           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
+def special_kind(path: str | os.PathLike, st: os.stat_result | None = None) -> str | None:
+    """What the existing ``path`` is when it is not a regular file ("a FIFO", "a folder", ...), else None."""
+    if st is None:
+        try:
+            st = os.stat(path)
+        except (OSError, ValueError):
+            return None
+    return next((kind for test, kind in _KINDS if test(st.st_mode)), None)
+
+
 def refuse_special(out: Path, st: os.stat_result | None = None) -> None:
     """An :class:`OutputError` when the existing ``out`` is not a regular file (a folder, FIFO, device
     or socket): OUTPUT is never replaced by one, nor read as one (reading a FIFO would wait forever)."""
-    if st is None:
-        try:
-            st = out.stat()
-        except OSError:
-            return
-    for test, kind in _KINDS:
-        if test(st.st_mode):
-            hint = f"; give a file name such as {out / 'features.h5'}" if kind == "a folder" else ""
-            raise OutputError(f"{out}: is {kind}, not a regular file; OUTPUT is never replaced unless it is one{hint}")
+    kind = special_kind(out, st)
+    if kind:
+        hint = f"; give a file name such as {out / 'features.h5'}" if kind == "a folder" else ""
+        raise OutputError(f"{out}: is {kind}, not a regular file; OUTPUT is never replaced unless it is one{hint}")
 
 
 def refuse_existing(paths: Iterable[str | os.PathLike], overwrite: bool) -> None:

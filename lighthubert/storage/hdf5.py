@@ -485,6 +485,8 @@ def committed(output: Path, attrs: Mapping[str, Any], *, include_output: bool) -
     sources = ([output] if include_output and output.exists() else []) + find_committed(output)
     found: set[str] = set()
     for path in sources:
+        if not path.is_file():  # a FIFO named like a segment would be read forever
+            raise OutputError(f"{path}: is not a regular file, so not a segment lhb wrote; move it away")
         try:
             with h5py.File(path, "r") as f:
                 check_identity(path, dict(f.attrs), attrs)
