@@ -278,6 +278,17 @@ def test_merge_into_a_fifo_is_refused_without_blocking(tmp_path):
         HDF5.committed(tmp_path / "r.h5", {}, include_output=True)
 
 
+def test_an_output_name_too_long_for_the_temporary_files_is_refused_before_any_work(tmp_path):
+    """Before: a 239-byte OUTPUT name passed, every file was extracted, and then the final join failed
+    ('File name too long' for .NAME.PID.HEX.merging), with advice to --resume that failed the same way."""
+    from lighthubert.storage import OutputError, check_output_path
+
+    longest = "a" * (255 - 26 - 3) + ".h5"  # 255: NAME_MAX here; 26: what the temporary names add
+    assert check_output_path(tmp_path / longest, resume=False, overwrite=False) == tmp_path / longest
+    with pytest.raises(OutputError, match=r"the file name is too long \(239 bytes; lhb needs room for 26 more"):
+        check_output_path(tmp_path / ("a" * 236 + ".h5"), resume=False, overwrite=False)
+
+
 def test_a_planted_lock_link_is_refused_and_its_target_left_alone(tmp_path):
     """Before: a symbolic link (or a second hard name) planted as .OUTPUT.lock had its target truncated
     and overwritten with "lhb pid N on HOST" (a features file, or any file the user can write)."""

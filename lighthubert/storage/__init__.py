@@ -278,6 +278,10 @@ def resolve_link(out: Path) -> Path:
     return target
 
 
+TEMP_NAME_EXTRA = len(".{}.4194304.0123abcd.merging") - 2
+"""What the longest temporary name beside OUTPUT adds to OUTPUT's name (a pid of up to 7 digits)."""
+
+
 def check_output_path(path: str | os.PathLike, *, resume: bool, overwrite: bool,
                       inputs: Iterable[str | os.PathLike] = (), backend: Backend | None = None) -> Path:
     """Fail early (before any audio is read) when OUTPUT cannot be written: its folder is missing or
@@ -293,6 +297,13 @@ def check_output_path(path: str | os.PathLike, *, resume: bool, overwrite: bool,
             pass
     except OSError as err:
         raise OutputError(f"{out}: the folder {folder} is not writable ({err.strerror})") from None
+    try:
+        name_max = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    if len(os.fsencode(out.name)) + TEMP_NAME_EXTRA > name_max:  # else only the final join fails, after all the work
+        raise OutputError(f"{out}: the file name is too long ({len(os.fsencode(out.name))} bytes; lhb needs room for "
+                          f"{TEMP_NAME_EXTRA} more in the names of its temporary files, and the folder takes {name_max})")
     parts = parts_dir(out)
     if os.path.lexists(parts) and not parts.is_dir():  # where a run commits its work
         raise OutputError(f"{parts}: is not a folder; lhb keeps the work of a run for {out} there: move or remove it")
