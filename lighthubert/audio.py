@@ -275,10 +275,30 @@ def truncation(path: str | os.PathLike) -> tuple[int, int] | None:
     return frames, present * frames // length
 
 
-def _read_all(f: sf.SoundFile, dtype: str) -> np.ndarray:
-    """Every frame of the open file ``f``, (frames, channels). libsndfile cannot seek in some
-    formats (GSM 6.10 in WAV), where soundfile refuses to read "all": those are read block by block."""
+FRAMES_PER_BYTE = 1024
+"""More frames than this per byte of file no codec holds (FLAC of digital silence: about 700): a larger
+count in a header is "unknown" (FLAC's streaming writers leave 0, which libsndfile gives as 2**63 - 1)
+or a lie. Such a file is refused with that reason instead of allocating the declared length (libsndfile
+fails to seek at the end of it, so it cannot be read block by block either)."""
+
+
+def _plausible(frames: int, path: str | os.PathLike) -> bool:
+    try:
+        return 0 <= frames <= max(os.path.getsize(path), 1) * FRAMES_PER_BYTE
+    except OSError:
+        return False
+
+
+def _read_all(f: sf.SoundFile, dtype: str, path: str | os.PathLike) -> np.ndarray:
+    """Every frame of the open file ``f``, (frames, channels). Read block by block where libsndfile
+    cannot seek (GSM 6.10 in WAV, G.721: soundfile refuses to read "all" there); an :class:`AudioError`
+    when the header's length cannot be true (:data:`FRAMES_PER_BYTE`)."""
     if f.seekable():
+        if not _plausible(f.frames, path):
+            unknown = f.frames >= 2**63 - 1
+            raise AudioError(f"its header gives {'no length' if unknown else f'{f.frames:,} samples, more than the file can hold'} "
+                             f"(a stream whose writer {'never filled it in' if unknown else 'wrote a wrong one'}?); "
+                             "re-encode it to give it one")
         return f.read(dtype=dtype, always_2d=True)
     blocks = [f.read(1 << 18, dtype=dtype, always_2d=True)]
     while len(blocks[-1]):
@@ -331,7 +351,7 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
             cut = truncation(path) if f.format in HEADER_FORMATS else None
             if cut is None:
                 # float64 read as float32 would turn 1e300 into inf: read it whole, judged below
-                data = _read_all(f, "float64" if f.subtype == "DOUBLE" else "float32")
+                data = _read_all(f, "float64" if f.subtype == "DOUBLE" else "float32", path)
                 if f.format == "MP3" and len(data) + MP3_SLACK < f.frames and mp3_declares_frames(path):
                     cut = f.frames, len(data)
             if cut is not None:
@@ -365,4 +385,4 @@ def audio_frames(path: str | os.PathLike) -> tuple[int, int] | None:
             frames, rate = int(f.frames), int(f.samplerate)
     except Exception:  # noqa: BLE001 - any unreadable header just means "unknown"
         return None
-    return (frames, rate) if MIN_RATE <= rate <= MAX_RATE else None
+    return (frames, rate) if MIN_RATE <= rate <= MAX_RATE and _plausible(frames, path) else None

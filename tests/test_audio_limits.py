@@ -187,3 +187,28 @@ def test_features_that_come_out_not_finite_are_skipped_not_stored(tmp_path):
     run = lhb("extract", wav, tmp_path / "f32.h5", "-c", big, "-q", "--layers", "1", "--save-dtype", "float32")
     assert run.returncode == 0, run  # the advice works: the same features fit float32
     assert np.abs(read_features(tmp_path / "f32.h5").data["a"]).max() > 65504
+
+
+def test_a_flac_header_without_a_true_length_is_named(tmp_path):
+    """A FLAC stream whose writer left the total at 0 ("unknown", which libsndfile gives as 2**63 - 1),
+    or a header claiming far more samples than the file can hold. Before: "cannot decode: array is too
+    big; arr.size * ...", or a MemoryError of 256 GiB (an internal error), and a plan of 1193 hours."""
+    from lighthubert.audio import AudioError, audio_frames, load_audio
+
+    whole = tmp_path / "whole.flac"
+    sf.write(str(whole), NOISE, RATE)
+    data = bytearray(whole.read_bytes())
+    at = data.index(b"fLaC") + 8 + 13  # STREAMINFO: the 36-bit total is the low 4 bits here and the next 4 bytes
+    unknown, huge = bytearray(data), bytearray(data)
+    unknown[at] &= 0xF0
+    unknown[at + 1:at + 5] = bytes(4)
+    huge[at] |= 0x0F
+    huge[at + 1:at + 5] = b"\xf0" * 4
+    for name, b, reason in (("unknown", unknown, "its header gives no length"),
+                            ("huge", huge, "its header gives 68,466,831,600 samples, more than the file can hold")):
+        path = tmp_path / f"{name}.flac"
+        path.write_bytes(bytes(b))
+        with pytest.raises(AudioError, match=f"^{reason} .*; re-encode it to give it one$"):
+            load_audio(path)
+        assert audio_frames(path) is None  # "unknown" for planning, not 1193 hours
+    assert audio_frames(whole) == (len(NOISE), RATE) and len(load_audio(whole)) == len(NOISE)
