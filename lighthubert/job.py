@@ -279,6 +279,7 @@ def _claim(plan: Plan) -> set[str]:
     existing = backend.committed(out, plan.attrs, include_output=job.resume)
     check_against(plan.items, existing, str(out))
     if existing:
+        _refuse_renamed_keys(plan, existing)
         _say_if_made_from_other_files(plan, existing)
     finished_path(out).unlink(missing_ok=True)  # this run is claiming the parts: written again when it ends well
     return existing
@@ -287,6 +288,27 @@ def _claim(plan: Plan) -> set[str]:
 SOURCES_CHECKED = 64
 """How many of the keys a resumed OUTPUT already holds have their recorded audio path compared with
 INPUT's (reading each costs about 0.1 ms; all of them could take a minute on a large corpus)."""
+
+
+def _refuse_renamed_keys(plan: Plan, existing: set[str]) -> None:
+    """An :class:`OutputError` when keys OUTPUT holds were made from files INPUT now gives under other
+    keys (checked on a seeded sample of the keys INPUT no longer has): a line added to a list outside
+    its common folder renames every key, and resuming would store each utterance twice."""
+    current = {it.key for it in plan.items}
+    gone = sorted(existing - current)
+    if not gone:
+        return
+    sample = random.Random(0).sample(gone, min(SOURCES_CHECKED, len(gone)))
+    out = plan.output
+    files = [path for path in (out, *find_committed(out, plan.backend.suffix)) if path.exists()]
+    stored = plan.backend.sources(files, sample)
+    now = {source_text(it.path): it.key for it in plan.items}
+    renamed = [(k, src, now[src]) for k, src in sorted(stored.items()) if src in now]
+    if renamed:
+        key, src, new = renamed[0]
+        raise OutputError(f"{out}: holds {key!r}, made from {src}, which INPUT now names {new!r}: the keys changed "
+                          "(a list's common folder moved?), and resuming would store every such file twice; give the "
+                          "same INPUT as before, or another OUTPUT (or --overwrite to start again)")
 
 
 def _say_if_made_from_other_files(plan: Plan, existing: set[str]) -> None:

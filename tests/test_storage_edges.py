@@ -375,3 +375,27 @@ def test_merge_remove_parts_leaves_other_files_in_the_parts_folder(feats, tmp_pa
     assert (parts / "README.txt").read_text() == "mine"
     with h5py.File(out) as f:
         assert len(f["features"]) == 4
+
+
+@needs_speech
+def test_a_resume_whose_input_renames_the_keys_is_refused(tmp_path):
+    """A .txt list keys its files relative to their common folder; one line added outside it renames
+    every key. Before: the resume exited 0 and stored each earlier utterance twice (spk1/utt01 and
+    lists/spk1/utt01, one source)."""
+    corpus = tmp_path / "c"
+    shutil.copytree(SPEECH_DIR / "spk1", corpus / "lists" / "spk1")
+    (corpus / "other").mkdir()
+    shutil.copy(SPEECH_DIR / "spk2" / sorted(os.listdir(SPEECH_DIR / "spk2"))[0], corpus / "other" / "x.wav")
+    listing = corpus / "lists" / "l.txt"
+    listing.write_text("spk1/utt01.wav\nspk1/utt02.wav\n")
+    out = tmp_path / "r.h5"
+    assert lhb("extract", listing, out, *FAST).returncode == 0
+    before = out.read_bytes()
+    listing.write_text("spk1/utt01.wav\nspk1/utt02.wav\n../other/x.wav\n")
+    p = lhb("extract", listing, out, *FAST, "--resume")
+    src = corpus / "lists" / "spk1" / "utt01.wav"
+    assert p.returncode == 1 and one_line(p) == (
+        f"lhb: error: {out}: holds 'spk1/utt01', made from {src}, which INPUT now names 'lists/spk1/utt01': the keys "
+        "changed (a list's common folder moved?), and resuming would store every such file twice; give the same INPUT "
+        "as before, or another OUTPUT (or --overwrite to start again)"), p.stderr
+    assert out.read_bytes() == before
