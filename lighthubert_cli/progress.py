@@ -3,6 +3,7 @@ but errors with --quiet."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -15,8 +16,15 @@ from lighthubert.inputs import Item, display_path, escape_name
 
 def err(message: str) -> None:
     """One plain line on stderr (never wrapped); a path's undecodable bytes written ``%XX``, as in
-    the features file (not Python's ``\\udcff``)."""
-    print(escape_name(message), file=sys.stderr, flush=True)
+    the features file (not Python's ``\\udcff``). When stderr's reader has gone (``2>&1 | head``, a
+    ``tee`` that died) the work goes on without messages: only stdout's reader ends a command."""
+    try:
+        print(escape_name(message), file=sys.stderr, flush=True)
+    except BrokenPipeError:
+        try:  # later lines (Rich's, C libraries') go nowhere, and Python's flush at exit succeeds
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+        except (OSError, ValueError):
+            pass
 
 
 def hms(seconds: float) -> str:

@@ -399,3 +399,17 @@ def test_a_resume_whose_input_renames_the_keys_is_refused(tmp_path):
         "changed (a list's common folder moved?), and resuming would store every such file twice; give the same INPUT "
         "as before, or another OUTPUT (or --overwrite to start again)"), p.stderr
     assert out.read_bytes() == before
+
+
+@needs_speech
+def test_a_run_whose_stderr_reader_left_goes_on_to_the_end(tmp_path):
+    """`lhb extract ... 2>&1 | head -c 30`, or a `| tee log` that died. Before: the next progress line
+    raised EPIPE, the run ended with 141, the segments were never joined and OUTPUT held 0 utterances."""
+    out = tmp_path / "e.h5"
+    args = [a for a in FAST if a != "-q"]
+    proc = subprocess.Popen([*lhb_prefix(), "extract", str(SPEECH_DIR / "spk1"), str(out), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env(), stdin=subprocess.DEVNULL)
+    proc.stderr.close()  # the reader leaves before the first line
+    assert proc.wait(timeout=300) == 0
+    with h5py.File(out) as f:
+        assert len(f["features"]) == 4 and bool(f.attrs["complete"])
