@@ -613,6 +613,21 @@ def new_temp_beside(path: Path) -> Path:
             continue
 
 
+def remove_dead_temps(folder: Path) -> None:
+    """Remove the files :func:`new_temp_beside` made under ``folder`` (at any depth) for processes of
+    this host that no longer run (killed half-way); those of a live process are left alone."""
+    for tmp in folder.rglob(".*.part"):
+        pid = tmp.name.rsplit(".", 3)[-3] if tmp.name.count(".") >= 4 else ""
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:  # gone: its file is no one's
+            tmp.unlink(missing_ok=True)
+        except (PermissionError, OverflowError, OSError):
+            pass  # alive under another user, or not a pid
+
+
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """``write(tmp)`` into a new file beside ``path``, then rename it over ``path``: an existing file
     stays whole until the new one is; the temporary file is removed on any failure or interruption."""

@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .checkpoint import new_temp_beside
+from .checkpoint import new_temp_beside, remove_dead_temps
 from .errors import SettingError
 from .reader import FeaturesError, one_layer, open_features
 from .storage import refuse_existing
@@ -88,6 +88,8 @@ def convert(features: str | os.PathLike, output: str | os.PathLike, fmt: str, la
     out = Path(output)
     if out.exists() and not out.is_dir():
         raise FeaturesError(f"{out}: exists and is not a folder")
+    if not out.parent.is_dir():  # the folder is made, not a chain of them from a typo
+        raise FeaturesError(f"{out}: the folder {out.parent} does not exist")
     with open_features(features) as f:
         layer = one_layer(f.layers, layer, features)  # a missing layer fails before anything is written
         if fmt == "fairseq" and nshard < 1:
@@ -97,7 +99,8 @@ def convert(features: str | os.PathLike, output: str | os.PathLike, fmt: str, la
                                f"give at most {max(len(f), 1)}", "nshard")
         files = output_files(f.keys, out, fmt, split, nshard)
         refuse_existing(files, overwrite)
-        out.mkdir(parents=True, exist_ok=True)
+        out.mkdir(exist_ok=True)
+        remove_dead_temps(out)  # what a killed conversion left
         staged = _Staged()
         try:
             _write(f, features, files, fmt, layer, nshard, staged, progress)

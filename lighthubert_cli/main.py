@@ -568,12 +568,13 @@ def merge(
 
     Example: lhb merge feats.h5 feats.h5.parts
     """
-    from lighthubert.storage import HDF5, OutputLock, find_parts, parts_dir, remove_parts, resolve_link
+    from lighthubert.storage import HDF5, OutputLock, find_parts, parts_dir, remove_parts, remove_stale_temps, resolve_link
 
     output = resolve_link(output)  # a link's target is written, not a new file in place of the link
     _check_target(output, "is a folder, not a features file")
     sources = parts or [parts_dir(output)]
     with OutputLock(output):  # not while a run writes it (which may not have made OUTPUT.parts/ yet)
+        remove_stale_temps(output)  # a killed merge's or run's half-written files (no one else holds the lock)
         files: list[Path] = []
         for src in sources:
             if src.is_dir():

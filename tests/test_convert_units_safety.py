@@ -354,3 +354,27 @@ def test_a_features_path_that_is_a_fifo_or_a_broken_link_says_which(tmp_path):
                       ("missing.h5", "no such file")):
         with pytest.raises(FeaturesError, match=f"{name}: {why}$"):
             lighthubert.open_features(tmp_path / name)
+
+
+def test_leftovers_of_killed_conversions_and_merges_are_removed(tmp_path):
+    """Before: after a kill -9, a conversion's `.NAME.PID.HEX.part` and a merge's `.NAME.PID.HEX.merging`
+    (hundreds of MB) stayed through every later run; only lhb extract removed its own. A live process's
+    temporary file is left alone. Also before: convert made a chain of missing folders from a typo."""
+    feats = _features(tmp_path / "f.h5", 2)
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no longer runs
+    out = tmp_path / "conv"
+    out.mkdir()
+    stale = out / f".train_0_1.npy.{dead.pid}.0a1b2c3d.part"
+    live = out / f".train_0_1.len.{os.getppid()}.0a1b2c3d.part"
+    for f in (stale, live):
+        f.write_bytes(b"half")
+    convert(feats, out, "fairseq", 2)
+    assert not stale.exists() and live.exists()
+    merging = tmp_path / f".m.h5.{dead.pid}.0a1b2c3d.merging"
+    merging.write_bytes(b"half a merge")
+    p = Run(["merge", tmp_path / "m.h5", feats]).result()
+    assert p.returncode == 0 and not merging.exists(), p
+    with pytest.raises(FeaturesError, match="the folder .*nope does not exist"):
+        convert(feats, tmp_path / "nope" / "conv", "npy", 2)
+    assert not (tmp_path / "nope").exists()
