@@ -165,6 +165,10 @@ def _check_values(job: ExtractJob) -> None:
     if job.max_chunk_seconds is not None and not (
             _number(job.max_chunk_seconds) and (job.max_chunk_seconds == 0 or 1.0 <= job.max_chunk_seconds < 1e6)):
         bad("max_chunk_seconds", f"{job.max_chunk_seconds} is neither 0 (never cut) nor from 1 to 1e6 seconds")
+    if job.max_chunk_seconds is not None and (job.exact_seconds is not None or job.window_seconds != WINDOW_SECONDS
+                                              or job.context_seconds != CONTEXT_SECONDS):
+        bad("max_chunk_seconds", "sets --exact-seconds, --window-seconds and --context-seconds all at once; give it "
+            "alone, or those three instead")  # else the others were dropped without a word
     if job.exact_seconds is not None and not (
             _number(job.exact_seconds) and (job.exact_seconds == 0 or 1.0 <= job.exact_seconds < 1e6)):
         bad("exact_seconds", f"{job.exact_seconds} is neither 0 (every file exactly) nor from 1 to 1e6 seconds")
@@ -214,6 +218,12 @@ def prepare(job: ExtractJob, *, world: World | None = None, download: bool = Tru
         raise OutputError(f"{parts_dir(out)}: parts of a run with several processes are there (merged already, "
                           f"or not yet); join them and remove them with: lhb merge {out} {parts_dir(out)} --remove-parts")
     ckpt = load_checkpoint(job.checkpoint, seed=job.seed, trust=job.trust_checkpoint, progress=download)
+    if job.seed != SEED and not str(job.checkpoint).startswith("random:"):
+        warnings.warn(f"seed {job.seed} (--seed) has no effect: it seeds random:KIND checkpoints only",
+                      LightHubertWarning, stacklevel=2)
+    if job.keep_parts and not world.distributed:
+        warnings.warn("--keep-parts has no effect in a run with one process: OUTPUT is written as usual",
+                      LightHubertWarning, stacklevel=2)
     sub = _setting("subnet", ckpt.resolve_subnet, job.subnet)
     layers = _setting("layers", resolve_layers, job.layers, sub["layer_num"], ckpt.cfg.layer_norm_first)
     extractor = Extractor(ckpt, sub, dev, dtype)

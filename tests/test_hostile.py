@@ -289,6 +289,22 @@ def test_an_output_name_too_long_for_the_temporary_files_is_refused_before_any_w
         check_output_path(tmp_path / ("a" * 236 + ".h5"), resume=False, overwrite=False)
 
 
+@needs_speech
+def test_options_that_would_be_ignored_say_so(tmp_path):
+    """Before, without a word: --seed with a checkpoint file, --keep-parts in a one-process run, and
+    --window-seconds given with --max-chunk-seconds (the file then said "30 s windows")."""
+    out = tmp_path / "o.h5"
+    p = lhb("extract", UTT, out, *FAST, "--seed", "3", "--keep-parts", "-q")
+    assert p.returncode == 0 and p.stderr.splitlines() == [
+        "lhb: warning: seed 3 (--seed) has no effect: it seeds random:KIND checkpoints only",
+        "lhb: warning: --keep-parts has no effect in a run with one process: OUTPUT is written as usual"], p.stderr
+    p = lhb("extract", UTT, tmp_path / "w.h5", *FAST, "--max-chunk-seconds", "30", "--window-seconds", "20")
+    assert p.returncode == 2 and one_line(p) == (
+        "lhb: error: --max-chunk-seconds: sets --exact-seconds, --window-seconds and --context-seconds all at once; "
+        "give it alone, or those three instead"), p.stderr
+    assert not (tmp_path / "w.h5").exists()
+
+
 def test_a_planted_lock_link_is_refused_and_its_target_left_alone(tmp_path):
     """Before: a symbolic link (or a second hard name) planted as .OUTPUT.lock had its target truncated
     and overwritten with "lhb pid N on HOST" (a features file, or any file the user can write)."""
