@@ -187,6 +187,8 @@ def _check_target(path: Path, is_folder: str = "is a folder; give a file name", 
     if replaced and (kind := special_kind(path)):
         raise Fail(f"{path}: is {kind}, not a regular file; it is never replaced by one: give a file name")
     if not path.parent.is_dir():
+        if path.parent.exists():
+            raise Fail(f"{path}: {path.parent} is not a folder")
         raise Fail(f"{path}: the folder {path.parent} does not exist")
     if writable and not os.access(path.parent, os.W_OK | os.X_OK):
         raise Fail(f"{path}: the folder {path.parent} is not writable")
@@ -199,13 +201,21 @@ def _path(text: str | Path) -> Path:
     return Path(text)
 
 
+def _file_path(text: str | Path) -> Path:
+    """A path to a file to write: as :func:`_path`, and a name ending in '/' (a folder, as the user
+    wrote it) is refused instead of quietly naming a file."""
+    if isinstance(text, str) and text.endswith("/") and text.strip("/"):
+        raise typer.BadParameter(f"{text}: ends with '/', so names a folder; give a file name")
+    return _path(text)
+
+
 def _not_stdout(what: str, example: str):
     """A parser for a path to write that cannot be standard output: ``-`` is refused (saying it
     cannot hold ``what``; give ``example``) instead of making a file or folder named ``-``."""
     def parse(text: str | Path) -> Path:
         if isinstance(text, str) and text == "-":
             raise typer.BadParameter(f"'-' (standard output) cannot hold {what}; give {example}")
-        return _path(text)
+        return _file_path(text)
     return parse
 
 
@@ -357,8 +367,8 @@ def subnet_cmd(
     supernet: Annotated[Optional[Supernet], typer.Option("--supernet", help="Search space (default: both, or the checkpoint's).")] = None,
     checkpoint: Annotated[Optional[str], typer.Option(
         "--checkpoint", "-c", metavar="CKPT", help="A checkpoint: its space, its parameter count, and the source for --export.")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="FILE", help="Also write the JSON to this file.")] = None,
-    export: Annotated[Optional[Path], typer.Option("--export", metavar="OUT", help=(
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", parser=_path, metavar="FILE", help="Also write the JSON to this file.")] = None,
+    export: Annotated[Optional[Path], typer.Option("--export", parser=_path, metavar="OUT", help=(
         "Write the subnet (needs --checkpoint): OUT.pt a compact checkpoint for this package; OUT.onnx (ONNX, "
         "needs the onnx extra) or OUT.ts (TorchScript), waveforms to hidden states, runnable without it."))] = None,
     export_dtype: Annotated[Optional[SaveDtype], typer.Option(
@@ -563,12 +573,14 @@ def merge(
     parts: Annotated[Optional[list[Path]], typer.Argument(parser=_path, metavar="PARTS",
         help="Part files or folders of parts. Default: OUTPUT.parts/.", show_default=False)] = None,
     remove_parts: Annotated[bool, typer.Option("--remove-parts", help="Delete the parts once merged.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary line; errors only.")] = False,
 ) -> None:
     """Join the parts of a run with several processes (lhb extract --keep-parts) into OUTPUT.
 
     Example: lhb merge feats.h5 feats.h5.parts
     """
-    from lighthubert.storage import HDF5, OutputLock, find_parts, parts_dir, remove_parts, remove_stale_temps, resolve_link
+    from lighthubert import storage
+    from lighthubert.storage import HDF5, OutputLock, find_parts, parts_dir, remove_stale_temps, resolve_link
 
     output = resolve_link(output)  # a link's target is written, not a new file in place of the link
     _check_target(output, "is a folder, not a features file")
@@ -591,13 +603,14 @@ def merge(
         if not files:
             raise Fail(f"no parts found in {', '.join(map(str, sources))}")
         n = HDF5.merge(output, files, include_output=True)
-    err(f"merged {count(len(files), 'part')} into {output}: {count(n, 'utterance')} ({size(output.stat().st_size)})")
+    if not quiet:
+        err(f"merged {count(len(files), 'part')} into {output}: {count(n, 'utterance')} ({size(output.stat().st_size)})")
     if remove_parts:  # the files merged, nothing else: a folder given is removed only once empty
         for f in files:
             f.unlink(missing_ok=True)
         for src in sources:
             if src.is_dir() and os.path.abspath(src) == os.path.abspath(parts_dir(output)):
-                remove_parts(output)  # lhb's own folder: also its .tmp segments and notes, not other files
+                storage.remove_parts(output)  # lhb's own folder: also its .tmp segments and notes, not other files
             elif src.is_dir():
                 try:
                     src.rmdir()

@@ -18,6 +18,8 @@ def err(message: str) -> None:
     """One plain line on stderr (never wrapped); a path's undecodable bytes written ``%XX``, as in
     the features file (not Python's ``\\udcff``). When stderr's reader has gone (``2>&1 | head``, a
     ``tee`` that died) the work goes on without messages: only stdout's reader ends a command."""
+    body = message.lstrip("\n")  # a leading new line (after a terminal's ^C) is kept; any other is written \n
+    message = message[: len(message) - len(body)] + body.replace("\n", "\\n").replace("\r", "\\r")
     try:
         print(escape_name(message), file=sys.stderr, flush=True)
     except BrokenPipeError:

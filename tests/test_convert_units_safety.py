@@ -194,6 +194,9 @@ def test_merge_counts_in_words(tmp_path):
     part = _features(tmp_path / "p.h5", 1)
     p = Run(["merge", tmp_path / "m.h5", part]).result()
     assert p.returncode == 0 and p.err_lines[-1].startswith(f"merged 1 part into {tmp_path / 'm.h5'}: 1 utterance ("), p
+    assert part.is_file()  # kept without --remove-parts
+    p = Run(["merge", tmp_path / "m.h5", part, "-q"]).result()  # -q, as the other commands that write files have
+    assert p.returncode == 0 and p.err_lines == [] and part.is_file(), p
 
 
 def test_info_of_a_torchscript_export_gives_its_output_shape(tmp_path, ckpts):

@@ -305,6 +305,31 @@ def test_options_that_would_be_ignored_say_so(tmp_path):
     assert not (tmp_path / "w.h5").exists()
 
 
+@needs_speech
+def test_odd_output_paths_get_one_true_line(tmp_path):
+    """Before: 'o1.h5/x.h5' (o1.h5 a file) said "the folder o1.h5 does not exist"; 'new.h5/' quietly
+    wrote a file new.h5; 'lhb subnet -o ""' said ".: is a folder" (exit 1); a name holding a new line
+    gave a two-line error."""
+    afile = tmp_path / "o1.h5"
+    afile.write_bytes(b"x")
+    p = lhb("extract", UTT, afile / "x.h5", *FAST)
+    assert p.returncode == 1 and one_line(p) == f"lhb: error: {afile / 'x.h5'}: {afile} is not a folder", p.stderr
+    p = lhb("subnet", "--preset", "min", "--supernet", "small", "-o", afile / "s.json")
+    assert p.returncode == 1 and one_line(p) == f"lhb: error: {afile / 's.json'}: {afile} is not a folder", p.stderr
+    p = lhb("extract", UTT, f"{tmp_path}/new.h5/", *FAST)
+    assert p.returncode == 2 and one_line(p) == (f"lhb: error: OUTPUT: {tmp_path}/new.h5/: ends with '/', so names a "
+                                                 "folder; give a file name"), p.stderr
+    assert not (tmp_path / "new.h5").exists()
+    for option in ("-o", "--export"):
+        p = lhb("subnet", "--preset", "min", "-c", FAST[1], option, "")
+        assert p.returncode == 2 and one_line(p) == f"lhb: error: {'--output' if option == '-o' else '--export'}: an empty path", p.stderr
+    odd = tmp_path / "a\nb"
+    odd.mkdir()
+    (odd / "f.h5").write_bytes(b"not features")
+    p = lhb("extract", UTT, odd / "f.h5", *FAST)
+    assert p.returncode == 1 and p.stderr.count("\n") == 1 and f"{tmp_path}/a\\nb/f.h5: already exists" in p.stderr, p.stderr
+
+
 def test_a_planted_lock_link_is_refused_and_its_target_left_alone(tmp_path):
     """Before: a symbolic link (or a second hard name) planted as .OUTPUT.lock had its target truncated
     and overwritten with "lhb pid N on HOST" (a features file, or any file the user can write)."""

@@ -291,7 +291,8 @@ def check_output_path(path: str | os.PathLike, *, resume: bool, overwrite: bool,
     out = resolve_link(Path(path))
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
-        raise OutputError(f"{out}: the folder {folder} does not exist")
+        raise OutputError(f"{out}: {folder} is not a folder" if folder.exists() else
+                          f"{out}: the folder {folder} does not exist")
     try:  # the real test: permissions, read-only filesystems, ACLs
         with tempfile.TemporaryFile(dir=folder):
             pass
