@@ -8,6 +8,7 @@ learnt from), ``format`` = ``"lighthubert-kmeans"``.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import sys
@@ -140,12 +141,21 @@ def learn_file(features: str | os.PathLike, layer: int | None, clusters: int, *,
     check_seed(seed)
     with open_features(features) as f:
         layer = one_layer(f.layers, layer, features)
+        model = model_of(f.attrs)
     x = sample_frames(features, layer, max_frames, seed).to(pick_device(device))
     if len(x) < clusters:
         raise FeaturesError(f"{features}: {len(x)} frames to learn from, fewer than the {clusters} clusters asked for")
     c = learn(x, clusters, batch_size=batch_size, iterations=iterations, seed=seed, progress=progress)
     return {"format": KM_FORMAT, "centroids": c.cpu().contiguous(), "layer": int(layer), "clusters": int(clusters),
-            "inertia": inertia(x, c), "frames": len(x), "seed": int(seed), "features": str(Path(features).absolute())}
+            "inertia": inertia(x, c), "frames": len(x), "seed": int(seed), "features": str(Path(features).absolute()),
+            "model": model}
+
+
+def model_of(attrs: dict) -> dict[str, str]:
+    """What made a features file, as a k-means file records it: the checkpoint (its sha256; for
+    random weights, its name with the seed) and the subnet (canonical JSON)."""
+    ckpt = str(attrs.get("checkpoint_sha256") or "") or str(attrs.get("checkpoint", ""))
+    return {"checkpoint": ckpt, "subnet": json.dumps(attrs.get("subnet"), sort_keys=True)}
 
 
 def load_km(path: str | os.PathLike) -> dict:
@@ -183,6 +193,11 @@ def apply_file(features: str | os.PathLike, km: dict, output: str | os.PathLike,
         layer_positions(f.layers, km["layer"], features)  # the layer is there (also in a file without utterances)
         if f.dim != c.shape[1]:
             raise FeaturesError(f"{features}: features are {f.dim} wide, the centroids {c.shape[1]}")
+        learnt = km.get("model")  # absent from older k-means files: not checked
+        if isinstance(learnt, dict) and (now := model_of(f.attrs)) != learnt:
+            what = " and ".join(k for k in ("checkpoint", "subnet") if now.get(k) != learnt.get(k))
+            raise FeaturesError(f"{features}: made with another {what} than the features the k-means file was learnt "
+                                f"from ({km.get('features')}); its units would mean nothing here")
         def write(target: Path) -> None:
             _write_units(f, km, c, target, h5=out.suffix in (".h5", ".hdf5"), features=features, keys=keys,
                          dtype=dtype, progress=progress)
@@ -233,7 +248,7 @@ def describe_km(km: dict) -> dict:
     """What a k-means file from :func:`learn_file` holds, without its centroids: layer, clusters,
     width, inertia, frames, seed and the features file it was learnt from."""
     c = km.get("centroids")
-    out = {k: km.get(k) for k in ("format", "layer", "clusters", "inertia", "frames", "seed", "features")}
+    out = {k: km.get(k) for k in ("format", "layer", "clusters", "inertia", "frames", "seed", "features", "model")}
     out["dim"] = int(c.shape[1]) if isinstance(c, torch.Tensor) and c.dim() == 2 else None
     return out
 

@@ -675,6 +675,8 @@ def _info_km(path: Path, km: dict, as_json: bool) -> None:
             ("frames", f"{d['frames']:,}" if isinstance(d["frames"], int) else str(d["frames"])),
             ("inertia", f"{d['inertia']:.6g} per frame" if isinstance(d["inertia"], float) else str(d["inertia"])),
             ("seed", str(d["seed"])), ("features", str(d["features"])), ("format", str(d["format"]))]
+    if isinstance(d.get("model"), dict):  # what made the features: units apply checks it
+        rows.insert(-1, ("checkpoint", str(d["model"].get("checkpoint") or "-")))
     _table(f"{path} (k-means centroids from lhb units learn)", rows)
 
 

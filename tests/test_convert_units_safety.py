@@ -381,3 +381,28 @@ def test_leftovers_of_killed_conversions_and_merges_are_removed(tmp_path):
     with pytest.raises(FeaturesError, match="the folder .*nope does not exist"):
         convert(feats, tmp_path / "nope" / "conv", "npy", 2)
     assert not (tmp_path / "nope").exists()
+
+
+def test_units_are_taken_only_with_features_of_the_model_the_k_means_was_learnt_on(tmp_path):
+    """Before: only the width was checked, so a k-means file learnt on one checkpoint or subnet gave
+    meaningless units on the features of another of the same width, with exit 0."""
+    import h5py
+
+    from lighthubert.units import learn_file
+
+    ours = _features(tmp_path / "ours.h5", 4)
+    other_ckpt, other_subnet = _features(tmp_path / "oc.h5", 4), _features(tmp_path / "os.h5", 4)
+    with h5py.File(other_ckpt, "a") as f:
+        f.attrs["checkpoint_sha256"] = "cd"
+    with h5py.File(other_subnet, "a") as f:
+        f.attrs["subnet"] = '{"a": 2}'
+    km = learn_file(ours, 1, 2, seed=0)
+    assert km["model"] == {"checkpoint": "ab", "subnet": '{"a": 1}'}
+    assert apply_file(ours, km, tmp_path / "ok.km") == 4
+    for path, what in ((other_ckpt, "checkpoint"), (other_subnet, "subnet")):
+        with pytest.raises(FeaturesError, match=f"^{re.escape(str(path))}: made with another {what} than the features "
+                           f"the k-means file was learnt from \\({re.escape(str(ours))}\\); its units would mean nothing"):
+            apply_file(path, km, tmp_path / f"{what}.km")
+        assert not (tmp_path / f"{what}.km").exists()
+    older = {k: v for k, v in km.items() if k != "model"}  # a k-means file from before the check: not judged
+    assert apply_file(other_ckpt, older, tmp_path / "old.km") == 4

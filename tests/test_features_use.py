@@ -311,7 +311,9 @@ def test_units_learn_matches_sklearn_and_apply(feats, tmp_path):
     info = runs[3].result()
     assert info.returncode == 0 and json.loads(info.stdout) == {
         "format": "lighthubert-kmeans", "layer": LAYER, "clusters": 20, "dim": 256, "inertia": km["inertia"],
-        "frames": km["frames"], "seed": 3, "features": str(path.resolve())}, info
+        "frames": km["frames"], "seed": 3, "features": str(path.resolve()), "model": km["model"]}, info
+    with h5py.File(path) as f:  # what made the features, which units apply checks
+        assert km["model"] == {"checkpoint": f.attrs["checkpoint"], "subnet": json.dumps(json.loads(f.attrs["subnet"]), sort_keys=True)}
     assert runs[0].result().returncode == 0, runs[0].result()
     assert keyed.read_text().splitlines() == [f"{k} {line}" for k, line in zip(keys, lines)]
     stdout = runs[2].result()  # "-": the text on standard output, the message on standard error
