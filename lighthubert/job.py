@@ -232,6 +232,7 @@ def prepare(job: ExtractJob, *, world: World | None = None, download: bool = Tru
     exact, window, context = long_settings(job, dev)
     attrs = run_attrs(
         layers=layers, subnet=sub, checkpoint=ckpt.name, checkpoint_sha256=ckpt.sha256, normalize=ckpt.normalize,
+        supernet_sha256=ckpt.meta.get("source_sha256") or ckpt.sha256,
         random_weights=ckpt.random, params=extractor.params, dtype=job.save_dtype,
         compute_dtype=str(dtype).replace("torch.", ""), version=__version__,
         exact_seconds=exact, window_seconds=window, context_seconds=context, num_layers=sub["layer_num"],

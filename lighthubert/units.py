@@ -152,9 +152,10 @@ def learn_file(features: str | os.PathLike, layer: int | None, clusters: int, *,
 
 
 def model_of(attrs: dict) -> dict[str, str]:
-    """What made a features file, as a k-means file records it: the checkpoint (its sha256; for
-    random weights, its name with the seed) and the subnet (canonical JSON)."""
-    ckpt = str(attrs.get("checkpoint_sha256") or "") or str(attrs.get("checkpoint", ""))
+    """What made a features file, as a k-means file records it: the supernet's weights (the sha256
+    of the supernet file, also when an exported subnet of it ran; for random weights, the checkpoint's
+    name with the seed) and the subnet (canonical JSON)."""
+    ckpt = str(attrs.get("supernet_sha256") or attrs.get("checkpoint_sha256") or "") or str(attrs.get("checkpoint", ""))
     return {"checkpoint": ckpt, "subnet": json.dumps(attrs.get("subnet"), sort_keys=True)}
 
 

@@ -393,7 +393,7 @@ def test_units_are_taken_only_with_features_of_the_model_the_k_means_was_learnt_
     ours = _features(tmp_path / "ours.h5", 4)
     other_ckpt, other_subnet = _features(tmp_path / "oc.h5", 4), _features(tmp_path / "os.h5", 4)
     with h5py.File(other_ckpt, "a") as f:
-        f.attrs["checkpoint_sha256"] = "cd"
+        f.attrs["checkpoint_sha256"] = f.attrs["supernet_sha256"] = "cd"
     with h5py.File(other_subnet, "a") as f:
         f.attrs["subnet"] = '{"a": 2}'
     km = learn_file(ours, 1, 2, seed=0)
@@ -406,3 +406,19 @@ def test_units_are_taken_only_with_features_of_the_model_the_k_means_was_learnt_
         assert not (tmp_path / f"{what}.km").exists()
     older = {k: v for k, v in km.items() if k != "model"}  # a k-means file from before the check: not judged
     assert apply_file(other_ckpt, older, tmp_path / "old.km") == 4
+
+
+def test_features_of_an_exported_subnet_name_the_supernet_they_come_from(ckpts, tmp_path):
+    """A k-means file learnt on features of `-c small --subnet X` applies to those of `-c x.pt` (X
+    exported from it): the same numbers. `supernet_sha256` is the supernet's for both."""
+    import lighthubert
+    from lighthubert.job import ExtractJob, prepare
+
+    wav = tmp_path / "a.wav"
+    import soundfile as sf
+    sf.write(str(wav), np.zeros(16000, np.float32), 16000)
+    exported = lighthubert.export_subnet(ckpts["small"], "min", tmp_path / "min.pt")
+    direct = prepare(ExtractJob(input=wav, output=tmp_path / "d.h5", checkpoint=ckpts["small"].source, subnet="min"))
+    via = prepare(ExtractJob(input=wav, output=tmp_path / "e.h5", checkpoint=exported))
+    assert ckpts["small"].sha256 and direct.attrs["supernet_sha256"] == via.attrs["supernet_sha256"] == ckpts["small"].sha256
+    assert via.attrs["checkpoint_sha256"] != ckpts["small"].sha256

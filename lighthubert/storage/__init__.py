@@ -200,10 +200,11 @@ def resampler() -> str:
 def run_attrs(*, layers: list[int], subnet: dict, checkpoint: str, checkpoint_sha256: str | None,
               normalize: bool, random_weights: bool, params: int, dtype: str, compute_dtype: str, version: str,
               exact_seconds: float, window_seconds: float, context_seconds: float, num_layers: int,
-              embed_dim: int) -> dict[str, Any]:
+              embed_dim: int, supernet_sha256: str | None = None) -> dict[str, Any]:
     """The root attributes of a features file. ``layers``: hidden-state indices, or ``[-1]`` for the
     final output of a pre-norm model; ``dtype`` is the stored dtype, ``compute_dtype`` the model's.
-    Long files: exact up to ``exact_seconds`` (0: all), windowed (window, context) beyond."""
+    Long files: exact up to ``exact_seconds`` (0: all), windowed (window, context) beyond.
+    ``supernet_sha256``: the supernet file the weights come from (an exported subnet's source)."""
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -216,6 +217,7 @@ def run_attrs(*, layers: list[int], subnet: dict, checkpoint: str, checkpoint_sh
         "embed_dim": int(embed_dim),
         "checkpoint": checkpoint,
         "checkpoint_sha256": checkpoint_sha256 or "",
+        "supernet_sha256": supernet_sha256 or checkpoint_sha256 or "",
         "random_weights": bool(random_weights),
         "normalize": bool(normalize),
         "dtype": dtype,
