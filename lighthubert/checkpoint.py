@@ -198,7 +198,14 @@ def _read_pickle(data: bytes, where: str, trust: bool) -> Any:
         raise CheckpointError(f"{where}: truncated checkpoint: a zip archive (torch.save's format) without its end "
                               f"({len(data):,} bytes); download or copy it again")
     if not zipped and data[:1] != b"\x80":  # neither torch.save's zip nor a (legacy) binary pickle
-        what = "a text file" if _is_text(data[:4096]) else "neither a zip archive nor a pickle"
+        head = data[:4096]
+        if not head.strip(b"\0"):
+            raise CheckpointError(f"{where}: not a PyTorch checkpoint: only zero bytes at its start (a file made but never "
+                                  "written, or a copy that failed?)")
+        if head.lstrip()[:1] in (b"{", b"[") and b'"embed_dim"' in head:
+            raise CheckpointError(f"{where}: a subnet JSON file, not a checkpoint (lhb subnet --subnet {where} describes "
+                                  "it; lhb extract takes it as --subnet, with the supernet as -c)")
+        what = "a text file" if _is_text(head) else "neither a zip archive nor a pickle"
         raise CheckpointError(f"{where}: not a PyTorch checkpoint ({what}); give a .pt file written by torch.save")
     if not zipped and TORCH_LEGACY_MAGIC not in data[:32]:  # pickle.dump's file: torch.load cannot read it at all
         raise CheckpointError(f"{where}: not a PyTorch checkpoint (a plain pickle, not a file written by torch.save)")

@@ -332,8 +332,9 @@ def extract(
         raise typer.Exit(130 if received and received[0] == signal.SIGINT else 143)
     if not quiet and world.rank == 0:
         speed = summary.seconds / summary.wall if summary.wall else 0.0
-        err(f"done: {count(summary.files, 'file')}, {hms(summary.seconds)} of audio in {hms(summary.wall)} "
-            f"({speed:,.0f}x real time); {summary.output} ({size(_size_of(summary.output))}) holds "
+        what = (f"{count(summary.files, 'file')}, {hms(summary.seconds)} of audio in {hms(summary.wall)} "
+                f"({speed:,.0f}x real time)") if summary.files or summary.skipped else "nothing left to do"
+        err(f"done: {what}; {summary.output} ({size(_size_of(summary.output))}) holds "
             f"{count(summary.done_before + summary.files, 'utterance')}"
             + (f"; skipped {len(summary.skipped)}" if summary.skipped else ""))
     if verbose and not quiet:
@@ -402,6 +403,8 @@ def subnet_cmd(
     from lighthubert.checkpoint import check_seed
 
     check_seed(seed)  # --sample's and random:*'s seed: the range of lhb extract --seed
+    if preset is not None and preset not in ("default", "max", "min"):  # "" included: not the default quietly
+        raise Fail(f"--preset: {preset!r} is not one of default, max, min", EXIT_USAGE)
     if export is not None and checkpoint is None:
         raise Fail("--export needs --checkpoint (the supernet to cut the subnet from)", EXIT_USAGE)
     if export is None and (export_dtype is not None or layers is not None):

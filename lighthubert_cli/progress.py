@@ -103,6 +103,8 @@ class Reporter:
             return
         if done_before:
             err(f"resuming: {count(done_before, 'utterance')} already in the file, {files} to do")
+        if not files:  # nothing to extract: no bar, no "extracting 0 files"
+            return
         if self.plain:
             err(f"extracting {count(files, 'file')}, {hms(seconds)} of audio")
             return

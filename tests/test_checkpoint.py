@@ -167,6 +167,21 @@ def test_refuses_a_truncated_checkpoint(tmp_path, ckpt_files):
     refused(path)
 
 
+def test_a_zeroed_file_and_a_subnet_json_given_as_checkpoints_are_named(tmp_path):
+    """Before: both were "not a PyTorch checkpoint (a text file)": zero bytes decode as text, and a
+    subnet JSON given to -c (or lhb info) got no hint where it goes."""
+    import json
+
+    zeros, sub = tmp_path / "z.pt", tmp_path / "sub.json"
+    zeros.write_bytes(bytes(1 << 20))
+    sub.write_text(json.dumps(lighthubert.SPACES["small"].min_subnet))
+    with pytest.raises(CheckpointError, match=r"z\.pt: not a PyTorch checkpoint: only zero bytes at its start"):
+        load_checkpoint(zeros)
+    with pytest.raises(CheckpointError, match=r"sub\.json: a subnet JSON file, not a checkpoint \(lhb subnet --subnet "
+                       r".*sub\.json describes it; lhb extract takes it as --subnet, with the supernet as -c\)"):
+        load_checkpoint(sub)
+
+
 def test_refuses_missing_and_folder(tmp_path):
     refused(tmp_path / "nope.pt")
     refused(tmp_path)

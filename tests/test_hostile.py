@@ -330,6 +330,21 @@ def test_odd_output_paths_get_one_true_line(tmp_path):
     assert p.returncode == 1 and p.stderr.count("\n") == 1 and f"{tmp_path}/a\\nb/f.h5: already exists" in p.stderr, p.stderr
 
 
+@needs_speech
+def test_an_empty_preset_and_a_resume_with_nothing_left_say_what_they_are(tmp_path):
+    """Before: --preset "" printed both supernets' defaults with exit 0; a resume with nothing left said
+    "extracting 0 files" and "done: 0 files, 0:00 of audio in 0:00 (0x real time)"."""
+    p = lhb("subnet", "--preset", "")
+    assert p.returncode == 2 and one_line(p) == "lhb: error: --preset: '' is not one of default, max, min" and not p.stdout
+    out = tmp_path / "o.h5"
+    assert lhb("extract", UTT, out, *FAST, "-q").returncode == 0
+    p = lhb("extract", UTT, out, *FAST, "--resume")
+    assert p.returncode == 0, p.stderr
+    lines = p.stderr.splitlines()
+    assert lines[-2:] == ["resuming: 1 utterance already in the file, 0 to do",
+                          f"done: nothing left to do; {out} ({lines[-1].split('(')[1].split(')')[0]}) holds 1 utterance"], lines
+
+
 def test_a_planted_lock_link_is_refused_and_its_target_left_alone(tmp_path):
     """Before: a symbolic link (or a second hard name) planted as .OUTPUT.lock had its target truncated
     and overwritten with "lhb pid N on HOST" (a features file, or any file the user can write)."""
