@@ -172,7 +172,16 @@ def one_layer(stored: list[int], layer: int | None, path: Path | str = "") -> in
 
 
 def read_layers(ds: h5py.Dataset, stored: list[int], layer: Layers, path: Path | str = "") -> np.ndarray:
-    """Read ``layer`` of one dataset: (T, D) for one layer, (L, T, D) for a list / "all"."""
+    """Read ``layer`` of one dataset: (T, D) for one layer, (L, T, D) for a list / "all". A dataset
+    too large for memory (a damaged or hostile file can declare any shape) is a :class:`FeaturesError`."""
+    try:
+        return _read_layers(ds, stored, layer, path)
+    except MemoryError:
+        raise FeaturesError(f"{path}: {ds.name.removeprefix('/' + GROUP + '/')}: declares {ds.shape} features "
+                            f"({ds.size * ds.dtype.itemsize / 2**30:,.1f} GiB), more than memory holds") from None
+
+
+def _read_layers(ds: h5py.Dataset, stored: list[int], layer: Layers, path: Path | str = "") -> np.ndarray:
     pos = layer_positions(stored, layer, path)
     if pos is None:
         return ds[()]

@@ -422,3 +422,22 @@ def test_features_of_an_exported_subnet_name_the_supernet_they_come_from(ckpts, 
     via = prepare(ExtractJob(input=wav, output=tmp_path / "e.h5", checkpoint=exported))
     assert ckpts["small"].sha256 and direct.attrs["supernet_sha256"] == via.attrs["supernet_sha256"] == ckpts["small"].sha256
     assert via.attrs["checkpoint_sha256"] != ckpts["small"].sha256
+
+
+def test_a_dataset_declaring_more_than_memory_is_named(tmp_path):
+    """A damaged or hostile 1 MB file declaring a (1e10, 4) chunked dataset. Before: 'lhb: internal
+    error: MemoryError: Unable to allocate ...', naming neither the file nor the key."""
+    import h5py
+
+    from lighthubert.reader import open_features
+
+    path = _features(tmp_path / "f.h5", 2, layers=[1])
+    with h5py.File(path, "a") as f:
+        attrs = dict(f["features/u0"].attrs)
+        del f["features/u0"]
+        f.create_dataset("features/u0", shape=(10**13, 4), dtype="float32", chunks=(1024, 4)).attrs.update(attrs)
+    with open_features(path) as f, pytest.raises(FeaturesError, match=rf"^{re.escape(str(path))}: u0: declares "
+                                                                       r"\(10000000000000, 4\) features \(149,011.6 GiB\), more than memory holds"):
+        f.get("u0")
+    p = Run(["convert", path, tmp_path / "npy", "--format", "npy"]).result()
+    assert p.returncode == 1 and one_line(p).startswith(f"lhb: error: {path}: u0: declares"), p
