@@ -872,7 +872,12 @@ def _main_options(
 _signals: list[int] = []
 
 
-def _on_signal(signum: int, frame: object) -> None:
+def _on_signal(signum: int, frame) -> None:
+    if frame is not None and (frame.f_code.co_name == "__del__" or frame.f_code.co_filename.endswith("weakref.py")):
+        # an exception raised in a finaliser or weakref callback is only printed ("Exception ignored in ..."),
+        # and the command would go on: the signal comes again in a moment, in the command's own code
+        threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+        return
     _signals.append(signum)
     raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 

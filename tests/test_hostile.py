@@ -459,6 +459,28 @@ def test_subnet_json_errors_from_the_command(tmp_path):
 
 
 @needs_speech
+def test_a_signal_inside_a_finaliser_comes_again_in_the_command(monkeypatch):
+    """Before: SIGTERM landing in a weakref callback during lhb merge (h5py's object cleanup) raised
+    there, where Python only prints "Exception ignored in ...": a traceback on stderr, the merge went on
+    and finished, then the command said "terminated" with 143. Now the signal is sent again a moment
+    later, to land in the command's own code."""
+    import threading
+    import types
+
+    from lighthubert_cli import main
+
+    again = []
+    monkeypatch.setattr(threading, "Timer", lambda delay, fn, args: types.SimpleNamespace(
+        start=lambda: again.append((delay, fn, args))))
+    monkeypatch.setattr(main, "_signals", [])
+    in_callback = types.SimpleNamespace(f_code=types.SimpleNamespace(co_name="remove", co_filename="/usr/lib/python3.11/weakref.py"))
+    main._on_signal(signal.SIGTERM, in_callback)  # does not raise there
+    assert again == [(0.05, os.kill, (os.getpid(), signal.SIGTERM))] and main._signals == []
+    with pytest.raises(main.Terminated):
+        main._on_signal(signal.SIGTERM, sys._getframe())  # in ordinary code: at once
+    assert main._signals == [signal.SIGTERM]
+
+
 def test_a_second_sigterm_stops_at_once_with_143(tmp_path):
     wave = load_audio(UTT)
     sf.write(tmp_path / "long.wav", np.tile(wave, 100 * 16000 // len(wave)), 16000)  # 100 s: one batch
