@@ -341,7 +341,7 @@ def test_an_empty_preset_and_a_resume_with_nothing_left_say_what_they_are(tmp_pa
     p = lhb("extract", UTT, out, *FAST, "--resume")
     assert p.returncode == 0, p.stderr
     lines = p.stderr.splitlines()
-    assert lines[-2:] == ["resuming: 1 utterance already in the file, 0 to do",
+    assert lines[-2:] == ["resuming: 1 utterance already done, 0 to do",
                           f"done: nothing left to do; {out} ({lines[-1].split('(')[1].split(')')[0]}) holds 1 utterance"], lines
 
 
