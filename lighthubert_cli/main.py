@@ -285,6 +285,9 @@ def extract(
     world = detect_world()
     _quiet_hub(checkpoint)
     plan = prepare(job, world=world, download=not (quiet or world.rank != 0))
+    if output.suffix.lower() not in (".h5", ".hdf5", ".hdf", ".he5") and world.rank == 0:
+        err(f"lhb: warning: {output}: is written as HDF5 whatever its name says (lhb convert writes .npy, fairseq "
+            "and Kaldi files from it)")
     if max_chunk_seconds is not None and world.rank == 0:
         err("lhb: note: --max-chunk-seconds is deprecated; use --exact-seconds, --window-seconds and "
             "--context-seconds (long files now keep every frame)")

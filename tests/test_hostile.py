@@ -323,6 +323,9 @@ def test_odd_output_paths_get_one_true_line(tmp_path):
     for option in ("-o", "--export"):
         p = lhb("subnet", "--preset", "min", "-c", FAST[1], option, "")
         assert p.returncode == 2 and one_line(p) == f"lhb: error: {'--output' if option == '-o' else '--export'}: an empty path", p.stderr
+    p = lhb("extract", UTT, tmp_path / "x.npy", *FAST, "-q")  # before: HDF5 under a .npy name, without a word
+    assert p.returncode == 0 and one_line(p) == (f"lhb: warning: {tmp_path / 'x.npy'}: is written as HDF5 whatever its "
+                                                 "name says (lhb convert writes .npy, fairseq and Kaldi files from it)"), p.stderr
     odd = tmp_path / "a\nb"
     odd.mkdir()
     (odd / "f.h5").write_bytes(b"not features")
