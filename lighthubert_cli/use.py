@@ -139,7 +139,7 @@ def learn(
     max_frames: Annotated[int, typer.Option(
         "--max-frames", min=1, help="Frames to learn from: utterances in a seeded random order until this many.")] = MAX_FRAMES,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Frames per mini-batch (>= frames: plain k-means).")] = BATCH_SIZE,
-    iterations: Annotated[int, typer.Option("--iterations", min=1, help="Mini-batch steps.")] = ITERATIONS,
+    iterations: Annotated[int, typer.Option("--iterations", min=1, max=1_000_000, help="Mini-batch steps.")] = ITERATIONS,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the frame sample, the k-means++ start and the batches.")] = KMEANS_SEED,
     device: DeviceOpt = DEVICE,
     overwrite: OverwriteOpt = False,
