@@ -362,7 +362,9 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
     except OSError as err:
         raise AudioError(f"cannot read: {err.strerror or err}") from None
     if data.size == 0:
-        raise AudioError("no samples")
+        size = os.path.getsize(path)
+        raise AudioError("no samples" + (f" (its header says none, yet the file holds {size:,} bytes: a recording whose "
+                                         "writer never filled in the length?)" if size > 8192 else ""))
     peak = sample_peak(data)
     if not math.isfinite(peak):
         raise AudioError("holds NaN or infinite samples")

@@ -212,3 +212,22 @@ def test_a_flac_header_without_a_true_length_is_named(tmp_path):
             load_audio(path)
         assert audio_frames(path) is None  # "unknown" for planning, not 1193 hours
     assert audio_frames(whole) == (len(NOISE), RATE) and len(load_audio(whole)) == len(NOISE)
+
+
+def test_a_wav_whose_length_was_never_filled_in_says_so(tmp_path):
+    """A WAV whose data size a streaming writer left at 0, with the samples after it. Before: "no
+    samples", though the file holds 32 KB of them."""
+    from lighthubert.audio import AudioError, load_audio
+
+    path = tmp_path / "rec.wav"
+    sf.write(str(path), NOISE[:RATE], RATE, subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<I", data, data.index(b"data") + 4, 0)
+    path.write_bytes(bytes(data))
+    with pytest.raises(AudioError, match=f"^no samples \\(its header says none, yet the file holds {len(data):,} bytes: "
+                       "a recording whose writer never filled in the length\\?\\)$"):
+        load_audio(path)
+    empty = tmp_path / "empty.wav"
+    sf.write(str(empty), np.zeros(0, np.float32), RATE)
+    with pytest.raises(AudioError, match="^no samples$"):  # a file that is only a header: just that
+        load_audio(empty)
