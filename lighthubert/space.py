@@ -296,6 +296,13 @@ def subnet_from_text(text: str, space: SearchSpace) -> dict:
         is_file = False
     if not is_file:
         shown = repr(text) if len(text) <= 80 else repr(text[:60]) + f" ... ({len(text):,} characters)"
+        try:
+            there = path.exists()
+        except (OSError, ValueError):
+            there = False
+        if there:  # a folder, a FIFO, /dev/stdin: never read as a file (a FIFO could wait forever)
+            raise SubnetError(f"{path}: not a regular file, so not a JSON file to read (lhb reads a subnet piped to "
+                              "it with --subnet -)")
         raise SubnetError(f"{shown} is not a preset (default, max, min), inline JSON or an existing JSON file")
     try:
         data = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not JSON

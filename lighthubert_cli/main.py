@@ -194,6 +194,22 @@ def _check_target(path: Path, is_folder: str = "is a folder; give a file name", 
         raise Fail(f"{path}: the folder {path.parent} is not writable")
 
 
+def _subnet_text(text: str | None) -> str | None:
+    """``--subnet``: ``-`` is the JSON on standard input (``lhb subnet ... | lhb extract ... -s -``)."""
+    if text != "-":
+        return text
+    if sys.stdin is None or sys.stdin.isatty():
+        raise Fail("--subnet -: reads the subnet JSON from standard input, which is a terminal; pipe it in", EXIT_USAGE)
+    data = sys.stdin.read(MAX_SUBNET_TEXT + 1)
+    if len(data) > MAX_SUBNET_TEXT or not data.strip():
+        raise Fail(f"--subnet -: standard input held {'no' if not data.strip() else 'more than a'} subnet JSON", EXIT_USAGE)
+    return data
+
+
+MAX_SUBNET_TEXT = 1 << 20
+"""The most of standard input ``--subnet -`` reads (a subnet JSON is a few hundred bytes)."""
+
+
 def _path(text: str | Path) -> Path:
     """A path argument; an empty one (an unset shell variable) is refused instead of meaning '.'."""
     if isinstance(text, str) and not text.strip():
@@ -232,7 +248,7 @@ def extract(
     checkpoint: CheckpointOpt = defaults.CHECKPOINT,
     subnet: Annotated[Optional[str], typer.Option(
         "--subnet", "-s", metavar="SPEC",
-        help="Subnet: a preset (default, max, min), a JSON file, or inline JSON. Default: the checkpoint's.")] = None,
+        help="Subnet: a preset (default, max, min), a JSON file, inline JSON, or - (JSON on standard input). Default: the checkpoint's.")] = None,
     layers: Annotated[str, typer.Option(
         "--layers", "-l", help="last, all, or comma-separated hidden-state indices (0 = projected conv features).")] = defaults.LAYERS,
     device: Annotated[str, typer.Option("--device", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N.")] = defaults.DEVICE,
@@ -274,6 +290,7 @@ def extract(
     from lighthubert.pipeline import StrictStop
     from lighthubert.storage import OutputBroken
 
+    subnet = _subnet_text(subnet)
     job = ExtractJob(
         input=input, output=output, checkpoint=checkpoint, subnet=subnet, layers=layers, device=device,
         dtype=dtype.value, save_dtype=save_dtype.value, batch_seconds=batch_seconds,
@@ -367,7 +384,7 @@ def subnet_cmd(
         "--params", "-p", help="Parameter budget (30M, 30m, 3e7, 30000000): the largest subnet not above it.")] = None,
     preset: Annotated[Optional[str], typer.Option("--preset", help="default, max or min.")] = None,
     sample: Annotated[Optional[int], typer.Option("--sample", min=1, max=10_000, help="Sample N random subnets (with --seed).")] = None,
-    subnet: Annotated[Optional[str], typer.Option("--subnet", "-s", metavar="SPEC", help="A JSON file or inline JSON to check and show.")] = None,
+    subnet: Annotated[Optional[str], typer.Option("--subnet", "-s", metavar="SPEC", help="A JSON file, inline JSON or - (standard input) to check and show.")] = None,
     supernet: Annotated[Optional[Supernet], typer.Option("--supernet", help="Search space (default: both, or the checkpoint's).")] = None,
     checkpoint: Annotated[Optional[str], typer.Option(
         "--checkpoint", "-c", metavar="CKPT", help="A checkpoint: its space, its parameter count, and the source for --export.")] = None,
@@ -400,6 +417,7 @@ def subnet_cmd(
         subnet_in_spaces,
     )
 
+    subnet = _subnet_text(subnet)
     chosen = [name for name, v in (("--params", params), ("--preset", preset), ("--sample", sample), ("--subnet", subnet)) if v is not None]
     if len(chosen) > 1:
         raise Fail(f"give one of --params, --preset, --sample, --subnet (got {', '.join(chosen)})", EXIT_USAGE)

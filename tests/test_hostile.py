@@ -350,6 +350,26 @@ def test_an_empty_preset_and_a_resume_with_nothing_left_say_what_they_are(tmp_pa
                           f"done: nothing left to do; {out} ({lines[-1].split('(')[1].split(')')[0]}) holds 1 utterance"], lines
 
 
+@needs_speech
+def test_a_subnet_is_read_from_standard_input_with_dash(tmp_path):
+    """`lhb subnet ... | lhb extract ... -s -`. Before: "'-' is not a preset ..., inline JSON or an existing
+    JSON file", and -s /dev/stdin (which exists) was said not to exist."""
+    sub = json.dumps({**lighthubert.SPACES["small"].min_subnet, "supernet": "small"})  # as lhb subnet prints it
+    out = tmp_path / "o.h5"
+    args = [*lhb_prefix(), "extract", str(UTT), str(out), "-c", "random:small", "--layers", "1", "--device", "cpu",
+            "-q", "-s", "-"]
+    p = subprocess.run(args, input=sub + "\n", capture_output=True, text=True, env=_env(), timeout=300)
+    assert p.returncode == 0, p.stderr
+    with h5py.File(out) as f:
+        stored = json.loads(f.attrs["subnet"])
+    assert {k: stored[k] for k in lighthubert.SPACES["small"].min_subnet} == lighthubert.SPACES["small"].min_subnet
+    p = subprocess.run(args, input="", capture_output=True, text=True, env=_env(), timeout=300)
+    assert p.returncode == 2 and one_line(p) == "lhb: error: --subnet -: standard input held no subnet JSON", p.stderr
+    p = lhb("subnet", "-s", "/dev/stdin")
+    assert p.returncode == 2 and one_line(p) == ("lhb: error: --subnet: /dev/stdin: not a regular file, so not a JSON "
+                                                 "file to read (lhb reads a subnet piped to it with --subnet -)"), p.stderr
+
+
 def test_a_planted_lock_link_is_refused_and_its_target_left_alone(tmp_path):
     """Before: a symbolic link (or a second hard name) planted as .OUTPUT.lock had its target truncated
     and overwritten with "lhb pid N on HOST" (a features file, or any file the user can write)."""
