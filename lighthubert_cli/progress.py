@@ -95,6 +95,7 @@ class Reporter:
         self.files = self.total = 0
         self.seconds = self.total_seconds = 0.0
         self.t0 = self.last = time.monotonic()
+        self.said: tuple[int, float] | None = None  # the counts of the last plain line printed
 
     def start(self, files: int, seconds: float, done_before: int) -> None:
         self.total, self.total_seconds = files, seconds
@@ -125,8 +126,9 @@ class Reporter:
             self.progress.update(self.task, completed=self.total_seconds if finished else min(self.seconds, self.total_seconds))
             return
         now = time.monotonic()
-        if now - self.last >= self.every or finished:
-            self.last = now
+        final = finished and self.said != (self.files, self.seconds)  # the last line once (ranks tick after it)
+        if now - self.last >= self.every or final:
+            self.last, self.said = now, (self.files, self.seconds)
             err(progress_line(self))
 
     def skipped(self, item: Item, reason: str) -> None:
