@@ -424,8 +424,6 @@ def subnet_cmd(
     from lighthubert.checkpoint import check_seed
 
     check_seed(seed)  # --sample's and random:*'s seed: the range of lhb extract --seed
-    if preset is not None and preset not in ("default", "max", "min"):  # "" included: not the default quietly
-        raise Fail(f"--preset: {preset!r} is not one of default, max, min", EXIT_USAGE)
     if export is not None and checkpoint is None:
         raise Fail("--export needs --checkpoint (the supernet to cut the subnet from)", EXIT_USAGE)
     if export is None and (export_dtype is not None or layers is not None):
@@ -471,9 +469,9 @@ def subnet_cmd(
             results.append((ckpt.resolve_subnet(subnet), space_names[0]) if ckpt
                            else subnet_in_spaces(subnet, space_names))
         else:
-            name = preset or "default"
+            name = "default" if preset is None else preset  # "" is refused as unknown, not taken as the default
             for n in space_names:
-                results.append((SPACES[n].preset(name) if ckpt is None or ckpt.kind != "student_hubert" or preset
+                results.append((SPACES[n].preset(name) if ckpt is None or ckpt.kind != "student_hubert" or preset is not None
                                 else ckpt.default_subnet, n))
     except SubnetError as e:  # named by the option that gave the value
         raise Fail(f"{chosen[0]}: {e}" if chosen else str(e), EXIT_USAGE) from None
