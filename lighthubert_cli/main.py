@@ -103,11 +103,17 @@ _stop_said: list[int] = []
 
 
 def _say_stopped(terminated: bool) -> int:
-    """The one line for a stop by signal (printed once per process); returns the exit status."""
+    """The one line for a stop by signal (printed once per process, with :data:`_stop_hint` when a
+    command set one); returns the exit status."""
     if not _stop_said:
-        err("lhb: terminated" if terminated else "lhb: interrupted")
+        err(("lhb: terminated" if terminated else "lhb: interrupted") + "".join(f"; {h}" for h in _stop_hint[-1:]))
         _stop_said.append(1)
     return 143 if terminated else 130
+
+
+_stop_hint: list[str] = []
+"""What to do after a stop at once, for the line :func:`_say_stopped` prints (set by a command once it
+has work to keep)."""
 
 
 def _one_line_errors(command):
@@ -329,6 +335,7 @@ def extract(
             "signal again to stop at once")
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    _stop_hint.append(f"what was committed is kept; run the same command with --resume to complete {output}")
     try:
         summary = execute(plan, Reporter(quiet=quiet, strict=strict), stop)
     except StrictStop as e:

@@ -529,7 +529,8 @@ def test_a_second_sigterm_stops_at_once_with_143(tmp_path):
         proc.kill()
         proc.stderr.close()
     assert proc.returncode == 143, err
-    assert "lhb: terminated" in err and "Traceback" not in err
+    assert "Traceback" not in err and err.splitlines()[-1] == (  # before: no word of what to do next
+        f"lhb: terminated; what was committed is kept; run the same command with --resume to complete {out}"), err
 
 
 # ----------------------------------------------------------------------------- OUTPUT
