@@ -290,8 +290,7 @@ def _claim(plan: Plan) -> set[str]:
     existing = backend.committed(out, plan.attrs, include_output=job.resume)
     check_against(plan.items, existing, str(out))
     if existing:
-        _refuse_renamed_keys(plan, existing)
-        _say_if_made_from_other_files(plan, existing)
+        _check_kept_sources(plan, existing)
     finished_path(out).unlink(missing_ok=True)  # this run is claiming the parts: written again when it ends well
     return existing
 
@@ -301,42 +300,37 @@ SOURCES_CHECKED = 64
 INPUT's (reading each costs about 0.1 ms; all of them could take a minute on a large corpus)."""
 
 
-def _refuse_renamed_keys(plan: Plan, existing: set[str]) -> None:
-    """An :class:`OutputError` when keys OUTPUT holds were made from files INPUT now gives under other
-    keys (checked on a seeded sample of the keys INPUT no longer has): a line added to a list outside
-    its common folder renames every key, and resuming would store each utterance twice."""
+def _check_kept_sources(plan: Plan, existing: set[str]) -> None:
+    """Compare the audio paths OUTPUT recorded with INPUT's, on seeded samples read in one pass:
+    - keys INPUT no longer has, made from files INPUT now gives under other keys, are an
+      :class:`OutputError` (a line added to a list outside its common folder renames every key, and
+      resuming would store each utterance twice);
+    - kept keys made from other files than INPUT names for them are a
+      :class:`~lighthubert.errors.LightHubertWarning` (INPUT is another folder with the same file names,
+      or the corpus moved); they are kept, not redone."""
     current = {it.key for it in plan.items}
     gone = sorted(existing - current)
-    if not gone:
-        return
-    sample = random.Random(0).sample(gone, min(SOURCES_CHECKED, len(gone)))
-    out = plan.output
-    files = [path for path in (out, *find_committed(out, plan.backend.suffix)) if path.exists()]
-    stored = plan.backend.sources(files, sample)
-    now = {source_text(it.path): it.key for it in plan.items}
-    renamed = [(k, src, now[src]) for k, src in sorted(stored.items()) if src in now]
-    if renamed:
-        key, src, new = renamed[0]
-        raise OutputError(f"{out}: holds {key!r}, made from {src}, which INPUT now names {new!r}: the keys changed "
-                          "(a list's common folder moved?), and resuming would store every such file twice; give the "
-                          "same INPUT as before, or another OUTPUT (or --overwrite to start again)")
-
-
-def _say_if_made_from_other_files(plan: Plan, existing: set[str]) -> None:
-    """A :class:`~lighthubert.errors.LightHubertWarning` when utterances OUTPUT keeps were made from
-    other files than INPUT names for the same keys (checked on a seeded sample): INPUT is another
-    folder with the same file names, or the corpus moved. They are kept, not redone."""
+    gone = random.Random(0).sample(gone, min(SOURCES_CHECKED, len(gone)))
     kept = [it for it in plan.items if it.key in existing]  # list_inputs' stable order: the sample is seeded
     wanted = {it.key: source_text(it.path) for it in random.Random(0).sample(kept, min(SOURCES_CHECKED, len(kept)))}
-    if not wanted:
+    if not gone and not wanted:
         return
     out = plan.output
     files = [path for path in (out, *find_committed(out, plan.backend.suffix)) if path.exists()]  # OUTPUT may not be there yet
-    stored = plan.backend.sources(files, wanted)
-    other = [(k, v) for k, v in sorted(stored.items()) if v != wanted[k]]
+    stored = plan.backend.sources(files, [*gone, *wanted])
+    if gone:
+        now = {source_text(it.path): it.key for it in plan.items}
+        renamed = [(k, stored[k], now[stored[k]]) for k in sorted(gone) if stored.get(k) in now]
+        if renamed:
+            key, src, new = renamed[0]
+            raise OutputError(f"{out}: holds {key!r}, made from {src}, which INPUT now names {new!r}: the keys changed "
+                              "(a list's common folder moved?), and resuming would store every such file twice; give "
+                              "the same INPUT as before, or another OUTPUT (or --overwrite to start again)")
+    checked = sorted(k for k in wanted if k in stored)
+    other = [(k, stored[k]) for k in checked if stored[k] != wanted[k]]
     if other:
         key, was = other[0]
-        warnings.warn(f"{out}: {len(other)} of {len(stored)} utterances checked were made from other files than INPUT "
+        warnings.warn(f"{out}: {len(other)} of {len(checked)} utterances checked were made from other files than INPUT "
                       f"names for the same keys (e.g. {key!r}: {was}, now {wanted[key]}); they are kept as they are "
                       "(another OUTPUT or --overwrite redoes them)", LightHubertWarning, stacklevel=2)
 

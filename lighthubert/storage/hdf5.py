@@ -344,13 +344,16 @@ def _complete(path: Path) -> bool:
         return bool(f.attrs.get("complete", False))
 
 
-def _stale_skips(path: Path, inputs: Collection[str] | None) -> bool:
-    """Whether ``path`` lists skipped inputs that are not among ``inputs`` (None: any list is current)."""
-    if inputs is None:
-        return False
+def _as_joined(path: Path, complete: bool, inputs: Collection[str] | None) -> int | None:
+    """OUTPUT's utterance count when it already is what joining it alone would make (``complete`` as
+    asked, no skipped entry of a key outside ``inputs``; None: any list is current), else None. One open."""
     with h5py.File(path, "r") as f:
-        listed = json.loads(plain(f.attrs.get("skipped", "[]")) or "[]")
-    return any(entry["key"] not in inputs for entry in listed)
+        if bool(f.attrs.get("complete", False)) != complete:
+            return None
+        if inputs is not None and any(entry["key"] not in inputs
+                                      for entry in json.loads(plain(f.attrs.get("skipped", "[]")) or "[]")):
+            return None
+        return len(set(keys(f)))
 
 
 def describe(path: str | os.PathLike) -> dict[str, Any]:
@@ -503,10 +506,9 @@ def join(output: Path, *, include_output: bool, complete: bool, inputs: Collecti
     """Merge OUTPUT (when ``include_output``), its segments and parts into OUTPUT; then remove them.
     ``inputs``: the run's input keys; skipped entries of other keys (files no longer given) are dropped."""
     sources = find_committed(output)
-    if (not sources and include_output and output.exists() and _complete(output) == complete
-            and not _stale_skips(output, inputs)):
+    if not sources and include_output and output.exists() and (n := _as_joined(output, complete, inputs)) is not None:
         remove_parts(output)
-        return len(file_keys(output))  # nothing new: OUTPUT is left as it is
+        return n  # nothing new: OUTPUT is left as it is
     n = merge(output, sources, include_output=include_output, complete=complete, inputs=inputs)
     remove_parts(output)
     return n
