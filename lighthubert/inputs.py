@@ -42,7 +42,7 @@ AUDIO_EXTENSIONS = frozenset(
 LIST_EXTENSIONS = (".txt", ".lst", ".tsv", ".scp")
 # One INPUT file of these kinds is refused before any work (OUTPUT given first, a checkpoint); in a
 # folder they are not audio and are not listed.
-NOT_AUDIO = {".h5": "an HDF5 file", ".hdf5": "an HDF5 file", ".pt": "a PyTorch file", ".pth": "a PyTorch file",
+NOT_AUDIO = {".h5": "an HDF5 file", ".hdf5": "an HDF5 file", ".hdf": "an HDF5 file", ".he5": "an HDF5 file", ".pt": "a PyTorch file", ".pth": "a PyTorch file",
              ".ckpt": "a checkpoint", ".onnx": "an ONNX model", ".ts": "a TorchScript file", ".json": "a JSON file",
              ".npy": "a NumPy array", ".npz": "a NumPy archive"}
 

@@ -22,7 +22,7 @@ from .checkpoint import KM_FORMAT, check_seed, write_atomic
 from .defaults import BATCH_SIZE, DEVICE, ITERATIONS, KMEANS_SEED, MAX_FRAMES  # batch and steps as fairseq's learn_kmeans.py
 from .errors import SettingError
 from .reader import FeaturesError, layer_positions, one_layer, open_features
-from .storage import UNITS_FORMAT, plain, refuse_existing, special_kind
+from .storage import UNITS_FORMAT, hdf5_name, plain, refuse_existing, special_kind
 
 
 def pick_device(device: str = DEVICE) -> torch.device:
@@ -200,7 +200,7 @@ def apply_file(features: str | os.PathLike, km: dict, output: str | os.PathLike,
             raise FeaturesError(f"{features}: made with another {what} than the features the k-means file was learnt "
                                 f"from ({km.get('features')}); its units would mean nothing here")
         def write(target: Path) -> None:
-            _write_units(f, km, c, target, h5=out.suffix in (".h5", ".hdf5"), features=features, keys=keys,
+            _write_units(f, km, c, target, h5=hdf5_name(out), features=features, keys=keys,
                          dtype=dtype, progress=progress)
 
         if _plain_file_or_new(out):

@@ -294,7 +294,7 @@ def extract(
     from lighthubert.distributed import detect_world
     from lighthubert.job import ExtractJob, JobError, execute, prepare
     from lighthubert.pipeline import StrictStop
-    from lighthubert.storage import OutputBroken
+    from lighthubert.storage import OutputBroken, hdf5_name
 
     subnet = _subnet_text(subnet)
     job = ExtractJob(
@@ -308,7 +308,7 @@ def extract(
     world = detect_world()
     _quiet_hub(checkpoint)
     plan = prepare(job, world=world, download=not (quiet or world.rank != 0))
-    if output.suffix.lower() not in (".h5", ".hdf5", ".hdf", ".he5") and world.rank == 0:
+    if not hdf5_name(output) and world.rank == 0:
         err(f"lhb: warning: {output}: is written as HDF5 whatever its name says (lhb convert writes .npy, fairseq "
             "and Kaldi files from it)")
     if max_chunk_seconds is not None and world.rank == 0:
@@ -670,11 +670,11 @@ def info(
 
     Example: lhb info lighthubert_small.pt --json
     """
-    from lighthubert.storage import HDF5
+    from lighthubert.storage import HDF5, hdf5_name
     from lighthubert.units import describe_units
 
     p = Path(path)
-    if p.is_file() and (HDF5.is_features_file(p) or p.suffix.lower() in (".h5", ".hdf5")):
+    if p.is_file() and (HDF5.is_features_file(p) or hdf5_name(p)):
         units = describe_units(p)  # None unless a units file
         if units is not None:
             return _info_units(p, units, as_json)

@@ -188,7 +188,7 @@ def apply(
 
     Example: lhb units apply feats.h5 km.pt train.km
     """
-    from lighthubert.storage import refuse_existing
+    from lighthubert.storage import hdf5_name, refuse_existing
     from lighthubert.units import apply_file, load_km, pick_device
 
     to_stdout = str(output) == "-"
@@ -196,7 +196,7 @@ def apply(
         output = Path("/dev/stdout")
     if not output.exists() or output.is_dir() or (output.is_file() and not output.is_symlink()):
         _check_target(output, writable=True)  # a new or plain file is written beside it, then renamed (not /dev/stdout)
-    elif output.suffix.lower() in (".h5", ".hdf5"):  # HDF5 cannot be streamed into a FIFO or device
+    elif hdf5_name(output):  # HDF5 cannot be streamed into a FIFO or device
         _check_target(output, replaced=True)
     _not_an_input(output, features, km_path)
     refuse_existing([output], overwrite or to_stdout)  # before any other line (apply_file checks it too)

@@ -303,7 +303,7 @@ def test_units_learn_matches_sklearn_and_apply(feats, tmp_path):
         assert len(units) == len(d)
         chosen = d[np.arange(len(d)), units]
         np.testing.assert_allclose(chosen, d.min(1), rtol=1e-5)  # nearest (ties within rounding)
-    keyed, h5 = tmp_path / "keyed.txt", tmp_path / "units.h5"
+    keyed, h5 = tmp_path / "keyed.txt", tmp_path / "units.HDF5"  # any case of an HDF5 name
     runs = [Run(["units", "apply", path, km_path, keyed, "--keys", "--device", "cpu", "-q"]),  # all at once
             Run(["units", "apply", path, km_path, h5, "--device", "cpu", "-q"]),
             Run(["units", "apply", path, km_path, "-", "--keys", "--device", "cpu"], cwd=tmp_path),

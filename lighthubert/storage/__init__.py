@@ -34,6 +34,8 @@ FORMAT = "lighthubert-features"
 UNITS_FORMAT = "lighthubert-units"  # lhb units apply's .h5: /units/KEY (T,) ints
 FORMAT_VERSION = 1
 FRAME_RATE = 50.0
+# The names HDF5 files go by (compared lower-case: see :func:`hdf5_name`).
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
 # Root attributes that must match for resume to add to a file, and for merge to join files.
 RUN_IDENTITY = ("format", "layers", "subnet", "checkpoint_sha256", "checkpoint", "normalize", "dtype",
                 "compute_dtype", "exact_seconds", "window_seconds", "context_seconds")
@@ -129,6 +131,11 @@ def get_backend(name: str = "hdf5") -> Backend:
         return BACKENDS[name]
     except KeyError:
         raise OutputError(f"unknown output format {name!r}; known: {', '.join(BACKENDS)}") from None
+
+
+def hdf5_name(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is named like an HDF5 file (``feats.H5`` too)."""
+    return Path(path).suffix.lower() in HDF5_SUFFIXES
 
 
 def plain(v: Any) -> Any:
