@@ -310,9 +310,12 @@ class Checkpoint:
 
     def resolve_subnet(self, spec: Any = None) -> dict:
         """A validated subnet from None (the default), a preset name (default, max, min), a dict,
-        inline JSON or the path of a JSON file."""
+        inline JSON or the path of a JSON file. ``"default"`` is this checkpoint's default subnet, as
+        None is (for Stage 1 the Base max, not the Base space's default)."""
+        if isinstance(spec, str) and spec.strip() == "default":
+            spec = None
         if self.subnet is not None:
-            if spec in (None, "default"):
+            if spec is None:
                 return dict(self.subnet)
             sub = spec if isinstance(spec, Mapping) else subnet_from_text(str(spec), self.space)
             if self.space.validate(sub, strict=False) != self.subnet:

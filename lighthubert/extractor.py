@@ -344,7 +344,7 @@ def _check_waves(waves: Sequence[Tensor | np.ndarray]) -> None:
 def load(source: str = "small", subnet: Any = None, device: Any = "auto", dtype: Any = None, *,
          seed: int = 0, trust: bool = False, progress: bool = True) -> Extractor:
     """Open a checkpoint (path, ``base``/``small``/``stage1``, or ``random:KIND``) and cut a subnet
-    (None for the checkpoint's default, a preset ``default``/``max``/``min``, a dict, JSON text or a
+    (None or ``default`` for the checkpoint's default, a preset ``default``/``max``/``min``, a dict, JSON text or a
     JSON file). ``device`` ``auto`` uses CUDA when present; ``dtype`` None means float16 on CUDA and
     float32 on the CPU."""
     return Extractor(load_checkpoint(source, seed=seed, trust=trust, progress=progress), subnet, device, dtype)

@@ -477,9 +477,8 @@ def subnet_cmd(
                            else subnet_in_spaces(subnet, space_names))
         else:
             name = "default" if preset is None else preset  # "" is refused as unknown, not taken as the default
-            for n in space_names:
-                results.append((SPACES[n].preset(name) if ckpt is None or ckpt.kind != "student_hubert" or preset is not None
-                                else ckpt.default_subnet, n))
+            for n in space_names:  # "default" of a checkpoint is its own (Stage 1: the Base max)
+                results.append((ckpt.default_subnet if ckpt is not None and name == "default" else SPACES[n].preset(name), n))
     except SubnetError as e:  # named by the option that gave the value
         raise Fail(f"{chosen[0]}: {e}" if chosen else str(e), EXIT_USAGE) from None
     out = [{**sub, "supernet": name, "params": count_params(sub, fixed)} for sub, name in results]

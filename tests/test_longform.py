@@ -185,16 +185,17 @@ def test_windows_cover_every_frame_once_in_equal_windows_with_context():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind, subnet, bound", [("small", "default", 2e-2), ("stage1", "default", 6e-2)])
-def test_windowed_defaults_stay_within_the_stated_bound(kind, subnet, bound, ckpts):
-    """The default windows (W=60 s, C=10 s) on 125 s of real speech, the default subnets: no frame
+@pytest.mark.parametrize("kind, bound", [("small", 2e-2), ("stage1", 6e-2)])
+def test_windowed_defaults_stay_within_the_stated_bound(kind, bound, ckpts):
+    """The default windows (W=60 s, C=10 s) on 125 s of real speech, the spaces' default subnets (on
+    Stage 1 the Base space's, 66.9M, not the checkpoint's own default, the Base max): no frame
     lost, hidden state 0 exact, every layer within the bound README states of its largest value of
     the uncut run: 2e-2 in the Small space, 6e-2 in the Base space. (Fixed 60 s windows ended this
     file in a 5 s one and drifted 3.6e-2 in Small, 1.0e-1 in Stage 1: this test failed on them.)"""
     from lighthubert.job import CONTEXT_SECONDS, WINDOW_SECONDS
 
     wave = speech(125.0)
-    ext = lighthubert.Extractor(ckpts[kind], subnet, "cpu")
+    ext = lighthubert.Extractor(ckpts[kind], ckpts[kind].space.default_subnet, "cpu")
     x = ext.batch([wave])[0][0]
     layers = list(range(ext.num_layers + 1))
     exact = ext.run_long(x, layers, LongForm("exact"))

@@ -282,6 +282,22 @@ def test_default_subnets_per_kind(ckpts):
     assert ckpts["small"].resolve_subnet(None) == _good("small")
     stage1 = authors().LightHuBERTSupernetConfig("base").max_subnet  # Stage 1 runs the base max subnet
     assert ckpts["stage1"].resolve_subnet(None) == stage1
+    # the preset name means the same as leaving the subnet out (README's table): on Stage 1 it gave
+    # the Base space's default (66.9M) while lhb info and the table said 94.4M
+    for kind in ("base", "small", "stage1"):
+        assert ckpts[kind].resolve_subnet("default") == ckpts[kind].resolve_subnet(" default ") == ckpts[kind].resolve_subnet(None)
+
+
+def test_subnet_preset_default_with_a_stage1_checkpoint_is_its_default(ckpt_files):
+    """`lhb subnet --preset default -c STAGE1` prints the checkpoint's default (the Base max), as
+    `lhb subnet -c STAGE1` and `lhb info` do; without -c, the Base space's default."""
+    from cli_helpers import lhb
+
+    with_ckpt = lhb("subnet", "--preset", "default", "-c", ckpt_files["stage1"])
+    space_only = lhb("subnet", "--preset", "default", "--supernet", "base")
+    assert with_ckpt.returncode == 0 and space_only.returncode == 0, (with_ckpt, space_only)
+    assert json.loads(with_ckpt.stdout)["params"] == 94_371_584  # the Base max, less Stage 1's 6,144 (group norm)
+    assert json.loads(space_only.stdout)["params"] == 66_897_664
 
 
 def test_unreadable_subnet_text(ckpts, tmp_path):
