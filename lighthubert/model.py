@@ -369,8 +369,11 @@ def conv_frames(lengths: Tensor, conv_layers: Sequence[tuple[int, int, int]]) ->
 
 
 def frame_mask(lengths: Tensor, max_len: int) -> Tensor:
-    """(B, T) bool, True on real frames."""
-    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+    """(B, T) bool, True on real frames. The positions are made from ``lengths`` itself, not with
+    ``torch.arange(device=...)``, which a TorchScript trace would fix to the device it was traced on
+    (an exported ``.ts`` then failed on any other)."""
+    positions = lengths.new_ones(max_len).cumsum(0) - 1
+    return positions[None, :] < lengths[:, None]
 
 
 class ConvBlock(nn.Module):

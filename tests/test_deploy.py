@@ -109,6 +109,17 @@ def test_exported_file_matches_load(kind, fmt, exported, ckpt_files, batch):
     assert rel_err(torch.from_numpy(alone[0]), ref[1]) <= TOL
 
 
+def test_torchscript_file_is_not_tied_to_the_device_it_was_traced_on(exported):
+    """A trace keeps the device of every tensor it creates with ``device=``: the float32 ``.ts`` (traced
+    on the CPU) held ``torch.arange(..., device="cpu")`` twice (the frame masks), so loading it with
+    ``map_location="cuda"`` failed on CUDA inputs. No device constant is left in its graph; on a GPU,
+    tests/test_gpu.py runs it there."""
+    for kind in CASES:
+        graph = str(torch.jit.load(str(exported[kind]["ts"]), map_location="cpu").inlined_graph)
+        fixed = [line.strip() for line in graph.splitlines() if "Device = prim::Constant" in line]
+        assert fixed == [], (kind, fixed)
+
+
 def test_files_run_without_the_package(exported, batch, tmp_path):
     """A process where ``import lighthubert`` fails runs both files and gets the same numbers."""
     wave, lengths, _ = batch

@@ -96,3 +96,27 @@ def test_overlapped_batches_equal_one_at_a_time(waves):
             alone = ext([w], layers=layers)[0]
             assert f.shape == alone.shape
             assert _rel(f, alone) < 1e-5
+
+
+def test_float32_torchscript_exported_on_the_cpu_runs_on_cuda(waves, tmp_path):
+    """``lhb subnet --export x.ts`` (float32, traced on the CPU) loaded with ``map_location="cuda"``
+    runs on CUDA inputs and gives the CPU file's features (cuDNN's TF32 convolutions: within 1e-2)."""
+    import warnings
+
+    from lighthubert import deploy
+
+    path = tmp_path / "min.ts"
+    deploy.export(lighthubert.load_checkpoint("random:small"), "min", path, layers="all")
+    lengths = torch.tensor([len(w) for w in waves])
+    batch = torch.zeros(len(waves), int(lengths.max()))
+    for i, w in enumerate(waves):
+        batch[i, : len(w)] = w
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in torch 2.14
+        on_cpu = torch.jit.load(str(path), map_location="cpu")
+        on_cuda = torch.jit.load(str(path), map_location="cuda")
+    with torch.inference_mode():
+        h_cpu, f_cpu = on_cpu(batch, lengths)
+        h_cuda, f_cuda = on_cuda(batch.cuda(), lengths.cuda())
+    assert h_cuda.is_cuda and f_cuda.tolist() == f_cpu.tolist()
+    assert _rel(h_cuda.cpu(), h_cpu) < 1e-2
