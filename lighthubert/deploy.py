@@ -80,6 +80,8 @@ class Deployable(nn.Module):
         self.dtype = model.post_extract_proj.weight.dtype
 
     def forward(self, waveform: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        # a length beyond the samples given counts only those (frames never exceeds hidden's T)
+        lengths = torch.minimum(lengths, lengths.new_full(lengths.shape, waveform.shape[1]))
         wave = waveform.float()
         if self.normalize:
             wave = normalize_padded(wave, lengths)

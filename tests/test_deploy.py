@@ -107,6 +107,9 @@ def test_exported_file_matches_load(kind, fmt, exported, ckpt_files, batch):
     alone, n = run(e[fmt], wave[1:2, : CROPS[1]], lengths[1:2])
     assert n.tolist() == [frames_for(CROPS[1])]
     assert rel_err(torch.from_numpy(alone[0]), ref[1]) <= TOL
+    # a length beyond the samples given counts only those: frames never exceeds the frames returned
+    over, n = run(e[fmt], wave[1:2, : CROPS[1]], lengths[1:2] + 5000)
+    assert n.tolist() == [frames_for(CROPS[1])] and np.array_equal(over, alone)
 
 
 def test_torchscript_file_is_not_tied_to_the_device_it_was_traced_on(exported):
