@@ -261,6 +261,11 @@ class LightHuBERT(nn.Module):
             warnings.warn("lighthubert.LightHuBERT is inference only: in training mode it applies no dropout and no "
                           "gradient reaches its weights; call .eval() (as the authors' README does) or run under "
                           "torch.no_grad() to extract features", UserWarning, stacklevel=3)
+        if source.shape[-1] < 400:  # a RuntimeError, as the authors' conv raises, but one that says why
+            from .audio import MIN_SAMPLES
+
+            raise RuntimeError(f"source has {source.shape[-1]} samples per row; LightHuBERT needs at least {MIN_SAMPLES} "
+                               "(25 ms at 16 kHz) for one frame")
         model = self.subnet_model()
         lengths = None
         if padding_mask is not None:

@@ -138,6 +138,17 @@ def test_dropin_refuses_sliding_windows(dropin_models):
         dropin_models["base"].set_sample_config(sub)
 
 
+def test_dropin_too_short_input_says_why(dropin_models):
+    """Fewer than 400 samples give no frame: a RuntimeError, as the authors' convolution raises, whose
+    message says so (theirs: 'Calculated padded input size per channel ... Kernel size can't be
+    greater than actual input size')."""
+    model = dropin_models["small"]
+    for n in (0, 300, 399):
+        with pytest.raises(RuntimeError, match=f"source has {n} samples per row; LightHuBERT needs at least 400"):
+            model.extract_features(torch.zeros(1, n))
+    assert model.extract_features(torch.zeros(1, 400))[0].shape[1] == 1
+
+
 # ----------------------------------------------------------------------------- numbers
 
 
