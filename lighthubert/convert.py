@@ -5,7 +5,10 @@
   line) and ``.keys`` (the utterance key of each line, same order; fairseq does not read it), plus
   ``{split}.tsv``, fairseq's audio manifest of the same utterances in the same order.
 - ``npy``: one ``KEY.npy`` per utterance ((T, D) float32; keys with ``/`` make subfolders).
-- ``kaldi``: ``{split}.ark`` (binary float matrices) and ``{split}.scp`` (``key ark:offset``).
+- ``kaldi``: ``{split}.ark`` (binary float matrices) and ``{split}.scp`` (``key ark:offset``), keys
+  in Kaldi's order (``LC_ALL=C sort``: by their UTF-8 bytes).
+
+Text files are UTF-8 whatever the locale.
 
 Every file is written beside its final name and renamed into place only once all of them are whole,
 so a stop or failure half-way leaves what the folder held before, never a new ``.npy`` beside the
@@ -16,13 +19,14 @@ from __future__ import annotations
 
 import os
 import struct
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
 from .checkpoint import new_temp_beside, remove_dead_temps
-from .errors import SettingError
+from .errors import LightHubertWarning, SettingError
 from .reader import FeaturesError, one_layer, open_features
 from .storage import refuse_existing
 
@@ -136,9 +140,9 @@ def _write(f, features: str | os.PathLike, files: list[Path], fmt: str, layer: i
                 tick()
             arr.flush()
             del arr
-            staged.temp(lens).write_text("".join(f"{f.lengths[k]}\n" for k in keys))
-            staged.temp(keys_file).write_text("".join(f"{k}\n" for k in keys))
-        write_tsv(f, staged.temp(files[-1]))
+            staged.temp(lens).write_text("".join(f"{f.lengths[k]}\n" for k in keys), encoding="utf-8")
+            staged.temp(keys_file).write_text("".join(f"{k}\n" for k in keys), encoding="utf-8")
+        write_tsv(f, staged.temp(files[-1]), files[-1])
     elif fmt == "npy":
         for k, path in zip(f.keys, files):
             with open(staged.temp(path), "wb") as fh:  # np.save on a name would add ".npy"
@@ -149,8 +153,8 @@ def _write(f, features: str | os.PathLike, files: list[Path], fmt: str, layer: i
         if bad:
             raise FeaturesError(f"{features}: key {bad[0]!r} has white space, which Kaldi cannot hold")
         ark, scp = files
-        with open(staged.temp(ark), "wb") as a, open(staged.temp(scp), "w") as s:
-            for k in f.keys:
+        with open(staged.temp(ark), "wb") as a, open(staged.temp(scp), "w", encoding="utf-8") as s:
+            for k in sorted(f.keys, key=str.encode):  # Kaldi's sorted order (C locale: bytes), for scp,s,cs: and its tools
                 a.write(f"{k} ".encode())
                 s.write(f"{k} {ark.resolve()}:{a.tell()}\n")  # the final name: the scp is read after the rename
                 a.write(kaldi_matrix(f.get(k, layer).numpy()))
@@ -162,29 +166,36 @@ def kaldi_matrix(x: np.ndarray) -> bytes:
     return b"\0BFM " + struct.pack("<bibi", 4, x.shape[0], 4, x.shape[1]) + x.tobytes()
 
 
-def sources_not_16k(features: str | os.PathLike) -> tuple[int, int, str | None, int | None]:
-    """For the ``.tsv`` of the fairseq layout, which lists the audio files as they are stored:
-    ``(n, total, first, rate)``, the ``n`` of ``total`` utterances whose file is stored at another
-    rate than 16 kHz (fairseq's HuBERT training reads it as it is and needs 16 kHz), the first such
-    file and its rate. Only headers are read; a file whose header cannot be read is not counted."""
+def write_tsv(f, path: Path, shown: Path | None = None) -> Path:
+    """fairseq's manifest: the root folder, then ``relative/path<TAB>num_samples`` per utterance, in
+    key order (the order of the ``.len`` lines and of ``lhb units apply``'s lines). ``num_samples``
+    is the file's frames as stored (from its header), as fairseq's ``wav2vec_manifest.py`` writes
+    it. A :class:`LightHubertWarning` names the files fairseq could not train on: those stored at
+    another rate than 16 kHz (fairseq's HuBERT training reads them as they are and needs 16 kHz),
+    and those whose header cannot be read where the features file says they are (moved, or named
+    in bytes that are not UTF-8, which the features file writes ``%XX``); these are listed with
+    their 16 kHz sample count. ``shown``: the name the warnings give (``path`` may be a temporary one)."""
     from .audio import SAMPLE_RATE, audio_frames
 
-    n, first, first_rate = 0, None, None
-    with open_features(features) as f:
-        for k in f.keys:
-            info = audio_frames(f.source(k))
-            if info is not None and info[1] != SAMPLE_RATE:
-                n += 1
-                if first is None:
-                    first, first_rate = f.source(k), info[1]
-        return n, len(f), first, first_rate
-
-
-def write_tsv(f, path: Path) -> Path:
-    """fairseq's manifest: the root folder, then ``relative/path<TAB>num_samples`` per utterance, in
-    key order (the order of the ``.len`` lines and of ``lhb units apply``'s lines)."""
     sources = [os.path.abspath(f.source(k)) for k in f.keys]
     root = os.path.commonpath([os.path.dirname(s) for s in sources]) if sources else os.sep
-    path.write_text(root + "\n" + "".join(f"{os.path.relpath(s, root)}\t{f.num_samples(k)}\n"
-                                         for k, s in zip(f.keys, sources)))
+    rows, other_rate, unreadable = [], [], []
+    for k, src in zip(f.keys, sources):
+        info = audio_frames(src)
+        if info is None:
+            unreadable.append(src)
+        elif info[1] != SAMPLE_RATE:
+            other_rate.append((src, info[1]))
+        rows.append(f"{os.path.relpath(src, root)}\t{info[0] if info else f.num_samples(k)}\n")
+    path.write_text(root + "\n" + "".join(rows), encoding="utf-8")
+    total = len(sources)
+    shown = shown or path
+    if other_rate:
+        warnings.warn(f"{shown}: {len(other_rate)} of {total} audio files are not stored at 16 kHz (first: "
+                      f"{other_rate[0][0]}, {other_rate[0][1]} Hz); fairseq's HuBERT training reads them as stored "
+                      "and needs 16 kHz: resample them first", LightHubertWarning, stacklevel=2)
+    if unreadable:
+        warnings.warn(f"{shown}: {len(unreadable)} of {total} audio files cannot be read where the features file "
+                      f"says they are (first: {unreadable[0]}): fairseq reads them from there", LightHubertWarning,
+                      stacklevel=2)
     return path

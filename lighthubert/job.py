@@ -541,7 +541,7 @@ def _run_rank(plan: Plan, user: Reporter, stop: threading.Event) -> Summary:
             whole.skipped = summary.skipped + [(None, "")] * (sum(s["skipped"] for s in statuses) - len(summary.skipped))
         if world.rank == 0 and plan.job.keep_parts and not whole.interrupted:
             try:  # a note for the next run's message only: the parts are whole without it
-                finished_path(out).write_text(f"all {world.size} ranks finished; join the parts with: lhb merge {out} {parts} --remove-parts\n")
+                finished_path(out).write_text(f"all {world.size} ranks finished; join the parts with: lhb merge {out} {parts} --remove-parts\n", encoding="utf-8")
             except OSError:
                 pass
         if whole.interrupted or world.rank != 0 or plan.job.keep_parts:

@@ -237,7 +237,7 @@ def _write_units(f, km: dict, c: torch.Tensor, out: Path, *, h5: bool, features:
         # standard output is written through its own descriptor: reopening /dev/stdout would cut a file
         # the caller opened (`>> all.km`) or write beside the caller's offset (`{ echo a; lhb ...; } > f`)
         stdout = out == Path("/dev/stdout")
-        with open(sys.stdout.fileno(), "w", closefd=False) if stdout else open(out, "w") as t:
+        with open(sys.stdout.fileno(), "w", closefd=False, encoding="utf-8") if stdout else open(out, "w", encoding="utf-8") as t:
             for i, k in enumerate(f.keys):
                 units = assign(f.get(k, km["layer"]).to(dev), c)[0].tolist()
                 t.write((f"{k} " if keys else "") + " ".join(map(str, units)) + "\n")

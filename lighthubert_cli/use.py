@@ -119,13 +119,6 @@ def convert(
             n = len(f)
         err(f"wrote {len(files)} files to {output}: {n:,} utterances"
             + ("" if n else f" ({features} holds none, so the files are empty)"))
-    if fmt == Format.fairseq:
-        from lighthubert.convert import sources_not_16k
-
-        n, total, first, rate = sources_not_16k(features)
-        if n:  # a warning even with --quiet: training on this manifest would fail later
-            err(f"{output / (split + '.tsv')}: {n} of {total} audio files are not stored at 16 kHz (first: {first}, "
-                f"{rate} Hz); fairseq's HuBERT training reads them as stored and needs 16 kHz: resample them first")
 
 
 @units_app.command("learn", cls=LhbCommand)

@@ -16,7 +16,7 @@ import torch
 
 from cli_helpers import Run, one_line
 from lighthubert.convert import convert
-from lighthubert.reader import FeaturesError
+from lighthubert.reader import FeaturesError, open_features
 from lighthubert.storage import OutputError, run_attrs
 from lighthubert.storage.hdf5 import FeatureWriter
 from lighthubert.units import apply_file
@@ -441,3 +441,62 @@ def test_a_dataset_declaring_more_than_memory_is_named(tmp_path):
         f.get("u0")
     p = Run(["convert", path, tmp_path / "npy", "--format", "npy"]).result()
     assert p.returncode == 1 and one_line(p).startswith(f"lhb: error: {path}: u0: declares"), p
+
+
+def test_kaldi_is_sorted_and_the_fairseq_manifest_lists_samples_as_stored_in_any_locale(tmp_path):
+    """Kaldi's tools read scp/ark in C-sorted key order (``scp,s,cs:``, validate_data_dir.sh); the
+    file's own order put ``spk1/u`` before ``spk1-b/u``. The fairseq ``.tsv`` gives each file's frames
+    as stored (fairseq's wav2vec_manifest.py), not the 16 kHz count; sources that cannot be read where
+    the features file says are named, as those not at 16 kHz are. Text files are UTF-8 also in the C
+    locale without UTF-8 mode (an 'ascii' codec error, exit 2, before)."""
+    import soundfile as sf
+
+    from cli_helpers import _env, lhb_command
+
+    audio = tmp_path / "audio"
+    (audio / "spk1").mkdir(parents=True)
+    (audio / "spk1-b").mkdir()
+    stored = {"spk1/u": (audio / "spk1" / "u.wav", 16000, 4000), "spk1-b/u": (audio / "spk1-b" / "u.wav", 8000, 2000),
+              "café": (audio / "café.wav", 16000, 4400), "spk1.x": (audio / "moved.wav", 16000, 4800)}
+    attrs = run_attrs(layers=[1], subnet={"a": 1}, checkpoint="c.pt", checkpoint_sha256="ab", normalize=True,
+                      random_weights=True, params=10, dtype="float32", compute_dtype="float32", version="t",
+                      exact_seconds=120.0, window_seconds=60.0, context_seconds=10.0, num_layers=1, embed_dim=4)
+    feats = tmp_path / "f.h5"
+    w = FeatureWriter(feats, attrs)
+    for i, (key, (path, rate, n)) in enumerate(stored.items()):
+        if key != "spk1.x":  # its audio was moved away after the extraction
+            sf.write(path, np.zeros(n, np.float32), rate)
+        w.write(key, np.full((1, 3 + i, 4), float(i), np.float32), source=str(path), num_samples=n * 16000 // rate)
+    w.close(complete=True)
+    env = {**_env(), "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+
+    def convert_in_c_locale(*args):
+        return subprocess.run(lhb_command() + ["convert", str(feats), *map(str, args), "--layer", "1"], env=env,
+                              capture_output=True, text=True, encoding="utf-8", timeout=120)
+
+    kaldi = convert_in_c_locale(tmp_path / "k", "--format", "kaldi")
+    assert kaldi.returncode == 0, kaldi.stderr
+    scp = (tmp_path / "k" / "train.scp").read_text(encoding="utf-8").splitlines()
+    assert [line.split(" ")[0] for line in scp] == ["café", "spk1-b/u", "spk1.x", "spk1/u"]  # LC_ALL=C sort
+    ark = (tmp_path / "k" / "train.ark").read_bytes()
+    for i, key in enumerate(sorted(stored, key=str.encode)):
+        offset = int(scp[i].rsplit(":", 1)[1])
+        assert ark[:offset].endswith(f"{key} ".encode()) and ark[offset:offset + 5] == b"\0BFM "
+    # (in the C locale this process cannot open café.wav, whose name is UTF-8: the manifest is checked in UTF-8)
+    fairseq = Run(["convert", feats, tmp_path / "fs", "--layer", "1"]).result()
+    assert fairseq.returncode == 0, fairseq
+    root, *rows = (tmp_path / "fs" / "train.tsv").read_text(encoding="utf-8").splitlines()
+    assert root == str(audio)
+    keys = (tmp_path / "fs" / "train_0_1.keys").read_text(encoding="utf-8").splitlines()
+    with open_features(feats) as f:
+        assert keys == f.keys  # the file's order, as the .npy and .len
+    listed = {"spk1/u": "spk1/u.wav\t4000", "spk1-b/u": "spk1-b/u.wav\t2000", "café": "café.wav\t4400",
+              "spk1.x": "moved.wav\t4800"}  # moved.wav: no header to read, so the count at 16 kHz
+    assert rows == [listed[k] for k in keys]
+    warned = [line for line in fairseq.stderr.splitlines() if line.startswith("lhb: warning: ")]
+    assert warned == [
+        f"lhb: warning: {tmp_path / 'fs' / 'train.tsv'}: 1 of 4 audio files are not stored at 16 kHz (first: "
+        f"{stored['spk1-b/u'][0]}, 8000 Hz); fairseq's HuBERT training reads them as stored and needs 16 kHz: "
+        "resample them first",
+        f"lhb: warning: {tmp_path / 'fs' / 'train.tsv'}: 1 of 4 audio files cannot be read where the features file "
+        f"says they are (first: {stored['spk1.x'][0]}): fairseq reads them from there"], fairseq
