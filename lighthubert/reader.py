@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import Any, Iterator, Sequence, Union
+from typing import Any, Iterator, Mapping, Sequence, Union
 
 import h5py
 import numpy as np
@@ -148,9 +148,13 @@ def layer_positions(stored: list[int], layer: Layers, path: Path | str = "") -> 
         return None
     if isinstance(layer, str):
         if layer != "all":
-            raise FeaturesError(f"{path}: layer must be an index, a list of indices or 'all', not {layer!r}")
+            raise FeaturesError(f"{path}: layer must be an index, a non-empty list of indices or 'all', not {layer!r}")
         return list(range(len(stored)))
-    wanted = [layer] if isinstance(layer, (int, np.integer)) else list(layer)
+    if isinstance(layer, (torch.Tensor, np.ndarray)):
+        layer = layer.tolist()
+    wanted = [layer] if isinstance(layer, (int, np.integer)) else list(layer) if isinstance(layer, (list, tuple, range)) else None
+    if not wanted or any(isinstance(i, bool) or not isinstance(i, (int, np.integer)) for i in wanted):
+        raise FeaturesError(f"{path}: layer must be an index, a non-empty list of indices or 'all', not {layer!r}")
     missing = [i for i in wanted if i not in stored]
     if missing:
         hint = "; layers are named by hidden-state index as stored, not counted from the end" if min(missing) < 0 else ""
@@ -249,10 +253,12 @@ def pad_collate(batch: Sequence[tuple[str, torch.Tensor]], pad_value: float = 0.
                 ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """``[(key, (T_i, D) or (L, T_i, D))]`` -> ``(keys, x, lengths)``: x is (B, T_max, D) or
     (B, L, T_max, D), zero-padded at the end of time; lengths is a (B,) int64 tensor of T_i."""
+    if not batch:
+        raise ValueError("pad_collate: the batch is empty")
     keys = [k for k, _ in batch]
     feats = [x for _, x in batch]
     lengths = torch.tensor([x.shape[-2] for x in feats], dtype=torch.long)
-    t_max = int(lengths.max()) if len(feats) else 0
+    t_max = int(lengths.max())
     out = feats[0].new_full((len(feats), *feats[0].shape[:-2], t_max, feats[0].shape[-1]), pad_value)
     for i, x in enumerate(feats):
         out[i, ..., : x.shape[-2], :] = x
@@ -275,6 +281,8 @@ class LengthGroupedSampler(Sampler[list[int]]):
             raise ValueError("batch_size must be at least 1")
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank must be in [0, {num_replicas}), not {rank}")
+        if isinstance(lengths, Mapping):  # Features.lengths (key -> frames): its keys would be sorted, not lengths
+            raise TypeError("lengths must be a sequence of item lengths (FeaturesDataset.lengths), not a mapping")
         self.lengths = list(lengths)
         self.batch_size, self.shuffle, self.seed, self.pool, self.drop_last = batch_size, shuffle, seed, pool, drop_last
         self.num_replicas, self.rank = num_replicas, rank

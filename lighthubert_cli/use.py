@@ -187,6 +187,8 @@ def apply(
     to_stdout = str(output) == "-"
     if to_stdout:  # the text form, on standard output
         output = Path("/dev/stdout")
+    elif keys and hdf5_name(output):  # each utterance is its own dataset there, named by its key
+        raise Fail(f"--keys is for text output; {output} is written as HDF5, whose datasets are named by key", EXIT_USAGE)
     if not output.exists() or output.is_dir() or (output.is_file() and not output.is_symlink()):
         _check_target(output, writable=True)  # a new or plain file is written beside it, then renamed (not /dev/stdout)
     elif hdf5_name(output):  # HDF5 cannot be streamed into a FIFO or device

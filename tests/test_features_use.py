@@ -71,6 +71,17 @@ def test_open_features_reads_what_h5py_reads(feats):
             f.get(k, -1)  # -1 names a pre-norm model's final output, never "the last stored"
         with pytest.raises(KeyError, match="nope"):
             f["nope"]
+        # indices from numpy and torch as lists and scalars; a bool or an empty list is not an index
+        # (before: True read layer 1, [] an empty (0, T, D) tensor, a 0-d tensor a TypeError)
+        assert torch.equal(f.get(k, torch.tensor(LAYER)), f.get(k, LAYER))
+        assert torch.equal(f.get(k, np.array([LAYER, 2])), f.get(k, [LAYER, 2]))
+        for bad in (True, [], [LAYER, 2.0], "last"):
+            with pytest.raises(FeaturesError, match="layer must be an index, a non-empty list of indices or 'all'"):
+                f.get(k, bad)
+    with pytest.raises(ValueError, match="the batch is empty"):
+        pad_collate([])
+    with open_features(path) as f, pytest.raises(TypeError, match="not a mapping"):
+        LengthGroupedSampler(f.lengths, 2)  # Features.lengths, key -> frames: the keys were sorted, not lengths
 
 
 def test_single_layer_file_and_bad_files(feats, tmp_path):
@@ -261,7 +272,11 @@ def test_cli_errors_are_one_line(feats, tmp_path):
         ["convert", path, tmp_path / "x", "--layer", 12],
         ["units", "learn", tmp_path / "a.wav", tmp_path / "km1.pt", "--layer", 1],
         ["units", "learn", path, tmp_path / "km.pt", "--layer", 1, "--clusters", 50, "--max-frames", 40],
-        ["units", "apply", path, path, tmp_path / "u.km"])]
+        ["units", "apply", path, path, tmp_path / "u.km"],
+        ["units", "apply", path, path, tmp_path / "u.h5", "--keys"])]  # before: --keys ignored, exit 0
+    r = runs[4].result()
+    assert r.returncode == 2 and r.err_lines == [f"lhb: error: --keys is for text output; {tmp_path / 'u.h5'} is written "
+                                                 "as HDF5, whose datasets are named by key"], r
     r = runs[0].result()
     assert r.returncode == 1 and r.err_lines == [f"lhb: error: {path}: has no layer 12 (it holds layers {list(range(11))})"]
     assert not (tmp_path / "x").exists()
