@@ -792,7 +792,8 @@ def _info_features(path: Path, as_json: bool) -> None:
         return
     a = d["attributes"]
     rows = [("utterances", f"{d['utterances']:,}"), ("frames", f"{d['frames']:,}"),
-            ("audio", hms(d["audio_seconds"])), ("feature shape", ", ".join(str(s) for s in d["feature_dims"]))]
+            ("audio", hms(d["audio_seconds"])), ("feature shape", ", ".join("(" + ", ".join([*map(str, s[:-1]), "T", str(s[-1])]) + ")"  # (L, T, D) or (T, D)
+                                        for s in d["feature_dims"]))]
     if waiting:
         rows.insert(1, ("not yet joined", f"{count(len(waiting), 'file')} of committed work in {parts_dir(path)} (a run "
                         "stopped or is still running: the same lhb extract command with --resume completes it, "

@@ -827,3 +827,5 @@ def test_info_features_file(jobs, speech):
     text = r_text.stdout.replace(",", "")
     for fact in (str(len(speech)), str(frames), str(sub["embed_dim"])):
         assert fact in text, f"{fact!r} is not in the description\n{r_text}"
+    shape = f"({sub['layer_num'] + 1}, T, {sub['embed_dim']})"  # (L, T, D), the frames axis named (before: (L, D))
+    assert any(line.split() == ["feature", "shape", *shape.split()] for line in r_text.stdout.splitlines()), r_text

@@ -21,6 +21,9 @@ from lighthubert.storage import OutputError, run_attrs
 from lighthubert.storage.hdf5 import FeatureWriter
 from lighthubert.units import apply_file
 
+# _features() names audio (/audio/u0.wav) that is not there: a fairseq .tsv of it warns so, rightly
+pytestmark = pytest.mark.filterwarnings("ignore:.*audio files cannot be read where the features file says")
+
 
 def _features(path: Path, n: int, layers: list[int] = [1, 2], dim: int = 4) -> Path:
     """A features file of ``n`` utterances ``u0..`` with (len(layers), 3 + i, dim) features."""
@@ -300,14 +303,15 @@ def test_a_file_of_a_stopped_run_is_used_with_one_line_saying_so(tmp_path):
     torch.save({"format": "lighthubert-kmeans", "centroids": torch.zeros(2, 4), "layer": 1, "clusters": 2}, km)
     line = (f"{feats}: incomplete (its lhb extract run stopped or is still running; --resume completes it); "
             "using the 3 utterances it holds")
-    runs = [Run(["convert", feats, tmp_path / "out", "--layer", "1", "-q"]), Run(["units", "apply", feats, km, "-", "-q"]),
+    # npy: the fairseq layout would also warn that its .tsv lists audio (/audio/u0.wav) that is not there
+    runs = [Run(["convert", feats, tmp_path / "out", "--layer", "1", "-q", "-f", "npy"]), Run(["units", "apply", feats, km, "-", "-q"]),
             Run(["units", "learn", feats, tmp_path / "k2.pt", "--layer", "1", "-k", "2", "-q"])]
     for run in runs:
         p = run.result()
         assert p.returncode == 0 and p.err_lines == [line], p
     assert len(runs[1].result().stdout.splitlines()) == 3
     _features(tmp_path / "done.h5", 2)
-    p = Run(["convert", tmp_path / "done.h5", tmp_path / "out2", "--layer", "1", "-q"]).result()
+    p = Run(["convert", tmp_path / "done.h5", tmp_path / "out2", "--layer", "1", "-q", "-f", "npy"]).result()
     assert p.returncode == 0 and p.err_lines == [], p
 
 
