@@ -320,11 +320,14 @@ def _launch(good: list[tuple[Item, np.ndarray]], extractor: Extractor, options: 
         job = (item.key, _squeeze(data, options.layers), source_text(item.path), len(wave), windows)
         return lambda: [(job, finite)]
     waves = [w for _, w in good]
+    oom = None
     try:
         pending = extractor.submit(extractor._prepare(waves), options.layers, out_dtype)  # load_audio checked them
         feats: Callable[[], list] = lambda: [(f.numpy(), ok) for f, ok in zip(pending.result(), pending.all_finite())]
     except torch.OutOfMemoryError as err:
-        done = [(data, bool(np.isfinite(data).all())) for data in _halves(extractor, waves, options.layers, out_dtype, err)]
+        oom = _without_frames(err)
+    if oom is not None:  # out of the except block: the failed attempt's tensors are freed by now
+        done = [(data, bool(np.isfinite(data).all())) for data in _halves(extractor, waves, options.layers, out_dtype, oom)]
         feats = lambda: done
     return lambda: [((item.key, _squeeze(data, options.layers), source_text(item.path), len(wave), 0), finite)
                     for (item, wave), (data, finite) in zip(good, feats())]
@@ -359,7 +362,17 @@ def _run(extractor: Extractor, waves: list, layers: list[int], out_dtype: torch.
         pending = extractor.submit(extractor._prepare(waves), layers, out_dtype)  # load_audio checked them
         return [f.numpy() for f in pending.result()]
     except torch.OutOfMemoryError as err:
-        return _halves(extractor, waves, layers, out_dtype, err)
+        oom = _without_frames(err)
+    return _halves(extractor, waves, layers, out_dtype, oom)  # out of the except block, as in _launch
+
+
+def _without_frames(err: torch.OutOfMemoryError) -> torch.OutOfMemoryError:
+    """``err`` without its traceback. The traceback's frames hold what the failed forward had made
+    (its input on the device, the hidden states so far): kept, they left the halves of the batch
+    less memory than the whole had had. The halves are run after the ``except`` block, once the
+    interpreter has let go of the exception being handled."""
+    err.__context__ = err.__cause__ = None
+    return err.with_traceback(None)
 
 
 def _halves(extractor: Extractor, waves: list, layers: list[int], out_dtype: torch.dtype,

@@ -4,6 +4,8 @@ sets and restores."""
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import pytest
 import torch
@@ -146,11 +148,16 @@ def test_out_of_memory_splits_the_batch_in_halves(tmp_path, ckpt_files, monkeypa
     settings = dict(checkpoint=ckpt_files["small"], subnet="min", device="cpu", layers="all")
     lighthubert.extract(tmp_path, tmp_path / "ref.h5", **settings)
 
-    submit, sizes = lighthubert.Extractor.submit, []
+    submit, sizes, failed = lighthubert.Extractor.submit, [], []
 
     def tight(self, prepared, *args, **kwargs):
+        # what a failed attempt held (its input, its activations) is freed before the halves run:
+        # the exception's traceback kept it (and so the memory it lacked) alive before
+        assert [r() for r in failed] == [None] * len(failed)
         sizes.append(prepared.wave.shape[0])
         if prepared.wave.shape[0] > 1:
+            activations = torch.empty(1 << 16)
+            failed.extend([weakref.ref(prepared.wave), weakref.ref(activations)])
             raise torch.OutOfMemoryError("CUDA out of memory (injected by the test)")
         return submit(self, prepared, *args, **kwargs)
 
