@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from .storage import OutputError, parts_dir
 
@@ -47,6 +47,17 @@ class World:
     @property
     def distributed(self) -> bool:
         return self.size > 1
+
+
+def process_device(device: Any, world: World, cuda_devices: int) -> Any:
+    """The device of this process, of ``cuda_devices`` it sees. With several processes, ``auto`` and
+    a plain ``cuda`` are GPU ``local_rank`` modulo the count: GPU k for rank k on a node that shows
+    every process all its GPUs (torchrun, ``srun --gres=gpu:8``), GPU 0 for each when the launcher
+    shows every task only its own (``srun --gpus-per-task=1``: each rank would otherwise ask for a GPU
+    it cannot see, or all use GPU 0). ``cuda:N`` is kept as given."""
+    if world.distributed and cuda_devices and str(device) in ("None", "auto", "cuda"):
+        return f"cuda:{world.local_rank % cuda_devices}"
+    return device
 
 
 def detect_world(env: dict | None = None) -> World:

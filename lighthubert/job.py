@@ -32,7 +32,8 @@ from .audio import ResamplerUnavailable
 from .checkpoint import Checkpoint, load_checkpoint
 from .defaults import (BATCH_SECONDS, CHECKPOINT, COMPRESSION, CONTEXT_SECONDS, DEVICE, DTYPE, EXACT_SECONDS,
                        FLUSH_SECONDS, LAYERS, NUM_WORKERS, OUTPUT_FORMAT, SAVE_DTYPE, SEED, WINDOW_SECONDS)
-from .distributed import Group, World, balance, decide, detect_world, finished, rank_timeout, wait_for_ranks
+from .distributed import (Group, World, balance, decide, detect_world, finished, process_device, rank_timeout,
+                          wait_for_ranks)
 from .errors import LightHubertError, LightHubertWarning, SettingError
 from .extractor import Extractor, parse_layers, resolve_device, resolve_dtype, resolve_layers
 from .inputs import Item, check_against, list_inputs, source_text
@@ -204,10 +205,10 @@ def prepare(job: ExtractJob, *, world: World | None = None, download: bool = Tru
     """Check and resolve everything before any audio is read; nothing is created on disk."""
     _check_values(job)
     world = world or detect_world()
-    device = job.device
-    if world.distributed and device == "auto" and torch.cuda.is_available():
-        device = f"cuda:{world.local_rank}"
-    dev = _setting("device", resolve_device, device)
+    cuda_devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    dev = _setting("device", resolve_device, process_device(job.device, world, cuda_devices))
+    if world.distributed and dev.type == "cuda":
+        torch.cuda.set_device(dev)  # what runs on "the current device" runs on this rank's
     dtype = _setting("dtype", resolve_dtype, job.dtype, dev)
     backend = get_backend(job.format)
     items = list_inputs(job.input)

@@ -209,3 +209,21 @@ def test_resume_refuses_keys_nesting_with_what_output_holds(tmp_path, ckpt):
     assert log.count(f"lhb: error: {flat}:2: key 'a' is a group in {out}, which holds 'a/b'") == 1, log
     assert "internal error" not in log, log
     assert out.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["flat.scp", "nested.scp", "out.h5"]
+
+
+def test_each_process_takes_a_gpu_it_can_see():
+    """With several processes, ``auto`` and a plain ``cuda`` are GPU LOCAL_RANK modulo the GPUs the
+    process sees. Before: ``--device cuda`` put every rank on GPU 0, and under ``srun
+    --gpus-per-task=1`` (each task sees one GPU, SLURM_LOCALID still 0..n-1) every rank but the
+    first asked for a GPU it could not see and stopped."""
+    from lighthubert.distributed import World, process_device
+
+    node = [World(rank, 8, rank, "torchrun") for rank in range(8)]
+    assert [process_device("auto", w, 8) for w in node] == [f"cuda:{r}" for r in range(8)]
+    assert [process_device("cuda", w, 8) for w in node] == [f"cuda:{r}" for r in range(8)]
+    assert [process_device(None, w, 8) for w in node] == [f"cuda:{r}" for r in range(8)]
+    assert [process_device("auto", w, 1) for w in node] == ["cuda:0"] * 8  # one GPU shown to each task
+    assert [process_device("auto", w, 4) for w in node] == [f"cuda:{r % 4}" for r in range(8)]  # two ranks a GPU
+    assert process_device("cuda:1", node[3], 8) == "cuda:1" and process_device("cpu", node[3], 8) == "cpu"
+    assert process_device("auto", node[3], 0) == "auto"  # no GPU: the CPU, as auto says
+    assert process_device("cuda", World(), 8) == "cuda"  # one process: as given
