@@ -24,9 +24,11 @@ that is the last hidden state after the encoder's final LayerNorm, which no hidd
 
 
 def resolve_device(device: Any = "auto") -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; otherwise as ``torch.device`` reads it."""
+    """``auto`` -> CUDA when present, else CPU; otherwise as ``torch.device`` reads it. A CUDA device
+    gets its index (the current device's when none is given), so the model, its streams and its
+    copies stay on one GPU whatever the current device is later."""
     if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
@@ -36,6 +38,8 @@ def resolve_device(device: Any = "auto") -> torch.device:
             raise ValueError(f"device {device!r} asked for, but CUDA is not available here")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"device {device!r} asked for, but there are {torch.cuda.device_count()} CUDA devices")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
     elif dev.type != "cpu":
         raise ValueError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
     return dev
@@ -109,12 +113,14 @@ class Prepared:
 
     wave: (B, N) in the compute dtype, normalised if the checkpoint asks for it; lengths: (B,) real
     samples; frames: real frames per utterance; ready: CUDA event set once the copy is done (None
-    on the CPU)."""
+    on the CPU); padded: whether any row is shorter than N, known on the host (asking the device
+    would wait for everything queued on it, which is what the overlap is for)."""
 
     wave: Tensor
     lengths: Tensor
     frames: list[int]
     ready: torch.cuda.Event | None = None
+    padded: bool = True
 
 
 @dataclass
@@ -132,15 +138,19 @@ class Pending:
     inf, found on the device, where it costs next to nothing (on the host, float16 arrays are slow
     to scan); copied with ``data``."""
 
-    def result(self) -> list[Tensor]:
-        """Wait for the copy; each utterance's (len(layers), T_i, E) host tensor (views of ``data``, so
-        on CUDA they hold pinned memory until dropped: copy what is kept for long)."""
+    def result(self, own: bool = False) -> list[Tensor]:
+        """Wait for the copy; each utterance's (len(layers), T_i, E) host tensor: views of ``data``, so
+        on CUDA they hold its pinned memory until dropped, or with ``own`` copies in ordinary memory
+        (for what is kept past the next batches: pinned memory is scarce, and torch keeps it cached)."""
         if self.done is not None:
             self.done.synchronize()
-        return [self.data[b, :, :t] for b, t in enumerate(self.frames)]
+        views = [self.data[b, :, :t] for b, t in enumerate(self.frames)]
+        return [v.clone() for v in views] if own and self.done is not None else views
 
     def all_finite(self) -> list[bool]:
-        """After :meth:`result`: per utterance, whether its hidden states are finite."""
+        """Per utterance, whether its hidden states are finite (waits for the copy, as :meth:`result`)."""
+        if self.done is not None:
+            self.done.synchronize()
         return [True] * len(self.frames) if self.finite is None else self.finite.tolist()
 
 
@@ -198,9 +208,10 @@ class Extractor:
         lengths = torch.tensor(sizes)
         frames = conv_frames(lengths, self.checkpoint.cfg.conv_layers).tolist()
         norm = self.normalize and not normalized
+        padded = min(sizes) != max(sizes)
         if not cuda:
             x = normalize_rows(host, lengths) if norm else host
-            return Prepared(x.to(self.dtype), lengths, frames)
+            return Prepared(x.to(self.dtype), lengths, frames, padded=padded)
         stream = self._streams()[0]
         with torch.cuda.stream(stream):
             x = host.to(self.device, non_blocking=True)
@@ -210,7 +221,7 @@ class Extractor:
             x = x.to(self.dtype)
             ready = torch.cuda.Event()
             ready.record(stream)
-        return Prepared(x, n, frames, ready)
+        return Prepared(x, n, frames, ready, padded)
 
     def submit(self, prepared: Prepared, layers: list[int], out_dtype: torch.dtype = torch.float32) -> Pending:
         """Queue the forward pass of a prepared batch and the copy of its hidden states, cast to
@@ -222,7 +233,7 @@ class Extractor:
             compute.wait_event(prepared.ready)
             prepared.wave.record_stream(compute)
             prepared.lengths.record_stream(compute)
-        stacked, _ = self.run(prepared.wave, prepared.lengths, layers)
+        stacked, _ = self.run(prepared.wave, prepared.lengths if prepared.padded else None, layers)
         stacked = stacked.to(out_dtype)
         finite = finite_rows(stacked, conv_frames(prepared.lengths, self.checkpoint.cfg.conv_layers))
         if not cuda:
@@ -303,9 +314,7 @@ class Extractor:
         elif np.ndim(waves[0]) == 0:
             raise ValueError("expected a waveform or a list of waveforms, got a list of numbers; "
                              "pass one waveform as an array: ext(np.asarray(samples))")
-        feats = self.submit(self.prepare(waves), idx).result()
-        if self.device.type == "cuda":  # own memory: kept features must not pin the batch's page-locked buffer
-            feats = [f.clone() for f in feats]
+        feats = self.submit(self.prepare(waves), idx).result(own=True)  # kept by the caller: not pinned
         feats = [f[0] for f in feats] if len(idx) == 1 else feats
         return feats[0] if single else feats
 

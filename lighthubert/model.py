@@ -537,7 +537,9 @@ class SubnetModel(nn.Module):
     def forward(self, wave: Tensor, lengths: Tensor | None = None,
                 layers: Sequence[int] | None = None, last: bool = False, always_mask: bool = False) -> Output:
         """wave: (B, N) at 16 kHz (already normalised if the checkpoint asks for it);
-        lengths: (B,) real samples per utterance, or None when none is padded.
+        lengths: (B,) real samples per utterance, or None when none is padded (lengths on the CPU
+        that pad nothing are taken as None; on CUDA they keep the masked path, as checking would
+        wait for the device).
         layers: hidden-state indices to return (0..L), all when None; ``last``: also the final output.
         Only the layers up to the highest one asked for are run, with the kernels of
         :func:`kernel_choices` (float32 stays float32 on CUDA). ``always_mask`` keeps the masked path
@@ -551,8 +553,8 @@ class SubnetModel(nn.Module):
         want = list(range(self.num_layers + 1)) if layers is None else sorted(set(layers))
         if want and not 0 <= want[0] <= want[-1] <= self.num_layers:
             raise ValueError(f"hidden-state indices must be in 0..{self.num_layers}, got {list(layers)}")
-        if lengths is not None and not always_mask and bool((lengths == wave.shape[1]).all()):
-            lengths = None
+        if lengths is not None and not always_mask and lengths.device.type == "cpu" and bool((lengths == wave.shape[1]).all()):
+            lengths = None  # (asked of CUDA lengths, it would wait for the device: Extractor passes None itself)
         feats, n = self.feature_extractor(wave, lengths)
         return self.encode(self.project(feats), n, want, last)
 

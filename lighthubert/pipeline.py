@@ -323,7 +323,8 @@ def _launch(good: list[tuple[Item, np.ndarray]], extractor: Extractor, options: 
     oom = None
     try:
         pending = extractor.submit(extractor._prepare(waves), options.layers, out_dtype)  # load_audio checked them
-        feats: Callable[[], list] = lambda: [(f.numpy(), ok) for f, ok in zip(pending.result(), pending.all_finite())]
+        # own copies: the writer's queue keeps them a while, and views would pin the whole batch's buffer
+        feats: Callable[[], list] = lambda: [(f.numpy(), ok) for f, ok in zip(pending.result(own=True), pending.all_finite())]
     except torch.OutOfMemoryError as err:
         oom = _without_frames(err)
     if oom is not None:  # out of the except block: the failed attempt's tensors are freed by now
@@ -360,7 +361,7 @@ def _run(extractor: Extractor, waves: list, layers: list[int], out_dtype: torch.
     float16); on CUDA out-of-memory the batch is split in halves (see :func:`_halves`)."""
     try:
         pending = extractor.submit(extractor._prepare(waves), layers, out_dtype)  # load_audio checked them
-        return [f.numpy() for f in pending.result()]
+        return [f.numpy() for f in pending.result(own=True)]
     except torch.OutOfMemoryError as err:
         oom = _without_frames(err)
     return _halves(extractor, waves, layers, out_dtype, oom)  # out of the except block, as in _launch

@@ -68,6 +68,27 @@ def test_prepare_normalises_each_utterance_over_its_own_samples():
     assert torch.equal(raw.wave, _padded(waves))
 
 
+def test_whether_a_batch_is_padded_is_decided_on_the_host(monkeypatch):
+    """The model takes lengths None (the unmasked path) for a batch of equal lengths and the lengths
+    otherwise, decided from the sizes on the host: asking CUDA lengths whether they pad anything made
+    every forward wait for the device, so no batch was ever queued behind another."""
+    ext = lighthubert.load("random:small", subnet="min", device="cpu")
+    waves = _waves()
+    seen, forward = [], type(ext.model).forward
+
+    def spy(model, wave, lengths=None, *args, **kwargs):
+        seen.append(None if lengths is None else lengths.tolist())
+        return forward(model, wave, lengths, *args, **kwargs)
+
+    monkeypatch.setattr(type(ext.model), "forward", spy)
+    same = [waves[0], waves[0].clone()]
+    assert not ext.prepare(same).padded and ext.prepare(waves).padded
+    together = ext.submit(ext.prepare(same), [2]).result() + ext.submit(ext.prepare(waves), [2]).result()
+    assert seen == [None, list(SIZES)]
+    for got, w in zip(together, same + waves):
+        assert float((got - ext([w], layers=[2])[0][None]).abs().max()) <= 1e-5
+
+
 def test_prepare_leaves_audio_alone_when_the_checkpoint_does_not_normalise():
     ext = lighthubert.load("random:stage1", device="cpu")
     assert not ext.normalize
