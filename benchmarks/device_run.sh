@@ -10,7 +10,12 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:/tmp/site" LIGHTHUBERT_ORACLE_DIR="$P
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   > "$OUT/install.log" 2>&1 || { tail -20 "$OUT/install.log"; exit 1; }
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
-python3 -c "import torch, lighthubert, soundfile; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" || exit 1
-timeout 180 python3 -m pytest tests/test_gpu.py tests/test_batching.py -q -p no:cacheprovider -x 2>&1 | tee "$OUT/gpu_tests.txt" | tail -8
-timeout "${BENCH_TIMEOUT:-420}" python3 benchmarks/gpu.py --hours "${HOURS:-10}" --long-minutes "${LONG_MINUTES:-60}" \
+# everything lhb imports (import lighthubert is lazy and checks none of it), with versions
+python3 -c "import torch, torchaudio, soundfile, h5py, typer, rich, numpy, lighthubert.job, lighthubert_cli.main
+print('torch', torch.__version__, 'torchaudio', torchaudio.__version__, 'soundfile', soundfile.__version__, 'h5py',
+      h5py.__version__, 'typer', typer.__version__, 'numpy', numpy.__version__, 'cuda', torch.cuda.is_available())" \
+  2>&1 | tee "$OUT/preflight.txt" | tail -3; [ "${PIPESTATUS[0]}" = 0 ] || exit 1
+# the device run's limit is 600 s: tests 150 s + benchmarks 380 s + the steps above leave some margin
+timeout "${TEST_TIMEOUT:-150}" python3 -m pytest tests/test_gpu.py tests/test_batching.py -q -p no:cacheprovider -x 2>&1 | tee "$OUT/gpu_tests.txt" | tail -8
+timeout "${BENCH_TIMEOUT:-380}" python3 benchmarks/gpu.py --hours "${HOURS:-10}" --long-minutes "${LONG_MINUTES:-60}" \
   --out "$OUT/gpu_results.txt" ${GPU_ARGS:-}

@@ -136,13 +136,15 @@ def startup(ckpt: Path, corpus: Path, dev: torch.device, dtype: str) -> None:
 # ----------------------------------------------------------------------------- 2. forward only
 
 
-def forward_only(ckpt: Path, dev: torch.device, batch: int, seconds: float, repeats: int, hf: bool) -> dict[str, float]:
+def forward_only(ckpt: Path, dev: torch.device, batch: int, seconds: float, repeats: int, hf: bool,
+                 rates: dict[str, float]) -> None:
+    """Fills ``rates`` (name -> s of audio per s) as it goes: a peer that fails to import or run is
+    one FAILED line, and the rows before it are kept for the pipeline's ratio."""
     import lighthubert
 
     dtype = torch.float16 if dev.type == "cuda" else torch.float32
     wave = torch.randn(batch, int(seconds * 16000), generator=torch.Generator().manual_seed(0)) * 0.1
     audio = batch * seconds
-    rates: dict[str, float] = {}
 
     def row(name: str, fn: Callable[[], object]) -> None:
         peak_reset(dev)
@@ -161,20 +163,30 @@ def forward_only(ckpt: Path, dev: torch.device, batch: int, seconds: float, repe
         x, n = ext.batch(list(wave))
         row(f"ours Base {preset}", lambda: ext.run(x, n, [ext.num_layers]))
         del ext
-    from oracle import authors, build_model
-
-    ck = torch.load(ckpt, map_location="cpu", weights_only=False)
-    model = build_model(ck["cfg"]["model"], "base", ck["model"])
-    model.set_sample_config(authors().LightHuBERTSupernetConfig("base").subnet)
-    model = model.to(dev, dtype)
     xa = wave.to(dev, dtype)
-    row("authors' LightHuBERT Base default", lambda: model.extract_features(xa)[0])
-    del model
-    import torchaudio
 
-    ta = torchaudio.models.hubert_base().eval().to(dev, dtype)
-    row("torchaudio hubert_base (= Base max)", lambda: ta(xa)[0])
-    del ta
+    def authors_model():
+        from oracle import authors, build_model
+
+        ck = torch.load(ckpt, map_location="cpu", weights_only=False)
+        model = build_model(ck["cfg"]["model"], "base", ck["model"])
+        model.set_sample_config(authors().LightHuBERTSupernetConfig("base").subnet)
+        return model.to(dev, dtype)
+
+    def torchaudio_model():
+        import torchaudio
+
+        return torchaudio.models.hubert_base().eval().to(dev, dtype)
+
+    for name, build, call in (("authors' LightHuBERT Base default", authors_model, lambda m: m.extract_features(xa)[0]),
+                              ("torchaudio hubert_base (= Base max)", torchaudio_model, lambda m: m(xa)[0])):
+        try:
+            model = build()
+        except Exception as err:  # noqa: BLE001 - a peer that cannot be built must not hide the others
+            log(f"   {name:34s} FAILED to build: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
+            continue
+        row(name, lambda: call(model))
+        del model
     if hf:
         try:
             from transformers import HubertConfig, HubertModel
@@ -184,11 +196,9 @@ def forward_only(ckpt: Path, dev: torch.device, batch: int, seconds: float, repe
             m = HubertModel(HubertConfig(attn_implementation="sdpa")).eval().to(dev, dtype)
             row("HF HubertModel sdpa (= Base max)", lambda: m(xa).last_hidden_state)
             del m
-    mx = rates["ours Base max"]
     for ref in ("torchaudio hubert_base (= Base max)", "HF HubertModel sdpa (= Base max)"):
-        if ref in rates:
-            log(f"   ours Base max / {ref.split(' (')[0]}: {mx / rates[ref]:.2f}x")
-    return rates
+        if ref in rates and "ours Base max" in rates:
+            log(f"   ours Base max / {ref.split(' (')[0]}: {rates['ours Base max'] / rates[ref]:.2f}x")
 
 
 # ----------------------------------------------------------------------------- 2b. conv blocks
@@ -289,11 +299,11 @@ def pipeline_compute(ckpt: Path, dev: torch.device, batches: int, batch_seconds:
             t = time.perf_counter()
             pending = None
             for waves in plan:  # one batch in flight: batch k+1 is queued before k's results are read
-                nxt = ext.submit(ext.prepare(waves), layers, out)
+                nxt = ext.submit(ext._prepare(waves), layers, out)  # as the pipeline: decoded audio is checked
                 if pending is not None:
-                    [f.numpy() for f in pending.result()]
+                    [f.numpy() for f in pending.result(own=True)]
                 pending = nxt
-            [f.numpy() for f in pending.result()]
+            [f.numpy() for f in pending.result(own=True)]
             wall = time.perf_counter() - t
             ratio = f" = {audio / wall / forward_rate:.0%} of forward-only" if forward_rate else ""
             log(f"   {dtype:9s} {sight:12s} {audio / wall:9,.0f} s audio/s over {audio:.0f} s in {batches} batches"
@@ -409,7 +419,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--sections", default="startup,forward,conv,pipeline,process,accuracy")
+    # accuracy early: the one correctness section, not to be lost to a time limit; conv (exploration) last
+    ap.add_argument("--sections", default="startup,accuracy,forward,pipeline,process,conv")
     ap.add_argument("--dry-run", action="store_true", help="tiny sizes; runs on the CPU when there is no GPU")
     ap.add_argument("--out", type=Path, default=Path("gpu_results.txt"))
     args = ap.parse_args()
@@ -428,6 +439,9 @@ def main() -> None:
     lighthubert.write_random_checkpoint(ckpt, "base", seed=0)
     waves = speech_waves()
     sections = args.sections.split(",")
+    unknown = set(sections) - {"startup", "accuracy", "forward", "pipeline", "process", "conv"}
+    if unknown:
+        sys.exit(f"unknown --sections {', '.join(sorted(unknown))}")
     rates: dict[str, float] = {}
     if "startup" in sections:
         (work / "few").mkdir()
@@ -436,18 +450,18 @@ def main() -> None:
 
             sf.write(work / "few" / f"f{i}.wav", w, 16000)
         guarded("start-up (fresh process)", lambda: startup(ckpt, work / "few", dev, "float16" if dev.type == "cuda" else "float32"))
-    if "forward" in sections:
-        guarded("forward only", lambda: rates.update(forward_only(ckpt, dev, args.batch, args.seconds, args.repeats, True)))
-    if "conv" in sections:
-        guarded("conv blocks 1-6, four ways", lambda: conv_variants(dev, args.batch, args.seconds, args.repeats))
-    if "pipeline" in sections:
-        guarded("pipeline compute (in-process, one batch in flight)",
-                lambda: pipeline_compute(ckpt, dev, 3 if args.dry_run else 12, 8.0 if args.dry_run else 60.0,
-                                         rates.get("ours Base default")))
-    if "process" in sections:
-        guarded("whole process (lhb extract)", lambda: whole_process(ckpt, work, args.hours, args.long_minutes, dev, waves))
-    if "accuracy" in sections:
-        guarded("accuracy on real speech", lambda: accuracy(ckpt, dev, waves[:3] if args.dry_run else waves))
+    runs = {
+        "accuracy": ("accuracy on real speech", lambda: accuracy(ckpt, dev, waves[:3] if args.dry_run else waves)),
+        "forward": ("forward only", lambda: forward_only(ckpt, dev, args.batch, args.seconds, args.repeats, True, rates)),
+        "pipeline": ("pipeline compute (in-process, one batch in flight)",
+                     lambda: pipeline_compute(ckpt, dev, 3 if args.dry_run else 12, 8.0 if args.dry_run else 60.0,
+                                              rates.get("ours Base default"))),
+        "process": ("whole process (lhb extract)", lambda: whole_process(ckpt, work, args.hours, args.long_minutes, dev, waves)),
+        "conv": ("conv blocks 1-6, four ways", lambda: conv_variants(dev, args.batch, args.seconds, args.repeats)),
+    }
+    for section in sections:  # in the order asked
+        if section in runs:
+            guarded(*runs[section])
     shutil.rmtree(work, ignore_errors=True)
 
 
