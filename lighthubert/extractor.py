@@ -281,14 +281,16 @@ class Extractor:
 
     @torch.inference_mode()
     def run_long(self, wave: Tensor, layers: list[int], form: LongForm = LongForm(),
-                 progress: Callable[[float], None] | None = None) -> Tensor:
+                 progress: Callable[[float], None] | None = None, stack: bool = True) -> Tensor | list[Tensor]:
         """One long utterance, prepared (N,) on the device (normalised, in ``dtype``), through
-        :mod:`lighthubert.longform`: (len(layers), T, E) with T = conv_frames(N). ``progress``
-        gets the fraction done after each window (windowed mode)."""
+        :mod:`lighthubert.longform`: (len(layers), T, E) with T = conv_frames(N), or with ``stack``
+        False the list of the (T, E) layers (no stacked copy). ``progress`` gets the fraction done
+        after each window (windowed mode)."""
         final = FINAL in layers
         out = hidden_states(self.model, wave, sorted(i for i in layers if i != FINAL), last=final, form=form,
                             progress=progress)
-        return torch.stack([out.last[0] if i == FINAL else out.hidden[i][0] for i in layers])
+        states = [out.last[0] if i == FINAL else out.hidden[i][0] for i in layers]
+        return torch.stack(states) if stack else states
 
     def __call__(self, waves: Sequence[Tensor | np.ndarray] | Tensor | np.ndarray,
                  layers: Any = "last") -> list[Tensor] | Tensor:

@@ -223,7 +223,8 @@ def extract(items: Iterable[Item], extractor: Extractor, writer: FeaturesWriter,
 
         def finish() -> None:
             """Collect the batch in flight: wait for its results, queue them for writing, report.
-            Features that are not finite are never written: their utterance is skipped."""
+            Features that are not finite, or that did not fit in device memory, are never written:
+            their utterance is skipped, with the reason."""
             nonlocal inflight
             if inflight is None:
                 return
@@ -234,19 +235,19 @@ def extract(items: Iterable[Item], extractor: Extractor, writer: FeaturesWriter,
             summary.timings["compute"] += time.monotonic() - t
             t = time.monotonic()
             bad, lost = [], 0.0
-            for job, finite in results:  # finite: found on the device
-                if finite:
+            for job, reason in results:  # reason: why not to write it (not finite: found on the device)
+                if reason is None:
                     out.put(job)
                 else:
-                    bad.append(items[job[0]])
+                    bad.append((items[job[0]], reason))
                     lost += job[3] / SAMPLE_RATE
             if stop.is_set():
                 out.put("flush")
             summary.timings["write_wait"] += time.monotonic() - t
             summary.seconds += seconds - lost  # the summary's audio is what was written
             summary.files -= len(bad)
-            for it in bad:
-                skip(it, _not_finite(extractor.dtype, save_dtype))
+            for it, reason in bad:
+                skip(it, reason)
             reporter.advance(files, seconds - shown[0])
 
         try:
@@ -302,36 +303,80 @@ def extract(items: Iterable[Item], extractor: Extractor, writer: FeaturesWriter,
 
 
 def _launch(good: list[tuple[Item, np.ndarray]], extractor: Extractor, options: Options, long_samples: int,
-            save_dtype: np.dtype, progress: Callable[[float], None] | None = None) -> Callable[[], list[tuple[tuple, bool]]]:
+            save_dtype: np.dtype, progress: Callable[[float], None] | None = None
+            ) -> Callable[[], list[tuple[tuple, str | None]]]:
     """Start one planned batch; the returned function waits for it and gives, per utterance, the
-    writer's job (key, array, source, num_samples, windows) and whether its features are finite
-    (checked on the device). ``progress``: the fraction of a long file done, after each of its windows."""
+    writer's job (key, array, source, num_samples, windows) and None, or the reason not to write it:
+    features not finite (checked on the device), or an utterance that does not fit in device memory
+    alone. ``progress``: the fraction of a long file done, after each of its windows."""
     if not good:
         return list
     out_dtype = torch.float16 if save_dtype == np.float16 else torch.float32
+    not_finite = _not_finite(extractor.dtype, save_dtype)
     if len(good) == 1 and len(good[0][1]) > long_samples:
         item, wave = good[0]
         form = long_form(len(wave), options)
-        wave_t = extractor.batch([wave])[0][0]  # normalised over the whole file, on the device
-        states = extractor.run_long(wave_t, options.layers, form, progress).to(out_dtype)
-        finite = bool(torch.isfinite(states).all())
-        data = states.cpu().numpy()
+        oom = None
+        try:
+            data, finite = _run_long(extractor, wave, options.layers, form, out_dtype, progress)
+        except torch.OutOfMemoryError as err:
+            oom = _without_frames(err)
+        if oom is not None:
+            torch.cuda.empty_cache()
+            job = (item.key, None, source_text(item.path), len(wave), 0)
+            return lambda: [(job, _too_big(len(wave), form, oom))]
         windows = len(form.windows(data.shape[-2])) if form.mode == "windowed" else 0
         job = (item.key, _squeeze(data, options.layers), source_text(item.path), len(wave), windows)
-        return lambda: [(job, finite)]
+        return lambda: [(job, None if finite else not_finite)]
     waves = [w for _, w in good]
     oom = None
     try:
         pending = extractor.submit(extractor._prepare(waves), options.layers, out_dtype)  # load_audio checked them
         # own copies: the writer's queue keeps them a while, and views would pin the whole batch's buffer
-        feats: Callable[[], list] = lambda: [(f.numpy(), ok) for f, ok in zip(pending.result(own=True), pending.all_finite())]
+        feats: Callable[[], list] = lambda: [(f.numpy(), None if ok else not_finite)
+                                             for f, ok in zip(pending.result(own=True), pending.all_finite())]
     except torch.OutOfMemoryError as err:
         oom = _without_frames(err)
     if oom is not None:  # out of the except block: the failed attempt's tensors are freed by now
-        done = [(data, bool(np.isfinite(data).all())) for data in _halves(extractor, waves, options.layers, out_dtype, oom)]
+        done = []
+        for data, w in zip(_halves(extractor, waves, options.layers, out_dtype, oom), waves):
+            if isinstance(data, BaseException):  # did not fit alone
+                done.append((None, _too_big(len(w), None, data)))
+            else:
+                done.append((data, None if np.isfinite(data).all() else not_finite))
         feats = lambda: done
-    return lambda: [((item.key, _squeeze(data, options.layers), source_text(item.path), len(wave), 0), finite)
-                    for (item, wave), (data, finite) in zip(good, feats())]
+    return lambda: [((item.key, None if data is None else _squeeze(data, options.layers), source_text(item.path),
+                      len(wave), 0), reason) for (item, wave), (data, reason) in zip(good, feats())]
+
+
+def _run_long(extractor: Extractor, wave: np.ndarray, layers: list[int], form: LongForm, out_dtype: torch.dtype,
+              progress: Callable[[float], None] | None) -> tuple[np.ndarray, bool]:
+    """One long file: (len(layers), T, E) on the host in ``out_dtype`` and whether it is finite. The
+    layers come to the host one by one: a stacked copy, and another in ``out_dtype``, of every layer
+    of an hour of audio would take several times the device memory of the hidden states."""
+    wave_t = extractor.batch([wave])[0][0]  # normalised over the whole file, on the device
+    states = extractor.run_long(wave_t, layers, form, progress, stack=False)
+    data, finite = None, True
+    for j, layer in enumerate(states):
+        layer = layer.to(out_dtype)
+        finite = finite and bool(torch.isfinite(layer).all())
+        if data is None:
+            data = np.empty((len(states), *layer.shape), dtype=np.float16 if out_dtype == torch.float16 else np.float32)
+        data[j] = layer.cpu().numpy()
+        states[j] = None  # its device memory goes as soon as it is on the host
+    return data, finite
+
+
+def _too_big(num_samples: int, form: LongForm | None, err: BaseException) -> str:
+    """The reason an utterance that does not fit in device memory on its own is skipped."""
+    minutes = num_samples / SAMPLE_RATE / 60
+    if form is not None and form.mode == "exact":
+        advice = "run it windowed with a lower --exact-seconds, or with fewer --layers"
+    elif form is not None:
+        advice = "use a shorter --window-seconds or --context-seconds, or fewer --layers"
+    else:
+        advice = "use fewer --layers, or run it on a device with more memory"
+    return f"out of device memory for it alone ({minutes:.1f} min of audio): {advice} ({str(err).splitlines()[0][:120]})"
 
 
 def _not_finite(dtype: torch.dtype, save_dtype: np.dtype) -> str:
@@ -356,7 +401,8 @@ def _squeeze(data: np.ndarray, layers: list[int]) -> np.ndarray:
     return data[0] if len(layers) == 1 else data
 
 
-def _run(extractor: Extractor, waves: list, layers: list[int], out_dtype: torch.dtype) -> list[np.ndarray]:
+def _run(extractor: Extractor, waves: list, layers: list[int], out_dtype: torch.dtype
+         ) -> list[np.ndarray | torch.OutOfMemoryError]:
     """Forward pass, results cast to ``out_dtype`` on the device (half the transfer when saving
     float16); on CUDA out-of-memory the batch is split in halves (see :func:`_halves`)."""
     try:
@@ -377,11 +423,13 @@ def _without_frames(err: torch.OutOfMemoryError) -> torch.OutOfMemoryError:
 
 
 def _halves(extractor: Extractor, waves: list, layers: list[int], out_dtype: torch.dtype,
-            err: torch.OutOfMemoryError) -> list[np.ndarray]:
+            err: torch.OutOfMemoryError) -> list[np.ndarray | torch.OutOfMemoryError]:
     """After ``waves`` ran out of memory together (``err``): each half on its own, without trying
-    the whole batch again; a single utterance that does not fit raises ``err``."""
+    the whole batch again; a single utterance that does not fit alone gives its error in its place
+    (it is skipped, the run goes on)."""
     if len(waves) == 1:
-        raise err
+        torch.cuda.empty_cache()
+        return [err]
     torch.cuda.empty_cache()
     half = len(waves) // 2
     return _run(extractor, waves[:half], layers, out_dtype) + _run(extractor, waves[half:], layers, out_dtype)

@@ -190,3 +190,61 @@ def test_out_of_memory_splits_the_batch_in_halves(tmp_path, ckpt_files, monkeypa
         for k in ref.keys:
             a, b = got[k], ref[k]
             assert a.shape == b.shape and float((a - b).abs().max() / b.abs().max()) <= 1e-5, k
+
+
+def test_an_utterance_that_does_not_fit_alone_is_skipped_and_the_run_goes_on(tmp_path, ckpt_files, monkeypatch):
+    """Out of device memory for one utterance on its own (the batch split down to it, or a long file
+    run alone): that utterance is skipped with the reason and what to try; the others are written.
+    Before, the error ended the whole run."""
+    import soundfile as sf
+
+    for i, w in enumerate(_waves((16000, 23456, 40001), seed=3)):
+        sf.write(str(tmp_path / f"u{i}.wav"), w.numpy(), 16000, subtype="FLOAT")
+    settings = dict(checkpoint=ckpt_files["small"], subnet="min", device="cpu", layers="all")
+    lighthubert.extract(tmp_path, tmp_path / "ref.h5", **settings)
+    submit = lighthubert.Extractor.submit
+
+    def big(self, prepared, *args, **kwargs):
+        if prepared.wave.shape[1] > 40000:  # any batch holding u2, u2 alone too
+            raise torch.OutOfMemoryError("CUDA out of memory (injected by the test)")
+        return submit(self, prepared, *args, **kwargs)
+
+    monkeypatch.setattr(lighthubert.Extractor, "submit", big)
+    batched = lighthubert.extract(tmp_path, tmp_path / "small.h5", **settings)
+    assert [(it.key, reason) for it, reason in batched.skipped] == [
+        ("u2", "out of device memory for it alone (0.0 min of audio): use fewer --layers, or run it on a device with "
+               "more memory (CUDA out of memory (injected by the test))")]
+    monkeypatch.setattr(lighthubert.Extractor, "submit", submit)
+
+    def long_too_big(self, *args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (injected by the test)")
+
+    monkeypatch.setattr(lighthubert.Extractor, "run_long", long_too_big)  # u2 (2.5 s) is a long file here
+    windowed = lighthubert.extract(tmp_path, tmp_path / "long.h5", exact_seconds=2, window_seconds=1,
+                                   context_seconds=0.5, **settings)
+    assert [it.key for it, _ in windowed.skipped] == ["u2"]
+    assert windowed.skipped[0][1].startswith("out of device memory for it alone (0.0 min of audio): use a shorter "
+                                             "--window-seconds or --context-seconds, or fewer --layers")
+    with lighthubert.open_features(tmp_path / "ref.h5") as ref:
+        for out in ("small.h5", "long.h5"):
+            with lighthubert.open_features(tmp_path / out) as got:
+                assert sorted(got.keys) == ["u0", "u1"] and [s["key"] for s in got.attrs["skipped"]] == ["u2"]
+                for k in got.keys:
+                    assert float((got[k] - ref[k]).abs().max() / ref[k].abs().max()) <= 1e-5, (out, k)
+
+
+def test_a_long_file_comes_to_the_host_layer_by_layer_with_the_numbers_of_a_stacked_run():
+    """The long-file path moves each layer to the host on its own (no stacked copy of all of them on
+    the device) and gives run_long's stacked numbers, in the save dtype, with the finite check."""
+    from lighthubert.longform import LongForm
+    from lighthubert.pipeline import _run_long
+
+    ext = lighthubert.load("random:small", subnet="min", device="cpu")
+    wave = _waves((48000,), seed=5)[0].numpy()
+    layers = [0, 3, ext.num_layers]
+    form = LongForm("windowed", 1.0, 0.5)
+    stacked = ext.run_long(ext.batch([wave])[0][0], layers, form)
+    for dtype in (torch.float32, torch.float16):
+        data, finite = _run_long(ext, wave, layers, form, dtype, None)
+        assert finite and data.dtype == (np.float16 if dtype == torch.float16 else np.float32)
+        assert np.array_equal(data, stacked.to(dtype).numpy())
