@@ -55,7 +55,7 @@ def process_device(device: Any, world: World, cuda_devices: int) -> Any:
     every process all its GPUs (torchrun, ``srun --gres=gpu:8``), GPU 0 for each when the launcher
     shows every task only its own (``srun --gpus-per-task=1``: each rank would otherwise ask for a GPU
     it cannot see, or all use GPU 0). ``cuda:N`` is kept as given."""
-    if world.distributed and cuda_devices and str(device) in ("None", "auto", "cuda"):
+    if world.distributed and cuda_devices and (device is None or str(device) in ("auto", "cuda")):
         return f"cuda:{world.local_rank % cuda_devices}"
     return device
 

@@ -19,7 +19,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 import numpy as np
 import torch
@@ -316,28 +316,23 @@ def _launch(good: list[tuple[Item, np.ndarray]], extractor: Extractor, options: 
     if len(good) == 1 and len(good[0][1]) > long_samples:
         item, wave = good[0]
         form = long_form(len(wave), options)
-        oom = None
-        try:
-            data, finite = _run_long(extractor, wave, options.layers, form, out_dtype, progress)
-        except torch.OutOfMemoryError as err:
-            oom = _without_frames(err)
+        ran, oom = _attempt(lambda: _run_long(extractor, wave, options.layers, form, out_dtype, progress))
         if oom is not None:
             torch.cuda.empty_cache()
             job = (item.key, None, source_text(item.path), len(wave), 0)
             return lambda: [(job, _too_big(len(wave), form, oom))]
+        data, finite = ran
         windows = len(form.windows(data.shape[-2])) if form.mode == "windowed" else 0
         job = (item.key, _squeeze(data, options.layers), source_text(item.path), len(wave), windows)
         return lambda: [(job, None if finite else not_finite)]
     waves = [w for _, w in good]
-    oom = None
-    try:
-        pending = extractor.submit(extractor._prepare(waves), options.layers, out_dtype)  # load_audio checked them
+    # _prepare: load_audio checked the waveforms
+    pending, oom = _attempt(lambda: extractor.submit(extractor._prepare(waves), options.layers, out_dtype))
+    if oom is None:
         # own copies: the writer's queue keeps them a while, and views would pin the whole batch's buffer
         feats: Callable[[], list] = lambda: [(f.numpy(), None if ok else not_finite)
                                              for f, ok in zip(pending.result(own=True), pending.all_finite())]
-    except torch.OutOfMemoryError as err:
-        oom = _without_frames(err)
-    if oom is not None:  # out of the except block: the failed attempt's tensors are freed by now
+    else:
         done = []
         for data, w in zip(_halves(extractor, waves, options.layers, out_dtype, oom), waves):
             if isinstance(data, BaseException):  # did not fit alone
@@ -405,21 +400,21 @@ def _run(extractor: Extractor, waves: list, layers: list[int], out_dtype: torch.
          ) -> list[np.ndarray | torch.OutOfMemoryError]:
     """Forward pass, results cast to ``out_dtype`` on the device (half the transfer when saving
     float16); on CUDA out-of-memory the batch is split in halves (see :func:`_halves`)."""
+    feats, oom = _attempt(lambda: [f.numpy() for f in extractor.submit(extractor._prepare(waves), layers, out_dtype)
+                                   .result(own=True)])  # load_audio checked them
+    return feats if oom is None else _halves(extractor, waves, layers, out_dtype, oom)
+
+
+def _attempt(fn: Callable[[], Any]) -> tuple[Any, torch.OutOfMemoryError | None]:
+    """``(fn(), None)``, or ``(None, err)`` when ``fn`` runs out of device memory: ``err`` without its
+    traceback, whose frames hold what the failed forward had made (its input on the device, the
+    hidden states so far). Kept, they left the halves of a batch less memory than the whole had had;
+    what the caller does next runs once this function has returned, out of the ``except`` block."""
     try:
-        pending = extractor.submit(extractor._prepare(waves), layers, out_dtype)  # load_audio checked them
-        return [f.numpy() for f in pending.result(own=True)]
+        return fn(), None
     except torch.OutOfMemoryError as err:
-        oom = _without_frames(err)
-    return _halves(extractor, waves, layers, out_dtype, oom)  # out of the except block, as in _launch
-
-
-def _without_frames(err: torch.OutOfMemoryError) -> torch.OutOfMemoryError:
-    """``err`` without its traceback. The traceback's frames hold what the failed forward had made
-    (its input on the device, the hidden states so far): kept, they left the halves of the batch
-    less memory than the whole had had. The halves are run after the ``except`` block, once the
-    interpreter has let go of the exception being handled."""
-    err.__context__ = err.__cause__ = None
-    return err.with_traceback(None)
+        err.__context__ = err.__cause__ = None
+        return None, err.with_traceback(None)
 
 
 def _halves(extractor: Extractor, waves: list, layers: list[int], out_dtype: torch.dtype,

@@ -152,7 +152,10 @@ def layer_positions(stored: list[int], layer: Layers, path: Path | str = "") -> 
         return list(range(len(stored)))
     if isinstance(layer, (torch.Tensor, np.ndarray)):
         layer = layer.tolist()
-    wanted = [layer] if isinstance(layer, (int, np.integer)) else list(layer) if isinstance(layer, (list, tuple, range)) else None
+    if isinstance(layer, (int, np.integer)):
+        wanted = [layer]
+    else:
+        wanted = list(layer) if isinstance(layer, (list, tuple, range)) else []
     if not wanted or any(isinstance(i, bool) or not isinstance(i, (int, np.integer)) for i in wanted):
         raise FeaturesError(f"{path}: layer must be an index, a non-empty list of indices or 'all', not {layer!r}")
     missing = [i for i in wanted if i not in stored]
