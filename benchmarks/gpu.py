@@ -411,6 +411,11 @@ def accuracy(ckpt: Path, dev: torch.device, waves: list[np.ndarray]) -> None:
 # ----------------------------------------------------------------------------- main
 
 
+# in the order they run by default: accuracy early, the one correctness section, not to be lost to a
+# time limit; conv (exploration) last
+SECTIONS = ("startup", "accuracy", "forward", "pipeline", "process", "conv")
+
+
 def main() -> None:
     global OUT
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -419,11 +424,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--repeats", type=int, default=10)
-    # accuracy early: the one correctness section, not to be lost to a time limit; conv (exploration) last
-    ap.add_argument("--sections", default="startup,accuracy,forward,pipeline,process,conv")
+    ap.add_argument("--sections", default=",".join(SECTIONS))
     ap.add_argument("--dry-run", action="store_true", help="tiny sizes; runs on the CPU when there is no GPU")
     ap.add_argument("--out", type=Path, default=Path("gpu_results.txt"))
     args = ap.parse_args()
+    unknown = set(args.sections.split(",")) - set(SECTIONS)
+    if unknown:
+        sys.exit(f"unknown --sections {', '.join(sorted(unknown))} (choose from {', '.join(SECTIONS)})")
     OUT = args.out
     if args.dry_run:
         args.hours, args.long_minutes, args.batch, args.seconds, args.repeats = 0.01, 0.5, 2, 2.0, 1
@@ -439,9 +446,6 @@ def main() -> None:
     lighthubert.write_random_checkpoint(ckpt, "base", seed=0)
     waves = speech_waves()
     sections = args.sections.split(",")
-    unknown = set(sections) - {"startup", "accuracy", "forward", "pipeline", "process", "conv"}
-    if unknown:
-        sys.exit(f"unknown --sections {', '.join(sorted(unknown))}")
     rates: dict[str, float] = {}
     if "startup" in sections:
         (work / "few").mkdir()
