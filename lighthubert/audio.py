@@ -19,9 +19,9 @@ import soundfile as sf
 import torch
 
 from .errors import LightHubertError
+from .model import MIN_SAMPLES
 
 SAMPLE_RATE = 16000
-MIN_SAMPLES = 400  # the conv extractor's receptive field: fewer samples give no frame
 MIN_RATE, MAX_RATE = 1000, 384000
 """Sample rates accepted (Hz): outside, a file is refused before it is read (a 4 KB file that
 declares 1 Hz would become half an hour of audio once resampled)."""

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .fairseq_cfg import MODEL_DEFAULTS, TRAINING_DEFAULTS, init_constant
-from .model import ModelConfig, Output, SubnetModel, cut_subnet, frame_mask, released_layout
+from .model import MIN_SAMPLES, ModelConfig, Output, SubnetModel, cut_subnet, frame_mask, released_layout
 from .space import SUBNET_KEYS, check_subnet, count_params, get_space
 
 _MODEL_KEYS = MODEL_DEFAULTS
@@ -261,9 +261,7 @@ class LightHuBERT(nn.Module):
             warnings.warn("lighthubert.LightHuBERT is inference only: in training mode it applies no dropout and no "
                           "gradient reaches its weights; call .eval() (as the authors' README does) or run under "
                           "torch.no_grad() to extract features", UserWarning, stacklevel=3)
-        if source.shape[-1] < 400:  # a RuntimeError, as the authors' conv raises, but one that says why
-            from .audio import MIN_SAMPLES
-
+        if source.shape[-1] < MIN_SAMPLES:  # a RuntimeError, as the authors' conv raises, but one that says why
             raise RuntimeError(f"source has {source.shape[-1]} samples per row; LightHuBERT needs at least {MIN_SAMPLES} "
                                "(25 ms at 16 kHz) for one frame")
         model = self.subnet_model()

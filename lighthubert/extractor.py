@@ -15,7 +15,7 @@ from torch import Tensor
 from .audio import MAX_AMPLITUDE, sample_peak, too_loud
 from .checkpoint import Checkpoint, load_checkpoint
 from .longform import LongForm, hidden_states
-from .model import conv_frames
+from .model import MIN_SAMPLES, conv_frames
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 FINAL = -1
@@ -308,7 +308,7 @@ class Extractor:
             waves = [waves]
         elif isinstance(waves, (Tensor, np.ndarray)) and waves.ndim != 2:
             raise ValueError(f"expected one waveform (N,), a batch (B, N) or a list of waveforms; got shape {tuple(waves.shape)}")
-        elif isinstance(waves, (Tensor, np.ndarray)) and waves.shape[1] < 400 <= waves.shape[0]:
+        elif isinstance(waves, (Tensor, np.ndarray)) and waves.shape[1] < MIN_SAMPLES <= waves.shape[0]:
             raise ValueError(f"got a {tuple(waves.shape)} array: (samples, channels), as soundfile reads stereo; pass "
                              f"one channel (load_audio averages them: wave.mean(axis=1)), or wave.T to run each channel")
         elif len(waves) == 0:
@@ -336,8 +336,8 @@ def _check_waves(waves: Sequence[Tensor | np.ndarray]) -> None:
         shape = tuple(np.shape(w))
         if len(shape) != 1 and not (len(shape) == 2 and shape[0] == 1):
             raise ValueError(f"waveform {i} has shape {shape}; expected (N,) samples of one 16 kHz channel")
-        if np.prod(shape) < 400:
-            raise ValueError(f"waveform {i} has fewer than 400 samples (25 ms); it gives no frame")
+        if np.prod(shape) < MIN_SAMPLES:
+            raise ValueError(f"waveform {i} has fewer than {MIN_SAMPLES} samples (25 ms); it gives no frame")
         t = torch.as_tensor(w).detach()
         if t.is_complex() or t.dtype == torch.bool:
             raise ValueError(f"waveform {i} holds {t.dtype} values; expected real samples")

@@ -359,6 +359,9 @@ def kernel_choices(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
 # ----------------------------------------------------------------------------- modules
 
 
+MIN_SAMPLES = 400  # the conv extractor's receptive field: fewer samples give no frame
+
+
 def conv_frames(lengths: Tensor, conv_layers: Sequence[tuple[int, int, int]]) -> Tensor:
     """Exact frame counts: ``n = (n - k) // s + 1`` per block, 0 when too short."""
     n = lengths
