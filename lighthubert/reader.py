@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence, Union
 
@@ -17,8 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .errors import LightHubertError, SettingError
-from .storage import FORMAT, UNITS_FORMAT, OutputError, plain
+from .errors import LightHubertError, LightHubertWarning, SettingError
+from .storage import FORMAT, UNITS_FORMAT, OutputError, find_committed, parts_dir, plain
 from .storage.hdf5 import GROUP, open_reason, read_features
 
 Layers = Union[None, int, str, Sequence[int]]
@@ -51,20 +52,13 @@ def _open(path: Path) -> h5py.File:
     return f
 
 
-def incomplete_count(path: str | os.PathLike) -> int | None:
-    """How many utterances a features file left by a run that stopped holds (attribute ``complete``
-    false), or None when it is complete, not a features file or cannot be read (the caller's own
-    reading names that). Reads the root attributes first: a complete file's keys are not listed."""
-    path = Path(path)
-    if not path.is_file():  # never open a FIFO or a device here (it could block)
-        return None
-    try:
-        with h5py.File(path, "r") as f:
-            if plain(f.attrs.get("format")) != FORMAT or bool(f.attrs.get("complete", True)):
-                return None
-            return len(_keys(f)) if GROUP in f else 0
-    except (OSError, ValueError, TypeError):
-        return None
+def incomplete_note(path: Path, n: int) -> str:
+    """What to say of a features file left by a run that stopped (attribute ``complete`` false)
+    holding ``n`` utterances: that it is not every input, and how to finish it."""
+    waiting = find_committed(path)
+    more = f", not the work committed in {parts_dir(path)} (lhb merge {path} --remove-parts joins it)" if waiting else ""
+    return (f"{path}: incomplete (its lhb extract run stopped or is still running; --resume completes it); "
+            f"using the {n:,} utterances it holds{more}")
 
 
 def _keys(f: h5py.File) -> list[str]:
@@ -94,6 +88,8 @@ class Features:
         self.keys: list[str] = list(shapes)
         self.lengths: dict[str, int] = {k: int(shape[-2]) for k, shape in shapes.items()}
         self.dim: int = int(shapes[self.keys[0]][-1]) if self.keys else int(self.attrs.get("embed_dim", 0))
+        if not bool(self.attrs.get("complete", True)):
+            warnings.warn(incomplete_note(self.path, len(self.keys)), LightHubertWarning, stacklevel=2)
 
     def __enter__(self) -> "Features":
         return self

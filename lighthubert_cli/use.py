@@ -56,21 +56,6 @@ def _not_an_input(target: Path, *inputs: Path) -> None:
             raise Fail(f"{target}: is the input {src} itself; give another file to write")
 
 
-def _say_if_incomplete(features: Path) -> None:
-    """One line on stderr when FEATURES was left by a run that stopped: what it holds is used, but
-    the user should know it is not every input."""
-    from lighthubert.reader import incomplete_count
-
-    from lighthubert.storage import find_committed, parts_dir
-
-    n = incomplete_count(features)
-    if n is not None:
-        waiting = find_committed(features)
-        more = f", not the work committed in {parts_dir(features)} (lhb merge {features} --remove-parts joins it)" if waiting else ""
-        err(f"{features}: incomplete (its lhb extract run stopped or is still running; --resume completes it); "
-            f"using the {n:,} utterances it holds{more}")
-
-
 def _library_errors(fn, *args, **kwargs):
     from lighthubert.errors import SettingError
     from lighthubert.reader import FeaturesError
@@ -109,7 +94,6 @@ def convert(
     """
     from lighthubert.convert import convert as run
 
-    _say_if_incomplete(features)
     files = _library_errors(run, features, output, fmt.value, layer, split=split, nshard=nshard, overwrite=overwrite,
                             progress=_every("converted", quiet))
     if not quiet:
@@ -150,7 +134,6 @@ def learn(
     _not_an_input(km_path, features)
     refuse_existing([km_path], overwrite)  # before the work, not after
     pick_device(device)
-    _say_if_incomplete(features)
     km = _library_errors(learn_file, features, layer, clusters, max_frames=max_frames, batch_size=batch_size,
                          iterations=iterations, seed=seed, device=device, progress=_every("k-means step", quiet))
     try:  # beside KM, then renamed: an old KM stays whole if this stops half-way
@@ -196,7 +179,6 @@ def apply(
     _not_an_input(output, features, km_path)
     refuse_existing([output], overwrite or to_stdout)  # before any other line (apply_file checks it too)
     pick_device(device)
-    _say_if_incomplete(features)
     km = _library_errors(load_km, km_path)
     n = _library_errors(apply_file, features, km, output, keys=keys, device=device,
                         overwrite=overwrite or to_stdout,  # standard output: whatever the shell opened

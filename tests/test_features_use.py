@@ -111,6 +111,27 @@ def test_single_layer_file_and_bad_files(feats, tmp_path):
         open_features(tmp_path / "missing.h5")
 
 
+def test_a_file_of_a_stopped_run_warns_when_opened(feats, tmp_path):
+    """Before: only the CLI said so; a Python user training on the file of an interrupted run got a
+    partial set of utterances without a word."""
+    import warnings
+
+    path, ref = feats
+    stopped = tmp_path / "stopped.h5"
+    shutil.copy(path, stopped)
+    with h5py.File(stopped, "a") as h:
+        h.attrs["complete"] = False
+    with pytest.warns(lighthubert.LightHubertWarning, match=re.escape(
+            f"{stopped}: incomplete (its lhb extract run stopped or is still running; --resume completes it); "
+            f"using the {len(ref.data)} utterances it holds")):
+        open_features(stopped).close()
+    with pytest.warns(lighthubert.LightHubertWarning, match="incomplete"):
+        FeaturesDataset(stopped)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        open_features(path).close()
+
+
 def test_dataset_with_two_workers(feats):
     path, ref = feats
     data = FeaturesDataset(path, layer=LAYER)
