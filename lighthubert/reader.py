@@ -165,12 +165,16 @@ def layer_positions(stored: list[int], layer: Layers, path: Path | str = "") -> 
 def one_layer(stored: list[int], layer: int | None, path: Path | str = "") -> int:
     """The one hidden-state index to use: ``layer`` when given (it must be stored), else the file's
     only stored layer (a file of ``lhb extract``'s default ``--layers last``). A file of several
-    layers and no ``layer`` is a :class:`~lighthubert.errors.SettingError` listing them."""
+    layers and no ``layer``, or a ``layer`` it lacks, is a :class:`~lighthubert.errors.SettingError`
+    listing them (the caller's choice is what is wrong, as for ``--layers`` of extraction)."""
     if layer is None:
         if len(stored) != 1:
             raise SettingError(f"{path} holds layers {stored}; say which one", "layer")
         return stored[0]
-    layer_positions(stored, layer, path)
+    try:
+        layer_positions(stored, layer, path)
+    except FeaturesError as e:
+        raise SettingError(str(e), "layer") from None
     return int(layer)
 
 

@@ -16,6 +16,7 @@ import torch
 
 from cli_helpers import Run, one_line
 from lighthubert.convert import convert
+from lighthubert.errors import SettingError
 from lighthubert.reader import FeaturesError, open_features
 from lighthubert.storage import OutputError, run_attrs
 from lighthubert.storage.hdf5 import FeatureWriter
@@ -78,7 +79,7 @@ def test_a_layer_the_file_lacks_is_refused_also_without_utterances(tmp_path):
     """Before: a features file without utterances converted (and took units) of any layer, writing
     empty files as if the layer were there."""
     empty = _features(tmp_path / "empty.h5", 0)
-    with pytest.raises(FeaturesError, match=r"empty.h5: has no layer 6 \(it holds layers \[1, 2\]\)"):
+    with pytest.raises(SettingError, match=r"empty.h5: has no layer 6 \(it holds layers \[1, 2\]\)"):
         convert(empty, tmp_path / "out", "fairseq", 6)
     assert not (tmp_path / "out").exists()
     km = {"format": "lighthubert-kmeans", "centroids": torch.zeros(2, 4), "layer": 6, "clusters": 2}

@@ -299,7 +299,8 @@ def test_cli_errors_are_one_line(feats, tmp_path):
     assert r.returncode == 2 and r.err_lines == [f"lhb: error: --keys is for text output; {tmp_path / 'u.h5'} is written "
                                                  "as HDF5, whose datasets are named by key"], r
     r = runs[0].result()
-    assert r.returncode == 1 and r.err_lines == [f"lhb: error: {path}: has no layer 12 (it holds layers {list(range(11))})"]
+    # bad usage (2), as extract's --layers 99 and a missing --layer are (before: 1)
+    assert r.returncode == 2 and r.err_lines == [f"lhb: error: --layer: {path}: has no layer 12 (it holds layers {list(range(11))})"]
     assert not (tmp_path / "x").exists()
     r = runs[1].result()
     assert r.returncode == 1 and r.err_lines == [f"lhb: error: {tmp_path / 'a.wav'}: not an HDF5 file (lhb extract writes features files)"], r
