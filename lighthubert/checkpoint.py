@@ -59,6 +59,11 @@ class CheckpointError(LightHubertError):
     """A checkpoint that cannot be had or used; the message names the file and the reason."""
 
 
+class CheckpointNameError(CheckpointError, SettingError):
+    """A checkpoint named in a form no checkpoint has (an empty string, ``random:tiny``, a bad seed):
+    the caller's value is wrong, so a command-line tool reports it as a usage error."""
+
+
 def url_for(name: str) -> str:
     """Where a released checkpoint can be downloaded by hand (``HF_ENDPOINT`` honoured)."""
     hub = os.environ.get(HUB_ENV, DEFAULT_HUB).rstrip("/")
@@ -377,22 +382,23 @@ def load_checkpoint(source: str | os.PathLike, *, seed: int = 0, trust: bool = F
     with :func:`fetch`; ``progress`` shows the hub's download bar on stderr), or build a random one (``random:base``, ``random:small``, ``random:stage1``,
     optionally ``random:base:SEED``; else ``seed``).
 
-    Raises :class:`CheckpointError` with one line naming the file and the reason.
+    Raises :class:`CheckpointError` with one line naming the file and the reason
+    (:class:`CheckpointNameError` for a name no checkpoint could have).
     """
     text = str(source)
     if not text.strip():  # Path("") would be the current folder
-        raise CheckpointError("the checkpoint is an empty string; give a path, a released name (base, small, stage1) "
-                              "or random:KIND")
+        raise CheckpointNameError("the checkpoint is an empty string; give a path, a released name (base, small, stage1) "
+                                  "or random:KIND")
     if text.startswith("random:"):
         parts = text.split(":")
         if len(parts) > 3 or parts[1] not in RELEASED:
-            raise CheckpointError(f"{text}: random checkpoints are random:base, random:small or random:stage1[:SEED]")
+            raise CheckpointNameError(f"{text}: random checkpoints are random:base, random:small or random:stage1[:SEED]")
         if len(parts) == 3:
             if not (parts[2].isascii() and parts[2].isdigit() and len(parts[2]) <= 20 and int(parts[2]) <= MAX_SEED):
-                raise CheckpointError(f"{text[:60]}: the seed must be an integer from 0 to {MAX_SEED}")
+                raise CheckpointNameError(f"{text[:60]}: the seed must be an integer from 0 to {MAX_SEED}")
             if seed not in (0, int(parts[2])):  # 0: the default, not a choice
-                raise CheckpointError(f"{text}: names seed {int(parts[2])}, and seed {seed} (--seed) was given too; "
-                                      "give the seed once")
+                raise CheckpointNameError(f"{text}: names seed {int(parts[2])}, and seed {seed} (--seed) was given too; "
+                                          "give the seed once")
             seed = int(parts[2])
         check_seed(seed)
         obj = random_checkpoint(parts[1], seed=seed)

@@ -210,7 +210,10 @@ def test_an_empty_path_argument_is_refused_not_taken_for_the_current_folder(tmp_
                            timeout=120, env=_env(), stdin=subprocess.DEVNULL, cwd=tmp_path)
         assert p.returncode == 2 and one_line(p) == line, p.stderr
     p = lhb("info", "")
-    assert p.returncode == 1 and "the checkpoint is an empty string" in one_line(p), p.stderr
+    assert p.returncode == 2 and "the checkpoint is an empty string" in one_line(p), p.stderr  # bad usage
+    p = lhb("info", "random:tiny")  # before: exit 1, as for a file that cannot be read
+    assert p.returncode == 2 and one_line(p) == ("lhb: error: random:tiny: random checkpoints are random:base, "
+                                                 "random:small or random:stage1[:SEED]"), p.stderr
     with pytest.raises(CheckpointError, match="empty string"):
         load_checkpoint("")
     with pytest.raises(SettingError, match="INPUT is an empty path"):

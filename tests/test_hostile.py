@@ -32,6 +32,7 @@ from cli_helpers import Run, _env, lhb_command, lhb_prefix, one_line
 from helpers import SPEECH_DIR
 from lighthubert.audio import AudioError, audio_frames, load_audio
 from lighthubert.checkpoint import CheckpointError, load_checkpoint
+from lighthubert.errors import SettingError
 from lighthubert.inputs import InputError, Item, check_against, list_inputs
 from lighthubert.model import ConfigError, ModelConfig, parse_conv_layers
 from lighthubert.space import SubnetError, parse_subnet
@@ -430,8 +431,9 @@ def test_compressed_zip_records_are_refused_before_inflating(tmp_path):
 
 @pytest.mark.parametrize("seed", ["9" * 5000, str(2**64), "²", "-1"])
 def test_random_seed_out_of_range_is_a_clear_error(seed):
-    with pytest.raises(CheckpointError, match="the seed must be an integer from 0 to"):
+    with pytest.raises(CheckpointError, match="the seed must be an integer from 0 to") as caught:
         load_checkpoint(f"random:small:{seed}")
+    assert isinstance(caught.value, SettingError)  # lhb: bad usage, exit 2
 
 
 @pytest.mark.parametrize("spec", [
