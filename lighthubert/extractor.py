@@ -13,9 +13,9 @@ import torch
 from torch import Tensor
 
 from .audio import MAX_AMPLITUDE, sample_peak, too_loud
-from .checkpoint import Checkpoint, load_checkpoint
+from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from .longform import LongForm, hidden_states
-from .model import MIN_SAMPLES, conv_frames
+from .model import HOP, MIN_SAMPLES, conv_frames, receptive_field
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 FINAL = -1
@@ -162,6 +162,11 @@ class Extractor:
     """
 
     def __init__(self, checkpoint: Checkpoint, subnet: Any = None, device: Any = "auto", dtype: Any = None):
+        field, hop = receptive_field(checkpoint.cfg.conv_layers)
+        if (field, hop) != (MIN_SAMPLES, HOP):  # frame_rate, windows in seconds and too-short inputs assume it
+            raise CheckpointError(f"{checkpoint.path or checkpoint.source}: its conv feature extractor gives a frame of {field} samples every "
+                                  f"{hop}; features are extracted with the released stack's ({MIN_SAMPLES} every {HOP}, "
+                                  "50 frames per second)")
         self.checkpoint = checkpoint
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)

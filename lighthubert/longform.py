@@ -14,7 +14,7 @@ Two modes for one long utterance (B = 1):
   is lost or repeated. Results near window borders differ from an uncut run by a bound
   measured in BENCHMARKS.md.
 
-Frames are 20 ms (50 per second) for the released conv stack.
+Frames are 20 ms (50 per second): the released conv stack's, the only one the Extractor takes.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .model import ConvBlock, Output, SubnetModel, conv_frames, kernel_choices
+from .model import ConvBlock, Output, SubnetModel, conv_frames, kernel_choices, receptive_field
 
 PIECE_FRAMES = 1500
 """Conv-extractor piece: 30 s of output frames (~200 MB of float32 activations in the first block)."""
@@ -48,15 +48,6 @@ class LongForm:
     def windows(self, frames: int) -> list[tuple[int, int, int, int]]:
         """The windows of a file of ``frames`` frames (windowed mode): see :func:`windows`."""
         return windows(frames, max(1, round(self.window_seconds * 50)), max(0, round(self.context_seconds * 50)))
-
-
-def receptive_field(conv_layers: Sequence[tuple[int, int, int]]) -> tuple[int, int]:
-    """(samples one output frame sees, samples between frames): (400, 320) for the released stack."""
-    field, hop = 1, 1
-    for _, k, s in conv_layers:
-        field += (k - 1) * hop
-        hop *= s
-    return field, hop
 
 
 def _first_block_stats(model: SubnetModel, wave: Tensor, piece_frames: int) -> tuple[Tensor, Tensor]:

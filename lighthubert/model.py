@@ -360,6 +360,16 @@ def kernel_choices(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
 
 
 MIN_SAMPLES = 400  # the conv extractor's receptive field: fewer samples give no frame
+HOP = 320  # samples between its frames: 50 frames per second of 16 kHz audio
+
+
+def receptive_field(conv_layers: Sequence[tuple[int, int, int]]) -> tuple[int, int]:
+    """(samples one output frame sees, samples between frames): (MIN_SAMPLES, HOP) for the released stack."""
+    field, hop = 1, 1
+    for _, k, s in conv_layers:
+        field += (k - 1) * hop
+        hop *= s
+    return field, hop
 
 
 def conv_frames(lengths: Tensor, conv_layers: Sequence[tuple[int, int, int]]) -> Tensor:

@@ -32,7 +32,6 @@ from .longform import LongForm
 from .inputs import Item, display_path, source_text
 from .storage import FeaturesWriter, OutputError
 
-HOP = 320
 MAX_BATCH = 256
 LONG_SECONDS = 60.0
 """Files longer than this run alone, with the conv extractor in pieces (bounded memory)."""

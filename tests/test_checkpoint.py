@@ -243,6 +243,22 @@ def test_refuses_a_hostile_conv_feature_layers(tmp_path, ckpt_dicts):
     assert not marker.exists()
 
 
+def test_extraction_refuses_a_conv_stack_of_another_frame_rate(tmp_path, ckpt_dicts):
+    """Before: a stack of 100 frames per second loaded and extracted, while the file said 50 frames
+    per second and windows of --window-seconds came out half as long."""
+    from lighthubert.extractor import Extractor
+
+    d = ckpt_dicts["small"]
+    state = {k: v for k, v in d["model"].items() if not k.startswith("feature_extractor.conv_layers.6.")}
+    path = save_variant(tmp_path / "hop160.pt", d, {**d["cfg"]["model"], "conv_feature_layers":
+                                                   "[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)]"}, state)
+    ckpt = load_checkpoint(path)  # the drop-in API may use it; extraction may not
+    with pytest.raises(CheckpointError, match=re.escape(f"{path}: its conv feature extractor gives a frame of 240 "
+                                                        "samples every 160; features are extracted with the released "
+                                                        "stack's (400 every 320, 50 frames per second)")):
+        Extractor(ckpt, "min", device="cpu")
+
+
 class _Hostile:
     def __init__(self, marker: Path):
         self.marker = marker
