@@ -287,7 +287,7 @@ def subnet_from_text(text: str, space: SearchSpace) -> dict:
     s = text.strip()
     if s in ("default", "max", "min"):
         return space.preset(s)
-    if s.startswith("{"):
+    if s.startswith(("{", "[")):  # a list: what lhb subnet --sample prints, refused with a word on it
         return space.validate(_json(s))  # as written: its "supernet" can explain a mismatch
     path = Path(s)
     try:

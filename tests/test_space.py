@@ -252,6 +252,9 @@ def test_a_file_of_sampled_subnets_asks_for_one_of_them(ckpts, tmp_path):
     with pytest.raises(SubnetError, match=r"s3\.json: a subnet must be a JSON object / dict, got a list of 3 "
                        r"\(as lhb subnet --sample writes them\); give one of them"):
         ckpts["small"].resolve_subnet(str(path))
+    # pasted inline (lhb subnet --sample 2 | lhb extract ... -s -): before, "not ... an existing JSON file"
+    with pytest.raises(SubnetError, match=r"^a subnet must be a JSON object / dict, got a list of 3 "):
+        ckpts["small"].resolve_subnet(path.read_text())
 
 
 def test_small_values_are_refused_by_the_base_space_but_not_the_small_one(ckpts):
