@@ -140,6 +140,8 @@ MALFORMED = {
     "layers": (lambda f: f.attrs.__setitem__("layers", "x"), "attribute 'layers' is not a list"),
     "scalar": (lambda f: f.__setitem__("features/weird", 5), "dataset 'features/weird' holds a scalar"),
     "width": (lambda f: f.__setitem__("features/wd", np.zeros((3, 5), np.float32)), "dataset 'features/wd' holds shape (3, 5)"),
+    # before: accepted, and every layer read back as the one stored
+    "one-of-two-layers": (lambda f: f.attrs.__setitem__("layers", np.array([0, 1])), "dataset 'features/utt01' holds shape ("),
 }
 
 

@@ -205,7 +205,7 @@ def read_features(path: str | os.PathLike, f: h5py.File,
     for k in names:
         ds = group[k]
         shape = ds.shape
-        layout = len(shape) == 2 or len(shape) == 3 and shape[0] == n
+        layout = (len(shape) == 2 and n <= 1) or (len(shape) == 3 and shape[0] == n)  # one layer: (T, D)
         if ds.dtype.kind != "f" or not layout or shape[-1] != dim:
             want = f"(T, {dim})" if n <= 1 else f"({n}, T, {dim})"
             got = "a scalar" if not shape else f"shape {shape}"
