@@ -26,7 +26,7 @@ import torch
 
 import lighthubert
 from lighthubert.audio import load_audio
-from lighthubert.job import CONTEXT_SECONDS, WINDOW_SECONDS
+from lighthubert.defaults import CONTEXT_SECONDS, WINDOW_SECONDS
 from lighthubert.longform import LongForm, conv_features, hidden_states
 from lighthubert.model import kernel_choices
 

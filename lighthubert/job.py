@@ -93,10 +93,12 @@ class ExtractJob:
     exact_seconds: float | None = None
     """Files up to this long run exactly (as uncut); longer ones windowed. 0: every file exactly.
     None: :data:`EXACT_SECONDS` of the device type."""
-    window_seconds: float = WINDOW_SECONDS
-    context_seconds: float = CONTEXT_SECONDS
+    window_seconds: float | None = None
+    context_seconds: float | None = None
     """Windowed mode: the transformer runs on windows of ``window_seconds`` with ``context_seconds``
-    of context on each side (dropped after the run)."""
+    of context on each side (dropped after the run). None: :data:`WINDOW_SECONDS`,
+    :data:`CONTEXT_SECONDS` (None, not the default value, is what lets ``max_chunk_seconds`` tell
+    whether they were given)."""
     max_chunk_seconds: float | None = None
     """Deprecated (lighthubert 0.1): S means exact_seconds=S, window_seconds=S, context_seconds=0;
     0 means every file exactly."""
@@ -166,16 +168,15 @@ def _check_values(job: ExtractJob) -> None:
     if job.max_chunk_seconds is not None and not (
             _number(job.max_chunk_seconds) and (job.max_chunk_seconds == 0 or 1.0 <= job.max_chunk_seconds < 1e6)):
         bad("max_chunk_seconds", f"{job.max_chunk_seconds} is neither 0 (never cut) nor from 1 to 1e6 seconds")
-    if job.max_chunk_seconds is not None and (job.exact_seconds is not None or job.window_seconds != WINDOW_SECONDS
-                                              or job.context_seconds != CONTEXT_SECONDS):
+    if job.max_chunk_seconds is not None and (job.exact_seconds, job.window_seconds, job.context_seconds) != (None,) * 3:
         bad("max_chunk_seconds", "sets --exact-seconds, --window-seconds and --context-seconds all at once; give it "
             "alone, or those three instead")  # else the others were dropped without a word
     if job.exact_seconds is not None and not (
             _number(job.exact_seconds) and (job.exact_seconds == 0 or 1.0 <= job.exact_seconds < 1e6)):
         bad("exact_seconds", f"{job.exact_seconds} is neither 0 (every file exactly) nor from 1 to 1e6 seconds")
-    if not (_number(job.window_seconds) and 1.0 <= job.window_seconds <= 3600.0):
+    if job.window_seconds is not None and not (_number(job.window_seconds) and 1.0 <= job.window_seconds <= 3600.0):
         bad("window_seconds", f"{job.window_seconds} is not from 1 to 3600 seconds")
-    if not (_number(job.context_seconds) and 0.0 <= job.context_seconds <= 600.0):
+    if job.context_seconds is not None and not (_number(job.context_seconds) and 0.0 <= job.context_seconds <= 600.0):
         bad("context_seconds", f"{job.context_seconds} is not from 0 to 600 seconds")
     if not _integer(job.num_workers) or not 1 <= job.num_workers <= MAX_WORKERS:
         bad("num_workers", f"{job.num_workers} is not a whole number from 1 to {MAX_WORKERS}")
@@ -196,9 +197,11 @@ def _integer(x: Any) -> bool:
 def long_settings(job: ExtractJob, device: torch.device) -> tuple[float, float, float]:
     """(exact_seconds, window_seconds, context_seconds) of a job on ``device``."""
     if job.max_chunk_seconds is not None:  # the deprecated option: hard windows, no context
-        return float(job.max_chunk_seconds), float(job.max_chunk_seconds or job.window_seconds), 0.0
+        return float(job.max_chunk_seconds), float(job.max_chunk_seconds or WINDOW_SECONDS), 0.0
     exact = EXACT_SECONDS[device.type] if job.exact_seconds is None else job.exact_seconds
-    return float(exact), float(job.window_seconds), float(job.context_seconds)
+    window = WINDOW_SECONDS if job.window_seconds is None else job.window_seconds
+    context = CONTEXT_SECONDS if job.context_seconds is None else job.context_seconds
+    return float(exact), float(window), float(context)
 
 
 def prepare(job: ExtractJob, *, world: World | None = None, download: bool = True) -> Plan:

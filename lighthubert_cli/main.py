@@ -266,12 +266,14 @@ def extract(
         "--exact-seconds", metavar="S",
         help="Files up to S seconds give exactly the features of an uncut run (memory linear in length, "
              f"time quadratic); longer files run windowed. 0: every file exactly. Default: {_by_device(defaults.EXACT_SECONDS)}.")] = None,
-    window_seconds: Annotated[float, typer.Option(
+    window_seconds: Annotated[Optional[float], typer.Option(
         "--window-seconds", metavar="W",
-        help="Windowed mode: equal windows of at most W seconds (plus context); same frame count as uncut.")] = defaults.WINDOW_SECONDS,
-    context_seconds: Annotated[float, typer.Option(
+        help="Windowed mode: equal windows of at most W seconds (plus context); same frame count as uncut. "
+             f"Default: {defaults.WINDOW_SECONDS:g}.")] = None,
+    context_seconds: Annotated[Optional[float], typer.Option(
         "--context-seconds", metavar="C",
-        help="Windowed mode: C seconds of context on each side of a window, dropped after the run.")] = defaults.CONTEXT_SECONDS,
+        help="Windowed mode: C seconds of context on each side of a window, dropped after the run. "
+             f"Default: {defaults.CONTEXT_SECONDS:g}.")] = None,
     max_chunk_seconds: Annotated[Optional[float], typer.Option(
         "--max-chunk-seconds", metavar="S",
         help="Deprecated: the same as --exact-seconds S --window-seconds S --context-seconds 0.")] = None,

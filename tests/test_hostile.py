@@ -299,7 +299,8 @@ def test_options_that_would_be_ignored_say_so(tmp_path):
     assert p.returncode == 0 and p.stderr.splitlines() == [
         "lhb: warning: seed 3 (--seed) has no effect: it seeds random:KIND checkpoints only",
         "lhb: warning: --keep-parts has no effect in a run with one process: OUTPUT is written as usual"], p.stderr
-    p = lhb("extract", UTT, tmp_path / "w.h5", *FAST, "--max-chunk-seconds", "30", "--window-seconds", "20")
+    # also when the value given is the default's (before: taken for not given, and dropped)
+    p = lhb("extract", UTT, tmp_path / "w.h5", *FAST, "--max-chunk-seconds", "30", "--window-seconds", "60")
     assert p.returncode == 2 and one_line(p) == (
         "lhb: error: --max-chunk-seconds: sets --exact-seconds, --window-seconds and --context-seconds all at once; "
         "give it alone, or those three instead"), p.stderr

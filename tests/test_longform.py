@@ -192,7 +192,7 @@ def test_windowed_defaults_stay_within_the_stated_bound(kind, bound, ckpts):
     lost, hidden state 0 exact, every layer within the bound README states of its largest value of
     the uncut run: 2e-2 in the Small space, 6e-2 in the Base space. (Fixed 60 s windows ended this
     file in a 5 s one and drifted 3.6e-2 in Small, 1.0e-1 in Stage 1: this test failed on them.)"""
-    from lighthubert.job import CONTEXT_SECONDS, WINDOW_SECONDS
+    from lighthubert.defaults import CONTEXT_SECONDS, WINDOW_SECONDS
 
     wave = speech(125.0)
     ext = lighthubert.Extractor(ckpts[kind], ckpts[kind].space.default_subnet, "cpu")
