@@ -578,7 +578,7 @@ def random_checkpoint(kind: str = "base", seed: int = 0, extractor_mode: str | N
     mode = extractor_mode or ("default" if kind == "stage1" else "layer_norm")
     model_cfg = _released_cfg(kind, mode, layer_norm_first)
     cfg = ModelConfig.from_dict(model_cfg)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(int(seed))
 
     def randn(*shape: int, std: float = 1.0, mean: float = 0.0) -> Tensor:
         return torch.randn(*shape, generator=gen) * std + mean

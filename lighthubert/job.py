@@ -29,7 +29,7 @@ from typing import Any, Callable
 import torch
 
 from .audio import ResamplerUnavailable
-from .checkpoint import Checkpoint, load_checkpoint
+from .checkpoint import Checkpoint, check_seed, load_checkpoint
 from .defaults import (BATCH_SECONDS, CHECKPOINT, COMPRESSION, CONTEXT_SECONDS, DEVICE, DTYPE, EXACT_SECONDS,
                        FLUSH_SECONDS, LAYERS, NUM_WORKERS, OUTPUT_FORMAT, SAVE_DTYPE, SEED, WINDOW_SECONDS)
 from .distributed import (Group, World, balance, decide, detect_world, finished, process_device, rank_timeout,
@@ -180,8 +180,7 @@ def _check_values(job: ExtractJob) -> None:
         bad("context_seconds", f"{job.context_seconds} is not from 0 to 600 seconds")
     if not _integer(job.num_workers) or not 1 <= job.num_workers <= MAX_WORKERS:
         bad("num_workers", f"{job.num_workers} is not a whole number from 1 to {MAX_WORKERS}")
-    if not _integer(job.seed) or not 0 <= job.seed < 2**63:
-        bad("seed", f"{job.seed} is not a whole number from 0 to 2^63-1")
+    check_seed(job.seed)
     if not _number(job.flush_seconds) or not 0.01 <= job.flush_seconds <= 3600:
         bad("flush_seconds", f"{job.flush_seconds} is not a number of seconds from 0.01 to 3600")
 

@@ -223,12 +223,16 @@ def test_bad_settings_are_setting_errors(tmp_path, two_files):
                             ({"subnet": '{"x": 1}'}, "subnet"), ({"save_dtype": "int8"}, "save_dtype"),
                             ({"max_chunk_seconds": 0.02}, "max_chunk_seconds"), ({"exact_seconds": 0.5}, "exact_seconds"),
                             ({"window_seconds": float("inf")}, "window_seconds"),
-                            ({"context_seconds": -1.0}, "context_seconds"), ({"exact_seconds": float("nan")}, "exact_seconds")):
+                            ({"context_seconds": -1.0}, "context_seconds"), ({"exact_seconds": float("nan")}, "exact_seconds"),
+                            ({"seed": -1}, "seed"), ({"seed": 2**63}, "seed"), ({"seed": True}, "seed")):
         with pytest.raises(lighthubert.SettingError) as info:
             lighthubert.extract(two_files, tmp_path / "o.h5", checkpoint="random:small", **change)
         assert info.value.setting == setting
         assert isinstance(info.value, lighthubert.LightHubertError)
     assert not (tmp_path / "o.h5").exists()
+    # a numpy integer is a seed, as for load_checkpoint and lhb units (before: "3 is not a whole number")
+    lighthubert.extract(two_files, tmp_path / "o.h5", checkpoint="random:small", subnet="min", layers=1, device="cpu",
+                        seed=np.int64(3))
 
 
 @pytest.mark.slow
