@@ -358,7 +358,9 @@ def extract(
     if summary.interrupted:
         if world.rank == 0:
             err(f"stopped: what is done is kept in {summary.output}; to finish, run the same command with --resume")
-        raise typer.Exit(130 if received and received[0] == signal.SIGINT else 143)
+        if not received:  # stopped because another rank failed or left: a failure, not a signal (143 would say SIGTERM)
+            raise typer.Exit(EXIT_FAIL)
+        raise typer.Exit(130 if received[0] == signal.SIGINT else 143)
     if not quiet and world.rank == 0:
         speed = summary.seconds / summary.wall if summary.wall else 0.0
         what = (f"{count(summary.files, 'file')}, {hms(summary.seconds)} of audio in {hms(summary.wall)} "

@@ -193,6 +193,22 @@ def test_srun_rank_killed_does_not_leave_the_others_waiting(tmp_path, ckpt, sing
         assert bool(a.attrs["complete"])
 
 
+def test_a_rank_stopped_by_another_ranks_failure_exits_1_not_143(tmp_path, ckpt):
+    """Before: the rank that stopped because another failed exited 143, which says SIGTERM, though no
+    signal came (torchrun and srun report that code)."""
+    import soundfile as sf
+
+    audio = tmp_path / "audio"
+    shutil.copytree(SPEECH, audio)
+    sf.write(audio / "long_nan.wav", np.full(16000 * 30, np.nan, np.float32), 16000, subtype="FLOAT")  # rank 0's first
+    out = tmp_path / "out.h5"
+    args = [LHB, "extract", str(audio), str(out), "-c", str(ckpt), "--batch-seconds", "3", "--strict", *ARGS]
+    procs = [srun_task(args, rank, "55", stderr=subprocess.PIPE) for rank in range(2)]
+    logs = [p.communicate(timeout=240)[1] for p in procs]
+    assert [p.returncode for p in procs] == [1, 1], logs
+    assert "long_nan.wav" in logs[0] and "Traceback" not in "".join(logs), logs
+
+
 def test_resume_refuses_keys_nesting_with_what_output_holds(tmp_path, ckpt):
     """Rank 0 checks the list against the keys OUTPUT (and the parts) hold before any audio is read;
     every rank stops with the one line, and OUTPUT is left as it was."""
