@@ -57,21 +57,20 @@ def _not_an_input(target: Path, *inputs: Path) -> None:
 
 
 def _library_errors(fn, *args, **kwargs):
-    from lighthubert.errors import SettingError
-    from lighthubert.reader import FeaturesError
+    """Run a library function; its plain ValueErrors are usage errors, an OSError one line (the
+    library's own errors are said by ``_one_line_errors``)."""
+    from lighthubert.errors import LightHubertError
 
     try:
         return fn(*args, **kwargs)
-    except FeaturesError as e:
-        raise Fail(str(e)) from None
-    except SettingError:
-        raise  # lhb's own one line, named by its option
+    except LightHubertError:
+        raise  # one line already, a SettingError named by its option
     except ValueError as e:
         raise Fail(str(e), EXIT_USAGE) from None
     except BrokenPipeError:
         raise  # `lhb units apply ... - | head`: stdout's reader left; lhb ends quietly (141)
-    except OSError as e:
-        raise Fail(f"{e.filename or ''}: {e.strerror or e}") from None
+    except OSError as e:  # no file name: the reason alone (before: ': No space left on device')
+        raise Fail(f"{e.filename}: {e.strerror or e}" if e.filename else str(e.strerror or e)) from None
 
 
 @_one_line_errors
