@@ -27,6 +27,7 @@ import numpy as np
 
 from .checkpoint import new_temp_beside, remove_dead_temps
 from .errors import LightHubertWarning, SettingError
+from .defaults import CONVERT_FORMAT, NSHARD, SPLIT
 from .reader import FeaturesError, one_layer, open_features
 from .storage import refuse_existing
 
@@ -66,7 +67,7 @@ class _Staged:
             tmp.unlink(missing_ok=True)
 
 
-def output_files(keys: Sequence[str], out: Path, fmt: str, split: str = "train", nshard: int = 1) -> list[Path]:
+def output_files(keys: Sequence[str], out: Path, fmt: str, split: str = SPLIT, nshard: int = NSHARD) -> list[Path]:
     """The files :func:`convert` writes under ``out`` for the utterances ``keys``, in writing order:
     fairseq: ``.npy``, ``.len``, ``.keys`` of each shard, then the ``.tsv``; npy: one per key;
     kaldi: the ``.ark``, then the ``.scp``."""
@@ -78,8 +79,8 @@ def output_files(keys: Sequence[str], out: Path, fmt: str, split: str = "train",
     return [out / f"{split}.ark", out / f"{split}.scp"]
 
 
-def convert(features: str | os.PathLike, output: str | os.PathLike, fmt: str, layer: int | None = None, *,
-            split: str = "train", nshard: int = 1, overwrite: bool = False,
+def convert(features: str | os.PathLike, output: str | os.PathLike, fmt: str = CONVERT_FORMAT, layer: int | None = None, *,
+            split: str = SPLIT, nshard: int = NSHARD, overwrite: bool = False,
             progress: Callable[[int, int], None] | None = None) -> list[Path]:
     """Write ``layer`` of every utterance of ``features`` under the folder ``output`` (created) in
     the layout ``fmt`` (see module docstring); ``layer`` None: the file's only layer. Returns the

@@ -1,6 +1,6 @@
 """Every default of the library's jobs, in one place and importable without torch: the extraction
-job (:class:`lighthubert.job.ExtractJob`, ``lhb extract``) and the k-means units
-(:mod:`lighthubert.units`, ``lhb units``) take theirs from here, and ``--help`` shows them without
+job (:class:`lighthubert.job.ExtractJob`, ``lhb extract``), the k-means units
+(:mod:`lighthubert.units`, ``lhb units``) and :mod:`lighthubert.convert` (``lhb convert``) take theirs from here, and ``--help`` shows them without
 loading the model code."""
 
 from __future__ import annotations
@@ -45,3 +45,12 @@ ITERATIONS = 100
 """Mini-batch steps."""
 KMEANS_SEED = 0
 """The frame sample, the k-means++ start and the batches."""
+
+# ----------------------------------------------------------------------------- convert
+
+CONVERT_FORMAT = "fairseq"
+"""The layout ``lhb convert`` writes (fairseq's HuBERT simple_kmeans one)."""
+SPLIT = "train"
+"""The split named in the files ``lhb convert`` writes."""
+NSHARD = 1
+"""fairseq layout: shards of contiguous keys."""

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from .audio import MAX_AMPLITUDE, sample_peak, too_loud
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from .defaults import CHECKPOINT, DEVICE, DTYPE, SEED
 from .longform import LongForm, hidden_states
 from .model import HOP, MIN_SAMPLES, conv_frames, receptive_field
 
@@ -161,7 +162,7 @@ class Extractor:
     >>> feats = ext([wave1, wave2], layers="all")   # list of (L+1, T_i, E) float32 CPU tensors
     """
 
-    def __init__(self, checkpoint: Checkpoint, subnet: Any = None, device: Any = "auto", dtype: Any = None):
+    def __init__(self, checkpoint: Checkpoint, subnet: Any = None, device: Any = DEVICE, dtype: Any = DTYPE):
         field, hop = receptive_field(checkpoint.cfg.conv_layers)
         if (field, hop) != (MIN_SAMPLES, HOP):  # frame_rate, windows in seconds and too-short inputs assume it
             raise CheckpointError(f"{checkpoint.path or checkpoint.source}: its conv feature extractor gives a frame of {field} samples every "
@@ -357,8 +358,8 @@ def _check_waves(waves: Sequence[Tensor | np.ndarray]) -> None:
             raise ValueError(f"waveform {i} holds {too_loud(peak)}")
 
 
-def load(source: str = "small", subnet: Any = None, device: Any = "auto", dtype: Any = None, *,
-         seed: int = 0, trust: bool = False, progress: bool = True) -> Extractor:
+def load(source: str = CHECKPOINT, subnet: Any = None, device: Any = DEVICE, dtype: Any = DTYPE, *,
+         seed: int = SEED, trust: bool = False, progress: bool = True) -> Extractor:
     """Open a checkpoint (path, ``base``/``small``/``stage1``, or ``random:KIND``) and cut a subnet
     (None or ``default`` for the checkpoint's default, a preset ``default``/``max``/``min``, a dict, JSON text or a
     JSON file). ``device`` ``auto`` uses CUDA when present; ``dtype`` None means float16 on CUDA and

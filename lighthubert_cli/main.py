@@ -407,7 +407,7 @@ def subnet_cmd(
         "--export-dtype", help="Weights and compute of an .onnx/.ts export: float32 (default) or float16 (for GPUs).")] = None,
     layers: Annotated[Optional[str], typer.Option(
         "--layers", "-l", help="Hidden states an .onnx/.ts export outputs: last (default), all, or indices like 0,4,12.")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for --sample and random:* checkpoints.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for --sample and random:* checkpoints.")] = defaults.SEED,
     trust_checkpoint: TrustOpt = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help=(
         "Replace an existing --export file, or an existing -o file that is not a subnet JSON."))] = False,
@@ -666,7 +666,7 @@ def info(
         "A checkpoint (path, name or random:KIND), a features or units file (.h5), a k-means file (lhb units learn) "
         "or an exported subnet (.onnx, .ts)."), show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
-    seed: SeedOpt = 0,
+    seed: SeedOpt = defaults.SEED,
     trust_checkpoint: TrustOpt = False,
 ) -> None:
     """Describe a checkpoint, a features or units file, a k-means file, or an exported subnet (.onnx, .ts).

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lighthubert.defaults import BATCH_SIZE, CLUSTERS, DEVICE, ITERATIONS, KMEANS_SEED, MAX_FRAMES
+from lighthubert.defaults import BATCH_SIZE, CLUSTERS, CONVERT_FORMAT, DEVICE, ITERATIONS, KMEANS_SEED, MAX_FRAMES, NSHARD, SPLIT
 
 from .main import EXIT_USAGE, Fail, LhbCommand, LhbGroup, _check_target, _not_stdout, _one_line_errors, _path
 from .progress import err
@@ -81,9 +81,9 @@ def convert(
     layer: LayerOpt = None,
     fmt: Annotated[Format, typer.Option(
         "--format", "-f", help="fairseq: SPLIT_RANK_NSHARD.npy/.len/.keys (simple_kmeans layout); npy: one KEY.npy "
-                               "per utterance; kaldi: SPLIT.ark + SPLIT.scp.")] = Format.fairseq,
-    split: Annotated[str, typer.Option("--split", help="Name of the split in the file names (fairseq, kaldi).")] = "train",
-    nshard: Annotated[int, typer.Option("--nshard", min=1, help="fairseq: number of shards (contiguous ranges of keys).")] = 1,
+                               "per utterance; kaldi: SPLIT.ark + SPLIT.scp.")] = Format(CONVERT_FORMAT),
+    split: Annotated[str, typer.Option("--split", help="Name of the split in the file names (fairseq, kaldi).")] = SPLIT,
+    nshard: Annotated[int, typer.Option("--nshard", min=1, help="fairseq: number of shards (contiguous ranges of keys).")] = NSHARD,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:

@@ -419,3 +419,10 @@ def test_units_command_and_library_share_their_defaults():
     cli, lib = inspect.signature(learn).parameters, inspect.signature(learn_file).parameters
     for name in ("max_frames", "batch_size", "iterations", "seed", "device"):
         assert cli[name].default == lib[name].default, name
+    from lighthubert.convert import convert as convert_file
+    from lighthubert_cli.use import convert
+
+    cli, lib = inspect.signature(convert).parameters, inspect.signature(convert_file).parameters
+    assert cli["fmt"].default.value == lib["fmt"].default
+    for name in ("split", "nshard"):
+        assert cli[name].default == lib[name].default, name
