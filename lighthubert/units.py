@@ -180,7 +180,8 @@ def load_km(path: str | os.PathLike) -> dict:
 def apply_file(features: str | os.PathLike, km: dict, output: str | os.PathLike, *, keys: bool = False,
                device: str = DEVICE, overwrite: bool = False, progress: Callable[[int, int], None] | None = None) -> int:
     """Units of every utterance (in the file's key order) with the centroids of ``km`` on its
-    layer. ``output`` ending in ``.h5``: ``/units/KEY`` int16/int32 datasets (T,); otherwise text,
+    layer. ``output`` named as HDF5 (:func:`~lighthubert.storage.hdf5_name`: ``.h5``, ``.hdf5``, ... in any
+    case): ``/units/KEY`` int16/int32 datasets (T,); otherwise text,
     one line per utterance: the units separated by spaces (fairseq's ``.km``), preceded by the key
     when ``keys``. An ``output`` that is an existing regular file (also through a link) is an
     :class:`~lighthubert.storage.OutputError` unless ``overwrite``; a FIFO or device is written to.

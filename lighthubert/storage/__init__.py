@@ -101,9 +101,6 @@ class Backend(Protocol):
         replaces it atomically, then remove them; on failure all stay as they were. Returns the count.
         ``inputs`` (the run's input keys): skipped entries of other keys are dropped."""
 
-    def keys(self, path: Path) -> set[str]:
-        """The utterance keys a file holds; :class:`OutputError` when it cannot be read."""
-
     def merge(self, output: Path, parts: list[Path], *, include_output: bool, complete: bool | None = None) -> int:
         """Join ``parts`` (and OUTPUT when ``include_output``) into a new OUTPUT, atomically; returns
         the number of utterances. Different run identities or different values for one key are errors."""

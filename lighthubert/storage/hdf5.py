@@ -222,15 +222,6 @@ def _short(v: Any) -> str:
     return text if len(text) <= 40 else text[:36] + " ..."
 
 
-def file_keys(path: Path) -> set[str]:
-    """The keys of a features file on disk."""
-    try:
-        with h5py.File(path, "r") as f:
-            return set(keys(f))
-    except OSError as err:
-        raise OutputError(f"{path}: cannot be read to resume ({open_reason(err)}); remove it or use --overwrite") from None
-
-
 def merge(output: Path, parts: list[Path], *, include_output: bool, complete: bool | None = None,
           inputs: Collection[str] | None = None) -> int:
     """Join ``parts`` (and OUTPUT itself when ``include_output``) into a new file that replaces
@@ -534,9 +525,6 @@ class Hdf5Backend:
     def join(self, output: Path, *, include_output: bool, complete: bool, inputs: Collection[str] | None = None) -> int:
         return join(output, include_output=include_output, complete=complete, inputs=inputs)
 
-    def keys(self, path: Path) -> set[str]:
-        return file_keys(path)
-
     def merge(self, output: Path, parts: list[Path], *, include_output: bool, complete: bool | None = None) -> int:
         return merge(output, parts, include_output=include_output, complete=complete)
 
@@ -563,11 +551,3 @@ class Hdf5Backend:
                 return f.read(8) == MAGIC
         except OSError:
             return False
-
-
-def done_keys(paths: Iterable[Path]) -> set[str]:
-    """The union of the keys of ``paths``."""
-    found: set[str] = set()
-    for p in paths:
-        found |= file_keys(p)
-    return found
