@@ -51,6 +51,7 @@ from .storage import (
     find_segments,
     finished_path,
     get_backend,
+    hdf5_name,
     part_path,
     parts_dir,
     remove_stale_temps,
@@ -227,6 +228,12 @@ def prepare(job: ExtractJob, *, world: World | None = None, download: bool = Tru
     if job.keep_parts and not world.distributed:
         warnings.warn("--keep-parts has no effect in a run with one process: OUTPUT is written as usual",
                       LightHubertWarning, stacklevel=2)
+    if backend.name == "hdf5" and not hdf5_name(out):
+        warnings.warn(f"{job.output}: is written as HDF5 whatever its name says (lhb convert writes .npy, fairseq and Kaldi "
+                      "files from it)", LightHubertWarning, stacklevel=2)
+    if job.max_chunk_seconds is not None:
+        warnings.warn("--max-chunk-seconds is deprecated; use --exact-seconds, --window-seconds and --context-seconds "
+                      "(long files now keep every frame)", LightHubertWarning, stacklevel=2)
     sub = _setting("subnet", ckpt.resolve_subnet, job.subnet)
     layers = _setting("layers", resolve_layers, job.layers, sub["layer_num"], ckpt.cfg.layer_norm_first)
     extractor = Extractor(ckpt, sub, dev, dtype)

@@ -296,7 +296,7 @@ def extract(
     from lighthubert.distributed import detect_world
     from lighthubert.job import ExtractJob, JobError, execute, prepare
     from lighthubert.pipeline import StrictStop
-    from lighthubert.storage import OutputBroken, hdf5_name
+    from lighthubert.storage import OutputBroken
 
     subnet = _subnet_text(subnet)
     job = ExtractJob(
@@ -308,14 +308,12 @@ def extract(
         trust_checkpoint=trust_checkpoint,
     )
     world = detect_world()
+    if world.rank != 0:  # the job's warnings, once: rank 0 says them
+        from lighthubert.errors import LightHubertWarning
+
+        warnings.filterwarnings("ignore", category=LightHubertWarning)
     _quiet_hub(checkpoint)
     plan = prepare(job, world=world, download=not (quiet or world.rank != 0))
-    if not hdf5_name(output) and world.rank == 0:
-        err(f"lhb: warning: {output}: is written as HDF5 whatever its name says (lhb convert writes .npy, fairseq "
-            "and Kaldi files from it)")
-    if max_chunk_seconds is not None and world.rank == 0:
-        err("lhb: note: --max-chunk-seconds is deprecated; use --exact-seconds, --window-seconds and "
-            "--context-seconds (long files now keep every frame)")
     ckpt, sub, dev = plan.checkpoint, plan.extractor.subnet, plan.device
     quiet_here = quiet or world.rank != 0
     if not quiet_here:

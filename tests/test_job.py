@@ -233,6 +233,14 @@ def test_bad_settings_are_setting_errors(tmp_path, two_files):
     # a numpy integer is a seed, as for load_checkpoint and lhb units (before: "3 is not a whole number")
     lighthubert.extract(two_files, tmp_path / "o.h5", checkpoint="random:small", subnet="min", layers=1, device="cpu",
                         seed=np.int64(3))
+    # what lhb extract says, a Python caller is told too (before: only the command said these)
+    with pytest.warns(lighthubert.LightHubertWarning) as said:
+        lighthubert.extract(two_files, tmp_path / "o.npy", checkpoint="random:small", subnet="min", layers=1,
+                            device="cpu", max_chunk_seconds=30)
+    assert [str(w.message) for w in said] == [
+        f"{tmp_path / 'o.npy'}: is written as HDF5 whatever its name says (lhb convert writes .npy, fairseq and Kaldi "
+        "files from it)", "--max-chunk-seconds is deprecated; use --exact-seconds, --window-seconds and "
+        "--context-seconds (long files now keep every frame)"]
 
 
 @pytest.mark.slow
