@@ -62,7 +62,7 @@ def test_plan_batches_examples():
 
 
 def _attrs(**change) -> dict:
-    base = dict(layers=[0, 2], subnet={"a": 1}, checkpoint="c.pt", checkpoint_sha256="ab", normalize=True,
+    base = dict(layers=[2], subnet={"a": 1}, checkpoint="c.pt", checkpoint_sha256="ab", normalize=True,
                 random_weights=False, params=10, dtype="float32", compute_dtype="float32", version="t",
                 exact_seconds=120.0, window_seconds=60.0, context_seconds=10.0, num_layers=2, embed_dim=4)
     return run_attrs(**{**base, **change})
