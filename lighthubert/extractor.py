@@ -15,6 +15,7 @@ from torch import Tensor
 from .audio import MAX_AMPLITUDE, sample_peak, too_loud
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from .defaults import CHECKPOINT, DEVICE, DTYPE, SEED
+from .errors import SettingError
 from .longform import LongForm, hidden_states
 from .model import HOP, MIN_SAMPLES, conv_frames, receptive_field
 
@@ -33,16 +34,16 @@ def resolve_device(device: Any = "auto") -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+        raise SettingError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N", "device") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} asked for, but CUDA is not available here")
+            raise SettingError(f"device {device!r} asked for, but CUDA is not available here", "device")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r} asked for, but there are {torch.cuda.device_count()} CUDA devices")
+            raise SettingError(f"device {device!r} asked for, but there are {torch.cuda.device_count()} CUDA devices", "device")
         if dev.index is None:
             dev = torch.device("cuda", torch.cuda.current_device())
     elif dev.type != "cpu":
-        raise ValueError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
+        raise SettingError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N", "device")
     return dev
 
 
@@ -52,27 +53,27 @@ def resolve_dtype(dtype: Any, device: torch.device) -> torch.dtype:
         return torch.float16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, str):
         if dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, float16 or bfloat16")
+            raise SettingError(f"unknown dtype {dtype!r}; use auto, float32, float16 or bfloat16", "dtype")
         dtype = DTYPES[dtype]
     if dtype not in DTYPES.values():
-        raise ValueError(f"unsupported dtype {dtype}; use float32, float16 or bfloat16")
+        raise SettingError(f"unsupported dtype {dtype}; use float32, float16 or bfloat16", "dtype")
     if dtype == torch.float16 and device.type == "cpu":
-        raise ValueError("float16 is for CUDA; on the CPU use float32 (or bfloat16)")
+        raise SettingError("float16 is for CUDA; on the CPU use float32 (or bfloat16)", "dtype")
     return dtype
 
 
 def parse_layers(spec: Any) -> str | list[int]:
     """The syntax of a layers setting, before any subnet is known: ``"last"`` (also for None),
-    ``"all"``, or the integers of ``"0,4,12"``, of a list or of one int, in order (ValueError otherwise)."""
+    ``"all"``, or the integers of ``"0,4,12"``, of a list or of one int, in order (:class:`SettingError` otherwise)."""
     if spec is None or spec in ("last", "all"):
         return spec or "last"
     items = spec.split(",") if isinstance(spec, str) else [spec] if isinstance(spec, int) else spec
     try:
         out = [int(str(item).strip()) for item in items]
     except (TypeError, ValueError):
-        raise ValueError(f"layers must be last, all or comma-separated integers, got {spec!r}") from None
+        raise SettingError(f"layers must be last, all or comma-separated integers, got {spec!r}", "layers") from None
     if not out:
-        raise ValueError("no layers asked for")
+        raise SettingError("no layers asked for", "layers")
     return out
 
 
@@ -90,7 +91,7 @@ def resolve_layers(spec: Any, num_layers: int, layer_norm_first: bool = False) -
     for i in parsed:
         j = i + num_layers + 1 if i < 0 else i
         if not 0 <= j <= num_layers:
-            raise ValueError(f"layer {i} is out of range: this subnet has hidden states 0..{num_layers}")
+            raise SettingError(f"layer {i} is out of range: this subnet has hidden states 0..{num_layers}", "layers")
         if j not in out:
             out.append(j)
     return out

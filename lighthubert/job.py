@@ -155,7 +155,7 @@ def _check_values(job: ExtractJob) -> None:
 
     if job.resume and job.overwrite:
         raise SettingError("--resume and --overwrite exclude each other")
-    _setting("layers", parse_layers, job.layers)  # the syntax now, the range once the subnet is known
+    parse_layers(job.layers)  # the syntax now, the range once the subnet is known
     for name in ("input", "output"):  # Path("") would be the current folder
         if isinstance(getattr(job, name), str) and not getattr(job, name).strip():
             raise SettingError(f"{name.upper()} is an empty path")
@@ -209,10 +209,10 @@ def prepare(job: ExtractJob, *, world: World | None = None, download: bool = Tru
     _check_values(job)
     world = world or detect_world()
     cuda_devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    dev = _setting("device", resolve_device, process_device(job.device, world, cuda_devices))
+    dev = resolve_device(process_device(job.device, world, cuda_devices))
     if world.distributed and dev.type == "cuda":
         torch.cuda.set_device(dev)  # what runs on "the current device" runs on this rank's
-    dtype = _setting("dtype", resolve_dtype, job.dtype, dev)
+    dtype = resolve_dtype(job.dtype, dev)
     backend = get_backend(job.format)
     items = list_inputs(job.input)
     read = [f for f in (job.checkpoint, job.subnet) if isinstance(f, (str, os.PathLike))]  # files, if they are
@@ -235,7 +235,7 @@ def prepare(job: ExtractJob, *, world: World | None = None, download: bool = Tru
         warnings.warn("--max-chunk-seconds is deprecated; use --exact-seconds, --window-seconds and --context-seconds "
                       "(long files now keep every frame)", LightHubertWarning, stacklevel=2)
     sub = _setting("subnet", ckpt.resolve_subnet, job.subnet)
-    layers = _setting("layers", resolve_layers, job.layers, sub["layer_num"], ckpt.cfg.layer_norm_first)
+    layers = resolve_layers(job.layers, sub["layer_num"], ckpt.cfg.layer_norm_first)
     extractor = Extractor(ckpt, sub, dev, dtype)
     from . import __version__
 

@@ -21,19 +21,9 @@ import torch
 from .checkpoint import KM_FORMAT, check_seed, write_atomic
 from .defaults import BATCH_SIZE, DEVICE, ITERATIONS, KMEANS_SEED, MAX_FRAMES  # batch and steps as fairseq's learn_kmeans.py
 from .errors import SettingError
+from .extractor import resolve_device
 from .reader import FeaturesError, layer_positions, one_layer, open_features
 from .storage import UNITS_FORMAT, hdf5_name, plain, refuse_existing, special_kind
-
-
-def pick_device(device: str = DEVICE) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; a device that is unknown or absent here is a
-    :class:`SettingError` of ``device`` (as for extraction)."""
-    from .extractor import resolve_device
-
-    try:
-        return resolve_device(device)
-    except ValueError as e:
-        raise SettingError(str(e), "device") from None
 
 
 def sample_frames(features: str | os.PathLike, layer: int, max_frames: int, seed: int = KMEANS_SEED) -> torch.Tensor:
@@ -142,7 +132,7 @@ def learn_file(features: str | os.PathLike, layer: int | None, clusters: int, *,
     with open_features(features) as f:
         layer = one_layer(f.layers, layer, features)
         model = model_of(f.attrs)
-    x = sample_frames(features, layer, max_frames, seed).to(pick_device(device))
+    x = sample_frames(features, layer, max_frames, seed).to(resolve_device(device))
     if len(x) < clusters:
         raise FeaturesError(f"{features}: {len(x)} frames to learn from, fewer than the {clusters} clusters asked for")
     c = learn(x, clusters, batch_size=batch_size, iterations=iterations, seed=seed, progress=progress)
@@ -188,7 +178,7 @@ def apply_file(features: str | os.PathLike, km: dict, output: str | os.PathLike,
     Returns the number of utterances."""
     out = Path(output)
     refuse_existing([out], overwrite)
-    dev = pick_device(device)
+    dev = resolve_device(device)
     c = km["centroids"].to(dev)
     dtype = np.int16 if km["clusters"] <= np.iinfo(np.int16).max else np.int32
     with open_features(features) as f:

@@ -528,10 +528,7 @@ def _check_export_layers(layers: str | None, num_layers: int) -> None:
     from lighthubert.extractor import resolve_layers
 
     if layers is not None:
-        try:
-            resolve_layers(layers, num_layers)
-        except ValueError as e:
-            raise Fail(f"--layers: {e}", EXIT_USAGE) from None
+        resolve_layers(layers, num_layers)  # a SettingError of layers: "--layers: ...", exit 2
 
 
 def _export(ckpt, sub: dict | None, path: Path, layers: str | None, dtype: str | None, check_only: bool = False) -> None:

@@ -127,12 +127,13 @@ def learn(
     """
     from lighthubert.checkpoint import save_atomic
     from lighthubert.storage import refuse_existing
-    from lighthubert.units import learn_file, pick_device
+    from lighthubert.extractor import resolve_device
+    from lighthubert.units import learn_file
 
     _check_target(km_path, writable=True, replaced=True)
     _not_an_input(km_path, features)
     refuse_existing([km_path], overwrite)  # before the work, not after
-    pick_device(device)
+    resolve_device(device)  # an unknown or absent device: said before any work
     km = _library_errors(learn_file, features, layer, clusters, max_frames=max_frames, batch_size=batch_size,
                          iterations=iterations, seed=seed, device=device, progress=_every("k-means step", quiet))
     try:  # beside KM, then renamed: an old KM stays whole if this stops half-way
@@ -164,7 +165,8 @@ def apply(
     Example: lhb units apply feats.h5 km.pt train.km
     """
     from lighthubert.storage import hdf5_name, refuse_existing
-    from lighthubert.units import apply_file, load_km, pick_device
+    from lighthubert.extractor import resolve_device
+    from lighthubert.units import apply_file, load_km
 
     to_stdout = str(output) == "-"
     if to_stdout:  # the text form, on standard output
@@ -177,7 +179,7 @@ def apply(
         _check_target(output, replaced=True)
     _not_an_input(output, features, km_path)
     refuse_existing([output], overwrite or to_stdout)  # before any other line (apply_file checks it too)
-    pick_device(device)
+    resolve_device(device)  # an unknown or absent device: said before any work
     km = _library_errors(load_km, km_path)
     n = _library_errors(apply_file, features, km, output, keys=keys, device=device,
                         overwrite=overwrite or to_stdout,  # standard output: whatever the shell opened
