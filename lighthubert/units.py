@@ -20,7 +20,6 @@ import torch
 
 from .checkpoint import KM_FORMAT, check_seed, write_atomic
 from .defaults import BATCH_SIZE, DEVICE, ITERATIONS, KMEANS_SEED, MAX_FRAMES  # batch and steps as fairseq's learn_kmeans.py
-from .errors import SettingError
 from .extractor import resolve_device
 from .reader import FeaturesError, layer_positions, one_layer, open_features
 from .storage import UNITS_FORMAT, hdf5_name, plain, refuse_existing, special_kind

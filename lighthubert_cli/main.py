@@ -503,8 +503,10 @@ def subnet_cmd(
 def _not_a_source(target: Path, *sources: tuple[str, str | None]) -> None:
     """Refuse to write over a file this command reads (the checkpoint, a --subnet file), or over the
     other file it writes, whatever --overwrite says: it would be lost."""
+    from lighthubert.storage import same_file
+
     for what, src in sources:
-        if src is not None and (target == Path(src) or _same_file(target, src)):
+        if src is not None and (target == Path(src) or same_file(target, src)):
             raise Fail(f"{target}: is {what}; give another file to write", EXIT_USAGE)
 
 
@@ -606,52 +608,13 @@ def merge(
 
     Example: lhb merge feats.h5 feats.h5.parts
     """
-    from lighthubert import storage
-    from lighthubert.storage import HDF5, OutputLock, find_parts, parts_dir, remove_stale_temps, resolve_link
+    from lighthubert.storage import merge_parts, resolve_link
 
     output = resolve_link(output)  # a link's target is written, not a new file in place of the link
     _check_target(output, "is a folder, not a features file")
-    sources = parts or [parts_dir(output)]
-    with OutputLock(output):  # not while a run writes it (which may not have made OUTPUT.parts/ yet)
-        remove_stale_temps(output)  # a killed merge's or run's half-written files (no one else holds the lock)
-        files: list[Path] = []
-        for src in sources:
-            if src.is_dir():
-                files += find_parts(src, HDF5.suffix, any_name=True)
-            elif src.is_file():
-                files.append(src)
-            elif os.path.exists(src):
-                raise Fail(f"{src}: is neither a features file nor a folder of parts")
-            else:
-                raise Fail(f"{src}: no such file or folder")
-        if files and all(_same_file(f, output) for f in files):
-            raise Fail(f"{files[0]}: is OUTPUT itself, not a part; name the parts to join into it")
-        files = [f for f in files if not _same_file(f, output)]  # OUTPUT is joined anyway; never removed as a part
-        if not files:
-            raise Fail(f"no parts found in {', '.join(map(str, sources))}")
-        n = HDF5.merge(output, files, include_output=True)
+    n, files = merge_parts(output, parts, remove=remove_parts)
     if not quiet:
         err(f"merged {count(len(files), 'part')} into {output}: {count(n, 'utterance')} ({size(output.stat().st_size)})")
-    if remove_parts:  # the files merged, nothing else: a folder given is removed only once empty
-        for f in files:
-            f.unlink(missing_ok=True)
-        for src in sources:
-            if src.is_dir() and os.path.abspath(src) == os.path.abspath(parts_dir(output)):
-                storage.remove_parts(output)  # lhb's own folder: also its .tmp segments and notes, not other files
-            elif src.is_dir():
-                try:
-                    src.rmdir()
-                except OSError:
-                    pass  # other files are there: they stay
-
-
-def _same_file(a: Path, b: Path | str) -> bool:
-    """Whether ``a`` and ``b`` are the same file (also through a link); False when one is missing or
-    is not a file name (a released checkpoint name, inline JSON)."""
-    try:
-        return os.path.samefile(a, b)
-    except (OSError, ValueError):
-        return False
 
 
 @app.command(cls=LhbCommand)

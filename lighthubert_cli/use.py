@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -47,12 +46,10 @@ def _every(what: str, quiet: bool):
 def _not_an_input(target: Path, *inputs: Path) -> None:
     """Refuse a file to write that is one of the files read (the same file, also through a link):
     it would be replaced by what is made from it."""
+    from lighthubert.storage import same_file
+
     for src in inputs:
-        try:
-            same = os.path.samefile(target, src)
-        except OSError:  # one of them does not exist (yet)
-            continue
-        if same:
+        if same_file(target, src):
             raise Fail(f"{target}: is the input {src} itself; give another file to write")
 
 

@@ -524,6 +524,57 @@ def remove_parts(output: Path) -> None:
         pass  # missing, or other files are there: they stay
 
 
+def merge_parts(output: Path, sources: Iterable[Path] | None = None, *, remove: bool = False,
+                backend: Backend | None = None) -> tuple[int, list[Path]]:
+    """``lhb merge``: join the part files in ``sources`` (files, or folders searched for ``*.h5``;
+    default ``OUTPUT.parts/``) into ``output`` (kept and added to when it exists), under its lock, after
+    removing what a killed run or merge left half-written. With ``remove`` the files merged are deleted
+    afterwards, and a folder given once it is empty (``OUTPUT.parts/``: also lhb's own leftovers there).
+    Returns (utterances in ``output``, the files merged); :class:`OutputError` naming what is wrong."""
+    backend = backend or get_backend()
+    output = resolve_link(Path(output))  # a link's target is written, not a new file in place of the link
+    sources = [Path(s) for s in sources] if sources else [parts_dir(output)]
+    with OutputLock(output):  # not while a run writes it (which may not have made OUTPUT.parts/ yet)
+        remove_stale_temps(output)  # a killed merge's or run's half-written files (no one else holds the lock)
+        files: list[Path] = []
+        for src in sources:
+            if src.is_dir():
+                files += find_parts(src, backend.suffix, any_name=True)
+            elif src.is_file():
+                files.append(src)
+            elif os.path.exists(src):
+                raise OutputError(f"{src}: is neither a features file nor a folder of parts")
+            else:
+                raise OutputError(f"{src}: no such file or folder")
+        if files and all(same_file(f, output) for f in files):
+            raise OutputError(f"{files[0]}: is OUTPUT itself, not a part; name the parts to join into it")
+        files = [f for f in files if not same_file(f, output)]  # OUTPUT is joined anyway; never removed as a part
+        if not files:
+            raise OutputError(f"no parts found in {', '.join(map(str, sources))}")
+        n = backend.merge(output, files, include_output=True)
+    if remove:  # the files merged, nothing else: a folder given is removed only once empty
+        for f in files:
+            f.unlink(missing_ok=True)
+        for src in sources:
+            if src.is_dir() and os.path.abspath(src) == os.path.abspath(parts_dir(output)):
+                remove_parts(output)  # lhb's own folder: also its .tmp segments and notes, not other files
+            elif src.is_dir():
+                try:
+                    src.rmdir()
+                except OSError:
+                    pass  # other files are there: they stay
+    return n, files
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether ``a`` and ``b`` are the same file (also through a link); False when one is missing or
+    is not a file name (a released checkpoint name, inline JSON)."""
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False
+
+
 from . import hdf5 as _hdf5  # noqa: E402 - registers the HDF5 backend
 
 HDF5 = register(_hdf5.Hdf5Backend())
@@ -533,6 +584,7 @@ __all__ = [
     "OutputError", "OutputLock", "RUN_IDENTITY", "check_identity", "check_output_path", "find_committed", "find_parts",
     "finished_path", "resolve_link",
     "find_segments",
-    "get_backend", "identity_diff", "part_path", "parts_dir", "plain", "refuse_existing", "register", "remove_parts",
+    "get_backend", "identity_diff", "merge_parts", "part_path", "parts_dir", "plain", "refuse_existing", "register",
+    "remove_parts", "same_file",
     "remove_stale_temps", "run_attrs", "segment_path",
 ]
