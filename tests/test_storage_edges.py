@@ -169,6 +169,25 @@ def test_malformed_features_file_is_one_line_naming_it(tmp_path, feats, what):
 
 
 @needs_speech
+def test_a_resume_keeps_what_a_user_added_to_output(tmp_path, feats):
+    """Before: the join of --resume (and lhb merge) copied only the root attributes and the features,
+    so labels a user stored beside them and attributes on /features were lost without a word."""
+    out = Path(shutil.copy(feats, tmp_path / "o.h5"))
+    with h5py.File(out, "a") as f:
+        f["labels/utt01"] = np.arange(3)
+        f["features"].attrs["note"] = "mine"
+        f.attrs["project"] = "p1"
+    audio = tmp_path / "audio"
+    shutil.copytree(SPEECH_DIR / "spk1", audio)
+    shutil.copy(SPEECH_DIR / "spk2" / "utt02.wav", audio / "new.wav")
+    p = lhb("extract", audio, out, *FAST, "--resume")
+    assert p.returncode == 0, p.stderr
+    with h5py.File(out) as f:
+        assert "new" in f["features"] and f["labels/utt01"][()].tolist() == [0, 1, 2]
+        assert f["features"].attrs["note"] == "mine" and f.attrs["project"] == "p1"
+
+
+@needs_speech
 def test_a_corrupt_segment_is_named_with_advice_that_keeps_the_others(tmp_path, feats):
     """One committed segment of a killed run is damaged (truncated): --resume names it and advises
     moving that one file away (its utterances are extracted again), not --overwrite alone, which

@@ -303,6 +303,7 @@ def _merge_into(tmp: Path, sources: list[Path], complete: bool | None, inputs: C
                     parent = key.rsplit("/", 1)[0] if "/" in key else ""
                     dest_group = group.require_group(parent) if parent else group
                     src.copy(src[GROUP][key], dest_group, name=key.rsplit("/", 1)[-1])
+                _copy_the_rest(src, dst)
         done = set(keys(dst))
         dst.attrs["skipped"] = json.dumps([v for k, v in skipped.items()
                                            if k not in done and (inputs is None or k in inputs)])
@@ -310,6 +311,29 @@ def _merge_into(tmp: Path, sources: list[Path], complete: bool | None, inputs: C
         dst.attrs["merged_from"] = len(sources)
         dst.attrs["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     return len(done)
+
+
+def _copy_the_rest(src: h5py.File, dst: h5py.File) -> None:
+    """What a user added to a features file besides its features (other groups and datasets, attributes
+    of ``/features`` and its subgroups) goes into the joined file too, the first file's where two have
+    one name: a join must not lose it."""
+    for name in src:
+        if name != GROUP and name not in dst:
+            src.copy(src[name], dst, name=name)
+
+    def attrs_of(name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Group):
+            target = dst[GROUP].require_group(name)
+            for k, v in obj.attrs.items():
+                if k not in target.attrs:
+                    target.attrs[k] = v
+
+    if GROUP not in src:
+        return
+    src[GROUP].visititems(attrs_of)
+    for k, v in src[GROUP].attrs.items():
+        if k not in dst[GROUP].attrs:
+            dst[GROUP].attrs[k] = v
 
 
 def _difference(a: np.ndarray, b: np.ndarray) -> str:
