@@ -17,7 +17,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -629,19 +629,32 @@ def new_temp_beside(path: Path) -> Path:
             continue
 
 
-def remove_dead_temps(folder: Path) -> None:
-    """Remove the files :func:`new_temp_beside` made under ``folder`` (at any depth) for processes of
-    this host that no longer run (killed half-way); those of a live process are left alone."""
-    for tmp in folder.rglob(".*.part"):
-        pid = tmp.name.rsplit(".", 3)[-3] if tmp.name.count(".") >= 4 else ""
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
+TEMP_NAME = re.compile(r"\.(.+)\.(\d+)\.[0-9a-f]{8}\.part")
+"""What :func:`new_temp_beside` names a temporary file: ``.NAME.PID.XXXXXXXX.part``."""
+
+
+def remove_dead_temps(finals: Iterable[Path]) -> None:
+    """Remove the temporary files :func:`new_temp_beside` made for ``finals`` (beside each) for
+    processes of this host that no longer run (killed half-way); those of a live process, and any
+    other file, are left alone. Each folder is listed once."""
+    by_folder: dict[Path, set[str]] = {}
+    for final in finals:
+        by_folder.setdefault(final.parent, set()).add(final.name)
+    for folder, names in by_folder.items():
         try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:  # gone: its file is no one's
-            tmp.unlink(missing_ok=True)
-        except (PermissionError, OverflowError, OSError):
-            pass  # alive under another user, or not a pid
+            listed = os.listdir(folder)
+        except OSError:
+            continue  # not there (yet)
+        for name in listed:
+            m = TEMP_NAME.fullmatch(name)
+            if not m or m[1] not in names or int(m[2]) == os.getpid():
+                continue
+            try:
+                os.kill(int(m[2]), 0)
+            except ProcessLookupError:  # gone: its file is no one's
+                (folder / name).unlink(missing_ok=True)
+            except (PermissionError, OverflowError, OSError):
+                pass  # alive under another user, or not a pid
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
@@ -659,8 +672,17 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj)`` to ``path`` through :func:`write_atomic`."""
-    return write_atomic(path, lambda tmp: torch.save(obj, tmp))
+    """``torch.save(obj)`` to ``path`` through :func:`write_atomic`. torch serialises into memory and
+    Python writes the bytes: a full disk or a file size limit is then an OSError naming the reason
+    (torch's own writer fails with 'unexpected pos', or aborts the process when it is TorchScript's)."""
+    return write_bytes_atomic(path, lambda buf: torch.save(obj, buf))
+
+
+def write_bytes_atomic(path: str | os.PathLike, serialise: Callable[[io.BytesIO], None]) -> Path:
+    """``serialise(buffer)`` in memory, then the bytes to ``path`` through :func:`write_atomic`."""
+    buf = io.BytesIO()
+    serialise(buf)
+    return write_atomic(path, lambda tmp: tmp.write_bytes(buf.getbuffer()))
 
 
 def write_random_checkpoint(path: str | os.PathLike, kind: str = "base", seed: int = 0,

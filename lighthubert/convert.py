@@ -29,7 +29,7 @@ from .checkpoint import new_temp_beside, remove_dead_temps
 from .errors import LightHubertWarning, SettingError
 from .defaults import CONVERT_FORMAT, NSHARD, SPLIT
 from .reader import FeaturesError, one_layer, open_features
-from .storage import refuse_existing
+from .storage import OutputError, refuse_existing, same_file
 
 FORMATS = ("fairseq", "npy", "kaldi")
 
@@ -103,13 +103,23 @@ def convert(features: str | os.PathLike, output: str | os.PathLike, fmt: str = C
             raise SettingError(f"{nshard} shards of {len(f)} utterances would leave some empty; "
                                f"give at most {max(len(f), 1)}", "nshard")
         files = output_files(f.keys, out, fmt, split, nshard)
+        for path in files:  # before anything is written, whatever overwrite says
+            if same_file(path, features):
+                raise OutputError(f"{path}: is FEATURES itself ({features}), which would be replaced; "
+                                  "convert into another folder")
+            if path.is_dir() and not path.is_symlink():
+                raise OutputError(f"{path}: is a folder, where a file is to be written")
         refuse_existing(files, overwrite)
         out.mkdir(exist_ok=True)
-        remove_dead_temps(out)  # what a killed conversion left
+        remove_dead_temps(files)  # what a killed conversion left of these files
         staged = _Staged()
         try:
             _write(f, features, files, fmt, layer, nshard, staged, progress)
             return staged.commit()
+        except OSError as e:  # a write that failed (a full disk, a file size limit) names no file
+            if e.filename is not None:
+                raise
+            raise OutputError(f"{out}: cannot write the {fmt} files ({e.strerror or e}); nothing was changed there") from None
         finally:
             staged.discard()
 
@@ -132,15 +142,12 @@ def _write(f, features: str | os.PathLike, files: list[Path], fmt: str, layer: i
             keys = f.keys[start:end]
             npy, lens, keys_file = files[3 * rank: 3 * rank + 3]
             total = sum(f.lengths[k] for k in keys)
-            arr = np.lib.format.open_memmap(staged.temp(npy), mode="w+", dtype=np.float32, shape=(total, f.dim))
-            at = 0
-            for k in keys:
-                x = f.get(k, layer).numpy()
-                arr[at:at + len(x)] = x
-                at += len(x)
-                tick()
-            arr.flush()
-            del arr
+            # written, not memory-mapped: a full disk is then an OSError, not SIGBUS on a page of the map
+            with open(staged.temp(npy), "wb") as fh:
+                np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": (total, f.dim)})
+                for k in keys:
+                    fh.write(np.ascontiguousarray(f.get(k, layer).numpy(), dtype="<f4").data)
+                    tick()
             staged.temp(lens).write_text("".join(f"{f.lengths[k]}\n" for k in keys), encoding="utf-8")
             staged.temp(keys_file).write_text("".join(f"{k}\n" for k in keys), encoding="utf-8")
         write_tsv(f, staged.temp(files[-1]), files[-1])

@@ -13,6 +13,7 @@ onnx, onnxruntime and onnxscript are an optional extra (``pip install 'lighthube
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import Checkpoint, CheckpointError, export_subnet, write_atomic
+from .checkpoint import Checkpoint, CheckpointError, export_subnet, write_atomic, write_bytes_atomic
 from .errors import LightHubertError
 from .extractor import DTYPES, FINAL, resolve_layers
 from .model import SubnetModel, frame_mask
@@ -174,9 +175,10 @@ def export(ckpt: Checkpoint, subnet: Any, path: str | os.PathLike, layers: Any =
         meta["device"] = device
     if not path.parent.is_dir():
         raise ExportError(f"{path}: the folder {path.parent} does not exist")
-    writer = _write_onnx if fmt == "onnx" else _write_torchscript
     with _quiet():
-        return write_atomic(path, lambda tmp: writer(module, str(tmp), meta, opset))
+        if fmt == "onnx":
+            return write_atomic(path, lambda tmp: _write_onnx(module, str(tmp), meta, opset))
+        return write_bytes_atomic(path, lambda buf: _write_torchscript(module, buf, meta))
 
 
 @contextlib.contextmanager
@@ -194,10 +196,11 @@ def _quiet():
         logger.setLevel(level)
 
 
-def _write_torchscript(module: Deployable, path: str, meta: dict[str, str], opset: int) -> None:
+def _write_torchscript(module: Deployable, buf: io.BytesIO, meta: dict[str, str]) -> None:
+    """Into memory: torch.jit.save aborts the process when a write to a file fails (a full disk)."""
     with torch.no_grad():
         traced = torch.jit.trace(module, _example(meta["device"]), check_trace=False, strict=False)
-    torch.jit.save(traced, path, _extra_files={META_FILE: json.dumps(meta)})
+    torch.jit.save(traced, buf, _extra_files={META_FILE: json.dumps(meta)})
 
 
 def _write_onnx(module: Deployable, path: str, meta: dict[str, str], opset: int) -> None:

@@ -375,10 +375,13 @@ def test_leftovers_of_killed_conversions_and_merges_are_removed(tmp_path):
     out.mkdir()
     stale = out / f".train_0_1.npy.{dead.pid}.0a1b2c3d.part"
     live = out / f".train_0_1.len.{os.getppid()}.0a1b2c3d.part"
-    for f in (stale, live):
+    # not temporary files of this conversion's files (before: removed, as anything '.*.part' at any depth)
+    mine, other = out / "sub" / ".dataset.2024.v1.part", out / f".valid_0_1.npy.{dead.pid}.0a1b2c3d.part"
+    mine.parent.mkdir()
+    for f in (stale, live, mine, other):
         f.write_bytes(b"half")
     convert(feats, out, "fairseq", 2)
-    assert not stale.exists() and live.exists()
+    assert not stale.exists() and live.exists() and mine.exists() and other.exists()
     merging = tmp_path / f".m.h5.{dead.pid}.0a1b2c3d.merging"
     merging.write_bytes(b"half a merge")
     p = Run(["merge", tmp_path / "m.h5", feats]).result()
@@ -386,6 +389,45 @@ def test_leftovers_of_killed_conversions_and_merges_are_removed(tmp_path):
     with pytest.raises(FeaturesError, match="the folder .*nope does not exist"):
         convert(feats, tmp_path / "nope" / "conv", "npy", 2)
     assert not (tmp_path / "nope").exists()
+
+
+def test_convert_never_writes_over_its_features_file_or_a_folder(tmp_path):
+    """Before: with --overwrite, FEATURES named like a file to write (lhb extract wavs data/train.ark)
+    was replaced by the conversion, and a folder named like one failed after other files were in place."""
+    (tmp_path / "data").mkdir()
+    feats = _features(tmp_path / "data" / "train.ark", 2)
+    before = feats.read_bytes()
+    with pytest.raises(OutputError, match=re.escape(f"{feats}: is FEATURES itself ({feats}), which would be replaced")):
+        convert(feats, tmp_path / "data", "kaldi", 2, overwrite=True)
+    assert feats.read_bytes() == before
+    (tmp_path / "out" / "u0.npy").mkdir(parents=True)
+    with pytest.raises(OutputError, match=re.escape(f"{tmp_path / 'out' / 'u0.npy'}: is a folder, where a file is to be written")):
+        convert(feats, tmp_path / "out", "npy", 2, overwrite=True)
+    assert sorted(os.listdir(tmp_path / "out")) == ["u0.npy"]
+
+
+def test_a_full_disk_is_one_line_naming_the_file(tmp_path):
+    """Before: the fairseq .npy was memory-mapped, so a full disk killed lhb convert with SIGBUS and
+    left its temporary file; torch's writers said 'unexpected pos' (or, for TorchScript, aborted)."""
+    import lighthubert
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        feats = _features(tmp_path / "f.h5", 3, dim=40_000)  # 4.8 MB of layer 1
+        with pytest.raises(OutputError, match=re.escape(f"{disk / 'c'}: cannot write the fairseq files (No space left "
+                                                        "on device); nothing was changed there")):
+            convert(feats, disk / "c", "fairseq", 1)
+        p = Run(["convert", feats, disk / "k", "--layer", "1", "-f", "kaldi", "-q"]).result()
+        assert p.returncode == 1 and p.err_lines == [f"lhb: error: {disk / 'k'}: cannot write the kaldi files (No space "
+                                                     "left on device); nothing was changed there"], p
+        with pytest.raises(OSError, match="No space left on device"):
+            lighthubert.write_random_checkpoint(disk / "r.pt", "small")
+        assert [str(p.relative_to(disk)) for p in disk.rglob("*") if p.is_file()] == []  # no temporary file left
+    finally:
+        subprocess.run(["umount", str(disk)])
 
 
 def test_units_are_taken_only_with_features_of_the_model_the_k_means_was_learnt_on(tmp_path):
