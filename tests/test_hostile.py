@@ -322,6 +322,10 @@ def test_odd_output_paths_get_one_true_line(tmp_path):
     assert p.returncode == 2 and one_line(p) == (f"lhb: error: OUTPUT: {tmp_path}/new.h5/: ends with '/', so names a "
                                                  "folder; give a file name"), p.stderr
     assert not (tmp_path / "new.h5").exists()
+    for path in ("/", "."):  # before: "internal error: ValueError: PosixPath('.') has an empty name"
+        p = lhb("extract", UTT, path, *FAST)
+        assert p.returncode == 1 and one_line(p) == (f"lhb: error: {path}: is a folder; give a file name such as "
+                                                     f"{Path(path) / 'features.h5'}"), p.stderr
     for option in ("-o", "--export"):
         p = lhb("subnet", "--preset", "min", "-c", FAST[1], option, "")
         assert p.returncode == 2 and one_line(p) == f"lhb: error: {'--output' if option == '-o' else '--export'}: an empty path", p.stderr

@@ -295,6 +295,8 @@ def check_output_path(path: str | os.PathLike, *, resume: bool, overwrite: bool,
     folder is never replaced), or it is one of ``inputs`` (the same file under any name). With a
     ``backend``, an existing OUTPUT that is not a file of its format is not offered ``--resume``."""
     out = resolve_link(Path(path))
+    if not out.name:  # ".", "/": no file name at all (Path("x/..") has one, and is found a folder below)
+        raise OutputError(f"{path}: is a folder; give a file name such as {Path(path) / 'features.h5'}")
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
         raise OutputError(f"{out}: {folder} is not a folder" if folder.exists() else
