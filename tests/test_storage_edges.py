@@ -169,6 +169,19 @@ def test_malformed_features_file_is_one_line_naming_it(tmp_path, feats, what):
 
 
 @needs_speech
+def test_a_file_another_program_writes_is_said_so_without_advice_that_loses_it(tmp_path, feats):
+    """Before: 'cannot be read to resume (Resource temporarily unavailable); use --overwrite to start
+    again', while the file was whole and only held open by a writer (HDF5's file lock)."""
+    out = Path(shutil.copy(feats, tmp_path / "o.h5"))
+    why = "another program has it open for writing, and HDF5 locks it: close that program first"
+    with h5py.File(out, "r+"):  # this process is that program; lhb runs in another
+        p = lhb("extract", SPEECH_DIR / "spk1", out, *FAST, "--resume")
+        assert p.returncode == 1 and one_line(p) == f"lhb: error: {out}: cannot be read to resume ({why})", p.stderr
+        p = lhb("info", out)
+        assert p.returncode == 1 and one_line(p) == f"lhb: error: {out}: cannot be read ({why})", p.stderr
+
+
+@needs_speech
 def test_a_resume_keeps_what_a_user_added_to_output(tmp_path, feats):
     """Before: the join of --resume (and lhb merge) copied only the root attributes and the features,
     so labels a user stored beside them and attributes on /features were lost without a word."""

@@ -155,6 +155,8 @@ def open_reason(err: Exception) -> str:
     text = str(err)
     if "file signature not found" in text:
         return "not an HDF5 file"
+    if "unable to lock file" in text:  # HDF5's own lock: a writer has it open (h5py, another tool, a run)
+        return "another program has it open for writing, and HDF5 locks it: close that program first"
     if m := _TRUNCATED.search(text):
         return f"truncated: {int(m[1]):,} of its {int(m[2]):,} bytes are there"
     if m := re.search(r"error message = '([^']*)'", text):  # the OS error inside a many-line h5py text
@@ -510,6 +512,8 @@ def committed(output: Path, attrs: Mapping[str, Any], *, include_output: bool) -
                 check_identity(path, dict(f.attrs), attrs)
                 found |= set(keys(f))
         except (OSError, RuntimeError) as err:
+            if "unable to lock file" in str(err):  # nothing is wrong with the file: no advice that would lose it
+                raise OutputError(f"{path}: cannot be read to resume ({open_reason(err)})") from None
             advice = "use --overwrite to start again" if path == output else (
                 f"move or delete this one file (--resume then extracts its utterances again), or use --overwrite "
                 f"to start over (it deletes all of {parts_dir(output)})")
