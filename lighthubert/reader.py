@@ -20,7 +20,7 @@ from torch.utils.data import Dataset, Sampler
 
 from .errors import LightHubertError, LightHubertWarning, SettingError
 from .storage import FORMAT, UNITS_FORMAT, OutputError, find_committed, parts_dir, plain
-from .storage.hdf5 import GROUP, open_reason, read_features
+from .storage.hdf5 import GROUP, damage, open_reason, read_features
 
 Layers = Union[None, int, str, Sequence[int]]
 """None: as stored ((T, D) or (L, T, D)); int: one layer, (T, D); list of ints or "all": (L, T, D)."""
@@ -120,6 +120,8 @@ class Features:
         chosen layers are read from disk. The stored dtype is kept (float32 or float16)."""
         if key not in self.lengths:
             raise KeyError(f"{self.path}: no utterance {key!r}")
+        if self._file is None:
+            raise FeaturesError(f"{self.path}: is closed; open it again to read")
         ds = self._file[GROUP][key]
         return torch.from_numpy(np.ascontiguousarray(read_layers(ds, self.layers, layer, self.path)))
 
@@ -186,6 +188,9 @@ def read_layers(ds: h5py.Dataset, stored: list[int], layer: Layers, path: Path |
     except MemoryError:
         raise FeaturesError(f"{path}: {ds.name.removeprefix('/' + GROUP + '/')}: declares {ds.shape} features "
                             f"({ds.size * ds.dtype.itemsize / 2**30:,.1f} GiB), more than memory holds") from None
+    except (OSError, RuntimeError, KeyError) as err:  # a damaged chunk (h5py: 'filter returned failure')
+        raise FeaturesError(f"{path}: {ds.name.removeprefix('/' + GROUP + '/')}: cannot be read, the file is damaged "
+                            f"({damage(err)})") from None
 
 
 def _read_layers(ds: h5py.Dataset, stored: list[int], layer: Layers, path: Path | str = "") -> np.ndarray:

@@ -6,6 +6,7 @@ the file and the reason, and nothing already written is lost."""
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -179,6 +180,42 @@ def test_a_file_another_program_writes_is_said_so_without_advice_that_loses_it(t
         assert p.returncode == 1 and one_line(p) == f"lhb: error: {out}: cannot be read to resume ({why})", p.stderr
         p = lhb("info", out)
         assert p.returncode == 1 and one_line(p) == f"lhb: error: {out}: cannot be read ({why})", p.stderr
+
+
+def _damage(path: Path, key: str, what: str) -> None:
+    """Overwrite bytes of ``key``'s object header or first data chunk."""
+    with h5py.File(path) as f:
+        ds = f["features"][key]
+        at = h5py.h5o.get_info(ds.id).addr if what == "header" else ds.id.get_chunk_info(0).byte_offset + 10
+    with open(path, "r+b") as fh:
+        fh.seek(at)
+        fh.write(b"\x07" if what == "header" else b"\xff" * 64)
+
+
+@needs_speech
+def test_a_damaged_features_file_is_one_line_naming_it(tmp_path, feats):
+    """Before: 'lhb: internal error: RuntimeError: Object visitation failed (...)', a line naming no file
+    (': Can't synchronously read data'), and raw h5py exceptions from the Python reader."""
+    header = Path(shutil.copy(feats, tmp_path / "header.h5"))
+    _damage(header, "utt02", "header")
+    for args in (["info", header], ["convert", header, tmp_path / "c1", "-f", "npy", "-q"]):
+        p = lhb(*args)
+        assert p.returncode == 1 and one_line(p) == f"lhb: error: {header}: is damaged (bad object header version number)", p.stderr
+    with pytest.raises(lighthubert.FeaturesError, match=re.escape(f"{header}: is damaged (bad object header")):
+        lighthubert.open_features(header)
+    chunk = tmp_path / "chunk.h5"
+    p = lhb("extract", SPEECH_DIR / "spk1", chunk, *FAST, "--compression", "gzip")
+    assert p.returncode == 0, p.stderr
+    _damage(chunk, "utt02", "chunk")
+    p = lhb("convert", chunk, tmp_path / "c2", "-f", "npy", "-q")
+    assert p.returncode == 1 and one_line(p).startswith(f"lhb: error: {chunk}: utt02: cannot be read, the file is damaged ("), p.stderr
+    assert not (tmp_path / "c2").exists() or not os.listdir(tmp_path / "c2")
+    with lighthubert.open_features(chunk) as f:
+        with pytest.raises(lighthubert.FeaturesError, match=f"utt02: cannot be read, the file is damaged"):
+            f["utt02"]
+        assert f["utt01"].shape[0] > 0  # the rest reads
+    with pytest.raises(lighthubert.FeaturesError, match="is closed; open it again to read"):
+        f["utt01"]
 
 
 @needs_speech

@@ -175,6 +175,24 @@ def keys(f: h5py.File) -> list[str]:
 
 def read_features(path: str | os.PathLike, f: h5py.File,
                   visit: Callable[[str, h5py.Dataset], None] | None = None) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]:
+    """:func:`_read_features`; a file whose HDF5 structure is damaged (a bad object header, a
+    checksum that does not match) is an :class:`OutputError` naming it, not h5py's exception."""
+    try:
+        return _read_features(path, f, visit)
+    except (RuntimeError, KeyError, OSError) as err:
+        raise OutputError(f"{path}: is damaged ({damage(err)})") from None
+
+
+def damage(err: Exception) -> str:
+    """h5py's words for a damaged file, shortened: ``Object visitation failed (bad object header
+    version number)`` -> ``bad object header version number``."""
+    text = str(err).strip("'\"")
+    inner = re.findall(r"\(([^()]*)\)", text)
+    return (inner[-1] if inner else text)[:200] or type(err).__name__
+
+
+def _read_features(path: str | os.PathLike, f: h5py.File,
+                   visit: Callable[[str, h5py.Dataset], None] | None = None) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]:
     """The root attributes (plain Python; ``subnet`` and ``skipped`` decoded from JSON) and the shape
     of each key's dataset (in file order) of an open features file, after checking what readers rely
     on: those two attributes are well-formed JSON, ``layers`` are integers, and every dataset holds
