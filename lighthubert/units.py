@@ -9,6 +9,7 @@ learnt from), ``format`` = ``"lighthubert-kmeans"``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
 import sys
@@ -37,6 +38,7 @@ def sample_frames(features: str | os.PathLike, layer: int, max_frames: int, seed
         parts, total = [], 0
         for i in order:
             x = f.get(f.keys[i], layer).float()
+            check_values(x, features, f.keys[i])
             parts.append(x)
             total += len(x)
             if total >= max_frames:
@@ -45,6 +47,19 @@ def sample_frames(features: str | os.PathLike, layer: int, max_frames: int, seed
     if len(x) > max_frames:
         x = x[torch.from_numpy(np.sort(rng.choice(len(x), max_frames, replace=False)))]
     return x
+
+
+MAX_VALUE = 1e15
+"""Larger feature values overflow float32 squared distances: k-means would give NaN centroids or fail."""
+
+
+def check_values(x: torch.Tensor, features: str | os.PathLike, key: str) -> None:
+    """A :class:`FeaturesError` naming the key when ``x`` holds NaN, infinite or absurdly large values
+    (a damaged or hand-edited file): k-means would learn NaN centroids from them, or give no units."""
+    top = float(x.abs().max()) if x.numel() else 0.0
+    if not top <= MAX_VALUE:  # NaN compares False
+        what = "NaN or infinite values" if not math.isfinite(top) else f"a value of {top:.3g} (features are far smaller)"
+        raise FeaturesError(f"{features}: {key}: holds {what}; k-means needs finite features (extract them again)")
 
 
 def _dist2(x: torch.Tensor, c: torch.Tensor, c2: torch.Tensor) -> torch.Tensor:
@@ -212,6 +227,16 @@ def _write_units(f, km: dict, c: torch.Tensor, out: Path, *, h5: bool, features:
                  dtype: type, progress: Callable[[int, int], None] | None) -> None:
     """The units of every utterance of the open features file ``f`` into ``out`` (HDF5 or text)."""
     dev = c.device
+
+    def units_of(k: str) -> torch.Tensor:
+        x = f.get(k, km["layer"])
+        check_values(x, features, k)
+        return assign(x.to(dev), c)[0]
+
+    if keys and not h5:  # "KEY u1 u2 ...": a key with white space would read as more units
+        if bad := next((k for k in f.keys if any(ch.isspace() for ch in k)), None):
+            raise FeaturesError(f"{features}: key {bad!r} has white space, which a line 'KEY units...' cannot hold; "
+                                "leave out --keys (lines are in the file's key order)")
     if h5:
         import h5py
 
@@ -220,7 +245,7 @@ def _write_units(f, km: dict, c: torch.Tensor, out: Path, *, h5: bool, features:
                             "features": str(Path(features).absolute())})
             g = h.create_group("units")
             for i, k in enumerate(f.keys):
-                g.create_dataset(k, data=assign(f.get(k, km["layer"]).to(dev), c)[0].cpu().numpy().astype(dtype))
+                g.create_dataset(k, data=units_of(k).cpu().numpy().astype(dtype))
                 if progress:
                     progress(i + 1, len(f))
     else:
@@ -229,7 +254,7 @@ def _write_units(f, km: dict, c: torch.Tensor, out: Path, *, h5: bool, features:
         stdout = out == Path("/dev/stdout")
         with open(sys.stdout.fileno(), "w", closefd=False, encoding="utf-8") if stdout else open(out, "w", encoding="utf-8") as t:
             for i, k in enumerate(f.keys):
-                units = assign(f.get(k, km["layer"]).to(dev), c)[0].tolist()
+                units = units_of(k).tolist()
                 t.write((f"{k} " if keys else "") + " ".join(map(str, units)) + "\n")
                 if progress:
                     progress(i + 1, len(f))

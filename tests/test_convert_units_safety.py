@@ -430,6 +430,37 @@ def test_a_full_disk_is_one_line_naming_the_file(tmp_path):
         subprocess.run(["umount", str(disk)])
 
 
+def test_units_refuse_features_k_means_cannot_use(tmp_path):
+    """Before: a NaN in the features gave a k-means file with a NaN centroid (exit 0) and units taken
+    with it, a value of 1e30 'internal error: RuntimeError: invalid multinomial distribution', and
+    --keys wrote a key with a space so that the line read as one more unit."""
+    import h5py
+
+    from lighthubert.units import learn_file
+
+    km = {"format": "lighthubert-kmeans", "centroids": torch.zeros(2, 4), "layer": 1, "clusters": 2}
+    for value, what in ((float("nan"), "NaN or infinite values"), (1e30, "a value of 1e+30 (features are far smaller)")):
+        feats = _features(tmp_path / f"{value}.h5", 3)
+        with h5py.File(feats, "a") as f:
+            f["features/u1"][0, 2, 1] = value
+        message = re.escape(f"{feats}: u1: holds {what}; k-means needs finite features (extract them again)")
+        with pytest.raises(FeaturesError, match=message):
+            learn_file(feats, 1, 2, iterations=2)
+        with pytest.raises(FeaturesError, match=message):
+            apply_file(feats, km, tmp_path / "u.km", overwrite=True)
+        assert not (tmp_path / "u.km").exists()
+    spaced = tmp_path / "spaced.h5"
+    w = FeatureWriter(spaced, run_attrs(layers=[1, 2], subnet={"a": 1}, checkpoint="c.pt", checkpoint_sha256="ab",
+                                        normalize=True, random_weights=True, params=10, dtype="float32",
+                                        compute_dtype="float32", version="t", exact_seconds=120.0, window_seconds=60.0,
+                                        context_seconds=10.0, num_layers=2, embed_dim=4))
+    w.write("a b", np.zeros((2, 3, 4), np.float32), source="/audio/a b.wav", num_samples=1040)
+    w.close(complete=True)
+    with pytest.raises(FeaturesError, match=re.escape("key 'a b' has white space, which a line 'KEY units...' cannot hold")):
+        apply_file(spaced, km, tmp_path / "k.km", keys=True)
+    assert apply_file(spaced, km, tmp_path / "k.km") == 1  # without the keys, a line of units
+
+
 def test_units_are_taken_only_with_features_of_the_model_the_k_means_was_learnt_on(tmp_path):
     """Before: only the width was checked, so a k-means file learnt on one checkpoint or subnet gave
     meaningless units on the features of another of the same width, with exit 0."""
