@@ -370,7 +370,8 @@ def _too_big(num_samples: int, form: LongForm | None, err: BaseException) -> str
         advice = "use a shorter --window-seconds or --context-seconds, or fewer --layers"
     else:
         advice = "use fewer --layers, or run it on a device with more memory"
-    return f"out of device memory for it alone ({minutes:.1f} min of audio): {advice} ({str(err).splitlines()[0][:120]})"
+    where = "device memory" if isinstance(err, torch.OutOfMemoryError) else "memory"
+    return f"out of {where} for it alone ({minutes:.1f} min of audio): {advice} ({str(err).splitlines()[0][:120]})"
 
 
 def _not_finite(dtype: torch.dtype, save_dtype: np.dtype) -> str:
@@ -396,28 +397,38 @@ def _squeeze(data: np.ndarray, layers: list[int]) -> np.ndarray:
 
 
 def _run(extractor: Extractor, waves: list, layers: list[int], out_dtype: torch.dtype
-         ) -> list[np.ndarray | torch.OutOfMemoryError]:
+         ) -> list[np.ndarray | BaseException]:
     """Forward pass, results cast to ``out_dtype`` on the device (half the transfer when saving
-    float16); on CUDA out-of-memory the batch is split in halves (see :func:`_halves`)."""
+    float16); out of memory, the batch is split in halves (see :func:`_halves`)."""
     feats, oom = _attempt(lambda: [f.numpy() for f in extractor.submit(extractor._prepare(waves), layers, out_dtype)
                                    .result(own=True)])  # load_audio checked them
     return feats if oom is None else _halves(extractor, waves, layers, out_dtype, oom)
 
 
-def _attempt(fn: Callable[[], Any]) -> tuple[Any, torch.OutOfMemoryError | None]:
-    """``(fn(), None)``, or ``(None, err)`` when ``fn`` runs out of device memory: ``err`` without its
-    traceback, whose frames hold what the failed forward had made (its input on the device, the
-    hidden states so far). Kept, they left the halves of a batch less memory than the whole had had;
-    what the caller does next runs once this function has returned, out of the ``except`` block."""
+def out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` says memory ran out: the device's (``torch.OutOfMemoryError``), or the host's
+    (``MemoryError``, or the RuntimeError of torch's CPU allocator, "can't allocate memory")."""
+    return isinstance(err, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(err, RuntimeError) and "can't allocate memory" in str(err))
+
+
+def _attempt(fn: Callable[[], Any]) -> tuple[Any, BaseException | None]:
+    """``(fn(), None)``, or ``(None, err)`` when ``fn`` runs out of memory (:func:`out_of_memory`):
+    ``err`` without its traceback, whose frames hold what the failed forward had made (its input on
+    the device, the hidden states so far). Kept, they left the halves of a batch less memory than
+    the whole had had; what the caller does next runs once this function has returned, out of the
+    ``except`` block."""
     try:
         return fn(), None
-    except torch.OutOfMemoryError as err:
+    except (MemoryError, RuntimeError) as err:
+        if not out_of_memory(err):
+            raise
         err.__context__ = err.__cause__ = None
         return None, err.with_traceback(None)
 
 
 def _halves(extractor: Extractor, waves: list, layers: list[int], out_dtype: torch.dtype,
-            err: torch.OutOfMemoryError) -> list[np.ndarray | torch.OutOfMemoryError]:
+            err: BaseException) -> list[np.ndarray | BaseException]:
     """After ``waves`` ran out of memory together (``err``): each half on its own, without trying
     the whole batch again; a single utterance that does not fit alone gives its error in its place
     (it is skipped, the run goes on)."""

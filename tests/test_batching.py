@@ -158,10 +158,19 @@ def test_bfloat16_forward_leaves_the_flags_alone(user_tf32):
     assert _flags_during_forward("bfloat16", _waves(seed=6)[:1]) == [("tf32", "tf32")]
 
 
-def test_out_of_memory_splits_the_batch_in_halves(tmp_path, ckpt_files, monkeypatch):
-    """A batch that runs out of device memory (injected here: any batch of more than one utterance)
-    is split in halves down to single utterances, without trying the same batch again, and every
-    utterance gets the numbers of an unconstrained run."""
+OUT_OF_MEMORY = {
+    "cuda": lambda: torch.OutOfMemoryError("CUDA out of memory (injected by the test)"),
+    # what torch's CPU allocator raises (before: 'lhb: internal error', and the run ended)
+    "cpu": lambda: RuntimeError("[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: can't allocate memory: "
+                                "you tried to allocate 123 bytes (injected by the test)"),
+}
+
+
+@pytest.mark.parametrize("device", sorted(OUT_OF_MEMORY))
+def test_out_of_memory_splits_the_batch_in_halves(tmp_path, ckpt_files, monkeypatch, device):
+    """A batch that runs out of device (or host) memory (injected here: any batch of more than one
+    utterance) is split in halves down to single utterances, without trying the same batch again, and
+    every utterance gets the numbers of an unconstrained run."""
     import soundfile as sf
 
     for i, w in enumerate(_waves((16000, 23456, 40001), seed=3)):
@@ -179,7 +188,7 @@ def test_out_of_memory_splits_the_batch_in_halves(tmp_path, ckpt_files, monkeypa
         if prepared.wave.shape[0] > 1:
             activations = torch.empty(1 << 16)
             failed.extend([weakref.ref(prepared.wave), weakref.ref(activations)])
-            raise torch.OutOfMemoryError("CUDA out of memory (injected by the test)")
+            raise OUT_OF_MEMORY[device]()
         return submit(self, prepared, *args, **kwargs)
 
     monkeypatch.setattr(lighthubert.Extractor, "submit", tight)
@@ -214,6 +223,10 @@ def test_an_utterance_that_does_not_fit_alone_is_skipped_and_the_run_goes_on(tmp
     assert [(it.key, reason) for it, reason in batched.skipped] == [
         ("u2", "out of device memory for it alone (0.0 min of audio): use fewer --layers, or run it on a device with "
                "more memory (CUDA out of memory (injected by the test))")]
+    monkeypatch.setattr(lighthubert.Extractor, "submit", lambda self, prepared, *a, **k: (
+        (_ for _ in ()).throw(OUT_OF_MEMORY["cpu"]()) if prepared.wave.shape[1] > 40000 else submit(self, prepared, *a, **k)))
+    on_cpu = lighthubert.extract(tmp_path, tmp_path / "cpu.h5", **settings)
+    assert [(it.key, reason.split(" (")[0]) for it, reason in on_cpu.skipped] == [("u2", "out of memory for it alone")]
     monkeypatch.setattr(lighthubert.Extractor, "submit", submit)
 
     def long_too_big(self, *args, **kwargs):
