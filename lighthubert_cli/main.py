@@ -24,7 +24,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from lighthubert import defaults
 
-from .progress import Reporter, count, err, hms, size
+from .progress import Reporter, count, err, hms, out_line, size
 
 try:  # Typer >= 0.2x vendors click as typer._click
     from typer._click import exceptions as click_errors
@@ -490,7 +490,7 @@ def subnet_cmd(
         _check_export_layers(layers, out[0]["layer_num"])
     _show_subnets(out)
     text = json.dumps(out[0] if len(out) == 1 else out, indent=None)
-    print(text)
+    out_line(text)
     if output is not None:
         try:
             output.write_text(text + "\n", encoding="utf-8")
@@ -659,7 +659,7 @@ def _info_km(path: Path, km: dict, as_json: bool) -> None:
 
     d = describe_km(km)
     if as_json:
-        print(json.dumps(d, default=str))
+        out_line(json.dumps(d, default=str))
         return
     rows = [("clusters", f"{d['clusters']:,}"), ("layer", str(d["layer"])), ("width", str(d["dim"])),
             ("frames", f"{d['frames']:,}" if isinstance(d["frames"], int) else str(d["frames"])),
@@ -679,7 +679,7 @@ def _info_exported(path: Path, as_json: bool) -> None:
     except ExportError as e:
         raise Fail(str(e)) from None
     if as_json:
-        print(json.dumps(d))
+        out_line(json.dumps(d))
         return
     m = d["metadata"]
     sub = m.get("subnet") or {}
@@ -706,7 +706,7 @@ def _info_exported(path: Path, as_json: bool) -> None:
 def _info_checkpoint(source: str, as_json: bool, seed: int, trust: bool) -> None:
     data = _load_checkpoint(source, seed, trust, quiet=as_json).describe()
     if as_json:
-        print(json.dumps(data))
+        out_line(json.dumps(data))
         return
     default, dims = data["default_subnet"], data["supernet_dims"]
     if data["num_subnets"] == 1:  # an exported subnet: its own dims, not its supernet's
@@ -750,7 +750,7 @@ def _info_features(path: Path, as_json: bool) -> None:
     waiting = find_committed(path, HDF5.suffix)  # the work of a run that stopped or is running, not in it yet
     d["not_yet_joined"] = [str(p) for p in waiting]
     if as_json:
-        print(json.dumps(d, default=str))
+        out_line(json.dumps(d, default=str))
         return
     a = d["attributes"]
     rows = [("utterances", f"{d['utterances']:,}"), ("frames", f"{d['frames']:,}"),
@@ -777,7 +777,7 @@ SHOW_SKIPPED = 20
 def _info_units(path: Path, d: dict, as_json: bool) -> None:
     """A units .h5 from lhb units apply."""
     if as_json:
-        print(json.dumps(d, default=str))
+        out_line(json.dumps(d, default=str))
         return
     rows = [("utterances", f"{d['utterances']:,}"), ("frames", f"{d['frames']:,}"), ("units used", f"{d['units_used']:,}")]
     rows += [(k, str(v)) for k, v in d["attributes"].items()]
@@ -789,7 +789,7 @@ def _table(title: str, rows: list[tuple[str, str]]) -> None:
     lines, each complete on one line (a sha256 or a path is never split)."""
     if not sys.stdout.isatty():
         width = max(len(k) for k, _ in rows)
-        print("\n".join([title] + [f"  {k.ljust(width)}  {v}" for k, v in rows]))
+        out_line("\n".join([title] + [f"  {k.ljust(width)}  {v}" for k, v in rows]))
         return
     from rich.console import Console
     from rich.table import Table
@@ -841,11 +841,11 @@ def _version(value: bool) -> None:
         from importlib.metadata import PackageNotFoundError, version
 
         try:
-            print(f"lhb (lighthubert) {version('lighthubert')}")
+            out_line(f"lhb (lighthubert) {version('lighthubert')}")
         except PackageNotFoundError:  # pragma: no cover - run from a source tree
             from lighthubert import __version__
 
-            print(f"lhb (lighthubert) {__version__}")
+            out_line(f"lhb (lighthubert) {__version__}")
         raise typer.Exit(0)
 
 

@@ -14,6 +14,14 @@ from rich.text import Text
 from lighthubert.inputs import Item, display_path, escape_name
 
 
+def out_line(text: str) -> None:
+    """Data on stdout, with its new line, in one write: a reader that takes the first line and leaves
+    (``| head -1``) then finds it all there, also when Python is unbuffered (``PYTHONUNBUFFERED=1``,
+    where ``print`` writes the text and the new line apart, and lhb could end with 141)."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
 def err(message: str) -> None:
     """One plain line on stderr (never wrapped); a path's undecodable bytes written ``%XX``, as in
     the features file (not Python's ``\\udcff``). When stderr's reader has gone (``2>&1 | head``, a
