@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from .errors import LightHubertError, LightHubertWarning, SettingError
-from .storage import FORMAT, UNITS_FORMAT, OutputError, find_committed, parts_dir, plain
+from .storage import FORMAT, HDF5, UNITS_FORMAT, OutputError, parts_dir, plain
 from .storage.hdf5 import GROUP, damage, open_reason, read_features
 
 Layers = Union[None, int, str, Sequence[int]]
@@ -55,7 +55,7 @@ def _open(path: Path) -> h5py.File:
 def incomplete_note(path: Path, n: int) -> str:
     """What to say of a features file left by a run that stopped (attribute ``complete`` false)
     holding ``n`` utterances: that it is not every input, and how to finish it."""
-    waiting = find_committed(path)
+    waiting = HDF5.unjoined(path)
     more = f", not the work committed in {parts_dir(path)} (lhb merge {path} --remove-parts joins it)" if waiting else ""
     return (f"{path}: incomplete (its lhb extract run stopped or is still running; --resume completes it); "
             f"using the {n:,} utterances it holds{more}")

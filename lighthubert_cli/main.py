@@ -744,10 +744,10 @@ def _values(v: list[int]) -> str:
 
 
 def _info_features(path: Path, as_json: bool) -> None:
-    from lighthubert.storage import HDF5, find_committed, parts_dir
+    from lighthubert.storage import HDF5, parts_dir
 
     d = HDF5.describe(path)
-    waiting = find_committed(path, HDF5.suffix)  # the work of a run that stopped or is running, not in it yet
+    waiting = HDF5.unjoined(path)  # the work of a run that stopped or is running, not in it yet
     d["not_yet_joined"] = [str(p) for p in waiting]
     if as_json:
         out_line(json.dumps(d, default=str))

@@ -402,6 +402,9 @@ def test_info_on_a_stopped_run_counts_the_work_not_yet_joined(feats, tmp_path):
     assert d["not_yet_joined"] == [str(segment_path(out, 0, 0))]
     p = lhb("convert", out, tmp_path / "npy", "--format", "npy")
     assert f"not the work committed in {out}.parts (lhb merge {out} --remove-parts joins it)" in p.stderr, p.stderr
+    # merged without --remove-parts: the segment stays, but its work is in the file (before: still 'not yet joined')
+    assert lhb("merge", out).returncode == 0 and segment_path(out, 0, 0).exists()
+    assert "not yet joined" not in lhb("info", out).stdout and json.loads(lhb("info", out, "--json").stdout)["not_yet_joined"] == []
     assert lhb("merge", out, "--remove-parts").returncode == 0  # what the line says: then it holds the work, and says nothing more
     assert "not yet joined" not in lhb("info", out).stdout and json.loads(lhb("info", out, "--json").stdout)["utterances"] == 4
 

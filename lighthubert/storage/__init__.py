@@ -105,6 +105,10 @@ class Backend(Protocol):
         """Join ``parts`` (and OUTPUT when ``include_output``) into a new OUTPUT, atomically; returns
         the number of utterances. Different run identities or different values for one key are errors."""
 
+    def unjoined(self, output: Path) -> list[Path]:
+        """The committed segments and parts of OUTPUT holding work OUTPUT does not hold yet (after a
+        ``lhb merge`` without ``--remove-parts`` they are all still there, and all in OUTPUT)."""
+
     def describe(self, path: Path) -> dict[str, Any]:
         """Root attributes plus utterance count, frames, audio seconds and feature dims."""
 

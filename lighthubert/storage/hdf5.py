@@ -539,6 +539,26 @@ def committed(output: Path, attrs: Mapping[str, Any], *, include_output: bool) -
     return found
 
 
+def unjoined(output: Path) -> list[Path]:
+    """See :meth:`lighthubert.storage.Backend.unjoined`; a file that cannot be read counts as unjoined
+    (its work is not known to be in OUTPUT)."""
+    try:
+        with h5py.File(output, "r") as f:
+            have = set(keys(f))
+    except (OSError, RuntimeError, KeyError):
+        have = set()
+    out = []
+    for path in find_committed(output):
+        try:
+            with h5py.File(path, "r") as f:
+                if set(keys(f)) <= have:
+                    continue
+        except (OSError, RuntimeError, KeyError):
+            pass
+        out.append(path)
+    return out
+
+
 def join(output: Path, *, include_output: bool, complete: bool, inputs: Collection[str] | None = None) -> int:
     """Merge OUTPUT (when ``include_output``), its segments and parts into OUTPUT; then remove them.
     ``inputs``: the run's input keys; skipped entries of other keys (files no longer given) are dropped."""
@@ -576,6 +596,9 @@ class Hdf5Backend:
 
     def describe(self, path: Path) -> dict[str, Any]:
         return describe(path)
+
+    def unjoined(self, output: Path) -> list[Path]:
+        return unjoined(output)
 
     def sources(self, paths: Iterable[Path], keys: Iterable[str]) -> dict[str, str]:
         found: dict[str, str] = {}
