@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .defaults import SEED
 from .errors import LightHubertError, SettingError
 from .fairseq_cfg import HUBERT_TRAINING_EXTRA, TRAINING_DEFAULTS, is_norm
 from .model import ConfigError, ModelConfig, SubnetModel, cut_subnet, fixed_params, released_layout
@@ -376,11 +377,12 @@ class Checkpoint:
         return data
 
 
-def load_checkpoint(source: str | os.PathLike, *, seed: int = 0, trust: bool = False,
+def load_checkpoint(source: str | os.PathLike, *, seed: int | None = None, trust: bool = False,
                     progress: bool = True) -> Checkpoint:
     """Open a checkpoint by path, by released name (``base``, ``small``, ``stage1``: downloaded once
     with :func:`fetch`; ``progress`` shows the hub's download bar on stderr), or build a random one (``random:base``, ``random:small``, ``random:stage1``,
-    optionally ``random:base:SEED``; else ``seed``).
+    optionally ``random:base:SEED``; else ``seed``, None: :data:`~lighthubert.defaults.SEED`; a
+    ``seed`` given beside another SEED in the name is an error).
 
     Raises :class:`CheckpointError` with one line naming the file and the reason
     (:class:`CheckpointNameError` for a name no checkpoint could have).
@@ -396,10 +398,11 @@ def load_checkpoint(source: str | os.PathLike, *, seed: int = 0, trust: bool = F
         if len(parts) == 3:
             if not (parts[2].isascii() and parts[2].isdigit() and len(parts[2]) <= 20 and int(parts[2]) <= MAX_SEED):
                 raise CheckpointNameError(f"{text[:60]}: the seed must be an integer from 0 to {MAX_SEED}")
-            if seed not in (0, int(parts[2])):  # 0: the default, not a choice
+            if seed is not None and seed != int(parts[2]):
                 raise CheckpointNameError(f"{text}: names seed {int(parts[2])}, and seed {seed} (--seed) was given too; "
                                           "give the seed once")
             seed = int(parts[2])
+        seed = SEED if seed is None else seed
         check_seed(seed)
         obj = random_checkpoint(parts[1], seed=seed)
         ckpt = from_object(obj, text)

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .audio import MAX_AMPLITUDE, sample_peak, too_loud
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from .defaults import CHECKPOINT, DEVICE, DTYPE, SEED
+from .defaults import CHECKPOINT, DEVICE, DTYPE
 from .errors import SettingError
 from .longform import LongForm, hidden_states
 from .model import HOP, MIN_SAMPLES, conv_frames, receptive_field
@@ -360,7 +360,7 @@ def _check_waves(waves: Sequence[Tensor | np.ndarray]) -> None:
 
 
 def load(source: str = CHECKPOINT, subnet: Any = None, device: Any = DEVICE, dtype: Any = DTYPE, *,
-         seed: int = SEED, trust: bool = False, progress: bool = True) -> Extractor:
+         seed: int | None = None, trust: bool = False, progress: bool = True) -> Extractor:
     """Open a checkpoint (path, ``base``/``small``/``stage1``, or ``random:KIND``) and cut a subnet
     (None or ``default`` for the checkpoint's default, a preset ``default``/``max``/``min``, a dict, JSON text or a
     JSON file). ``device`` ``auto`` uses CUDA when present; ``dtype`` None means float16 on CUDA and

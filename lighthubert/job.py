@@ -31,7 +31,7 @@ import torch
 from .audio import ResamplerUnavailable
 from .checkpoint import Checkpoint, check_seed, load_checkpoint
 from .defaults import (BATCH_SECONDS, CHECKPOINT, COMPRESSION, CONTEXT_SECONDS, DEVICE, DTYPE, EXACT_SECONDS,
-                       FLUSH_SECONDS, LAYERS, NUM_WORKERS, OUTPUT_FORMAT, SAVE_DTYPE, SEED, WINDOW_SECONDS)
+                       FLUSH_SECONDS, LAYERS, NUM_WORKERS, OUTPUT_FORMAT, SAVE_DTYPE, WINDOW_SECONDS)
 from .distributed import (Group, World, balance, decide, detect_world, finished, process_device, rank_timeout,
                           wait_for_ranks)
 from .errors import LightHubertError, LightHubertWarning, SettingError
@@ -109,7 +109,8 @@ class ExtractJob:
     strict: bool = False
     compression: str = COMPRESSION
     keep_parts: bool = False
-    seed: int = SEED
+    seed: int | None = None
+    """Seed of a ``random:KIND`` checkpoint; None: :data:`SEED` (or the one ``random:KIND:SEED`` names)."""
     trust_checkpoint: bool = False
     format: str = OUTPUT_FORMAT
     flush_seconds: float = FLUSH_SECONDS
@@ -181,7 +182,8 @@ def _check_values(job: ExtractJob) -> None:
         bad("context_seconds", f"{job.context_seconds} is not from 0 to 600 seconds")
     if not _integer(job.num_workers) or not 1 <= job.num_workers <= MAX_WORKERS:
         bad("num_workers", f"{job.num_workers} is not a whole number from 1 to {MAX_WORKERS}")
-    check_seed(job.seed)
+    if job.seed is not None:
+        check_seed(job.seed)
     if not _number(job.flush_seconds) or not 0.01 <= job.flush_seconds <= 3600:
         bad("flush_seconds", f"{job.flush_seconds} is not a number of seconds from 0.01 to 3600")
 
@@ -222,7 +224,7 @@ def prepare(job: ExtractJob, *, world: World | None = None, download: bool = Tru
         raise OutputError(f"{parts_dir(out)}: parts of a run with several processes are there (merged already, "
                           f"or not yet); join them and remove them with: lhb merge {out} {parts_dir(out)} --remove-parts")
     ckpt = load_checkpoint(job.checkpoint, seed=job.seed, trust=job.trust_checkpoint, progress=download)
-    if job.seed != SEED and not str(job.checkpoint).startswith("random:"):
+    if job.seed is not None and not str(job.checkpoint).startswith("random:"):
         warnings.warn(f"seed {job.seed} (--seed) has no effect: it seeds random:KIND checkpoints only",
                       LightHubertWarning, stacklevel=2)
     if job.keep_parts and not world.distributed:

@@ -161,7 +161,8 @@ CheckpointOpt = Annotated[str, typer.Option(
          "or random:base / random:small / random:stage1 for random weights.")]
 TrustOpt = Annotated[bool, typer.Option(
     "--trust-checkpoint", help="Allow the checkpoint's pickle to run code. Only for files you trust.")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for random:* checkpoints.")]
+SeedOpt = Annotated[Optional[int], typer.Option(
+    "--seed", help=f"Seed for random:* checkpoints. Default: {defaults.SEED}.", show_default=False)]
 
 
 def _quiet_hub(source: str) -> None:
@@ -174,7 +175,7 @@ def _quiet_hub(source: str) -> None:
         hub_logging.set_verbosity_error()
 
 
-def _load_checkpoint(source: str, seed: int, trust: bool, quiet: bool):
+def _load_checkpoint(source: str, seed: int | None, trust: bool, quiet: bool):
     from lighthubert.checkpoint import load_checkpoint
 
     _quiet_hub(source)
@@ -286,7 +287,7 @@ def extract(
         "--keep-parts", help="With several processes: keep each rank's part in OUTPUT.parts/ instead of merging (join later with lhb merge).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also print where the time went and the GPU memory peak.")] = False,
     compression: Annotated[Compression, typer.Option("--compression", help="HDF5 compression of the features.")] = Compression(defaults.COMPRESSION),
-    seed: SeedOpt = defaults.SEED,
+    seed: SeedOpt = None,
     trust_checkpoint: TrustOpt = False,
 ) -> None:
     """Extract features of every audio file in INPUT into OUTPUT (HDF5).
@@ -405,7 +406,8 @@ def subnet_cmd(
         "--export-dtype", help="Weights and compute of an .onnx/.ts export: float32 (default) or float16 (for GPUs).")] = None,
     layers: Annotated[Optional[str], typer.Option(
         "--layers", "-l", help="Hidden states an .onnx/.ts export outputs: last (default), all, or indices like 0,4,12.")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for --sample and random:* checkpoints.")] = defaults.SEED,
+    seed: Annotated[Optional[int], typer.Option("--seed", help=f"Seed for --sample and random:* checkpoints. Default: {defaults.SEED}.",
+                                                show_default=False)] = None,
     trust_checkpoint: TrustOpt = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help=(
         "Replace an existing --export file, or an existing -o file that is not a subnet JSON."))] = False,
@@ -432,7 +434,8 @@ def subnet_cmd(
         raise Fail(f"give one of --params, --preset, --sample, --subnet (got {', '.join(chosen)})", EXIT_USAGE)
     from lighthubert.checkpoint import check_seed
 
-    check_seed(seed)  # --sample's and random:*'s seed: the range of lhb extract --seed
+    if seed is not None:
+        check_seed(seed)  # --sample's and random:*'s seed: the range of lhb extract --seed
     if export is not None and checkpoint is None:
         raise Fail("--export needs --checkpoint (the supernet to cut the subnet from)", EXIT_USAGE)
     if export is None and (export_dtype is not None or layers is not None):
@@ -452,7 +455,7 @@ def subnet_cmd(
         _export(None, None, export, layers, dtype, check_only=True)
         _check_export_layers(layers, 1 << 20)  # the range once the subnet is known
     # with --sample, --seed is the sampling's: a random:KIND:SEED checkpoint keeps the seed it names
-    load_seed = 0 if sample is not None and checkpoint and checkpoint.count(":") == 2 else seed
+    load_seed = None if sample is not None and checkpoint and checkpoint.count(":") == 2 else seed
     ckpt = _load_checkpoint(checkpoint, load_seed, trust_checkpoint, quiet=False) if checkpoint else None
     if ckpt is not None and supernet is not None and supernet.value != ckpt.space.name:
         raise Fail(f"--supernet {supernet.value} does not match the checkpoint's {ckpt.space.name} space", EXIT_USAGE)
@@ -470,7 +473,7 @@ def subnet_cmd(
                 raise Fail(f"--params {params}: every subnet is larger; the smallest has {low:,} parameters")
             results.append((found[0], found[1].name))
         elif sample is not None:
-            rng = random.Random(seed)
+            rng = random.Random(defaults.SEED if seed is None else seed)
             for _ in range(sample):
                 name = rng.choice(space_names)
                 results.append((SPACES[name].sample(rng), name))
@@ -624,7 +627,7 @@ def info(
         "A checkpoint (path, name or random:KIND), a features or units file (.h5), a k-means file (lhb units learn) "
         "or an exported subnet (.onnx, .ts)."), show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
-    seed: SeedOpt = defaults.SEED,
+    seed: SeedOpt = None,
     trust_checkpoint: TrustOpt = False,
 ) -> None:
     """Describe a checkpoint, a features or units file, a k-means file, or an exported subnet (.onnx, .ts).
@@ -703,7 +706,7 @@ def _info_exported(path: Path, as_json: bool) -> None:
     _table(str(path), rows)
 
 
-def _info_checkpoint(source: str, as_json: bool, seed: int, trust: bool) -> None:
+def _info_checkpoint(source: str, as_json: bool, seed: int | None, trust: bool) -> None:
     data = _load_checkpoint(source, seed, trust, quiet=as_json).describe()
     if as_json:
         out_line(json.dumps(data))

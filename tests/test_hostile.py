@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import os
 import shutil
 import signal
@@ -295,9 +296,9 @@ def test_options_that_would_be_ignored_say_so(tmp_path):
     """Before, without a word: --seed with a checkpoint file, --keep-parts in a one-process run, and
     --window-seconds given with --max-chunk-seconds (the file then said "30 s windows")."""
     out = tmp_path / "o.h5"
-    p = lhb("extract", UTT, out, *FAST, "--seed", "3", "--keep-parts", "-q")
+    p = lhb("extract", UTT, out, *FAST, "--seed", "0", "--keep-parts", "-q")  # 0 is a seed given too
     assert p.returncode == 0 and p.stderr.splitlines() == [
-        "lhb: warning: seed 3 (--seed) has no effect: it seeds random:KIND checkpoints only",
+        "lhb: warning: seed 0 (--seed) has no effect: it seeds random:KIND checkpoints only",
         "lhb: warning: --keep-parts has no effect in a run with one process: OUTPUT is written as usual"], p.stderr
     # also when the value given is the default's (before: taken for not given, and dropped)
     p = lhb("extract", UTT, tmp_path / "w.h5", *FAST, "--max-chunk-seconds", "30", "--window-seconds", "60")
@@ -432,6 +433,16 @@ def test_compressed_zip_records_are_refused_before_inflating(tmp_path):
     assert bomb.stat().st_size < 1 << 20
     with pytest.raises(CheckpointError, match="compressed"):
         load_checkpoint(bomb)
+
+
+def test_a_seed_given_is_a_seed_given_also_when_it_is_0():
+    """Before: 0 stood for 'not given', so random:small:5 with seed 0 silently used seed 5 (and a
+    checkpoint file with --seed 0 gave no warning that it does nothing)."""
+    with pytest.raises(CheckpointError, match=re.escape("random:small:5: names seed 5, and seed 0 (--seed) was given "
+                                                        "too; give the seed once")):
+        load_checkpoint("random:small:5", seed=0)
+    assert load_checkpoint("random:small:5").source == load_checkpoint("random:small", seed=5).source == "random:small:5"
+    assert load_checkpoint("random:small").source == "random:small:0"
 
 
 @pytest.mark.parametrize("seed", ["9" * 5000, str(2**64), "²", "-1"])
