@@ -328,6 +328,8 @@ def extract(
 
     def on_signal(signum, frame):
         if received:  # a second signal: stop now, with the status of the first one
+            if _in_finaliser(signum, frame):  # (during the final join's h5py cleanup, say)
+                return
             raise Terminated if received[0] == signal.SIGTERM else KeyboardInterrupt
         received.append(signum)
         stop.set()
@@ -863,11 +865,18 @@ def _main_options(
 _signals: list[int] = []
 
 
-def _on_signal(signum: int, frame) -> None:
+def _in_finaliser(signum: int, frame) -> bool:
+    """Whether the signal landed in a finaliser or weakref callback, where an exception raised is only
+    printed ("Exception ignored in ...") and the command would go on; if so, the signal is sent again
+    in a moment, to land in the command's own code."""
     if frame is not None and (frame.f_code.co_name == "__del__" or frame.f_code.co_filename.endswith("weakref.py")):
-        # an exception raised in a finaliser or weakref callback is only printed ("Exception ignored in ..."),
-        # and the command would go on: the signal comes again in a moment, in the command's own code
         threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+        return True
+    return False
+
+
+def _on_signal(signum: int, frame) -> None:
+    if _in_finaliser(signum, frame):
         return
     _signals.append(signum)
     raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
