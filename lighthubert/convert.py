@@ -92,9 +92,9 @@ def convert(features: str | os.PathLike, output: str | os.PathLike, fmt: str = C
         raise SettingError(f"{split!r} is not a plain file name (no '/', not empty)", "split")
     out = Path(output)
     if out.exists() and not out.is_dir():
-        raise FeaturesError(f"{out}: exists and is not a folder")
+        raise OutputError(f"{out}: exists and is not a folder")
     if not out.parent.is_dir():  # the folder is made, not a chain of them from a typo
-        raise FeaturesError(f"{out}: the folder {out.parent} does not exist")
+        raise OutputError(f"{out}: the folder {out.parent} does not exist")
     with open_features(features) as f:
         layer = one_layer(f.layers, layer, features)  # a missing layer fails before anything is written
         if fmt == "fairseq" and nshard < 1:

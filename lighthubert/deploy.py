@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from .checkpoint import Checkpoint, CheckpointError, export_subnet, write_atomic, write_bytes_atomic
 from .errors import LightHubertError
 from .extractor import DTYPES, FINAL, resolve_layers
-from .model import SubnetModel, frame_mask
+from .model import MIN_SAMPLES, SubnetModel, frame_mask
 
 FORMATS = {".onnx": "onnx", ".ts": "torchscript", ".pt": "checkpoint"}
 """Export formats by file suffix."""
@@ -118,7 +118,7 @@ def metadata(ckpt: Checkpoint, subnet: dict, layers: list[int], dtype: torch.dty
         "source_sha256": ckpt.sha256 or ckpt.meta.get("source_sha256") or "",
         "random_weights": json.dumps(ckpt.random),
         "inputs": ("waveform (batch, samples) float32 raw 16 kHz audio, zero-padded; lengths (batch,) int64 real "
-                   "samples, each 400 (25 ms) to samples"),
+                   f"samples, each {MIN_SAMPLES} (25 ms) to samples"),
         "outputs": "hidden_states (batch, layers, frames, embed_dim); frames (batch,) int64 real frames",
     }
 
@@ -206,7 +206,7 @@ def _write_torchscript(module: Deployable, buf: io.BytesIO, meta: dict[str, str]
 def _write_onnx(module: Deployable, path: str, meta: dict[str, str], opset: int) -> None:
     import onnx
 
-    batch, samples = torch.export.Dim("batch", min=1), torch.export.Dim("samples", min=400)
+    batch, samples = torch.export.Dim("batch", min=1), torch.export.Dim("samples", min=MIN_SAMPLES)
     with torch.no_grad():
         program = torch.onnx.export(
             module, _example(), dynamo=True, opset_version=opset, input_names=list(INPUTS),

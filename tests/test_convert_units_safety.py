@@ -386,7 +386,7 @@ def test_leftovers_of_killed_conversions_and_merges_are_removed(tmp_path):
     merging.write_bytes(b"half a merge")
     p = Run(["merge", tmp_path / "m.h5", feats]).result()
     assert p.returncode == 0 and not merging.exists(), p
-    with pytest.raises(FeaturesError, match="the folder .*nope does not exist"):
+    with pytest.raises(OutputError, match="the folder .*nope does not exist"):
         convert(feats, tmp_path / "nope" / "conv", "npy", 2)
     assert not (tmp_path / "nope").exists()
 
