@@ -57,11 +57,20 @@ def _end(status: int) -> None:
     sys.exit(status)
 
 
+def _let_threads_sleep() -> None:
+    """torch's OpenMP threads (libgomp) spin on the CPU while they wait for work, by default; on a
+    machine whose cores are shared (other jobs, lhb's own decoding threads) that spinning takes the
+    cores the work needs. ``OMP_WAIT_POLICY=PASSIVE`` lets them sleep (BENCHMARKS.md, "Threads that
+    wait"). It must be set before torch is imported; a value the user set stays."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def main() -> None:
     """``lhb``: install the start-up signal handlers, then import and run the CLI."""
     _reopen_closed_std_streams()
     for s in STOPPED:
         signal.signal(s, _stop_now)
+    _let_threads_sleep()
     from .main import run
 
     status = run()
