@@ -125,6 +125,9 @@ def _child(conn: socket.socket) -> None:
 def serve(path: str) -> None:
     import selectors
 
+    from lighthubert_cli.entry import _let_threads_sleep
+
+    _let_threads_sleep()  # before torch is imported, as the installed command does it
     for name in PRELOAD:
         __import__(name)
     preloaded = [m for m in NOT_PRELOADED if m in sys.modules]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -49,3 +50,16 @@ def test_umask_signals_and_a_death_by_signal_reach_through(tmp_path):
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == code, (sig, err)
+
+
+def test_lhb_lets_torch_threads_sleep_unless_told_otherwise():
+    """lhb sets OMP_WAIT_POLICY=PASSIVE before torch is imported (BENCHMARKS.md, "Threads that wait"),
+    and keeps a value the user set."""
+    script = "import os, sys; from lighthubert_cli.entry import _let_threads_sleep; _let_threads_sleep(); " \
+             "print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
+    for given, seen in ((None, "PASSIVE False"), ("ACTIVE", "ACTIVE False")):
+        env = {k: v for k, v in _env().items() if k != "OMP_WAIT_POLICY"}
+        if given:
+            env["OMP_WAIT_POLICY"] = given
+        p = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+        assert p.stdout.strip() == seen, p
