@@ -27,11 +27,11 @@ import numpy as np
 
 from .checkpoint import new_temp_beside, remove_dead_temps
 from .errors import LightHubertWarning, SettingError
-from .defaults import CONVERT_FORMAT, NSHARD, SPLIT
+from .defaults import CONVERT_FORMAT, CONVERT_FORMATS, NSHARD, SPLIT
 from .reader import FeaturesError, one_layer, open_features
 from .storage import OutputError, refuse_existing, same_file
 
-FORMATS = ("fairseq", "npy", "kaldi")
+FORMATS = CONVERT_FORMATS
 
 
 def shard_range(total: int, nshard: int, rank: int) -> tuple[int, int]:

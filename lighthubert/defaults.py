@@ -5,6 +5,16 @@ loading the model code."""
 
 from __future__ import annotations
 
+# ----------------------------------------------------------------------------- the choices
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+"""Compute dtypes (``--dtype``)."""
+SAVE_DTYPES = ("float32", "float16")
+"""Stored dtypes (``--save-dtype``; also of exported subnets)."""
+COMPRESSIONS = ("none", "gzip", "lzf")
+CONVERT_FORMATS = ("fairseq", "npy", "kaldi")
+"""What ``lhb convert`` writes."""
+
 # ----------------------------------------------------------------------------- extraction
 
 CHECKPOINT = "small"

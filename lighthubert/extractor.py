@@ -15,11 +15,13 @@ from torch import Tensor
 from .audio import MAX_AMPLITUDE, sample_peak, too_loud
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from .defaults import CHECKPOINT, DEVICE, DTYPE
+from .defaults import DTYPES as DTYPE_NAMES
 from .errors import SettingError
 from .longform import LongForm, hidden_states
 from .model import HOP, MIN_SAMPLES, conv_frames, receptive_field
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES if name != "auto"}
+"""The compute dtypes by name (``auto`` is resolved by :func:`resolve_dtype`)."""
 FINAL = -1
 """In a resolved layer list: the model's final output. For a pre-norm (``layer_norm_first``) model
 that is the last hidden state after the encoder's final LayerNorm, which no hidden-state index names."""
@@ -53,10 +55,10 @@ def resolve_dtype(dtype: Any, device: torch.device) -> torch.dtype:
         return torch.float16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, str):
         if dtype not in DTYPES:
-            raise SettingError(f"unknown dtype {dtype!r}; use auto, float32, float16 or bfloat16", "dtype")
+            raise SettingError(f"unknown dtype {dtype!r}; use {', '.join(DTYPE_NAMES[:-1])} or {DTYPE_NAMES[-1]}", "dtype")
         dtype = DTYPES[dtype]
     if dtype not in DTYPES.values():
-        raise SettingError(f"unsupported dtype {dtype}; use float32, float16 or bfloat16", "dtype")
+        raise SettingError(f"unsupported dtype {dtype}; use {', '.join(DTYPE_NAMES[1:-1])} or {DTYPE_NAMES[-1]}", "dtype")
     if dtype == torch.float16 and device.type == "cpu":
         raise SettingError("float16 is for CUDA; on the CPU use float32 (or bfloat16)", "dtype")
     return dtype

@@ -30,8 +30,8 @@ import torch
 
 from .audio import ResamplerUnavailable
 from .checkpoint import Checkpoint, check_seed, load_checkpoint
-from .defaults import (BATCH_SECONDS, CHECKPOINT, COMPRESSION, CONTEXT_SECONDS, DEVICE, DTYPE, EXACT_SECONDS,
-                       FLUSH_SECONDS, LAYERS, NUM_WORKERS, OUTPUT_FORMAT, SAVE_DTYPE, WINDOW_SECONDS)
+from .defaults import (BATCH_SECONDS, CHECKPOINT, COMPRESSION, COMPRESSIONS, CONTEXT_SECONDS, DEVICE, DTYPE, EXACT_SECONDS,
+                       FLUSH_SECONDS, LAYERS, NUM_WORKERS, OUTPUT_FORMAT, SAVE_DTYPE, SAVE_DTYPES, WINDOW_SECONDS)
 from .distributed import (Group, World, balance, decide, detect_world, finished, process_device, rank_timeout,
                           wait_for_ranks)
 from .errors import LightHubertError, LightHubertWarning, SettingError
@@ -62,8 +62,6 @@ MAX_BATCH_SECONDS = 86400.0
 """More padded audio per batch than a day is a mistake, not a setting."""
 MAX_WORKERS = 64
 """Decoding threads (each keeps batches in flight: more would only hold memory)."""
-SAVE_DTYPES = ("float32", "float16")
-COMPRESSIONS = ("none", "gzip", "lzf")
 
 
 class JobError(LightHubertError):

@@ -71,22 +71,14 @@ class Fail(Exception):
         self.code = code
 
 
-class SaveDtype(str, Enum):
-    float32 = "float32"
-    float16 = "float16"
+def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """The choices of an option, as Typer takes them, from the library's one list of them."""
+    return Enum(name, {v: v for v in values}, type=str)
 
 
-class Dtype(str, Enum):
-    auto = "auto"
-    float32 = "float32"
-    float16 = "float16"
-    bfloat16 = "bfloat16"
-
-
-class Compression(str, Enum):
-    none = "none"
-    gzip = "gzip"
-    lzf = "lzf"
+SaveDtype = _choices("SaveDtype", defaults.SAVE_DTYPES)
+Dtype = _choices("Dtype", defaults.DTYPES)
+Compression = _choices("Compression", defaults.COMPRESSIONS)
 
 
 class Supernet(str, Enum):

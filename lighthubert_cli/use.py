@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from lighthubert.defaults import BATCH_SIZE, CLUSTERS, CONVERT_FORMAT, DEVICE, ITERATIONS, KMEANS_SEED, MAX_FRAMES, NSHARD, SPLIT
+from lighthubert.defaults import BATCH_SIZE, CLUSTERS, CONVERT_FORMAT, CONVERT_FORMATS, DEVICE, ITERATIONS, KMEANS_SEED, MAX_FRAMES, NSHARD, SPLIT
 
-from .main import EXIT_USAGE, Fail, LhbCommand, LhbGroup, _check_target, _not_stdout, _one_line_errors, _path
+from .main import EXIT_USAGE, Fail, LhbCommand, LhbGroup, _check_target, _choices, _not_stdout, _one_line_errors, _path
 from .progress import err
 
 units_app = typer.Typer(
@@ -19,10 +18,7 @@ units_app = typer.Typer(
 )
 
 
-class Format(str, Enum):
-    fairseq = "fairseq"
-    npy = "npy"
-    kaldi = "kaldi"
+Format = _choices("Format", CONVERT_FORMATS)
 
 
 FeaturesArg = Annotated[Path, typer.Argument(parser=_path, metavar="FEATURES", help="A features file made by lhb extract.",
