@@ -227,6 +227,8 @@ def test_a_resume_keeps_what_a_user_added_to_output(tmp_path, feats):
         f["labels/utt01"] = np.arange(3)
         f["features"].attrs["note"] = "mine"
         f.attrs["project"] = "p1"
+        f["latest"] = h5py.SoftLink("/gone")  # links stay links, also one to nothing
+        f["elsewhere"] = h5py.ExternalLink(str(feats), "/features")
     audio = tmp_path / "audio"
     shutil.copytree(SPEECH_DIR / "spk1", audio)
     shutil.copy(SPEECH_DIR / "spk2" / "utt02.wav", audio / "new.wav")
@@ -235,6 +237,8 @@ def test_a_resume_keeps_what_a_user_added_to_output(tmp_path, feats):
     with h5py.File(out) as f:
         assert "new" in f["features"] and f["labels/utt01"][()].tolist() == [0, 1, 2]
         assert f["features"].attrs["note"] == "mine" and f.attrs["project"] == "p1"
+        assert f.get("latest", getlink=True).path == "/gone"
+        assert f.get("elsewhere", getlink=True).filename == str(feats)
 
 
 @needs_speech

@@ -11,6 +11,7 @@ final name about every second; only renamed segments count. OUTPUT itself is onl
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -146,6 +147,9 @@ def _reason(err: Exception) -> str:
     return text.split("(", 1)[0].strip() or type(err).__name__
 
 
+_LOCK_FAILED = re.compile(r"unable to lock file, errno = (\d+)(?:, error message = '([^']*)')?")
+LOCKED = "another program has it open for writing, and HDF5 locks it: close that program first"
+
 _TRUNCATED = re.compile(r"truncated file: eof = (\d+),.*stored_eof = (\d+)")
 
 
@@ -155,8 +159,11 @@ def open_reason(err: Exception) -> str:
     text = str(err)
     if "file signature not found" in text:
         return "not an HDF5 file"
-    if "unable to lock file" in text:  # HDF5's own lock: a writer has it open (h5py, another tool, a run)
-        return "another program has it open for writing, and HDF5 locks it: close that program first"
+    if m := _LOCK_FAILED.search(text):  # HDF5's own lock
+        if int(m[1]) in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):  # held: a writer has it open
+            return LOCKED
+        return (f"HDF5 cannot lock it here ({m[2] or 'errno ' + m[1]}): a filesystem without file locks; "
+                "HDF5_USE_FILE_LOCKING=FALSE turns HDF5's locking off")
     if m := _TRUNCATED.search(text):
         return f"truncated: {int(m[1]):,} of its {int(m[2]):,} bytes are there"
     if m := re.search(r"error message = '([^']*)'", text):  # the OS error inside a many-line h5py text
@@ -338,8 +345,16 @@ def _copy_the_rest(src: h5py.File, dst: h5py.File) -> None:
     of ``/features`` and its subgroups) goes into the joined file too, the first file's where two have
     one name: a join must not lose it."""
     for name in src:
-        if name != GROUP and name not in dst:
-            src.copy(src[name], dst, name=name)
+        if name == GROUP or name in dst or dst.get(name, getlink=True) is not None:
+            continue
+        link = src.get(name, getlink=True)
+        if isinstance(link, (h5py.SoftLink, h5py.ExternalLink)):
+            dst[name] = link  # a link stays a link (its target may be missing: that is the user's)
+        else:
+            try:
+                src.copy(src[name], dst, name=name)
+            except (KeyError, OSError, RuntimeError):
+                pass  # an object HDF5 cannot open: the features are what the join is for
 
     def attrs_of(name: str, obj: Any) -> None:
         if isinstance(obj, h5py.Group):
@@ -530,7 +545,7 @@ def committed(output: Path, attrs: Mapping[str, Any], *, include_output: bool) -
                 check_identity(path, dict(f.attrs), attrs)
                 found |= set(keys(f))
         except (OSError, RuntimeError) as err:
-            if "unable to lock file" in str(err):  # nothing is wrong with the file: no advice that would lose it
+            if _LOCK_FAILED.search(str(err)):  # nothing is wrong with the file: no advice that would lose it
                 raise OutputError(f"{path}: cannot be read to resume ({open_reason(err)})") from None
             advice = "use --overwrite to start again" if path == output else (
                 f"move or delete this one file (--resume then extracts its utterances again), or use --overwrite "
