@@ -29,7 +29,7 @@ from .checkpoint import new_temp_beside, remove_dead_temps
 from .errors import LightHubertWarning, SettingError
 from .defaults import CONVERT_FORMAT, CONVERT_FORMATS, NSHARD, SPLIT
 from .reader import FeaturesError, one_layer, open_features
-from .storage import OutputError, refuse_existing, same_file
+from .storage import OutputError, os_reason, refuse_existing, same_file
 
 FORMATS = CONVERT_FORMATS
 
@@ -45,10 +45,13 @@ class _Staged:
 
     def __init__(self) -> None:
         self.pairs: list[tuple[Path, Path]] = []
+        self.made: list[Path] = []  # folders made for the files, removed again (when empty) by discard
 
     def temp(self, final: Path) -> Path:
         """A new empty file to write instead of ``final`` (its folder is created)."""
+        missing = [p for p in (final.parent, *final.parent.parents) if not p.exists()]
         final.parent.mkdir(parents=True, exist_ok=True)
+        self.made += reversed(missing)
         try:
             tmp = new_temp_beside(final)
         except OSError as e:  # named by the file the user asked for, not by the temporary one
@@ -65,6 +68,12 @@ class _Staged:
     def discard(self) -> None:
         for tmp, _ in self.pairs:
             tmp.unlink(missing_ok=True)
+        if self.pairs:  # not committed: the folders made for it go too
+            for folder in reversed(self.made):
+                try:
+                    folder.rmdir()
+                except OSError:
+                    pass  # not empty: something else is there
 
 
 def output_files(keys: Sequence[str], out: Path, fmt: str, split: str = SPLIT, nshard: int = NSHARD) -> list[Path]:
@@ -110,16 +119,18 @@ def convert(features: str | os.PathLike, output: str | os.PathLike, fmt: str = C
             if path.is_dir() and not path.is_symlink():
                 raise OutputError(f"{path}: is a folder, where a file is to be written")
         refuse_existing(files, overwrite)
+        staged = _Staged()
+        if not out.exists():
+            staged.made.append(out)
         out.mkdir(exist_ok=True)
         remove_dead_temps(files)  # what a killed conversion left of these files
-        staged = _Staged()
         try:
             _write(f, features, files, fmt, layer, nshard, staged, progress)
             return staged.commit()
         except OSError as e:  # a write that failed (a full disk, a file size limit) names no file
             if e.filename is not None:
                 raise
-            raise OutputError(f"{out}: cannot write the {fmt} files ({e.strerror or e}); nothing was changed there") from None
+            raise OutputError(f"{out}: cannot write the {fmt} files ({os_reason(e)}); nothing was changed there") from None
         finally:
             staged.discard()
 

@@ -23,7 +23,7 @@ from .checkpoint import KM_FORMAT, check_seed, write_atomic
 from .defaults import BATCH_SIZE, DEVICE, ITERATIONS, KMEANS_SEED, MAX_FRAMES  # batch and steps as fairseq's learn_kmeans.py
 from .extractor import resolve_device
 from .reader import FeaturesError, layer_positions, one_layer, open_features
-from .storage import UNITS_FORMAT, hdf5_name, plain, refuse_existing, special_kind
+from .storage import UNITS_FORMAT, OutputError, hdf5_name, os_reason, os_words, plain, refuse_existing, same_file, special_kind
 
 
 def sample_frames(features: str | os.PathLike, layer: int, max_frames: int, seed: int = KMEANS_SEED) -> torch.Tensor:
@@ -191,6 +191,8 @@ def apply_file(features: str | os.PathLike, km: dict, output: str | os.PathLike,
     :class:`~lighthubert.storage.OutputError` unless ``overwrite``; a FIFO or device is written to.
     Returns the number of utterances."""
     out = Path(output)
+    if same_file(out, features):  # whatever overwrite says: the features would be lost
+        raise OutputError(f"{out}: is FEATURES itself; give another file to write the units to")
     refuse_existing([out], overwrite)
     dev = resolve_device(device)
     c = km["centroids"].to(dev)
@@ -208,10 +210,17 @@ def apply_file(features: str | os.PathLike, km: dict, output: str | os.PathLike,
             _write_units(f, km, c, target, h5=hdf5_name(out), features=features, keys=keys,
                          dtype=dtype, progress=progress)
 
-        if _plain_file_or_new(out):
-            write_atomic(out, write)  # an old OUTPUT stays whole until the new one is
-        else:  # /dev/stdout, a FIFO, a link: written in place, never replaced
-            write(out)
+        try:
+            if _plain_file_or_new(out):
+                write_atomic(out, write)  # an old OUTPUT stays whole until the new one is
+            else:  # /dev/stdout, a FIFO, a link: written in place, never replaced
+                write(out)
+        except BrokenPipeError:
+            raise  # standard output's reader left: lhb ends quietly
+        except (OSError, RuntimeError) as e:  # a full disk (h5py says it in a RuntimeError), a size limit
+            if isinstance(e, RuntimeError) and os_words(e) is None:
+                raise
+            raise OutputError(f"{out}: cannot write ({os_reason(e)})") from None
         return len(f)
 
 

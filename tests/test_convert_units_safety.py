@@ -400,6 +400,10 @@ def test_convert_never_writes_over_its_features_file_or_a_folder(tmp_path):
     with pytest.raises(OutputError, match=re.escape(f"{feats}: is FEATURES itself ({feats}), which would be replaced")):
         convert(feats, tmp_path / "data", "kaldi", 2, overwrite=True)
     assert feats.read_bytes() == before
+    km = {"format": "lighthubert-kmeans", "centroids": torch.zeros(2, 4), "layer": 1, "clusters": 2}
+    with pytest.raises(OutputError, match=re.escape(f"{feats}: is FEATURES itself; give another file")):
+        apply_file(feats, km, feats, overwrite=True)  # the command refused it; the library did not
+    assert feats.read_bytes() == before
     (tmp_path / "out" / "u0.npy").mkdir(parents=True)
     with pytest.raises(OutputError, match=re.escape(f"{tmp_path / 'out' / 'u0.npy'}: is a folder, where a file is to be written")):
         convert(feats, tmp_path / "out", "npy", 2, overwrite=True)
@@ -409,6 +413,8 @@ def test_convert_never_writes_over_its_features_file_or_a_folder(tmp_path):
 def test_a_full_disk_is_one_line_naming_the_file(tmp_path):
     """Before: the fairseq .npy was memory-mapped, so a full disk killed lhb convert with SIGBUS and
     left its temporary file; torch's writers said 'unexpected pos' (or, for TorchScript, aborted)."""
+    import h5py
+
     import lighthubert
 
     disk = tmp_path / "disk"
@@ -417,15 +423,33 @@ def test_a_full_disk_is_one_line_naming_the_file(tmp_path):
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     try:
         feats = _features(tmp_path / "f.h5", 3, dim=40_000)  # 4.8 MB of layer 1
-        with pytest.raises(OutputError, match=re.escape(f"{disk / 'c'}: cannot write the fairseq files (No space left "
-                                                        "on device); nothing was changed there")):
+        with pytest.raises(OutputError, match=re.escape(f"{disk / 'c'}: cannot write the fairseq files (no space left "
+                                                        "on the device); nothing was changed there")):
             convert(feats, disk / "c", "fairseq", 1)
         p = Run(["convert", feats, disk / "k", "--layer", "1", "-f", "kaldi", "-q"]).result()
-        assert p.returncode == 1 and p.err_lines == [f"lhb: error: {disk / 'k'}: cannot write the kaldi files (No space "
-                                                     "left on device); nothing was changed there"], p
+        assert p.returncode == 1 and p.err_lines == [f"lhb: error: {disk / 'k'}: cannot write the kaldi files (no space "
+                                                     "left on the device); nothing was changed there"], p
         with pytest.raises(OSError, match="No space left on device"):
             lighthubert.write_random_checkpoint(disk / "r.pt", "small")
-        assert [str(p.relative_to(disk)) for p in disk.rglob("*") if p.is_file()] == []  # no temporary file left
+        nested = _features(tmp_path / "nested.h5", 0)
+        with h5py.File(nested, "a") as f:  # keys in a subfolder: npy files in one
+            f["features/spk/u0"] = np.full((2, 100_000, 4), 1.0, np.float32)
+        with pytest.raises(OutputError, match=re.escape(f"{disk / 'n'}: cannot write the npy files (no space left on the "
+                                                        "device, or a file size limit (a short write))")):
+            convert(nested, disk / "n", "npy", 1)
+        assert list(disk.iterdir()) == []  # no temporary file, and not the folders made for them
+        with open(disk / "filler", "wb") as fh:  # the rest of the disk
+            try:
+                while True:
+                    fh.write(b"\0" * 65536)
+                    fh.flush()
+            except OSError:
+                pass
+        km = {"format": "lighthubert-kmeans", "centroids": torch.zeros(2, 4), "layer": 1, "clusters": 2}
+        for name in ("u.km", "u.h5"):  # before: 'No space left on device' naming no file, or h5py's many lines
+            with pytest.raises(OutputError, match=re.escape(f"{disk / name}: cannot write (no space left on the device)")):
+                apply_file(nested, km, disk / name)
+        assert sorted(p.name for p in disk.iterdir()) == ["filler"]
     finally:
         subprocess.run(["umount", str(disk)])
 

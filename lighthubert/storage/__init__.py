@@ -17,6 +17,7 @@ import fcntl
 import glob
 import json
 import os
+import re
 import socket
 import stat
 import tempfile
@@ -359,6 +360,8 @@ def os_words(err: BaseException) -> str | None:
         return "file too large for this filesystem or limit"
     if "Input/output error" in text or "errno = 5" in text or getattr(err, "errno", None) == errno.EIO:
         return "input/output error (EIO)"
+    if re.search(r"\d+ requested and \d+ written", text):  # numpy's short write: no errno
+        return f"{NO_SPACE}, or a file size limit (a short write)"
     return None
 
 
