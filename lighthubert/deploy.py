@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from .checkpoint import Checkpoint, CheckpointError, export_subnet, write_atomic, write_bytes_atomic
 from .errors import LightHubertError
-from .extractor import DTYPES, FINAL, resolve_layers
+from .extractor import DTYPES, FINAL, check_geometry, resolve_layers
 from .model import MIN_SAMPLES, SubnetModel, frame_mask
 
 FORMATS = {".onnx": "onnx", ".ts": "torchscript", ".pt": "checkpoint"}
@@ -164,6 +164,10 @@ def export(ckpt: Checkpoint, subnet: Any, path: str | os.PathLike, layers: Any =
             return export_subnet(ckpt, subnet, path)
         except CheckpointError as err:
             raise ExportError(str(err)) from None
+    try:
+        check_geometry(ckpt)  # the file's bounds (inputs of at least MIN_SAMPLES) assume it
+    except CheckpointError as err:
+        raise ExportError(str(err)) from None
     tdtype = DTYPES[dtype or "float32"]
     sub = ckpt.resolve_subnet(subnet)
     idx = resolve_layers(layers, sub["layer_num"], ckpt.cfg.layer_norm_first)

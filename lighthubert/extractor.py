@@ -27,6 +27,17 @@ FINAL = -1
 that is the last hidden state after the encoder's final LayerNorm, which no hidden-state index names."""
 
 
+def check_geometry(checkpoint: Checkpoint) -> None:
+    """A :class:`CheckpointError` unless the conv feature extractor is the released stack's geometry (a
+    frame of :data:`MIN_SAMPLES` samples every :data:`HOP`): the files' ``frame_rate``, windows in
+    seconds, the shortest input and exported files' bounds assume it. The drop-in API takes any."""
+    field, hop = receptive_field(checkpoint.cfg.conv_layers)
+    if (field, hop) != (MIN_SAMPLES, HOP):
+        raise CheckpointError(f"{checkpoint.path or checkpoint.source}: its conv feature extractor gives a frame of "
+                              f"{field} samples every {hop}; features are extracted with the released stack's "
+                              f"({MIN_SAMPLES} every {HOP}, 50 frames per second)")
+
+
 def resolve_device(device: Any = "auto") -> torch.device:
     """``auto`` -> CUDA when present, else CPU; otherwise as ``torch.device`` reads it. A CUDA device
     gets its index (the current device's when none is given), so the model, its streams and its
@@ -166,11 +177,7 @@ class Extractor:
     """
 
     def __init__(self, checkpoint: Checkpoint, subnet: Any = None, device: Any = DEVICE, dtype: Any = DTYPE):
-        field, hop = receptive_field(checkpoint.cfg.conv_layers)
-        if (field, hop) != (MIN_SAMPLES, HOP):  # frame_rate, windows in seconds and too-short inputs assume it
-            raise CheckpointError(f"{checkpoint.path or checkpoint.source}: its conv feature extractor gives a frame of {field} samples every "
-                                  f"{hop}; features are extracted with the released stack's ({MIN_SAMPLES} every {HOP}, "
-                                  "50 frames per second)")
+        check_geometry(checkpoint)
         self.checkpoint = checkpoint
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)

@@ -118,20 +118,23 @@ class Features:
     def get(self, key: str, layer: Layers = None) -> torch.Tensor:
         """The features of ``key``: (T, D) for one layer, (L, T, D) for a list or ``"all"``; only the
         chosen layers are read from disk. The stored dtype is kept (float32 or float16)."""
-        if key not in self.lengths:
-            raise KeyError(f"{self.path}: no utterance {key!r}")
-        if self._file is None:
-            raise FeaturesError(f"{self.path}: is closed; open it again to read")
-        ds = self._file[GROUP][key]
+        ds = self._dataset(key)
         return torch.from_numpy(np.ascontiguousarray(read_layers(ds, self.layers, layer, self.path)))
 
     def num_samples(self, key: str) -> int:
         """Audio samples (16 kHz) of ``key``."""
-        return int(self._file[GROUP][key].attrs.get("num_samples", 0))
+        return int(self._dataset(key).attrs.get("num_samples", 0))
 
     def source(self, key: str) -> str:
         """The audio file ``key`` came from."""
-        return str(plain(self._file[GROUP][key].attrs.get("source", "")))
+        return str(plain(self._dataset(key).attrs.get("source", "")))
+
+    def _dataset(self, key: str) -> h5py.Dataset:
+        if key not in self.lengths:
+            raise KeyError(f"{self.path}: no utterance {key!r}")
+        if self._file is None:
+            raise FeaturesError(f"{self.path}: is closed; open it again to read")
+        return self._file[GROUP][key]
 
 
 def open_features(path: str | os.PathLike) -> Features:

@@ -281,20 +281,23 @@ def parse_subnet(text: str) -> dict:
 # ----------------------------------------------------------------------------- parameter counts
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long for a file, or holding a NUL byte
+        return False
+
+
 def subnet_from_text(text: str, space: SearchSpace) -> dict:
     """A validated subnet of ``space`` from a preset name (default, max, min), inline JSON or the
     path of a JSON file; :class:`SubnetError` says which field is wrong (and names the file)."""
     s = text.strip()
     if s in ("default", "max", "min"):
         return space.preset(s)
-    if s.startswith(("{", "[")):  # a list: what lhb subnet --sample prints, refused with a word on it
-        return space.validate(_json(s))  # as written: its "supernet" can explain a mismatch
     path = Path(s)
-    try:
-        is_file = path.is_file()
-    except (OSError, ValueError):  # a name too long for a file, or holding a NUL byte
-        is_file = False
-    if not is_file:
+    if s.startswith(("{", "[")) and not _is_file(path):  # a list: what lhb subnet --sample prints, refused with a word
+        return space.validate(_json(s))  # as written: its "supernet" can explain a mismatch
+    if not _is_file(path):
         shown = repr(text) if len(text) <= 80 else repr(text[:60]) + f" ... ({len(text):,} characters)"
         try:
             there = path.exists()

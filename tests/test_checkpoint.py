@@ -257,6 +257,11 @@ def test_extraction_refuses_a_conv_stack_of_another_frame_rate(tmp_path, ckpt_di
                                                         "samples every 160; features are extracted with the released "
                                                         "stack's (400 every 320, 50 frames per second)")):
         Extractor(ckpt, "min", device="cpu")
+    from lighthubert.deploy import ExportError, export
+
+    with pytest.raises(ExportError, match="its conv feature extractor gives a frame of 240 samples every 160"):
+        export(ckpt, "min", tmp_path / "hop160.ts")  # its bounds (at least 400 samples) would be wrong
+    assert not (tmp_path / "hop160.ts").exists()
 
 
 class _Hostile:

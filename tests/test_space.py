@@ -243,7 +243,7 @@ def test_bad_subnet_is_refused_naming_the_field(field, sub, ckpts, tmp_path):
     assert field in str(err.value) and str(path) in str(err.value)
 
 
-def test_a_file_of_sampled_subnets_asks_for_one_of_them(ckpts, tmp_path):
+def test_a_file_of_sampled_subnets_asks_for_one_of_them(ckpts, tmp_path, monkeypatch):
     """What lhb subnet --sample N -o FILE writes, given as --subnet: before, "got list" and no more."""
     import random
 
@@ -255,6 +255,10 @@ def test_a_file_of_sampled_subnets_asks_for_one_of_them(ckpts, tmp_path):
     # pasted inline (lhb subnet --sample 2 | lhb extract ... -s -): before, "not ... an existing JSON file"
     with pytest.raises(SubnetError, match=r"^a subnet must be a JSON object / dict, got a list of 3 "):
         ckpts["small"].resolve_subnet(path.read_text())
+    named = tmp_path / "[exp1]min.json"  # a file whose name starts like JSON is still that file
+    named.write_text(json.dumps(SPACES["small"].min_subnet))
+    monkeypatch.chdir(tmp_path)
+    assert ckpts["small"].resolve_subnet(named.name) == SPACES["small"].min_subnet
 
 
 def test_small_values_are_refused_by_the_base_space_but_not_the_small_one(ckpts):

@@ -214,8 +214,9 @@ def test_a_damaged_features_file_is_one_line_naming_it(tmp_path, feats):
         with pytest.raises(lighthubert.FeaturesError, match=f"utt02: cannot be read, the file is damaged"):
             f["utt02"]
         assert f["utt01"].shape[0] > 0  # the rest reads
-    with pytest.raises(lighthubert.FeaturesError, match="is closed; open it again to read"):
-        f["utt01"]
+    for read in (lambda: f["utt01"], lambda: f.num_samples("utt01"), lambda: f.source("utt01")):
+        with pytest.raises(lighthubert.FeaturesError, match="is closed; open it again to read"):
+            read()
 
 
 @needs_speech

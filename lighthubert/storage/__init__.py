@@ -533,7 +533,7 @@ def remove_parts(output: Path) -> None:
         pass  # missing, or other files are there: they stay
 
 
-def merge_parts(output: Path, parts: Iterable[Path] | None = None, *, remove: bool = False,
+def merge_parts(output: Path, parts: str | os.PathLike | Iterable[str | os.PathLike] | None = None, *, remove: bool = False,
                 backend: Backend | None = None) -> tuple[int, list[Path]]:
     """``lhb merge``: join the part files in ``parts`` (files, or folders searched for ``*.h5``;
     default ``OUTPUT.parts/``) into ``output`` (kept and added to when it exists), under its lock, after
@@ -542,6 +542,8 @@ def merge_parts(output: Path, parts: Iterable[Path] | None = None, *, remove: bo
     Returns (utterances in ``output``, the files merged); :class:`OutputError` naming what is wrong."""
     backend = backend or get_backend()
     output = resolve_link(Path(output))  # a link's target is written, not a new file in place of the link
+    if isinstance(parts, (str, os.PathLike)):  # one file or folder, not its characters
+        parts = [parts]
     sources = [Path(s) for s in parts] if parts else [parts_dir(output)]
     with OutputLock(output):  # not while a run writes it (which may not have made OUTPUT.parts/ yet)
         remove_stale_temps(output)  # a killed merge's or run's half-written files (no one else holds the lock)
