@@ -54,12 +54,20 @@ def test_umask_signals_and_a_death_by_signal_reach_through(tmp_path):
 
 def test_lhb_lets_torch_threads_sleep_unless_told_otherwise():
     """lhb sets OMP_WAIT_POLICY=PASSIVE before torch is imported (BENCHMARKS.md, "Threads that wait"),
-    and keeps a value the user set."""
-    script = "import os, sys; from lighthubert_cli.entry import _let_threads_sleep; _let_threads_sleep(); " \
-             "print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
-    for given, seen in ((None, "PASSIVE False"), ("ACTIVE", "ACTIVE False")):
+    and keeps a value the user set: what the variable holds when torch is imported, in a run of lhb's
+    entry point (a command that loads torch: lhb info of a missing file)."""
+    script = "\n".join([
+        "import atexit, os, sys",
+        "seen = []",
+        "sys.addaudithook(lambda ev, args: ev == 'import' and args[0] == 'torch' and not seen"
+        " and seen.append(os.environ.get('OMP_WAIT_POLICY')))",
+        "atexit.register(lambda: print(seen))",
+        "from lighthubert_cli import entry",
+        "entry.main()"])
+    for given, seen in ((None, "['PASSIVE']"), ("ACTIVE", "['ACTIVE']")):
         env = {k: v for k, v in _env().items() if k != "OMP_WAIT_POLICY"}
         if given:
             env["OMP_WAIT_POLICY"] = given
-        p = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
-        assert p.stdout.strip() == seen, p
+        p = subprocess.run([sys.executable, "-c", script, "info", "/nonexistent/x.pt"], env=env, capture_output=True,
+                           text=True, timeout=120)
+        assert p.returncode == 1 and p.stdout.strip() == seen, p
