@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .defaults import SEED
-from .errors import LightHubertError, SettingError
+from .errors import LightHubertError, LightHubertWarning, SettingError
 from .fairseq_cfg import HUBERT_TRAINING_EXTRA, TRAINING_DEFAULTS, is_norm
 from .model import ConfigError, ModelConfig, SubnetModel, cut_subnet, fixed_params, released_layout
 from .space import SPACES, SearchSpace, SubnetError, count_params, get_space, subnet_from_text
@@ -409,6 +409,9 @@ def load_checkpoint(source: str | os.PathLike, *, seed: int | None = None, trust
         ckpt.random = True
         ckpt.source = f"random:{parts[1]}:{seed}"
         return ckpt
+    if seed is not None:
+        warnings.warn(f"seed {seed} (--seed) has no effect: it seeds random:KIND checkpoints only",
+                      LightHubertWarning, stacklevel=2)
     if text in RELEASED and not Path(text).is_file():  # a folder named small (a data subset) is not a checkpoint
         path = fetch(text, progress)
     else:

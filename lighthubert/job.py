@@ -222,9 +222,6 @@ def prepare(job: ExtractJob, *, world: World | None = None, download: bool = Tru
         raise OutputError(f"{parts_dir(out)}: parts of a run with several processes are there (merged already, "
                           f"or not yet); join them and remove them with: lhb merge {out} {parts_dir(out)} --remove-parts")
     ckpt = load_checkpoint(job.checkpoint, seed=job.seed, trust=job.trust_checkpoint, progress=download)
-    if job.seed is not None and not str(job.checkpoint).startswith("random:"):
-        warnings.warn(f"seed {job.seed} (--seed) has no effect: it seeds random:KIND checkpoints only",
-                      LightHubertWarning, stacklevel=2)
     if job.keep_parts and not world.distributed:
         warnings.warn("--keep-parts has no effect in a run with one process: OUTPUT is written as usual",
                       LightHubertWarning, stacklevel=2)

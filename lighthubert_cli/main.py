@@ -448,8 +448,10 @@ def subnet_cmd(
     if export is not None:  # a wrong suffix, a missing extra or --layers that cannot be read: before any work
         _export(None, None, export, layers, dtype, check_only=True)
         _check_export_layers(layers, 1 << 20)  # the range once the subnet is known
-    # with --sample, --seed is the sampling's: a random:KIND:SEED checkpoint keeps the seed it names
-    load_seed = None if sample is not None and checkpoint and checkpoint.count(":") == 2 else seed
+    # with --sample, --seed is the sampling's (and a random:KIND's): a random:KIND:SEED checkpoint keeps the
+    # seed it names, and a checkpoint file is not told of a seed it cannot take
+    named = (checkpoint or "").startswith("random:") and checkpoint.count(":") == 2
+    load_seed = None if sample is not None and (named or not (checkpoint or "").startswith("random:")) else seed
     ckpt = _load_checkpoint(checkpoint, load_seed, trust_checkpoint, quiet=False) if checkpoint else None
     if ckpt is not None and supernet is not None and supernet.value != ckpt.space.name:
         raise Fail(f"--supernet {supernet.value} does not match the checkpoint's {ckpt.space.name} space", EXIT_USAGE)

@@ -292,7 +292,7 @@ def test_an_output_name_too_long_for_the_temporary_files_is_refused_before_any_w
 
 
 @needs_speech
-def test_options_that_would_be_ignored_say_so(tmp_path):
+def test_options_that_would_be_ignored_say_so(tmp_path, ckpt_files):
     """Before, without a word: --seed with a checkpoint file, --keep-parts in a one-process run, and
     --window-seconds given with --max-chunk-seconds (the file then said "30 s windows")."""
     out = tmp_path / "o.h5"
@@ -300,6 +300,14 @@ def test_options_that_would_be_ignored_say_so(tmp_path):
     assert p.returncode == 0 and p.stderr.splitlines() == [
         "lhb: warning: seed 0 (--seed) has no effect: it seeds random:KIND checkpoints only",
         "lhb: warning: --keep-parts has no effect in a run with one process: OUTPUT is written as usual"], p.stderr
+    # lhb info and lhb subnet say it too (before: silently); --seed of --sample is the sampling's
+    small = ckpt_files["small"]
+    runs = [Run(["info", small, "--seed", "3"]), Run(["subnet", "-c", small, "--preset", "min", "--seed", "3"]),
+            Run(["subnet", "-c", small, "--sample", "2", "--seed", "3"])]
+    for run, warned in zip(runs, (True, True, False)):
+        p = run.result()
+        said = "lhb: warning: seed 3 (--seed) has no effect: it seeds random:KIND checkpoints only" in p.err_lines
+        assert p.returncode == 0 and said == warned, p
     # also when the value given is the default's (before: taken for not given, and dropped)
     p = lhb("extract", UTT, tmp_path / "w.h5", *FAST, "--max-chunk-seconds", "30", "--window-seconds", "60")
     assert p.returncode == 2 and one_line(p) == (
