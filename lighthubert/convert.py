@@ -46,6 +46,7 @@ class _Staged:
     def __init__(self) -> None:
         self.pairs: list[tuple[Path, Path]] = []
         self.made: list[Path] = []  # folders made for the files, removed again (when empty) by discard
+        self.committed = False
 
     def temp(self, final: Path) -> Path:
         """A new empty file to write instead of ``final`` (its folder is created)."""
@@ -62,13 +63,13 @@ class _Staged:
     def commit(self) -> list[Path]:
         for tmp, final in self.pairs:
             os.replace(tmp, final)
-        done, self.pairs = [final for _, final in self.pairs], []
+        done, self.pairs, self.committed = [final for _, final in self.pairs], [], True
         return done
 
     def discard(self) -> None:
         for tmp, _ in self.pairs:
             tmp.unlink(missing_ok=True)
-        if self.pairs:  # not committed: the folders made for it go too
+        if not self.committed:  # the folders made for it go too
             for folder in reversed(self.made):
                 try:
                     folder.rmdir()
