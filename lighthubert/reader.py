@@ -61,12 +61,6 @@ def incomplete_note(path: Path, n: int) -> str:
             f"using the {n:,} utterances it holds{more}")
 
 
-def _keys(f: h5py.File) -> list[str]:
-    out: list[str] = []
-    f[GROUP].visititems(lambda name, obj: out.append(name) if isinstance(obj, h5py.Dataset) else None)
-    return out
-
-
 class Features:
     """An open features file (read-only). Use as a context manager or call :meth:`close`.
 
