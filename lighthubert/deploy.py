@@ -159,12 +159,9 @@ def export(ckpt: Checkpoint, subnet: Any, path: str | os.PathLike, layers: Any =
     :class:`ExportError` (or ``ValueError`` for a bad option) with one line."""
     path = Path(path)
     fmt = check_export(path, layers, dtype)
-    if fmt == "checkpoint":
-        try:
-            return export_subnet(ckpt, subnet, path)
-        except CheckpointError as err:
-            raise ExportError(str(err)) from None
     try:
+        if fmt == "checkpoint":
+            return export_subnet(ckpt, subnet, path)
         check_geometry(ckpt)  # the file's bounds (inputs of at least MIN_SAMPLES) assume it
     except CheckpointError as err:
         raise ExportError(str(err)) from None

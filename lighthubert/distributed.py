@@ -5,7 +5,8 @@ the inputs balanced by audio duration (rank 0 plans, the others receive the plan
 (``LOCAL_RANK``) or the CPU, and commits its work as segments, ``OUTPUT.parts/seg-RANK-INDEX.h5``. When
 every rank has finished, rank 0 joins OUTPUT (when resuming) and the segments into a new file that
 atomically replaces OUTPUT, then removes them; with ``keep_parts`` each rank's segments become its
-part, ``OUTPUT.parts/part-RANK.h5``, and ``lhb merge`` joins the parts later (:mod:`lighthubert.job` runs all this; parts and merging are in :mod:`lighthubert.storage`).
+part, ``OUTPUT.parts/part-RANK.h5``, and ``lhb merge`` joins the parts later (:mod:`lighthubert.job`
+runs all this; segments, parts and merging are in :mod:`lighthubert.storage`).
 Coordination uses a torch.distributed gloo group: torchrun's rendezvous, or under srun a
 FileStore in the parts folder (a filesystem shared by the nodes is assumed, as for OUTPUT itself).
 

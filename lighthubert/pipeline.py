@@ -354,9 +354,10 @@ def _run_long(extractor: Extractor, wave: np.ndarray, layers: list[int], form: L
     for j, layer in enumerate(states):
         layer = layer.to(out_dtype)
         finite = finite and bool(torch.isfinite(layer).all())
+        host = layer.cpu().numpy()
         if data is None:
-            data = np.empty((len(states), *layer.shape), dtype=np.float16 if out_dtype == torch.float16 else np.float32)
-        data[j] = layer.cpu().numpy()
+            data = np.empty((len(states), *host.shape), dtype=host.dtype)
+        data[j] = host
         states[j] = None  # its device memory goes as soon as it is on the host
     return data, finite
 
@@ -432,9 +433,8 @@ def _halves(extractor: Extractor, waves: list, layers: list[int], out_dtype: tor
     """After ``waves`` ran out of memory together (``err``): each half on its own, without trying
     the whole batch again; a single utterance that does not fit alone gives its error in its place
     (it is skipped, the run goes on)."""
-    if len(waves) == 1:
-        torch.cuda.empty_cache()
-        return [err]
     torch.cuda.empty_cache()
+    if len(waves) == 1:
+        return [err]
     half = len(waves) // 2
     return _run(extractor, waves[:half], layers, out_dtype) + _run(extractor, waves[half:], layers, out_dtype)
