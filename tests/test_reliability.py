@@ -95,12 +95,19 @@ def test_sigkill_at_random_points_then_resume(tmp_path, ckpt, corpus, reference)
     args = ["extract", str(corpus), str(out), "-c", str(ckpt), *FAST, "--batch-seconds", "4"]
     rng = random.Random(1234)
     seen = []
+    parts = tmp_path / "out.h5.parts"
     for attempt in range(3):
+        before = len(list(parts.glob("seg-*.h5")))
         proc = subprocess.Popen([LHB, *args, "--resume"], stderr=subprocess.PIPE, text=True)
         for line in proc.stderr:  # the model is loaded and the inputs planned: work starts now
             if line.startswith("extracting"):
                 break
-        time.sleep(rng.uniform(0.3, 3.0))
+        # the clock is the work, not the wall (a fast machine finished the whole job in the 2.9 s the
+        # first kill used to wait): this attempt's first commit, then a random moment after it
+        end = time.monotonic() + 120
+        while proc.poll() is None and len(list(parts.glob("seg-*.h5"))) <= before and time.monotonic() < end:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 1.0))
         if proc.poll() is not None:
             break
         proc.send_signal(signal.SIGKILL)
