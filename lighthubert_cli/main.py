@@ -107,6 +107,19 @@ _stop_hint: list[str] = []
 """What to do after a stop at once, for the line :func:`_say_stopped` prints (set by a command once it
 has work to keep)."""
 
+_signals: list[int] = []
+"""The signals :func:`_on_signal` has taken, in the order they came."""
+
+
+def _stop_if_signalled() -> None:
+    """Stop now if a signal came earlier (during start-up) but its exception never reached lhb.
+    CPython drops an exception raised in Python code that C code calls while it ignores errors (an
+    ``__eq__`` during a dict lookup, a ``__getattr__`` under a C ``hasattr``); a SIGTERM caught there
+    while torch was imported once let ``lhb extract`` do the whole run and only then say "terminated".
+    Commands call this before their work starts, so such a signal stops them with nothing written."""
+    if _signals:
+        raise Terminated if _signals[0] == signal.SIGTERM else KeyboardInterrupt
+
 
 def _one_line_errors(command):
     """Failures become one line on stderr and an exit status, never a traceback (unless LHB_DEBUG)."""
@@ -307,6 +320,7 @@ def extract(
         warnings.filterwarnings("ignore", category=LightHubertWarning)
     _quiet_hub(checkpoint)
     plan = prepare(job, world=world, download=not (quiet or world.rank != 0))
+    _stop_if_signalled()
     ckpt, sub, dev = plan.checkpoint, plan.extractor.subnet, plan.device
     quiet_here = quiet or world.rank != 0
     if not quiet_here:
@@ -611,6 +625,7 @@ def merge(
 
     output = resolve_link(output)  # a link's target is written, not a new file in place of the link
     _check_target(output, "is a folder, not a features file")
+    _stop_if_signalled()
     n, files = merge_parts(output, parts, remove=remove_parts)
     if not quiet:
         err(f"merged {count(len(files), 'part')} into {output}: {count(n, 'utterance')} ({size(output.stat().st_size)})")
@@ -854,9 +869,6 @@ def _main_options(
                                           help="Print the version and exit.")] = False,
 ) -> None:
     """Turn folders of speech into LightHuBERT representations (HDF5), pick subnets, describe files."""
-
-
-_signals: list[int] = []
 
 
 def _in_finaliser(signum: int, frame) -> bool:

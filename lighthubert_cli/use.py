@@ -9,7 +9,7 @@ import typer
 
 from lighthubert.defaults import BATCH_SIZE, CLUSTERS, CONVERT_FORMAT, CONVERT_FORMATS, DEVICE, ITERATIONS, KMEANS_SEED, MAX_FRAMES, NSHARD, SPLIT
 
-from .main import EXIT_USAGE, Fail, LhbCommand, LhbGroup, _check_target, _choices, _not_stdout, _one_line_errors, _path
+from .main import EXIT_USAGE, Fail, LhbCommand, LhbGroup, _check_target, _choices, _not_stdout, _one_line_errors, _path, _stop_if_signalled
 from .progress import err
 
 units_app = typer.Typer(
@@ -54,6 +54,7 @@ def _library_errors(fn, *args, **kwargs):
     library's own errors are said by ``_one_line_errors``)."""
     from lighthubert.errors import LightHubertError
 
+    _stop_if_signalled()
     try:
         return fn(*args, **kwargs)
     except LightHubertError:

@@ -214,6 +214,33 @@ def test_a_signal_during_start_up_is_one_line(tmp_path, sig, code, word):
         assert not (tmp_path / "o.h5").exists()
 
 
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_a_signal_whose_exception_was_swallowed_stops_before_any_work(tmp_path, sig, code, word):
+    """A signal during start-up whose exception some library code dropped (CPython does so in Python
+    code called by C code that ignores errors) still stops ``lhb extract`` before it writes anything.
+    Seen once in CI: a SIGTERM during start-up, then the whole run, then "terminated"."""
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        import lighthubert.job as job
+        from lighthubert_cli.main import run
+
+        real = job.prepare
+        def prepare(*args, **kwargs):  # start-up code that drops the handler's exception
+            try:
+                os.kill(os.getpid(), {int(sig)})
+                for _ in range(1000):
+                    pass
+            except BaseException:
+                pass
+            return real(*args, **kwargs)
+        job.prepare = prepare
+        sys.exit(run(["extract", {str(SPEECH_DIR)!r}, {str(tmp_path / "o.h5")!r}, "-c", "random:small"]))
+    """)
+    r = subprocess.run([sys.executable, "-c", script], env=_env(), capture_output=True, text=True, timeout=300)
+    assert (r.returncode, r.stderr, r.stdout) == (code, f"lhb: {word}\n", ""), r
+    assert not (tmp_path / "o.h5").exists()
+
+
 # ----------------------------------------------------------------------------- 3. usage, help, version
 
 
