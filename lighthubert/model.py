@@ -237,6 +237,12 @@ def released_layout(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def count_geometry(cfg: ModelConfig) -> dict[str, int]:
+    """The conv sizes a subnet's parameter count depends on (``conv_dim``, ``conv_pos`` of
+    :func:`~lighthubert.space.count_params`)."""
+    return {"conv_dim": cfg.conv_layers[-1][0], "conv_pos": cfg.conv_pos}
+
+
 def fixed_params(cfg: ModelConfig) -> int:
     """Parameters the authors count for every subnet: all outside the encoder,
     ``post_extract_proj`` and the prediction heads."""

@@ -26,6 +26,7 @@ SUPERNET_EMBED = 768
 SUPERNET_FFN = 3072
 POS_CONV_KERNEL = 128
 POS_CONV_GROUPS = 16
+CONV_DIM = 512  # channels of the conv feature extractor's last layer (post_extract_proj's input)
 SUBNET_KEYS = ("atten_dim", "embed_dim", "ffn_embed", "heads_num", "layer_num", "slide_wsz")
 
 # For each depth, which of the supernet's 12 layers run (1) and which are skipped (0).
@@ -337,21 +338,25 @@ def layer_params(embed_dim: int, heads: int, ffn: int) -> int:
     return 3 * (a * embed_dim + a) + (embed_dim * a + embed_dim) + 4 * embed_dim + 2 * ffn * embed_dim + ffn + embed_dim
 
 
-def embed_params(embed_dim: int, conv_dim: int = 512) -> int:
-    """Width-dependent parameters outside the layers: post_extract_proj, pos conv, final norm."""
-    pos_conv = embed_dim * (embed_dim // POS_CONV_GROUPS) * POS_CONV_KERNEL + embed_dim
+def embed_params(embed_dim: int, conv_dim: int = CONV_DIM, conv_pos: int = POS_CONV_KERNEL) -> int:
+    """Width-dependent parameters outside the layers: post_extract_proj (from ``conv_dim`` channels),
+    the positional conv (kernel ``conv_pos``), the final norm."""
+    pos_conv = embed_dim * (embed_dim // POS_CONV_GROUPS) * conv_pos + embed_dim
     return (conv_dim * embed_dim + embed_dim) + pos_conv + 2 * embed_dim
 
 
-def count_params(subnet: Mapping, fixed: int) -> int:
+def count_params(subnet: Mapping, fixed: int | None = None, *, conv_dim: int = CONV_DIM,
+                 conv_pos: int = POS_CONV_KERNEL) -> int:
     """The authors' ``calc_sampled_param_num``: ``fixed`` is every parameter outside the encoder,
     ``post_extract_proj`` and the prediction heads (conv extractor, its norms, ``layer_norm``,
-    ``mask_emb``) of the checkpoint."""
+    ``mask_emb``) of the checkpoint; ``conv_dim`` (its conv extractor's last channel count) and
+    ``conv_pos`` (its positional conv kernel) are the released ones unless given. None: the
+    released checkpoints' fixed part. :meth:`Checkpoint.count_geometry` has all three of a file."""
     e = subnet["embed_dim"]
     layers = sum(
         layer_params(e, h, f) for h, f in zip(subnet["heads_num"][: subnet["layer_num"]], subnet["ffn_embed"])
     )
-    return fixed + embed_params(e) + layers
+    return (RELEASED_FIXED_PARAMS if fixed is None else fixed) + embed_params(e, conv_dim, conv_pos) + layers
 
 
 # The fixed part of the released checkpoints (layer_norm extractor, 512 channels, 768-wide mask_emb).
@@ -359,14 +364,16 @@ RELEASED_FIXED_PARAMS = 4_208_384
 
 
 def best_under_budget(
-    budget: int, spaces: Iterable[SearchSpace], fixed: int = RELEASED_FIXED_PARAMS
+    budget: int, spaces: Iterable[SearchSpace], fixed: int | None = None, *, conv_dim: int = CONV_DIM,
+    conv_pos: int = POS_CONV_KERNEL,
 ) -> tuple[dict, SearchSpace, int] | None:
     """The subnet with the most parameters not above ``budget``, searched exactly.
 
     A subnet's count is a fixed part (per width) plus a sum over its layers, and the order of the
     layers does not change it, so for each width and depth every multiset of per-layer choices is
     enumerated. Returns (subnet, space, params), or None when every subnet is above the budget.
-    Ties go to the deeper, then wider subnet.
+    Ties go to the deeper, then wider subnet. ``fixed``, ``conv_dim``, ``conv_pos``: as for
+    :func:`count_params`.
     """
     best: tuple[int, int, int, dict, SearchSpace] | None = None
     for space in spaces:
@@ -375,7 +382,7 @@ def best_under_budget(
                 ((layer_params(e, h, int(r * e)), h, r) for h in space.heads_num for r in space.ffn_ratio),
                 reverse=True,
             )
-            base = fixed + embed_params(e)
+            base = (RELEASED_FIXED_PARAMS if fixed is None else fixed) + embed_params(e, conv_dim, conv_pos)
             for n in space.layer_num:
                 found = _best_multiset([o[0] for o in options], n, budget - base)
                 if found is None:

@@ -427,7 +427,6 @@ def subnet_cmd(
     import random
 
     from lighthubert.space import (
-        RELEASED_FIXED_PARAMS,
         SPACES,
         SubnetError,
         best_under_budget,
@@ -470,16 +469,16 @@ def subnet_cmd(
     if ckpt is not None and supernet is not None and supernet.value != ckpt.space.name:
         raise Fail(f"--supernet {supernet.value} does not match the checkpoint's {ckpt.space.name} space", EXIT_USAGE)
     space_names = [supernet.value] if supernet else ([ckpt.space.name] if ckpt else ["base", "small"])
-    fixed = ckpt.fixed_params if ckpt else RELEASED_FIXED_PARAMS
+    geometry = ckpt.count_geometry if ckpt else {}  # else the released files' (the same for all three)
     if ckpt is not None and ckpt.subnet is not None:
         raise Fail(f"{ckpt.source}: is an exported subnet; give the supernet checkpoint", EXIT_USAGE)
     results: list[tuple[dict, str]] = []
     try:
         if params is not None:
             budget = parse_budget(params)
-            found = best_under_budget(budget, [SPACES[n] for n in space_names], fixed)
+            found = best_under_budget(budget, [SPACES[n] for n in space_names], **geometry)
             if found is None:
-                low = min(count_params(SPACES[n].min_subnet, fixed) for n in space_names)
+                low = min(count_params(SPACES[n].min_subnet, **geometry) for n in space_names)
                 raise Fail(f"--params {params}: every subnet is larger; the smallest has {low:,} parameters")
             results.append((found[0], found[1].name))
         elif sample is not None:
@@ -496,7 +495,7 @@ def subnet_cmd(
                 results.append((ckpt.default_subnet if ckpt is not None and name == "default" else SPACES[n].preset(name), n))
     except SubnetError as e:  # named by the option that gave the value
         raise Fail(f"{chosen[0]}: {e}" if chosen else str(e), EXIT_USAGE) from None
-    out = [{**sub, "supernet": name, "params": count_params(sub, fixed)} for sub, name in results]
+    out = [{**sub, "supernet": name, "params": count_params(sub, **geometry)} for sub, name in results]
     if export is not None:  # said before the subnet is printed or -o written
         if len(out) != 1:
             raise Fail("--export takes one subnet", EXIT_USAGE)

@@ -10,6 +10,7 @@ import random
 
 import numpy as np
 import pytest
+import torch
 
 import lighthubert
 from lighthubert import SPACES, SubnetError, best_under_budget, parse_budget
@@ -398,3 +399,36 @@ def test_a_subnet_made_for_the_other_space_says_so(tmp_path):
     small_max = {**SPACES["small"].preset("max"), "supernet": "small"}  # 512 wide, 8 heads: a Base subnet too
     assert subnet_from_text(json.dumps(small_max), SPACES["base"]) == SPACES["small"].preset("max")
 
+
+
+def test_counts_follow_the_checkpoints_own_conv_sizes(tmp_path):
+    """A checkpoint whose positional conv kernel (64) and conv channels (256) are not the released
+    ones: ``lhb info``'s and ``lhb subnet --params``'s counts, and the drop-in
+    ``calc_sampled_param_num``, are the authors' count of that model, and the subnet found for a
+    budget is within the budget by that count."""
+    from lighthubert.checkpoint import random_checkpoint
+    from lighthubert.model import ModelConfig, released_layout
+    from oracle import build_model
+
+    d = random_checkpoint("small")
+    model_cfg = {**d["cfg"]["model"], "conv_pos": 64,
+                 "conv_feature_layers": "[(256,10,5)] + [(256,3,2)] * 4 + [(256,2,2)] * 2"}
+    shapes = released_layout(ModelConfig.from_dict(model_cfg))
+    d["cfg"]["model"] = model_cfg
+    d["model"] = {k: (torch.ones(shapes[k]) if k in shapes else v).half() for k, v in d["model"].items()}
+    path = tmp_path / "odd.pt"
+    torch.save(d, path)
+    ckpt = lighthubert.load_checkpoint(path)
+    theirs = build_model(model_cfg, "small").to("meta")
+    cfg = lighthubert.LightHuBERTConfig(model_cfg)
+    cfg.supernet_type = "small"
+    dropin = lighthubert.LightHuBERT(cfg)
+    rng = random.Random(5)
+    for sub in [SPACES["small"].min_subnet, SPACES["small"].max_subnet] + [SPACES["small"].sample(rng) for _ in range(3)]:
+        expected = authors_count(theirs, sub)
+        dropin.set_sample_config(sub)
+        assert (ckpt.params(sub), dropin.calc_sampled_param_num()) == (expected, expected), sub
+    budget = 30_000_000
+    sub, _, params = best_under_budget(budget, [SPACES["small"]], **ckpt.count_geometry)
+    assert params == authors_count(theirs, sub) <= budget
+    assert params > budget - 1_000_000  # near it, not the released geometry's answer shifted by the difference
