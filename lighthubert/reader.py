@@ -13,49 +13,21 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence, Union
 
-import h5py
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .errors import LightHubertError, LightHubertWarning, SettingError
-from .storage import FORMAT, HDF5, UNITS_FORMAT, OutputError, parts_dir, plain
-from .storage.hdf5 import GROUP, damage, open_reason, read_features
+from .errors import LightHubertWarning, SettingError
+from .storage import FeaturesError, FeaturesReader, backend_of, parts_dir
 
 Layers = Union[None, int, str, Sequence[int]]
 """None: as stored ((T, D) or (L, T, D)); int: one layer, (T, D); list of ints or "all": (L, T, D)."""
 
 
-class FeaturesError(LightHubertError):
-    """A features file cannot be read (or lacks what was asked for); the message names the file."""
-
-
-def _open(path: Path) -> h5py.File:
-    if path.is_dir():
-        raise FeaturesError(f"{path}: is a folder, not a features file")
-    if not path.is_file():
-        what = "no such file" if not os.path.lexists(path) else (
-            "a symbolic link to nothing (broken, or a loop)" if not path.exists() else "not a regular file (a FIFO, device or socket)")
-        raise FeaturesError(f"{path}: {what}")
-    try:
-        if not h5py.is_hdf5(path):
-            raise FeaturesError(f"{path}: not an HDF5 file (lhb extract writes features files)")
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise FeaturesError(f"{path}: cannot be read: {open_reason(e)}") from None
-    fmt = plain(f.attrs.get("format"))
-    if fmt != FORMAT or GROUP not in f:
-        f.close()
-        if fmt == UNITS_FORMAT:
-            raise FeaturesError(f"{path}: a units file (lhb units apply), not a features file")
-        raise FeaturesError(f"{path}: an HDF5 file, but not a lighthubert features file")
-    return f
-
-
 def incomplete_note(path: Path, n: int) -> str:
     """What to say of a features file left by a run that stopped (attribute ``complete`` false)
     holding ``n`` utterances: that it is not every input, and how to finish it."""
-    waiting = HDF5.unjoined(path)
+    waiting = backend_of(path).unjoined(path)
     more = f", not the work committed in {parts_dir(path)} (lhb merge {path} --remove-parts joins it)" if waiting else ""
     return (f"{path}: incomplete (its lhb extract run stopped or is still running; --resume completes it); "
             f"using the {n:,} utterances it holds{more}")
@@ -71,13 +43,9 @@ class Features:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self._file = _open(self.path)
-        self.attrs: dict[str, Any]
-        try:
-            self.attrs, shapes = read_features(self.path, self._file)
-        except OutputError as err:
-            self.close()
-            raise FeaturesError(str(err)) from None
+        self._reader: FeaturesReader = backend_of(self.path).open_reader(self.path)
+        self.attrs: dict[str, Any] = self._reader.attrs
+        shapes = self._reader.shapes
         self.layers: list[int] = [int(i) for i in np.atleast_1d(self.attrs.get("layers", []))]
         self.keys: list[str] = list(shapes)
         self.lengths: dict[str, int] = {k: int(shape[-2]) for k, shape in shapes.items()}
@@ -92,9 +60,7 @@ class Features:
         self.close()
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self._reader.close()
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -112,23 +78,22 @@ class Features:
     def get(self, key: str, layer: Layers = None) -> torch.Tensor:
         """The features of ``key``: (T, D) for one layer, (L, T, D) for a list or ``"all"``; only the
         chosen layers are read from disk. The stored dtype is kept (float32 or float16)."""
-        ds = self._dataset(key)
-        return torch.from_numpy(np.ascontiguousarray(read_layers(ds, self.layers, layer, self.path)))
+        self._known(key)
+        data = self._reader.read(key, layer_positions(self.layers, layer, self.path))
+        return torch.from_numpy(np.ascontiguousarray(data))
 
     def num_samples(self, key: str) -> int:
         """Audio samples (16 kHz) of ``key``."""
-        return int(self._dataset(key).attrs.get("num_samples", 0))
+        return self._reader.num_samples(self._known(key))
 
     def source(self, key: str) -> str:
         """The audio file ``key`` came from."""
-        return str(plain(self._dataset(key).attrs.get("source", "")))
+        return self._reader.source(self._known(key))
 
-    def _dataset(self, key: str) -> h5py.Dataset:
+    def _known(self, key: str) -> str:
         if key not in self.lengths:
             raise KeyError(f"{self.path}: no utterance {key!r}")
-        if self._file is None:
-            raise FeaturesError(f"{self.path}: is closed; open it again to read")
-        return self._file[GROUP][key]
+        return key
 
 
 def open_features(path: str | os.PathLike) -> Features:
@@ -177,37 +142,11 @@ def one_layer(stored: list[int], layer: int | None, path: Path | str = "") -> in
     return int(layer)
 
 
-def read_layers(ds: h5py.Dataset, stored: list[int], layer: Layers, path: Path | str = "") -> np.ndarray:
-    """Read ``layer`` of one dataset: (T, D) for one layer, (L, T, D) for a list / "all". A dataset
-    too large for memory (a damaged or hostile file can declare any shape) is a :class:`FeaturesError`."""
-    try:
-        return _read_layers(ds, stored, layer, path)
-    except MemoryError:
-        raise FeaturesError(f"{path}: {ds.name.removeprefix('/' + GROUP + '/')}: declares {ds.shape} features "
-                            f"({ds.size * ds.dtype.itemsize / 2**30:,.1f} GiB), more than memory holds") from None
-    except (OSError, RuntimeError, KeyError) as err:  # a damaged chunk (h5py: 'filter returned failure')
-        raise FeaturesError(f"{path}: {ds.name.removeprefix('/' + GROUP + '/')}: cannot be read, the file is damaged "
-                            f"({damage(err)})") from None
-
-
-def _read_layers(ds: h5py.Dataset, stored: list[int], layer: Layers, path: Path | str = "") -> np.ndarray:
-    pos = layer_positions(stored, layer, path)
-    if pos is None:
-        return ds[()]
-    if ds.ndim == 2:  # one stored layer
-        return ds[()] if isinstance(pos, int) else ds[()][None][[0] * len(pos)]  # [L, L] gives 2 x the layer
-    if isinstance(pos, int):
-        return ds[pos]
-    if pos == sorted(set(pos)):
-        return ds[pos]  # h5py fancy indexing needs increasing indices
-    return ds[()][pos]
-
-
 class FeaturesDataset(Dataset):
     """``(key, features)`` for each utterance, features (T, D) or (L, T, D) as chosen by ``layer``,
     as float32 unless ``dtype`` says otherwise.
 
-    The HDF5 file is opened on the first item read in each process (so every DataLoader worker
+    The file is opened on the first item read in each process (so every DataLoader worker
     has its own handle; PyTorch issue 11929), never pickled. ``lengths`` (frames per item), ``layers``
     (stored hidden-state indices) and ``dim`` (D) are read from the file when the dataset is made.
     """
@@ -219,7 +158,6 @@ class FeaturesDataset(Dataset):
         self.dtype = dtype
         with open_features(self.path) as f:
             self.layers, self.dim = f.layers, f.dim
-            layer_positions(f.layers, layer, self.path)  # fail now, not in a worker
             if keys is None:
                 self.keys = list(f.keys)
             else:
@@ -228,28 +166,29 @@ class FeaturesDataset(Dataset):
                     raise FeaturesError(f"{self.path}: no utterance {unknown[0]!r}")
                 self.keys = list(keys)
             self.lengths: list[int] = [f.lengths[k] for k in self.keys]
-        self._file: h5py.File | None = None
+        self._positions = layer_positions(self.layers, layer, self.path)
+        self._reader: FeaturesReader | None = None
         self._pid: int | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def __getitem__(self, i: int) -> tuple[str, torch.Tensor]:
-        if self._file is None or self._pid != os.getpid():
-            self._file, self._pid = h5py.File(self.path, "r"), os.getpid()
+        if self._reader is None or self._pid != os.getpid():
+            self._reader, self._pid = backend_of(self.path).open_reader(self.path, check=False), os.getpid()
         key = self.keys[i]
-        x = torch.from_numpy(np.ascontiguousarray(read_layers(self._file[GROUP][key], self.layers, self.layer, self.path)))
+        x = torch.from_numpy(np.ascontiguousarray(self._reader.read(key, self._positions)))
         return key, (x if self.dtype is None else x.to(self.dtype))
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_file"], state["_pid"] = None, None
+        state["_reader"], state["_pid"] = None, None
         return state
 
     def __del__(self) -> None:
-        if getattr(self, "_file", None) is not None:
+        if getattr(self, "_reader", None) is not None:
             try:
-                self._file.close()
+                self._reader.close()
             except Exception:  # noqa: BLE001 - interpreter shutdown
                 pass
 

@@ -644,11 +644,11 @@ def info(
 
     Example: lhb info lighthubert_small.pt --json
     """
-    from lighthubert.storage import HDF5, hdf5_name
+    from lighthubert.storage import BACKENDS, hdf5_name
     from lighthubert.units import describe_units
 
     p = Path(path)
-    if p.is_file() and (HDF5.is_features_file(p) or hdf5_name(p)):
+    if p.is_file() and (any(b.is_features_file(p) for b in BACKENDS.values()) or hdf5_name(p)):
         units = describe_units(p)  # None unless a units file
         if units is not None:
             return _info_units(p, units, as_json)
@@ -757,10 +757,11 @@ def _values(v: list[int]) -> str:
 
 
 def _info_features(path: Path, as_json: bool) -> None:
-    from lighthubert.storage import HDF5, parts_dir
+    from lighthubert.storage import backend_of, parts_dir
 
-    d = HDF5.describe(path)
-    waiting = HDF5.unjoined(path)  # the work of a run that stopped or is running, not in it yet
+    backend = backend_of(path)
+    d = backend.describe(path)
+    waiting = backend.unjoined(path)  # the work of a run that stopped or is running, not in it yet
     d["not_yet_joined"] = [str(p) for p in waiting]
     if as_json:
         out_line(json.dumps(d, default=str))

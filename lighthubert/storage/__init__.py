@@ -79,8 +79,36 @@ class FeaturesWriter(Protocol):
         """Commit what is written and close (no-op after a failed write)."""
 
 
+class FeaturesError(LightHubertError):
+    """A features file cannot be read (or lacks what was asked for); the message names the file."""
+
+
+class FeaturesReader(Protocol):
+    """An open features file, read-only (see :meth:`Backend.open_reader`)."""
+
+    path: Path
+    attrs: dict[str, Any]
+    """Root attributes as plain Python (``subnet`` and ``skipped`` decoded from JSON)."""
+    shapes: dict[str, tuple[int, ...]]
+    """Key -> the shape of its features, (T, D) or (L, T, D), in file order."""
+
+    def read(self, key: str, positions: int | list[int] | None = None) -> np.ndarray:
+        """The features of ``key``: all of them as stored (None), the layer at one position in the
+        file ((T, D)) or those at a list of positions ((len, T, D), in that order). Only what is
+        asked for is read; a damaged or absurd dataset is a :class:`FeaturesError` naming the key."""
+
+    def num_samples(self, key: str) -> int:
+        """Audio samples (16 kHz) of ``key``."""
+
+    def source(self, key: str) -> str:
+        """The audio file ``key`` came from."""
+
+    def close(self) -> None:
+        """Close the file (again: nothing)."""
+
+
 class Backend(Protocol):
-    """A storage format: the only thing the job knows about files."""
+    """A storage format: the only thing the job and the reader know about files."""
 
     name: str
     suffix: str
@@ -119,6 +147,11 @@ class Backend(Protocol):
     def is_features_file(self, path: Path) -> bool:
         """Whether ``path`` looks like a file of this format (a cheap check of its first bytes)."""
 
+    def open_reader(self, path: Path, *, check: bool = True) -> FeaturesReader:
+        """Open a features file to read. ``check``: read its attributes and every key's shape, and
+        check what readers rely on (:class:`FeaturesError` naming the file and what is wrong);
+        without it (a second handle on a file checked before) ``attrs`` and ``shapes`` are empty."""
+
 
 BACKENDS: dict[str, Backend] = {}
 
@@ -128,11 +161,20 @@ def register(backend: Backend) -> Backend:
     return backend
 
 
-def get_backend(name: str = "hdf5") -> Backend:
+def get_backend(name: str | None = None) -> Backend:
+    """The backend ``name`` (default: :data:`lighthubert.defaults.OUTPUT_FORMAT`)."""
+    from ..defaults import OUTPUT_FORMAT
+
     try:
-        return BACKENDS[name]
+        return BACKENDS[name or OUTPUT_FORMAT]
     except KeyError:
         raise OutputError(f"unknown output format {name!r}; known: {', '.join(BACKENDS)}") from None
+
+
+def backend_of(path: str | os.PathLike) -> Backend:
+    """The backend whose format ``path`` is in (by its first bytes); the default one when none
+    claims it (whose reader then says what the file is not)."""
+    return next((b for b in BACKENDS.values() if b.is_features_file(Path(path))), get_backend())
 
 
 def hdf5_name(path: str | os.PathLike) -> bool:
@@ -591,7 +633,8 @@ from . import hdf5 as _hdf5  # noqa: E402 - registers the HDF5 backend
 HDF5 = register(_hdf5.Hdf5Backend())
 
 __all__ = [
-    "BACKENDS", "Backend", "FORMAT", "FORMAT_VERSION", "FRAME_RATE", "FeaturesWriter", "HDF5", "OutputBroken",
+    "BACKENDS", "Backend", "FORMAT", "FORMAT_VERSION", "FRAME_RATE", "FeaturesError", "FeaturesReader", "FeaturesWriter",
+    "HDF5", "OutputBroken", "backend_of",
     "OutputError", "OutputLock", "RUN_IDENTITY", "check_identity", "check_output_path", "find_committed", "find_parts",
     "finished_path", "resolve_link",
     "find_segments",

@@ -23,7 +23,7 @@ from typing import Any, Callable, Collection, Iterable, Mapping
 import h5py
 import numpy as np
 
-from . import (FORMAT, RUN_IDENTITY, OutputError, check_identity, find_committed, find_segments, identity_diff,
+from . import (FORMAT, RUN_IDENTITY, UNITS_FORMAT, FeaturesError, OutputError, check_identity, find_committed, find_segments, identity_diff,
                NO_SPACE, os_reason, os_words, parts_dir, plain, refuse_special, remove_parts, segment_path)
 
 GROUP = "features"
@@ -432,6 +432,84 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
     }
 
 
+class FeatureReader:
+    """A features file open to read (:class:`lighthubert.storage.FeaturesReader`)."""
+
+    def __init__(self, path: str | os.PathLike, *, check: bool = True):
+        self.path = Path(path)
+        self.attrs: dict[str, Any] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self._file: h5py.File | None = _open_to_read(self.path) if check else h5py.File(self.path, "r")
+        if check:
+            try:
+                self.attrs, self.shapes = read_features(self.path, self._file)
+            except OutputError as err:
+                self.close()
+                raise FeaturesError(str(err)) from None
+
+    def _dataset(self, key: str) -> h5py.Dataset:
+        if self._file is None:
+            raise FeaturesError(f"{self.path}: is closed; open it again to read")
+        return self._file[GROUP][key]
+
+    def read(self, key: str, positions: int | list[int] | None = None) -> np.ndarray:
+        ds = self._dataset(key)
+        try:
+            return _read(ds, positions)
+        except MemoryError:
+            raise FeaturesError(f"{self.path}: {key}: declares {ds.shape} features "
+                                f"({ds.size * ds.dtype.itemsize / 2**30:,.1f} GiB), more than memory holds") from None
+        except (OSError, RuntimeError, KeyError) as err:  # a damaged chunk (h5py: 'filter returned failure')
+            raise FeaturesError(f"{self.path}: {key}: cannot be read, the file is damaged ({damage(err)})") from None
+
+    def num_samples(self, key: str) -> int:
+        return int(self._dataset(key).attrs.get("num_samples", 0))
+
+    def source(self, key: str) -> str:
+        return str(plain(self._dataset(key).attrs.get("source", "")))
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _open_to_read(path: Path) -> h5py.File:
+    """``path`` opened read-only after checking it is an HDF5 features file; :class:`FeaturesError`
+    saying what it is otherwise."""
+    if path.is_dir():
+        raise FeaturesError(f"{path}: is a folder, not a features file")
+    if not path.is_file():
+        what = "no such file" if not os.path.lexists(path) else (
+            "a symbolic link to nothing (broken, or a loop)" if not path.exists() else "not a regular file (a FIFO, device or socket)")
+        raise FeaturesError(f"{path}: {what}")
+    try:
+        if not h5py.is_hdf5(path):
+            raise FeaturesError(f"{path}: not an HDF5 file (lhb extract writes features files)")
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise FeaturesError(f"{path}: cannot be read: {open_reason(e)}") from None
+    fmt = plain(f.attrs.get("format"))
+    if fmt != FORMAT or GROUP not in f:
+        f.close()
+        if fmt == UNITS_FORMAT:
+            raise FeaturesError(f"{path}: a units file (lhb units apply), not a features file")
+        raise FeaturesError(f"{path}: an HDF5 file, but not a lighthubert features file")
+    return f
+
+
+def _read(ds: h5py.Dataset, pos: int | list[int] | None) -> np.ndarray:
+    if pos is None:
+        return ds[()]
+    if ds.ndim == 2:  # one stored layer
+        return ds[()] if isinstance(pos, int) else ds[()][None][[0] * len(pos)]  # [L, L] gives 2 x the layer
+    if isinstance(pos, int):
+        return ds[pos]
+    if pos == sorted(set(pos)):
+        return ds[pos]  # h5py fancy indexing needs increasing indices
+    return ds[()][pos]
+
+
 SEGMENT_BYTES = 64 << 20
 """A segment is committed once it holds this many bytes of features (or at each flush, about every second)."""
 
@@ -630,8 +708,13 @@ class Hdf5Backend:
         return found
 
     def is_features_file(self, path: Path) -> bool:
+        if not os.path.isfile(path):  # a FIFO would wait for a writer; a device is never one
+            return False
         try:
             with open(path, "rb") as f:
                 return f.read(8) == MAGIC
         except OSError:
             return False
+
+    def open_reader(self, path: Path, *, check: bool = True) -> FeatureReader:
+        return FeatureReader(path, check=check)
