@@ -135,11 +135,16 @@ def list_inputs(source: str | os.PathLike) -> list[Item]:
 
 
 def _from_folder(root: Path) -> list[Item]:
-    """Audio files under ``root``; each real directory is walked once (links followed, loops cut)."""
+    """Audio files under ``root``; each real directory is walked once (links followed, loops cut).
+    Folders reached through a link are walked after every folder reached without one, so a folder
+    that is both gives its files keys under its own name, whatever the link is called (``a_latest ->
+    real`` beside ``real`` would otherwise sort first and rename every key of ``real``)."""
     items = []
     seen: set[tuple[int, int]] = set()
-    stack = [root]
-    while stack:
+    stack, linked = [root], []
+    while stack or linked:
+        if not stack:  # every folder reached without a link is done: now those reached through one
+            stack, linked = linked[::-1], []
         folder = stack.pop()
         try:
             st = folder.stat()
@@ -165,10 +170,11 @@ def _from_folder(root: Path) -> list[Item]:
             path = Path(entry.path)
             try:
                 is_dir = entry.is_dir()  # follows links
+                is_link = entry.is_symlink()
             except OSError:
-                is_dir = False
+                is_dir = is_link = False
             if is_dir:
-                subdirs.append(path)
+                (linked if is_link else subdirs).append(path)
             elif is_audio(path):
                 # FIFOs and devices named *.wav are kept: decoding skips them with the reason
                 rel = escape_name(path.relative_to(root).as_posix())

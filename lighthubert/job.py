@@ -56,6 +56,7 @@ from .storage import (
     parts_dir,
     remove_stale_temps,
     run_attrs,
+    same_file,
 )
 
 MAX_BATCH_SECONDS = 86400.0
@@ -328,18 +329,36 @@ def _check_kept_sources(plan: Plan, existing: set[str]) -> None:
     if gone:
         now = {source_text(it.path): it.key for it in plan.items}
         renamed = [(k, stored[k], now[stored[k]]) for k in sorted(gone) if stored.get(k) in now]
+        if not renamed and any(k in stored for k in gone):  # the same files spelt through a link?
+            real_of = _real_names()
+            now = {real_of(source_text(it.path)): it.key for it in plan.items}
+            renamed = [(k, stored[k], now[real_of(stored[k])]) for k in sorted(gone) if k in stored and real_of(stored[k]) in now]
         if renamed:
             key, src, new = renamed[0]
             raise OutputError(f"{out}: holds {key!r}, made from {src}, which INPUT now names {new!r}: the keys changed "
                               "(a list's common folder moved?), and resuming would store every such file twice; give "
                               "the same INPUT as before, or another OUTPUT (or --overwrite to start again)")
     checked = sorted(k for k in wanted if k in stored)
-    other = [(k, stored[k]) for k in checked if stored[k] != wanted[k]]
+    other = [(k, stored[k]) for k in checked if stored[k] != wanted[k] and not same_file(stored[k], wanted[k])]
     if other:
         key, was = other[0]
         warnings.warn(f"{out}: {len(other)} of {len(checked)} utterances checked were made from other files than INPUT "
                       f"names for the same keys (e.g. {key!r}: {was}, now {wanted[key]}); they are kept as they are "
                       "(another OUTPUT or --overwrite redoes them)", LightHubertWarning, stacklevel=2)
+
+
+def _real_names():
+    """A function giving a recorded audio path with its folder's links resolved (``/data/a.wav`` ->
+    ``/mnt/nfs/corpus/a.wav``); each folder is resolved once, so a corpus costs one look-up a folder."""
+    folders: dict[str, str] = {}
+
+    def real(path: str) -> str:
+        folder, name = os.path.split(path)
+        if folder not in folders:
+            folders[folder] = os.path.realpath(folder)
+        return os.path.join(folders[folder], name)
+
+    return real
 
 
 def _join(plan: Plan, complete: bool) -> None:

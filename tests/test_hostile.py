@@ -153,6 +153,24 @@ def test_folder_with_link_loops_is_walked_once_per_real_folder(tmp_path):
 
 
 @needs_speech
+def test_a_folder_reached_directly_keeps_its_name_beside_a_link_to_it(tmp_path):
+    """``a_latest -> real`` sorts before ``real``: the files keep the keys ``real/...`` (before, the link
+    walked first took the folder, every key became ``a_latest/...``, and a --resume after adding the
+    link stored each file a second time)."""
+    root = tmp_path / "in"
+    (root / "real" / "deeper").mkdir(parents=True)
+    shutil.copy(UTT, root / "real" / "r.wav")
+    shutil.copy(UTT, root / "real" / "deeper" / "d.wav")
+    (root / "a_latest").symlink_to("real")
+    (root / "real" / "b_link").symlink_to("deeper")
+    only_linked = tmp_path / "elsewhere"
+    only_linked.mkdir()
+    shutil.copy(UTT, only_linked / "e.wav")
+    (root / "0_ext").symlink_to(only_linked)  # reached only through a link: under the link's name
+    assert [it.key for it in list_inputs(root)] == ["0_ext/e", "real/deeper/d", "real/r"]
+
+
+@needs_speech
 def test_fifo_device_low_rate_and_non_utf8_names_in_a_folder(tmp_path):
     """A FIFO and a device named *.wav are skipped with their reason (never opened, so nothing hangs);
     a 1 Hz file is refused before resampling; a non-UTF-8 name is extracted under an escaped key."""

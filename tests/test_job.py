@@ -192,8 +192,8 @@ def test_extract_resume_with_another_compute_dtype_is_refused(tmp_path, two_file
 def test_resume_from_other_files_under_the_same_names_says_so(tmp_path, two_files):
     """`--resume` with INPUT another folder whose files have the same names kept the old features
     silently (a mistake, or a corpus that moved). A sample of the kept keys has its recorded source
-    compared with INPUT's: one warning names an example; the features are kept; the same INPUT again
-    gives no warning."""
+    compared with INPUT's: one warning names an example; the features are kept; the same INPUT again,
+    or the same files named through a link, give no warning."""
     from lighthubert.errors import LightHubertWarning
 
     out = tmp_path / "f.h5"
@@ -215,6 +215,12 @@ def test_resume_from_other_files_under_the_same_names_says_so(tmp_path, two_file
     assert s.files == 0
     with h5py.File(out) as f:
         assert all(np.array_equal(f["features"][k][()], x) for k, x in before.items())
+    linked = tmp_path / "via"  # the same files again through a link (/data -> /mnt/nfs/...): not other files
+    linked.symlink_to(two_files)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LightHubertWarning)
+        assert lighthubert.extract(linked, tmp_path / "g.h5", **args).files == 2
+        assert lighthubert.extract(two_files, tmp_path / "g.h5", resume=True, **args).done_before == 2
 
 
 def test_bad_settings_are_setting_errors(tmp_path, two_files):

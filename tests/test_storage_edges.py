@@ -481,6 +481,29 @@ def test_a_resume_whose_input_renames_the_keys_is_refused(tmp_path):
 
 
 @needs_speech
+def test_a_resume_whose_input_renames_the_keys_through_a_link_is_refused(tmp_path):
+    """The same as above with the first list's files named through a link to the folder (``/data`` ->
+    the real corpus): the recorded paths are spelt otherwise than INPUT's, and are still the same files."""
+    corpus = tmp_path / "c"
+    shutil.copytree(SPEECH_DIR / "spk1", corpus / "lists" / "spk1")
+    (corpus / "other").mkdir()
+    shutil.copy(SPEECH_DIR / "spk2" / sorted(os.listdir(SPEECH_DIR / "spk2"))[0], corpus / "other" / "x.wav")
+    (tmp_path / "data").symlink_to(corpus / "lists")
+    first = tmp_path / "first.txt"
+    first.write_text(f"{tmp_path}/data/spk1/utt01.wav\n{tmp_path}/data/spk1/utt02.wav\n")
+    out = tmp_path / "r.h5"
+    assert lhb("extract", first, out, *FAST).returncode == 0
+    before = out.read_bytes()
+    second = tmp_path / "second.txt"
+    second.write_text(f"{corpus}/lists/spk1/utt01.wav\n{corpus}/lists/spk1/utt02.wav\n{corpus}/other/x.wav\n")
+    p = lhb("extract", second, out, *FAST, "--resume")
+    assert p.returncode == 1 and one_line(p).startswith(
+        f"lhb: error: {out}: holds 'data/spk1/utt01', made from {tmp_path}/data/spk1/utt01.wav, which INPUT now "
+        "names 'c/lists/spk1/utt01': the keys changed"), p.stderr
+    assert out.read_bytes() == before
+
+
+@needs_speech
 def test_a_run_whose_stderr_reader_left_goes_on_to_the_end(tmp_path):
     """`lhb extract ... 2>&1 | head -c 30`, or a `| tee log` that died. Before: the next progress line
     raised EPIPE, the run ended with 141, the segments were never joined and OUTPUT held 0 utterances."""
