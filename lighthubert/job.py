@@ -36,7 +36,7 @@ from .distributed import (Group, World, balance, decide, detect_world, finished,
                           wait_for_ranks)
 from .errors import LightHubertError, LightHubertWarning, SettingError
 from .extractor import Extractor, parse_layers, resolve_device, resolve_dtype, resolve_layers
-from .inputs import Item, check_against, list_inputs, source_text
+from .inputs import Item, check_against, is_audio, list_inputs, source_text
 from .pipeline import Options, Quiet, Reporter, StrictStop, Summary, estimate_samples
 from .pipeline import extract as run_pipeline
 from .storage import (
@@ -216,6 +216,9 @@ def prepare(job: ExtractJob, *, world: World | None = None, download: bool = Tru
     dtype = resolve_dtype(job.dtype, dev)
     backend = get_backend(job.format)
     items = list_inputs(job.input)
+    if is_audio(Path(job.output)):  # `lhb extract a.wav b.wav`, meant as two inputs: never features over or as audio
+        raise OutputError(f"{job.output}: OUTPUT is named as audio; features go to an HDF5 file such as feats.h5 "
+                          "(to extract several audio files, give their folder or a list of them as INPUT)")
     read = [f for f in (job.checkpoint, job.subnet) if isinstance(f, (str, os.PathLike))]  # files, if they are
     out = check_output_path(job.output, resume=job.resume, overwrite=job.overwrite, backend=backend,
                             inputs=itertools.chain([job.input], read, (it.path for it in items)))

@@ -17,9 +17,20 @@ from lighthubert.inputs import Item, display_path, escape_name
 def out_line(text: str) -> None:
     """Data on stdout, with its new line, in one write: a reader that takes the first line and leaves
     (``| head -1``) then finds it all there, also when Python is unbuffered (``PYTHONUNBUFFERED=1``,
-    where ``print`` writes the text and the new line apart, and lhb could end with 141)."""
-    sys.stdout.write(text + "\n")
+    where ``print`` writes the text and the new line apart, and lhb could end with 141). Written to
+    the descriptor until all of it is taken: Python's buffered stdout drops the rest of a large
+    write that the pipe took only part of before its reader left (``lhb subnet --sample 10000 |
+    head -c 100`` ended 0, not 141)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (a test's capture)
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+        return
     sys.stdout.flush()
+    data = memoryview((text + "\n").encode(sys.stdout.encoding or "utf-8", sys.stdout.errors or "strict"))
+    while data:
+        data = data[os.write(fd, data):]
 
 
 def err(message: str) -> None:

@@ -249,6 +249,22 @@ def test_bad_settings_are_setting_errors(tmp_path, two_files):
         "--context-seconds (long files now keep every frame)"]
 
 
+def test_an_output_named_as_audio_is_refused_even_with_overwrite(tmp_path, two_files):
+    """``lhb extract a.wav b.wav`` (two inputs meant): OUTPUT is never written as or over audio. Before,
+    an existing b.wav was refused with the advice '--overwrite would replace it', and --overwrite
+    replaced the recording with an HDF5 file."""
+    audio = sorted(two_files.iterdir())
+    victim = tmp_path / "b.WAV"
+    shutil.copy(audio[1], victim)
+    before = victim.read_bytes()
+    for out, overwrite in ((victim, True), (victim, False), (tmp_path / "new.flac", False)):
+        with pytest.raises(OutputError, match=(
+                rf"^{re.escape(str(out))}: OUTPUT is named as audio; features go to an HDF5 file such as feats.h5 "
+                r"\(to extract several audio files, give their folder or a list of them as INPUT\)$")):
+            lighthubert.extract(audio[0], out, checkpoint="random:small", subnet="min", device="cpu", overwrite=overwrite)
+    assert victim.read_bytes() == before and not (tmp_path / "new.flac").exists()
+
+
 @pytest.mark.slow
 def test_last_layer_of_a_pre_norm_checkpoint(tmp_path, two_files):
     """'last' is the final (normed) output, recorded as layer -1; a number is always that hidden state,

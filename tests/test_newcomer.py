@@ -437,6 +437,15 @@ def test_info_of_an_exported_subnet_and_of_bad_files(tmp_path, ckpt_files):
     assert codes == ["0"] * 3, codes
 
 
+def test_a_reader_that_leaves_during_a_large_output_ends_lhb_with_141():
+    """README: ``lhb subnet --sample 10000 | head -c 100`` ends lhb quietly with 141. Before: the pipe
+    took part of the 4 MB line, Python's buffered stdout dropped the rest once head left, and lhb
+    ended 0, as if everything had been read."""
+    script = f"{shlex.join(lhb_command() + ['subnet', '--sample', '10000'])} | head -c 100 >/dev/null; echo ${{PIPESTATUS[0]}}"
+    r = subprocess.run(["bash", "-c", script], env=_env(), capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == "141" and "error" not in r.stderr, r
+
+
 # ----------------------------------------------------------------------------- 9, 10. README
 
 
