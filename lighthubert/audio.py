@@ -375,7 +375,8 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
     if rate != SAMPLE_RATE:
         wave = resample(wave, rate, path)
     if wave.shape[0] < MIN_SAMPLES:
-        raise AudioError(f"too short: {wave.shape[0]} samples at 16 kHz, at least {MIN_SAMPLES} (25 ms) are needed")
+        n = wave.shape[0]
+        raise AudioError(f"too short: {n} sample{'' if n == 1 else 's'} at 16 kHz, at least {MIN_SAMPLES} (25 ms) are needed")
     return np.ascontiguousarray(wave, dtype=np.float32)
 
 

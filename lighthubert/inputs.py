@@ -97,8 +97,9 @@ def _check_key(key: str, where: str, own: bool = False) -> str:
     advise writing keys of one's own."""
     bad = _CONTROL.search(key)
     if bad:
+        advice = "" if own else ": rename the file, or give it a key of your own with a .scp list ('key path' lines)"
         raise InputError(f"{display_path(where)}: key {escape_name(key)!r} holds the control character "
-                         f"U+{ord(bad.group()):04X}; keys must be printable text")
+                         f"U+{ord(bad.group()):04X}; keys must be printable text{advice}")
     parts = key.split("/")
     if not key or any(part in ("", ".", "..") for part in parts):
         advice = "" if own else "; give keys of your own with a .scp list ('key path' lines)"
@@ -130,7 +131,7 @@ def list_inputs(source: str | os.PathLike) -> list[Item]:
             raise InputError(f"{display_path(src)}: {kind}, not audio or a list of audio files "
                              "(lhb extract takes INPUT first, then OUTPUT)")
         items = [Item(_check_key(escape_name(src.stem), str(src)), src, display_path(src))]
-    _check_unique(items)
+    _check_unique(items, own=src.suffix.lower() == ".scp" and not src.is_dir())
     return items
 
 
@@ -275,11 +276,14 @@ def check_against(items: list[Item], existing_keys: Iterable[str], where: str = 
                 raise InputError(f"{item.origin}: key {item.key!r} needs a group {prefix!r}, which {where} holds as a key")
 
 
-def _check_unique(items: list[Item]) -> None:
+def _check_unique(items: list[Item], own: bool = False) -> None:
+    """No key twice, and no key that is another's group. ``own``: the keys are the user's (.scp)."""
     seen: dict[str, Item] = {}
     for item in items:
         if item.key in seen:
-            raise InputError(f"{item.origin}: key {item.key!r} is also given by {seen[item.key].origin}")
+            advice = "" if own else ("; keys are paths without the extension: rename one, or give keys of your own "
+                                     "with a .scp list ('key path' lines)")
+            raise InputError(f"{item.origin}: key {item.key!r} is also given by {seen[item.key].origin}{advice}")
         seen[item.key] = item
     for item in items:
         parts = item.key.split("/")

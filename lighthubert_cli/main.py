@@ -370,8 +370,9 @@ def extract(
         raise typer.Exit(130 if received[0] == signal.SIGINT else 143)
     if not quiet and world.rank == 0:
         speed = summary.seconds / summary.wall if summary.wall else 0.0
-        what = (f"{count(summary.files, 'file')}, {hms(summary.seconds)} of audio in {hms(summary.wall)} "
-                f"({speed:,.0f}x real time)") if summary.files or summary.skipped else "nothing left to do"
+        pace = f" ({speed:,.0f}x real time)" if summary.seconds else ""  # (not "0x" when every input was skipped)
+        what = (f"{count(summary.files, 'file')}, {hms(summary.seconds)} of audio in {hms(summary.wall)}{pace}"
+                if summary.files or summary.skipped else "nothing left to do")
         err(f"done: {what}; {summary.output} ({size(_size_of(summary.output))}) holds "
             f"{count(summary.done_before + summary.files, 'utterance')}"
             + (f"; skipped {len(summary.skipped)}" if summary.skipped else ""))
@@ -769,7 +770,7 @@ def _info_features(path: Path, as_json: bool) -> None:
     a = d["attributes"]
     rows = [("utterances", f"{d['utterances']:,}"), ("frames", f"{d['frames']:,}"),
             ("audio", hms(d["audio_seconds"])), ("feature shape", ", ".join("(" + ", ".join([*map(str, s[:-1]), "T", str(s[-1])]) + ")"  # (L, T, D) or (T, D)
-                                        for s in d["feature_dims"]))]
+                                        for s in d["feature_dims"]) or "none (no utterances)")]
     if waiting:
         rows.insert(1, ("not yet joined", f"{count(len(waiting), 'file')} of committed work in {parts_dir(path)} (a run "
                         "stopped or is still running: the same lhb extract command with --resume completes it, "

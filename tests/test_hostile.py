@@ -110,6 +110,7 @@ def test_scp_keys_with_control_characters_are_refused(tmp_path, char):
     with pytest.raises(InputError) as e:
         list_inputs(scp)
     assert f"{scp}:2" in str(e.value) and "control character" in str(e.value)
+    assert "rename" not in str(e.value) and ".scp list" not in str(e.value)  # the keys are the user's already
 
 
 def test_a_nul_in_an_scp_key_stops_the_command_before_anything(tmp_path):
@@ -126,6 +127,18 @@ def test_folder_file_names_with_control_characters_are_refused(tmp_path):
     with pytest.raises(InputError) as e:
         list_inputs(tmp_path)
     assert "control character U+000A" in str(e.value) and "\n" not in str(e.value)
+    assert str(e.value).endswith("keys must be printable text: rename the file, or give it a key of your own with "
+                                 "a .scp list ('key path' lines)"), e.value
+
+
+@needs_speech
+def test_two_files_of_one_stem_say_how_to_tell_them_apart(tmp_path):
+    shutil.copy(UTT, tmp_path / "dup.wav")
+    shutil.copy(UTT, tmp_path / "dup.flac")
+    with pytest.raises(InputError) as e:
+        list_inputs(tmp_path)
+    assert str(e.value) == (f"{tmp_path}/dup.wav: key 'dup' is also given by {tmp_path}/dup.flac; keys are paths "
+                            "without the extension: rename one, or give keys of your own with a .scp list ('key path' lines)")
 
 
 # ----------------------------------------------------------------------------- folder walks
@@ -382,6 +395,18 @@ def test_an_empty_preset_and_a_resume_with_nothing_left_say_what_they_are(tmp_pa
     lines = p.stderr.splitlines()
     assert lines[-2:] == ["resuming: 1 utterance already done, 0 to do",
                           f"done: nothing left to do; {out} ({lines[-1].split('(')[1].split(')')[0]}) holds 1 utterance"], lines
+
+
+def test_a_run_that_skipped_everything_says_so_plainly(tmp_path):
+    """Every input skipped: no "0x real time" in the summary, "1 sample" (not "1 samples"), and ``lhb info``
+    shows "none" for the feature shape of a file without utterances (it was a blank)."""
+    sf.write(tmp_path / "one.wav", np.zeros(1, dtype=np.float32), 16000)
+    out = tmp_path / "o.h5"
+    p = lhb("extract", tmp_path / "one.wav", out, *[a for a in FAST if a != "-q"])
+    assert p.returncode == 3, p.stderr
+    assert "too short: 1 sample at 16 kHz" in p.stderr and "real time" not in p.stderr.splitlines()[-1], p.stderr
+    info = lhb("info", out)
+    assert info.returncode == 0 and re.search(r"feature shape\s+none \(no utterances\)", info.stdout), info.stdout
 
 
 @needs_speech
