@@ -5,6 +5,7 @@ once (pre-norm checkpoints). The CLI's end-to-end behaviour is in test_cli.py.""
 from __future__ import annotations
 
 import json
+import pathlib
 import re
 import shutil
 import warnings
@@ -359,3 +360,11 @@ def test_cli_reports_library_setting_errors_as_usage(tmp_path, two_files):
     assert r.returncode == 2, r
     assert r.err_lines == ["lhb: error: --window-seconds: inf is not from 1 to 3600 seconds"], r
     assert not (tmp_path / "o.h5").exists()
+
+
+def test_a_shortened_list_in_a_refusal_ends_at_an_item():
+    """Before: '(--layers: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 1 ..., now [12])', which reads as a layer 1."""
+    old = {"format": "lighthubert-features", "layers": list(range(13))}
+    with pytest.raises(OutputError) as e:
+        check_identity(pathlib.Path("f.h5"), old, {**old, "layers": [12]})
+    assert "(--layers: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, ..., now [12])" in str(e.value), e.value

@@ -134,7 +134,7 @@ def test_too_short_input_is_an_error(ours_default_outputs):
 def test_inputs_that_are_not_mono_waveforms_are_named(ours_default_outputs, speech):
     """What users hand ``ext`` by mistake: soundfile's (samples, channels) stereo array (was read as
     thousands of 2-sample waveforms: "waveform 0 has fewer than 400 samples"), a file name (was "a
-    list of numbers"), complex, bool or integer samples (were cast silently). A waveform that requires grad
+    list of numbers"), a number (was a TypeError), complex, bool or integer samples (were cast silently). A waveform that requires grad
     (from an augmentation graph) gives the features of its values (was an autograd RuntimeError)."""
     ext, _ = ours_default_outputs["small"]
     wave = speech[0][1]
@@ -144,6 +144,9 @@ def test_inputs_that_are_not_mono_waveforms_are_named(ours_default_outputs, spee
     for name in ("a.wav", Path("a.wav"), ["a.wav", "b.wav"]):
         with pytest.raises(ValueError, match="got a file name; read the audio first"):
             ext(name)
+    for number, what in ((np.float32(3.0), "float32"), (3.0, "float"), (None, "NoneType")):  # was a TypeError
+        with pytest.raises(ValueError, match=f"^expected one waveform .*; got {what}$"):
+            ext(number)
     for bad, what in ((torch.ones(800, dtype=torch.bool), "torch.bool"), (np.ones(800, np.complex64), "torch.complex64")):
         with pytest.raises(ValueError, match=f"waveform 1 holds {what} values; expected real samples"):
             ext([wave, bad])

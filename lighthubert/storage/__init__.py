@@ -218,7 +218,12 @@ def _short(v: Any, width: int = 40) -> str:
     if isinstance(v, list) and len(v) > 1 and len({json.dumps(x) for x in v}) == 1:
         return f"[{json.dumps(v[0])}]*{len(v)}"
     text = json.dumps(v) if isinstance(v, (list, dict)) else repr(v)
-    return text if len(text) <= width else text[: width - 4] + " ..."
+    if len(text) <= width:
+        return text
+    cut = text[: width - 4]
+    if isinstance(v, (list, dict)) and ", " in cut:  # at an item's end: '[0, 1, ... 10, 1 ...' read as a layer 1
+        cut = cut[: cut.rindex(", ") + 1]
+    return cut + " ..."
 
 
 def _what_differs(old: Any, new: Any) -> str:
