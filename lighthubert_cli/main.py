@@ -659,12 +659,36 @@ def info(
 
         if file_format(p):
             return _info_exported(p, as_json)
+    _not_for_info(p)
     from lighthubert.checkpoint import KMeansFile
 
     try:
         _info_checkpoint(path, as_json, seed, trust_checkpoint)
     except KMeansFile as e:  # the other .pt files lhb makes
         _info_km(p, e.km, as_json)
+
+
+INFO_READS = "lhb info describes a checkpoint, a features or units file, a k-means file or an exported subnet"
+
+
+def _not_for_info(p: Path) -> None:
+    """Say what ``p`` is when it is plainly none of what ``lhb info`` reads (else the checkpoint
+    loader says why it is not a checkpoint): a parts folder, another folder, audio, a .ts that is not
+    TorchScript."""
+    from lighthubert.inputs import is_audio
+    from lighthubert.storage import find_committed
+
+    if p.is_dir():
+        output = p.with_name(p.name.removesuffix(".parts"))
+        if p.name.endswith(".parts") and find_committed(output):
+            raise Fail(f"{p}: holds the committed work of a run for {output}, not yet joined: the same lhb extract "
+                       f"command with --resume completes {output}, or lhb merge {output} joins it; lhb info {output} "
+                       "describes that file")
+        raise Fail(f"{p}: is a folder; {INFO_READS} (a file)")
+    if p.is_file() and is_audio(p):
+        raise Fail(f"{p}: is audio; {INFO_READS} (lhb extract makes features from audio)")
+    if p.is_file() and p.suffix.lower() == ".ts":
+        raise Fail(f"{p}: not a TorchScript export (not the zip archive torch.jit.save writes); {INFO_READS}")
 
 
 def _info_km(path: Path, km: dict, as_json: bool) -> None:

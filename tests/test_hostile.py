@@ -840,3 +840,29 @@ def test_merge_into_an_output_being_written_is_refused(tmp_path):
         line = one_line(p)
         assert p.returncode == 1 and str(out) in line and f"pid {os.getpid()}" in line, line
     assert sorted(os.listdir(tmp_path)) == ["o.h5.parts"]  # the lock file goes with its holder
+
+
+@needs_speech
+def test_lhb_info_on_what_it_does_not_read_says_what_it_is(tmp_path):
+    """Before: a parts folder was "is a folder, not a checkpoint file", audio and a junk .ts "not a
+    PyTorch checkpoint ...; give a .pt file", though lhb info reads features, units, k-means and exports."""
+    from lighthubert.storage import segment_path
+
+    reads = "lhb info describes a checkpoint, a features or units file, a k-means file or an exported subnet"
+    out = tmp_path / "f.h5"
+    assert lhb("extract", UTT, out, *FAST).returncode == 0
+    seg = segment_path(out, 0, 0)
+    seg.parent.mkdir()
+    shutil.copy(out, seg)
+    junk = tmp_path / "x.ts"
+    junk.write_text("hello\n")
+    expected = {
+        seg.parent: f"holds the committed work of a run for {out}, not yet joined: the same lhb extract command with "
+                    f"--resume completes {out}, or lhb merge {out} joins it; lhb info {out} describes that file",
+        tmp_path: f"is a folder; {reads} (a file)",
+        UTT: f"is audio; {reads} (lhb extract makes features from audio)",
+        junk: f"not a TorchScript export (not the zip archive torch.jit.save writes); {reads}",
+    }
+    for path, words in expected.items():
+        p = lhb("info", path)
+        assert p.returncode == 1 and one_line(p) == f"lhb: error: {path}: {words}", p.stderr
