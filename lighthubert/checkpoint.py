@@ -383,6 +383,22 @@ class Checkpoint:
         return data
 
 
+def parse_random(source: str | os.PathLike) -> tuple[str, int | None] | None:
+    """``random:KIND[:SEED]`` -> (KIND, SEED, or None when it names none); None for any other
+    source. A malformed one is a :class:`CheckpointNameError`."""
+    text = str(source)
+    if not text.startswith("random:"):
+        return None
+    parts = text.split(":")
+    if len(parts) > 3 or parts[1] not in RELEASED:
+        raise CheckpointNameError(f"{text}: random checkpoints are random:base, random:small or random:stage1[:SEED]")
+    if len(parts) == 2:
+        return parts[1], None
+    if not (parts[2].isascii() and parts[2].isdigit() and len(parts[2]) <= 20 and int(parts[2]) <= MAX_SEED):
+        raise CheckpointNameError(f"{text[:60]}: the seed must be an integer from 0 to {MAX_SEED}")
+    return parts[1], int(parts[2])
+
+
 def load_checkpoint(source: str | os.PathLike, *, seed: int | None = None, trust: bool = False,
                     progress: bool = True) -> Checkpoint:
     """Open a checkpoint by path, by released name (``base``, ``small``, ``stage1``: downloaded once
@@ -397,23 +413,20 @@ def load_checkpoint(source: str | os.PathLike, *, seed: int | None = None, trust
     if not text.strip():  # Path("") would be the current folder
         raise CheckpointNameError("the checkpoint is an empty string; give a path, a released name (base, small, stage1) "
                                   "or random:KIND")
-    if text.startswith("random:"):
-        parts = text.split(":")
-        if len(parts) > 3 or parts[1] not in RELEASED:
-            raise CheckpointNameError(f"{text}: random checkpoints are random:base, random:small or random:stage1[:SEED]")
-        if len(parts) == 3:
-            if not (parts[2].isascii() and parts[2].isdigit() and len(parts[2]) <= 20 and int(parts[2]) <= MAX_SEED):
-                raise CheckpointNameError(f"{text[:60]}: the seed must be an integer from 0 to {MAX_SEED}")
-            if seed is not None and seed != int(parts[2]):
-                raise CheckpointNameError(f"{text}: names seed {int(parts[2])}, and seed {seed} (--seed) was given too; "
+    random_name = parse_random(text)
+    if random_name is not None:
+        kind, named = random_name
+        if named is not None:
+            if seed is not None and seed != named:
+                raise CheckpointNameError(f"{text}: names seed {named}, and seed {seed} (--seed) was given too; "
                                           "give the seed once")
-            seed = int(parts[2])
+            seed = named
         seed = SEED if seed is None else seed
         check_seed(seed)
-        obj = random_checkpoint(parts[1], seed=seed)
+        obj = random_checkpoint(kind, seed=seed)
         ckpt = from_object(obj, text)
         ckpt.random = True
-        ckpt.source = f"random:{parts[1]}:{seed}"
+        ckpt.source = f"random:{kind}:{seed}"
         return ckpt
     if seed is not None:
         warnings.warn(f"seed {seed} (--seed) has no effect: it seeds random:KIND checkpoints only",

@@ -440,7 +440,7 @@ def subnet_cmd(
     chosen = [name for name, v in (("--params", params), ("--preset", preset), ("--sample", sample), ("--subnet", subnet)) if v is not None]
     if len(chosen) > 1:
         raise Fail(f"give one of --params, --preset, --sample, --subnet (got {', '.join(chosen)})", EXIT_USAGE)
-    from lighthubert.checkpoint import check_seed
+    from lighthubert.checkpoint import check_seed, parse_random
 
     if seed is not None:
         check_seed(seed)  # --sample's and random:*'s seed: the range of lhb extract --seed
@@ -464,8 +464,8 @@ def subnet_cmd(
         _check_export_layers(layers, 1 << 20)  # the range once the subnet is known
     # with --sample, --seed is the sampling's (and a random:KIND's): a random:KIND:SEED checkpoint keeps the
     # seed it names, and a checkpoint file is not told of a seed it cannot take
-    named = (checkpoint or "").startswith("random:") and checkpoint.count(":") == 2
-    load_seed = None if sample is not None and (named or not (checkpoint or "").startswith("random:")) else seed
+    random_name = parse_random(checkpoint) if checkpoint else None
+    load_seed = None if sample is not None and (random_name is None or random_name[1] is not None) else seed
     ckpt = _load_checkpoint(checkpoint, load_seed, trust_checkpoint, quiet=False) if checkpoint else None
     if ckpt is not None and supernet is not None and supernet.value != ckpt.space.name:
         raise Fail(f"--supernet {supernet.value} does not match the checkpoint's {ckpt.space.name} space", EXIT_USAGE)
