@@ -69,7 +69,8 @@ def main() -> None:
     """``lhb``: install the start-up signal handlers, then import and run the CLI."""
     _reopen_closed_std_streams()
     for s in STOPPED:
-        signal.signal(s, _stop_now)
+        if signal.getsignal(s) is not signal.SIG_IGN:  # ignored by whoever started lhb (`lhb ... &` in a script): kept
+            signal.signal(s, _stop_now)
     _let_threads_sleep()
     from .main import run
 

@@ -343,7 +343,7 @@ def extract(
         err(f"{chr(10) if sys.stderr.isatty() else ''}stopping after the current batch ({signal.Signals(signum).name}); "
             "signal again to stop at once")
 
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = _catch_signals(on_signal)
     _stop_hint.append(f"what was committed is kept; run the same command with --resume to complete {output}")
     try:
         summary = execute(plan, Reporter(quiet=quiet, strict=strict), stop)
@@ -913,6 +913,14 @@ def _on_signal(signum: int, frame) -> None:
     raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
 
+def _catch_signals(handler) -> dict:
+    """``handler`` for SIGINT and SIGTERM, except a signal that whoever started lhb ignores (a shell
+    script's ``lhb ... &`` ignores SIGINT, so that Ctrl-C stops the script, not its background work;
+    Python keeps that too). Returns the handlers replaced."""
+    return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)
+            if signal.getsignal(s) is not signal.SIG_IGN}
+
+
 def _stdout_closed() -> int:
     """stdout's reader went away (``lhb info --json | head``): end quietly, as a process killed by
     SIGPIPE would (exit 141), without Python's complaint when it flushes stdout at exit."""
@@ -941,8 +949,7 @@ def run(args: list[str] | None = None) -> int:
     """Run ``lhb`` and return its exit status. Every way out is one line at most: usage errors
     ``lhb: error: ...`` (2), failures (see ``_one_line_errors``), SIGINT / SIGTERM (130 / 143);
     the library's warnings are one line each, ``lhb: warning: ...``."""
-    for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, _on_signal)
+    _catch_signals(_on_signal)
     warnings.showwarning = _show_warning
     try:
         try:

@@ -214,6 +214,31 @@ def test_a_signal_during_start_up_is_one_line(tmp_path, sig, code, word):
         assert not (tmp_path / "o.h5").exists()
 
 
+def test_a_signal_ignored_by_whoever_started_lhb_stays_ignored(tmp_path):
+    """A shell script's ``lhb extract ... &`` runs with SIGINT ignored, so that Ctrl-C stops the script
+    and not its background work (Python itself keeps that). Before, lhb caught SIGINT anyway and
+    stopped. SIGTERM, not ignored, still stops it."""
+    def ignore_sigint():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    for sig, code in ((signal.SIGINT, 0), (signal.SIGTERM, 143)):
+        out = tmp_path / f"o{int(sig)}.h5"
+        proc = subprocess.Popen(lhb_command() + ["extract", str(SPEECH_DIR), str(out), "-c", "random:small", "-s", "min"],
+                                env=_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, preexec_fn=ignore_sigint)
+        _handlers_installed(proc.pid)
+        for delay in (0.05, 0.5, 1.5):  # during start-up and during the work
+            time.sleep(delay)
+            if proc.poll() is None:
+                proc.send_signal(sig)
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == code, err
+        if code == 0:
+            assert "stopping" not in err and "interrupted" not in err, err
+            with lighthubert.open_features(out) as f:
+                assert len(f) == len(list(SPEECH_DIR.rglob("*.wav")) + list(SPEECH_DIR.rglob("*.flac")))
+
+
 @pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
 def test_a_signal_whose_exception_was_swallowed_stops_before_any_work(tmp_path, sig, code, word):
     """A signal during start-up whose exception some library code dropped (CPython does so in Python
