@@ -678,9 +678,11 @@ def _not_for_info(p: Path) -> None:
     from lighthubert.inputs import is_audio
     from lighthubert.storage import find_committed
 
+    if p == Path("."):  # also "" (Path("") is "."): the checkpoint loader's line says which
+        return
     if p.is_dir():
-        output = p.with_name(p.name.removesuffix(".parts"))
-        if p.name.endswith(".parts") and find_committed(output):
+        output = p.with_name(p.name.removesuffix(".parts")) if p.name.endswith(".parts") else None
+        if output is not None and find_committed(output):
             raise Fail(f"{p}: holds the committed work of a run for {output}, not yet joined: the same lhb extract "
                        f"command with --resume completes {output}, or lhb merge {output} joins it; lhb info {output} "
                        "describes that file")
