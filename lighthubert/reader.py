@@ -213,7 +213,8 @@ class LengthGroupedSampler(Sampler[list[int]]):
     """A batch sampler: batches of ``batch_size`` items of similar length (less padding).
 
     Items are shuffled, cut into pools of ``batch_size * pool`` items, sorted by length within each
-    pool and cut into batches; batch order is then shuffled. Seeded; call :meth:`set_epoch` for a new
+    pool and cut into batches; batch order is then shuffled. ``drop_last``: the items that would not
+    fill a batch are left out, drawn anew each epoch (with ``shuffle=False``: the longest). Seeded; call :meth:`set_epoch` for a new
     order each epoch. ``shuffle=False``: batches in increasing length order. With ``num_replicas``
     processes (DistributedDataParallel), process ``rank`` gets every ``num_replicas``-th batch, all
     processes the same number (the first batches are repeated to even them out).
@@ -241,7 +242,10 @@ class LengthGroupedSampler(Sampler[list[int]]):
         if self.shuffle:
             rng.shuffle(idx)
             size = self.batch_size * self.pool
-            pools = [sorted(idx[i:i + size], key=self.lengths.__getitem__) for i in range(0, len(idx), size)]
+            pools = [idx[i:i + size] for i in range(0, len(idx), size)]
+            if self.drop_last:  # the items left over are drawn at random, not the longest of a pool every epoch
+                pools = [p[: len(p) - len(p) % self.batch_size] for p in pools]
+            pools = [sorted(p, key=self.lengths.__getitem__) for p in pools]
         else:
             pools = [sorted(idx, key=self.lengths.__getitem__)]
         batches = [p[i:i + self.batch_size] for p in pools for i in range(0, len(p), self.batch_size)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pickle
 import json
+import random
 import re
 import shutil
 import struct
@@ -426,3 +427,22 @@ def test_units_command_and_library_share_their_defaults():
     assert cli["fmt"].default.value == lib["fmt"].default
     for name in ("split", "nshard"):
         assert cli[name].default == lib[name].default, name
+
+
+def test_drop_last_leaves_out_other_items_each_epoch():
+    """Before: each pool was sorted, then its short last batch (its longest items) was dropped, so the
+    longest utterances of a small set were never trained on, in any epoch."""
+    lengths = random.Random(0).sample(range(10, 501), 100)
+    sampler = LengthGroupedSampler(lengths, 8, seed=0, drop_last=True)
+    seen = set()
+    for epoch in range(20):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert len(batches) == len(sampler) == 12 and all(len(b) == 8 for b in batches)
+        flat = [i for b in batches for i in b]
+        assert len(set(flat)) == 96
+        for b in batches:  # still grouped: no other item of the epoch lies strictly inside a batch's range
+            lo, hi = min(lengths[i] for i in b), max(lengths[i] for i in b)
+            assert not any(lo < lengths[i] < hi for i in set(flat) - set(b))
+        seen.update(flat)
+    assert seen == set(range(100))
