@@ -211,6 +211,9 @@ def _read_pickle(data: bytes, where: str, trust: bool) -> Any:
         if head.lstrip()[:1] in (b"{", b"[") and b'"embed_dim"' in head:
             raise CheckpointError(f"{where}: a subnet JSON file, not a checkpoint (lhb subnet --subnet {where} describes "
                                   "it; lhb extract takes it as --subnet, with the supernet as -c)")
+        if str(where).lower().endswith(".onnx"):
+            raise CheckpointError(f"{where}: an ONNX export (lhb info describes it; ONNX Runtime runs it), not a "
+                                  "checkpoint; -c takes a .pt file (lhb subnet --export NAME.pt writes one of a subnet)")
         what = "a text file" if _is_text(head) else "neither a zip archive nor a pickle"
         raise CheckpointError(f"{where}: not a PyTorch checkpoint ({what}); give a .pt file written by torch.save")
     if not zipped and TORCH_LEGACY_MAGIC not in data[:32]:  # pickle.dump's file: torch.load cannot read it at all
@@ -488,6 +491,9 @@ def _check_records(data: bytes, where: str) -> None:
         records = zipfile.ZipFile(io.BytesIO(data)).infolist()
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
         raise CheckpointError(f"{where}: truncated or corrupt checkpoint ({err})") from None
+    if any(info.filename.split("/", 1)[-1] == "constants.pkl" for info in records):  # torch.jit.save's layout
+        raise CheckpointError(f"{where}: a TorchScript export (lhb info describes it; torch.jit.load runs it), not a "
+                              f"checkpoint; -c takes a .pt file (lhb subnet --export NAME.pt writes one of a subnet)")
     for info in records:
         if info.compress_type != zipfile.ZIP_STORED or info.file_size > len(data):
             raise CheckpointError(

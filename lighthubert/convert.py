@@ -171,7 +171,8 @@ def _write(f, features: str | os.PathLike, files: list[Path], fmt: str, layer: i
     else:
         bad = [k for k in f.keys if any(c.isspace() for c in k)]
         if bad:
-            raise FeaturesError(f"{features}: key {bad[0]!r} has white space, which Kaldi cannot hold")
+            raise FeaturesError(f"{features}: key {bad[0]!r} has white space, which Kaldi cannot hold; extract from a "
+                                ".scp list ('key path' lines) to choose keys without it, or use --format npy or fairseq")
         ark, scp = files
         with open(staged.temp(ark), "wb") as a, open(staged.temp(scp), "w", encoding="utf-8") as s:
             for k in sorted(f.keys, key=str.encode):  # Kaldi's sorted order (C locale: bytes), for scp,s,cs: and its tools

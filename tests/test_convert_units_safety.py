@@ -483,6 +483,13 @@ def test_units_refuse_features_k_means_cannot_use(tmp_path):
     with pytest.raises(FeaturesError, match=re.escape("key 'a b' has white space, which a line 'KEY units...' cannot hold")):
         apply_file(spaced, km, tmp_path / "k.km", keys=True)
     assert apply_file(spaced, km, tmp_path / "k.km") == 1  # without the keys, a line of units
+    from lighthubert.convert import convert
+
+    with pytest.raises(FeaturesError, match=re.escape(
+            "key 'a b' has white space, which Kaldi cannot hold; extract from a .scp list ('key path' lines) to choose "
+            "keys without it, or use --format npy or fairseq")):
+        convert(spaced, tmp_path / "kaldi", "kaldi", 1)
+    assert not (tmp_path / "kaldi").exists()
 
 
 def test_units_are_taken_only_with_features_of_the_model_the_k_means_was_learnt_on(tmp_path):

@@ -24,7 +24,7 @@ import torch
 import lighthubert
 from lighthubert import deploy
 from cli_helpers import Run, lhb
-from helpers import frames_for, rel_err
+from helpers import SPEECH_DIR, frames_for, rel_err
 
 # torch 2.14 marks torch.jit deprecated; the TorchScript file is still what libtorch (C++) users load
 pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.:FutureWarning"), pytest.mark.slow]
@@ -153,6 +153,21 @@ def test_files_run_without_the_package(exported, batch, tmp_path):
     expect, _ = run_onnx(e["onnx"], wave, lengths)
     for name in ("h1.npy", "h2.npy"):
         assert rel_err(torch.from_numpy(np.load(tmp_path / name)), torch.from_numpy(expect)) <= TOL
+
+
+def test_an_export_given_as_a_checkpoint_says_what_it_is(exported, tmp_path):
+    """Before: ``-c small.ts`` was refused as a zip with a compressed record (as if hostile), and ``-c
+    small.onnx`` as "not a PyTorch checkpoint", though lhb wrote both."""
+    e = exported["small"]
+    runs = {fmt: Run(["extract", str(SPEECH_DIR), str(tmp_path / f"{fmt}.h5"), "-c", e[fmt]]) for fmt in ("ts", "onnx")}
+    what = {"ts": "a TorchScript export (lhb info describes it; torch.jit.load runs it)",
+            "onnx": "an ONNX export (lhb info describes it; ONNX Runtime runs it)"}
+    for fmt, run in runs.items():
+        r = run.result()
+        assert r.returncode == 1 and r.err_lines == [
+            f"lhb: error: {e[fmt]}: {what[fmt]}, not a checkpoint; -c takes a .pt file (lhb subnet --export NAME.pt "
+            "writes one of a subnet)"], r
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("kind", list(CASES))
