@@ -26,7 +26,7 @@ from torch import Tensor
 from .defaults import SEED
 from .errors import LightHubertError, LightHubertWarning, SettingError
 from .fairseq_cfg import HUBERT_TRAINING_EXTRA, TRAINING_DEFAULTS, is_norm
-from .model import ConfigError, ModelConfig, SubnetModel, count_geometry, cut_subnet, fixed_params, released_layout
+from .model import ConfigError, ModelConfig, SubnetModel, cut_subnet, fixed_params, released_layout
 from .space import SPACES, SearchSpace, SubnetError, count_params, get_space, subnet_from_text
 
 HUB_REPO = "mechanicalsea/lighthubert"
@@ -314,14 +314,14 @@ class Checkpoint:
         return self.meta.get("fixed_params", fixed_params(self.cfg))
 
     @property
-    def count_geometry(self) -> dict[str, int]:
+    def count_kwargs(self) -> dict[str, int]:
         """What a subnet's parameter count takes from this checkpoint: keyword arguments of
         :func:`~lighthubert.space.count_params` and :func:`~lighthubert.space.best_under_budget`."""
-        return {"fixed": self.fixed_params, **count_geometry(self.cfg)}
+        return {"fixed": self.fixed_params, **self.cfg.conv_sizes}
 
     def params(self, subnet: Mapping) -> int:
         """The authors' parameter count of a subnet of this checkpoint."""
-        return count_params(subnet, **self.count_geometry)
+        return count_params(subnet, **self.count_kwargs)
 
     def resolve_subnet(self, spec: Any = None) -> dict:
         """A validated subnet from None (the default), a preset name (default, max, min), a dict,

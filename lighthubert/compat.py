@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .fairseq_cfg import MODEL_DEFAULTS, TRAINING_DEFAULTS, init_constant
-from .model import MIN_SAMPLES, ModelConfig, Output, SubnetModel, count_geometry, cut_subnet, frame_mask, released_layout
+from .model import MIN_SAMPLES, ModelConfig, Output, SubnetModel, cut_subnet, frame_mask, released_layout
 from .space import SUBNET_KEYS, check_subnet, count_params, get_space
 
 _MODEL_KEYS = MODEL_DEFAULTS
@@ -181,7 +181,7 @@ class LightHuBERT(nn.Module):
         """The current subnet's parameter count, as the authors count it."""
         fixed = sum(p.numel() for n, p in self.named_parameters()
                     if not n.startswith(("post_extract_proj", "encoder", "layer_pred_heads")))
-        return count_params(self.subnet_config, fixed, **count_geometry(self.model_cfg))
+        return count_params(self.subnet_config, fixed, **self.model_cfg.conv_sizes)
 
     def subnet_model(self) -> SubnetModel:
         """The current subnet with its weights cut: once, and again after a new subnet or any change

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -319,7 +320,7 @@ class Extractor:
                 isinstance(waves, (list, tuple)) and waves and isinstance(waves[0], (str, bytes, os.PathLike))):
             raise ValueError("expected waveforms, got a file name; read the audio first: "
                              "ext(lighthubert.load_audio(path)) (or lighthubert.extract for folders and lists)")
-        if not isinstance(waves, (list, tuple, Tensor, np.ndarray)):  # a number (np.float32(3.0)), None, a generator
+        if not isinstance(waves, (Sequence, Tensor, np.ndarray)):  # a number (np.float32(3.0)), None, a generator
             raise ValueError(f"expected one waveform (N,), a batch (B, N) or a list of waveforms; got {type(waves).__name__}")
         single = isinstance(waves, (Tensor, np.ndarray)) and waves.ndim == 1
         if single:

@@ -215,10 +215,8 @@ def prepare(job: ExtractJob, *, world: World | None = None, download: bool = Tru
         torch.cuda.set_device(dev)  # what runs on "the current device" runs on this rank's
     dtype = resolve_dtype(job.dtype, dev)
     backend = get_backend(job.format)
+    _not_audio(Path(job.output))
     items = list_inputs(job.input)
-    if is_audio(Path(job.output)):  # `lhb extract a.wav b.wav`, meant as two inputs: never features over or as audio
-        raise OutputError(f"{job.output}: OUTPUT is named as audio; features go to an HDF5 file such as feats.h5 "
-                          "(to extract several audio files, give their folder or a list of them as INPUT)")
     read = [f for f in (job.checkpoint, job.subnet) if isinstance(f, (str, os.PathLike))]  # files, if they are
     out = check_output_path(job.output, resume=job.resume, overwrite=job.overwrite, backend=backend,
                             inputs=itertools.chain([job.input], read, (it.path for it in items)))
@@ -311,6 +309,16 @@ SOURCES_CHECKED = 64
 INPUT's (reading each costs about 0.1 ms; all of them could take a minute on a large corpus)."""
 
 
+def _not_audio(output: Path) -> None:
+    """``lhb extract a.wav b.wav``, meant as two inputs: features are never written over or as audio,
+    also through a link (``feats.h5 -> rec.wav``)."""
+    target = Path(os.path.realpath(output))
+    for name, via in ((output, ""), (target, f" (a link to {target})")):
+        if is_audio(name):
+            raise OutputError(f"{output}: OUTPUT is named as audio{via}; features go to an HDF5 file such as feats.h5 "
+                              "(to extract several audio files, give their folder or a list of them as INPUT)")
+
+
 def _check_kept_sources(plan: Plan, existing: set[str]) -> None:
     """Compare the audio paths OUTPUT recorded with INPUT's, on seeded samples read in one pass:
     - keys INPUT no longer has, made from files INPUT now gives under other keys, are an
@@ -339,8 +347,9 @@ def _check_kept_sources(plan: Plan, existing: set[str]) -> None:
         if renamed:
             key, src, new = renamed[0]
             raise OutputError(f"{out}: holds {key!r}, made from {src}, which INPUT now names {new!r}: the keys changed "
-                              "(a list's common folder moved?), and resuming would store every such file twice; give "
-                              "the same INPUT as before, or another OUTPUT (or --overwrite to start again)")
+                              "(a list's common folder moved? or, in a file an earlier lhb made, a folder reached both "
+                              "directly and through a link was named by the link), and resuming would store every such file twice; "
+                              "give the same INPUT as before, or another OUTPUT (or --overwrite to start again)")
     checked = sorted(k for k in wanted if k in stored)
     other = [(k, stored[k]) for k in checked if stored[k] != wanted[k] and not same_file(stored[k], wanted[k])]
     if other:
@@ -351,11 +360,14 @@ def _check_kept_sources(plan: Plan, existing: set[str]) -> None:
 
 
 def _real_names():
-    """A function giving a recorded audio path with its folder's links resolved (``/data/a.wav`` ->
-    ``/mnt/nfs/corpus/a.wav``); each folder is resolved once, so a corpus costs one look-up a folder."""
+    """A function giving a recorded audio path with its links resolved (``/data/a.wav`` ->
+    ``/mnt/nfs/corpus/a.wav``): each folder is resolved once, and a file only when it is a link itself,
+    so a corpus costs a look-up per folder and one per file."""
     folders: dict[str, str] = {}
 
     def real(path: str) -> str:
+        if os.path.islink(path):  # a file that is itself a link: its target
+            return os.path.realpath(path)
         folder, name = os.path.split(path)
         if folder not in folders:
             folders[folder] = os.path.realpath(folder)

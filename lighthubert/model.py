@@ -23,6 +23,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from .space import (
     HEAD_DIM,
     POS_CONV_GROUPS,
+    POS_CONV_KERNEL,
     SUPERNET_EMBED,
     SUPERNET_FFN,
     SUPERNET_LAYERS,
@@ -114,7 +115,7 @@ class ModelConfig:
     ffn_dim: int = SUPERNET_FFN
     heads: int = SUPERNET_EMBED // HEAD_DIM
     layer_norm_first: bool = False
-    conv_pos: int = 128
+    conv_pos: int = POS_CONV_KERNEL
     conv_pos_groups: int = POS_CONV_GROUPS
     layer_pred_num: tuple[int, ...] = (0,) * (SUPERNET_LAYERS - 1) + (1,)
     teacher_embed_dim: int = 768
@@ -141,7 +142,7 @@ class ModelConfig:
                 ffn_dim=int(get("encoder_ffn_embed_dim", SUPERNET_FFN)),
                 heads=int(get("encoder_attention_heads", 12)),
                 layer_norm_first=bool(get("layer_norm_first", False)),
-                conv_pos=int(get("conv_pos", 128)),
+                conv_pos=int(get("conv_pos", POS_CONV_KERNEL)),
                 conv_pos_groups=int(get("conv_pos_groups", POS_CONV_GROUPS)),
                 layer_pred_num=layer_pred,
                 teacher_embed_dim=int(get("teacher_embed_dim", 768)),
@@ -167,6 +168,12 @@ class ModelConfig:
     @property
     def conv_dim(self) -> int:
         return self.conv_layers[-1][0]
+
+    @property
+    def conv_sizes(self) -> dict[str, int]:
+        """The conv sizes a subnet's parameter count depends on: ``conv_dim`` and ``conv_pos`` of
+        :func:`~lighthubert.space.count_params`."""
+        return {"conv_dim": self.conv_dim, "conv_pos": self.conv_pos}
 
     def to_dict(self) -> dict:
         """Back to the fairseq-style keys (for files this library writes)."""
@@ -235,12 +242,6 @@ def released_layout(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         if n > 0:
             shapes[f"layer_pred_heads.{i}.weight"] = (cfg.teacher_embed_dim * n, e)
     return shapes
-
-
-def count_geometry(cfg: ModelConfig) -> dict[str, int]:
-    """The conv sizes a subnet's parameter count depends on (``conv_dim``, ``conv_pos`` of
-    :func:`~lighthubert.space.count_params`)."""
-    return {"conv_dim": cfg.conv_layers[-1][0], "conv_pos": cfg.conv_pos}
 
 
 def fixed_params(cfg: ModelConfig) -> int:

@@ -351,7 +351,7 @@ def count_params(subnet: Mapping, fixed: int | None = None, *, conv_dim: int = C
     ``post_extract_proj`` and the prediction heads (conv extractor, its norms, ``layer_norm``,
     ``mask_emb``) of the checkpoint; ``conv_dim`` (its conv extractor's last channel count) and
     ``conv_pos`` (its positional conv kernel) are the released ones unless given. None: the
-    released checkpoints' fixed part. :meth:`Checkpoint.count_geometry` has all three of a file."""
+    released checkpoints' fixed part. :attr:`Checkpoint.count_kwargs` has all three of a file."""
     e = subnet["embed_dim"]
     layers = sum(
         layer_params(e, h, f) for h, f in zip(subnet["heads_num"][: subnet["layer_num"]], subnet["ffn_embed"])

@@ -470,7 +470,7 @@ def subnet_cmd(
     if ckpt is not None and supernet is not None and supernet.value != ckpt.space.name:
         raise Fail(f"--supernet {supernet.value} does not match the checkpoint's {ckpt.space.name} space", EXIT_USAGE)
     space_names = [supernet.value] if supernet else ([ckpt.space.name] if ckpt else ["base", "small"])
-    geometry = ckpt.count_geometry if ckpt else {}  # else the released files' (the same for all three)
+    geometry = ckpt.count_kwargs if ckpt else {}  # else the released files' (the same for all three)
     if ckpt is not None and ckpt.subnet is not None:
         raise Fail(f"{ckpt.source}: is an exported subnet; give the supernet checkpoint", EXIT_USAGE)
     results: list[tuple[dict, str]] = []
@@ -555,6 +555,7 @@ def _export(ckpt, sub: dict | None, path: Path, layers: str | None, dtype: str |
         if check_only:
             check_export(path, layers, dtype)
             return
+        _stop_if_signalled()
         export(ckpt, sub, path, layers=layers, dtype=dtype)
     except ExportError as e:
         raise Fail(str(e)) from None
@@ -678,8 +679,10 @@ def _not_for_info(p: Path) -> None:
     from lighthubert.inputs import is_audio
     from lighthubert.storage import find_committed
 
-    if p == Path("."):  # also "" (Path("") is "."): the checkpoint loader's line says which
-        return
+    from lighthubert.checkpoint import RELEASED
+
+    if p == Path(".") or (str(p) in RELEASED and not p.is_file()):  # "" is "."; a folder `small` is no checkpoint
+        return  # the checkpoint loader's: "empty string", or the released checkpoint of that name
     if p.is_dir():
         output = p.with_name(p.name.removesuffix(".parts")) if p.name.endswith(".parts") else None
         if output is not None and find_committed(output):
@@ -951,6 +954,8 @@ def run(args: list[str] | None = None) -> int:
     """Run ``lhb`` and return its exit status. Every way out is one line at most: usage errors
     ``lhb: error: ...`` (2), failures (see ``_one_line_errors``), SIGINT / SIGTERM (130 / 143);
     the library's warnings are one line each, ``lhb: warning: ...``."""
+    for state in (_signals, _stop_said, _stop_hint):  # what an earlier run() in this process left
+        state.clear()
     _catch_signals(_on_signal)
     warnings.showwarning = _show_warning
     try:

@@ -866,3 +866,11 @@ def test_lhb_info_on_what_it_does_not_read_says_what_it_is(tmp_path):
     for path, words in expected.items():
         p = lhb("info", path)
         assert p.returncode == 1 and one_line(p) == f"lhb: error: {path}: {words}", p.stderr
+    # a folder named like a released checkpoint (a data subset) is not what `lhb info small` means
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    lighthubert.write_random_checkpoint(cache / "lighthubert_small.pt", "small")
+    (tmp_path / "small").mkdir()
+    p = subprocess.run(lhb_prefix() + ["info", "small"], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                       env={**_env(), "LIGHTHUBERT_CACHE": str(cache)}, stdin=subprocess.DEVNULL)
+    assert p.returncode == 0 and "lighthubert_small.pt" in p.stdout, p

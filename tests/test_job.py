@@ -264,6 +264,11 @@ def test_an_output_named_as_audio_is_refused_even_with_overwrite(tmp_path, two_f
                 r"\(to extract several audio files, give their folder or a list of them as INPUT\)$")):
             lighthubert.extract(audio[0], out, checkpoint="random:small", subnet="min", device="cpu", overwrite=overwrite)
     assert victim.read_bytes() == before and not (tmp_path / "new.flac").exists()
+    link = tmp_path / "feats.h5"  # through a link, too
+    link.symlink_to(victim)
+    with pytest.raises(OutputError, match=rf"^{re.escape(str(link))}: OUTPUT is named as audio \(a link to "):
+        lighthubert.extract(audio[0], link, checkpoint="random:small", subnet="min", device="cpu", overwrite=True)
+    assert victim.read_bytes() == before
 
 
 @pytest.mark.slow

@@ -259,11 +259,14 @@ def test_a_signal_whose_exception_was_swallowed_stops_before_any_work(tmp_path, 
                 pass
             return real(*args, **kwargs)
         job.prepare = prepare
-        sys.exit(run(["extract", {str(SPEECH_DIR)!r}, {str(tmp_path / "o.h5")!r}, "-c", "random:small"]))
+        first = run(["extract", {str(SPEECH_DIR)!r}, {str(tmp_path / "o.h5")!r}, "-c", "random:small"])
+        job.prepare = real  # a second run in this process is not stopped by the first one's signal
+        second = run(["extract", {str(SPEECH_DIR / "spk1")!r}, {str(tmp_path / "p.h5")!r}, "-c", "random:small", "-s", "min", "-q"])
+        sys.exit(first if second == 0 else 99)
     """)
     r = subprocess.run([sys.executable, "-c", script], env=_env(), capture_output=True, text=True, timeout=300)
     assert (r.returncode, r.stderr, r.stdout) == (code, f"lhb: {word}\n", ""), r
-    assert not (tmp_path / "o.h5").exists()
+    assert not (tmp_path / "o.h5").exists() and (tmp_path / "p.h5").exists()
 
 
 # ----------------------------------------------------------------------------- 3. usage, help, version

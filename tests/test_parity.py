@@ -4,6 +4,7 @@ kinds (both extractor modes), on real speech; and batches against single utteran
 
 from __future__ import annotations
 
+import collections
 import random
 from pathlib import Path
 
@@ -147,6 +148,7 @@ def test_inputs_that_are_not_mono_waveforms_are_named(ours_default_outputs, spee
     for number, what in ((np.float32(3.0), "float32"), (3.0, "float"), (None, "NoneType")):  # was a TypeError
         with pytest.raises(ValueError, match=f"^expected one waveform .*; got {what}$"):
             ext(number)
+    assert torch.equal(ext(collections.deque([wave]))[0], ext([wave])[0])  # any sequence of waveforms
     for bad, what in ((torch.ones(800, dtype=torch.bool), "torch.bool"), (np.ones(800, np.complex64), "torch.complex64")):
         with pytest.raises(ValueError, match=f"waveform 1 holds {what} values; expected real samples"):
             ext([wave, bad])

@@ -429,6 +429,6 @@ def test_counts_follow_the_checkpoints_own_conv_sizes(tmp_path):
         dropin.set_sample_config(sub)
         assert (ckpt.params(sub), dropin.calc_sampled_param_num()) == (expected, expected), sub
     budget = 30_000_000
-    sub, _, params = best_under_budget(budget, [SPACES["small"]], **ckpt.count_geometry)
+    sub, _, params = best_under_budget(budget, [SPACES["small"]], **ckpt.count_kwargs)
     assert params == authors_count(theirs, sub) <= budget
     assert params > budget - 1_000_000  # near it, not the released geometry's answer shifted by the difference

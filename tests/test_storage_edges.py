@@ -475,7 +475,8 @@ def test_a_resume_whose_input_renames_the_keys_is_refused(tmp_path):
     src = corpus / "lists" / "spk1" / "utt01.wav"
     assert p.returncode == 1 and one_line(p) == (
         f"lhb: error: {out}: holds 'spk1/utt01', made from {src}, which INPUT now names 'lists/spk1/utt01': the keys "
-        "changed (a list's common folder moved?), and resuming would store every such file twice; give the same INPUT "
+        "changed (a list's common folder moved? or, in a file an earlier lhb made, a folder reached both directly and "
+        "through a link was named by the link), and resuming would store every such file twice; give the same INPUT "
         "as before, or another OUTPUT (or --overwrite to start again)"), p.stderr
     assert out.read_bytes() == before
 
@@ -501,6 +502,17 @@ def test_a_resume_whose_input_renames_the_keys_through_a_link_is_refused(tmp_pat
         f"lhb: error: {out}: holds 'data/spk1/utt01', made from {tmp_path}/data/spk1/utt01.wav, which INPUT now "
         "names 'c/lists/spk1/utt01': the keys changed"), p.stderr
     assert out.read_bytes() == before
+    # the files themselves links (links/utt01.wav -> the corpus): the same files too
+    (tmp_path / "links").mkdir()
+    for name in ("utt01.wav", "utt02.wav"):
+        (tmp_path / "links" / name).symlink_to(corpus / "lists" / "spk1" / name)
+    first.write_text(f"{tmp_path}/links/utt01.wav\n{tmp_path}/links/utt02.wav\n")
+    out2 = tmp_path / "r2.h5"
+    assert lhb("extract", first, out2, *FAST).returncode == 0
+    p = lhb("extract", second, out2, *FAST, "--resume")
+    assert p.returncode == 1 and one_line(p).startswith(
+        f"lhb: error: {out2}: holds 'links/utt01', made from {tmp_path}/links/utt01.wav, which INPUT now names "
+        "'c/lists/spk1/utt01': the keys changed"), p.stderr
 
 
 @needs_speech
