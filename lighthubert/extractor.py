@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -17,7 +18,7 @@ from .audio import MAX_AMPLITUDE, sample_peak, too_loud
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from .defaults import CHECKPOINT, DEVICE, DTYPE
 from .defaults import DTYPES as DTYPE_NAMES
-from .errors import SettingError
+from .errors import LightHubertWarning, SettingError
 from .longform import LongForm, hidden_states
 from .model import HOP, MIN_SAMPLES, conv_frames, receptive_field
 
@@ -73,6 +74,13 @@ def resolve_dtype(dtype: Any, device: torch.device) -> torch.dtype:
         raise SettingError(f"unsupported dtype {dtype}; use {', '.join(DTYPE_NAMES[1:-1])} or {DTYPE_NAMES[-1]}", "dtype")
     if dtype == torch.float16 and device.type == "cpu":
         raise SettingError("float16 is for CUDA; on the CPU use float32 (or bfloat16)", "dtype")
+    if dtype == torch.bfloat16 and device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 0):
+        # below Ampere torch has no fused attention for bfloat16: the plain kernel holds (B, H, T, T)
+        # scores, 20 GB for one 10-minute file, and its bfloat16 convolutions are slow
+        warnings.warn(f"bfloat16 on {torch.cuda.get_device_name(device)} (compute capability "
+                      f"{'.'.join(map(str, torch.cuda.get_device_capability(device)))}, before Ampere): attention "
+                      "memory grows with the square of a file's length and the convolutions are slow; use float16 "
+                      "or float32", LightHubertWarning, stacklevel=2)
     return dtype
 
 

@@ -406,11 +406,17 @@ def _run(extractor: Extractor, waves: list, layers: list[int], out_dtype: torch.
     return feats if oom is None else _halves(extractor, waves, layers, out_dtype, oom)
 
 
+OUT_OF_MEMORY_WORDS = ("can't allocate memory", "CUDA error: out of memory", "CUBLAS_STATUS_ALLOC_FAILED",
+                       "CUDNN_STATUS_ALLOC_FAILED")
+"""How a RuntimeError says memory ran out where torch raises no OutOfMemoryError: its CPU allocator,
+a failed pinned host allocation (``C10_CUDA_CHECK``), cuBLAS and cuDNN workspaces."""
+
+
 def out_of_memory(err: BaseException) -> bool:
-    """Whether ``err`` says memory ran out: the device's (``torch.OutOfMemoryError``), or the host's
-    (``MemoryError``, or the RuntimeError of torch's CPU allocator, "can't allocate memory")."""
+    """Whether ``err`` says memory ran out: the device's (``torch.OutOfMemoryError``, or
+    :data:`OUT_OF_MEMORY_WORDS`), or the host's (``MemoryError``, torch's CPU allocator)."""
     return isinstance(err, (torch.OutOfMemoryError, MemoryError)) or (
-        isinstance(err, RuntimeError) and "can't allocate memory" in str(err))
+        isinstance(err, RuntimeError) and any(w in str(err) for w in OUT_OF_MEMORY_WORDS))
 
 
 def _attempt(fn: Callable[[], Any]) -> tuple[Any, BaseException | None]:

@@ -21,7 +21,9 @@ import torch
 
 from .checkpoint import KM_FORMAT, check_seed, write_atomic
 from .defaults import BATCH_SIZE, DEVICE, ITERATIONS, KMEANS_SEED, MAX_FRAMES  # batch and steps as fairseq's learn_kmeans.py
+from .errors import LightHubertError
 from .extractor import resolve_device
+from .model import no_tf32
 from .reader import FeaturesError, layer_positions, one_layer, open_features
 from .storage import UNITS_FORMAT, OutputError, hdf5_name, os_reason, os_words, plain, refuse_existing, same_file, special_kind
 
@@ -68,7 +70,12 @@ def _dist2(x: torch.Tensor, c: torch.Tensor, c2: torch.Tensor) -> torch.Tensor:
 
 
 def assign(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest centroid of each frame: (labels (N,) int64, squared distances (N,))."""
+    """Nearest centroid of each frame: (labels (N,) int64, squared distances (N,)), in true float32."""
+    with no_tf32():
+        return _assign(x, centroids, chunk)
+
+
+def _assign(x: torch.Tensor, centroids: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
     c = centroids.to(x.device, torch.float32)
     c2 = c.pow(2).sum(1)
     labels, dists = [], []
@@ -100,12 +107,35 @@ def kmeans_pp(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
     return torch.stack(centers)
 
 
+def cluster_sums(labels: torch.Tensor, x: torch.Tensor, k: int, chunk: int = 65536,
+                 ordered: bool | None = None) -> torch.Tensor:
+    """Per-cluster sums (K, D) of the frames x (N, D) labelled ``labels`` (N,). ``ordered`` (default:
+    on CUDA) as one-hot matrix products, chunk by chunk, in a fixed order: ``index_add_`` adds on CUDA
+    with atomics in any order, and the same seed then learnt other centroids from run to run."""
+    if not (x.device.type == "cuda" if ordered is None else ordered):
+        return torch.zeros(k, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, labels, x)
+    sums = torch.zeros(k, x.shape[1], dtype=x.dtype, device=x.device)
+    clusters = torch.arange(k, device=x.device)[:, None]
+    for i in range(0, len(x), chunk):
+        onehot = (clusters == labels[None, i:i + chunk]).to(x.dtype)  # (K, chunk)
+        sums += onehot @ x[i:i + chunk]
+    return sums
+
+
 def learn(x: torch.Tensor, clusters: int, *, batch_size: int = BATCH_SIZE, iterations: int = ITERATIONS, seed: int = KMEANS_SEED,
           init_size: int | None = None, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """Mini-batch k-means (Sculley 2010, per-centroid learning rate 1/count) on x (N, D) float32, on
     x's device. k-means++ seeding on ``init_size`` frames (default 3 * batch_size, at least 3 * K).
     ``iterations`` mini-batches of ``batch_size`` frames; a batch as large as x makes each step a
-    full Lloyd step. Returns the centroids (K, D)."""
+    full Lloyd step. Returns the centroids (K, D). Distances and sums are true float32 whatever the
+    caller set for TensorFloat-32 (its 10-bit mantissa picks wrong nearest centroids)."""
+    with no_tf32():
+        return _learn(x, clusters, batch_size=batch_size, iterations=iterations, seed=seed, init_size=init_size,
+                      progress=progress)
+
+
+def _learn(x: torch.Tensor, clusters: int, *, batch_size: int, iterations: int, seed: int, init_size: int | None,
+           progress: Callable[[int, int], None] | None) -> torch.Tensor:
     n = len(x)
     check_seed(seed)
     if clusters < 1 or clusters > n:
@@ -119,7 +149,7 @@ def learn(x: torch.Tensor, clusters: int, *, batch_size: int = BATCH_SIZE, itera
     for it in range(iterations):
         b = x if full else x[torch.randint(n, (batch_size,), generator=gen).to(x.device)]
         labels, _ = assign(b, c)
-        sums = torch.zeros_like(c).index_add_(0, labels, b)
+        sums = cluster_sums(labels, b, clusters)
         nb = torch.bincount(labels, minlength=clusters).to(c.dtype)
         hit = nb > 0
         if full:  # Lloyd step: the mean of each cluster
@@ -146,10 +176,17 @@ def learn_file(features: str | os.PathLike, layer: int | None, clusters: int, *,
     with open_features(features) as f:
         layer = one_layer(f.layers, layer, features)
         model = model_of(f.attrs)
-    x = sample_frames(features, layer, max_frames, seed).to(resolve_device(device))
+    x = sample_frames(features, layer, max_frames, seed)
     if len(x) < clusters:
         raise FeaturesError(f"{features}: {len(x)} frames to learn from, fewer than the {clusters} clusters asked for")
-    c = learn(x, clusters, batch_size=batch_size, iterations=iterations, seed=seed, progress=progress)
+    dev = resolve_device(device)
+    try:
+        x = x.to(dev)
+        c = learn(x, clusters, batch_size=batch_size, iterations=iterations, seed=seed, progress=progress)
+    except (torch.OutOfMemoryError, MemoryError):
+        raise LightHubertError(f"{features}: {len(x):,} frames of width {x.shape[1]} ({x.numel() * 4 / 2**30:.1f} GiB) "
+                               f"and the k-means steps do not fit in the memory of {dev}; give --max-frames fewer "
+                               "frames, a smaller --batch-size, or --device cpu") from None
     return {"format": KM_FORMAT, "centroids": c.cpu().contiguous(), "layer": int(layer), "clusters": int(clusters),
             "inertia": inertia(x, c), "frames": len(x), "seed": int(seed), "features": str(Path(features).absolute()),
             "model": model}

@@ -163,6 +163,9 @@ OUT_OF_MEMORY = {
     # what torch's CPU allocator raises (before: 'lhb: internal error', and the run ended)
     "cpu": lambda: RuntimeError("[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: can't allocate memory: "
                                 "you tried to allocate 123 bytes (injected by the test)"),
+    # a pinned host buffer that CUDA cannot allocate (C10_CUDA_CHECK), a cuBLAS workspace
+    "pinned": lambda: RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported"),
+    "cublas": lambda: RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
 }
 
 

@@ -609,3 +609,44 @@ def test_kaldi_is_sorted_and_the_fairseq_manifest_lists_samples_as_stored_in_any
         "resample them first",
         f"lhb: warning: {tmp_path / 'fs' / 'train.tsv'}: 1 of 4 audio files cannot be read where the features file "
         f"says they are (first: {stored['spk1.x'][0]}): fairseq reads them from there"], fairseq
+
+
+def test_cluster_sums_in_a_fixed_order_equal_index_add():
+    """The sums k-means takes on CUDA (one-hot products in a fixed order, for the same centroids from
+    the same seed) are the sums index_add_ takes on the CPU, up to float32 rounding; and learning does
+    not follow a TensorFloat-32 setting of the caller's."""
+    from lighthubert.units import cluster_sums, learn
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(5000, 32, generator=gen) * 3
+    labels = torch.randint(7, (5000,), generator=gen)
+    labels[labels == 3] = 4  # a cluster without frames: a row of zeros either way
+    plain = cluster_sums(labels, x, 7)
+    ordered = cluster_sums(labels, x, 7, chunk=1000, ordered=True)
+    torch.testing.assert_close(ordered, plain, rtol=1e-5, atol=1e-4)
+    assert not ordered[3].any()
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        c1 = learn(x, 5, batch_size=500, iterations=20, seed=1)
+        assert torch.get_float32_matmul_precision() == "high"  # the caller's setting is back
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert torch.equal(c1, learn(x, 5, batch_size=500, iterations=20, seed=1))
+
+
+def test_k_means_out_of_memory_is_one_line_saying_what_to_give(tmp_path, monkeypatch):
+    """Before: 'lhb: internal error: OutOfMemoryError' when the sample and the steps did not fit."""
+    from lighthubert import units
+    from lighthubert.errors import LightHubertError
+
+    feats = _features(tmp_path / "f.h5", 3)
+
+    def no_room(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (injected by the test)")
+
+    monkeypatch.setattr(units, "learn", no_room)
+    with pytest.raises(LightHubertError, match=(
+            rf"^{re.escape(str(feats))}: \d+ frames of width 4 \(0.0 GiB\) and the k-means steps do not fit in the "
+            r"memory of cpu; give --max-frames fewer frames, a smaller --batch-size, or --device cpu$")):
+        units.learn_file(feats, 1, 2, iterations=2)

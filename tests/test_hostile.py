@@ -678,7 +678,8 @@ def test_output_that_is_an_input_is_refused_before_reading(tmp_path):
     for (_, out, _), run in zip(cases, runs):
         p = run.result()
         line = one_line(p)
-        assert p.returncode == 1 and "is also an input" in line and str(out) in line, line
+        why = "OUTPUT is named as audio" if out.suffix == ".wav" else "is also an input"  # refused either way
+        assert p.returncode == 1 and why in line and str(out) in line, line
     assert file_state(same) == before and lst.read_text() == f"{same}\n"
     assert sorted(os.listdir(tmp_path)) == ["link.h5", "list.txt", "same.wav"]
 

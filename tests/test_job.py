@@ -373,3 +373,21 @@ def test_a_shortened_list_in_a_refusal_ends_at_an_item():
     with pytest.raises(OutputError) as e:
         check_identity(pathlib.Path("f.h5"), old, {**old, "layers": [12]})
     assert "(--layers: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, ..., now [12])" in str(e.value), e.value
+
+
+def test_bfloat16_on_a_gpu_before_ampere_is_warned_of(monkeypatch):
+    """Below compute capability 8.0 torch has no fused attention for bfloat16: a long file's scores
+    fill the GPU. The choice is warned of there (the capability is the one the GPU reports; faked here)."""
+    from lighthubert.extractor import resolve_dtype
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    for capability, warned in (((7, 5), True), ((8, 0), False), ((9, 0), False)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            assert resolve_dtype("bfloat16", torch.device("cuda")) == torch.bfloat16
+        messages = [str(w.message) for w in said if issubclass(w.category, lighthubert.LightHubertWarning)]
+        assert messages == ([
+            "bfloat16 on Tesla T4 (compute capability 7.5, before Ampere): attention memory grows with the square of "
+            "a file's length and the convolutions are slow; use float16 or float32"] if warned else []), capability
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.float16
