@@ -343,13 +343,14 @@ def _check_kept_sources(plan: Plan, existing: set[str]) -> None:
         if not renamed and any(k in stored for k in gone):  # the same files spelt through a link?
             real_of = _real_names()
             now = {real_of(source_text(it.path)): it.key for it in plan.items}
-            renamed = [(k, stored[k], now[real_of(stored[k])]) for k in sorted(gone) if k in stored and real_of(stored[k]) in now]
+            renamed = [(k, stored[k], now[real_of(stored[k])]) for k in sorted(gone)
+                       if k in stored and real_of(stored[k]) in now]
         if renamed:
             key, src, new = renamed[0]
             raise OutputError(f"{out}: holds {key!r}, made from {src}, which INPUT now names {new!r}: the keys changed "
                               "(a list's common folder moved? or, in a file an earlier lhb made, a folder reached both "
-                              "directly and through a link was named by the link), and resuming would store every such file twice; "
-                              "give the same INPUT as before, or another OUTPUT (or --overwrite to start again)")
+                              "directly and through a link was named by the link), and resuming would store every such "
+                              "file twice; give the same INPUT as before, or another OUTPUT (or --overwrite to start again)")
     checked = sorted(k for k in wanted if k in stored)
     other = [(k, stored[k]) for k in checked if stored[k] != wanted[k] and not same_file(stored[k], wanted[k])]
     if other:

@@ -213,11 +213,12 @@ class LengthGroupedSampler(Sampler[list[int]]):
     """A batch sampler: batches of ``batch_size`` items of similar length (less padding).
 
     Items are shuffled, cut into pools of ``batch_size * pool`` items, sorted by length within each
-    pool and cut into batches; batch order is then shuffled. ``drop_last``: the items that would not
-    fill a batch are left out, drawn anew each epoch (with ``shuffle=False``: the longest). Seeded; call :meth:`set_epoch` for a new
-    order each epoch. ``shuffle=False``: batches in increasing length order. With ``num_replicas``
-    processes (DistributedDataParallel), process ``rank`` gets every ``num_replicas``-th batch, all
-    processes the same number (the first batches are repeated to even them out).
+    pool and cut into batches; batch order is then shuffled. Seeded; call :meth:`set_epoch` for a new
+    order each epoch. ``shuffle=False``: batches in increasing length order. ``drop_last``: the items
+    that would not fill a batch are left out, drawn anew each epoch (with ``shuffle=False``: the
+    longest). With ``num_replicas`` processes (DistributedDataParallel), process ``rank`` gets every
+    ``num_replicas``-th batch, all processes the same number (the first batches are repeated to even
+    them out).
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, *, shuffle: bool = True, seed: int = 0,

@@ -676,10 +676,9 @@ def _not_for_info(p: Path) -> None:
     """Say what ``p`` is when it is plainly none of what ``lhb info`` reads (else the checkpoint
     loader says why it is not a checkpoint): a parts folder, another folder, audio, a .ts that is not
     TorchScript."""
+    from lighthubert.checkpoint import RELEASED
     from lighthubert.inputs import is_audio
     from lighthubert.storage import find_committed
-
-    from lighthubert.checkpoint import RELEASED
 
     if p == Path(".") or (str(p) in RELEASED and not p.is_file()):  # "" is "."; a folder `small` is no checkpoint
         return  # the checkpoint loader's: "empty string", or the released checkpoint of that name

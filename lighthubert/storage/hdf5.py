@@ -23,8 +23,9 @@ from typing import Any, Callable, Collection, Iterable, Mapping
 import h5py
 import numpy as np
 
-from . import (FORMAT, RUN_IDENTITY, UNITS_FORMAT, FeaturesError, OutputError, check_identity, find_committed, find_segments, identity_diff,
-               NO_SPACE, os_reason, os_words, parts_dir, plain, refuse_special, remove_parts, segment_path)
+from . import (FORMAT, NO_SPACE, RUN_IDENTITY, UNITS_FORMAT, FeaturesError, OutputError, check_identity, find_committed,
+               find_segments, identity_diff, os_reason, os_words, parts_dir, plain, refuse_special, remove_parts,
+               segment_path)
 
 GROUP = "features"
 MAGIC = b"\x89HDF\r\n\x1a\n"
