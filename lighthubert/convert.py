@@ -48,11 +48,20 @@ class _Staged:
         self.made: list[Path] = []  # folders made for the files, removed again (when empty) by discard
         self.committed = False
 
+    def folder(self, path: Path) -> None:
+        """Make the folder ``path`` and those above it that are missing, noting them for :meth:`discard`
+        (one look-up when it is there already, as for every file after the first in a folder)."""
+        missing = []
+        while not path.exists():
+            missing.append(path)
+            path = path.parent
+        for p in reversed(missing):
+            p.mkdir(exist_ok=True)
+            self.made.append(p)
+
     def temp(self, final: Path) -> Path:
         """A new empty file to write instead of ``final`` (its folder is created)."""
-        missing = [p for p in (final.parent, *final.parent.parents) if not p.exists()]
-        final.parent.mkdir(parents=True, exist_ok=True)
-        self.made += reversed(missing)
+        self.folder(final.parent)
         try:
             tmp = new_temp_beside(final)
         except OSError as e:  # named by the file the user asked for, not by the temporary one
@@ -121,9 +130,7 @@ def convert(features: str | os.PathLike, output: str | os.PathLike, fmt: str = C
                 raise OutputError(f"{path}: is a folder, where a file is to be written")
         refuse_existing(files, overwrite)
         staged = _Staged()
-        if not out.exists():
-            staged.made.append(out)
-        out.mkdir(exist_ok=True)
+        staged.folder(out)
         remove_dead_temps(files)  # what a killed conversion left of these files
         try:
             _write(f, features, files, fmt, layer, nshard, staged, progress)

@@ -296,9 +296,10 @@ def subnet_from_text(text: str, space: SearchSpace) -> dict:
     if s in ("default", "max", "min"):
         return space.preset(s)
     path = Path(s)
-    if s.startswith(("{", "[")) and not _is_file(path):  # a list: what lhb subnet --sample prints, refused with a word
+    is_file = _is_file(path)
+    if s.startswith(("{", "[")) and not is_file:  # a list: what lhb subnet --sample prints, refused with a word
         return space.validate(_json(s))  # as written: its "supernet" can explain a mismatch
-    if not _is_file(path):
+    if not is_file:
         shown = repr(text) if len(text) <= 80 else repr(text[:60]) + f" ... ({len(text):,} characters)"
         try:
             there = path.exists()

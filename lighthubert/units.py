@@ -69,13 +69,9 @@ def _dist2(x: torch.Tensor, c: torch.Tensor, c2: torch.Tensor) -> torch.Tensor:
     return (x.pow(2).sum(1, keepdim=True) - 2 * x @ c.T + c2).clamp_min_(0)
 
 
+@no_tf32()
 def assign(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest centroid of each frame: (labels (N,) int64, squared distances (N,)), in true float32."""
-    with no_tf32():
-        return _assign(x, centroids, chunk)
-
-
-def _assign(x: torch.Tensor, centroids: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
     c = centroids.to(x.device, torch.float32)
     c2 = c.pow(2).sum(1)
     labels, dists = [], []
@@ -122,6 +118,7 @@ def cluster_sums(labels: torch.Tensor, x: torch.Tensor, k: int, chunk: int = 655
     return sums
 
 
+@no_tf32()
 def learn(x: torch.Tensor, clusters: int, *, batch_size: int = BATCH_SIZE, iterations: int = ITERATIONS, seed: int = KMEANS_SEED,
           init_size: int | None = None, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """Mini-batch k-means (Sculley 2010, per-centroid learning rate 1/count) on x (N, D) float32, on
@@ -129,13 +126,6 @@ def learn(x: torch.Tensor, clusters: int, *, batch_size: int = BATCH_SIZE, itera
     ``iterations`` mini-batches of ``batch_size`` frames; a batch as large as x makes each step a
     full Lloyd step. Returns the centroids (K, D). Distances and sums are true float32 whatever the
     caller set for TensorFloat-32 (its 10-bit mantissa picks wrong nearest centroids)."""
-    with no_tf32():
-        return _learn(x, clusters, batch_size=batch_size, iterations=iterations, seed=seed, init_size=init_size,
-                      progress=progress)
-
-
-def _learn(x: torch.Tensor, clusters: int, *, batch_size: int, iterations: int, seed: int, init_size: int | None,
-           progress: Callable[[int, int], None] | None) -> torch.Tensor:
     n = len(x)
     check_seed(seed)
     if clusters < 1 or clusters > n:
