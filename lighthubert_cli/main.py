@@ -646,11 +646,11 @@ def info(
 
     Example: lhb info lighthubert_small.pt --json
     """
-    from lighthubert.storage import BACKENDS, hdf5_name
+    from lighthubert.storage import claimed_by, hdf5_name
     from lighthubert.units import describe_units
 
     p = Path(path)
-    if p.is_file() and (any(b.is_features_file(p) for b in BACKENDS.values()) or hdf5_name(p)):
+    if p.is_file() and (claimed_by(p) is not None or hdf5_name(p)):
         units = describe_units(p)  # None unless a units file
         if units is not None:
             return _info_units(p, units, as_json)

@@ -171,10 +171,14 @@ def get_backend(name: str | None = None) -> Backend:
         raise OutputError(f"unknown output format {name!r}; known: {', '.join(BACKENDS)}") from None
 
 
+def claimed_by(path: str | os.PathLike) -> Backend | None:
+    """The backend whose format ``path`` is in (by its first bytes), or None."""
+    return next((b for b in BACKENDS.values() if b.is_features_file(Path(path))), None)
+
+
 def backend_of(path: str | os.PathLike) -> Backend:
-    """The backend whose format ``path`` is in (by its first bytes); the default one when none
-    claims it (whose reader then says what the file is not)."""
-    return next((b for b in BACKENDS.values() if b.is_features_file(Path(path))), get_backend())
+    """:func:`claimed_by`, else the default backend (whose reader then says what the file is not)."""
+    return claimed_by(path) or get_backend()
 
 
 def hdf5_name(path: str | os.PathLike) -> bool:
@@ -639,7 +643,7 @@ HDF5 = register(_hdf5.Hdf5Backend())
 
 __all__ = [
     "BACKENDS", "Backend", "FORMAT", "FORMAT_VERSION", "FRAME_RATE", "FeaturesError", "FeaturesReader", "FeaturesWriter",
-    "HDF5", "OutputBroken", "backend_of",
+    "HDF5", "OutputBroken", "backend_of", "claimed_by",
     "OutputError", "OutputLock", "RUN_IDENTITY", "check_identity", "check_output_path", "find_committed", "find_parts",
     "finished_path", "resolve_link",
     "find_segments",
