@@ -955,9 +955,11 @@ def run(args: list[str] | None = None) -> int:
     the library's warnings are one line each, ``lhb: warning: ...``."""
     for state in (_signals, _stop_said, _stop_hint):  # what an earlier run() in this process left
         state.clear()
-    _catch_signals(_on_signal)
     warnings.showwarning = _show_warning
     try:
+        # inside the try: a signal that is pending when the second handler goes in is dispatched to the
+        # first one there (signal.signal checks), and its exception is the one line below, not a traceback
+        _catch_signals(_on_signal)
         try:
             rc = app(args=args, prog_name="lhb", standalone_mode=False)
         except click_errors.NoArgsIsHelpError as e:  # bare `lhb` or `lhb units`: the help
