@@ -10,9 +10,12 @@ import math
 import os
 import pickle
 import re
+import socket
 import stat
 import threading
 import time
+import urllib.parse
+import urllib.request
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -140,6 +143,8 @@ def fetch(name: str, progress: bool = True) -> Path:
             if (found := cached()) is not None:
                 return found
         raise CheckpointError(f"{name}: waited for local rank 0 to download {filename}, in vain. {hint}")
+    if not _truthy(os.environ.get("HF_HUB_OFFLINE")) and (why := _unresolvable(args["endpoint"] or DEFAULT_HUB)):
+        raise CheckpointError(f"could not download the {name!r} checkpoint ({filename} from {HUB_REPO}): {why}. {hint}")
     try:
         return Path(huggingface_hub.hf_hub_download(**args))
     except (hub_errors.OfflineModeIsEnabled, hub_errors.LocalEntryNotFoundError) as err:
@@ -153,6 +158,24 @@ def fetch(name: str, progress: bool = True) -> Path:
         raise CheckpointError(f"could not download the {name!r} checkpoint: not found on the hub ({_first_line(err)}). {hint}") from None
     except (hub_errors.HfHubHTTPError, OSError, ValueError) as err:
         raise CheckpointError(f"could not download the {name!r} checkpoint ({filename} from {HUB_REPO}): {_first_line(err)}. {hint}") from None
+
+
+def _unresolvable(endpoint: str) -> str | None:
+    """Why the hub at ``endpoint`` cannot be reached at all: its host name does not resolve and no
+    proxy is set that would resolve it instead. The hub client retries such a failure for about 25 s
+    before it gives up; a name that does not resolve is said at once. None when the name resolves or
+    a proxy is set (the hub client then decides)."""
+    url = urllib.parse.urlsplit(endpoint)
+    proxies = urllib.request.getproxies()
+    if not url.hostname or proxies.get(url.scheme) or proxies.get("all"):
+        return None
+    try:
+        socket.getaddrinfo(url.hostname, url.port or 443, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        return f"the hub's host {url.hostname} could not be resolved ({err.strerror}; offline?)"
+    except (OSError, UnicodeError, ValueError):
+        return None
+    return None
 
 
 def _truthy(value: str | None) -> bool:

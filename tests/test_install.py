@@ -142,6 +142,18 @@ def _lhb(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     return _run([exe, *args], env)
 
 
+def test_a_hub_whose_name_does_not_resolve_is_said_at_once(tmp_path):
+    """Without network (no DNS), the hub client would retry for about 25 s and then say only that the
+    hub could not be reached; lhb says at once which host did not resolve."""
+    env = {k: v for k, v in _hub_env(tmp_path, HF_ENDPOINT="https://hub.lighthubert-test.invalid").items()
+           if not k.lower().endswith("_proxy")}
+    r = _lhb(["info", "small"], env)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert "hub.lighthubert-test.invalid could not be resolved" in lines[0]
+    assert "https://hub.lighthubert-test.invalid/mechanicalsea/lighthubert/resolve/main/lighthubert_small.pt" in lines[0]
+
+
 def test_offline_names_the_way_to_place_the_file(tmp_path):
     start = time.monotonic()
     r = _lhb(["info", "small"], _hub_env(tmp_path, HF_HUB_OFFLINE="1"))
