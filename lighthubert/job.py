@@ -412,7 +412,8 @@ def extract(input: str | os.PathLike, output: str | os.PathLike, *, progress: Pr
             stop: threading.Event | None = None, **settings: Any) -> Summary:
     """Extract the features of every audio file in ``input`` into ``output``, as ``lhb extract``
     does; ``settings`` are the fields of :class:`ExtractJob`. Bad inputs are skipped and listed in
-    ``summary.skipped`` (``strict=True`` stops at the first). Raises
+    ``summary.skipped`` (``strict=True`` stops at the first; with several processes, each lists its own
+    and rank 0's ``summary.skipped_count`` counts them all). Raises
     :class:`~lighthubert.errors.LightHubertError` with one line on failure."""
     return run(ExtractJob(input, output, **settings), _Callback(progress) if progress else None, stop)
 
@@ -580,7 +581,7 @@ def _run_rank(plan: Plan, user: Reporter, stop: threading.Event) -> Summary:
                         wall=summary.wall, timings=summary.timings, output=parts)
         whole.skipped = summary.skipped
         if world.rank == 0:  # the other ranks' skipped inputs were reported there; here only their count
-            whole.skipped = summary.skipped + [(None, "")] * (sum(s["skipped"] for s in statuses) - len(summary.skipped))
+            whole.skipped_elsewhere = sum(s["skipped"] for s in statuses) - len(summary.skipped)
         if world.rank == 0 and plan.job.keep_parts and not whole.interrupted:
             try:  # a note for the next run's message only: the parts are whole without it
                 finished_path(out).write_text(f"all {world.size} ranks finished; join the parts with: lhb merge {out} {parts} --remove-parts\n", encoding="utf-8")

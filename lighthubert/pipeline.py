@@ -77,12 +77,20 @@ class Summary:
     files: int = 0
     seconds: float = 0.0
     skipped: list[tuple[Item, str]] = field(default_factory=list)
+    """The inputs this process skipped, with the reason."""
+    skipped_elsewhere: int = 0
+    """On rank 0 of several processes: how many inputs the other ranks skipped (each reported there)."""
     wall: float = 0.0
     interrupted: bool = False
     done_before: int = 0
     output: Path | None = None
     """Where the result is: OUTPUT, or the parts folder when parts were kept or the run stopped."""
     timings: dict[str, float] = field(default_factory=lambda: {"decode_wait": 0.0, "compute": 0.0, "write_wait": 0.0})
+
+    @property
+    def skipped_count(self) -> int:
+        """Inputs skipped by the whole job."""
+        return len(self.skipped) + self.skipped_elsewhere
 
 
 class StrictStop(LightHubertError):

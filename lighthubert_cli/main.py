@@ -372,10 +372,10 @@ def extract(
         speed = summary.seconds / summary.wall if summary.wall else 0.0
         pace = f" ({speed:,.0f}x real time)" if summary.seconds else ""  # (not "0x" when every input was skipped)
         what = (f"{count(summary.files, 'file')}, {hms(summary.seconds)} of audio in {hms(summary.wall)}{pace}"
-                if summary.files or summary.skipped else "nothing left to do")
+                if summary.files or summary.skipped_count else "nothing left to do")
         err(f"done: {what}; {summary.output} ({size(_size_of(summary.output))}) holds "
             f"{count(summary.done_before + summary.files, 'utterance')}"
-            + (f"; skipped {len(summary.skipped)}" if summary.skipped else ""))
+            + (f"; skipped {summary.skipped_count}" if summary.skipped_count else ""))
     if verbose and not quiet:
         t = summary.timings
         peak = ""
@@ -385,7 +385,7 @@ def extract(
             peak = f"; GPU memory peak {size(torch.cuda.max_memory_allocated(dev))}"
         err(f"time: waiting for decoding {t['decode_wait']:.2f} s, compute (incl. transfers) {t['compute']:.2f} s, "
             f"waiting for the writer {t['write_wait']:.2f} s, total {summary.wall:.2f} s{peak}")
-    if summary.skipped:
+    if summary.skipped_count:
         raise typer.Exit(EXIT_SKIPPED)
 
 

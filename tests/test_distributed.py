@@ -4,10 +4,12 @@ completes the job."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +19,8 @@ import pytest
 
 import lighthubert
 from lighthubert.features import keys
+
+from helpers import copy_speech
 
 SPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech"
 LHB = shutil.which("lhb")
@@ -243,3 +247,28 @@ def test_each_process_takes_a_gpu_it_can_see():
     assert process_device("cuda:1", node[3], 8) == "cuda:1" and process_device("cpu", node[3], 8) == "cpu"
     assert process_device("auto", node[3], 0) == "auto"  # no GPU: the CPU, as auto says
     assert process_device("cuda", World(), 8) == "cuda"  # one process: as given
+
+
+def test_rank_0s_summary_counts_the_other_ranks_skips(tmp_path, ckpt):
+    """lighthubert.extract under torchrun: each rank's summary.skipped holds only real (item, reason)
+    pairs (before, rank 0 padded it with (None, '') for the other ranks' skips, which broke code
+    reading item.path); rank 0's skipped_count counts the whole job's."""
+    folder = tmp_path / "in"
+    copy_speech(folder, ["spk1/" + p.name for p in sorted((SPEECH / "spk1").iterdir())[:2]])
+    for i in range(6):  # bad files, spread over both ranks
+        (folder / f"bad{i}.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * (i + 1))
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import json, os, lighthubert\n"
+        f"s = lighthubert.extract({str(folder)!r}, {str(tmp_path / 'out.h5')!r}, checkpoint={str(ckpt)!r},"
+        " device='cpu', layers='0')\n"
+        "print('RANK', json.dumps([os.environ['RANK'], [it.path.name for it, _ in s.skipped], s.skipped_elsewhere,"
+        " s.skipped_count]), flush=True)\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([TORCHRUN, "--standalone", "--nproc-per-node", "2", "--no-python", sys.executable, str(script)],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout
+    ranks = {rank: rest for rank, *rest in (json.loads(ln[5:]) for ln in r.stdout.splitlines() if ln.startswith("RANK "))}
+    assert sorted(ranks) == ["0", "1"], r.stdout
+    assert sorted(ranks["0"][0] + ranks["1"][0]) == [f"bad{i}.wav" for i in range(6)]
+    assert ranks["0"][1:] == [len(ranks["1"][0]), 6]
