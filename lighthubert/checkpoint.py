@@ -628,7 +628,7 @@ def random_checkpoint(kind: str = "base", seed: int = 0, extractor_mode: str | N
     Weights are scaled so activations stay in a realistic range through all 12 layers.
     """
     if kind not in RELEASED:
-        raise ValueError(f"kind must be one of {', '.join(RELEASED)}")
+        raise SettingError(f"kind must be one of {', '.join(RELEASED)}", "kind")
     mode = extractor_mode or ("default" if kind == "stage1" else "layer_norm")
     model_cfg = _released_cfg(kind, mode, layer_norm_first)
     cfg = ModelConfig.from_dict(model_cfg)

@@ -106,7 +106,7 @@ def convert(features: str | os.PathLike, output: str | os.PathLike, fmt: str = C
     files written. A file to write that exists already is an :class:`~lighthubert.storage.OutputError`
     (before anything is written) unless ``overwrite``."""
     if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
+        raise SettingError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})", "format")
     if not split or split in (".", "..") or any(c in split for c in "/\\\0"):  # the files stay inside ``output``
         raise SettingError(f"{split!r} is not a plain file name (no '/', not empty)", "split")
     out = Path(output)
@@ -117,7 +117,7 @@ def convert(features: str | os.PathLike, output: str | os.PathLike, fmt: str = C
     with open_features(features) as f:
         layer = one_layer(f.layers, layer, features)  # a missing layer fails before anything is written
         if fmt == "fairseq" and nshard < 1:
-            raise ValueError("nshard must be at least 1")
+            raise SettingError("nshard must be at least 1", "nshard")
         if fmt == "fairseq" and nshard > max(len(f), 1):  # else empty shards (10^20 of them: a run without end)
             raise SettingError(f"{nshard} shards of {len(f)} utterances would leave some empty; "
                                f"give at most {max(len(f), 1)}", "nshard")

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import Checkpoint, CheckpointError, export_subnet, write_atomic, write_bytes_atomic
-from .errors import LightHubertError
+from .errors import LightHubertError, SettingError
 from .extractor import DTYPES, FINAL, check_geometry, resolve_layers
 from .model import MIN_SAMPLES, SubnetModel, frame_mask
 
@@ -140,10 +140,10 @@ def check_export(path: str | os.PathLike, layers: Any = None, dtype: str | None 
         raise ExportError(f"{path}: unknown export format {path.suffix!r}; use .onnx, .ts (TorchScript) or .pt (checkpoint)")
     if fmt == "checkpoint":
         if layers is not None or dtype not in (None, "float32"):
-            raise ValueError(".pt exports the subnet's weights as stored; --layers and --export-dtype are for .onnx and .ts")
+            raise SettingError(".pt exports the subnet's weights as stored; --layers and --export-dtype are for .onnx and .ts")
         return fmt
     if dtype not in (None, "float32", "float16"):
-        raise ValueError(f"export dtype must be float32 or float16, got {dtype!r}")
+        raise SettingError(f"export dtype must be float32 or float16, got {dtype!r}")
     if fmt == "onnx":
         require_onnx()
     return fmt

@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from .errors import SettingError
 from .model import ConvBlock, Output, SubnetModel, conv_frames, kernel_choices, receptive_field
 
 PIECE_FRAMES = 1500
@@ -41,9 +42,9 @@ class LongForm:
 
     def __post_init__(self):
         if self.mode not in ("exact", "windowed"):
-            raise ValueError(f"mode must be exact or windowed, got {self.mode!r}")
+            raise SettingError(f"mode must be exact or windowed, got {self.mode!r}")
         if self.mode == "windowed" and not (self.window_seconds > 0 and self.context_seconds >= 0):
-            raise ValueError("windowed mode needs window_seconds > 0 and context_seconds >= 0")
+            raise SettingError("windowed mode needs window_seconds > 0 and context_seconds >= 0")
 
     def windows(self, frames: int) -> list[tuple[int, int, int, int]]:
         """The windows of a file of ``frames`` frames (windowed mode): see :func:`windows`."""

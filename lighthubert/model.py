@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from .errors import LightHubertError
 from .space import (
     HEAD_DIM,
     POS_CONV_GROUPS,
@@ -33,7 +34,7 @@ from .space import (
 DEFAULT_CONV = "[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2"
 
 
-class ConfigError(ValueError):
+class ConfigError(LightHubertError, ValueError):
     """A checkpoint config this library cannot build a network for."""
 
 

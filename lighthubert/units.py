@@ -21,7 +21,7 @@ import torch
 
 from .checkpoint import KM_FORMAT, check_seed, write_atomic
 from .defaults import BATCH_SIZE, DEVICE, ITERATIONS, KMEANS_SEED, MAX_FRAMES  # batch and steps as fairseq's learn_kmeans.py
-from .errors import LightHubertError
+from .errors import LightHubertError, SettingError
 from .extractor import resolve_device
 from .model import no_tf32
 from .reader import FeaturesError, layer_positions, one_layer, open_features
@@ -129,7 +129,7 @@ def learn(x: torch.Tensor, clusters: int, *, batch_size: int = BATCH_SIZE, itera
     n = len(x)
     check_seed(seed)
     if clusters < 1 or clusters > n:
-        raise ValueError(f"cannot make {clusters} clusters from {n} frames")
+        raise SettingError(f"cannot make {clusters} clusters from {n} frames", "clusters")
     gen = torch.Generator().manual_seed(seed)
     m = min(n, max(init_size or 3 * batch_size, 3 * clusters))
     init_idx = torch.randperm(n, generator=gen)[:m].to(x.device)

@@ -313,6 +313,31 @@ def test_cli_errors_are_one_line(feats, tmp_path):
     assert r.returncode == 1 and len(r.err_lines) == 1 and r.err_lines[0].startswith(f"lhb: error: {path}: not a k-means file"), r
 
 
+def test_library_errors_share_one_base_class(feats, tmp_path):
+    """A library user catching LightHubertError (the documented base) gets every bad setting of the
+    features tools, not a bare ValueError from some of them; a SettingError is still a ValueError."""
+    from lighthubert.convert import convert
+    from lighthubert.deploy import check_export
+    from lighthubert.errors import LightHubertError, SettingError
+    from lighthubert.longform import LongForm
+    from lighthubert.units import learn
+
+    path, _ = feats
+    calls = [lambda: convert(path, tmp_path / "a", "parquet", LAYER),
+             lambda: convert(path, tmp_path / "b", "fairseq", LAYER, nshard=0),
+             lambda: check_export(tmp_path / "sub.pt", None, "float16"),
+             lambda: check_export(tmp_path / "sub.ts", None, "int8"),
+             lambda: learn(torch.zeros(3, 4), 5),
+             lambda: LongForm("sliding"),
+             lambda: lighthubert.write_random_checkpoint(tmp_path / "r.pt", "large")]
+    for call in calls:
+        with pytest.raises(SettingError) as info:
+            call()
+        assert isinstance(info.value, (LightHubertError, ValueError)), info.value
+        assert len(str(info.value).splitlines()) == 1
+    assert not any(tmp_path.iterdir())
+
+
 def test_units_learn_matches_sklearn_and_apply(feats, tmp_path):
     sklearn_cluster = pytest.importorskip("sklearn.cluster", reason="pip install -e .[test] (scikit-learn)")
     path, ref = feats
