@@ -343,12 +343,13 @@ def test_a_finished_keep_parts_run_run_again_is_not_called_interrupted(tmp_path)
     assert p.returncode == 1 and one_line(p) == (
         f"lhb: error: {parts}: parts of a run with several processes are there (merged already, or not yet); "
         f"join them and remove them with: lhb merge {out} {parts} --remove-parts"), p.stderr
-    p = lhb("merge", out, parts, "--remove-parts")
-    assert p.returncode == 0 and not parts.exists(), p.stderr
+    (tmp_path / "via").symlink_to(tmp_path)  # the parts named through a link are still lhb's own folder
+    p = lhb("merge", out, tmp_path / "via" / "kq.h5.parts", "--remove-parts")
+    assert p.returncode == 0 and not parts.exists(), p.stderr  # before: its FINISHED note and the folder stayed
     with h5py.File(out) as f:
         assert len(f["features"]) == 4 and bool(f.attrs["complete"])
     assert lhb("extract", SPEECH_DIR / "spk1", out, *FAST, "--resume").returncode == 0
-    assert sorted(os.listdir(tmp_path)) == ["kq.h5"]
+    assert sorted(os.listdir(tmp_path)) == ["kq.h5", "via"]
 
 
 # ----------------------------------------------------------------------------- OUTPUT as a link

@@ -618,7 +618,7 @@ def merge_parts(output: Path, parts: str | os.PathLike | Iterable[str | os.PathL
         for f in files:
             f.unlink(missing_ok=True)
         for src in sources:
-            if src.is_dir() and os.path.abspath(src) == os.path.abspath(parts_dir(output)):
+            if src.is_dir() and same_file(src, parts_dir(output)):  # also when named through a link
                 remove_parts(output)  # lhb's own folder: also its .tmp segments and notes, not other files
             elif src.is_dir():
                 try:
