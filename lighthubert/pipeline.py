@@ -94,7 +94,11 @@ class Summary:
 
 
 class StrictStop(LightHubertError):
-    """``strict`` and an input was bad; the message names the file and the reason."""
+    """``strict`` and an input was bad: ``path`` (as shown to users) and ``reason`` say which and why."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason} (strict: the run stopped at it)")
+        self.path, self.reason = path, reason
 
 
 def estimate_samples(item: Item) -> int:
@@ -226,7 +230,7 @@ def extract(items: Iterable[Item], extractor: Extractor, writer: FeaturesWriter,
             reporter.skipped(it, reason)
             if options.strict:
                 finish()  # what is computed is kept
-                raise StrictStop(f"{display_path(it.path)}: {reason} (--strict)")
+                raise StrictStop(display_path(it.path), reason)
 
         def finish() -> None:
             """Collect the batch in flight: wait for its results, queue them for writing, report.

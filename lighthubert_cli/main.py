@@ -348,7 +348,7 @@ def extract(
     try:
         summary = execute(plan, Reporter(quiet=quiet, strict=strict), stop)
     except StrictStop as e:
-        reason = str(e).removesuffix(" (--strict)").rstrip(".")
+        reason = f"{e.path}: {e.reason}".rstrip(".")
         raise Fail(f"{reason}; --strict stopped the run and {output} keeps what was done: fix or remove that "
                    "input, then run the same command with --resume") from None
     except OutputBroken as e:

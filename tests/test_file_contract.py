@@ -84,6 +84,24 @@ def test_empty_undecodable_and_truncated_files_are_skipped_with_a_true_reason(ru
     assert reasons["cut"].startswith(f"truncated: its header declares {declared} samples at 16000 Hz")
 
 
+@needs_speech
+def test_strict_stops_with_the_file_and_the_reason(run, tmp_path):
+    """lighthubert.extract(strict=True): the StrictStop carries the input and the reason for library
+    callers (no command-line flag in the message), and the file keeps what was done before it."""
+    from lighthubert.pipeline import StrictStop
+
+    root, summary = run
+    with pytest.raises(StrictStop) as info:
+        lighthubert.extract(root / "in", tmp_path / "s.h5", checkpoint="random:small", subnet="min", num_workers=1,
+                            strict=True)
+    stop = info.value
+    reasons = {item.key: reason for item, reason in summary.skipped}  # the same inputs, skipped without strict
+    assert Path(stop.path).parent == root / "in" and stop.reason == reasons[Path(stop.path).stem]
+    assert str(stop) == f"{stop.path}: {stop.reason} (strict: the run stopped at it)" and "--" not in str(stop)
+    with h5py.File(tmp_path / "s.h5") as f:
+        assert not bool(f.attrs["complete"])
+
+
 def test_comment_lines_are_ignored_in_a_tsv_manifest_too(tmp_path):
     (tmp_path / "spk").mkdir()
     manifest = tmp_path / "train.tsv"
