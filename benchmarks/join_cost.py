@@ -36,7 +36,7 @@ def main() -> None:
     join = hdf5.join
 
     def timed(output: Path, **kw):  # the module function the backend calls
-        segments = hdf5.find_segments(output)
+        segments = hdf5.find_segments(output, hdf5.SUFFIX)
         stats["segments"], stats["bytes"] = len(segments), sum(p.stat().st_size for p in segments)
         t = time.monotonic()
         n = join(output, **kw)

@@ -852,7 +852,7 @@ def test_lhb_info_on_what_it_does_not_read_says_what_it_is(tmp_path):
     reads = "lhb info describes a checkpoint, a features or units file, a k-means file or an exported subnet"
     out = tmp_path / "f.h5"
     assert lhb("extract", UTT, out, *FAST).returncode == 0
-    seg = segment_path(out, 0, 0)
+    seg = segment_path(out, 0, 0, ".h5")
     seg.parent.mkdir()
     shutil.copy(out, seg)
     junk = tmp_path / "x.ts"

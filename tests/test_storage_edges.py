@@ -395,8 +395,8 @@ def test_info_on_a_stopped_run_counts_the_work_not_yet_joined(feats, tmp_path):
         attrs = dict(f.attrs)
     attrs.pop("finished", None)
     HDF5.create(out, attrs)  # as a run does before its first batch
-    segment_path(out, 0, 0).parent.mkdir()
-    shutil.copy(feats, segment_path(out, 0, 0))  # one committed segment
+    segment_path(out, 0, 0, ".h5").parent.mkdir()
+    shutil.copy(feats, segment_path(out, 0, 0, ".h5"))  # one committed segment
     p = lhb("info", out)
     assert p.returncode == 0, p.stderr
     rows = dict(line.split(None, 1) if not line.startswith("  not yet joined") else ("not yet joined", line.split("joined", 1)[1].strip())
@@ -405,11 +405,11 @@ def test_info_on_a_stopped_run_counts_the_work_not_yet_joined(feats, tmp_path):
     assert rows["not yet joined"] == (f"1 file of committed work in {out}.parts (a run stopped or is still running: the same "
                                       f"lhb extract command with --resume completes it, lhb merge {out} --remove-parts joins what is there)")
     d = json.loads(lhb("info", out, "--json").stdout)
-    assert d["not_yet_joined"] == [str(segment_path(out, 0, 0))]
+    assert d["not_yet_joined"] == [str(segment_path(out, 0, 0, ".h5"))]
     p = lhb("convert", out, tmp_path / "npy", "--format", "npy")
     assert f"not the work committed in {out}.parts (lhb merge {out} --remove-parts joins it)" in p.stderr, p.stderr
     # merged without --remove-parts: the segment stays, but its work is in the file (before: still 'not yet joined')
-    assert lhb("merge", out).returncode == 0 and segment_path(out, 0, 0).exists()
+    assert lhb("merge", out).returncode == 0 and segment_path(out, 0, 0, ".h5").exists()
     assert "not yet joined" not in lhb("info", out).stdout and json.loads(lhb("info", out, "--json").stdout)["not_yet_joined"] == []
     assert lhb("merge", out, "--remove-parts").returncode == 0  # what the line says: then it holds the work, and says nothing more
     assert "not yet joined" not in lhb("info", out).stdout and json.loads(lhb("info", out, "--json").stdout)["utterances"] == 4

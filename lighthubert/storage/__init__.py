@@ -535,11 +535,12 @@ def finished_path(output: Path) -> Path:
     return parts_dir(output) / "FINISHED"
 
 
-def part_path(output: Path, rank: int, suffix: str = ".h5") -> Path:
+def part_path(output: Path, rank: int, suffix: str) -> Path:
+    """The part of ``rank``: ``OUTPUT.parts/part-RANK`` and the backend's ``suffix``."""
     return parts_dir(output) / f"part-{rank:05d}{suffix}"
 
 
-def find_parts(folder: Path, suffix: str = ".h5", *, any_name: bool = False) -> list[Path]:
+def find_parts(folder: Path, suffix: str, *, any_name: bool = False) -> list[Path]:
     """The part files in ``folder``, sorted; with ``any_name`` also the committed segments, or every
     ``*suffix`` file when neither is there."""
     found = sorted(folder.glob(f"part-*{suffix}"))
@@ -549,32 +550,37 @@ def find_parts(folder: Path, suffix: str = ".h5", *, any_name: bool = False) -> 
     return found
 
 
-def segment_path(output: Path, rank: int, index: int, suffix: str = ".h5") -> Path:
-    """A committed segment: ``OUTPUT.parts/seg-RANK-INDEX.h5`` (written as ``....h5.tmp`` until then)."""
+def segment_path(output: Path, rank: int, index: int, suffix: str) -> Path:
+    """A committed segment: ``OUTPUT.parts/seg-RANK-INDEX`` and the backend's ``suffix`` (written as
+    ``....tmp`` until then)."""
     return parts_dir(output) / f"seg-{rank:05d}-{index:06d}{suffix}"
 
 
-def find_segments(output: Path, suffix: str = ".h5", rank: int | None = None) -> list[Path]:
+def find_segments(output: Path, suffix: str, rank: int | None = None) -> list[Path]:
     """The committed segments of OUTPUT (of one rank, or of all), oldest first per rank."""
     pattern = f"seg-{rank:05d}-*{suffix}" if rank is not None else f"seg-*{suffix}"
     return sorted(parts_dir(output).glob(pattern))
 
 
-def find_committed(output: Path, suffix: str = ".h5") -> list[Path]:
+def find_committed(output: Path, suffix: str | None = None) -> list[Path]:
     """Everything a run of OUTPUT committed besides OUTPUT itself: its segments, then the parts of a
-    run with several processes."""
+    run with several processes; files of the backend of ``suffix``, or of any registered backend."""
+    if suffix is None:
+        return [p for b in BACKENDS.values() for p in find_committed(output, b.suffix)]
     return find_segments(output, suffix) + find_parts(parts_dir(output), suffix)
 
 
-LHB_PARTS_FILES = ("seg-*.h5", "seg-*.tmp", ".seg-*.new", "part-*.h5", ".store-*", "FINISHED")
-"""What lhb itself writes in ``OUTPUT.parts/``: segments (committed and not), parts, the srun store, the note."""
+def lhb_parts_files(suffix: str) -> tuple[str, ...]:
+    """What lhb itself writes in ``OUTPUT.parts/`` with the backend of ``suffix``: segments (committed
+    and not), parts, the srun store, the note."""
+    return (f"seg-*{suffix}", "seg-*.tmp", ".seg-*.new", f"part-*{suffix}", ".store-*", "FINISHED")
 
 
-def remove_parts(output: Path) -> None:
-    """Remove lhb's own files from ``OUTPUT.parts/``, then the folder once empty: anything else a user
-    keeps there stays (with the folder)."""
+def remove_parts(output: Path, suffix: str) -> None:
+    """Remove lhb's own files (of the backend of ``suffix``) from ``OUTPUT.parts/``, then the folder
+    once empty: anything else a user keeps there stays (with the folder)."""
     folder = parts_dir(output)
-    for pattern in LHB_PARTS_FILES:
+    for pattern in lhb_parts_files(suffix):
         for p in folder.glob(pattern):
             if not p.is_dir() or p.is_symlink():
                 p.unlink(missing_ok=True)
@@ -619,7 +625,7 @@ def merge_parts(output: Path, parts: str | os.PathLike | Iterable[str | os.PathL
             f.unlink(missing_ok=True)
         for src in sources:
             if src.is_dir() and same_file(src, parts_dir(output)):  # also when named through a link
-                remove_parts(output)  # lhb's own folder: also its .tmp segments and notes, not other files
+                remove_parts(output, backend.suffix)  # lhb's own folder: also its .tmp segments and notes, not other files
             elif src.is_dir():
                 try:
                     src.rmdir()

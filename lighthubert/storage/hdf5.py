@@ -28,6 +28,8 @@ from . import (FORMAT, NO_SPACE, RUN_IDENTITY, UNITS_FORMAT, FeaturesError, Outp
                segment_path)
 
 GROUP = "features"
+SUFFIX = ".h5"
+"""The suffix of the segments and parts this backend writes (OUTPUT may be named .hdf5 or .hdf too)."""
 MAGIC = b"\x89HDF\r\n\x1a\n"
 _norm = plain  # the name other modules used
 
@@ -533,12 +535,12 @@ class SegmentWriter:
         self.bytes = 0
         self.pending_skips: list[dict] = []  # appended from the compute thread, taken at commit
         self.folder = parts_dir(output)  # made with the first segment
-        mine = find_segments(output, rank=rank)
+        mine = find_segments(output, SUFFIX, rank=rank)
         self.index = max((int(p.name.split(".")[0].rsplit("-", 1)[1]) for p in mine), default=0) + 1
 
     def _open(self) -> FeatureWriter:
         if self.current is None:
-            tmp = segment_path(self.path, self.rank, self.index).with_suffix(".h5.tmp")
+            tmp = segment_path(self.path, self.rank, self.index, SUFFIX + ".tmp")
             try:
                 self.folder.mkdir(exist_ok=True)
                 self.current = FeatureWriter(tmp, self.attrs, compression=self.compression)
@@ -592,7 +594,7 @@ class SegmentWriter:
             taken, self.pending_skips = self.pending_skips, []
             cur.skipped.extend(taken)
             cur.close(complete=False)
-            final = segment_path(self.path, self.rank, self.index)
+            final = segment_path(self.path, self.rank, self.index, SUFFIX)
             _fsync(cur.path)
             os.replace(cur.path, final)
             _fsync(self.folder)
@@ -614,7 +616,7 @@ def create(output: Path, attrs: Mapping[str, Any]) -> None:
 def committed(output: Path, attrs: Mapping[str, Any], *, include_output: bool) -> set[str]:
     """Keys of OUTPUT (when ``include_output``) and its committed segments and parts, each checked
     against the run identity of ``attrs``."""
-    sources = ([output] if include_output and output.exists() else []) + find_committed(output)
+    sources = ([output] if include_output and output.exists() else []) + find_committed(output, SUFFIX)
     found: set[str] = set()
     for path in sources:
         if not path.is_file():  # a FIFO named like a segment would be read forever
@@ -642,7 +644,7 @@ def unjoined(output: Path) -> list[Path]:
     except (OSError, RuntimeError, KeyError):
         have = set()
     out = []
-    for path in find_committed(output):
+    for path in find_committed(output, SUFFIX):
         try:
             with h5py.File(path, "r") as f:
                 if set(keys(f)) <= have:
@@ -656,12 +658,12 @@ def unjoined(output: Path) -> list[Path]:
 def join(output: Path, *, include_output: bool, complete: bool, inputs: Collection[str] | None = None) -> int:
     """Merge OUTPUT (when ``include_output``), its segments and parts into OUTPUT; then remove them.
     ``inputs``: the run's input keys; skipped entries of other keys (files no longer given) are dropped."""
-    sources = find_committed(output)
+    sources = find_committed(output, SUFFIX)
     if not sources and include_output and output.exists() and (n := _as_joined(output, complete, inputs)) is not None:
-        remove_parts(output)
+        remove_parts(output, SUFFIX)
         return n  # nothing new: OUTPUT is left as it is
     n = merge(output, sources, include_output=include_output, complete=complete, inputs=inputs)
-    remove_parts(output)
+    remove_parts(output, SUFFIX)
     return n
 
 
@@ -669,7 +671,7 @@ class Hdf5Backend:
     """This module as a :class:`lighthubert.storage.Backend`."""
 
     name = "hdf5"
-    suffix = ".h5"
+    suffix = SUFFIX
 
     def open_writer(self, output: Path, attrs: Mapping[str, Any], *, compression: str | None,
                     rank: int = 0) -> SegmentWriter:
