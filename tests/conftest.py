@@ -10,6 +10,7 @@ default (GroupNorm) extractor with ``normalize`` false, so both extractor modes 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +25,16 @@ from oracle import authors, build_model
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 README = Path(__file__).resolve().parents[2] / "shared" / "seed" / "LightHuBERT-README.md"
+
+
+
+def pytest_configure(config):
+    """Where parity must not be skipped (CI: LIGHTHUBERT_REQUIRE_ORACLE=1), the real speech it is
+    checked on must be there too: without it every speech test would skip and CI pass."""
+    if os.environ.get("LIGHTHUBERT_REQUIRE_ORACLE") == "1" and not SPEECH_DIR.is_dir():
+        raise pytest.UsageError(f"LIGHTHUBERT_REQUIRE_ORACLE=1 and no example speech at {SPEECH_DIR}: "
+                                "put ../shared beside the checkout or set LHB_SPEECH to a copy of shared/data/speech")
+
 
 KINDS = ("small", "base", "stage1")
 KIND_PARAMS = [pytest.param(k, marks=pytest.mark.slow) if k == "base" else k for k in KINDS]

@@ -4,13 +4,15 @@ authors' model."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
-SPEECH_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech"
+SPEECH_DIR = Path(os.environ.get("LHB_SPEECH") or Path(__file__).resolve().parents[2] / "shared" / "data" / "speech")
+"""The example speech: ``../shared/data/speech`` beside the checkout, or ``$LHB_SPEECH``."""
 
 
 def copy_speech(dst: Path, rels: list[str]) -> Path:

@@ -20,9 +20,9 @@ import pytest
 import lighthubert
 from lighthubert.features import keys
 
-from helpers import copy_speech
+from helpers import SPEECH_DIR, copy_speech
 
-SPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech"
+SPEECH = SPEECH_DIR
 LHB = shutil.which("lhb")
 TORCHRUN = shutil.which("torchrun")
 pytestmark = [pytest.mark.skipif(not (LHB and TORCHRUN and SPEECH.is_dir()), reason="needs lhb, torchrun and the speech data"),

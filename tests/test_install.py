@@ -322,3 +322,13 @@ def test_wheel_builds_without_warnings(tmp_path):
         sources = {p.relative_to(REPO).as_posix() for pkg in ("lighthubert", "lighthubert_cli")
                    for p in (REPO / pkg).rglob("*.py")}
         assert sources <= set(z.namelist()), sorted(sources - set(z.namelist()))
+
+
+def test_ci_without_the_example_speech_fails_instead_of_skipping(tmp_path):
+    """With LIGHTHUBERT_REQUIRE_ORACLE=1 (CI) a run whose example speech is missing stops at once: the
+    parity tests on real speech would otherwise all skip and the run pass."""
+    env = {**os.environ, "LIGHTHUBERT_REQUIRE_ORACLE": "1", "LHB_SPEECH": str(tmp_path / "nowhere")}
+    r = _run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+              str(REPO / "tests" / "test_space.py")], env)
+    assert r.returncode == 4, r.stdout + r.stderr
+    assert f"no example speech at {tmp_path / 'nowhere'}" in r.stdout + r.stderr

@@ -22,11 +22,12 @@ from hypothesis import strategies as st
 
 import lighthubert
 from cli_helpers import _env, lhb_prefix, one_line
+from helpers import SPEECH_DIR
 from lighthubert.features import keys
 from lighthubert.inputs import InputError, list_inputs
 from lighthubert.space import SubnetError, check_subnet, count_params, parse_budget, parse_subnet
 
-SPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech"
+SPEECH = SPEECH_DIR
 LHB = shutil.which("lhb")
 needs_cli = pytest.mark.skipif(not (LHB and SPEECH.is_dir()), reason="needs the installed lhb and the speech data")
 FAST = ["--layers", "0,1", "--device", "cpu"]
