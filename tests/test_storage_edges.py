@@ -528,3 +528,28 @@ def test_a_run_whose_stderr_reader_left_goes_on_to_the_end(tmp_path):
     assert proc.wait(timeout=300) == 0
     with h5py.File(out) as f:
         assert len(f["features"]) == 4 and bool(f.attrs["complete"])
+
+
+@needs_speech
+def test_a_key_with_dot_dot_is_refused_before_convert_writes_outside_its_folder(tmp_path, feats):
+    """A features file from someone else can hold a group named '..' (h5py allows it): lhb convert
+    -f npy wrote FEATURES/../../victim as a file outside OUTPUT, replacing one there without
+    --overwrite. Every reader (convert, info, merge, open_features) now refuses such a key."""
+    bad = tmp_path / "bad.h5"
+    shutil.copy(feats, bad)
+    with h5py.File(bad, "r+") as f:
+        first = lighthubert.features.keys(f)[0]
+        f.copy(f["features"][first], f["features"].create_group("..").create_group(".."), name="victim")
+    victim = tmp_path / "victim.npy"
+    victim.write_bytes(b"precious")
+    (tmp_path / "out").mkdir()
+    runs = [lhb("convert", bad, tmp_path / "out" / "conv", "-f", "npy"), lhb("info", bad),
+            lhb("merge", tmp_path / "m.h5", bad)]
+    for p in runs:
+        assert p.returncode == 1 and one_line(p) == (
+            f"lhb: error: {bad}: dataset 'features/../../victim' has '.' or '..' in its key, which no lhb run writes "
+            "(written as files, it would land outside their folder); not read"), p.stderr
+    assert victim.read_bytes() == b"precious" and not (tmp_path / "out" / "conv").exists()
+    assert not (tmp_path / "m.h5").exists()
+    with pytest.raises(lighthubert.FeaturesError, match="has '.' or '..' in its key"):
+        lighthubert.open_features(bad)

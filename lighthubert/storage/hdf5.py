@@ -205,8 +205,8 @@ def _read_features(path: str | os.PathLike, f: h5py.File,
                    visit: Callable[[str, h5py.Dataset], None] | None = None) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]:
     """The root attributes (plain Python; ``subnet`` and ``skipped`` decoded from JSON) and the shape
     of each key's dataset (in file order) of an open features file, after checking what readers rely
-    on: those two attributes are well-formed JSON, ``layers`` are integers, and every dataset holds
-    float features of the stored layers and one width. :class:`OutputError` naming the file and the
+    on: those two attributes are well-formed JSON, ``layers`` are integers, no key has a ``.`` or ``..``
+    part, and every dataset holds float features of the stored layers and one width. :class:`OutputError` naming the file and the
     attribute or key otherwise. One pass over the datasets' metadata (no data is read), in which
     ``visit(key, dataset)`` is called for each, if given."""
     attrs = {k: plain(v) for k, v in f.attrs.items()}
@@ -233,6 +233,9 @@ def _read_features(path: str | os.PathLike, f: h5py.File,
     shapes: dict[str, tuple[int, ...]] = {}
     group = f[GROUP] if names else None
     for k in names:
+        if any(part in (".", "..") for part in k.split("/")):  # h5py allows them; as paths they lead out of a folder
+            raise OutputError(f"{path}: dataset '{GROUP}/{k}' has '.' or '..' in its key, which no lhb run writes "
+                              "(written as files, it would land outside their folder); not read")
         ds = group[k]
         shape = ds.shape
         layout = (len(shape) == 2 and n <= 1) or (len(shape) == 3 and shape[0] == n)  # one layer: (T, D)
