@@ -212,7 +212,7 @@ def _subnet_text(text: str | None) -> str | None:
         return text
     if sys.stdin is None or sys.stdin.isatty():
         raise Fail("--subnet -: reads the subnet JSON from standard input, which is a terminal; pipe it in", EXIT_USAGE)
-    data = sys.stdin.read(MAX_SUBNET_TEXT + 1)
+    data = sys.stdin.read(MAX_SUBNET_TEXT + 1).removeprefix("\ufeff")  # a byte-order mark, as a subnet file may start with
     if len(data) > MAX_SUBNET_TEXT or not data.strip():
         raise Fail(f"--subnet -: standard input held {'no' if not data.strip() else 'more than a'} subnet JSON", EXIT_USAGE)
     return data
@@ -505,10 +505,16 @@ def subnet_cmd(
     text = json.dumps(out[0] if len(out) == 1 else out, indent=None)
     out_line(text)
     if output is not None:
+        from lighthubert.checkpoint import write_atomic
+        from lighthubert.storage import os_reason, resolve_link, special_kind
+
         try:
-            output.write_text(text + "\n", encoding="utf-8")
+            if special_kind(output):  # /dev/stdout, a FIFO: written as they are
+                output.write_text(text + "\n", encoding="utf-8")
+            else:  # a file already there stays whole until the new one is (a full disk)
+                write_atomic(resolve_link(output), lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
         except OSError as e:
-            raise Fail(f"{output}: cannot write: {e.strerror}") from None
+            raise Fail(f"{output}: cannot write: {os_reason(e)}") from None
     if export is not None:
         _export(ckpt, results[0][0], export, layers, dtype)
 

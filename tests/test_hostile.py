@@ -422,6 +422,10 @@ def test_a_subnet_is_read_from_standard_input_with_dash(tmp_path):
     with h5py.File(out) as f:
         stored = json.loads(f.attrs["subnet"])
     assert {k: stored[k] for k in lighthubert.SPACES["small"].min_subnet} == lighthubert.SPACES["small"].min_subnet
+    # a byte-order mark (a file saved by a Windows editor, then piped in) is read past, as in a subnet file
+    p = subprocess.run([*args, "--overwrite"], input="\ufeff" + sub + "\n", capture_output=True, text=True, encoding="utf-8",
+                       env=_env(), timeout=300)
+    assert p.returncode == 0, p.stderr
     p = subprocess.run(args, input="", capture_output=True, text=True, env=_env(), timeout=300)
     assert p.returncode == 2 and one_line(p) == "lhb: error: --subnet -: standard input held no subnet JSON", p.stderr
     p = lhb("subnet", "-s", "/dev/stdin")

@@ -77,6 +77,26 @@ def test_full_disk_at_the_lock_is_one_line_and_leaves_no_lock_file(tmp_path, fea
         subprocess.run(["umount", str(disk)])
 
 
+def test_subnet_json_on_a_full_disk_keeps_the_file_that_was_there(tmp_path):
+    """lhb subnet -o wrote in place: on a full disk the old subnet JSON was cut to invalid JSON (and a
+    new name left a 0-byte file). It is now written beside and renamed over."""
+    disk = tmp_path / "disk"
+    full_disk(disk, "2m")
+    try:
+        (disk / "filler").unlink()
+        old = disk / "s.json"
+        old.write_text('{"embed_dim": 256, "layer_num": 10}\n')
+        subprocess.run(["dd", "if=/dev/zero", f"of={disk / 'filler'}", "bs=4k"], capture_output=True)
+        for target in (old, disk / "new.json"):
+            p = lhb("subnet", "--sample", "200", "--supernet", "small", "-o", target)
+            assert p.returncode == 1 and p.stderr.splitlines()[-1] == f"lhb: error: {target}: cannot write: no space left on the device", p.stderr
+            assert "Traceback" not in p.stderr
+        assert old.read_text() == '{"embed_dim": 256, "layer_num": 10}\n'
+        assert sorted(os.listdir(disk)) == ["filler", "s.json"]
+    finally:
+        subprocess.run(["umount", str(disk)])
+
+
 @needs_speech
 def test_merge_that_runs_out_of_space_says_so(tmp_path, feats):
     """A join or merge that fills the disk half-way: HDF5 words it as "Disable slist on flush dest
