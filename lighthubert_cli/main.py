@@ -24,7 +24,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from lighthubert import defaults
 
-from .progress import Reporter, count, err, hms, out_line, size
+from .progress import STDOUT, Reporter, count, err, hms, out_line, size
 
 try:  # Typer >= 0.2x vendors click as typer._click
     from typer._click import exceptions as click_errors
@@ -147,7 +147,10 @@ def _one_line_errors(command):
             if isinstance(e, OSError) and e.filename is not None and e.strerror:  # e.g. a name too long
                 from lighthubert.inputs import display_path
 
-                err(f"lhb: error: {display_path(os.fsdecode(e.filename))}: {e.strerror}")
+                from lighthubert.storage import os_reason
+
+                written = "cannot write: " if e.filename == STDOUT else ""
+                err(f"lhb: error: {display_path(os.fsdecode(e.filename))}: {written}{os_reason(e)}")
                 raise typer.Exit(EXIT_FAIL) from None
             err(f"lhb: internal error: {type(e).__name__}: {e} (set LHB_DEBUG=1 for the traceback)")
             raise typer.Exit(EXIT_FAIL) from None
@@ -987,6 +990,12 @@ def run(args: list[str] | None = None) -> int:
         return _say_stopped(isinstance(e, Terminated))
     except BrokenPipeError:
         return _stdout_closed()
+    except OSError as e:  # the help or the version on a full disk (commands' own errors are said in _one_line_errors)
+        from lighthubert.storage import os_reason
+
+        err(f"lhb: error: {STDOUT}: cannot write: {os_reason(e)}")
+        _stdout_closed()  # nothing more goes there (nor Python's complaint at exit)
+        return EXIT_FAIL
     except SystemExit as e:
         if isinstance(e.__context__, BrokenPipeError):  # Rich's own reaction to a closed stdout
             return _stdout_closed()

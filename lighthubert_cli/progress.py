@@ -14,6 +14,10 @@ from rich.text import Text
 from lighthubert.inputs import Item, display_path, escape_name
 
 
+STDOUT = "standard output"
+"""How stdout is named in an error (it has no file name of its own)."""
+
+
 def out_line(text: str) -> None:
     """Data on stdout, with its new line, in one write: a reader that takes the first line and leaves
     (``| head -1``) then finds it all there, also when Python is unbuffered (``PYTHONUNBUFFERED=1``,
@@ -27,10 +31,15 @@ def out_line(text: str) -> None:
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
         return
-    sys.stdout.flush()
     data = memoryview((text + "\n").encode(sys.stdout.encoding or "utf-8", sys.stdout.errors or "strict"))
-    while data:
-        data = data[os.write(fd, data):]
+    try:
+        sys.stdout.flush()
+        while data:
+            data = data[os.write(fd, data):]
+    except BrokenPipeError:
+        raise  # the reader left: lhb ends quietly (141)
+    except OSError as e:  # a full disk, /dev/full: named, as a file lhb writes would be
+        raise OSError(e.errno, e.strerror, STDOUT) from None
 
 
 def err(message: str) -> None:

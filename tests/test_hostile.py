@@ -879,3 +879,17 @@ def test_lhb_info_on_what_it_does_not_read_says_what_it_is(tmp_path):
     p = subprocess.run(lhb_prefix() + ["info", "small"], capture_output=True, text=True, timeout=120, cwd=tmp_path,
                        env={**_env(), "LIGHTHUBERT_CACHE": str(cache)}, stdin=subprocess.DEVNULL)
     assert p.returncode == 0 and "lighthubert_small.pt" in p.stdout, p
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_standard_output_on_a_full_disk_is_one_line(tmp_path):
+    """`lhb --version > /dev/full` (or --help, or lhb info / subnet into a file on a full disk) was a
+    Python traceback or 'internal error: OSError'; it is one line naming standard output, exit 1."""
+    cases = [["--version"], ["--help"], ["extract", "--help"], ["subnet", "--preset", "min", "--supernet", "small"],
+             ["info", "random:small"]]
+    with open("/dev/full", "w") as full:
+        runs = [subprocess.run([*lhb_prefix(), *args], stdout=full, stderr=subprocess.PIPE, text=True, env=_env(),
+                               cwd=tmp_path, timeout=300) for args in cases]
+    for args, p in zip(cases, runs):
+        assert p.returncode == 1 and "Traceback" not in p.stderr, (args, p.stderr)
+        assert p.stderr.splitlines()[-1] == "lhb: error: standard output: cannot write: no space left on the device", (args, p.stderr)
