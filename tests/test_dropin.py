@@ -310,6 +310,12 @@ def test_dropin_padded_batch_equals_single(kind, dropin_models, ckpt_dicts, ours
     # Left padding would be read as right padding (lengths are what the model uses): refused instead.
     with pytest.raises(ValueError, match="padding at the end of each row"):
         model.extract_features(padded.flip(-1), padding_mask=mask.flip(-1), ret_hs=True)
+    # A row too short for one frame: its output is padding only (as in the authors' code), and said so
+    short = mask.clone()
+    short[1, 399:] = True
+    with pytest.warns(lighthubert.LightHubertWarning, match="^row 1 of the batch has fewer than 400 real samples"):
+        _, pm = model.extract_features(padded, padding_mask=short, ret_hs=True)
+    assert pm[1].all() and not pm[0, : frames[0]].any()
 
 
 @pytest.mark.parametrize("kind", ["small", "stage1"])
