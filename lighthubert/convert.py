@@ -31,7 +31,6 @@ from .defaults import CONVERT_FORMAT, CONVERT_FORMATS, NSHARD, SPLIT
 from .reader import FeaturesError, one_layer, open_features
 from .storage import OutputError, os_reason, refuse_existing, same_file
 
-FORMATS = CONVERT_FORMATS
 
 
 def shard_range(total: int, nshard: int, rank: int) -> tuple[int, int]:
@@ -105,8 +104,8 @@ def convert(features: str | os.PathLike, output: str | os.PathLike, fmt: str = C
     the layout ``fmt`` (see module docstring); ``layer`` None: the file's only layer. Returns the
     files written. A file to write that exists already is an :class:`~lighthubert.storage.OutputError`
     (before anything is written) unless ``overwrite``."""
-    if fmt not in FORMATS:
-        raise SettingError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})", "format")
+    if fmt not in CONVERT_FORMATS:
+        raise SettingError(f"unknown format {fmt!r} (choose from {', '.join(CONVERT_FORMATS)})", "format")
     if not split or split in (".", "..") or any(c in split for c in "/\\\0"):  # the files stay inside ``output``
         raise SettingError(f"{split!r} is not a plain file name (no '/', not empty)", "split")
     out = Path(output)

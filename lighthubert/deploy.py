@@ -26,8 +26,9 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import Checkpoint, CheckpointError, export_subnet, write_atomic, write_bytes_atomic
+from .defaults import EXPORT_DTYPE, SAVE_DTYPES
 from .errors import LightHubertError, SettingError
-from .extractor import DTYPES, FINAL, check_geometry, resolve_layers
+from .extractor import TORCH_DTYPES, FINAL, check_geometry, resolve_layers
 from .model import MIN_SAMPLES, SubnetModel, frame_mask
 
 FORMATS = {".onnx": "onnx", ".ts": "torchscript", ".pt": "checkpoint"}
@@ -139,11 +140,11 @@ def check_export(path: str | os.PathLike, layers: Any = None, dtype: str | None 
     if fmt is None:
         raise ExportError(f"{path}: unknown export format {path.suffix!r}; use .onnx, .ts (TorchScript) or .pt (checkpoint)")
     if fmt == "checkpoint":
-        if layers is not None or dtype not in (None, "float32"):
+        if layers is not None or dtype not in (None, EXPORT_DTYPE):
             raise SettingError(".pt exports the subnet's weights as stored; --layers and --export-dtype are for .onnx and .ts")
         return fmt
-    if dtype not in (None, "float32", "float16"):
-        raise SettingError(f"export dtype must be float32 or float16, got {dtype!r}")
+    if dtype is not None and dtype not in SAVE_DTYPES:
+        raise SettingError(f"export dtype must be one of {', '.join(SAVE_DTYPES)}, got {dtype!r}")
     if fmt == "onnx":
         require_onnx()
     return fmt
@@ -165,7 +166,7 @@ def export(ckpt: Checkpoint, subnet: Any, path: str | os.PathLike, layers: Any =
         check_geometry(ckpt)  # the file's bounds (inputs of at least MIN_SAMPLES) assume it
     except CheckpointError as err:
         raise ExportError(str(err)) from None
-    tdtype = DTYPES[dtype or "float32"]
+    tdtype = TORCH_DTYPES[dtype or EXPORT_DTYPE]
     sub = ckpt.resolve_subnet(subnet)
     idx = resolve_layers(layers, sub["layer_num"], ckpt.cfg.layer_norm_first)
     # TorchScript traces fix the device of the tensors they create: a float16 (GPU) file is traced on CUDA

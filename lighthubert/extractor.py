@@ -22,7 +22,7 @@ from .errors import LightHubertWarning, SettingError
 from .longform import LongForm, hidden_states
 from .model import HOP, MIN_SAMPLES, conv_frames, receptive_field
 
-DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES if name != "auto"}
+TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES if name != "auto"}
 """The compute dtypes by name (``auto`` is resolved by :func:`resolve_dtype`)."""
 FINAL = -1
 """In a resolved layer list: the model's final output. For a pre-norm (``layer_norm_first``) model
@@ -40,7 +40,7 @@ def check_geometry(checkpoint: Checkpoint) -> None:
                               f"({MIN_SAMPLES} every {HOP}, 50 frames per second)")
 
 
-def resolve_device(device: Any = "auto") -> torch.device:
+def resolve_device(device: Any = DEVICE) -> torch.device:
     """``auto`` -> CUDA when present, else CPU; otherwise as ``torch.device`` reads it. A CUDA device
     gets its index (the current device's when none is given), so the model, its streams and its
     copies stay on one GPU whatever the current device is later."""
@@ -67,10 +67,10 @@ def resolve_dtype(dtype: Any, device: torch.device) -> torch.dtype:
     if dtype in (None, "auto"):
         return torch.float16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, str):
-        if dtype not in DTYPES:
+        if dtype not in TORCH_DTYPES:
             raise SettingError(f"unknown dtype {dtype!r}; use {', '.join(DTYPE_NAMES[:-1])} or {DTYPE_NAMES[-1]}", "dtype")
-        dtype = DTYPES[dtype]
-    if dtype not in DTYPES.values():
+        dtype = TORCH_DTYPES[dtype]
+    if dtype not in TORCH_DTYPES.values():
         raise SettingError(f"unsupported dtype {dtype}; use {', '.join(DTYPE_NAMES[1:-1])} or {DTYPE_NAMES[-1]}", "dtype")
     if dtype == torch.float16 and device.type == "cpu":
         raise SettingError("float16 is for CUDA; on the CPU use float32 (or bfloat16)", "dtype")

@@ -169,6 +169,7 @@ CheckpointOpt = Annotated[str, typer.Option(
          "or random:base / random:small / random:stage1 for random weights.")]
 TrustOpt = Annotated[bool, typer.Option(
     "--trust-checkpoint", help="Allow the checkpoint's pickle to run code. Only for files you trust.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N.")]
 SeedOpt = Annotated[Optional[int], typer.Option(
     "--seed", help=f"Seed for random:* checkpoints. Default: {defaults.SEED}.", show_default=False)]
 
@@ -266,7 +267,7 @@ def extract(
         help="Subnet: a preset (default, max, min), a JSON file, inline JSON, or - (JSON on standard input). Default: the checkpoint's.")] = None,
     layers: Annotated[str, typer.Option(
         "--layers", "-l", help="last, all, or comma-separated hidden-state indices (0 = projected conv features).")] = defaults.LAYERS,
-    device: Annotated[str, typer.Option("--device", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N.")] = defaults.DEVICE,
+    device: DeviceOpt = defaults.DEVICE,
     dtype: Annotated[Dtype, typer.Option("--dtype", help="Compute dtype; auto: float16 on CUDA, float32 on CPU.")] = Dtype(defaults.DTYPE),
     save_dtype: Annotated[SaveDtype, typer.Option("--save-dtype", help="Dtype of the stored features.")] = SaveDtype(defaults.SAVE_DTYPE),
     batch_seconds: Annotated[Optional[float], typer.Option(
@@ -415,7 +416,8 @@ def subnet_cmd(
         "Write the subnet (needs --checkpoint): OUT.pt a compact checkpoint for this package; OUT.onnx (ONNX, "
         "needs the onnx extra) or OUT.ts (TorchScript), waveforms to hidden states, runnable without it."))] = None,
     export_dtype: Annotated[Optional[SaveDtype], typer.Option(
-        "--export-dtype", help="Weights and compute of an .onnx/.ts export: float32 (default) or float16 (for GPUs).")] = None,
+        "--export-dtype", help=f"Weights and compute of an .onnx/.ts export (float16: for GPUs). Default: {defaults.EXPORT_DTYPE}.",
+        show_default=False)] = None,
     layers: Annotated[Optional[str], typer.Option(
         "--layers", "-l", help="Hidden states an .onnx/.ts export outputs: last (default), all, or indices like 0,4,12.")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help=f"Seed for --sample and random:* checkpoints. Default: {defaults.SEED}.",

@@ -9,7 +9,7 @@ import typer
 
 from lighthubert.defaults import BATCH_SIZE, CLUSTERS, CONVERT_FORMAT, CONVERT_FORMATS, DEVICE, ITERATIONS, KMEANS_SEED, MAX_FRAMES, NSHARD, SPLIT
 
-from .main import EXIT_USAGE, Fail, LhbCommand, LhbGroup, _check_target, _choices, _not_stdout, _one_line_errors, _path, _stop_if_signalled
+from .main import EXIT_USAGE, DeviceOpt, Fail, LhbCommand, LhbGroup, _check_target, _choices, _not_stdout, _one_line_errors, _path, _stop_if_signalled
 from .progress import err
 
 units_app = typer.Typer(
@@ -26,7 +26,6 @@ FeaturesArg = Annotated[Path, typer.Argument(parser=_path, metavar="FEATURES", h
 LayerOpt = Annotated[Optional[int], typer.Option(
     "--layer", "-l", help="Hidden-state index (0 = projected conv features); must be in the file. "
                           "Default: the file's layer, when it holds one.", show_default=False)]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress messages.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace files that exist (without it, an existing one is an error).")]
 
