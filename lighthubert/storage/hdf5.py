@@ -23,7 +23,7 @@ from typing import Any, Callable, Collection, Iterable, Mapping
 import h5py
 import numpy as np
 
-from . import (FORMAT, NO_SPACE, RUN_IDENTITY, UNITS_FORMAT, FeaturesError, OutputError, check_identity, find_committed,
+from . import (FORMAT, NO_SPACE, _short, RUN_IDENTITY, UNITS_FORMAT, FeaturesError, OutputError, check_identity, find_committed,
                find_segments, identity_diff, os_reason, os_words, parts_dir, plain, refuse_special, remove_parts,
                segment_path)
 
@@ -248,11 +248,6 @@ def _read_features(path: str | os.PathLike, f: h5py.File,
         if visit is not None:
             visit(k, ds)
     return attrs, shapes
-
-
-def _short(v: Any) -> str:
-    text = repr(v)
-    return text if len(text) <= 40 else text[:36] + " ..."
 
 
 def merge(output: Path, parts: list[Path], *, include_output: bool, complete: bool | None = None,
