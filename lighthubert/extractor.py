@@ -318,12 +318,16 @@ class Extractor:
         return torch.stack(states) if stack else states
 
     def __call__(self, waves: Sequence[Tensor | np.ndarray] | Tensor | np.ndarray,
-                 layers: Any = "last") -> list[Tensor] | Tensor:
+                 layers: Any = "last", *, lengths: Sequence[int] | Tensor | np.ndarray | None = None) -> list[Tensor] | Tensor:
         """Hidden states of each waveform (16 kHz, mono): a float32 CPU tensor (T, E) for one layer,
         (len(layers), T, E) for several. ``waves``: a list of (N_i,) waveforms (or a (B, N) array)
-        gives a list; one (N,) waveform gives one result. A batch gives each utterance its numbers
+        gives a list; one (N,) waveform gives one result. A (B, N) array is B waveforms of N samples
+        each; a padded batch needs ``lengths`` (B,), the real samples of each row (the rest is cut
+        off; without it the padding would be run as audio). A batch gives each utterance its numbers
         alone up to float32 rounding (README: batching)."""
         idx = resolve_layers(layers, self.num_layers, self.checkpoint.cfg.layer_norm_first)
+        if lengths is not None:
+            waves = _unpad(waves, lengths)
         if isinstance(waves, (str, bytes, os.PathLike)) or (
                 isinstance(waves, (list, tuple)) and waves and isinstance(waves[0], (str, bytes, os.PathLike))):
             raise ValueError("expected waveforms, got a file name; read the audio first: "
@@ -346,6 +350,20 @@ class Extractor:
         feats = self.submit(self.prepare(waves), idx).result(own=True)  # kept by the caller: not pinned
         feats = [f[0] for f in feats] if len(idx) == 1 else feats
         return feats[0] if single else feats
+
+
+def _unpad(batch: Any, lengths: Any) -> list[Tensor | np.ndarray]:
+    """The rows of a padded (B, N) ``batch`` cut to their ``lengths`` (B,) real samples."""
+    if not isinstance(batch, (Tensor, np.ndarray)) or batch.ndim != 2:
+        raise ValueError("lengths go with a padded (B, N) batch; a list of waveforms carries its own lengths")
+    n = torch.as_tensor(lengths).detach().cpu()
+    if n.ndim != 1 or len(n) != batch.shape[0] or n.is_floating_point() or n.is_complex() or n.dtype == torch.bool:
+        raise ValueError(f"lengths must be {batch.shape[0]} integers, one per row of the {tuple(batch.shape)} batch; "
+                         f"got {tuple(n.shape)} of {str(n.dtype).removeprefix('torch.')}")
+    if len(n) and not (0 < int(n.min()) and int(n.max()) <= batch.shape[1]):
+        raise ValueError(f"lengths must be within 1..{batch.shape[1]} (the batch's samples per row); "
+                         f"got {int(n.min())}..{int(n.max())}")
+    return [batch[i, : int(k)] for i, k in enumerate(n.tolist())]
 
 
 def finite_rows(stacked: Tensor, frames: Tensor) -> Tensor:

@@ -191,8 +191,17 @@ def test_batch_equals_single(kind, ours_default_outputs, speech):
         for i, (g, a) in enumerate(zip(got, alone)):
             err = rel_err(g, a)
             assert err <= BATCH_TOL, f"{kind} {name}: hidden state {i} differs by {err:.2e} in a batch"
-
-
+    # the same batch padded into one (B, N) tensor, as a DataLoader's collate gives it, with its lengths
+    padded = torch.nn.utils.rnn.pad_sequence([torch.from_numpy(w) for _, w in batch], batch_first=True)
+    lengths = torch.tensor([len(w) for _, w in batch])
+    for got, want in zip(ext(padded, layers="all", lengths=lengths), feats):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    for bad, says in ((lengths[:2], "lengths must be 3 integers, one per row"), (lengths * 1.0, "lengths must be 3 integers"),
+                      (lengths + padded.shape[1], f"lengths must be within 1..{padded.shape[1]}")):
+        with pytest.raises(ValueError, match=says):
+            ext(padded, lengths=bad)
+    with pytest.raises(ValueError, match="lengths go with a padded"):
+        ext([w for _, w in batch], lengths=lengths)
 
 
 @pytest.mark.parametrize("kind", KIND_PARAMS)
