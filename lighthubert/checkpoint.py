@@ -38,6 +38,8 @@ CACHE_ENV = "LIGHTHUBERT_CACHE"
 REVISION_ENV = "LIGHTHUBERT_REVISION"
 WAIT_ENV = "LIGHTHUBERT_DOWNLOAD_WAIT"
 DEFAULT_HUB = "https://huggingface.co"
+TRUST_HINT = ("If you trust the file, pass --trust-checkpoint (in Python: trust=True to load or load_checkpoint, "
+              "trust_checkpoint=True to extract).")
 RELEASED = {
     "base": "lighthubert_base.pt",
     "small": "lighthubert_small.pt",
@@ -256,14 +258,13 @@ def _read_pickle(data: bytes, where: str, trust: bool) -> Any:
             how = (f"written by torch.save with pickle protocol {data[1]}, which the safe loader cannot read (it reads "
                    "protocol 2, torch.save's default)" if data[1] > 2 else
                    f"its pickle uses an operation the safe loader cannot read ({_reason(text)})")
-            raise CheckpointError(f"{where}: {how}. If you trust the file, pass --trust-checkpoint "
-                                  "(trust=True in Python).") from None
+            raise CheckpointError(f"{where}: {how}. {TRUST_HINT}") from None
         if "Unsupported global" in text or "GLOBAL" in text or "not an allowed global" in text:
             named = re.search(r"GLOBAL ([\w.]+)", text)
             what = named.group(1)[:120] if named else "code"
             raise CheckpointError(
                 f"{where}: refused: unpickling it would call {what}, which a checkpoint never needs. "
-                "If you trust the file, pass --trust-checkpoint (trust=True in Python)."
+                f"{TRUST_HINT}"
             ) from None
         raise CheckpointError(f"{where}: not a PyTorch checkpoint ({_reason(text)})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError) as err:

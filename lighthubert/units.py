@@ -208,10 +208,10 @@ def load_km(path: str | os.PathLike) -> dict:
     return km
 
 
-def apply_file(features: str | os.PathLike, km: dict, output: str | os.PathLike, *, keys: bool = False,
+def apply_file(features: str | os.PathLike, km: dict | str | os.PathLike, output: str | os.PathLike, *, keys: bool = False,
                device: str = DEVICE, overwrite: bool = False, progress: Callable[[int, int], None] | None = None) -> int:
-    """Units of every utterance (in the file's key order) with the centroids of ``km`` on its
-    layer. ``output`` named as HDF5 (:func:`~lighthubert.storage.hdf5_name`: ``.h5``, ``.hdf5``, ... in any
+    """Units of every utterance (in the file's key order) with the centroids of ``km`` (the dict of
+    :func:`learn_file`, or the path of its km.pt) on its layer. ``output`` named as HDF5 (:func:`~lighthubert.storage.hdf5_name`: ``.h5``, ``.hdf5``, ... in any
     case): ``/units/KEY`` int16/int32 datasets (T,); otherwise text,
     one line per utterance: the units separated by spaces (fairseq's ``.km``), preceded by the key
     when ``keys``. An ``output`` that is an existing regular file (also through a link) is an
@@ -221,6 +221,8 @@ def apply_file(features: str | os.PathLike, km: dict, output: str | os.PathLike,
     if same_file(out, features):  # whatever overwrite says: the features would be lost
         raise OutputError(f"{out}: is FEATURES itself; give another file to write the units to")
     refuse_existing([out], overwrite)
+    if isinstance(km, (str, os.PathLike)):
+        km = load_km(km)
     dev = resolve_device(device)
     c = km["centroids"].to(dev)
     dtype = np.int16 if km["clusters"] <= np.iinfo(np.int16).max else np.int32

@@ -289,6 +289,8 @@ def test_refuses_a_hostile_pickle(how, tmp_path):
     else:
         msg = refused(path, "--trust-checkpoint")
         assert f"would call {os.system.__module__}.system," in msg, msg  # the global named whole, not cut
+        # the Python keywords of both ways in (before: 'trust=True', which lighthubert.extract does not take)
+        assert "trust=True to load or load_checkpoint, trust_checkpoint=True to extract" in msg, msg
     assert not marker.exists()
 
 
