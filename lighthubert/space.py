@@ -202,8 +202,8 @@ def check_subnet(subnet: Any) -> dict:
     against ``ffn_embed``.
     """
     if isinstance(subnet, (list, tuple)) and subnet and all(isinstance(x, Mapping) for x in subnet):
-        raise SubnetError(f"a subnet must be a JSON object / dict, got a list of {len(subnet)} (as lhb subnet --sample "
-                          "writes them); give one of them")
+        raise SubnetError(f"a subnet must be a JSON object / dict, got a list of {len(subnet)} (as lhb subnet writes "
+                          "several: --sample, or --preset without -c or --supernet, one per space); give one of them")
     if not isinstance(subnet, Mapping):
         raise SubnetError(f"a subnet must be a JSON object / dict, got {type(subnet).__name__}")
     unknown = sorted(set(subnet) - set(SUBNET_KEYS) - {"ffn_ratio", "supernet", "params"})

@@ -266,7 +266,7 @@ def extract(
         "--subnet", "-s", metavar="SPEC",
         help="Subnet: a preset (default, max, min), a JSON file, inline JSON, or - (JSON on standard input). Default: the checkpoint's.")] = None,
     layers: Annotated[str, typer.Option(
-        "--layers", "-l", help="last, all, or comma-separated hidden-state indices (0 = projected conv features).")] = defaults.LAYERS,
+        "--layers", "-l", help="last, all, or comma-separated hidden-state indices (0 = projected conv features; -1 = the last).")] = defaults.LAYERS,
     device: DeviceOpt = defaults.DEVICE,
     dtype: Annotated[Dtype, typer.Option("--dtype", help="Compute dtype; auto: float16 on CUDA, float32 on CPU.")] = Dtype(defaults.DTYPE),
     save_dtype: Annotated[SaveDtype, typer.Option("--save-dtype", help="Dtype of the stored features.")] = SaveDtype(defaults.SAVE_DTYPE),
@@ -629,7 +629,8 @@ def merge(
     remove_parts: Annotated[bool, typer.Option("--remove-parts", help="Delete the parts once merged.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary line; errors only.")] = False,
 ) -> None:
-    """Join the parts of a run with several processes (lhb extract --keep-parts) into OUTPUT.
+    """Join into OUTPUT the parts of a run with several processes (lhb extract --keep-parts), or the
+    committed work of a stopped run (lhb extract --resume does the same and goes on).
 
     Example: lhb merge feats.h5 feats.h5.parts
     """

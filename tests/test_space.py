@@ -251,7 +251,8 @@ def test_a_file_of_sampled_subnets_asks_for_one_of_them(ckpts, tmp_path, monkeyp
     path = tmp_path / "s3.json"
     path.write_text(json.dumps([SPACES["small"].sample(random.Random(i)) for i in range(3)]))
     with pytest.raises(SubnetError, match=r"s3\.json: a subnet must be a JSON object / dict, got a list of 3 "
-                       r"\(as lhb subnet --sample writes them\); give one of them"):
+                       r"\(as lhb subnet writes several: --sample, or --preset without -c or --supernet, one per space\); "
+                       "give one of them"):
         ckpts["small"].resolve_subnet(str(path))
     # pasted inline (lhb subnet --sample 2 | lhb extract ... -s -): before, "not ... an existing JSON file"
     with pytest.raises(SubnetError, match=r"^a subnet must be a JSON object / dict, got a list of 3 "):
