@@ -261,7 +261,7 @@ class LightHuBERT(nn.Module):
         if self.training and torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
             warnings.warn("lighthubert.LightHuBERT is inference only: in training mode it applies no dropout and no "
                           "gradient reaches its weights; call .eval() (as the authors' README does) or run under "
-                          "torch.no_grad() to extract features", UserWarning, stacklevel=3)
+                          "torch.no_grad() to extract features", LightHubertWarning, stacklevel=3)
         if source.shape[-1] < MIN_SAMPLES:  # a RuntimeError, as the authors' conv raises, but one that says why
             raise RuntimeError(f"source has {source.shape[-1]} samples per row; LightHuBERT needs at least {MIN_SAMPLES} "
                                "(25 ms at 16 kHz) for one frame")

@@ -365,7 +365,8 @@ RELEASED_FIXED_PARAMS = 4_208_384
 
 
 def best_under_budget(
-    budget: int, spaces: Iterable[SearchSpace], fixed: int | None = None, *, conv_dim: int = CONV_DIM,
+    budget: int, spaces: SearchSpace | Iterable[SearchSpace] | Mapping[str, SearchSpace], fixed: int | None = None, *,
+    conv_dim: int = CONV_DIM,
     conv_pos: int = POS_CONV_KERNEL,
 ) -> tuple[dict, SearchSpace, int] | None:
     """The subnet with the most parameters not above ``budget``, searched exactly.
@@ -373,9 +374,13 @@ def best_under_budget(
     A subnet's count is a fixed part (per width) plus a sum over its layers, and the order of the
     layers does not change it, so for each width and depth every multiset of per-layer choices is
     enumerated. Returns (subnet, space, params), or None when every subnet is above the budget.
-    Ties go to the deeper, then wider subnet. ``fixed``, ``conv_dim``, ``conv_pos``: as for
-    :func:`count_params`.
+    Ties go to the deeper, then wider subnet. ``spaces``: one space, several, or a mapping of them
+    (``SPACES``). ``fixed``, ``conv_dim``, ``conv_pos``: as for :func:`count_params`.
     """
+    if isinstance(spaces, SearchSpace):
+        spaces = [spaces]
+    elif isinstance(spaces, Mapping):
+        spaces = list(spaces.values())
     best: tuple[int, int, int, dict, SearchSpace] | None = None
     for space in spaces:
         for e in space.embed_dim:

@@ -236,7 +236,7 @@ def test_dropin_in_training_mode_says_it_is_inference_only(ckpt_dicts, short_spe
     model = lighthubert.LightHuBERT(cfg)
     model.set_sample_config(SPACES["small"].min_subnet)
     wave = prepared(short_speech[0], True)[None]
-    with pytest.warns(UserWarning, match=r"inference only: in training mode it applies no dropout and no gradient"):
+    with pytest.warns(lighthubert.LightHubertWarning, match=r"inference only: in training mode it applies no dropout and no gradient"):
         rep, _ = model.extract_features(wave)
     assert not rep.requires_grad
     with warnings.catch_warnings():

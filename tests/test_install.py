@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -312,9 +313,8 @@ def test_wheel_builds_without_warnings(tmp_path):
     assert "deprecat" not in text and "warning: " not in text.replace("warning: location", ""), text[-3000:]
     wheels = list((tmp_path / "dist").glob("lighthubert-*.whl"))
     assert len(wheels) == 1
-    import zipfile
-
     with zipfile.ZipFile(wheels[0]) as z:
+        assert "lighthubert/py.typed" in z.namelist()  # PEP 561: mypy and pyright read an installed copy's annotations
         meta = z.read(next(n for n in z.namelist() if n.endswith("METADATA"))).decode()
         assert "License-Expression: MIT" in meta
         assert any(n.endswith("licenses/LICENSE") for n in z.namelist())

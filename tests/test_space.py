@@ -369,6 +369,9 @@ def test_budget_near_optimal_over_both_spaces(all_totals, authors_counters):
     assert gaps < len(budgets) // 2  # most of the grid is within 0.5%
     assert best_under_budget(small_min - 1, list(SPACES.values())) is None
     assert best_under_budget(small_min, list(SPACES.values()))[2] == small_min
+    # SPACES itself and one space are taken as they are (before: AttributeError, 'not iterable')
+    assert best_under_budget(30_000_000, SPACES) == best_under_budget(30_000_000, list(SPACES.values()))
+    assert best_under_budget(30_000_000, SPACES["small"]) == best_under_budget(30_000_000, [SPACES["small"]])
 
 
 @pytest.mark.parametrize("text", ["30M", "30m", "3e7", "30000000", " 30M ", "30.0M"])
