@@ -14,10 +14,12 @@ place: it adds committed segments and finally joins them with OUTPUT into a new 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
 import random
+import signal
 import threading
 import warnings
 from contextlib import ExitStack
@@ -414,8 +416,47 @@ def extract(input: str | os.PathLike, output: str | os.PathLike, *, progress: Pr
     does; ``settings`` are the fields of :class:`ExtractJob`. Bad inputs are skipped and listed in
     ``summary.skipped`` (``strict=True`` stops at the first; with several processes, each lists its own
     and rank 0's ``summary.skipped_count`` counts them all). Raises
-    :class:`~lighthubert.errors.LightHubertError` with one line on failure."""
-    return run(ExtractJob(input, output, **settings), _Callback(progress) if progress else None, stop)
+    :class:`~lighthubert.errors.LightHubertError` with one line on failure.
+
+    Without ``stop``, Ctrl-C (a notebook's interrupt: SIGINT, in the main thread) once the work has
+    begun stops as ``lhb extract`` does: after the current batch, with what was done joined into
+    ``output``; then KeyboardInterrupt is raised (``resume=True`` completes the job). A second Ctrl-C
+    stops at once (the committed work then waits in ``output``'s parts folder for the resume)."""
+    plan = prepare(ExtractJob(input, output, **settings))
+    reporter = _Callback(progress) if progress else None
+    if stop is not None:
+        return execute(plan, reporter, stop)
+    stop = threading.Event()
+    with _interrupt_stops(stop) as interrupted:
+        summary = execute(plan, reporter, stop)
+    if interrupted and summary.interrupted:
+        raise KeyboardInterrupt(f"stopped after the current batch; what was done is kept in {summary.output}: "
+                                "run the same call with resume=True to complete it")
+    return summary
+
+
+@contextlib.contextmanager
+def _interrupt_stops(stop: threading.Event):
+    """While open, the first SIGINT sets ``stop`` (and the list yielded becomes true) and a second one
+    raises KeyboardInterrupt; only in the main thread and where Python's own SIGINT handler is in place
+    (a handler of the caller's, or SIGINT ignored, is left alone)."""
+    said: list[bool] = []
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield said
+        return
+
+    def on_sigint(signum, frame):
+        if said:
+            raise KeyboardInterrupt
+        said.append(True)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield said
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # ----------------------------------------------------------------------------- one writer

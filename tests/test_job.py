@@ -391,3 +391,48 @@ def test_bfloat16_on_a_gpu_before_ampere_is_warned_of(monkeypatch):
             "bfloat16 on Tesla T4 (compute capability 7.5, before Ampere): attention memory grows with the square of "
             "a file's length and the convolutions are slow; use float16 or float32"] if warned else []), capability
     assert resolve_dtype("auto", torch.device("cuda")) == torch.float16
+
+
+@pytest.mark.slow  # a Python subprocess
+@pytest.mark.skipif(not SPEECH_DIR.is_dir(), reason="needs the speech data")
+def test_ctrl_c_in_a_notebook_keeps_the_work_in_output(tmp_path):
+    """Ctrl-C during lighthubert.extract (a notebook's interrupt is SIGINT): before, KeyboardInterrupt
+    came out at once and OUTPUT held no utterance (the work sat in OUTPUT.parts, and opening OUTPUT
+    said to run lhb merge). Now the current batch ends, the work is joined into OUTPUT, then
+    KeyboardInterrupt; resume=True completes the job."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    folder = tmp_path / "in"
+    for i in range(30):  # many small batches, so that the interrupt lands mid-run
+        (folder / f"s{i:02d}").mkdir(parents=True)
+        shutil.copy(SPEECH_DIR / "spk1" / "utt01.wav", folder / f"s{i:02d}" / "a.wav")
+    out = tmp_path / "o.h5"
+    script = (
+        "import sys, lighthubert\n"
+        "try:\n"
+        f"    lighthubert.extract({str(folder)!r}, {str(out)!r}, checkpoint='random:small', subnet='min', layers='0',\n"
+        "                        device='cpu', batch_seconds=3, num_workers=1,\n"
+        "                        progress=lambda files, *_: print('DONE', files, flush=True))\n"
+        "except KeyboardInterrupt as e:\n"
+        "    print('INTERRUPTED', e, flush=True)\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for line in proc.stdout:
+        if line.startswith("DONE") and int(line.split()[1]) >= 2:
+            proc.send_signal(signal.SIGINT)
+            break
+    rest, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    lines = rest.splitlines()
+    if not any(ln.startswith("INTERRUPTED") for ln in lines):
+        pytest.skip("the run finished before the interrupt landed")
+    assert f"what was done is kept in {out}: run the same call with resume=True" in lines[-1], lines[-1]
+    with pytest.warns(lighthubert.LightHubertWarning, match="incomplete"), lighthubert.open_features(out) as f:
+        kept = len(f)
+    assert 2 <= kept < 30 and not (tmp_path / "o.h5.parts").exists()
+    summary = lighthubert.extract(folder, out, checkpoint="random:small", subnet="min", layers="0", device="cpu",
+                                  resume=True)
+    assert summary.done_before == kept and summary.done_before + summary.files == 30
