@@ -61,7 +61,10 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    """The public names and the submodules imported so far (not this module's own helpers)."""
+    loaded = {name for name, value in globals().items()
+              if type(value) is type(importlib) and value.__name__.startswith(f"{__name__}.")}
+    return sorted(set(__all__) | loaded)
 
 
 if TYPE_CHECKING:  # what type checkers and editors see

@@ -337,6 +337,7 @@ def test_help_and_version_do_not_load_torch():
         import lighthubert, lighthubert_cli.main, lighthubert_cli.use, lighthubert.defaults
         assert "torch" not in sys.modules, "torch imported"
         assert lighthubert.__version__ and "ExtractJob" in dir(lighthubert)
+        assert not {"Any", "TYPE_CHECKING", "annotations", "importlib"} & set(dir(lighthubert)), dir(lighthubert)
         try:
             lighthubert.no_such_name
         except AttributeError:
