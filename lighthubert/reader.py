@@ -29,8 +29,8 @@ def incomplete_note(path: Path, n: int) -> str:
     holding ``n`` utterances: that it is not every input, and how to finish it."""
     waiting = backend_of(path).unjoined(path)
     more = f", not the work committed in {parts_dir(path)} (lhb merge {path} --remove-parts joins it)" if waiting else ""
-    return (f"{path}: incomplete (its lhb extract run stopped or is still running; --resume completes it); "
-            f"using the {n:,} utterances it holds{more}")
+    return (f"{path}: incomplete (its extraction stopped or is still running; the same run with --resume, "
+            f"or resume=True in Python, completes it); using the {n:,} utterances it holds{more}")
 
 
 class Features:

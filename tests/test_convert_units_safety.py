@@ -302,7 +302,7 @@ def test_a_file_of_a_stopped_run_is_used_with_one_line_saying_so(tmp_path):
         h.attrs["complete"] = False
     km = tmp_path / "km.pt"
     torch.save({"format": "lighthubert-kmeans", "centroids": torch.zeros(2, 4), "layer": 1, "clusters": 2}, km)
-    line = (f"lhb: warning: {feats}: incomplete (its lhb extract run stopped or is still running; --resume completes it); "
+    line = (f"lhb: warning: {feats}: incomplete (its extraction stopped or is still running; the same run with --resume, or resume=True in Python, completes it); "
             "using the 3 utterances it holds")
     # npy: the fairseq layout would also warn that its .tsv lists audio (/audio/u0.wav) that is not there
     runs = [Run(["convert", feats, tmp_path / "out", "--layer", "1", "-q", "-f", "npy"]), Run(["units", "apply", feats, km, "-", "-q"]),

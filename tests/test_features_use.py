@@ -123,7 +123,7 @@ def test_a_file_of_a_stopped_run_warns_when_opened(feats, tmp_path):
     with h5py.File(stopped, "a") as h:
         h.attrs["complete"] = False
     with pytest.warns(lighthubert.LightHubertWarning, match=re.escape(
-            f"{stopped}: incomplete (its lhb extract run stopped or is still running; --resume completes it); "
+            f"{stopped}: incomplete (its extraction stopped or is still running; the same run with --resume, or resume=True in Python, completes it); "
             f"using the {len(ref.data)} utterances it holds")):
         open_features(stopped).close()
     with pytest.warns(lighthubert.LightHubertWarning, match="incomplete"):
