@@ -19,12 +19,13 @@ import itertools
 import math
 import os
 import random
+import re
 import signal
 import threading
 import warnings
 from contextlib import ExitStack
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -422,17 +423,32 @@ def extract(input: str | os.PathLike, output: str | os.PathLike, *, progress: Pr
     begun stops as ``lhb extract`` does: after the current batch, with what was done joined into
     ``output``; then KeyboardInterrupt is raised (``resume=True`` completes the job). A second Ctrl-C
     stops at once (the committed work then waits in ``output``'s parts folder for the resume)."""
-    plan = prepare(ExtractJob(input, output, **settings))
-    reporter = _Callback(progress) if progress else None
-    if stop is not None:
-        return execute(plan, reporter, stop)
-    stop = threading.Event()
-    with _interrupt_stops(stop) as interrupted:
-        summary = execute(plan, reporter, stop)
+    try:
+        plan = prepare(ExtractJob(input, output, **settings))
+        reporter = _Callback(progress) if progress else None
+        if stop is not None:
+            return execute(plan, reporter, stop)
+        stop = threading.Event()
+        with _interrupt_stops(stop) as interrupted:
+            summary = execute(plan, reporter, stop)
+    except LightHubertError as err:  # said in this call's keywords, not lhb's flags
+        err.args = (in_python_words(str(err)), *err.args[1:])
+        raise
     if interrupted and summary.interrupted:
         raise KeyboardInterrupt(f"stopped after the current batch; what was done is kept in {summary.output}: "
                                 "run the same call with resume=True to complete it")
     return summary
+
+
+def in_python_words(message: str) -> str:
+    """A message written for ``lhb extract`` as :func:`extract`'s caller reads it: its flags as the
+    keywords of :class:`ExtractJob` (``--resume`` -> ``resume=True``, ``--exact-seconds`` ->
+    ``exact_seconds``); flags of other commands (``lhb merge ... --remove-parts``) stay."""
+    return _FLAG.sub(lambda m: _KEYWORDS.get(m.group(0), m.group(0)), message).replace("the same command", "the same call")
+
+
+_KEYWORDS = {f"--{f.name.replace('_', '-')}": f"{f.name}=True" if f.type == "bool" else f.name for f in fields(ExtractJob)}
+_FLAG = re.compile(r"--[a-z][a-z-]*")
 
 
 @contextlib.contextmanager

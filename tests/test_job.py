@@ -180,7 +180,7 @@ def test_extract_resume_with_another_compute_dtype_is_refused(tmp_path, two_file
     with h5py.File(out) as f:
         assert f.attrs["compute_dtype"] == "float32"
         before = {k: f["features"][k][()] for k in f["features"]}
-    with pytest.raises(OutputError, match="different compute_dtype .--dtype: 'float32', now 'bfloat16'."):
+    with pytest.raises(OutputError, match="different compute_dtype .dtype: 'float32', now 'bfloat16'."):
         lighthubert.extract(two_files, out, checkpoint="random:small", subnet="min", device="cpu", dtype="bfloat16",
                             resume=True)
     s = lighthubert.extract(two_files, out, checkpoint="random:small", subnet="min", device="cpu", resume=True)
@@ -436,3 +436,16 @@ def test_ctrl_c_in_a_notebook_keeps_the_work_in_output(tmp_path):
     summary = lighthubert.extract(folder, out, checkpoint="random:small", subnet="min", layers="0", device="cpu",
                                   resume=True)
     assert summary.done_before == kept and summary.done_before + summary.files == 30
+
+
+def test_errors_of_lighthubert_extract_name_its_keywords(tmp_path, two_files):
+    """A notebook cell run twice: lighthubert.extract's refusal said 'pass --resume ... or --overwrite',
+    flags a Python caller has no use for; it names the keywords (the CLI keeps its flags)."""
+    out = tmp_path / "o.h5"
+    args = dict(checkpoint="random:small", subnet="min", layers="0", device="cpu")
+    lighthubert.extract(two_files, out, **args)
+    with pytest.raises(OutputError) as info:
+        lighthubert.extract(two_files, out, **args)
+    assert str(info.value) == f"{out}: already exists; pass resume=True to complete it or overwrite=True to replace it"
+    with pytest.raises(lighthubert.SettingError, match="^resume=True and overwrite=True exclude each other$"):
+        lighthubert.extract(two_files, out, resume=True, overwrite=True, **args)
