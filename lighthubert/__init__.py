@@ -63,7 +63,7 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     """The public names and the submodules imported so far (not this module's own helpers)."""
     loaded = {name for name, value in globals().items()
-              if type(value) is type(importlib) and value.__name__.startswith(f"{__name__}.")}
+              if (type(value) is type(importlib) and value.__name__.startswith(f"{__name__}.")) or name.startswith("__")}
     return sorted(set(__all__) | loaded)
 
 

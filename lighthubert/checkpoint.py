@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import ipaddress
 import math
 import os
 import pickle
@@ -163,18 +164,29 @@ def fetch(name: str, progress: bool = True) -> Path:
 
 
 def _unresolvable(endpoint: str) -> str | None:
-    """Why the hub at ``endpoint`` cannot be reached at all: its host name does not resolve and no
-    proxy is set that would resolve it instead. The hub client retries such a failure for about 25 s
-    before it gives up; a name that does not resolve is said at once. None when the name resolves or
-    a proxy is set (the hub client then decides)."""
+    """Why the hub at ``endpoint`` cannot be reached at all: its host name is unknown to the resolver
+    and no proxy would look it up instead. The hub client retries such a failure for about 25 s
+    before it gives up; a name that does not exist is said at once. None when the name resolves, when
+    the failure may pass (a resolver that did not answer: the hub client's retries may get through),
+    for an address given as such, or when a proxy is used for the host (the hub client then decides)."""
     url = urllib.parse.urlsplit(endpoint)
-    proxies = urllib.request.getproxies()
-    if not url.hostname or proxies.get(url.scheme) or proxies.get("all"):
+    host = url.hostname
+    if not host:
         return None
     try:
-        socket.getaddrinfo(url.hostname, url.port or 443, type=socket.SOCK_STREAM)
+        ipaddress.ip_address(host.split("%", 1)[0])
+        return None  # an address, not a name (an IPv6 zone included)
+    except ValueError:
+        pass
+    proxies = urllib.request.getproxies()
+    if (proxies.get(url.scheme) or proxies.get("all")) and not urllib.request.proxy_bypass_environment(host):
+        return None
+    try:
+        socket.getaddrinfo(host, url.port or (443 if url.scheme == "https" else 80), type=socket.SOCK_STREAM)
     except socket.gaierror as err:
-        return f"the hub's host {url.hostname} could not be resolved ({err.strerror}; offline?)"
+        if err.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
+            return f"the hub's host {host} could not be resolved ({err.strerror}; offline?)"
+        return None
     except (OSError, UnicodeError, ValueError):
         return None
     return None

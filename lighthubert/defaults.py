@@ -11,6 +11,8 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 """Compute dtypes (``--dtype``)."""
 SAVE_DTYPES = ("float32", "float16")
 """Stored dtypes (``--save-dtype``; also of exported subnets)."""
+EXPORT_DTYPES = ("float32", "float16")
+"""Weights and compute of an ``.onnx`` / ``.ts`` export (``lhb subnet --export-dtype``)."""
 EXPORT_DTYPE = "float32"
 """Weights and compute of an ``.onnx`` / ``.ts`` export (``lhb subnet --export-dtype``); a ``.pt`` export keeps the stored weights."""
 COMPRESSIONS = ("none", "gzip", "lzf")

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import Checkpoint, CheckpointError, export_subnet, write_atomic, write_bytes_atomic
-from .defaults import EXPORT_DTYPE, SAVE_DTYPES
+from .defaults import EXPORT_DTYPE, EXPORT_DTYPES
 from .errors import LightHubertError, SettingError
 from .extractor import TORCH_DTYPES, FINAL, check_geometry, resolve_layers
 from .model import MIN_SAMPLES, SubnetModel, frame_mask
@@ -143,8 +143,8 @@ def check_export(path: str | os.PathLike, layers: Any = None, dtype: str | None 
         if layers is not None or dtype not in (None, EXPORT_DTYPE):
             raise SettingError(".pt exports the subnet's weights as stored; --layers and --export-dtype are for .onnx and .ts")
         return fmt
-    if dtype is not None and dtype not in SAVE_DTYPES:
-        raise SettingError(f"export dtype must be one of {', '.join(SAVE_DTYPES)}, got {dtype!r}")
+    if dtype is not None and dtype not in EXPORT_DTYPES:
+        raise SettingError(f"export dtype must be one of {', '.join(EXPORT_DTYPES)}, got {dtype!r}")
     if fmt == "onnx":
         require_onnx()
     return fmt

@@ -14,13 +14,11 @@ place: it adds committed segments and finally joins them with OUTPUT into a new 
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import os
 import random
 import re
-import signal
 import threading
 import warnings
 from contextlib import ExitStack
@@ -39,6 +37,7 @@ from .distributed import (Group, World, balance, decide, detect_world, finished,
                           wait_for_ranks)
 from .errors import LightHubertError, LightHubertWarning, SettingError
 from .extractor import Extractor, parse_layers, resolve_device, resolve_dtype, resolve_layers
+from .interrupt import interrupt_stops
 from .inputs import Item, check_against, is_audio, list_inputs, source_text
 from .pipeline import Options, Quiet, Reporter, StrictStop, Summary, estimate_samples
 from .pipeline import extract as run_pipeline
@@ -429,7 +428,7 @@ def extract(input: str | os.PathLike, output: str | os.PathLike, *, progress: Pr
         if stop is not None:
             return execute(plan, reporter, stop)
         stop = threading.Event()
-        with _interrupt_stops(stop) as interrupted:
+        with interrupt_stops(stop) as interrupted:
             summary = execute(plan, reporter, stop)
     except LightHubertError as err:  # said in this call's keywords, not lhb's flags
         err.args = (in_python_words(str(err)), *err.args[1:])
@@ -449,30 +448,6 @@ def in_python_words(message: str) -> str:
 
 _KEYWORDS = {f"--{f.name.replace('_', '-')}": f"{f.name}=True" if f.type == "bool" else f.name for f in fields(ExtractJob)}
 _FLAG = re.compile(r"--[a-z][a-z-]*")
-
-
-@contextlib.contextmanager
-def _interrupt_stops(stop: threading.Event):
-    """While open, the first SIGINT sets ``stop`` (and the list yielded becomes true) and a second one
-    raises KeyboardInterrupt; only in the main thread and where Python's own SIGINT handler is in place
-    (a handler of the caller's, or SIGINT ignored, is left alone)."""
-    said: list[bool] = []
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield said
-        return
-
-    def on_sigint(signum, frame):
-        if said:
-            raise KeyboardInterrupt
-        said.append(True)
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_sigint)
-    try:
-        yield said
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # ----------------------------------------------------------------------------- one writer

@@ -100,6 +100,9 @@ class StrictStop(LightHubertError):
         super().__init__(f"{path}: {reason} (strict: the run stopped at it)")
         self.path, self.reason = path, reason
 
+    def __reduce__(self):  # pickled (a process pool) and copied with its two fields
+        return type(self), (self.path, self.reason)
+
 
 def estimate_samples(item: Item) -> int:
     """16 kHz samples from the file header; 0 when unknown."""

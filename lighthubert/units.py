@@ -220,6 +220,8 @@ def apply_file(features: str | os.PathLike, km: dict | str | os.PathLike, output
     out = Path(output)
     if same_file(out, features):  # whatever overwrite says: the features would be lost
         raise OutputError(f"{out}: is FEATURES itself; give another file to write the units to")
+    if isinstance(km, (str, os.PathLike)) and same_file(out, km):  # nor the k-means file
+        raise OutputError(f"{out}: is the k-means file itself; give another file to write the units to")
     refuse_existing([out], overwrite)
     if isinstance(km, (str, os.PathLike)):
         km = load_km(km)

@@ -6,10 +6,12 @@ Exit status: 0 success, 1 failure, 2 bad usage, 3 finished but some inputs were 
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
 import re
+import shutil
 import signal
 import stat
 import sys
@@ -23,6 +25,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from lighthubert import defaults
+from lighthubert.interrupt import in_finaliser
 
 from .progress import STDOUT, Reporter, count, err, hms, out_line, size
 
@@ -338,7 +341,7 @@ def extract(
 
     def on_signal(signum, frame):
         if received:  # a second signal: stop now, with the status of the first one
-            if _in_finaliser(signum, frame):  # (during the final join's h5py cleanup, say)
+            if in_finaliser(signum, frame):  # (during the final join's h5py cleanup, say)
                 return
             raise Terminated if received[0] == signal.SIGTERM else KeyboardInterrupt
         received.append(signum)
@@ -510,18 +513,39 @@ def subnet_cmd(
     text = json.dumps(out[0] if len(out) == 1 else out, indent=None)
     out_line(text)
     if output is not None:
-        from lighthubert.checkpoint import write_atomic
-        from lighthubert.storage import os_reason, resolve_link, special_kind
+        from lighthubert.storage import os_reason
 
         try:
-            if special_kind(output):  # /dev/stdout, a FIFO: written as they are
-                output.write_text(text + "\n", encoding="utf-8")
-            else:  # a file already there stays whole until the new one is (a full disk)
-                write_atomic(resolve_link(output), lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+            _write_json(output, text + "\n")
         except OSError as e:
             raise Fail(f"{output}: cannot write: {os_reason(e)}") from None
     if export is not None:
         _export(ckpt, results[0][0], export, layers, dtype)
+
+
+def _write_json(output: Path, text: str) -> None:
+    """``lhb subnet -o``: a file already there stays whole until the new one is (a full disk cut it
+    to invalid JSON), and keeps its permissions; /dev/stdout, a FIFO or a name too long for a
+    temporary one beside it are written as they are."""
+    from lighthubert.checkpoint import write_atomic
+    from lighthubert.storage import resolve_link, special_kind
+
+    if special_kind(output) or str(output).startswith(("/dev/", "/proc/")):
+        output.write_text(text, encoding="utf-8")
+        return
+    target = resolve_link(output)
+
+    def write(tmp: Path) -> None:
+        tmp.write_text(text, encoding="utf-8")
+        if target.is_file():
+            shutil.copymode(target, tmp)
+
+    try:
+        write_atomic(target, write)
+    except OSError as e:
+        if e.errno != errno.ENAMETOOLONG:
+            raise
+        target.write_text(text, encoding="utf-8")
 
 
 def _not_a_source(target: Path, *sources: tuple[str, str | None]) -> None:
@@ -912,18 +936,8 @@ def _main_options(
     """Turn folders of speech into LightHuBERT representations (HDF5), pick subnets, describe files."""
 
 
-def _in_finaliser(signum: int, frame) -> bool:
-    """Whether the signal landed in a finaliser or weakref callback, where an exception raised is only
-    printed ("Exception ignored in ...") and the command would go on; if so, the signal is sent again
-    in a moment, to land in the command's own code."""
-    if frame is not None and (frame.f_code.co_name == "__del__" or frame.f_code.co_filename.endswith("weakref.py")):
-        threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
-        return True
-    return False
-
-
 def _on_signal(signum: int, frame) -> None:
-    if _in_finaliser(signum, frame):
+    if in_finaliser(signum, frame):
         return
     _signals.append(signum)
     raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-SPEECH_DIR = Path(os.environ.get("LHB_SPEECH") or Path(__file__).resolve().parents[2] / "shared" / "data" / "speech")
+SPEECH_DIR = Path(os.environ.get("LHB_SPEECH") or Path(__file__).resolve().parents[2] / "shared" / "data" / "speech").absolute()
 """The example speech: ``../shared/data/speech`` beside the checkout, or ``$LHB_SPEECH``."""
 
 

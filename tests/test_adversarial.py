@@ -291,6 +291,10 @@ def test_units_apply_keeps_the_old_output_until_the_new_one_is_whole(tmp_path, n
     assert out.read_bytes() == before and sorted(os.listdir(tmp_path)) == sorted(["f.h5", "km.pt", name])
     if name.endswith(".txt"):  # the km.pt path does what its dict does (before: TypeError 'string indices')
         assert apply_file(feats, km_path, out, overwrite=True) == 3 and out.read_bytes() == before
+        km_bytes = km_path.read_bytes()
+        with pytest.raises(OutputError, match="is the k-means file itself"):  # never written over, whatever overwrite says
+            apply_file(feats, km_path, km_path, overwrite=True)
+        assert km_path.read_bytes() == km_bytes
     assert apply_file(feats, km, out, keys=True, overwrite=True) == 3
     if name.endswith(".h5"):
         with h5py.File(out, "r") as f:

@@ -271,4 +271,5 @@ def test_rank_0s_summary_counts_the_other_ranks_skips(tmp_path, ckpt):
     ranks = {rank: rest for rank, *rest in (json.loads(ln[5:]) for ln in r.stdout.splitlines() if ln.startswith("RANK "))}
     assert sorted(ranks) == ["0", "1"], r.stdout
     assert sorted(ranks["0"][0] + ranks["1"][0]) == [f"bad{i}.wav" for i in range(6)]
+    assert ranks["1"][0], "no skip on rank 1: the test would not see rank 0's count of them"
     assert ranks["0"][1:] == [len(ranks["1"][0]), 6]

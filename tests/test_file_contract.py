@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import shutil
 from importlib import metadata
 from pathlib import Path
@@ -98,6 +99,8 @@ def test_strict_stops_with_the_file_and_the_reason(run, tmp_path):
     reasons = {item.key: reason for item, reason in summary.skipped}  # the same inputs, skipped without strict
     assert Path(stop.path).parent == root / "in" and stop.reason == reasons[Path(stop.path).stem]
     assert str(stop) == f"{stop.path}: {stop.reason} (strict: the run stopped at it)" and "--" not in str(stop)
+    again = pickle.loads(pickle.dumps(stop))  # a process pool sends it back whole
+    assert (type(again), str(again), again.path, again.reason) == (StrictStop, str(stop), stop.path, stop.reason)
     with h5py.File(tmp_path / "s.h5") as f:
         assert not bool(f.attrs["complete"])
 

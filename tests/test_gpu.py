@@ -4,16 +4,14 @@ independence on the device, and the overlapped prepare/submit path giving the pl
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
 
 import lighthubert
+from helpers import SPEECH_DIR
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-SPEECH = Path(os.environ.get("LHB_SPEECH", Path(__file__).resolve().parents[2] / "shared" / "data" / "speech"))
+SPEECH = SPEECH_DIR
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -893,3 +893,18 @@ def test_standard_output_on_a_full_disk_is_one_line(tmp_path):
     for args, p in zip(cases, runs):
         assert p.returncode == 1 and "Traceback" not in p.stderr, (args, p.stderr)
         assert p.stderr.splitlines()[-1] == "lhb: error: standard output: cannot write: no space left on the device", (args, p.stderr)
+
+
+def test_subnet_json_rewritten_keeps_its_mode_and_a_long_name_is_written(tmp_path):
+    """lhb subnet -o writes beside and renames over (a full disk no longer cuts the old file): the file
+    keeps the permissions it had, and a name too long for the temporary one beside it is written in place."""
+    old = tmp_path / "s.json"
+    assert lhb("subnet", "--preset", "max", "--supernet", "small", "-o", old).returncode == 0
+    old.chmod(0o600)
+    p = lhb("subnet", "--preset", "min", "--supernet", "small", "-o", old)  # a subnet JSON there: rewritten
+    assert p.returncode == 0, p.stderr
+    assert stat.S_IMODE(old.stat().st_mode) == 0o600 and json.loads(old.read_text())["embed_dim"] == 256
+    long = tmp_path / ("a" * 240 + ".json")
+    p = lhb("subnet", "--preset", "min", "--supernet", "small", "-o", long)
+    assert p.returncode == 0 and json.loads(long.read_text())["embed_dim"] == 256, p.stderr
+    assert sorted(os.listdir(tmp_path)) == sorted([long.name, "s.json"])

@@ -153,6 +153,9 @@ def test_a_hub_whose_name_does_not_resolve_is_said_at_once(tmp_path):
     assert r.returncode == 1 and len(lines) == 1, r.stderr
     assert "hub.lighthubert-test.invalid could not be resolved" in lines[0]
     assert "https://hub.lighthubert-test.invalid/mechanicalsea/lighthubert/resolve/main/lighthubert_small.pt" in lines[0]
+    # a proxy that the host bypasses (NO_PROXY) is no proxy for it: said at once as well
+    r = _lhb(["info", "small"], {**env, "HTTPS_PROXY": "http://127.0.0.1:9", "NO_PROXY": "localhost,.lighthubert-test.invalid"})
+    assert r.returncode == 1 and "hub.lighthubert-test.invalid could not be resolved" in r.stderr, r.stderr
 
 
 def test_offline_names_the_way_to_place_the_file(tmp_path):

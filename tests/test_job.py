@@ -430,6 +430,7 @@ def test_ctrl_c_in_a_notebook_keeps_the_work_in_output(tmp_path):
     if not any(ln.startswith("INTERRUPTED") for ln in lines):
         pytest.skip("the run finished before the interrupt landed")
     assert f"what was done is kept in {out}: run the same call with resume=True" in lines[-1], lines[-1]
+    assert "lighthubert: stopping after the current batch (interrupt again to stop at once)" in err, err
     with pytest.warns(lighthubert.LightHubertWarning, match="incomplete"), lighthubert.open_features(out) as f:
         kept = len(f)
     assert 2 <= kept < 30 and not (tmp_path / "o.h5.parts").exists()

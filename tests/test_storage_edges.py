@@ -573,3 +573,16 @@ def test_a_key_with_dot_dot_is_refused_before_convert_writes_outside_its_folder(
     assert not (tmp_path / "m.h5").exists()
     with pytest.raises(lighthubert.FeaturesError, match="has '.' or '..' in its key"):
         lighthubert.open_features(bad)
+
+
+@needs_speech
+def test_layers_of_bytes_are_named_not_an_internal_error(tmp_path, feats):
+    """An edited file whose 'layers' holds bytes: the message showing the value crashed in json.dumps
+    (lhb: internal error: TypeError ... bytes is not JSON serializable)."""
+    bad = tmp_path / "bad.h5"
+    shutil.copy(feats, bad)
+    with h5py.File(bad, "r+") as f:
+        f.attrs["layers"] = np.array([b"x", b"y"])
+    p = lhb("info", bad)
+    assert p.returncode == 1 and one_line(p) == (
+        f"lhb: error: {bad}: attribute 'layers' is not a list of hidden-state indices ([\"b'x'\", \"b'y'\"])"), p.stderr

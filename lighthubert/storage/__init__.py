@@ -219,9 +219,9 @@ def check_identity(path: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -
 
 def _short(v: Any, width: int = 40) -> str:
     """A value for a message: ``[384]*12`` for a list of one value, else JSON cut to ``width``."""
-    if isinstance(v, list) and len(v) > 1 and len({json.dumps(x) for x in v}) == 1:
-        return f"[{json.dumps(v[0])}]*{len(v)}"
-    text = json.dumps(v) if isinstance(v, (list, dict)) else repr(v)
+    if isinstance(v, list) and len(v) > 1 and len({json.dumps(x, default=repr) for x in v}) == 1:
+        return f"[{json.dumps(v[0], default=repr)}]*{len(v)}"
+    text = json.dumps(v, default=repr) if isinstance(v, (list, dict)) else repr(v)  # (bytes in a damaged file)
     if len(text) <= width:
         return text
     cut = text[: width - 4]
