@@ -231,7 +231,7 @@ def test_a_damaged_features_file_is_one_line_naming_it(tmp_path, feats):
     assert p.returncode == 1 and one_line(p).startswith(f"lhb: error: {chunk}: utt02: cannot be read, the file is damaged ("), p.stderr
     assert not (tmp_path / "c2").exists() or not os.listdir(tmp_path / "c2")
     with lighthubert.open_features(chunk) as f:
-        with pytest.raises(lighthubert.FeaturesError, match=f"utt02: cannot be read, the file is damaged"):
+        with pytest.raises(lighthubert.FeaturesError, match="utt02: cannot be read, the file is damaged"):
             f["utt02"]
         assert f["utt01"].shape[0] > 0  # the rest reads
     for read in (lambda: f["utt01"], lambda: f.num_samples("utt01"), lambda: f.source("utt01")):
