@@ -525,8 +525,8 @@ def subnet_cmd(
 
 def _write_json(output: Path, text: str) -> None:
     """``lhb subnet -o``: a file already there stays whole until the new one is (a full disk cut it
-    to invalid JSON), and keeps its permissions; /dev/stdout, a FIFO or a name too long for a
-    temporary one beside it are written as they are."""
+    to invalid JSON), and keeps its permissions; /dev/stdout, a FIFO, a file of several names (hard
+    links: each keeps seeing it) or a name too long for a temporary one beside it are written as they are."""
     from lighthubert.checkpoint import write_atomic
     from lighthubert.storage import resolve_link, special_kind
 
@@ -534,6 +534,9 @@ def _write_json(output: Path, text: str) -> None:
         output.write_text(text, encoding="utf-8")
         return
     target = resolve_link(output)
+    if target.is_file() and target.stat().st_nlink > 1:
+        target.write_text(text, encoding="utf-8")
+        return
 
     def write(tmp: Path) -> None:
         tmp.write_text(text, encoding="utf-8")
@@ -542,8 +545,8 @@ def _write_json(output: Path, text: str) -> None:
 
     try:
         write_atomic(target, write)
-    except OSError as e:
-        if e.errno != errno.ENAMETOOLONG:
+    except OSError as e:  # no temporary file beside it: a name too long, a folder only the file is writable in
+        if e.errno not in (errno.ENAMETOOLONG, errno.EACCES, errno.EPERM):
             raise
         target.write_text(text, encoding="utf-8")
 

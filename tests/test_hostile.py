@@ -908,3 +908,7 @@ def test_subnet_json_rewritten_keeps_its_mode_and_a_long_name_is_written(tmp_pat
     p = lhb("subnet", "--preset", "min", "--supernet", "small", "-o", long)
     assert p.returncode == 0 and json.loads(long.read_text())["embed_dim"] == 256, p.stderr
     assert sorted(os.listdir(tmp_path)) == sorted([long.name, "s.json"])
+    other = tmp_path / "other-name.json"  # a second name of the same file sees the new subnet too
+    os.link(old, other)
+    assert lhb("subnet", "--preset", "max", "--supernet", "small", "-o", old).returncode == 0
+    assert json.loads(other.read_text())["embed_dim"] == 512 and os.path.samefile(old, other)
