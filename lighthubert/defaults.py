@@ -10,11 +10,11 @@ from __future__ import annotations
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 """Compute dtypes (``--dtype``)."""
 SAVE_DTYPES = ("float32", "float16")
-"""Stored dtypes (``--save-dtype``; also of exported subnets)."""
+"""Stored dtypes (``--save-dtype``)."""
 EXPORT_DTYPES = ("float32", "float16")
 """Weights and compute of an ``.onnx`` / ``.ts`` export (``lhb subnet --export-dtype``)."""
 EXPORT_DTYPE = "float32"
-"""Weights and compute of an ``.onnx`` / ``.ts`` export (``lhb subnet --export-dtype``); a ``.pt`` export keeps the stored weights."""
+"""The default of those; a ``.pt`` export keeps the stored weights."""
 COMPRESSIONS = ("none", "gzip", "lzf")
 CONVERT_FORMATS = ("fairseq", "npy", "kaldi")
 """What ``lhb convert`` writes."""

@@ -74,11 +74,11 @@ def resolve_dtype(dtype: Any, device: torch.device) -> torch.dtype:
         raise SettingError(f"unsupported dtype {dtype}; use {', '.join(DTYPE_NAMES[1:-1])} or {DTYPE_NAMES[-1]}", "dtype")
     if dtype == torch.float16 and device.type == "cpu":
         raise SettingError("float16 is for CUDA; on the CPU use float32 (or bfloat16)", "dtype")
-    if dtype == torch.bfloat16 and device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 0):
+    if dtype == torch.bfloat16 and device.type == "cuda" and (cap := torch.cuda.get_device_capability(device)) < (8, 0):
         # below Ampere torch has no fused attention for bfloat16: the plain kernel holds (B, H, T, T)
         # scores, 20 GB for one 10-minute file, and its bfloat16 convolutions are slow
         warnings.warn(f"bfloat16 on {torch.cuda.get_device_name(device)} (compute capability "
-                      f"{'.'.join(map(str, torch.cuda.get_device_capability(device)))}, before Ampere): attention "
+                      f"{'.'.join(map(str, cap))}, before Ampere): attention "
                       "memory grows with the square of a file's length and the convolutions are slow; use float16 "
                       "or float32", LightHubertWarning, stacklevel=2)
     return dtype

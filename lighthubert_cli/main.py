@@ -80,6 +80,7 @@ def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
 
 
 SaveDtype = _choices("SaveDtype", defaults.SAVE_DTYPES)
+ExportDtype = _choices("ExportDtype", defaults.EXPORT_DTYPES)
 Dtype = _choices("Dtype", defaults.DTYPES)
 Compression = _choices("Compression", defaults.COMPRESSIONS)
 
@@ -418,7 +419,7 @@ def subnet_cmd(
     export: Annotated[Optional[Path], typer.Option("--export", parser=_path, metavar="OUT", help=(
         "Write the subnet (needs --checkpoint): OUT.pt a compact checkpoint for this package; OUT.onnx (ONNX, "
         "needs the onnx extra) or OUT.ts (TorchScript), waveforms to hidden states, runnable without it."))] = None,
-    export_dtype: Annotated[Optional[SaveDtype], typer.Option(
+    export_dtype: Annotated[Optional[ExportDtype], typer.Option(
         "--export-dtype", help=f"Weights and compute of an .onnx/.ts export (float16: for GPUs). Default: {defaults.EXPORT_DTYPE}.",
         show_default=False)] = None,
     layers: Annotated[Optional[str], typer.Option(
