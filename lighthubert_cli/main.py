@@ -657,8 +657,10 @@ def merge(
     remove_parts: Annotated[bool, typer.Option("--remove-parts", help="Delete the parts once merged.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary line; errors only.")] = False,
 ) -> None:
-    """Join into OUTPUT the parts of a run with several processes (lhb extract --keep-parts), or the
-    committed work of a stopped run (lhb extract --resume does the same and goes on).
+    """Join into OUTPUT the parts of a multi-process run (--keep-parts) or a stopped run's work.
+
+    The parts come from lhb extract with several processes and --keep-parts, or are the committed
+    work of a stopped run (lhb extract --resume does the same and goes on).
 
     Example: lhb merge feats.h5 feats.h5.parts
     """

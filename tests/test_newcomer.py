@@ -506,3 +506,21 @@ def test_readme_states_the_batching_bound_and_the_quick_tests():
     r = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "slow", "-p", "no:cacheprovider",
                         str(REPO / "tests" / "test_newcomer.py")], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert re.search(r"\b[1-9]\d*/\d+ tests collected", r.stdout), r.stdout[-2000:]
+
+
+def test_command_summaries_are_one_line():
+    """``lhb --help`` lists each command by the first paragraph of its help: a line break there
+    splits the sentence in the list (``lhb merge``'s did)."""
+    import click
+    import typer.main
+    from lighthubert_cli.main import app
+
+    def commands(group, prefix=""):
+        for name, cmd in group.commands.items():
+            yield prefix + name, cmd
+            if isinstance(cmd, click.Group):
+                yield from commands(cmd, prefix + name + " ")
+
+    for name, cmd in commands(typer.main.get_command(app)):
+        summary = (cmd.help or "").strip().split("\n\n")[0]
+        assert summary and "\n" not in summary, f"lhb {name}: {summary!r}"
