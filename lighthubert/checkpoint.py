@@ -21,7 +21,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from torch import Tensor
 
 from .defaults import SEED
 from .errors import LightHubertError, LightHubertWarning, SettingError
+from .files import write_bytes_atomic
 from .fairseq_cfg import HUBERT_TRAINING_EXTRA, TRAINING_DEFAULTS, is_norm
 from .model import ConfigError, ModelConfig, SubnetModel, cut_subnet, fixed_params, released_layout
 from .space import SPACES, SearchSpace, SubnetError, count_params, get_space, subnet_from_text
@@ -684,72 +685,11 @@ def random_checkpoint(kind: str = "base", seed: int = 0, extractor_mode: str | N
     }
 
 
-def new_temp_beside(path: Path) -> Path:
-    """A new, empty file next to ``path``: an ordinary file (the umask applies, so the result is as
-    readable as any file the user makes), unlike mkstemp's 0600."""
-    while True:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.part")
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            return tmp
-        except FileExistsError:
-            continue
-
-
-TEMP_NAME = re.compile(r"\.(.+)\.(\d+)\.[0-9a-f]{8}\.part")
-"""What :func:`new_temp_beside` names a temporary file: ``.NAME.PID.XXXXXXXX.part``."""
-
-
-def remove_dead_temps(finals: Iterable[Path]) -> None:
-    """Remove the temporary files :func:`new_temp_beside` made for ``finals`` (beside each) for
-    processes of this host that no longer run (killed half-way); those of a live process, and any
-    other file, are left alone. Each folder is listed once."""
-    by_folder: dict[Path, set[str]] = {}
-    for final in finals:
-        by_folder.setdefault(final.parent, set()).add(final.name)
-    for folder, names in by_folder.items():
-        try:
-            listed = os.listdir(folder)
-        except OSError:
-            continue  # not there (yet)
-        for name in listed:
-            m = TEMP_NAME.fullmatch(name)
-            if not m or m[1] not in names or int(m[2]) == os.getpid():
-                continue
-            try:
-                os.kill(int(m[2]), 0)
-            except ProcessLookupError:  # gone: its file is no one's
-                (folder / name).unlink(missing_ok=True)
-            except (PermissionError, OverflowError, OSError):
-                pass  # alive under another user, or not a pid
-
-
-def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """``write(tmp)`` into a new file beside ``path``, then rename it over ``path``: an existing file
-    stays whole until the new one is; the temporary file is removed on any failure or interruption."""
-    path = Path(path)
-    tmp = new_temp_beside(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save(obj)`` to ``path`` through :func:`write_atomic`. torch serialises into memory and
     Python writes the bytes: a full disk or a file size limit is then an OSError naming the reason
     (torch's own writer fails with 'unexpected pos', or aborts the process when it is TorchScript's)."""
     return write_bytes_atomic(path, lambda buf: torch.save(obj, buf))
-
-
-def write_bytes_atomic(path: str | os.PathLike, serialise: Callable[[io.BytesIO], None]) -> Path:
-    """``serialise(buffer)`` in memory, then the bytes to ``path`` through :func:`write_atomic`."""
-    buf = io.BytesIO()
-    serialise(buf)
-    return write_atomic(path, lambda tmp: tmp.write_bytes(buf.getbuffer()))
 
 
 def write_random_checkpoint(path: str | os.PathLike, kind: str = "base", seed: int = 0,

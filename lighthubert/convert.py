@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .checkpoint import new_temp_beside, remove_dead_temps
+from .files import new_temp_beside, remove_dead_temps, replace_keeping_mode
 from .errors import LightHubertWarning, SettingError
 from .defaults import CONVERT_FORMAT, CONVERT_FORMATS, NSHARD, SPLIT
 from .reader import FeaturesError, one_layer, open_features
@@ -70,7 +70,7 @@ class _Staged:
 
     def commit(self) -> list[Path]:
         for tmp, final in self.pairs:
-            os.replace(tmp, final)
+            replace_keeping_mode(tmp, final)
         done, self.pairs, self.committed = [final for _, final in self.pairs], [], True
         return done
 

@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import Checkpoint, CheckpointError, export_subnet, write_atomic, write_bytes_atomic
+from .checkpoint import Checkpoint, CheckpointError, export_subnet
+from .files import write_atomic, write_bytes_atomic
 from .defaults import EXPORT_DTYPE, EXPORT_DTYPES
 from .errors import LightHubertError, SettingError
 from .extractor import TORCH_DTYPES, FINAL, check_geometry, resolve_layers

@@ -19,10 +19,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .checkpoint import KM_FORMAT, check_seed, write_atomic
+from .checkpoint import KM_FORMAT, check_seed
 from .defaults import BATCH_SIZE, DEVICE, ITERATIONS, KMEANS_SEED, MAX_FRAMES  # batch and steps as fairseq's learn_kmeans.py
 from .errors import LightHubertError, SettingError
 from .extractor import resolve_device
+from .files import write_atomic
 from .model import no_tf32
 from .reader import FeaturesError, layer_positions, one_layer, open_features
 from .storage import UNITS_FORMAT, OutputError, hdf5_name, os_reason, os_words, plain, refuse_existing, same_file, special_kind

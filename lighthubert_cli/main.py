@@ -11,7 +11,6 @@ import functools
 import json
 import os
 import re
-import shutil
 import signal
 import stat
 import sys
@@ -528,7 +527,7 @@ def _write_json(output: Path, text: str) -> None:
     """``lhb subnet -o``: a file already there stays whole until the new one is (a full disk cut it
     to invalid JSON), and keeps its permissions; /dev/stdout, a FIFO, a file of several names (hard
     links: each keeps seeing it) or a name too long for a temporary one beside it are written as they are."""
-    from lighthubert.checkpoint import write_atomic
+    from lighthubert.files import write_atomic
     from lighthubert.storage import resolve_link, special_kind
 
     if special_kind(output) or str(output).startswith(("/dev/", "/proc/")):
@@ -539,13 +538,8 @@ def _write_json(output: Path, text: str) -> None:
         target.write_text(text, encoding="utf-8")
         return
 
-    def write(tmp: Path) -> None:
-        tmp.write_text(text, encoding="utf-8")
-        if target.is_file():
-            shutil.copymode(target, tmp)
-
     try:
-        write_atomic(target, write)
+        write_atomic(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     except OSError as e:  # no temporary file beside it: a name too long, a folder only the file is writable in
         if e.errno not in (errno.ENAMETOOLONG, errno.EACCES, errno.EPERM):
             raise

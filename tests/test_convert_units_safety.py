@@ -10,6 +10,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -290,6 +291,42 @@ def test_existing_outputs_are_kept_without_overwrite(tmp_path):
     assert sorted(p.name for p in convert(feats, conv, "npy", 1)) == ["u0.npy", "u1.npy", "u2.npy"]
     with pytest.raises(OutputError, match=re.escape(f"{conv}/u0.npy: already exists (and 2 more of the files to write)")):
         convert(feats, conv, "npy", 1)
+
+
+def test_files_replaced_with_overwrite_keep_their_permissions(tmp_path):
+    """Before: a features, k-means, units or converted file replaced with --overwrite (or by a merge)
+    came back with the umask's mode: a file made group-only (0640) or private (0600) became readable
+    by everyone. Only lhb subnet -o kept the mode; now every file written whole keeps it."""
+    from lighthubert.checkpoint import save_atomic
+    from lighthubert.storage import merge_parts
+
+    def mode(p: Path) -> int:
+        return p.stat().st_mode & 0o777
+
+    feats = _features(tmp_path / "f.h5", 3)
+    feats.chmod(0o640)
+    _features(feats, 4)  # as lhb extract --overwrite writes it
+    assert mode(feats) == 0o640
+    part = _features(tmp_path / "part.h5", 2)
+    with h5py.File(part, "a") as f:
+        f["features"].move("u0", "v0")  # keys not in f.h5, so the merge adds them
+        f["features"].move("u1", "v1")
+    feats.chmod(0o600)
+    assert merge_parts(feats, [part])[0] == 6 and mode(feats) == 0o600
+    km = tmp_path / "km.pt"
+    km.write_bytes(b"old")
+    km.chmod(0o640)
+    save_atomic({"clusters": 2}, km)  # as lhb units learn --overwrite writes it
+    units, conv = tmp_path / "u.km", tmp_path / "conv"
+    units.write_text("old\n")
+    units.chmod(0o600)
+    torch.save({"format": "lighthubert-kmeans", "centroids": torch.zeros(2, 4), "layer": 1, "clusters": 2}, tmp_path / "k.pt")
+    apply_file(feats, tmp_path / "k.pt", units, overwrite=True)
+    convert(feats, conv, "npy", 1)
+    (conv / "u0.npy").chmod(0o604)
+    convert(feats, conv, "npy", 1, overwrite=True)
+    assert (mode(km), mode(units), mode(conv / "u0.npy")) == (0o640, 0o600, 0o604)
+    assert len(units.read_text().splitlines()) == 6 and torch.load(km)["clusters"] == 2
 
 
 def test_a_file_of_a_stopped_run_is_used_with_one_line_saying_so(tmp_path):

@@ -23,6 +23,7 @@ from typing import Any, Callable, Collection, Iterable, Mapping
 import h5py
 import numpy as np
 
+from ..files import replace_keeping_mode
 from . import (FORMAT, NO_SPACE, _short, RUN_IDENTITY, UNITS_FORMAT, FeaturesError, OutputError, check_identity, find_committed,
                find_segments, identity_diff, os_reason, os_words, parts_dir, plain, refuse_special, remove_parts,
                segment_path)
@@ -67,7 +68,7 @@ class FeatureWriter:
                 f.attrs["complete"] = False
                 f.attrs["skipped"] = "[]"
                 f.create_group(GROUP)
-            os.replace(tmp, self.path)
+            replace_keeping_mode(tmp, self.path)
             return h5py.File(self.path, "a")
         except (OSError, RuntimeError) as err:
             raise OutputError(f"{self.path}: cannot create: {_reason(err)}") from None
@@ -272,7 +273,7 @@ def merge(output: Path, parts: list[Path], *, include_output: bool, complete: bo
     try:
         n = _merge_into(tmp, sources, complete, inputs)
         _fsync(tmp)
-        os.replace(tmp, output)
+        replace_keeping_mode(tmp, output)
         _fsync(output.parent if str(output.parent) else Path("."))
         return n
     except (OSError, RuntimeError) as err:  # ENOSPC, EIO from h5py: nothing changed

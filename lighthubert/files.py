@@ -1,0 +1,89 @@
+"""Files written whole: a new file beside the final one, renamed over it once complete.
+
+An existing file stays as it was until its replacement is whole (a full disk or a kill half-way loses
+nothing), and the replacement keeps the old file's permission bits, as a shell's ``>`` or ``cp`` onto
+it would: a features or k-means file made group-readable (or read-only) stays so after ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import stat
+from pathlib import Path
+from typing import Callable, Iterable
+
+
+def replace_keeping_mode(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
+    """``os.replace(tmp, final)``; when ``final`` is a regular file already, ``tmp`` first takes its
+    permission bits (owner and group cannot be kept without privileges, and are not)."""
+    try:
+        st = os.stat(final)
+    except OSError:
+        st = None
+    if st is not None and stat.S_ISREG(st.st_mode):
+        os.chmod(tmp, stat.S_IMODE(st.st_mode) & 0o777)
+    os.replace(tmp, final)
+
+
+def new_temp_beside(path: Path) -> Path:
+    """A new, empty file next to ``path``: an ordinary file (the umask applies, so the result is as
+    readable as any file the user makes), unlike mkstemp's 0600."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.part")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
+TEMP_NAME = re.compile(r"\.(.+)\.(\d+)\.[0-9a-f]{8}\.part")
+"""What :func:`new_temp_beside` names a temporary file: ``.NAME.PID.XXXXXXXX.part``."""
+
+
+def remove_dead_temps(finals: Iterable[Path]) -> None:
+    """Remove the temporary files :func:`new_temp_beside` made for ``finals`` (beside each) for
+    processes of this host that no longer run (killed half-way); those of a live process, and any
+    other file, are left alone. Each folder is listed once."""
+    by_folder: dict[Path, set[str]] = {}
+    for final in finals:
+        by_folder.setdefault(final.parent, set()).add(final.name)
+    for folder, names in by_folder.items():
+        try:
+            listed = os.listdir(folder)
+        except OSError:
+            continue  # not there (yet)
+        for name in listed:
+            m = TEMP_NAME.fullmatch(name)
+            if not m or m[1] not in names or int(m[2]) == os.getpid():
+                continue
+            try:
+                os.kill(int(m[2]), 0)
+            except ProcessLookupError:  # gone: its file is no one's
+                (folder / name).unlink(missing_ok=True)
+            except (PermissionError, OverflowError, OSError):
+                pass  # alive under another user, or not a pid
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """``write(tmp)`` into a new file beside ``path``, then rename it over ``path``: an existing file
+    stays whole until the new one is, and the new one gets its permissions; the temporary file is
+    removed on any failure or interruption."""
+    path = Path(path)
+    tmp = new_temp_beside(path)
+    try:
+        write(tmp)
+        replace_keeping_mode(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_bytes_atomic(path: str | os.PathLike, serialise: Callable[[io.BytesIO], None]) -> Path:
+    """``serialise(buffer)`` in memory, then the bytes to ``path`` through :func:`write_atomic`."""
+    buf = io.BytesIO()
+    serialise(buf)
+    return write_atomic(path, lambda tmp: tmp.write_bytes(buf.getbuffer()))
