@@ -40,7 +40,16 @@ FIX_TORCHAUDIO = "pip install --upgrade 'torch>=2.14' 'torchaudio>=2.11.1'"
 
 
 class AudioError(LightHubertError):
-    """An input that cannot be used; the message is the reason (the caller names the file)."""
+    """An input that cannot be used. ``reason`` says why; ``path`` is the file when known (
+    :func:`load_audio` gives it) and then leads the message: ``PATH: reason``."""
+
+    def __init__(self, reason: str, path: str | os.PathLike | None = None):
+        self.reason = reason
+        self.path = None if path is None else os.fsdecode(path)
+        super().__init__(reason if self.path is None else f"{self.path}: {reason}")
+
+    def __reduce__(self):  # from a decoding process to the run, with both fields
+        return type(self), (self.reason, self.path)
 
 
 def sample_peak(data) -> float:
@@ -337,8 +346,18 @@ def mp3_declares_frames(path: str | os.PathLike) -> bool:
 
 
 def load_audio(path: str | os.PathLike) -> np.ndarray:
-    """(N,) float32 mono waveform at 16 kHz, or :class:`AudioError` saying why not.
-    Raises :class:`ResamplerUnavailable` when the file needs resampling and torchaudio is broken."""
+    """(N,) float32 mono waveform at 16 kHz, or :class:`AudioError` naming ``path`` and saying why not
+    (``err.reason`` is the reason alone). Raises :class:`ResamplerUnavailable` when the file needs
+    resampling and torchaudio is broken."""
+    try:
+        return read_audio(path)
+    except AudioError as err:
+        raise AudioError(err.reason, path) from None
+
+
+def read_audio(path: str | os.PathLike) -> np.ndarray:
+    """:func:`load_audio` for a caller that names the file itself: an :class:`AudioError`'s message is
+    the reason alone."""
     check_regular(path)
     try:  # libsndfile says only "System error." for a file it may not open
         os.close(os.open(path, os.O_RDONLY))

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Protocol
 import numpy as np
 import torch
 
-from .audio import MIN_SAMPLES, SAMPLE_RATE, AudioError, ResamplerUnavailable, audio_frames, load_audio
+from .audio import MIN_SAMPLES, SAMPLE_RATE, AudioError, ResamplerUnavailable, audio_frames, read_audio
 from .defaults import FLUSH_SECONDS
 from .errors import LightHubertError
 from .extractor import Extractor
@@ -190,7 +190,7 @@ def _os_reason(err: BaseException) -> str:
 
 def _decode(item: Item) -> np.ndarray | AudioError:
     try:
-        return load_audio(item.path)
+        return read_audio(item.path)  # the reason alone: the skip names the file
     except AudioError as err:
         return err
     except ResamplerUnavailable:  # the installation, not the input: stops the run

@@ -179,7 +179,7 @@ def test_unreadable_files_and_subfolders_are_skipped_with_their_reason(tmp_path)
             "    try:\n"
             "        print(it.key, load_audio(it.path).shape[0])\n"
             "    except AudioError as e:\n"
-            "        print(it.key, e)\n", tmp_path)
+            "        print(it.key, e.reason)\n", tmp_path)
     finally:
         os.chmod(root / "locked", 0o755)
         os.chmod(root / "noread.wav", 0o644)

@@ -5,6 +5,7 @@ nothing wrong is stored. The model runs for real (random weights, some set absur
 
 from __future__ import annotations
 
+import pickle
 import re
 import struct
 
@@ -56,9 +57,11 @@ def test_a_cut_compressed_wav_is_reported_in_samples(tmp_path, fmt, ext, subtype
     whole, cut = tmp_path / f"whole.{ext}", tmp_path / f"cut.{ext}"
     sf.write(str(whole), NOISE, RATE, format=fmt, subtype=subtype)
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
-    with pytest.raises(AudioError, match="^truncated: ") as e:
+    with pytest.raises(AudioError, match=f"^{re.escape(str(cut))}: truncated: ") as e:  # named, for a Python caller
         load_audio(cut)
-    said = re.match(r"truncated: its header declares (\d+) samples at 16000 Hz but the file ends after (\d+) ", str(e.value))
+    said = re.match(r"truncated: its header declares (\d+) samples at 16000 Hz but the file ends after (\d+) ", e.value.reason)
+    again = pickle.loads(pickle.dumps(e.value))  # as a multiprocessing pool hands it back
+    assert (str(again), again.path, again.reason) == (str(e.value), str(cut), e.value.reason)
     assert said, e.value
     declared, present = map(int, said.groups())
     assert declared == sf.info(str(whole)).frames >= len(NOISE)
@@ -208,7 +211,7 @@ def test_a_flac_header_without_a_true_length_is_named(tmp_path):
                             ("huge", huge, "its header gives 68,466,831,600 samples, more than the file can hold")):
         path = tmp_path / f"{name}.flac"
         path.write_bytes(bytes(b))
-        with pytest.raises(AudioError, match=f"^{reason} .*; re-encode it to give it one$"):
+        with pytest.raises(AudioError, match=f"^{re.escape(str(path))}: {reason} .*; re-encode it to give it one$"):
             load_audio(path)
         assert audio_frames(path) is None  # "unknown" for planning, not 1193 hours
     assert audio_frames(whole) == (len(NOISE), RATE) and len(load_audio(whole)) == len(NOISE)
@@ -224,10 +227,10 @@ def test_a_wav_whose_length_was_never_filled_in_says_so(tmp_path):
     data = bytearray(path.read_bytes())
     struct.pack_into("<I", data, data.index(b"data") + 4, 0)
     path.write_bytes(bytes(data))
-    with pytest.raises(AudioError, match=f"^no samples \\(its header says none, yet the file holds {len(data):,} bytes: "
+    with pytest.raises(AudioError, match=f"^{re.escape(str(path))}: no samples \\(its header says none, yet the file holds {len(data):,} bytes: "
                        "a recording whose writer never filled in the length\\?\\)$"):
         load_audio(path)
     empty = tmp_path / "empty.wav"
     sf.write(str(empty), np.zeros(0, np.float32), RATE)
-    with pytest.raises(AudioError, match="^no samples$"):  # a file that is only a header: just that
+    with pytest.raises(AudioError, match=f"^{re.escape(str(empty))}: no samples$"):  # a file that is only a header: just that
         load_audio(empty)
