@@ -328,27 +328,42 @@ def cut_subnet(state: Mapping[str, Tensor], cfg: ModelConfig, subnet: Mapping) -
 CUDA_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
+def _legacy(read):
+    """A legacy TF32 reading, or None where the caller's settings mix the legacy and the
+    ``fp32_precision`` APIs so that torch refuses to give one."""
+    try:
+        return read()
+    except RuntimeError:
+        return None
+
+
 @contextlib.contextmanager
 def no_tf32() -> Iterator[None]:
     """cuBLAS matmuls and cuDNN convolutions in true float32 (no TensorFloat-32) inside the block;
-    the caller's settings are restored on the way out. Uses the ``fp32_precision`` API where torch
-    has it (mixing it with the legacy ``allow_tf32`` flags is an error there)."""
+    the caller's settings are restored on the way out.
+
+    torch keeps two sets of flags (``torch.set_float32_matmul_precision``/``allow_tf32`` and the newer
+    ``fp32_precision``) and raises when code reads one that disagrees with the other. Its legacy
+    setters update both, so the block sets TF32 off with them: whatever the caller used
+    (``allow_tf32 = True``, ``set_float32_matmul_precision("high")``, ``fp32_precision = "tf32"``),
+    every reading inside agrees. Both sets are put back as they were afterwards."""
     mm, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
-    conv = getattr(cudnn, "conv", None)
-    if conv is not None and hasattr(conv, "fp32_precision") and hasattr(mm, "fp32_precision"):
-        saved = (mm.fp32_precision, conv.fp32_precision)
-        mm.fp32_precision, conv.fp32_precision = "ieee", "ieee"
-        try:
-            yield
-        finally:
-            mm.fp32_precision, conv.fp32_precision = saved
-        return
-    saved_legacy = (mm.allow_tf32, cudnn.allow_tf32)  # pragma: no cover - torch < 2.9
-    mm.allow_tf32, cudnn.allow_tf32 = False, False
+    new_api = [(o, o.fp32_precision) for o in (mm, cudnn, cudnn.conv, cudnn.rnn) if hasattr(o, "fp32_precision")]
+    precision, cudnn_tf32 = _legacy(torch.get_float32_matmul_precision), _legacy(lambda: cudnn.allow_tf32)
+    torch.set_float32_matmul_precision("highest")
+    cudnn.allow_tf32 = False  # conv and rnn to "none": inherited, which could be a generic "tf32"
+    for o, _ in new_api:
+        if o is not cudnn:
+            o.fp32_precision = "ieee"
     try:
         yield
     finally:
-        mm.allow_tf32, cudnn.allow_tf32 = saved_legacy
+        if precision is not None:
+            torch.set_float32_matmul_precision(precision)
+        if cudnn_tf32 is not None:
+            cudnn.allow_tf32 = cudnn_tf32
+        for o, value in new_api:  # last: as the caller had them, also where the two sets disagreed
+            o.fp32_precision = value
 
 
 @contextlib.contextmanager

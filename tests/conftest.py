@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import lighthubert
-from helpers import SPEECH_DIR, authors_hidden_states
+from helpers import SPEECH_DIR, USER_TF32, authors_hidden_states, tf32_flags
 from oracle import authors, build_model
 
 TESTS = Path(__file__).resolve().parent
@@ -171,3 +171,18 @@ def ours_default_outputs(ckpt_files, speech) -> Lazy:
         return ext, [ext([w], layers="all")[0] for _, w in speech]
 
     return Lazy(make)
+
+
+@pytest.fixture(params=list(USER_TF32))
+def user_tf32(request):
+    """A user who turned TF32 on for their own work, in one of the ways torch offers; every flag is
+    restored afterwards. Yields the readings as the user left them."""
+    mm, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    legacy = (torch.get_float32_matmul_precision(), cudnn.allow_tf32)
+    saved = [(o, o.fp32_precision) for o in (torch.backends, mm, cudnn, cudnn.conv, cudnn.rnn)]
+    USER_TF32[request.param]()
+    yield tf32_flags()
+    torch.set_float32_matmul_precision(legacy[0])
+    cudnn.allow_tf32 = legacy[1]
+    for o, value in saved:
+        o.fp32_precision = value

@@ -58,3 +58,41 @@ def authors_hidden_states(model, wave, normalize: bool) -> list[torch.Tensor]:
 def authors_states(model, wave, normalize: bool) -> np.ndarray:
     """:func:`authors_hidden_states` stacked: (L+1, T, E) float32 numpy."""
     return torch.stack(authors_hidden_states(model, wave, normalize)).float().numpy()
+
+
+# ----------------------------------------------------------------------------- TF32 settings
+
+
+def _reading(read):
+    try:
+        return read()
+    except RuntimeError:  # torch refuses a legacy reading that the newer flags contradict
+        return "refused"
+
+
+def tf32_flags() -> dict:
+    """Every TF32 setting torch lets code read, legacy and ``fp32_precision`` alike."""
+    mm, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    return {"precision": _reading(torch.get_float32_matmul_precision), "mm.allow_tf32": _reading(lambda: mm.allow_tf32),
+            "cudnn.allow_tf32": _reading(lambda: cudnn.allow_tf32), "mm": mm.fp32_precision, "cudnn": cudnn.fp32_precision,
+            "conv": cudnn.conv.fp32_precision, "rnn": cudnn.rnn.fp32_precision, "generic": torch.backends.fp32_precision}
+
+
+FLOAT32_FLAGS = {"precision": "highest", "mm.allow_tf32": False, "cudnn.allow_tf32": False, "mm": "ieee", "conv": "ieee", "rnn": "ieee"}
+"""What a float32 forward must see: TF32 off, and no reading refused (torch raises where code reads a
+legacy flag that the newer ones contradict; cuBLAS and the profiler read them)."""
+
+
+def _tf32_new_api():
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    torch.backends.cudnn.conv.fp32_precision = "tf32"
+
+
+def _tf32_legacy():
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
+USER_TF32 = {"fp32_precision": _tf32_new_api, "allow_tf32": _tf32_legacy,
+             "matmul_precision_high": lambda: torch.set_float32_matmul_precision("high"),
+             "generic": lambda: setattr(torch.backends, "fp32_precision", "tf32")}

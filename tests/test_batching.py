@@ -4,6 +4,7 @@ sets and restores."""
 
 from __future__ import annotations
 
+import functools
 import weakref
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 import lighthubert
 from lighthubert.extractor import Pending, Prepared, normalize_rows
 from lighthubert.model import conv_frames, kernel_choices
+from helpers import FLOAT32_FLAGS, tf32_flags
 
 SIZES = (400, 16000, 23456, 40001)
 
@@ -115,25 +117,16 @@ def test_submit_gives_each_utterance_its_frames_and_the_asked_dtype():
     assert all(isinstance(f.numpy(), np.ndarray) for f in feats)
 
 
-def _flags() -> tuple[str, str]:
-    return torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
+@functools.lru_cache(maxsize=None)
+def _small(dtype: str):
+    return lighthubert.load("random:small", device="cpu", dtype=dtype, subnet="min")
 
 
-@pytest.fixture
-def user_tf32():
-    """A user who turned TF32 on for their own work; restored afterwards."""
-    saved = _flags()
-    torch.backends.cuda.matmul.fp32_precision = "tf32"
-    torch.backends.cudnn.conv.fp32_precision = "tf32"
-    yield
-    torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = saved
-
-
-def _flags_during_forward(dtype: str, waves: list) -> list[tuple[str, str]]:
+def _flags_during_forward(dtype: str, waves: list) -> list[dict]:
     """The TF32 flags seen inside each forward of the first encoder layer."""
-    ext = lighthubert.load("random:small", device="cpu", dtype=dtype)
+    ext = _small(dtype)
     seen = []
-    handle = ext.model.layers[0].register_forward_hook(lambda *_: seen.append(_flags()))
+    handle = ext.model.layers[0].register_forward_hook(lambda *_: seen.append(tf32_flags()))
     try:
         ext(waves)
     finally:
@@ -142,20 +135,23 @@ def _flags_during_forward(dtype: str, waves: list) -> list[tuple[str, str]]:
 
 
 def test_float32_forward_turns_tf32_off_and_restores_the_user_setting(user_tf32):
-    assert _flags_during_forward("float32", _waves(seed=5)[:2]) == [("ieee", "ieee")]
-    assert _flags() == ("tf32", "tf32")
+    """Before: only the newer flags were set, so a user's allow_tf32 = True (or matmul precision
+    "high") made torch refuse the legacy readings inside the forward pass."""
+    (seen,) = _flags_during_forward("float32", _waves(seed=5)[:2])
+    assert {k: seen[k] for k in FLOAT32_FLAGS} == FLOAT32_FLAGS, seen
+    assert tf32_flags() == user_tf32
 
 
 def test_flags_restored_when_the_forward_fails(user_tf32):
     with pytest.raises(RuntimeError, match="boom"):
         with kernel_choices(torch.device("cpu"), torch.float32):
-            assert _flags() == ("ieee", "ieee")
+            assert {k: tf32_flags()[k] for k in FLOAT32_FLAGS} == FLOAT32_FLAGS
             raise RuntimeError("boom")
-    assert _flags() == ("tf32", "tf32")
+    assert tf32_flags() == user_tf32
 
 
 def test_bfloat16_forward_leaves_the_flags_alone(user_tf32):
-    assert _flags_during_forward("bfloat16", _waves(seed=6)[:1]) == [("tf32", "tf32")]
+    assert _flags_during_forward("bfloat16", _waves(seed=6)[:1]) == [user_tf32]
 
 
 OUT_OF_MEMORY = {

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import lighthubert
-from helpers import SPEECH_DIR
+from helpers import FLOAT32_FLAGS, SPEECH_DIR, tf32_flags
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 SPEECH = SPEECH_DIR
@@ -33,20 +33,19 @@ def test_cuda_float32_matches_cpu(kind, waves):
         assert _rel(a, b) < 1e-5  # TF32 is off for float32
 
 
-def test_float32_turns_tf32_off_only_during_the_forward(waves):
-    mm, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
-    saved = (mm.fp32_precision, conv.fp32_precision)
-    mm.fp32_precision, conv.fp32_precision = "tf32", "tf32"
-    try:
-        ext = lighthubert.load("random:small", device="cuda", dtype="float32")
-        seen = []
-        ext.model.layers[0].register_forward_hook(
-            lambda *_: seen.append((mm.fp32_precision, conv.fp32_precision, torch.backends.cuda.cudnn_sdp_enabled())))
-        ext(waves)
-        assert seen == [("ieee", "ieee", False)]
-        assert (mm.fp32_precision, conv.fp32_precision) == ("tf32", "tf32")
-    finally:
-        mm.fp32_precision, conv.fp32_precision = saved
+def test_float32_turns_tf32_off_only_during_the_forward(waves, user_tf32):
+    """However the caller turned TF32 on (fp32_precision, allow_tf32, matmul precision "high", the
+    generic flag), a float32 forward on CUDA runs with every flag saying float32 (cuBLAS reads the
+    legacy ones: a contradiction is an error there), equals the CPU, and leaves the flags as they were."""
+    ext = lighthubert.load("random:small", device="cuda", dtype="float32")
+    seen = []
+    ext.model.layers[0].register_forward_hook(lambda *_: seen.append((tf32_flags(), torch.backends.cuda.cudnn_sdp_enabled())))
+    got = ext(waves, layers="all")
+    (flags, cudnn_sdp), = seen
+    assert {k: flags[k] for k in FLOAT32_FLAGS} == FLOAT32_FLAGS and not cudnn_sdp, flags
+    assert tf32_flags() == user_tf32
+    for a, b in zip(got, lighthubert.load("random:small", device="cpu")(waves, layers="all")):
+        assert _rel(a, b) < 1e-5
 
 
 @pytest.mark.parametrize("dtype,bound", [("float16", 2e-2), ("bfloat16", 1e-1)])
