@@ -164,12 +164,16 @@ class Pending:
 
     def result(self, own: bool = False) -> list[Tensor]:
         """Wait for the copy; each utterance's (len(layers), T_i, E) host tensor: views of ``data``, so
-        on CUDA they hold its pinned memory until dropped, or with ``own`` copies in ordinary memory
-        (for what is kept past the next batches: pinned memory is scarce, and torch keeps it cached)."""
+        they hold the whole padded batch (on CUDA its pinned memory) until dropped, or with ``own``
+        compact copies in ordinary memory, ordinary tensors (not inference tensors: a probe can be
+        trained on them, they can be changed in place) for what is kept past the next batches."""
         if self.done is not None:
             self.done.synchronize()
         views = [self.data[b, :, :t] for b, t in enumerate(self.frames)]
-        return [v.clone() for v in views] if own and self.done is not None else views
+        if not own:
+            return views
+        with torch.inference_mode(False):
+            return [v.clone() for v in views]
 
     def all_finite(self) -> list[bool]:
         """Per utterance, whether its hidden states are finite (waits for the copy, as :meth:`result`)."""

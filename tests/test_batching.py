@@ -260,3 +260,20 @@ def test_a_long_file_comes_to_the_host_layer_by_layer_with_the_numbers_of_a_stac
         data, finite = _run_long(ext, wave, layers, form, dtype, None)
         assert finite and data.dtype == (np.float16 if dtype == torch.float16 else np.float32)
         assert np.array_equal(data, stacked.to(dtype).numpy())
+
+
+def test_results_are_ordinary_compact_tensors():
+    """Before: on the CPU each result was an inference tensor viewing the whole padded batch: a probe
+    trained on it failed ('Inference tensors cannot be saved for backward'), an in-place change failed,
+    and a short utterance's result kept a long one's batch in memory."""
+    long, short = _waves(seed=7)[0], _waves(seed=8)[0][:8000]
+    long = np.tile(long, 1 + 160_000 // len(long))
+    ext = _small("float32")
+    _, x = ext([long, short], layers="all")
+    assert not x.is_inference() and x.is_contiguous()
+    assert x.untyped_storage().nbytes() == x.numel() * x.element_size()
+    probe = torch.nn.Linear(x.shape[-1], 3)
+    probe(ext(short)).sum().backward()
+    assert probe.weight.grad is not None
+    y = ext(short)
+    y.sub_(y.mean())
