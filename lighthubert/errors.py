@@ -17,9 +17,14 @@ class SettingError(LightHubertError, ValueError):
         self.setting = setting
 
 
+class InputError(LightHubertError, ValueError):
+    """Audio given to the model that it cannot take (a waveform's shape, dtype or samples, a padded
+    batch's lengths); the message says which one and what to pass instead."""
+
+
 class LightHubertWarning(UserWarning):
     """Something the user should know that does not stop the work (``warnings.warn``); ``lhb`` shows
     it as one line, ``lhb: warning: ...``."""
 
 
-__all__ = ["LightHubertError", "LightHubertWarning", "SettingError"]
+__all__ = ["InputError", "LightHubertError", "LightHubertWarning", "SettingError"]

@@ -198,7 +198,7 @@ def pad_collate(batch: Sequence[tuple[str, torch.Tensor]], pad_value: float = 0.
     """``[(key, (T_i, D) or (L, T_i, D))]`` -> ``(keys, x, lengths)``: x is (B, T_max, D) or
     (B, L, T_max, D), zero-padded at the end of time; lengths is a (B,) int64 tensor of T_i."""
     if not batch:
-        raise ValueError("pad_collate: the batch is empty")
+        raise SettingError("pad_collate: the batch is empty", "batch")
     keys = [k for k, _ in batch]
     feats = [x for _, x in batch]
     lengths = torch.tensor([x.shape[-2] for x in feats], dtype=torch.long)
@@ -224,9 +224,11 @@ class LengthGroupedSampler(Sampler[list[int]]):
     def __init__(self, lengths: Sequence[int], batch_size: int, *, shuffle: bool = True, seed: int = 0,
                  pool: int = 50, drop_last: bool = False, num_replicas: int = 1, rank: int = 0):
         if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
+            raise SettingError(f"batch_size must be at least 1, not {batch_size}", "batch_size")
+        if pool < 1:
+            raise SettingError(f"pool must be at least 1 (batches per pool sorted by length), not {pool}", "pool")
         if not 0 <= rank < num_replicas:
-            raise ValueError(f"rank must be in [0, {num_replicas}), not {rank}")
+            raise SettingError(f"rank must be in [0, {num_replicas}), not {rank}", "rank")
         if isinstance(lengths, Mapping):  # Features.lengths (key -> frames): its keys would be sorted, not lengths
             raise TypeError("lengths must be a sequence of item lengths (FeaturesDataset.lengths), not a mapping")
         self.lengths = list(lengths)

@@ -146,6 +146,18 @@ def test_length_grouped_sampler_gives_every_rank_its_announced_batches(n, batch_
     assert seen == set(range(n))  # every item is used
 
 
+def test_length_grouped_sampler_refuses_bad_settings_naming_them():
+    """pool=0 failed only when iterated ('range() arg 3 must not be zero'); each bad value is now a
+    SettingError naming it, when the sampler is made."""
+    from lighthubert import LengthGroupedSampler, SettingError
+
+    for kwargs, setting in ((dict(batch_size=0), "batch_size"), (dict(batch_size=2, pool=0), "pool"),
+                            (dict(batch_size=2, num_replicas=2, rank=2), "rank")):
+        with pytest.raises(SettingError, match=f"^{setting} must be") as e:
+            LengthGroupedSampler([3, 4, 5], **kwargs)
+        assert e.value.setting == setting
+
+
 @pytest.mark.slow  # lhb subprocesses
 def test_a_seed_out_of_range_is_one_usage_line_naming_seed_in_every_command(tmp_path, feats_km):
     """lhb extract refuses --seed outside 0..2^63-1 naming it; lhb units learn said 'expected
