@@ -29,7 +29,7 @@ from torch import Tensor
 
 from .defaults import SEED
 from .errors import LightHubertError, LightHubertWarning, SettingError
-from .files import write_bytes_atomic
+from .files import target_problem, write_bytes_atomic
 from .fairseq_cfg import HUBERT_TRAINING_EXTRA, TRAINING_DEFAULTS, is_norm
 from .model import ConfigError, ModelConfig, SubnetModel, cut_subnet, fixed_params, released_layout
 from .space import SPACES, SearchSpace, SubnetError, count_params, get_space, subnet_from_text
@@ -698,11 +698,13 @@ def write_random_checkpoint(path: str | os.PathLike, kind: str = "base", seed: i
     return save_atomic(random_checkpoint(kind, seed, extractor_mode, layer_norm_first), path)
 
 
-def export_subnet(ckpt: Checkpoint, subnet: Any, path: str | os.PathLike) -> Path:
+def export_subnet(ckpt: Checkpoint, subnet: Any, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Write a standalone checkpoint holding only ``subnet``'s weights (as stored, plus the rebuilt
-    positional convolution in float32). :func:`load_checkpoint` opens it and gives identical numbers."""
+    positional convolution in float32). :func:`load_checkpoint` opens it and gives identical numbers.
+    An existing file is replaced only with ``overwrite``, ``ckpt``'s own file never."""
     if ckpt.subnet is not None:
         raise CheckpointError(f"{ckpt.source}: is already an exported subnet")
+    check_export_target(ckpt, path, overwrite)
     sub = ckpt.resolve_subnet(subnet)
     state = {k: v.clone() for k, v in cut_subnet(ckpt.state, ckpt.cfg, sub).items()}
     model_cfg = {**ckpt.cfg.to_dict(), "_name": SUBNET_KIND, "supernet_type": ckpt.space.name, "subnet": sub,
@@ -712,7 +714,18 @@ def export_subnet(ckpt: Checkpoint, subnet: Any, path: str | os.PathLike) -> Pat
         model_cfg["random"] = True
     obj = {"cfg": {"model": model_cfg, "task": {"normalize": ckpt.normalize, "sample_rate": ckpt.sample_rate}},
            "model": state}
-    return save_atomic(obj, path)
+    try:
+        return save_atomic(obj, path)
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot write: {err.strerror or err}") from None
+
+
+def check_export_target(ckpt: Checkpoint, path: str | os.PathLike, overwrite: bool) -> None:
+    """:class:`CheckpointError` when an export of ``ckpt`` cannot be written at ``path``: the
+    checkpoint's own file, a folder, a missing folder, or an existing file without ``overwrite``."""
+    problem = target_problem(path, overwrite=overwrite, sources={"the checkpoint the subnet is cut from": ckpt.path})
+    if problem:
+        raise CheckpointError(f"{path}: {problem}")
 
 
 def kind_label(ckpt: Checkpoint) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import Checkpoint, CheckpointError, export_subnet
+from .checkpoint import Checkpoint, CheckpointError, check_export_target, export_subnet
 from .files import write_atomic, write_bytes_atomic
 from .defaults import EXPORT_DTYPE, EXPORT_DTYPES
 from .errors import LightHubertError, SettingError
@@ -152,18 +152,20 @@ def check_export(path: str | os.PathLike, layers: Any = None, dtype: str | None 
 
 
 def export(ckpt: Checkpoint, subnet: Any, path: str | os.PathLike, layers: Any = None,
-           dtype: str | None = None, opset: int = DEFAULT_OPSET) -> Path:
+           dtype: str | None = None, opset: int = DEFAULT_OPSET, *, overwrite: bool = False) -> Path:
     """Write ``subnet`` of ``ckpt`` to ``path``, the format by suffix: ``.onnx``, ``.ts`` (TorchScript)
     or ``.pt`` (a compact checkpoint for this package, see :func:`export_subnet`).
 
     layers: hidden states to output (``last`` when None, ``all``, or indices as in ``resolve_layers``);
-    dtype: ``float32`` (default) or ``float16`` (weights and compute; for GPUs). Raises
-    :class:`ExportError` (or ``ValueError`` for a bad option) with one line."""
+    dtype: ``float32`` (default) or ``float16`` (weights and compute; for GPUs). An existing file is
+    replaced only with ``overwrite``, ``ckpt``'s own file never. Raises :class:`ExportError` (or
+    ``ValueError`` for a bad option) with one line."""
     path = Path(path)
     fmt = check_export(path, layers, dtype)
     try:
+        check_export_target(ckpt, path, overwrite)
         if fmt == "checkpoint":
-            return export_subnet(ckpt, subnet, path)
+            return export_subnet(ckpt, subnet, path, overwrite=overwrite)
         check_geometry(ckpt)  # the file's bounds (inputs of at least MIN_SAMPLES) assume it
     except CheckpointError as err:
         raise ExportError(str(err)) from None
@@ -176,8 +178,6 @@ def export(ckpt: Checkpoint, subnet: Any, path: str | os.PathLike, layers: Any =
     meta = metadata(ckpt, sub, idx, tdtype, fmt)
     if fmt == "torchscript":
         meta["device"] = device
-    if not path.parent.is_dir():
-        raise ExportError(f"{path}: the folder {path.parent} does not exist")
     with _quiet():
         if fmt == "onnx":
             return write_atomic(path, lambda tmp: _write_onnx(module, str(tmp), meta, opset))

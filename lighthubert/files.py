@@ -12,7 +12,7 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 
 def replace_keeping_mode(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
@@ -87,3 +87,24 @@ def write_bytes_atomic(path: str | os.PathLike, serialise: Callable[[io.BytesIO]
     buf = io.BytesIO()
     serialise(buf)
     return write_atomic(path, lambda tmp: tmp.write_bytes(buf.getbuffer()))
+
+
+def target_problem(path: str | os.PathLike, *, overwrite: bool,
+                   sources: Mapping[str, str | os.PathLike | None] | None = None) -> str | None:
+    """Why a file cannot be written whole at ``path``, in words that follow it (``PATH: ...``), or None.
+    ``sources``: what the caller reads (``{"the checkpoint it is cut from": path}``), never replaced;
+    an existing file is replaced only with ``overwrite``."""
+    path = Path(path)
+    for what, src in (sources or {}).items():
+        try:
+            if src is not None and os.path.samefile(path, src):
+                return f"is {what}; give another file to write"
+        except (OSError, ValueError):
+            pass  # not there, or not a file name
+    if path.is_dir():
+        return "is a folder; give a file name"
+    if not path.parent.is_dir():
+        return f"the folder {path.parent} does not exist"
+    if path.is_file() and not overwrite:
+        return "already exists; pass overwrite=True to replace it"
+    return None

@@ -589,7 +589,7 @@ def _export(ckpt, sub: dict | None, path: Path, layers: str | None, dtype: str |
             check_export(path, layers, dtype)
             return
         _stop_if_signalled()
-        export(ckpt, sub, path, layers=layers, dtype=dtype)
+        export(ckpt, sub, path, layers=layers, dtype=dtype, overwrite=True)  # checked before any work (subnet)
     except ExportError as e:
         raise Fail(str(e)) from None
     except ValueError as e:

@@ -422,3 +422,38 @@ def test_file_checkpoint_is_not_labelled_random_unless_it_is(ckpts, tmp_path, ck
     real_looking.pop("random", None)
     path = save_variant(tmp_path / "plain.pt", d, real_looking)
     assert "RANDOM WEIGHTS" not in load_checkpoint(path).name
+
+
+def test_exports_never_replace_their_checkpoint_and_replace_a_file_only_when_asked(ckpt_files, tmp_path):
+    """Before: export_subnet and deploy.export wrote over any file, the supernet they were cut from
+    included (it became the small exported subnet), and a missing folder was a FileNotFoundError
+    naming lhb's temporary file. lhb subnet --export already refused; the library now does too."""
+    from lighthubert.deploy import ExportError, export
+
+    supernet = tmp_path / "super.pt"
+    supernet.write_bytes(Path(ckpt_files["small"]).read_bytes())
+    ckpt = load_checkpoint(supernet)
+    (tmp_path / "link.pt").symlink_to(supernet)
+    for target in (supernet, tmp_path / "link.pt"):
+        with pytest.raises(CheckpointError, match=f"^{re.escape(str(target))}: is the checkpoint the subnet is cut from"):
+            lighthubert.export_subnet(ckpt, "min", target, overwrite=True)
+        with pytest.raises(ExportError, match=f"^{re.escape(str(target))}: is the checkpoint the subnet is cut from"):
+            export(ckpt, "min", target, overwrite=True)
+    assert load_checkpoint(supernet).subnet is None  # still the supernet
+    missing = tmp_path / "nodir" / "x.pt"
+    with pytest.raises(CheckpointError, match=f"^{re.escape(str(missing))}: the folder {re.escape(str(missing.parent))} does not exist$"):
+        lighthubert.export_subnet(ckpt, "min", missing)
+    old = tmp_path / "min.pt"
+    old.write_bytes(b"mine")
+    for call, error in ((lambda **kw: lighthubert.export_subnet(ckpt, "min", old, **kw), CheckpointError),
+                        (lambda **kw: export(ckpt, "min", old, **kw), ExportError)):
+        with pytest.raises(error, match="already exists; pass overwrite=True to replace it"):
+            call()
+        assert old.read_bytes() == b"mine"
+    lighthubert.export_subnet(ckpt, "min", old, overwrite=True)
+    assert load_checkpoint(old).subnet == ckpt.resolve_subnet("min")
+    ts = tmp_path / "min.ts"
+    ts.write_bytes(b"mine")
+    with pytest.raises(ExportError, match="already exists"):
+        export(ckpt, "min", ts)
+    assert ts.read_bytes() == b"mine"
