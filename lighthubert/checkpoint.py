@@ -111,11 +111,12 @@ def fetch(name: str, progress: bool = True) -> Path:
     if folder.exists() and not folder.is_dir():
         source = f"{CACHE_ENV}={folder}" if os.environ.get(CACHE_ENV) else str(folder)
         raise CheckpointError(f"could not look for the {name!r} checkpoint: {source} is a file, not a folder; "
-                              f"point {CACHE_ENV} at a folder (or pass the checkpoint's path with -c)")
+                              f"point {CACHE_ENV} at a folder (or give the checkpoint's path instead of {name!r})")
     placed = folder / filename
     if placed.is_file():
         return placed
-    hint = (f"Download it by hand from {url_for(name)} and pass its path (-c /path/to/{filename}), "
+    hint = (f"Download it by hand from {url_for(name)} and give its path instead of {name!r} "
+            f"(lhb: -c /path/to/{filename}; Python: lighthubert.load('/path/to/{filename}')), "
             f"or put it in {folder} (set {CACHE_ENV} to use another folder).")
     try:
         import huggingface_hub

@@ -431,7 +431,11 @@ def extract(input: str | os.PathLike, output: str | os.PathLike, *, progress: Pr
         with interrupt_stops(stop) as interrupted:
             summary = execute(plan, reporter, stop)
     except LightHubertError as err:  # said in this call's keywords, not lhb's flags
-        err.args = (in_python_words(str(err)), *err.args[1:])
+        message = in_python_words(str(err))
+        setting = getattr(err, "setting", None)
+        if setting and not message.startswith(setting):  # lhb prefixes "--batch-seconds: "; a caller sees the keyword
+            message = f"{setting}: {message}"
+        err.args = (message, *err.args[1:])
         raise
     if interrupted and summary.interrupted:
         raise KeyboardInterrupt(f"stopped after the current batch; what was done is kept in {summary.output}: "
@@ -447,7 +451,8 @@ def in_python_words(message: str) -> str:
 
 
 _KEYWORDS = {f"--{f.name.replace('_', '-')}": f"{f.name}=True" if f.type == "bool" else f.name for f in fields(ExtractJob)}
-_FLAG = re.compile(r"--[a-z][a-z-]*")
+_KEYWORDS["-c"] = "checkpoint"
+_FLAG = re.compile(r"--[a-z][a-z-]*|(?<![\w-])-c(?=[:) ])")
 
 
 # ----------------------------------------------------------------------------- one writer

@@ -295,6 +295,8 @@ def subnet_from_text(text: str, space: SearchSpace) -> dict:
     s = text.strip()
     if s in ("default", "max", "min"):
         return space.preset(s)
+    if not s:  # Path("") is ".", the current folder
+        raise SubnetError(f"{text!r} is empty: give a preset (default, max, min), inline JSON or a JSON file")
     path = Path(s)
     is_file = _is_file(path)
     if s.startswith(("{", "[")) and not is_file:  # a list: what lhb subnet --sample prints, refused with a word

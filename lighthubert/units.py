@@ -129,6 +129,7 @@ def learn(x: torch.Tensor, clusters: int, *, batch_size: int = BATCH_SIZE, itera
     caller set for TensorFloat-32 (its 10-bit mantissa picks wrong nearest centroids)."""
     n = len(x)
     check_seed(seed)
+    check_steps(batch_size, iterations)
     if clusters < 1 or clusters > n:
         raise SettingError(f"cannot make {clusters} clusters from {n} frames", "clusters")
     gen = torch.Generator().manual_seed(seed)
@@ -158,12 +159,25 @@ def inertia(x: torch.Tensor, centroids: torch.Tensor) -> float:
     return float(assign(x, centroids)[1].double().mean())
 
 
+def check_steps(batch_size: int, iterations: int, max_frames: int | None = None) -> None:
+    """:class:`SettingError` naming the first k-means setting below 1 (or above 1,000,000 iterations),
+    as lhb units learn's options allow them (``batch_size`` 0 returned the k-means++ start)."""
+    for name, value, top in (("batch_size", batch_size, None), ("iterations", iterations, 1_000_000),
+                             ("max_frames", max_frames, None)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (top and value > top):
+            # lhb's options stop these before: the keyword is the caller's word
+            raise SettingError(f"{name}={value!r} is not a whole number from 1{f' to {top:,}' if top else ' up'}", name)
+
+
 def learn_file(features: str | os.PathLike, layer: int | None, clusters: int, *, max_frames: int = MAX_FRAMES,
                batch_size: int = BATCH_SIZE, iterations: int = ITERATIONS, seed: int = KMEANS_SEED, device: str = DEVICE,
                progress: Callable[[int, int], None] | None = None) -> dict:
     """Learn ``clusters`` centroids from up to ``max_frames`` frames of ``layer`` (None: the file's
     only layer); the km.pt dict."""
     check_seed(seed)
+    check_steps(batch_size, iterations, max_frames)
     with open_features(features) as f:
         layer = one_layer(f.layers, layer, features)
         model = model_of(f.attrs)

@@ -293,6 +293,19 @@ def test_existing_outputs_are_kept_without_overwrite(tmp_path):
         convert(feats, conv, "npy", 1)
 
 
+def test_k_means_settings_below_one_are_refused_naming_them(tmp_path):
+    """Before: learn_file(batch_size=0) returned the k-means++ start as if learnt, iterations=0 the
+    same; lhb units learn refused both (its options start at 1), the library did not."""
+    from lighthubert.units import learn_file
+
+    feats = _features(tmp_path / "f.h5", 3)
+    for kwargs, setting in ((dict(batch_size=0), "batch_size"), (dict(iterations=0), "iterations"),
+                            (dict(max_frames=0), "max_frames"), (dict(iterations=2.5), "iterations")):
+        with pytest.raises(SettingError, match=rf"^{setting}=.* is not a whole number from 1") as e:
+            learn_file(feats, 1, 2, device="cpu", **kwargs)
+        assert e.value.setting == setting
+
+
 def test_files_replaced_with_overwrite_keep_their_permissions(tmp_path):
     """Before: a features, k-means, units or converted file replaced with --overwrite (or by a merge)
     came back with the umask's mode: a file made group-only (0640) or private (0600) became readable

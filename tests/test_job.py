@@ -450,3 +450,10 @@ def test_errors_of_lighthubert_extract_name_its_keywords(tmp_path, two_files):
     assert str(info.value) == f"{out}: already exists; pass resume=True to complete it or overwrite=True to replace it"
     with pytest.raises(lighthubert.SettingError, match="^resume=True and overwrite=True exclude each other$"):
         lighthubert.extract(two_files, out, resume=True, overwrite=True, **args)
+    # a bad value leads with its keyword (lhb leads with the flag); -c is the checkpoint keyword
+    for kw, says in ((dict(batch_seconds=0), "batch_seconds: 0 is not"), (dict(num_workers=0), "num_workers: 0 is not"),
+                     (dict(window_seconds=0), "window_seconds: 0 is not")):
+        with pytest.raises(lighthubert.SettingError, match=f"^{says}"):
+            lighthubert.extract(two_files, tmp_path / "new.h5", **args, **kw)
+    with pytest.raises(OutputError, match=r"different checkpoint \(checkpoint: 'random:small:0 .*\); use overwrite=True"):
+        lighthubert.extract(two_files, out, **{**args, "checkpoint": "random:small:3"}, resume=True)

@@ -436,3 +436,10 @@ def test_counts_follow_the_checkpoints_own_conv_sizes(tmp_path):
     sub, _, params = best_under_budget(budget, [SPACES["small"]], **ckpt.count_kwargs)
     assert params == authors_count(theirs, sub) <= budget
     assert params > budget - 1_000_000  # near it, not the released geometry's answer shifted by the difference
+
+
+@pytest.mark.parametrize("text", ["", "  \n"])
+def test_an_empty_subnet_text_is_said_to_be_empty(text):
+    """Before: '' was the path '.', 'not a regular file, so not a JSON file to read'."""
+    with pytest.raises(SubnetError, match="is empty: give a preset"):
+        lighthubert.subnet_from_text(text, SPACES["small"])
