@@ -32,7 +32,7 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from .errors import LightHubertError
 
@@ -111,8 +111,12 @@ def is_audio(path: Path) -> bool:
     return path.suffix.lower() in AUDIO_EXTENSIONS
 
 
-def list_inputs(source: str | os.PathLike) -> list[Item]:
-    """Items of INPUT, in a stable order (sorted by key for folders, file order for lists)."""
+def list_inputs(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Item]:
+    """Items of INPUT, in a stable order (sorted by key for folders, file order for lists). A Python
+    list (or tuple) of audio file paths is taken as a ``.txt`` list written in the current folder:
+    keys relative to it, or to the deepest folder holding every file, without extension."""
+    if isinstance(source, (list, tuple)):
+        return _from_paths(source)
     src = Path(source)
     if not src.exists():
         why = "a symbolic link to nothing (broken, or a loop)" if os.path.islink(src) else "no such file or folder"
@@ -132,6 +136,22 @@ def list_inputs(source: str | os.PathLike) -> list[Item]:
                              "(lhb extract takes INPUT first, then OUTPUT)")
         items = [Item(_check_key(escape_name(src.stem), str(src)), src, display_path(src))]
     _check_unique(items, own=src.suffix.lower() == ".scp" and not src.is_dir())
+    return items
+
+
+def _from_paths(paths: Sequence[str | os.PathLike]) -> list[Item]:
+    """Items of a Python list of audio file paths (see :func:`list_inputs`)."""
+    if not paths:
+        raise InputError("the list of inputs is empty")
+    texts = []
+    for p in paths:
+        if not isinstance(p, (str, os.PathLike)) or not os.fspath(p):
+            raise InputError(f"{p!r} in the list of inputs is not a file path")
+        texts.append(os.fsdecode(os.fspath(p)))
+    base = Path(".")
+    items = [Item(_check_key(key, display_path(t)), Path(t), display_path(t))
+             for t, key in zip(texts, _list_keys(base, texts))]
+    _check_unique(items)
     return items
 
 

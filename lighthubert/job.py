@@ -25,7 +25,7 @@ from contextlib import ExitStack
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -79,8 +79,9 @@ class JobError(LightHubertError):
 class ExtractJob:
     """Every setting of an extraction, with its default from :mod:`lighthubert.defaults` (``lhb extract`` shows the same ones)."""
 
-    input: str | os.PathLike
-    """A folder, one audio file, or a list (.txt/.lst, .tsv, .scp)."""
+    input: str | os.PathLike | Sequence[str | os.PathLike]
+    """A folder, one audio file, a list file (.txt/.lst, .tsv, .scp), or a Python list of audio file
+    paths (keys as a .txt list written in the current folder gives them)."""
     output: str | os.PathLike
     checkpoint: str = CHECKPOINT
     subnet: Any = None
@@ -221,7 +222,8 @@ def prepare(job: ExtractJob, *, world: World | None = None, download: bool = Tru
     items = list_inputs(job.input)
     read = [f for f in (job.checkpoint, job.subnet) if isinstance(f, (str, os.PathLike))]  # files, if they are
     out = check_output_path(job.output, resume=job.resume, overwrite=job.overwrite, backend=backend,
-                            inputs=itertools.chain([job.input], read, (it.path for it in items)))
+                            inputs=itertools.chain([] if isinstance(job.input, (list, tuple)) else [job.input], read,
+                                                   (it.path for it in items)))
     if not world.distributed and find_parts(parts_dir(out), backend.suffix):
         raise OutputError(f"{parts_dir(out)}: parts of a run with several processes are there (merged already, "
                           f"or not yet); join them and remove them with: lhb merge {out} {parts_dir(out)} --remove-parts")
@@ -410,7 +412,7 @@ class _Callback(Quiet):
         self.fn(self.files, self.total, self.seconds, self.total_seconds)
 
 
-def extract(input: str | os.PathLike, output: str | os.PathLike, *, progress: ProgressFn | None = None,
+def extract(input: str | os.PathLike | Sequence[str | os.PathLike], output: str | os.PathLike, *, progress: ProgressFn | None = None,
             stop: threading.Event | None = None, **settings: Any) -> Summary:
     """Extract the features of every audio file in ``input`` into ``output``, as ``lhb extract``
     does; ``settings`` are the fields of :class:`ExtractJob`. Bad inputs are skipped and listed in

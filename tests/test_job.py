@@ -457,3 +457,27 @@ def test_errors_of_lighthubert_extract_name_its_keywords(tmp_path, two_files):
             lighthubert.extract(two_files, tmp_path / "new.h5", **args, **kw)
     with pytest.raises(OutputError, match=r"different checkpoint \(checkpoint: 'random:small:0 .*\); use overwrite=True"):
         lighthubert.extract(two_files, out, **{**args, "checkpoint": "random:small:3"}, resume=True)
+
+
+def test_a_python_list_of_files_is_an_input(tmp_path, two_files, monkeypatch):
+    """Before: lighthubert.extract(sorted(glob(...)), out) was 'TypeError: expected str, bytes or
+    os.PathLike object, not list'. A list is taken as a .txt list written in the current folder."""
+    args = dict(checkpoint="random:small", subnet="min", layers="0", device="cpu")
+    files = sorted(two_files.iterdir())
+    (tmp_path / "list.txt").write_text("".join(f"{p}\n" for p in files))
+    by_txt = lighthubert.extract(tmp_path / "list.txt", tmp_path / "txt.h5", **args)
+    monkeypatch.chdir(two_files)
+    for given in ([str(p) for p in files], tuple(files), [p.name for p in files]):  # absolute, Path, relative
+        out = tmp_path / f"list{len(list(tmp_path.iterdir()))}.h5"
+        summary = lighthubert.extract(given, out, **args)
+        assert summary.files == 2 and not summary.skipped
+        with lighthubert.open_features(out) as got, lighthubert.open_features(tmp_path / "txt.h5") as want:
+            assert got.keys == want.keys == [p.stem for p in files]
+            for k in want.keys:
+                assert np.array_equal(got[k], want[k])
+    assert by_txt.files == 2
+    with pytest.raises(lighthubert.LightHubertError, match="^the list of inputs is empty$"):
+        lighthubert.extract([], tmp_path / "none.h5", **args)
+    with pytest.raises(lighthubert.LightHubertError, match="^3 in the list of inputs is not a file path$"):
+        lighthubert.extract([files[0], 3], tmp_path / "none.h5", **args)
+    assert not (tmp_path / "none.h5").exists()
