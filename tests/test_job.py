@@ -467,9 +467,9 @@ def test_a_python_list_of_files_is_an_input(tmp_path, two_files, monkeypatch):
     (tmp_path / "list.txt").write_text("".join(f"{p}\n" for p in files))
     by_txt = lighthubert.extract(tmp_path / "list.txt", tmp_path / "txt.h5", **args)
     monkeypatch.chdir(two_files)
-    for given in ([str(p) for p in files], tuple(files), [p.name for p in files]):  # absolute, Path, relative
+    for paths in ([str(p) for p in files], tuple(files), [p.name for p in files]):  # absolute, Path, relative
         out = tmp_path / f"list{len(list(tmp_path.iterdir()))}.h5"
-        summary = lighthubert.extract(given, out, **args)
+        summary = lighthubert.extract(paths, out, **args)
         assert summary.files == 2 and not summary.skipped
         with lighthubert.open_features(out) as got, lighthubert.open_features(tmp_path / "txt.h5") as want:
             assert got.keys == want.keys == [p.stem for p in files]
