@@ -142,7 +142,8 @@ def check_export(path: str | os.PathLike, layers: Any = None, dtype: str | None 
         raise ExportError(f"{path}: unknown export format {path.suffix!r}; use .onnx, .ts (TorchScript) or .pt (checkpoint)")
     if fmt == "checkpoint":
         if layers is not None or dtype not in (None, EXPORT_DTYPE):
-            raise SettingError(".pt exports the subnet's weights as stored; --layers and --export-dtype are for .onnx and .ts")
+            raise SettingError(".pt exports the subnet's weights as stored; layers and an export dtype (--layers and "
+                               "--export-dtype) are for .onnx and .ts")
         return fmt
     if dtype is not None and dtype not in EXPORT_DTYPES:
         raise SettingError(f"export dtype must be one of {', '.join(EXPORT_DTYPES)}, got {dtype!r}")
@@ -245,6 +246,8 @@ def describe(path: str | os.PathLike) -> dict:
     """What an exported ONNX or TorchScript file holds: its metadata (subnet, params, layers...),
     inputs and outputs (name, type, shape; symbolic axes by name), the ONNX opset, the file size."""
     p = Path(path)
+    if not p.is_file():
+        raise ExportError(f"{p}: {'is a folder' if p.is_dir() else 'no such file'}, not an exported ONNX or TorchScript file")
     fmt = file_format(p)
     if fmt == "onnx":
         info = _describe_onnx(p)

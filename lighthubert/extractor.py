@@ -257,7 +257,10 @@ class Extractor:
     def submit(self, prepared: Prepared, layers: list[int], out_dtype: torch.dtype = torch.float32) -> Pending:
         """Queue the forward pass of a prepared batch and the copy of its hidden states, cast to
         ``out_dtype`` on the device, into pinned host memory on a side stream. Returns at once on
-        CUDA; :meth:`Pending.result` waits for the numbers."""
+        CUDA; :meth:`Pending.result` waits for the numbers. ``layers`` as :func:`resolve_layers` gives
+        them, or any ``layers`` that :meth:`__call__` takes ("all", "last", 3, "0,6")."""
+        if isinstance(layers, (str, int)):
+            layers = resolve_layers(layers, self.num_layers, self.checkpoint.cfg.layer_norm_first)
         cuda = self.device.type == "cuda"
         if cuda:
             compute = torch.cuda.current_stream(self.device)

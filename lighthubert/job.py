@@ -425,7 +425,15 @@ def extract(input: str | os.PathLike | Sequence[str | os.PathLike], output: str 
     ``output``; then KeyboardInterrupt is raised (``resume=True`` completes the job). A second Ctrl-C
     stops at once (the committed work then waits in ``output``'s parts folder for the resume)."""
     try:
-        plan = prepare(ExtractJob(input, output, **settings))
+        said: list[warnings.WarningMessage] = []
+        try:
+            with warnings.catch_warnings(record=True) as said:  # lhb's words in them, said again in the caller's
+                warnings.simplefilter("always")
+                plan = prepare(ExtractJob(input, output, **settings))
+        finally:
+            for w in said:  # at the caller's line, as the caller's filters decide
+                text = in_python_words(str(w.message)) if issubclass(w.category, LightHubertWarning) else w.message
+                warnings.warn(text, w.category, stacklevel=2)
         reporter = _Callback(progress) if progress else None
         if stop is not None:
             return execute(plan, reporter, stop)

@@ -160,6 +160,8 @@ class FeaturesDataset(Dataset):
             self.layers, self.dim = f.layers, f.dim
             if keys is None:
                 self.keys = list(f.keys)
+            elif isinstance(keys, (str, bytes)):  # else iterated letter by letter: "no utterance 'u'"
+                raise SettingError(f"keys: give a list of keys (keys=[{keys!r}]), not one string", "keys")
             else:
                 unknown = [k for k in keys if k not in f]
                 if unknown:

@@ -277,3 +277,15 @@ def test_results_are_ordinary_compact_tensors():
     assert probe.weight.grad is not None
     y = ext(short)
     y.sub_(y.mean())
+
+
+def test_submit_takes_the_layers_the_extractor_takes():
+    """Before: ext.submit(ext.prepare(waves), "all") was "TypeError: 'in <string>' requires string"."""
+    ext = _small("float32")
+    waves = _waves(seed=9)[:2]
+    for layers in ("all", "last", 2, "0,2"):
+        got = ext.submit(ext.prepare(waves), layers).result(own=True)
+        want = ext(waves, layers=layers)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g.reshape(w.shape), w, rtol=0, atol=0)
+

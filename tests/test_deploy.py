@@ -223,7 +223,7 @@ def test_bad_export_requests_are_one_line(ckpt_files, tmp_path):
     ck = ckpt_files["small"]
     cases = [
         (["--export", tmp_path / "x.onnxx"], "unknown export format '.onnxx'"),
-        (["--export", tmp_path / "x.pt", "--layers", "3"], "--layers and --export-dtype are for .onnx and .ts"),
+        (["--export", tmp_path / "x.pt", "--layers", "3"], "(--layers and --export-dtype) are for .onnx and .ts"),
         (["--export", tmp_path / "x.ts", "--layers", "11"], "layer 11 is out of range"),
         (["--layers", "3"], "--export-dtype and --layers go with --export"),
     ]
@@ -263,3 +263,11 @@ def test_missing_onnx_extra_is_one_line(ckpt_files, tmp_path):
     r = run("subnet", "-c", ckpt_files["small"], "--preset", "min", "--export", tmp_path / "x.ts", "--layers", "0")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "x.ts").is_file()
+
+
+def test_describing_a_missing_file_says_so(tmp_path):
+    """Before: 'not an exported ONNX or TorchScript file' for a name that is not there."""
+    for path, says in ((tmp_path / "gone.onnx", "no such file"), (tmp_path, "is a folder")):
+        with pytest.raises(deploy.ExportError, match=f"^{path}: {says}, not an exported ONNX or TorchScript file$"):
+            deploy.describe(path)
+

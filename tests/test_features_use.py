@@ -133,6 +133,15 @@ def test_a_file_of_a_stopped_run_warns_when_opened(feats, tmp_path):
         open_features(path).close()
 
 
+def test_dataset_keys_must_be_a_list(feats):
+    """Before: keys="utt03" was iterated letter by letter: "no utterance 'u'"."""
+    path, ref = feats
+    key = sorted(ref.data)[0]
+    with pytest.raises(lighthubert.SettingError, match=re.escape(f"keys: give a list of keys (keys=[{key!r}]), not one string")):
+        FeaturesDataset(path, layer=LAYER, keys=key)
+    assert FeaturesDataset(path, layer=LAYER, keys=[key]).keys == [key]
+
+
 def test_dataset_with_two_workers(feats):
     path, ref = feats
     data = FeaturesDataset(path, layer=LAYER)

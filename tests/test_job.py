@@ -481,3 +481,14 @@ def test_a_python_list_of_files_is_an_input(tmp_path, two_files, monkeypatch):
     with pytest.raises(lighthubert.LightHubertError, match="^3 in the list of inputs is not a file path$"):
         lighthubert.extract([files[0], 3], tmp_path / "none.h5", **args)
     assert not (tmp_path / "none.h5").exists()
+
+
+def test_warnings_of_lighthubert_extract_name_its_keywords_at_the_callers_line(tmp_path, two_files):
+    """Before: '--keep-parts has no effect ...', '--max-chunk-seconds is deprecated ...', shown at a
+    line of job.py; now in the call's keywords, at the caller's line."""
+    args = dict(checkpoint="random:small", subnet="min", layers="0", device="cpu")
+    for kw, says in ((dict(keep_parts=True), "^keep_parts=True has no effect in a run with one process"),
+                     (dict(max_chunk_seconds=30), "^max_chunk_seconds is deprecated; use exact_seconds, window_seconds")):
+        with pytest.warns(lighthubert.LightHubertWarning, match=says) as seen:
+            lighthubert.extract(two_files, tmp_path / "o.h5", overwrite=True, **args, **kw)
+        assert [w.filename for w in seen if re.search(says, str(w.message))] == [__file__]
