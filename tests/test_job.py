@@ -125,6 +125,14 @@ def test_merge_joins_parts_and_reports_conflicts(tmp_path):
     with h5py.File(out) as f:  # a failed merge leaves OUTPUT as it was
         assert sorted(f["features/s"]) == ["u1", "u2"]
     assert not list(tmp_path.glob(".out.h5.*"))  # and no temporary file
+    # a key that is the other file's group, either way round (was "internal error: TypeError: Accessing a group ...")
+    p5 = tmp_path / "nested.h5"
+    _write(p5, _attrs(), {"s": y})
+    with pytest.raises(OutputError, match=f"^{re.escape(str(p5))}: key 's' is a group in {re.escape(str(out))}, which holds 's/u1'"):
+        HDF5.merge(out, [p5], include_output=True)
+    with pytest.raises(OutputError, match=f"^{re.escape(str(out))}: key 's/u1' needs a group 's', which {re.escape(str(p5))} holds as a key"):
+        HDF5.merge(tmp_path / "other.h5", [p5, out], include_output=False)
+    assert not (tmp_path / "other.h5").exists()
 
 
 # ----------------------------------------------------------------------------- the job

@@ -322,6 +322,7 @@ def _merge_into(tmp: Path, sources: list[Path], complete: bool | None, inputs: C
                 for entry in attrs.get("skipped") or []:
                     skipped[entry["key"]] = entry
                 for key in shapes:
+                    _check_nesting(path, key, group, owner)
                     if key in group:
                         a, b = group[key][()], src[GROUP][key][()]
                         if not np.array_equal(a, b):
@@ -340,6 +341,21 @@ def _merge_into(tmp: Path, sources: list[Path], complete: bool | None, inputs: C
         dst.attrs["merged_from"] = len(sources)
         dst.attrs["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     return len(done)
+
+
+def _check_nesting(path: Path, key: str, group: h5py.Group, owner: Mapping[str, Path]) -> None:
+    """``a`` and ``a/b`` cannot both be stored: an :class:`OutputError` naming both keys and files when
+    ``key`` of ``path`` is a group of what the join holds already, or needs a group that is a key there."""
+    if isinstance(group.get(key), h5py.Group):
+        other = next(k for k in sorted(owner) if k.startswith(key + "/"))
+        raise OutputError(f"{path}: key {key!r} is a group in {owner[other]}, which holds {other!r}; "
+                          "one file cannot hold both")
+    parts = key.split("/")
+    for i in range(1, len(parts)):
+        prefix = "/".join(parts[:i])
+        if prefix in owner:
+            raise OutputError(f"{path}: key {key!r} needs a group {prefix!r}, which {owner[prefix]} holds as a key; "
+                              "one file cannot hold both")
 
 
 def _copy_the_rest(src: h5py.File, dst: h5py.File) -> None:
