@@ -220,7 +220,28 @@ def load_km(path: str | os.PathLike) -> dict:
         raise FeaturesError(f"{path}: not a k-means file made by lhb units learn (torch cannot load it)") from None
     if not isinstance(km, dict) or km.get("format") != KM_FORMAT:
         raise FeaturesError(f"{path}: not a k-means file made by lhb units learn")
+    problem = km_problem(km)
+    if problem:
+        raise FeaturesError(f"{path}: a damaged k-means file: {problem}")
     return km
+
+
+def km_problem(km: dict) -> str | None:
+    """What is wrong with the centroids of a km.pt dict, or None: (K, D) finite floats, K >= 1, as
+    many as its ``clusters`` says, and a whole-number ``layer``. (One NaN centroid gave every frame
+    its unit; none at all an internal error.)"""
+    c = km.get("centroids")
+    if not isinstance(c, torch.Tensor) or c.ndim != 2 or not c.is_floating_point():
+        return "its centroids are not a (clusters, dim) float tensor"
+    if c.shape[0] < 1 or c.shape[1] < 1:
+        return f"its centroids are empty {tuple(c.shape)}"
+    if not bool(torch.isfinite(c).all()):
+        return "its centroids hold NaN or infinite values"
+    if km.get("clusters", c.shape[0]) != c.shape[0]:
+        return f"it says {km.get('clusters')!r} clusters but holds {c.shape[0]} centroids"
+    if isinstance(km.get("layer"), bool) or not isinstance(km.get("layer"), int):
+        return f"its layer {km.get('layer')!r} is not a whole number"
+    return None
 
 
 def apply_file(features: str | os.PathLike, km: dict | str | os.PathLike, output: str | os.PathLike, *, keys: bool = False,
@@ -240,6 +261,8 @@ def apply_file(features: str | os.PathLike, km: dict | str | os.PathLike, output
     refuse_existing([out], overwrite)
     if isinstance(km, (str, os.PathLike)):
         km = load_km(km)
+    elif problem := km_problem(km):
+        raise SettingError(f"a damaged k-means dict: {problem}", "km")
     dev = resolve_device(device)
     c = km["centroids"].to(dev)
     dtype = np.int16 if km["clusters"] <= np.iinfo(np.int16).max else np.int32
@@ -317,10 +340,12 @@ def _write_units(f, km: dict, c: torch.Tensor, out: Path, *, h5: bool, features:
 
 def describe_km(km: dict) -> dict:
     """What a k-means file from :func:`learn_file` holds, without its centroids: layer, clusters,
-    width, inertia, frames, seed and the features file it was learnt from."""
+    width, inertia, frames, seed and the features file it was learnt from; ``damaged``: what makes it
+    unusable (:func:`km_problem`), or None."""
     c = km.get("centroids")
     out = {k: km.get(k) for k in ("format", "layer", "clusters", "inertia", "frames", "seed", "features", "model")}
     out["dim"] = int(c.shape[1]) if isinstance(c, torch.Tensor) and c.dim() == 2 else None
+    out["damaged"] = km_problem(km)
     return out
 
 

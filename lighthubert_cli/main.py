@@ -745,6 +745,8 @@ def _info_km(path: Path, km: dict, as_json: bool) -> None:
             ("seed", str(d["seed"])), ("features", str(d["features"])), ("format", str(d["format"]))]
     if isinstance(d.get("model"), dict):  # what made the features: units apply checks it
         rows.insert(-1, ("checkpoint", str(d["model"].get("checkpoint") or "-")))
+    if d["damaged"]:
+        rows.append(("DAMAGED", f"{d['damaged']} (lhb units apply refuses it)"))
     _table(f"{path} (k-means centroids from lhb units learn)", rows)
 
 

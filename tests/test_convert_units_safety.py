@@ -306,6 +306,34 @@ def test_k_means_settings_below_one_are_refused_naming_them(tmp_path):
         assert e.value.setting == setting
 
 
+def test_a_damaged_k_means_file_is_refused_naming_what_is_wrong(tmp_path):
+    """Before: one NaN centroid gave every frame unit 0 (exit 0), no centroids an internal error, and a
+    'clusters' entry other than the centroids' count was taken; lhb info described them all."""
+    from lighthubert.units import describe_km, load_km
+
+    feats = _features(tmp_path / "f.h5", 3)
+    good = {"format": "lighthubert-kmeans", "centroids": torch.arange(8.0).reshape(2, 4), "layer": 1, "clusters": 2}
+    nan = good["centroids"].clone()
+    nan[0, 0] = float("nan")
+    cases = {"nan": ({"centroids": nan}, "its centroids hold NaN or infinite values"),
+             "empty": ({"centroids": torch.zeros(0, 4), "clusters": 0}, r"its centroids are empty \(0, 4\)"),
+             "count": ({"clusters": 999}, "it says 999 clusters but holds 2 centroids"),
+             "ints": ({"centroids": torch.zeros(2, 4, dtype=torch.int64)}, r"its centroids are not a \(clusters, dim\) float tensor"),
+             "layer": ({"layer": "1"}, "its layer '1' is not a whole number")}
+    for name, (change, says) in cases.items():
+        km = tmp_path / f"{name}.pt"
+        torch.save({**good, **change}, km)
+        with pytest.raises(FeaturesError, match=f"^{re.escape(str(km))}: a damaged k-means file: {says}$"):
+            apply_file(feats, km, tmp_path / f"{name}.km")
+        with pytest.raises(SettingError, match=f"^a damaged k-means dict: {says}$"):
+            apply_file(feats, {**good, **change}, tmp_path / f"{name}.km")
+        assert re.fullmatch(says, describe_km({**good, **change})["damaged"])
+        assert not (tmp_path / f"{name}.km").exists()
+    torch.save(good, tmp_path / "good.pt")
+    assert describe_km(load_km(tmp_path / "good.pt"))["damaged"] is None
+    assert apply_file(feats, tmp_path / "good.pt", tmp_path / "good.km") == 3
+
+
 def test_files_replaced_with_overwrite_keep_their_permissions(tmp_path):
     """Before: a features, k-means, units or converted file replaced with --overwrite (or by a merge)
     came back with the umask's mode: a file made group-only (0640) or private (0600) became readable
