@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .files import new_temp_beside, remove_dead_temps, replace_keeping_mode
+from .inputs import _CONTROL
 from .errors import LightHubertWarning, SettingError
 from .defaults import CONVERT_FORMAT, CONVERT_FORMATS, NSHARD, SPLIT
 from .reader import FeaturesError, one_layer, open_features
@@ -204,7 +205,13 @@ def write_tsv(f, path: Path, shown: Path | None = None) -> Path:
     their 16 kHz sample count. ``shown``: the name the warnings give (``path`` may be a temporary one)."""
     from .audio import SAMPLE_RATE, audio_frames
 
-    sources = [os.path.abspath(f.source(k)) for k in f.keys]
+    sources = []
+    for k in f.keys:
+        src = f.source(k)
+        if not src or _CONTROL.search(src):  # else the current folder, or a line split in two, in the manifest
+            raise FeaturesError(f"{f.path}: {k}: {'no' if not src else 'a control character in its'} 'source' attribute "
+                                "(the audio file), which fairseq's .tsv lists; use --format npy or kaldi")
+        sources.append(os.path.abspath(src))
     root = os.path.commonpath([os.path.dirname(s) for s in sources]) if sources else os.sep
     rows, other_rate, unreadable = [], [], []
     for k, src in zip(f.keys, sources):

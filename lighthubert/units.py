@@ -356,7 +356,7 @@ def describe_units(path: str | os.PathLike) -> dict | None:
 
     try:
         with h5py.File(path, "r") as h:
-            if plain(h.attrs.get("format")) != UNITS_FORMAT or "units" not in h:
+            if plain(h.attrs.get("format")) != UNITS_FORMAT or not isinstance(h.get("units"), h5py.Group):
                 return None
             seen: set[int] = set()
             frames = 0

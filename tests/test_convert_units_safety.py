@@ -334,6 +334,50 @@ def test_a_damaged_k_means_file_is_refused_naming_what_is_wrong(tmp_path):
     assert apply_file(feats, tmp_path / "good.pt", tmp_path / "good.km") == 3
 
 
+def test_features_files_edited_by_other_tools_are_read_right_or_refused_in_one_line(tmp_path):
+    """What h5py lets another tool write. Before: a bytes 'source' put b'...' into every train.tsv line; a
+    second (hard) link to a dataset hid one key from every reader; a key with a new line split the .keys
+    file from the .len file; a missing 'source' listed the current folder as audio; big-endian floats
+    failed with numpy's words and no file named; '/features' as a dataset and a non-numeric
+    'num_samples' were internal errors."""
+    from lighthubert.storage.hdf5 import describe
+
+    def edited(name: str, edit) -> Path:
+        path = _features(tmp_path / f"{name}.h5", 3)
+        with h5py.File(path, "r+") as f:
+            edit(f)
+        return path
+
+    f = edited("bytes", lambda f: [f[f"features/u{i}"].attrs.__setitem__("source", np.bytes_(f"/audio/u{i}.wav".encode()))
+                                   for i in range(3)])
+    convert(f, tmp_path / "bytes", "fairseq", 1)
+    assert (tmp_path / "bytes" / "train.tsv").read_text().splitlines()[:2] == ["/audio", "u0.wav\t1040"]
+    f = edited("linked", lambda f: f.__setitem__("features/alias", f["features/u1"]))
+    with open_features(f) as got:
+        assert got.keys == ["alias", "u0", "u1", "u2"] and torch.equal(got["alias"], got["u1"])
+    f = edited("bigendian", lambda f: (f.move("features/u2", "old"), f.create_dataset("features/u2", data=f["old"][()].astype(">f4")),
+                                       f["features/u2"].attrs.update(f["old"].attrs), f.__delitem__("old")))
+    with open_features(f) as got:
+        assert torch.equal(got["u2"], torch.full((2, 5, 4), 2.0))
+    convert(f, tmp_path / "bigendian", "npy", 2)
+    assert np.load(tmp_path / "bigendian" / "u2.npy").tolist() == [[2.0] * 4] * 5
+    cases = [("newline", lambda f: f.move("features/u1", "features/u\n1"), FeaturesError,
+              r"dataset 'features/u\\n1' has a control character in its key"),
+             ("nosource", lambda f: f["features/u1"].attrs.__delitem__("source"), FeaturesError,
+              "u1: no 'source' attribute \\(the audio file\\), which fairseq's .tsv lists; use --format npy or kaldi"),
+             ("dataset", lambda f: (f.__delitem__("features"), f.create_dataset("features", data=np.zeros((3, 4), "f4"))),
+              FeaturesError, "'/features' is not a group of features \\(it is a dataset\\)"),
+             ("samples", lambda f: f["features/u1"].attrs.__setitem__("num_samples", "abc"), FeaturesError,
+              "u1: attribute 'num_samples' is not a number of samples \\('abc'\\)")]
+    for name, edit, error, says in cases:
+        f = edited(name, edit)
+        with pytest.raises(error, match=f"^{re.escape(str(f))}: {says}"):
+            convert(f, tmp_path / name, "fairseq", 1)
+        assert not (tmp_path / name).exists()
+    with pytest.raises(FeaturesError, match="attribute 'num_samples' is not a number of samples"):
+        describe(tmp_path / "samples.h5")
+
+
 def test_files_replaced_with_overwrite_keep_their_permissions(tmp_path):
     """Before: a features, k-means, units or converted file replaced with --overwrite (or by a merge)
     came back with the umask's mode: a file made group-only (0640) or private (0600) became readable

@@ -191,9 +191,9 @@ def plain(v: Any) -> Any:
     if isinstance(v, np.ndarray):
         return v.tolist()
     if isinstance(v, np.generic):
-        return v.item()
+        v = v.item()  # np.bytes_ gives bytes: decoded below
     if isinstance(v, bytes):
-        return v.decode()
+        return v.decode("utf-8", "surrogateescape")
     return v
 
 

@@ -24,6 +24,7 @@ import h5py
 import numpy as np
 
 from ..files import replace_keeping_mode
+from ..inputs import _CONTROL  # the characters no key lhb writes holds
 from . import (FORMAT, NO_SPACE, _short, RUN_IDENTITY, UNITS_FORMAT, FeaturesError, OutputError, check_identity, find_committed,
                find_segments, identity_diff, os_reason, os_words, parts_dir, plain, refuse_special, remove_parts,
                segment_path)
@@ -176,11 +177,18 @@ def open_reason(err: Exception) -> str:
 
 
 def keys(f: h5py.File) -> list[str]:
-    """Every utterance key in an open features file."""
-    if GROUP not in f:
+    """Every utterance key in an open features file: every name of a dataset, also where one dataset
+    has several (hard links, which h5py's ``visititems`` gives once, under one of them)."""
+    group = f.get(GROUP)
+    if not isinstance(group, h5py.Group):
         return []
     out: list[str] = []
-    f[GROUP].visititems(lambda name, obj: out.append(name) if isinstance(obj, h5py.Dataset) else None)
+
+    def see(name: str, link: h5py.HardLink | h5py.SoftLink | h5py.ExternalLink) -> None:
+        if isinstance(link, h5py.HardLink) and isinstance(group.get(name), h5py.Dataset):
+            out.append(name)
+
+    group.visititems_links(see)
     return out
 
 
@@ -210,6 +218,8 @@ def _read_features(path: str | os.PathLike, f: h5py.File,
     part, and every dataset holds float features of the stored layers and one width. :class:`OutputError` naming the file and the
     attribute or key otherwise. One pass over the datasets' metadata (no data is read), in which
     ``visit(key, dataset)`` is called for each, if given."""
+    if GROUP in f and not isinstance(f.get(GROUP), h5py.Group):
+        raise OutputError(f"{path}: '/{GROUP}' is not a group of features (it is a dataset); not a features file lhb wrote")
     attrs = {k: plain(v) for k, v in f.attrs.items()}
     for name, kind, what in (("subnet", dict, "a JSON object"), ("skipped", list, "a JSON list of {key, path, reason}")):
         value = attrs.get(name)
@@ -237,6 +247,9 @@ def _read_features(path: str | os.PathLike, f: h5py.File,
         if any(part in (".", "..") for part in k.split("/")):  # h5py allows them; as paths they lead out of a folder
             raise OutputError(f"{path}: dataset '{GROUP}/{k}' has '.' or '..' in its key, which no lhb run writes "
                               "(written as files, it would land outside their folder); not read")
+        if _CONTROL.search(k):  # a new line in a key splits the lines of a .keys, .len or .km file
+            raise OutputError(f"{path}: dataset {GROUP + '/' + k!r} has a control character in its key, which no lhb "
+                              "run writes; not read")
         ds = group[k]
         shape = ds.shape
         layout = (len(shape) == 2 and n <= 1) or (len(shape) == 3 and shape[0] == n)  # one layer: (T, D)
@@ -424,6 +437,16 @@ def _as_joined(path: Path, complete: bool, inputs: Collection[str] | None) -> in
         return len(set(keys(f)))
 
 
+def num_samples(path: str | os.PathLike, key: str, ds: h5py.Dataset) -> int:
+    """The ``num_samples`` attribute of ``key``'s dataset (0 when absent); a :class:`FeaturesError`
+    naming the file and key when another tool wrote something else there."""
+    value = plain(ds.attrs.get("num_samples", 0))
+    whole = (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, float) and value.is_integer())
+    if not whole or value < 0:
+        raise FeaturesError(f"{path}: {key}: attribute 'num_samples' is not a number of samples ({_short(value)})")
+    return int(value)
+
+
 def describe(path: str | os.PathLike) -> dict[str, Any]:
     """Root attributes plus utterance count, total frames, audio duration, layers and dims."""
     try:
@@ -434,7 +457,7 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
 
             def add_samples(key: str, ds: h5py.Dataset) -> None:
                 nonlocal samples
-                samples += int(ds.attrs.get("num_samples", 0))
+                samples += num_samples(path, key, ds)
 
             attrs, shapes = read_features(path, f, add_samples)
             frames = sum(shape[-2] for shape in shapes.values())
@@ -473,7 +496,8 @@ class FeatureReader:
     def read(self, key: str, positions: int | list[int] | None = None) -> np.ndarray:
         ds = self._dataset(key)
         try:
-            return _read(ds, positions)
+            x = _read(ds, positions)
+            return x if x.dtype.isnative else x.astype(x.dtype.newbyteorder("="))  # big-endian floats of another tool
         except MemoryError:
             raise FeaturesError(f"{self.path}: {key}: declares {ds.shape} features "
                                 f"({ds.size * ds.dtype.itemsize / 2**30:,.1f} GiB), more than memory holds") from None
@@ -481,10 +505,11 @@ class FeatureReader:
             raise FeaturesError(f"{self.path}: {key}: cannot be read, the file is damaged ({damage(err)})") from None
 
     def num_samples(self, key: str) -> int:
-        return int(self._dataset(key).attrs.get("num_samples", 0))
+        return num_samples(self.path, key, self._dataset(key))
 
     def source(self, key: str) -> str:
-        return str(plain(self._dataset(key).attrs.get("source", "")))
+        value = plain(self._dataset(key).attrs.get("source", ""))
+        return value if isinstance(value, str) else ""  # another tool's number or list: no file named
 
     def close(self) -> None:
         if self._file is not None:
