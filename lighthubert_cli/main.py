@@ -141,6 +141,8 @@ def _one_line_errors(command):
         except Exception as e:  # noqa: BLE001
             from lighthubert.errors import LightHubertError, SettingError  # not at import: keeps --help fast
 
+            if _signals and not os.environ.get("LHB_DEBUG"):  # a stop that a library turned into an error of its
+                raise typer.Exit(_say_stopped(_signals[0] == signal.SIGTERM)) from None  # own (torch's ONNX exporter)
             if isinstance(e, LightHubertError):  # one line; bad setting values are usage errors
                 setting = getattr(e, "setting", None)
                 err(f"lhb: error: {'--' + setting.replace('_', '-') + ': ' if setting else ''}{e}")

@@ -580,6 +580,29 @@ def test_a_signal_inside_a_finaliser_comes_again_in_the_command(monkeypatch):
     assert main._signals == [signal.SIGTERM]
 
 
+def test_a_stop_that_a_library_turned_into_its_own_error_is_a_stop(monkeypatch, capsys):
+    """Before: Ctrl-C during lhb subnet --export x.onnx printed 'lhb: internal error: TorchExportError:
+    Failed to export the model ...' (torch's exporter catches the KeyboardInterrupt and raises its own
+    error), several lines, then 'lhb: interrupted'. Now the one stop line, exit 130 (143 for SIGTERM)."""
+    import typer
+
+    from lighthubert_cli import main
+
+    for signum, status, line in ((signal.SIGINT, 130, "lhb: interrupted"), (signal.SIGTERM, 143, "lhb: terminated")):
+        monkeypatch.setattr(main, "_signals", [])
+        monkeypatch.setattr(main, "_stop_said", [])
+
+        def export_interrupted():
+            with pytest.raises((KeyboardInterrupt, main.Terminated)):
+                main._on_signal(signum, sys._getframe())
+            raise RuntimeError("Failed to export the model with torch.export")  # what the exporter raises instead
+
+        with pytest.raises(typer.Exit) as e:
+            main._one_line_errors(export_interrupted)()
+        assert e.value.exit_code == status
+        assert capsys.readouterr().err.splitlines() == [line]
+
+
 def test_a_second_sigterm_stops_at_once_with_143(tmp_path):
     wave = load_audio(UTT)
     sf.write(tmp_path / "long.wav", np.tile(wave, 100 * 16000 // len(wave)), 16000)  # 100 s: one batch
