@@ -513,7 +513,7 @@ def subnet_cmd(
         _check_export_layers(layers, out[0]["layer_num"])
     _show_subnets(out)
     text = json.dumps(out[0] if len(out) == 1 else out, indent=None)
-    out_line(text)
+    # the files asked for first: they must not depend on who reads stdout (| head -c 10 ends lhb there)
     if output is not None:
         from lighthubert.storage import os_reason
 
@@ -523,6 +523,7 @@ def subnet_cmd(
             raise Fail(f"{output}: cannot write: {os_reason(e)}") from None
     if export is not None:
         _export(ckpt, results[0][0], export, layers, dtype)
+    out_line(text)
 
 
 def _write_json(output: Path, text: str) -> None:

@@ -935,3 +935,15 @@ def test_subnet_json_rewritten_keeps_its_mode_and_a_long_name_is_written(tmp_pat
     os.link(old, other)
     assert lhb("subnet", "--preset", "max", "--supernet", "small", "-o", old).returncode == 0
     assert json.loads(other.read_text())["embed_dim"] == 512 and os.path.samefile(old, other)
+
+
+def test_subnet_o_is_written_whoever_reads_stdout(tmp_path):
+    """Before: 'lhb subnet --sample 10000 -o s.json | head -c 10' ended when head left (exit 141) with
+    s.json never written: the file was written after the JSON was printed. Files first now."""
+    out = tmp_path / "s.json"
+    proc = subprocess.Popen([*lhb_prefix(), "subnet", "--sample", "10000", "--supernet", "small", "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_env(), cwd=tmp_path)
+    assert proc.stdout.read(10) == b'[{"atten_d'
+    proc.stdout.close()  # as head -c 10 does: lhb's next write finds no reader (its 4 MB fill the pipe first)
+    proc.wait(timeout=120)
+    assert len(json.loads(out.read_text())) == 10000
