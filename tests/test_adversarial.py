@@ -5,6 +5,7 @@ already written lost."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 
@@ -453,6 +454,21 @@ def test_merge_into_a_folder_or_a_missing_folder_is_one_clear_line(tmp_path):
         HDF5.describe(folder)
     assert str(e.value) == f"{folder}: cannot be read (Is a directory)"
     assert sorted(os.listdir(tmp_path)) == ["out", "p.h5"] and os.listdir(folder) == []
+
+
+def test_merge_of_a_joined_output_says_there_is_nothing_to_join(tmp_path):
+    """Before: 'lhb merge f.h5' after a stopped (and so already joined) run said 'f.h5.parts: no such
+    file or folder', as if the user had named a wrong folder."""
+    from lighthubert.storage import merge_parts
+
+    out = tmp_path / "f.h5"
+    _features_file(out)
+    with pytest.raises(OutputError, match=f"^{re.escape(str(out))}: nothing to join: {re.escape(str(out))}.parts does not "
+                                          "exist \\(a stopped run joins what it did into"):
+        merge_parts(out)
+    with pytest.raises(OutputError, match=f"^{re.escape(str(tmp_path))}/new.h5.parts: no such file or folder$"):
+        merge_parts(tmp_path / "new.h5")  # no OUTPUT either: the folder is what is missing
+    assert sorted(os.listdir(tmp_path)) == ["f.h5"]
 
 
 def test_convert_split_must_be_a_plain_name(tmp_path):

@@ -612,6 +612,10 @@ def merge_parts(output: Path, parts: str | os.PathLike | Iterable[str | os.PathL
                 files.append(src)
             elif os.path.exists(src):
                 raise OutputError(f"{src}: is neither a features file nor a folder of parts")
+            elif not parts and output.is_file():  # the default folder: a run that stopped joined its work itself
+                raise OutputError(f"{output}: nothing to join: {src} does not exist (a stopped run joins what it did "
+                                  f"into {output} itself; if {output} is incomplete, the same lhb extract command with "
+                                  "--resume completes it)")
             else:
                 raise OutputError(f"{src}: no such file or folder")
         if files and all(same_file(f, output) for f in files):
