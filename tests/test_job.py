@@ -254,8 +254,8 @@ def test_bad_settings_are_setting_errors(tmp_path, two_files):
                             device="cpu", max_chunk_seconds=30)
     assert [str(w.message) for w in said] == [
         f"{tmp_path / 'o.npy'}: is written as HDF5 whatever its name says (lhb convert writes .npy, fairseq and Kaldi "
-        "files from it)", "--max-chunk-seconds is deprecated; use --exact-seconds, --window-seconds and "
-        "--context-seconds (long files now keep every frame)"]
+        "files from it)", "max_chunk_seconds is deprecated; use exact_seconds, window_seconds and "
+        "context_seconds (long files now keep every frame)"]  # in the call's keywords
 
 
 def test_an_output_named_as_audio_is_refused_even_with_overwrite(tmp_path, two_files):
