@@ -368,7 +368,9 @@ def test_features_files_edited_by_other_tools_are_read_right_or_refused_in_one_l
              ("dataset", lambda f: (f.__delitem__("features"), f.create_dataset("features", data=np.zeros((3, 4), "f4"))),
               FeaturesError, "'/features' is not a group of features \\(it is a dataset\\)"),
              ("samples", lambda f: f["features/u1"].attrs.__setitem__("num_samples", "abc"), FeaturesError,
-              "u1: attribute 'num_samples' is not a number of samples \\('abc'\\)")]
+              "u1: attribute 'num_samples' is not a number of samples \\('abc'\\)"),
+             ("nolayers", lambda f: f.attrs.__delitem__("layers"), FeaturesError,  # was "--layer: ... say which one"
+              "has no 'layers' attribute \\(which hidden states it holds\\)")]
     for name, edit, error, says in cases:
         f = edited(name, edit)
         with pytest.raises(error, match=f"^{re.escape(str(f))}: {says}"):

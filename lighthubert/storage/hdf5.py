@@ -233,6 +233,9 @@ def _read_features(path: str | os.PathLike, f: h5py.File,
                 isinstance(e, dict) and {"key", "path", "reason"} <= set(e) for e in value)):
             raise OutputError(f"{path}: attribute {name!r} is not {what}")
         attrs[name] = value
+    if "layers" not in attrs:  # else blamed on the user: "--layer: FILE holds layers []; say which one"
+        raise OutputError(f"{path}: has no 'layers' attribute (which hidden states it holds), which every lhb run "
+                          "writes; not read")
     layers = np.atleast_1d(np.asarray(attrs.get("layers", [])))
     if layers.ndim != 1 or (layers.size and layers.dtype.kind not in "iu"):
         raise OutputError(f"{path}: attribute 'layers' is not a list of hidden-state indices ({_short(attrs.get('layers'))})")
