@@ -28,7 +28,7 @@ _WHERE = {
     "audio": ("AudioError", "load_audio"),
     "checkpoint": ("Checkpoint", "CheckpointError", "cache_dir", "export_subnet", "load_checkpoint",
                    "random_checkpoint", "write_random_checkpoint"),
-    "errors": ("InputError", "LightHubertError", "LightHubertWarning", "SettingError"),
+    "errors": ("LightHubertError", "LightHubertWarning", "SettingError", "WaveformError"),
     "compat": ("LightHuBERT", "LightHuBERTConfig", "LightHuBERTSupernetConfig"),
     "extractor": ("Extractor", "load", "resolve_layers"),
     "job": ("ExtractJob", "extract"),
@@ -72,7 +72,7 @@ if TYPE_CHECKING:  # what type checkers and editors see
     from .checkpoint import (Checkpoint, CheckpointError, cache_dir, export_subnet, load_checkpoint,
                              random_checkpoint, write_random_checkpoint)
     from .compat import LightHuBERT, LightHuBERTConfig, LightHuBERTSupernetConfig
-    from .errors import InputError, LightHubertError, LightHubertWarning, SettingError
+    from .errors import LightHubertError, LightHubertWarning, SettingError, WaveformError
     from .extractor import Extractor, load, resolve_layers
     from .job import ExtractJob, extract
     from .model import ModelConfig, SubnetModel

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import InputError, LightHubertWarning
+from .errors import LightHubertWarning, WaveformError
 from .fairseq_cfg import MODEL_DEFAULTS, TRAINING_DEFAULTS, init_constant
 from .model import MIN_SAMPLES, ModelConfig, Output, SubnetModel, cut_subnet, frame_mask, released_layout
 from .space import SUBNET_KEYS, check_subnet, count_params, get_space
@@ -271,7 +271,7 @@ class LightHuBERT(nn.Module):
             real = ~padding_mask.bool()
             lengths = real.sum(-1)
             if not torch.equal(real, frame_mask(lengths, real.shape[-1])):
-                raise InputError("padding_mask must mark padding at the end of each row (True after the real "
+                raise WaveformError("padding_mask must mark padding at the end of each row (True after the real "
                                  "samples); left or inner padding is not supported")
             if short := (lengths < MIN_SAMPLES).nonzero().flatten().tolist():  # as the authors' code, but said
                 warnings.warn(f"row{'s' if len(short) > 1 else ''} {', '.join(map(str, short))} of the batch "

@@ -17,7 +17,7 @@ class SettingError(LightHubertError, ValueError):
         self.setting = setting
 
 
-class InputError(LightHubertError, ValueError):
+class WaveformError(LightHubertError, ValueError):
     """Audio given to the model that it cannot take (a waveform's shape, dtype or samples, a padded
     batch's lengths); the message says which one and what to pass instead."""
 
@@ -27,4 +27,4 @@ class LightHubertWarning(UserWarning):
     it as one line, ``lhb: warning: ...``."""
 
 
-__all__ = ["InputError", "LightHubertError", "LightHubertWarning", "SettingError"]
+__all__ = ["LightHubertError", "LightHubertWarning", "SettingError", "WaveformError"]

@@ -18,7 +18,7 @@ from .audio import MAX_AMPLITUDE, sample_peak, too_loud
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from .defaults import CHECKPOINT, DEVICE, DTYPE
 from .defaults import DTYPES as DTYPE_NAMES
-from .errors import InputError, LightHubertWarning, SettingError
+from .errors import LightHubertWarning, SettingError, WaveformError
 from .longform import LongForm, hidden_states
 from .model import HOP, MIN_SAMPLES, conv_frames, receptive_field
 
@@ -218,11 +218,11 @@ class Extractor:
         On CUDA the padding goes through pinned host memory (torch's caching host allocator reuses
         it) and the copy, the normalisation and the cast run on a side stream, so preparing batch k+1
         overlaps the forward of batch k; :meth:`submit` makes the compute stream wait for it.
-        Raises :class:`~lighthubert.errors.InputError` (a ValueError) for no waveform, or one that is not (N,) or (1, N), is under 400 samples or holds
+        Raises :class:`~lighthubert.errors.WaveformError` (a ValueError) for no waveform, or one that is not (N,) or (1, N), is under 400 samples or holds
         NaN, infinite or absurdly large (over 1e10) samples (a (N, 2) stereo array would otherwise be
         read interleaved)."""
         if not len(waves):
-            raise InputError("no waveforms to prepare (ext([]) gives [] at once)")
+            raise WaveformError("no waveforms to prepare (ext([]) gives [] at once)")
         _check_waves(waves)
         return self._prepare(waves, normalized)
 
@@ -339,22 +339,22 @@ class Extractor:
             waves = _unpad(waves, lengths)
         if isinstance(waves, (str, bytes, os.PathLike)) or (
                 isinstance(waves, (list, tuple)) and waves and isinstance(waves[0], (str, bytes, os.PathLike))):
-            raise InputError("expected waveforms, got a file name; read the audio first: "
+            raise WaveformError("expected waveforms, got a file name; read the audio first: "
                              "ext(lighthubert.load_audio(path)) (or lighthubert.extract for folders and lists)")
         if not isinstance(waves, (Sequence, Tensor, np.ndarray)):  # a number (np.float32(3.0)), None, a generator
-            raise InputError(f"expected one waveform (N,), a batch (B, N) or a list of waveforms; got {type(waves).__name__}")
+            raise WaveformError(f"expected one waveform (N,), a batch (B, N) or a list of waveforms; got {type(waves).__name__}")
         single = isinstance(waves, (Tensor, np.ndarray)) and waves.ndim == 1
         if single:
             waves = [waves]
         elif isinstance(waves, (Tensor, np.ndarray)) and waves.ndim != 2:
-            raise InputError(f"expected one waveform (N,), a batch (B, N) or a list of waveforms; got shape {tuple(waves.shape)}")
+            raise WaveformError(f"expected one waveform (N,), a batch (B, N) or a list of waveforms; got shape {tuple(waves.shape)}")
         elif isinstance(waves, (Tensor, np.ndarray)) and waves.shape[1] < MIN_SAMPLES <= waves.shape[0]:
-            raise InputError(f"got a {tuple(waves.shape)} array: (samples, channels), as soundfile reads stereo; pass "
+            raise WaveformError(f"got a {tuple(waves.shape)} array: (samples, channels), as soundfile reads stereo; pass "
                              f"one channel (load_audio averages them: wave.mean(axis=1)), or wave.T to run each channel")
         elif len(waves) == 0:
             return []
         elif np.ndim(waves[0]) == 0:
-            raise InputError("expected a waveform or a list of waveforms, got a list of numbers; "
+            raise WaveformError("expected a waveform or a list of waveforms, got a list of numbers; "
                              "pass one waveform as an array: ext(np.asarray(samples))")
         feats = self.submit(self.prepare(waves), idx).result(own=True)  # kept by the caller: not pinned
         feats = [f[0] for f in feats] if len(idx) == 1 else feats
@@ -364,13 +364,13 @@ class Extractor:
 def _unpad(batch: Any, lengths: Any) -> list[Tensor | np.ndarray]:
     """The rows of a padded (B, N) ``batch`` cut to their ``lengths`` (B,) real samples."""
     if not isinstance(batch, (Tensor, np.ndarray)) or batch.ndim != 2:
-        raise InputError("lengths go with a padded (B, N) batch; a list of waveforms carries its own lengths")
+        raise WaveformError("lengths go with a padded (B, N) batch; a list of waveforms carries its own lengths")
     n = torch.as_tensor(lengths).detach().cpu()
     if n.ndim != 1 or len(n) != batch.shape[0] or n.is_floating_point() or n.is_complex() or n.dtype == torch.bool:
-        raise InputError(f"lengths must be {batch.shape[0]} integers, one per row of the {tuple(batch.shape)} batch; "
+        raise WaveformError(f"lengths must be {batch.shape[0]} integers, one per row of the {tuple(batch.shape)} batch; "
                          f"got {tuple(n.shape)} of {str(n.dtype).removeprefix('torch.')}")
     if len(n) and not (0 < int(n.min()) and int(n.max()) <= batch.shape[1]):
-        raise InputError(f"lengths must be within 1..{batch.shape[1]} (the batch's samples per row); "
+        raise WaveformError(f"lengths must be within 1..{batch.shape[1]} (the batch's samples per row); "
                          f"got {int(n.min())}..{int(n.max())}")
     return [batch[i, : int(k)] for i, k in enumerate(n.tolist())]
 
@@ -384,26 +384,26 @@ def finite_rows(stacked: Tensor, frames: Tensor) -> Tensor:
 
 
 def _check_waves(waves: Sequence[Tensor | np.ndarray]) -> None:
-    """:class:`~lighthubert.errors.InputError` naming the first waveform that is not one channel of at least 400 finite samples
+    """:class:`~lighthubert.errors.WaveformError` naming the first waveform that is not one channel of at least 400 finite samples
     within ±MAX_AMPLITUDE."""
     for i, w in enumerate(waves):
         shape = tuple(np.shape(w))
         if len(shape) != 1 and not (len(shape) == 2 and shape[0] == 1):
-            raise InputError(f"waveform {i} has shape {shape}; expected (N,) samples of one 16 kHz channel")
+            raise WaveformError(f"waveform {i} has shape {shape}; expected (N,) samples of one 16 kHz channel")
         if np.prod(shape) < MIN_SAMPLES:
-            raise InputError(f"waveform {i} has fewer than {MIN_SAMPLES} samples (25 ms); it gives no frame")
+            raise WaveformError(f"waveform {i} has fewer than {MIN_SAMPLES} samples (25 ms); it gives no frame")
         t = torch.as_tensor(w).detach()
         if t.is_complex() or t.dtype == torch.bool:
-            raise InputError(f"waveform {i} holds {t.dtype} values; expected real samples")
+            raise WaveformError(f"waveform {i} holds {t.dtype} values; expected real samples")
         if not t.is_floating_point():  # raw PCM read as integers would be taken as amplitudes of thousands
-            raise InputError(f"waveform {i} holds {str(t.dtype).removeprefix('torch.')} integers; expected float "
+            raise WaveformError(f"waveform {i} holds {str(t.dtype).removeprefix('torch.')} integers; expected float "
                              "samples within about ±1 (16-bit PCM: divide by 32768, or read files with "
                              "lighthubert.load_audio)")
         peak = sample_peak(t)
         if not math.isfinite(peak):  # else every feature is NaN, silently
-            raise InputError(f"waveform {i} holds NaN or infinite samples")
+            raise WaveformError(f"waveform {i} holds NaN or infinite samples")
         if peak > MAX_AMPLITUDE:  # else the standardisation overflows: features of silence, or NaN
-            raise InputError(f"waveform {i} holds {too_loud(peak)}")
+            raise WaveformError(f"waveform {i} holds {too_loud(peak)}")
 
 
 def load(source: str = CHECKPOINT, subnet: Any = None, device: Any = DEVICE, dtype: Any = DTYPE, *,

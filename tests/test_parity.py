@@ -140,21 +140,21 @@ def test_inputs_that_are_not_mono_waveforms_are_named(ours_default_outputs, spee
     ext, _ = ours_default_outputs["small"]
     wave = speech[0][1]
     stereo = np.stack([wave, wave * 0.5], axis=1)
-    with pytest.raises(lighthubert.InputError, match=rf"^got a \({len(wave)}, 2\) array: \(samples, channels\)"):
+    with pytest.raises(lighthubert.WaveformError, match=rf"^got a \({len(wave)}, 2\) array: \(samples, channels\)"):
         ext(stereo)
     for name in ("a.wav", Path("a.wav"), ["a.wav", "b.wav"]):
-        with pytest.raises(lighthubert.InputError, match="got a file name; read the audio first"):
+        with pytest.raises(lighthubert.WaveformError, match="got a file name; read the audio first"):
             ext(name)
     for number, what in ((np.float32(3.0), "float32"), (3.0, "float"), (None, "NoneType")):  # was a TypeError
-        with pytest.raises(lighthubert.InputError, match=f"^expected one waveform .*; got {what}$"):
+        with pytest.raises(lighthubert.WaveformError, match=f"^expected one waveform .*; got {what}$"):
             ext(number)
     assert torch.equal(ext(collections.deque([wave]))[0], ext([wave])[0])  # any sequence of waveforms
     for bad, what in ((torch.ones(800, dtype=torch.bool), "torch.bool"), (np.ones(800, np.complex64), "torch.complex64")):
-        with pytest.raises(lighthubert.InputError, match=f"waveform 1 holds {what} values; expected real samples"):
+        with pytest.raises(lighthubert.WaveformError, match=f"waveform 1 holds {what} values; expected real samples"):
             ext([wave, bad])
     pcm = np.round(wave * 32767).astype(np.int16)  # raw PCM (was taken as amplitudes of thousands)
     for bad, what in ((pcm, "int16"), (torch.from_numpy(pcm).int(), "int32")):
-        with pytest.raises(lighthubert.InputError, match=f"waveform 0 holds {what} integers; expected float samples .*divide by 32768"):
+        with pytest.raises(lighthubert.WaveformError, match=f"waveform 0 holds {what} integers; expected float samples .*divide by 32768"):
             ext([bad])
     alone = ext(torch.from_numpy(wave))
     tracked = torch.from_numpy(wave).clone().requires_grad_()
@@ -162,8 +162,8 @@ def test_inputs_that_are_not_mono_waveforms_are_named(ours_default_outputs, spee
     for got, want in zip(ext(stereo.T), [alone, ext(wave * 0.5)]):  # the hint's batch of channels
         assert rel_err(got, want) <= BATCH_TOL
     # one class for all of these (was a plain ValueError: ``except LightHubertError`` missed them)
-    assert issubclass(lighthubert.InputError, ValueError) and issubclass(lighthubert.InputError, lighthubert.LightHubertError)
-    with pytest.raises(lighthubert.InputError, match="^no waveforms to prepare"):  # was "max() arg is an empty sequence"
+    assert issubclass(lighthubert.WaveformError, ValueError) and issubclass(lighthubert.WaveformError, lighthubert.LightHubertError)
+    with pytest.raises(lighthubert.WaveformError, match="^no waveforms to prepare"):  # was "max() arg is an empty sequence"
         ext.prepare([])
 
 
