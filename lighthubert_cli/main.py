@@ -430,6 +430,7 @@ def subnet_cmd(
     trust_checkpoint: TrustOpt = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help=(
         "Replace an existing --export file, or an existing -o file that is not a subnet JSON."))] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No table or messages on stderr; errors and warnings only.")] = False,
 ) -> None:
     """Choose a subnet: by parameter budget, preset, sampling or JSON; print it as JSON on stdout.
 
@@ -476,7 +477,7 @@ def subnet_cmd(
     # seed it names, and a checkpoint file is not told of a seed it cannot take
     random_name = parse_random(checkpoint) if checkpoint else None
     load_seed = None if sample is not None and (random_name is None or random_name[1] is not None) else seed
-    ckpt = _load_checkpoint(checkpoint, load_seed, trust_checkpoint, quiet=False) if checkpoint else None
+    ckpt = _load_checkpoint(checkpoint, load_seed, trust_checkpoint, quiet=quiet) if checkpoint else None
     if ckpt is not None and supernet is not None and supernet.value != ckpt.space.name:
         raise Fail(f"--supernet {supernet.value} does not match the checkpoint's {ckpt.space.name} space", EXIT_USAGE)
     space_names = [supernet.value] if supernet else ([ckpt.space.name] if ckpt else ["base", "small"])
@@ -511,7 +512,8 @@ def subnet_cmd(
         if len(out) != 1:
             raise Fail("--export takes one subnet", EXIT_USAGE)
         _check_export_layers(layers, out[0]["layer_num"])
-    _show_subnets(out)
+    if not quiet:
+        _show_subnets(out)
     text = json.dumps(out[0] if len(out) == 1 else out, indent=None)
     # the files asked for first: they must not depend on who reads stdout (| head -c 10 ends lhb there)
     if output is not None:
@@ -522,7 +524,7 @@ def subnet_cmd(
         except OSError as e:
             raise Fail(f"{output}: cannot write: {os_reason(e)}") from None
     if export is not None:
-        _export(ckpt, results[0][0], export, layers, dtype)
+        _export(ckpt, results[0][0], export, layers, dtype, quiet=quiet)
     out_line(text)
 
 
@@ -582,7 +584,8 @@ def _check_export_layers(layers: str | None, num_layers: int) -> None:
         resolve_layers(layers, num_layers)  # a SettingError of layers: "--layers: ...", exit 2
 
 
-def _export(ckpt, sub: dict | None, path: Path, layers: str | None, dtype: str | None, check_only: bool = False) -> None:
+def _export(ckpt, sub: dict | None, path: Path, layers: str | None, dtype: str | None, check_only: bool = False,
+            quiet: bool = False) -> None:
     """--export: the format by suffix (lighthubert.deploy.export), or with ``check_only`` only its
     checks (suffix, options, extra); failures as one line."""
     from lighthubert.deploy import ExportError, check_export, export
@@ -599,7 +602,8 @@ def _export(ckpt, sub: dict | None, path: Path, layers: str | None, dtype: str |
         raise Fail(f"{path}: {e}", EXIT_USAGE) from None
     except OSError as e:
         raise Fail(f"{path}: cannot write: {e.strerror or e}") from None
-    err(f"wrote {path} ({size(path.stat().st_size)}){' from RANDOM WEIGHTS' if ckpt.random else ''}")
+    if not quiet:
+        err(f"wrote {path} ({size(path.stat().st_size)}){' from RANDOM WEIGHTS' if ckpt.random else ''}")
 
 
 SUBNET_ROWS = 20  # more subnets than this (--sample) get one summary line, not a table

@@ -524,3 +524,12 @@ def test_command_summaries_are_one_line():
     for name, cmd in commands(typer.main.get_command(app)):
         summary = (cmd.help or "").strip().split("\n\n")[0]
         assert summary and "\n" not in summary, f"lhb {name}: {summary!r}"
+
+
+def test_subnet_quiet_prints_only_the_json(tmp_path):
+    """lhb subnet had no -q: a script piping it into lhb extract -s - always got the table on stderr."""
+    r = lhb("subnet", "--preset", "min", "-c", "random:small", "--export", tmp_path / "min.pt", "-q")
+    assert r.returncode == 0 and r.stderr == "", r
+    assert json.loads(r.stdout)["embed_dim"] == 256 and (tmp_path / "min.pt").is_file()
+    loud = lhb("subnet", "--preset", "min", "--supernet", "small")
+    assert loud.stdout == lhb("subnet", "--preset", "min", "--supernet", "small", "-q").stdout and "embed" in loud.stderr
