@@ -1,8 +1,10 @@
 """Files written whole: a new file beside the final one, renamed over it once complete.
 
 An existing file stays as it was until its replacement is whole (a full disk or a kill half-way loses
-nothing), and the replacement keeps the old file's permission bits, as a shell's ``>`` or ``cp`` onto
-it would: a features or k-means file made group-readable (or read-only) stays so after ``--overwrite``.
+nothing), and the replacement keeps the old file's permission bits for group and others, as a shell's
+``>`` or ``cp`` onto it would: a features or k-means file made group-only or private stays so after
+``--overwrite``. The owner keeps read and write (a features file is reopened to be written, and
+resumed later).
 """
 
 from __future__ import annotations
@@ -17,13 +19,19 @@ from typing import Callable, Iterable, Mapping
 
 def replace_keeping_mode(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
     """``os.replace(tmp, final)``; when ``final`` is a regular file already, ``tmp`` first takes its
-    permission bits (owner and group cannot be kept without privileges, and are not)."""
+    permission bits, with read and write for the owner whatever they were (a read-only 0444 file
+    replaced, then reopened to be written, would fail half-way). Owner and group cannot be kept
+    without privileges, and are not. Where the mode cannot be set (some network file systems), the
+    file is still replaced."""
     try:
         st = os.stat(final)
     except OSError:
         st = None
     if st is not None and stat.S_ISREG(st.st_mode):
-        os.chmod(tmp, stat.S_IMODE(st.st_mode) & 0o777)
+        try:
+            os.chmod(tmp, (stat.S_IMODE(st.st_mode) & 0o777) | 0o600)
+        except OSError:
+            pass
     os.replace(tmp, final)
 
 

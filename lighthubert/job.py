@@ -462,7 +462,7 @@ def in_python_words(message: str) -> str:
 
 _KEYWORDS = {f"--{f.name.replace('_', '-')}": f"{f.name}=True" if f.type == "bool" else f.name for f in fields(ExtractJob)}
 _KEYWORDS["-c"] = "checkpoint"
-_FLAG = re.compile(r"--[a-z][a-z-]*|(?<![\w-])-c(?=[:) ])")
+_FLAG = re.compile(r"--[a-z][a-z-]*|(?<![\w-])-c(?=[:)])")  # "(-c: ...)", not the hint's "lhb: -c PATH"
 
 
 # ----------------------------------------------------------------------------- one writer

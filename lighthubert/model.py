@@ -346,15 +346,18 @@ def no_tf32() -> Iterator[None]:
     ``fp32_precision``) and raises when code reads one that disagrees with the other. Its legacy
     setters update both, so the block sets TF32 off with them: whatever the caller used
     (``allow_tf32 = True``, ``set_float32_matmul_precision("high")``, ``fp32_precision = "tf32"``),
-    every reading inside agrees. Both sets are put back as they were afterwards."""
-    mm, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
-    new_api = [(o, o.fp32_precision) for o in (mm, cudnn, cudnn.conv, cudnn.rnn) if hasattr(o, "fp32_precision")]
+    every reading inside agrees. The CPU's oneDNN flags (``torch.backends.mkldnn``: a caller's "bf16"
+    would run float32 matmuls and convolutions in bfloat16) are set to "ieee" too. Both sets are put
+    back as they were afterwards."""
+    mm, cudnn, mkldnn = torch.backends.cuda.matmul, torch.backends.cudnn, torch.backends.mkldnn
+    leaves = [o for o in (mm, cudnn.conv, cudnn.rnn, *(getattr(mkldnn, n, None) for n in ("matmul", "conv", "rnn")))
+              if hasattr(o, "fp32_precision")]
+    saved = [(o, o.fp32_precision) for o in [cudnn, mkldnn, *leaves] if hasattr(o, "fp32_precision")]
     precision, cudnn_tf32 = _legacy(torch.get_float32_matmul_precision), _legacy(lambda: cudnn.allow_tf32)
-    torch.set_float32_matmul_precision("highest")
+    torch.set_float32_matmul_precision("highest")  # CUDA and oneDNN matmuls, legacy and newer flags
     cudnn.allow_tf32 = False  # conv and rnn to "none": inherited, which could be a generic "tf32"
-    for o, _ in new_api:
-        if o is not cudnn:
-            o.fp32_precision = "ieee"
+    for o in leaves:
+        o.fp32_precision = "ieee"
     try:
         yield
     finally:
@@ -362,7 +365,7 @@ def no_tf32() -> Iterator[None]:
             torch.set_float32_matmul_precision(precision)
         if cudnn_tf32 is not None:
             cudnn.allow_tf32 = cudnn_tf32
-        for o, value in new_api:  # last: as the caller had them, also where the two sets disagreed
+        for o, value in saved:  # last (backends, then their ops): as the caller had them, also where the sets disagreed
             o.fp32_precision = value
 
 

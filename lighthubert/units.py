@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import os
 import stat
 import sys
@@ -166,7 +167,11 @@ def check_steps(batch_size: int, iterations: int, max_frames: int | None = None)
                              ("max_frames", max_frames, None)):
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (top and value > top):
+        try:
+            whole = not isinstance(value, bool) and operator.index(value) == value  # numpy integers too
+        except TypeError:
+            whole = False
+        if not whole or value < 1 or (top and value > top):
             # lhb's options stop these before: the keyword is the caller's word
             raise SettingError(f"{name}={value!r} is not a whole number from 1{f' to {top:,}' if top else ' up'}", name)
 
@@ -237,7 +242,7 @@ def km_problem(km: dict) -> str | None:
         return f"its centroids are empty {tuple(c.shape)}"
     if not bool(torch.isfinite(c).all()):
         return "its centroids hold NaN or infinite values"
-    if km.get("clusters", c.shape[0]) != c.shape[0]:
+    if km.get("clusters") != c.shape[0]:
         return f"it says {km.get('clusters')!r} clusters but holds {c.shape[0]} centroids"
     if isinstance(km.get("layer"), bool) or not isinstance(km.get("layer"), int):
         return f"its layer {km.get('layer')!r} is not a whole number"

@@ -177,9 +177,10 @@ def ours_default_outputs(ckpt_files, speech) -> Lazy:
 def user_tf32(request):
     """A user who turned TF32 on for their own work, in one of the ways torch offers; every flag is
     restored afterwards. Yields the readings as the user left them."""
-    mm, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    mm, cudnn, mkldnn = torch.backends.cuda.matmul, torch.backends.cudnn, torch.backends.mkldnn
     legacy = (torch.get_float32_matmul_precision(), cudnn.allow_tf32)
-    saved = [(o, o.fp32_precision) for o in (torch.backends, mm, cudnn, cudnn.conv, cudnn.rnn)]
+    saved = [(o, o.fp32_precision) for o in (torch.backends, mm, cudnn, cudnn.conv, cudnn.rnn, mkldnn, mkldnn.matmul,
+                                             mkldnn.conv, mkldnn.rnn)]
     USER_TF32[request.param]()
     yield tf32_flags()
     torch.set_float32_matmul_precision(legacy[0])

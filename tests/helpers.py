@@ -71,14 +71,18 @@ def _reading(read):
 
 
 def tf32_flags() -> dict:
-    """Every TF32 setting torch lets code read, legacy and ``fp32_precision`` alike."""
-    mm, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    """Every reduced-precision float32 setting torch lets code read (TF32 on CUDA, bf16/tf32 in oneDNN
+    on the CPU), legacy and ``fp32_precision`` alike."""
+    mm, cudnn, mkldnn = torch.backends.cuda.matmul, torch.backends.cudnn, torch.backends.mkldnn
     return {"precision": _reading(torch.get_float32_matmul_precision), "mm.allow_tf32": _reading(lambda: mm.allow_tf32),
             "cudnn.allow_tf32": _reading(lambda: cudnn.allow_tf32), "mm": mm.fp32_precision, "cudnn": cudnn.fp32_precision,
-            "conv": cudnn.conv.fp32_precision, "rnn": cudnn.rnn.fp32_precision, "generic": torch.backends.fp32_precision}
+            "conv": cudnn.conv.fp32_precision, "rnn": cudnn.rnn.fp32_precision, "generic": torch.backends.fp32_precision,
+            "mkldnn": mkldnn.fp32_precision, "mkldnn.matmul": mkldnn.matmul.fp32_precision,
+            "mkldnn.conv": mkldnn.conv.fp32_precision, "mkldnn.rnn": mkldnn.rnn.fp32_precision}
 
 
-FLOAT32_FLAGS = {"precision": "highest", "mm.allow_tf32": False, "cudnn.allow_tf32": False, "mm": "ieee", "conv": "ieee", "rnn": "ieee"}
+FLOAT32_FLAGS = {"precision": "highest", "mm.allow_tf32": False, "cudnn.allow_tf32": False, "mm": "ieee", "conv": "ieee", "rnn": "ieee",
+                 "mkldnn.matmul": "ieee", "mkldnn.conv": "ieee", "mkldnn.rnn": "ieee"}
 """What a float32 forward must see: TF32 off, and no reading refused (torch raises where code reads a
 legacy flag that the newer ones contradict; cuBLAS and the profiler read them)."""
 
@@ -93,6 +97,11 @@ def _tf32_legacy():
     torch.backends.cudnn.allow_tf32 = True
 
 
-USER_TF32 = {"fp32_precision": _tf32_new_api, "allow_tf32": _tf32_legacy,
+def _bf16_onednn():
+    torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+    torch.backends.mkldnn.conv.fp32_precision = "bf16"
+
+
+USER_TF32 = {"torch_defaults": lambda: None, "fp32_precision": _tf32_new_api, "allow_tf32": _tf32_legacy, "onednn_bf16": _bf16_onednn,
              "matmul_precision_high": lambda: torch.set_float32_matmul_precision("high"),
              "generic": lambda: setattr(torch.backends, "fp32_precision", "tf32")}

@@ -304,6 +304,8 @@ def test_k_means_settings_below_one_are_refused_naming_them(tmp_path):
         with pytest.raises(SettingError, match=rf"^{setting}=.* is not a whole number from 1") as e:
             learn_file(feats, 1, 2, device="cpu", **kwargs)
         assert e.value.setting == setting
+    km = learn_file(feats, 1, 2, device="cpu", batch_size=np.int64(4), iterations=np.int64(2), max_frames=np.int64(9))
+    assert km["clusters"] == 2  # numpy integers are whole numbers (as before the check)
 
 
 def test_a_damaged_k_means_file_is_refused_naming_what_is_wrong(tmp_path):
@@ -319,7 +321,8 @@ def test_a_damaged_k_means_file_is_refused_naming_what_is_wrong(tmp_path):
              "empty": ({"centroids": torch.zeros(0, 4), "clusters": 0}, r"its centroids are empty \(0, 4\)"),
              "count": ({"clusters": 999}, "it says 999 clusters but holds 2 centroids"),
              "ints": ({"centroids": torch.zeros(2, 4, dtype=torch.int64)}, r"its centroids are not a \(clusters, dim\) float tensor"),
-             "layer": ({"layer": "1"}, "its layer '1' is not a whole number")}
+             "layer": ({"layer": "1"}, "its layer '1' is not a whole number"),
+             "noclusters": ({"clusters": None}, "it says None clusters but holds 2 centroids")}  # was a KeyError later
     for name, (change, says) in cases.items():
         km = tmp_path / f"{name}.pt"
         torch.save({**good, **change}, km)
@@ -391,8 +394,11 @@ def test_files_replaced_with_overwrite_keep_their_permissions(tmp_path):
         return p.stat().st_mode & 0o777
 
     feats = _features(tmp_path / "f.h5", 3)
-    feats.chmod(0o640)
+    feats.chmod(0o440)  # read-only: the new file must still be reopened to be written (as any user, root or not)
     _features(feats, 4)  # as lhb extract --overwrite writes it
+    assert mode(feats) == 0o640
+    feats.chmod(0o640)
+    _features(feats, 4)
     assert mode(feats) == 0o640
     part = _features(tmp_path / "part.h5", 2)
     with h5py.File(part, "a") as f:

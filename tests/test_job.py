@@ -133,6 +133,18 @@ def test_merge_joins_parts_and_reports_conflicts(tmp_path):
     with pytest.raises(OutputError, match=f"^{re.escape(str(out))}: key 's/u1' needs a group 's', which {re.escape(str(p5))} holds as a key"):
         HDF5.merge(tmp_path / "other.h5", [p5, out], include_output=False)
     assert not (tmp_path / "other.h5").exists()
+    # an empty group another tool left (its keys deleted) gives way to a key of that name, in either order
+    p6 = tmp_path / "emptied.h5"
+    _write(p6, _attrs(), {"t/gone": x, "k": y})
+    with h5py.File(p6, "a") as f:
+        del f["features/t/gone"]
+    p7 = tmp_path / "t.h5"
+    _write(p7, _attrs(), {"t": x})
+    for order in ([p6, p7], [p7, p6]):
+        joined = tmp_path / f"joined{len(list(tmp_path.iterdir()))}.h5"
+        assert HDF5.merge(joined, order, include_output=False) == 2
+        with h5py.File(joined) as f:
+            np.testing.assert_array_equal(f["features/t"][()], x)
 
 
 # ----------------------------------------------------------------------------- the job
@@ -463,6 +475,10 @@ def test_errors_of_lighthubert_extract_name_its_keywords(tmp_path, two_files):
                      (dict(window_seconds=0), "window_seconds: 0 is not")):
         with pytest.raises(lighthubert.SettingError, match=f"^{says}"):
             lighthubert.extract(two_files, tmp_path / "new.h5", **args, **kw)
+    from lighthubert.job import in_python_words
+
+    hint = "(lhb: -c /path/to/small.pt; Python: lighthubert.load('/path/to/small.pt'))"
+    assert in_python_words(hint) == hint  # the offline hint's own lhb clause stays lhb's
     with pytest.raises(OutputError, match=r"different checkpoint \(checkpoint: 'random:small:0 .*\); use overwrite=True"):
         lighthubert.extract(two_files, out, **{**args, "checkpoint": "random:small:3"}, resume=True)
 

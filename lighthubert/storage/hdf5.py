@@ -378,9 +378,12 @@ def _check_nesting(path: Path, key: str, group: h5py.Group, owner: Mapping[str, 
     """``a`` and ``a/b`` cannot both be stored: an :class:`OutputError` naming both keys and files when
     ``key`` of ``path`` is a group of what the join holds already, or needs a group that is a key there."""
     if isinstance(group.get(key), h5py.Group):
-        other = next(k for k in sorted(owner) if k.startswith(key + "/"))
-        raise OutputError(f"{path}: key {key!r} is a group in {owner[other]}, which holds {other!r}; "
-                          "one file cannot hold both")
+        other = next((k for k in sorted(owner) if k.startswith(key + "/")), None)
+        if other is None:  # an empty group another file left (its keys deleted by some tool): the key takes its place
+            del group[key]
+        else:
+            raise OutputError(f"{path}: key {key!r} is a group in {owner[other]}, which holds {other!r}; "
+                              "one file cannot hold both")
     parts = key.split("/")
     for i in range(1, len(parts)):
         prefix = "/".join(parts[:i])
@@ -407,6 +410,8 @@ def _copy_the_rest(src: h5py.File, dst: h5py.File) -> None:
 
     def attrs_of(name: str, obj: Any) -> None:
         if isinstance(obj, h5py.Group):
+            if isinstance(dst[GROUP].get(name), h5py.Dataset):  # an empty group named as another file's key
+                return
             target = dst[GROUP].require_group(name)
             for k, v in obj.attrs.items():
                 if k not in target.attrs:
