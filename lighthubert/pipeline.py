@@ -343,9 +343,10 @@ def _launch(good: list[tuple[Item, np.ndarray]], extractor: Extractor, options: 
     # _prepare: load_audio checked the waveforms
     pending, oom = _attempt(lambda: extractor.submit(extractor._prepare(waves), options.layers, out_dtype))
     if oom is None:
-        # own copies: the writer's queue keeps them a while, and views would pin the whole batch's buffer
-        feats: Callable[[], list] = lambda: [(f.numpy(), None if ok else not_finite)
-                                             for f, ok in zip(pending.result(own=True), pending.all_finite())]
+        # on CUDA own copies: the writer's queue keeps them a while, and views would pin the batch's pinned
+        # buffer; on the CPU views, written within moments (a copy would be work on every utterance)
+        feats: Callable[[], list] = lambda: [(f.numpy(), None if ok else not_finite) for f, ok in
+                                             zip(pending.result(own=extractor.device.type == "cuda"), pending.all_finite())]
     else:
         done = []
         for data, w in zip(_halves(extractor, waves, options.layers, out_dtype, oom), waves):
@@ -417,7 +418,7 @@ def _run(extractor: Extractor, waves: list, layers: list[int], out_dtype: torch.
     """Forward pass, results cast to ``out_dtype`` on the device (half the transfer when saving
     float16); out of memory, the batch is split in halves (see :func:`_halves`)."""
     feats, oom = _attempt(lambda: [f.numpy() for f in extractor.submit(extractor._prepare(waves), layers, out_dtype)
-                                   .result(own=True)])  # load_audio checked them
+                                   .result(own=extractor.device.type == "cuda")])  # load_audio checked them; CPU: as above
     return feats if oom is None else _halves(extractor, waves, layers, out_dtype, oom)
 
 

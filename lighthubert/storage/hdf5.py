@@ -354,7 +354,7 @@ def _merge_into(tmp: Path, sources: list[Path], complete: bool | None, inputs: C
                     skipped[entry["key"]] = entry
                 for key in shapes:
                     _check_nesting(path, key, group, owner)
-                    if key in group:
+                    if key in owner:
                         a, b = group[key][()], src[GROUP][key][()]
                         if not np.array_equal(a, b):
                             raise OutputError(f"{path}: key {key!r} is also in {owner[key]}, with other values "
@@ -376,8 +376,9 @@ def _merge_into(tmp: Path, sources: list[Path], complete: bool | None, inputs: C
 
 def _check_nesting(path: Path, key: str, group: h5py.Group, owner: Mapping[str, Path]) -> None:
     """``a`` and ``a/b`` cannot both be stored: an :class:`OutputError` naming both keys and files when
-    ``key`` of ``path`` is a group of what the join holds already, or needs a group that is a key there."""
-    if isinstance(group.get(key), h5py.Group):
+    ``key`` of ``path`` is a group of what the join holds already, or needs a group that is a key there.
+    ``owner`` holds every key joined so far, so HDF5 is asked only about a name that is not one of them."""
+    if key not in owner and key in group:  # a group of the join
         other = next((k for k in sorted(owner) if k.startswith(key + "/")), None)
         if other is None:  # an empty group another file left (its keys deleted by some tool): the key takes its place
             del group[key]
