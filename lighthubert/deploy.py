@@ -164,9 +164,9 @@ def export(ckpt: Checkpoint, subnet: Any, path: str | os.PathLike, layers: Any =
     path = Path(path)
     fmt = check_export(path, layers, dtype)
     try:
-        check_export_target(ckpt, path, overwrite)
         if fmt == "checkpoint":
-            return export_subnet(ckpt, subnet, path, overwrite=overwrite)
+            return export_subnet(ckpt, subnet, path, overwrite=overwrite)  # which checks the target
+        check_export_target(ckpt, path, overwrite)
         check_geometry(ckpt)  # the file's bounds (inputs of at least MIN_SAMPLES) assume it
     except CheckpointError as err:
         raise ExportError(str(err)) from None

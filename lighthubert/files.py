@@ -17,6 +17,15 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether ``a`` and ``b`` are the same file (also through a link); False when one is missing or
+    is not a file name (a released checkpoint name, inline JSON)."""
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False
+
+
 def replace_keeping_mode(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
     """``os.replace(tmp, final)``; when ``final`` is a regular file already, ``tmp`` first takes its
     permission bits, with read and write for the owner whatever they were (a read-only 0444 file
@@ -104,11 +113,8 @@ def target_problem(path: str | os.PathLike, *, overwrite: bool,
     an existing file is replaced only with ``overwrite``."""
     path = Path(path)
     for what, src in (sources or {}).items():
-        try:
-            if src is not None and os.path.samefile(path, src):
-                return f"is {what}; give another file to write"
-        except (OSError, ValueError):
-            pass  # not there, or not a file name
+        if src is not None and same_file(path, src):
+            return f"is {what}; give another file to write"
     if path.is_dir():
         return "is a folder; give a file name"
     if not path.parent.is_dir():

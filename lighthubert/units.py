@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import operator
 import os
 import stat
 import sys
@@ -167,11 +166,7 @@ def check_steps(batch_size: int, iterations: int, max_frames: int | None = None)
                              ("max_frames", max_frames, None)):
         if value is None:
             continue
-        try:
-            whole = not isinstance(value, bool) and operator.index(value) == value  # numpy integers too
-        except TypeError:
-            whole = False
-        if not whole or value < 1 or (top and value > top):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1 or (top and value > top):
             # lhb's options stop these before: the keyword is the caller's word
             raise SettingError(f"{name}={value!r} is not a whole number from 1{f' to {top:,}' if top else ' up'}", name)
 

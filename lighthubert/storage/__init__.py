@@ -30,6 +30,7 @@ from typing import Any, Collection, Iterable, Mapping, Protocol
 import numpy as np
 
 from ..errors import LightHubertError, LightHubertWarning
+from ..files import same_file  # noqa: F401 - storage.same_file, as callers import it
 
 FORMAT = "lighthubert-features"
 UNITS_FORMAT = "lighthubert-units"  # lhb units apply's .h5: /units/KEY (T,) ints
@@ -636,15 +637,6 @@ def merge_parts(output: Path, parts: str | os.PathLike | Iterable[str | os.PathL
                 except OSError:
                     pass  # other files are there: they stay
     return n, files
-
-
-def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    """Whether ``a`` and ``b`` are the same file (also through a link); False when one is missing or
-    is not a file name (a released checkpoint name, inline JSON)."""
-    try:
-        return os.path.samefile(a, b)
-    except (OSError, ValueError):
-        return False
 
 
 from . import hdf5 as _hdf5  # noqa: E402 - registers the HDF5 backend
