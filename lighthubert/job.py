@@ -398,18 +398,42 @@ ProgressFn = Callable[[int, int, float, float], None]
 """A progress callback: (files done, files to do, audio seconds done, audio seconds to do)."""
 
 
+class _Stop(threading.Event):
+    """Set by Ctrl-C or by a progress callback that raised; also set when the caller's ``stop`` is."""
+
+    def __init__(self, caller: threading.Event | None):
+        super().__init__()
+        self.caller = caller
+
+    def is_set(self) -> bool:
+        return super().is_set() or (self.caller is not None and self.caller.is_set())
+
+
 class _Callback(Quiet):
-    def __init__(self, fn: ProgressFn):
-        self.fn, self.files, self.seconds, self.total, self.total_seconds = fn, 0, 0.0, 0, 0.0
+    """:func:`extract`'s ``progress`` as a reporter. An exception it raises stops the run after the
+    current batch (the work done is joined into OUTPUT), and is raised by :func:`extract` then."""
+
+    def __init__(self, fn: ProgressFn, stop: threading.Event):
+        self.fn, self.stop_event, self.error = fn, stop, None
+        self.files, self.seconds, self.total, self.total_seconds = 0, 0.0, 0, 0.0
+
+    def _call(self, *args: Any) -> None:
+        if self.error is not None:
+            return
+        try:
+            self.fn(*args)
+        except Exception as err:
+            self.error = err
+            self.stop_event.set()
 
     def start(self, files: int, seconds: float, done_before: int) -> None:
         self.total, self.total_seconds = files, seconds
-        self.fn(0, files, 0.0, seconds)
+        self._call(0, files, 0.0, seconds)
 
     def advance(self, files: int, seconds: float) -> None:
         self.files += files
         self.seconds += seconds
-        self.fn(self.files, self.total, self.seconds, self.total_seconds)
+        self._call(self.files, self.total, self.seconds, self.total_seconds)
 
 
 def extract(input: str | os.PathLike | Sequence[str | os.PathLike], output: str | os.PathLike, *, progress: ProgressFn | None = None,
@@ -423,7 +447,8 @@ def extract(input: str | os.PathLike | Sequence[str | os.PathLike], output: str 
     Without ``stop``, Ctrl-C (a notebook's interrupt: SIGINT, in the main thread) once the work has
     begun stops as ``lhb extract`` does: after the current batch, with what was done joined into
     ``output``; then KeyboardInterrupt is raised (``resume=True`` completes the job). A second Ctrl-C
-    stops at once (the committed work then waits in ``output``'s parts folder for the resume)."""
+    stops at once (the committed work then waits in ``output``'s parts folder for the resume).
+    A ``progress`` callback that raises stops the run the same way; its exception is raised then."""
     try:
         said: list[warnings.WarningMessage] = []
         try:
@@ -434,12 +459,14 @@ def extract(input: str | os.PathLike | Sequence[str | os.PathLike], output: str 
             for w in said:  # at the caller's line, as the caller's filters decide
                 text = in_python_words(str(w.message)) if issubclass(w.category, LightHubertWarning) else w.message
                 warnings.warn(text, w.category, stacklevel=2)
-        reporter = _Callback(progress) if progress else None
+        run_stop = _Stop(stop)
+        reporter = _Callback(progress, run_stop) if progress else None
+        interrupted = False
         if stop is not None:
-            return execute(plan, reporter, stop)
-        stop = threading.Event()
-        with interrupt_stops(stop) as interrupted:
-            summary = execute(plan, reporter, stop)
+            summary = execute(plan, reporter, run_stop)
+        else:
+            with interrupt_stops(run_stop) as interrupted:
+                summary = execute(plan, reporter, run_stop)
     except LightHubertError as err:  # said in this call's keywords, not lhb's flags
         message = in_python_words(str(err))
         setting = getattr(err, "setting", None)
@@ -447,6 +474,11 @@ def extract(input: str | os.PathLike | Sequence[str | os.PathLike], output: str 
             message = f"{setting}: {message}"
         err.args = (message, *err.args[1:])
         raise
+    if reporter is not None and reporter.error is not None:
+        err = reporter.error
+        err.add_note(f"lighthubert.extract stopped after the current batch; what was done is kept in {summary.output}: "
+                     "run the same call with resume=True to complete it")
+        raise err
     if interrupted and summary.interrupted:
         raise KeyboardInterrupt(f"stopped after the current batch; what was done is kept in {summary.output}: "
                                 "run the same call with resume=True to complete it")

@@ -209,6 +209,38 @@ def test_extract_resume_with_another_compute_dtype_is_refused(tmp_path, two_file
         assert {k: f["features"][k][()] for k in f["features"]}.keys() == before.keys()
 
 
+def test_a_progress_callback_that_raises_stops_the_run_and_keeps_the_work(tmp_path, two_files, ckpt_files):
+    """A ``progress`` callback that raises (a notebook's display failing, a user's own limit) ends the
+    run after the current batch: the work done is joined into OUTPUT (valid, not complete), no parts
+    folder is left, the callback's own exception reaches the caller with a note on how to resume, and
+    resume=True completes the job. It was raised out of the middle of the run, OUTPUT's work left in
+    its parts folder."""
+    src, out = tmp_path / "in", tmp_path / "o.h5"
+    src.mkdir()
+    for i, p in enumerate(sorted(two_files.iterdir()) * 2):
+        shutil.copy(p, src / f"{i}.wav")
+    settings = dict(checkpoint=ckpt_files["small"], subnet="min", device="cpu", batch_seconds=1)  # a file a batch
+    calls = []
+
+    def progress(files, total, seconds, total_seconds):
+        calls.append(files)
+        if files == 1:
+            raise RuntimeError("the display broke")
+
+    with pytest.raises(RuntimeError, match="the display broke") as caught:
+        lighthubert.extract(src, out, progress=progress, **settings)
+    assert any("resume=True" in note and str(out) in note for note in caught.value.__notes__)
+    assert calls == [0, 1]  # not called again once it raised
+    assert not (tmp_path / "o.h5.parts").exists()
+    with h5py.File(out) as f:
+        kept = len(f["features"])
+        assert 1 <= kept < 4 and not f.attrs["complete"]  # the batch reported, and the one running then
+    again = lighthubert.extract(src, out, resume=True, **settings)
+    assert again.files == 4 - kept and again.done_before == kept
+    with h5py.File(out) as f:
+        assert len(f["features"]) == 4 and f.attrs["complete"]
+
+
 @pytest.mark.slow
 def test_resume_from_other_files_under_the_same_names_says_so(tmp_path, two_files):
     """`--resume` with INPUT another folder whose files have the same names kept the old features
