@@ -15,7 +15,8 @@ python3 -c "import torch, torchaudio, soundfile, h5py, typer, rich, numpy, light
 print('torch', torch.__version__, 'torchaudio', torchaudio.__version__, 'soundfile', soundfile.__version__, 'h5py',
       h5py.__version__, 'typer', typer.__version__, 'numpy', numpy.__version__, 'cuda', torch.cuda.is_available())" \
   2>&1 | tee "$OUT/preflight.txt" | tail -3; [ "${PIPESTATUS[0]}" = 0 ] || exit 1
+# pytest-xdist is not installed there: -o addopts=-ra drops pyproject's "-n 2 --dist loadfile"
 # the device run's limit is 600 s: tests 150 s + benchmarks 380 s + the steps above leave some margin
-timeout "${TEST_TIMEOUT:-150}" python3 -m pytest tests/test_gpu.py tests/test_batching.py -q -p no:cacheprovider -x 2>&1 | tee "$OUT/gpu_tests.txt" | tail -8
+timeout "${TEST_TIMEOUT:-150}" python3 -m pytest tests/test_gpu.py tests/test_batching.py -q -p no:cacheprovider -o addopts=-ra -x 2>&1 | tee "$OUT/gpu_tests.txt" | tail -8
 timeout "${BENCH_TIMEOUT:-380}" python3 benchmarks/gpu.py --hours "${HOURS:-10}" --long-minutes "${LONG_MINUTES:-60}" \
   --out "$OUT/gpu_results.txt" ${GPU_ARGS:-}

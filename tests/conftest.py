@@ -16,7 +16,11 @@ from typing import Callable
 
 import numpy as np
 import pytest
-import torch
+
+# Before torch loads OpenMP: the two test workers (pyproject's -n 2) each run torch on 2 threads on a
+# 2-core machine, and threads that wait should sleep, not spin on a core the other worker needs.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch  # noqa: E402
 
 import lighthubert
 from helpers import SPEECH_DIR, USER_TF32, authors_hidden_states, tf32_flags
@@ -26,6 +30,16 @@ TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 README = Path(__file__).resolve().parents[2] / "shared" / "seed" / "LightHuBERT-README.md"
 
+
+
+HEAVY = ("test_longform.py", "test_reliability.py", "test_distributed.py", "test_deploy.py", "test_cli.py")
+"""The modules that take longest (1.5-4 minutes each), in that order. The workers take whole modules
+(``--dist loadfile``: a module's fixtures are built once), and these go first, so that the two
+workers end together instead of one running test_longform.py alone at the end."""
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda it: HEAVY.index(it.path.name) if it.path.name in HEAVY else len(HEAVY))  # stable
 
 
 def pytest_configure(config):
@@ -59,7 +73,7 @@ class Lazy(dict):
 
 @pytest.fixture(scope="session", autouse=True)
 def _threads():
-    # The suite is sized for a 2-core machine; keep torch from oversubscribing it.
+    # The suite is sized for a 2-core machine; keep torch from oversubscribing larger ones.
     torch.set_num_threads(min(torch.get_num_threads(), 2))
 
 

@@ -217,6 +217,7 @@ def command(env: dict[str, str]) -> list[str]:
 
         def stop() -> None:
             proc.stdin.close()
+            proc.stdout.close()
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
