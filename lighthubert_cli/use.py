@@ -127,8 +127,17 @@ def learn(
     _not_an_input(km_path, features)
     refuse_existing([km_path], overwrite)  # before the work, not after
     resolve_device(device)  # an unknown or absent device: said before any work
+    steps = _every("k-means step", quiet)
+
+    def progress(done: int, total: int) -> None:
+        if done == 0:  # the frames are read; the k-means++ start can take a while with many clusters
+            if not quiet:
+                err(f"k-means++ start: {clusters} centroids, then {total} mini-batch steps")
+        else:
+            steps(done, total)
+
     km = _library_errors(learn_file, features, layer, clusters, max_frames=max_frames, batch_size=batch_size,
-                         iterations=iterations, seed=seed, device=device, progress=_every("k-means step", quiet))
+                         iterations=iterations, seed=seed, device=device, progress=progress)
     try:  # beside KM, then renamed: an old KM stays whole if this stops half-way
         save_atomic(km, km_path)
     except OSError as e:

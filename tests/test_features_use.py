@@ -271,6 +271,9 @@ def test_layer_may_be_left_out_only_when_the_file_holds_one(feats, tmp_path):
     assert r.returncode == 0, r
     assert torch.load(tmp_path / "km.pt", weights_only=True)["layer"] == 10
     assert r.err_lines[-1].startswith(f"wrote {tmp_path / 'km.pt'}: 4 clusters of layer 10 from "), r
+    # the k-means++ start (long with many clusters) is said before it runs, then ten of the 100 steps
+    assert r.err_lines[0] == "k-means++ start: 4 centroids, then 100 mini-batch steps", r
+    assert r.err_lines[1:-1] == [f"k-means step: {n}/100" for n in range(10, 101, 10)], r
 
 
 def test_convert_npy_and_kaldi(feats, tmp_path):
