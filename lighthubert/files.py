@@ -9,6 +9,7 @@ resumed later).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
@@ -44,11 +45,28 @@ def replace_keeping_mode(tmp: str | os.PathLike, final: str | os.PathLike) -> No
     os.replace(tmp, final)
 
 
+TEMP_STEM_BYTES = 255 - len("..4194304.0123abcd.part") - 3
+"""The longest final name a temporary name holds whole: with the pid (7 digits at most on Linux, 3
+more to spare) and the rest, it stays within the 255 bytes a file name may have."""
+
+
+def _temp_stem(name: str) -> str:
+    """``name`` as :func:`new_temp_beside` puts it in a temporary name: whole, or, where that would
+    make the temporary name too long for the file system (a key near 255 bytes as KEY.npy), cut
+    between characters and followed by ``~`` and a hash of the whole name."""
+    if len(os.fsencode(name)) <= TEMP_STEM_BYTES:
+        return name
+    cut = name
+    while len(os.fsencode(cut)) > TEMP_STEM_BYTES - 9:
+        cut = cut[:-1]
+    return f"{cut}~{hashlib.sha256(os.fsencode(name)).hexdigest()[:8]}"
+
+
 def new_temp_beside(path: Path) -> Path:
     """A new, empty file next to ``path``: an ordinary file (the umask applies, so the result is as
     readable as any file the user makes), unlike mkstemp's 0600."""
     while True:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.part")
+        tmp = path.with_name(f".{_temp_stem(path.name)}.{os.getpid()}.{os.urandom(4).hex()}.part")
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
             return tmp
@@ -66,7 +84,7 @@ def remove_dead_temps(finals: Iterable[Path]) -> None:
     other file, are left alone. Each folder is listed once."""
     by_folder: dict[Path, set[str]] = {}
     for final in finals:
-        by_folder.setdefault(final.parent, set()).add(final.name)
+        by_folder.setdefault(final.parent, set()).add(_temp_stem(final.name))
     for folder, names in by_folder.items():
         try:
             listed = os.listdir(folder)

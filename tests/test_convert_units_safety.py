@@ -521,6 +521,36 @@ def test_leftovers_of_killed_conversions_and_merges_are_removed(tmp_path):
     assert not (tmp_path / "nope").exists()
 
 
+def test_keys_as_long_as_a_file_name_allows_convert_to_npy(tmp_path):
+    """A key of 251 bytes is a 255-byte KEY.npy, which the file system takes; its temporary file was
+    23 bytes longer ('.KEY.npy.PID.HEX.part') and the conversion failed with 'File name too long'.
+    Such names (also of several bytes a character) are cut and hashed in the temporary name, and a
+    killed conversion's leftover of that kind is still recognised and removed."""
+    from lighthubert.files import new_temp_beside
+
+    attrs = run_attrs(layers=[1], subnet={"a": 1}, checkpoint="c.pt", checkpoint_sha256="ab", normalize=True,
+                      random_weights=True, params=10, dtype="float32", compute_dtype="float32", version="t",
+                      exact_seconds=120.0, window_seconds=60.0, context_seconds=10.0, num_layers=2, embed_dim=4)
+    names = ["a" * 251, "é" * 125 + "b"]  # 251 bytes each
+    feats = tmp_path / "f.h5"
+    w = FeatureWriter(feats, attrs)
+    for i, name in enumerate(names):
+        w.write(name, np.full((1, 3, 4), float(i), np.float32), source=f"/audio/{i}.wav", num_samples=1040)
+    w.close(complete=True)
+    out = tmp_path / "npy"
+    out.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no longer runs
+    left = new_temp_beside(out / f"{names[0]}.npy")  # as a killed conversion leaves it
+    assert len(os.fsencode(left.name)) <= 255
+    stale = left.with_name(left.name.replace(f".{os.getpid()}.", f".{dead.pid}."))
+    left.rename(stale)
+    convert(feats, out, "npy", 1)
+    assert sorted(os.listdir(out)) == sorted(f"{n}.npy" for n in names)  # the leftover was removed
+    for i, name in enumerate(names):
+        np.testing.assert_array_equal(np.load(out / f"{name}.npy"), np.full((3, 4), float(i), np.float32))
+
+
 def test_convert_never_writes_over_its_features_file_or_a_folder(tmp_path):
     """Before: with --overwrite, FEATURES named like a file to write (lhb extract wavs data/train.ark)
     was replaced by the conversion, and a folder named like one failed after other files were in place."""
