@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .files import new_temp_beside, remove_dead_temps, replace_keeping_mode
-from .inputs import _CONTROL
+from .inputs import CONTROL
 from .errors import LightHubertWarning, SettingError
 from .defaults import CONVERT_FORMAT, CONVERT_FORMATS, NSHARD, SPLIT
 from .reader import FeaturesError, one_layer, open_features
@@ -208,7 +208,7 @@ def write_tsv(f, path: Path, shown: Path | None = None) -> Path:
     sources = []
     for k in f.keys:
         src = f.source(k)
-        if not src or _CONTROL.search(src):  # else the current folder, or a line split in two, in the manifest
+        if not src or CONTROL.search(src):  # else the current folder, or a line split in two, in the manifest
             raise FeaturesError(f"{f.path}: {k}: {'no' if not src else 'a control character in its'} 'source' attribute "
                                 "(the audio file), which fairseq's .tsv lists; use --format npy or kaldi")
         sources.append(os.path.abspath(src))

@@ -59,7 +59,9 @@ class Item:
     """Where the item came from, for messages: ``list.txt:12`` or the path."""
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+"""The control characters no key or path lhb writes holds (a new line would split the lines of a .tsv,
+.keys, .len or .km file); escaped as ``%XX`` in the texts it writes."""
 _SURROGATE = re.compile(r"[\udc80-\udcff]")
 
 
@@ -72,7 +74,7 @@ def escape_name(text: str) -> str:
 def display_path(path: str | os.PathLike) -> str:
     """The path as valid, one-line UTF-8 text (undecodable bytes and control characters written
     ``%XX``), for messages and the ``source`` attribute."""
-    return _CONTROL.sub(lambda m: f"%{ord(m.group()):02X}", escape_name(os.fspath(path)))
+    return CONTROL.sub(lambda m: f"%{ord(m.group()):02X}", escape_name(os.fspath(path)))
 
 
 def source_text(path: str | os.PathLike) -> str:
@@ -95,7 +97,7 @@ def _key_from(text: str) -> str:
 def _check_key(key: str, where: str, own: bool = False) -> str:
     """``key`` if it can be stored; ``own``: the user wrote it (a .scp key), so the error does not
     advise writing keys of one's own."""
-    bad = _CONTROL.search(key)
+    bad = CONTROL.search(key)
     if bad:
         advice = "" if own else ": rename the file, or give it a key of your own with a .scp list ('key path' lines)"
         raise InputError(f"{display_path(where)}: key {escape_name(key)!r} holds the control character "

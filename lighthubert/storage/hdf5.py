@@ -24,7 +24,7 @@ import h5py
 import numpy as np
 
 from ..files import replace_keeping_mode
-from ..inputs import _CONTROL  # the characters no key lhb writes holds
+from ..inputs import CONTROL
 from . import (FORMAT, NO_SPACE, _short, RUN_IDENTITY, UNITS_FORMAT, FeaturesError, OutputError, check_identity, find_committed,
                find_segments, identity_diff, os_reason, os_words, parts_dir, plain, refuse_special, remove_parts,
                segment_path)
@@ -179,8 +179,9 @@ def open_reason(err: Exception) -> str:
 def keys(f: h5py.File) -> list[str]:
     """Every utterance key in an open features file: every name of a dataset, also where one dataset
     has several (hard links another tool made; HDF5's object visit gives it once, under one of them).
-    The object visit with its info (no Python object per key: 7x faster than ``visititems`` on 30,000
-    keys) gives the names; the slower walk over every link only runs where a dataset has more than one."""
+    The object visit with its info (no Python object per key: 5-6.5x faster than ``visititems`` on
+    30,000 keys, BENCHMARKS.md) gives the names; the slower walk over every link only runs where a
+    dataset has more than one."""
     group = f.get(GROUP)
     if not isinstance(group, h5py.Group):
         return []
@@ -265,7 +266,7 @@ def _read_features(path: str | os.PathLike, f: h5py.File,
         if any(part in (".", "..") for part in k.split("/")):  # h5py allows them; as paths they lead out of a folder
             raise OutputError(f"{path}: dataset '{GROUP}/{k}' has '.' or '..' in its key, which no lhb run writes "
                               "(written as files, it would land outside their folder); not read")
-        if _CONTROL.search(k):  # a new line in a key splits the lines of a .keys, .len or .km file
+        if CONTROL.search(k):  # a new line in a key splits the lines of a .keys, .len or .km file
             raise OutputError(f"{path}: dataset {GROUP + '/' + k!r} has a control character in its key, which no lhb "
                               "run writes; not read")
         ds = h5py.h5d.open(gid, k.encode())  # not an h5py Dataset: twice as fast, for 281,241 keys too
