@@ -251,6 +251,8 @@ def prepare(job: ExtractJob, *, world: World | None = None, download: bool = Tru
         exact_seconds=exact, window_seconds=window, context_seconds=context, num_layers=sub["layer_num"],
         embed_dim=sub["embed_dim"],
     )
+    if job.resume and not world.distributed and out.is_file():  # a resume with other settings: said before any work
+        backend.check_resume(out, attrs)
     options = Options(
         layers=layers, save_dtype=job.save_dtype, exact_seconds=exact, window_seconds=window, context_seconds=context,
         num_workers=int(job.num_workers), strict=job.strict, flush_seconds=job.flush_seconds,

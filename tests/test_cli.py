@@ -618,6 +618,10 @@ def test_resume_and_overwrite(jobs, ref_min):
     assert s.refused.returncode != EXIT_OK, f"an existing OUTPUT needs --resume or --overwrite\n{s.refused}"
     assert s.refused.err_lines, s.refused
     assert s.other_layers.returncode != EXIT_OK, f"--resume with other --layers must be refused\n{s.other_layers}"
+    # before the work, in one line: no start line ("checkpoint ..., subnet ...") came first
+    assert s.other_layers.err_lines == [f"lhb: error: {s.out}: was made with a different layers (--layers: [10], "
+                                        "now [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]); use --overwrite to replace it, or "
+                                        "another OUTPUT"], s.other_layers
     assert s.sha_after_refused == s.sha_before, "a refused run changed OUTPUT"
 
     assert s.resumed.returncode == EXIT_OK, s.resumed

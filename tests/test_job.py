@@ -182,6 +182,19 @@ def two_files(tmp_path_factory):
     return folder
 
 
+def test_prepare_refuses_a_resume_with_other_settings_before_any_work(tmp_path, two_files):
+    """prepare() checks a resumed OUTPUT's run identity (execute() checks it again with the lock held):
+    lhb extract --resume with other settings said its start line, then the error."""
+    out = tmp_path / "o.h5"
+    lighthubert.extract(two_files, out, checkpoint="random:small", subnet="min", device="cpu", layers="0")
+    before = out.read_bytes()
+    with pytest.raises(OutputError, match=r"o\.h5: was made with a different layers \(--layers: \[0\], now \[10\]\)"):
+        prepare(ExtractJob(two_files, out, checkpoint="random:small", subnet="min", device="cpu", resume=True))
+    assert out.read_bytes() == before
+    plan = prepare(ExtractJob(two_files, out, checkpoint="random:small", subnet="min", device="cpu", layers="0", resume=True))
+    assert plan.layers == [0]
+
+
 def test_prepare_resolves_device_dependent_defaults(tmp_path, two_files):
     plan = prepare(ExtractJob(two_files, tmp_path / "o.h5", checkpoint="random:small", device="cpu"))
     assert plan.options.batch_seconds == 30.0 and (plan.options.exact_seconds, plan.options.window_seconds, plan.options.context_seconds) == (120.0, 60.0, 10.0)

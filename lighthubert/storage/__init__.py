@@ -126,6 +126,11 @@ class Backend(Protocol):
         """The keys OUTPUT (when ``include_output``) and its committed segments and parts hold, after
         checking that each was made with the run identity of ``attrs`` (:class:`OutputError` if not)."""
 
+    def check_resume(self, output: Path, attrs: Mapping[str, Any]) -> None:
+        """Before any work: :class:`OutputError` if OUTPUT, there already, was made with another run
+        identity than ``attrs``. A file that cannot be read now is left to :meth:`committed` (which
+        says why, with the run's lock held), and so are the segments and parts."""
+
     def join(self, output: Path, *, include_output: bool, complete: bool, inputs: Collection[str] | None = None) -> int:
         """Join OUTPUT (when ``include_output``), its committed segments and parts into a new OUTPUT that
         replaces it atomically, then remove them; on failure all stay as they were. Returns the count.

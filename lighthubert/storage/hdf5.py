@@ -749,6 +749,14 @@ class Hdf5Backend:
     def committed(self, output: Path, attrs: Mapping[str, Any], *, include_output: bool) -> set[str]:
         return committed(output, attrs, include_output=include_output)
 
+    def check_resume(self, output: Path, attrs: Mapping[str, Any]) -> None:
+        try:
+            with h5py.File(output, "r") as f:
+                old = dict(f.attrs)
+        except (OSError, RuntimeError, KeyError):
+            return
+        check_identity(output, old, attrs)
+
     def join(self, output: Path, *, include_output: bool, complete: bool, inputs: Collection[str] | None = None) -> int:
         return join(output, include_output=include_output, complete=complete, inputs=inputs)
 
