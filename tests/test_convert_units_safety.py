@@ -525,7 +525,8 @@ def test_keys_as_long_as_a_file_name_allows_convert_to_npy(tmp_path):
     """A key of 251 bytes is a 255-byte KEY.npy, which the file system takes; its temporary file was
     23 bytes longer ('.KEY.npy.PID.HEX.part') and the conversion failed with 'File name too long'.
     Such names (also of several bytes a character) are cut and hashed in the temporary name, and a
-    killed conversion's leftover of that kind is still recognised and removed."""
+    killed conversion's leftover of that kind is still recognised and removed. A longer key is
+    refused before anything is written."""
     from lighthubert.files import new_temp_beside
 
     attrs = run_attrs(layers=[1], subnet={"a": 1}, checkpoint="c.pt", checkpoint_sha256="ab", normalize=True,
@@ -549,6 +550,16 @@ def test_keys_as_long_as_a_file_name_allows_convert_to_npy(tmp_path):
     assert sorted(os.listdir(out)) == sorted(f"{n}.npy" for n in names)  # the leftover was removed
     for i, name in enumerate(names):
         np.testing.assert_array_equal(np.load(out / f"{name}.npy"), np.full((3, 4), float(i), np.float32))
+    # a byte more: KEY.npy cannot be named at all, which is said before anything is written (the short
+    # temporary names let every file be written and only the last renames fail, the others in place)
+    w = FeatureWriter(feats, attrs)
+    for i, name in enumerate(["a", "c" * 252]):
+        w.write(name, np.full((1, 3, 4), float(i), np.float32), source=f"/audio/{i}.wav", num_samples=1040)
+    w.close(complete=True)
+    with pytest.raises(OutputError, match=re.escape(f"{tmp_path / 'new' / ('c' * 252)}.npy: the name is too long for a "
+                                                    "file name (256 bytes; the folder takes 255); give the utterance")):
+        convert(feats, tmp_path / "new", "npy", 1)
+    assert not (tmp_path / "new").exists()
 
 
 def test_convert_never_writes_over_its_features_file_or_a_folder(tmp_path):
