@@ -424,7 +424,7 @@ class _Callback(Quiet):
             return
         try:
             self.fn(*args)
-        except Exception as err:
+        except BaseException as err:  # also its own KeyboardInterrupt or sys.exit(): the work is joined first
             self.error = err
             self.stop_event.set()
 
@@ -478,8 +478,10 @@ def extract(input: str | os.PathLike | Sequence[str | os.PathLike], output: str 
         raise
     if reporter is not None and reporter.error is not None:
         err = reporter.error
-        err.add_note(f"lighthubert.extract stopped after the current batch; what was done is kept in {summary.output}: "
-                     "run the same call with resume=True to complete it")
+        err.add_note(f"raised by the progress callback; lighthubert.extract stopped after the current batch: what was "
+                     f"done is kept in {summary.output}, and the same call with resume=True completes it"
+                     if summary.interrupted else
+                     f"raised by the progress callback once the work was done: {summary.output} is complete")
         raise err
     if interrupted and summary.interrupted:
         raise KeyboardInterrupt(f"stopped after the current batch; what was done is kept in {summary.output}: "

@@ -242,7 +242,9 @@ def test_a_progress_callback_that_raises_stops_the_run_and_keeps_the_work(tmp_pa
 
     with pytest.raises(RuntimeError, match="the display broke") as caught:
         lighthubert.extract(src, out, progress=progress, **settings)
-    assert any("resume=True" in note and str(out) in note for note in caught.value.__notes__)
+    assert caught.value.__notes__ == [f"raised by the progress callback; lighthubert.extract stopped after the current "
+                                      f"batch: what was done is kept in {out}, and the same call with resume=True "
+                                      "completes it"]
     assert calls == [0, 1]  # not called again once it raised
     assert not (tmp_path / "o.h5.parts").exists()
     with h5py.File(out) as f:
@@ -250,6 +252,27 @@ def test_a_progress_callback_that_raises_stops_the_run_and_keeps_the_work(tmp_pa
         assert 1 <= kept < 4 and not f.attrs["complete"]  # the batch reported, and the one running then
     again = lighthubert.extract(src, out, resume=True, **settings)
     assert again.files == 4 - kept and again.done_before == kept
+    with h5py.File(out) as f:
+        assert len(f["features"]) == 4 and f.attrs["complete"]
+
+    def interrupt_then(files, total, seconds, total_seconds):  # the callback's own KeyboardInterrupt, or sys.exit()
+        if files == 1:
+            raise KeyboardInterrupt("from the callback")
+
+    with pytest.raises(KeyboardInterrupt, match="from the callback") as caught:
+        lighthubert.extract(src, out, progress=interrupt_then, overwrite=True, **settings)
+    assert "resume=True completes it" in caught.value.__notes__[0]
+    assert not (tmp_path / "o.h5.parts").exists()
+    with h5py.File(out) as f:
+        assert 1 <= len(f["features"]) < 4 and not f.attrs["complete"]
+
+    def done_then(files, total, seconds, total_seconds):  # raised on the last call: the run had ended well
+        if files == total:
+            raise ValueError("after the end")
+
+    with pytest.raises(ValueError, match="after the end") as caught:
+        lighthubert.extract(src, out, progress=done_then, overwrite=True, **settings)
+    assert caught.value.__notes__ == [f"raised by the progress callback once the work was done: {out} is complete"]
     with h5py.File(out) as f:
         assert len(f["features"]) == 4 and f.attrs["complete"]
 
