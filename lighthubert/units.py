@@ -186,7 +186,9 @@ def learn_file(features: str | os.PathLike, layer: int | None, clusters: int, *,
         model = model_of(f.attrs)
     x = sample_frames(features, layer, max_frames, seed)
     if len(x) < clusters:
-        raise FeaturesError(f"{features}: {len(x)} frames to learn from, fewer than the {clusters} clusters asked for")
+        limit = f" (--max-frames {max_frames:,})" if len(x) == max_frames else ""  # else the file holds no more
+        raise FeaturesError(f"{features}: {len(x):,} frames to learn from{limit}, fewer than the {clusters:,} clusters "
+                            "asked for")
     dev = resolve_device(device)
     try:
         x = x.to(dev)

@@ -132,7 +132,7 @@ def learn(
     def progress(done: int, total: int) -> None:
         if done == 0:  # the frames are read; the k-means++ start can take a while with many clusters
             if not quiet:
-                err(f"k-means++ start: {clusters} centroids, then {total} mini-batch steps")
+                err(f"k-means++ start: {clusters:,} centroids, then {total:,} steps")
         else:
             steps(done, total)
 

@@ -272,7 +272,7 @@ def test_layer_may_be_left_out_only_when_the_file_holds_one(feats, tmp_path):
     assert torch.load(tmp_path / "km.pt", weights_only=True)["layer"] == 10
     assert r.err_lines[-1].startswith(f"wrote {tmp_path / 'km.pt'}: 4 clusters of layer 10 from "), r
     # the k-means++ start (long with many clusters) is said before it runs, then ten of the 100 steps
-    assert r.err_lines[0] == "k-means++ start: 4 centroids, then 100 mini-batch steps", r
+    assert r.err_lines[0] == "k-means++ start: 4 centroids, then 100 steps", r
     assert r.err_lines[1:-1] == [f"k-means step: {n}/100" for n in range(10, 101, 10)], r
 
 
@@ -319,7 +319,7 @@ def test_cli_errors_are_one_line(feats, tmp_path):
     assert r.returncode == 1 and r.err_lines == [f"lhb: error: {tmp_path / 'a.wav'}: not an HDF5 file (lhb extract writes features files)"], r
     r = runs[2].result()
     assert r.returncode == 1 and r.err_lines == [
-        f"lhb: error: {path}: 40 frames to learn from, fewer than the 50 clusters asked for"], r
+        f"lhb: error: {path}: 40 frames to learn from (--max-frames 40), fewer than the 50 clusters asked for"], r
     assert not (tmp_path / "km.pt").exists()
     r = runs[3].result()
     assert r.returncode == 1 and len(r.err_lines) == 1 and r.err_lines[0].startswith(f"lhb: error: {path}: not a k-means file"), r
