@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .files import new_temp_beside, remove_dead_temps, replace_keeping_mode
+from .files import name_max, new_temp_beside, remove_dead_temps, replace_keeping_mode
 from .inputs import CONTROL, display_path
 from .errors import LightHubertWarning, SettingError
 from .defaults import CONVERT_FORMAT, CONVERT_FORMATS, NSHARD, SPLIT
@@ -86,17 +86,6 @@ class _Staged:
                     pass  # not empty: something else is there
 
 
-def _name_max(folder: Path) -> int:
-    """The longest file name (bytes) the file system of ``folder`` (or of its nearest existing folder
-    above) takes."""
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    try:
-        return os.pathconf(folder, "PC_NAME_MAX")
-    except (OSError, ValueError):
-        return 255
-
-
 def output_files(keys: Sequence[str], out: Path, fmt: str, split: str = SPLIT, nshard: int = NSHARD) -> list[Path]:
     """The files :func:`convert` writes under ``out`` for the utterances ``keys``, in writing order:
     fairseq: ``.npy``, ``.len``, ``.keys`` of each shard, then the ``.tsv``; npy: one per key;
@@ -133,14 +122,14 @@ def convert(features: str | os.PathLike, output: str | os.PathLike, fmt: str = C
             raise SettingError(f"{nshard} shards of {len(f)} utterances would leave some empty; "
                                f"give at most {max(len(f), 1)}", "nshard")
         files = output_files(f.keys, out, fmt, split, nshard)
-        name_max = _name_max(out)
+        longest = name_max(out)
         for path in files:  # before anything is written, whatever overwrite says
-            long = [part for part in path.relative_to(out).parts if len(os.fsencode(part)) > name_max]
+            long = [part for part in path.relative_to(out).parts if len(os.fsencode(part)) > longest]
             if long:  # else the last renames fail, with the other files in place already
                 remedy = ("give the utterance a shorter key (a .scp list names keys), or use --format fairseq or kaldi"
                           if fmt == "npy" else "give a shorter --split")
                 raise OutputError(f"{display_path(path)}: the name is too long for a file name ({len(os.fsencode(long[0]))} "
-                                  f"bytes; the folder takes {name_max}); {remedy}")
+                                  f"bytes; the folder takes {longest}); {remedy}")
             if same_file(path, features):
                 raise OutputError(f"{path}: is FEATURES itself ({features}), which would be replaced; "
                                   "convert into another folder")

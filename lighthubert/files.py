@@ -45,6 +45,18 @@ def replace_keeping_mode(tmp: str | os.PathLike, final: str | os.PathLike) -> No
     os.replace(tmp, final)
 
 
+def name_max(folder: str | os.PathLike) -> int:
+    """The longest file name (bytes) the file system of ``folder`` takes (of the nearest existing
+    folder above it, when it is still to be made); 255 where the system does not say."""
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
 TEMP_STEM_BYTES = 255 - len("..4194304.0123abcd.part") - 3
 """The longest final name a temporary name holds whole: with the pid (7 digits at most on Linux, 3
 more to spare) and the rest, it stays within the 255 bytes a file name may have."""

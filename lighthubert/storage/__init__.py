@@ -30,7 +30,7 @@ from typing import Any, Collection, Iterable, Mapping, Protocol
 import numpy as np
 
 from ..errors import LightHubertError, LightHubertWarning
-from ..files import same_file  # noqa: F401 - storage.same_file, as callers import it
+from ..files import name_max, same_file  # noqa: F401 - same_file: storage.same_file, as callers import it
 
 FORMAT = "lighthubert-features"
 UNITS_FORMAT = "lighthubert-units"  # lhb units apply's .h5: /units/KEY (T,) ints
@@ -368,13 +368,10 @@ def check_output_path(path: str | os.PathLike, *, resume: bool, overwrite: bool,
             pass
     except OSError as err:
         raise OutputError(f"{out}: the folder {folder} is not writable ({err.strerror})") from None
-    try:
-        name_max = os.pathconf(folder, "PC_NAME_MAX")
-    except (OSError, ValueError):
-        name_max = 255
-    if len(os.fsencode(out.name)) + TEMP_NAME_EXTRA > name_max:  # else only the final join fails, after all the work
+    longest = name_max(folder)
+    if len(os.fsencode(out.name)) + TEMP_NAME_EXTRA > longest:  # else only the final join fails, after all the work
         raise OutputError(f"{out}: the file name is too long ({len(os.fsencode(out.name))} bytes; lhb needs room for "
-                          f"{TEMP_NAME_EXTRA} more in the names of its temporary files, and the folder takes {name_max})")
+                          f"{TEMP_NAME_EXTRA} more in the names of its temporary files, and the folder takes {longest})")
     parts = parts_dir(out)
     if os.path.lexists(parts) and not parts.is_dir():  # where a run commits its work
         raise OutputError(f"{parts}: is not a folder; lhb keeps the work of a run for {out} there: move or remove it")
