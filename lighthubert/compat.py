@@ -272,7 +272,7 @@ class LightHuBERT(nn.Module):
             lengths = real.sum(-1)
             if not torch.equal(real, frame_mask(lengths, real.shape[-1])):
                 raise WaveformError("padding_mask must mark padding at the end of each row (True after the real "
-                                 "samples); left or inner padding is not supported")
+                                    "samples); left or inner padding is not supported")
             if short := (lengths < MIN_SAMPLES).nonzero().flatten().tolist():  # as the authors' code, but said
                 warnings.warn(f"row{'s' if len(short) > 1 else ''} {', '.join(map(str, short))} of the batch "
                               f"{'have' if len(short) > 1 else 'has'} fewer than {MIN_SAMPLES} real samples (25 ms at "

@@ -340,7 +340,7 @@ class Extractor:
         if isinstance(waves, (str, bytes, os.PathLike)) or (
                 isinstance(waves, (list, tuple)) and waves and isinstance(waves[0], (str, bytes, os.PathLike))):
             raise WaveformError("expected waveforms, got a file name; read the audio first: "
-                             "ext(lighthubert.load_audio(path)) (or lighthubert.extract for folders and lists)")
+                                "ext(lighthubert.load_audio(path)) (or lighthubert.extract for folders and lists)")
         if not isinstance(waves, (Sequence, Tensor, np.ndarray)):  # a number (np.float32(3.0)), None, a generator
             raise WaveformError(f"expected one waveform (N,), a batch (B, N) or a list of waveforms; got {type(waves).__name__}")
         single = isinstance(waves, (Tensor, np.ndarray)) and waves.ndim == 1
@@ -350,12 +350,12 @@ class Extractor:
             raise WaveformError(f"expected one waveform (N,), a batch (B, N) or a list of waveforms; got shape {tuple(waves.shape)}")
         elif isinstance(waves, (Tensor, np.ndarray)) and waves.shape[1] < MIN_SAMPLES <= waves.shape[0]:
             raise WaveformError(f"got a {tuple(waves.shape)} array: (samples, channels), as soundfile reads stereo; pass "
-                             f"one channel (load_audio averages them: wave.mean(axis=1)), or wave.T to run each channel")
+                                f"one channel (load_audio averages them: wave.mean(axis=1)), or wave.T to run each channel")
         elif len(waves) == 0:
             return []
         elif np.ndim(waves[0]) == 0:
             raise WaveformError("expected a waveform or a list of waveforms, got a list of numbers; "
-                             "pass one waveform as an array: ext(np.asarray(samples))")
+                                "pass one waveform as an array: ext(np.asarray(samples))")
         feats = self.submit(self.prepare(waves), idx).result(own=True)  # kept by the caller: not pinned
         feats = [f[0] for f in feats] if len(idx) == 1 else feats
         return feats[0] if single else feats
@@ -368,10 +368,10 @@ def _unpad(batch: Any, lengths: Any) -> list[Tensor | np.ndarray]:
     n = torch.as_tensor(lengths).detach().cpu()
     if n.ndim != 1 or len(n) != batch.shape[0] or n.is_floating_point() or n.is_complex() or n.dtype == torch.bool:
         raise WaveformError(f"lengths must be {batch.shape[0]} integers, one per row of the {tuple(batch.shape)} batch; "
-                         f"got {tuple(n.shape)} of {str(n.dtype).removeprefix('torch.')}")
+                            f"got {tuple(n.shape)} of {str(n.dtype).removeprefix('torch.')}")
     if len(n) and not (0 < int(n.min()) and int(n.max()) <= batch.shape[1]):
         raise WaveformError(f"lengths must be within 1..{batch.shape[1]} (the batch's samples per row); "
-                         f"got {int(n.min())}..{int(n.max())}")
+                            f"got {int(n.min())}..{int(n.max())}")
     return [batch[i, : int(k)] for i, k in enumerate(n.tolist())]
 
 
@@ -397,8 +397,8 @@ def _check_waves(waves: Sequence[Tensor | np.ndarray]) -> None:
             raise WaveformError(f"waveform {i} holds {t.dtype} values; expected real samples")
         if not t.is_floating_point():  # raw PCM read as integers would be taken as amplitudes of thousands
             raise WaveformError(f"waveform {i} holds {str(t.dtype).removeprefix('torch.')} integers; expected float "
-                             "samples within about ±1 (16-bit PCM: divide by 32768, or read files with "
-                             "lighthubert.load_audio)")
+                                "samples within about ±1 (16-bit PCM: divide by 32768, or read files with "
+                                "lighthubert.load_audio)")
         peak = sample_peak(t)
         if not math.isfinite(peak):  # else every feature is NaN, silently
             raise WaveformError(f"waveform {i} holds NaN or infinite samples")
