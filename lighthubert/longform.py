@@ -119,22 +119,25 @@ def hidden_states(model: SubnetModel, wave: Tensor, want: Sequence[int], last: b
     (exact mode) or with windowed attention (windowed mode). ``progress`` is called with the
     fraction of the file done after each window (windowed mode; on CUDA, once each is queued)."""
     with kernel_choices(wave.device, wave.dtype):
-        return _hidden_states(model, wave, want, last, form, piece_frames, progress)
+        return encode(model, model.project(conv_features(model, wave, piece_frames)), want, last, form, progress)
 
 
-def _hidden_states(model: SubnetModel, wave: Tensor, want: Sequence[int], last: bool, form: LongForm,
-                   piece_frames: int, progress: Callable[[float], None] | None = None) -> Output:
-    x = model.project(conv_features(model, wave, piece_frames))
-    if form.mode == "exact":
-        return model.encode(x, None, want, last)
-    frames = x.shape[1]
-    parts: list[Output] = []
-    for s, e, lo, hi in form.windows(frames):
-        out = model.encode(x[:, lo:hi], None, want, last)
-        keep = slice(s - lo, s - lo + (e - s))
-        parts.append(Output(hidden={i: h[:, keep] for i, h in out.hidden.items()},
-                            last=None if out.last is None else out.last[:, keep]))
-        if progress is not None:
-            progress(e / frames)
-    return Output(hidden={i: torch.cat([p.hidden[i] for p in parts], dim=1) for i in parts[0].hidden},
-                  last=torch.cat([p.last for p in parts], dim=1) if last else None, lengths=None)
+def encode(model: SubnetModel, x: Tensor, want: Sequence[int], last: bool = False, form: LongForm = LongForm(),
+           progress: Callable[[float], None] | None = None) -> Output:
+    """The transformer part of :func:`hidden_states`: projected conv features x (1, T, E) (hidden
+    state 0) -> :class:`Output`, over the whole sequence (exact mode) or window by window. One
+    file's features serve both modes (what the windowed bound is measured on)."""
+    with kernel_choices(x.device, x.dtype):
+        if form.mode == "exact":
+            return model.encode(x, None, want, last)
+        frames = x.shape[1]
+        parts: list[Output] = []
+        for s, e, lo, hi in form.windows(frames):
+            out = model.encode(x[:, lo:hi], None, want, last)
+            keep = slice(s - lo, s - lo + (e - s))
+            parts.append(Output(hidden={i: h[:, keep] for i, h in out.hidden.items()},
+                                last=None if out.last is None else out.last[:, keep]))
+            if progress is not None:
+                progress(e / frames)
+        return Output(hidden={i: torch.cat([p.hidden[i] for p in parts], dim=1) for i in parts[0].hidden},
+                      last=torch.cat([p.last for p in parts], dim=1) if last else None, lengths=None)
