@@ -118,8 +118,9 @@ def hidden_states(model: SubnetModel, wave: Tensor, want: Sequence[int], last: b
     each (1, T, E) with T = conv_frames(N), as ``model(wave[None], layers=want, last=last)`` gives
     (exact mode) or with windowed attention (windowed mode). ``progress`` is called with the
     fraction of the file done after each window (windowed mode; on CUDA, once each is queued)."""
-    with kernel_choices(wave.device, wave.dtype):
-        return encode(model, model.project(conv_features(model, wave, piece_frames)), want, last, form, progress)
+    with kernel_choices(wave.device, wave.dtype):  # encode takes its own
+        x = model.project(conv_features(model, wave, piece_frames))
+    return encode(model, x, want, last, form, progress)
 
 
 def encode(model: SubnetModel, x: Tensor, want: Sequence[int], last: bool = False, form: LongForm = LongForm(),

@@ -21,7 +21,7 @@ from conftest import SUPERNET_TYPE
 from helpers import SPEECH_DIR, authors_hidden_states, frames_for, rel_err
 from lighthubert.audio import load_audio
 from lighthubert.features import keys
-from lighthubert.longform import LongForm, conv_features, encode, hidden_states
+from lighthubert.longform import LongForm, encode, hidden_states
 from oracle import authors
 
 TOL = 1e-5
@@ -198,7 +198,7 @@ def test_windowed_defaults_stay_within_the_stated_bound(kind, bound, ckpts):
     ext = lighthubert.Extractor(ckpts[kind], ckpts[kind].space.default_subnet, "cpu")
     layers = list(range(ext.num_layers + 1))
     with torch.inference_mode():  # both modes on one computation of the conv features (a third of the time)
-        x = ext.model.project(conv_features(ext.model, ext.batch([wave])[0][0]))
+        x = hidden_states(ext.model, ext.batch([wave])[0][0], [0]).hidden[0]  # hidden state 0: no layer runs
         exact = encode(ext.model, x, layers, form=LongForm("exact")).hidden
         windowed = encode(ext.model, x, layers, form=LongForm("windowed", WINDOW_SECONDS, CONTEXT_SECONDS)).hidden
     assert windowed[0].shape == exact[0].shape and exact[0].shape[1] == frames_for(len(wave))
