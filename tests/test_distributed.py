@@ -273,3 +273,40 @@ def test_rank_0s_summary_counts_the_other_ranks_skips(tmp_path, ckpt):
     assert sorted(ranks["0"][0] + ranks["1"][0]) == [f"bad{i}.wav" for i in range(6)]
     assert ranks["1"][0], "no skip on rank 1: the test would not see rank 0's count of them"
     assert ranks["0"][1:] == [len(ranks["1"][0]), 6]
+
+
+def test_a_progress_callback_is_rank_0s_and_raising_there_stops_every_rank(tmp_path, ckpt):
+    """lighthubert.extract under torchrun: the ``progress`` callback runs on rank 0 only (the whole job's
+    counts), and one that raises there stops the job as a failed rank would: rank 0 raises the
+    callback's own exception with the note saying where the work is, no OUTPUT is merged, and
+    ``resume=True`` (here in one process) completes the job from the parts."""
+    out = tmp_path / "out.h5"
+    settings = {"checkpoint": str(ckpt), "device": "cpu", "layers": "0", "batch_seconds": 3}
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import json, os, lighthubert\n"
+        "calls = []\n"
+        "def progress(files, total, seconds, total_seconds):\n"
+        "    calls.append(files)\n"
+        "    if os.environ['RANK'] == '0' and files >= 1:\n"
+        "        raise RuntimeError('the callback failed')\n"
+        "try:\n"
+        f"    lighthubert.extract({str(SPEECH)!r}, {str(out)!r}, progress=progress, **{settings!r})\n"
+        "    said = 'returned'\n"
+        "except RuntimeError as err:\n"
+        "    said = [str(err), *getattr(err, '__notes__', [])]\n"
+        "print('RANK', json.dumps([os.environ['RANK'], len(calls), said]), flush=True)\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([TORCHRUN, "--standalone", "--nproc-per-node", "2", "--no-python", sys.executable, str(script)],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=300)
+    ranks = {rank: rest for rank, *rest in (json.loads(ln[5:]) for ln in r.stdout.splitlines() if ln.startswith("RANK "))}
+    assert sorted(ranks) == ["0", "1"], r.stdout
+    assert ranks["1"][0] == 0, r.stdout  # never called on rank 1
+    calls, said = ranks["0"]
+    assert calls == 2 and said[0] == "the callback failed", r.stdout  # start, then the first batch: not called again
+    assert f"{out}.parts" in said[1] and "resume=True" in said[1], said
+    assert not out.exists() and list(Path(f"{out}.parts").glob("seg-*")), r.stdout
+    summary = lighthubert.extract(SPEECH, out, resume=True, **settings)
+    assert summary.done_before > 0 and summary.done_before + summary.files == 12, summary
+    with h5py.File(out) as f:
+        assert len(keys(f)) == 12 and f.attrs["complete"]
