@@ -52,6 +52,19 @@ def torchrun(*args: str, nproc: int = 2, **kw) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, **kw)
 
 
+def python_under_torchrun(tmp_path: Path, code: str) -> tuple[subprocess.CompletedProcess, dict[str, list]]:
+    """Run the Python ``code`` as two ranks under torchrun; each rank prints one line ``RANK [rank, ...]``
+    (JSON). Returns the finished process and rank -> the rest of its line; both ranks must have printed."""
+    script = tmp_path / "job.py"
+    script.write_text(code)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([TORCHRUN, "--standalone", "--nproc-per-node", "2", "--no-python", sys.executable, str(script)],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=300)
+    ranks = {rank: rest for rank, *rest in (json.loads(ln[5:]) for ln in r.stdout.splitlines() if ln.startswith("RANK "))}
+    assert sorted(ranks) == ["0", "1"], r.stdout
+    return r, ranks
+
+
 def assert_same(path: Path, reference: Path) -> None:
     with h5py.File(path) as a, h5py.File(reference) as b:
         assert sorted(keys(a)) == sorted(keys(b))
@@ -257,33 +270,26 @@ def test_rank_0s_summary_counts_the_other_ranks_skips(tmp_path, ckpt):
     copy_speech(folder, ["spk1/" + p.name for p in sorted((SPEECH / "spk1").iterdir())[:2]])
     for i in range(6):  # bad files, spread over both ranks
         (folder / f"bad{i}.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * (i + 1))
-    script = tmp_path / "job.py"
-    script.write_text(
+    r, ranks = python_under_torchrun(tmp_path, (
         "import json, os, lighthubert\n"
         f"s = lighthubert.extract({str(folder)!r}, {str(tmp_path / 'out.h5')!r}, checkpoint={str(ckpt)!r},"
         " device='cpu', layers='0')\n"
         "print('RANK', json.dumps([os.environ['RANK'], [it.path.name for it, _ in s.skipped], s.skipped_elsewhere,"
-        " s.skipped_count]), flush=True)\n")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([TORCHRUN, "--standalone", "--nproc-per-node", "2", "--no-python", sys.executable, str(script)],
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=300)
+        " s.skipped_count]), flush=True)\n"))
     assert r.returncode == 0, r.stdout
-    ranks = {rank: rest for rank, *rest in (json.loads(ln[5:]) for ln in r.stdout.splitlines() if ln.startswith("RANK "))}
-    assert sorted(ranks) == ["0", "1"], r.stdout
     assert sorted(ranks["0"][0] + ranks["1"][0]) == [f"bad{i}.wav" for i in range(6)]
     assert ranks["1"][0], "no skip on rank 1: the test would not see rank 0's count of them"
     assert ranks["0"][1:] == [len(ranks["1"][0]), 6]
 
 
-def test_a_progress_callback_is_rank_0s_and_raising_there_stops_every_rank(tmp_path, ckpt):
+def test_a_progress_callback_is_rank_0s_and_raising_there_keeps_the_work_for_resume(tmp_path, ckpt):
     """lighthubert.extract under torchrun: the ``progress`` callback runs on rank 0 only (the whole job's
     counts), and one that raises there stops the job as a failed rank would: rank 0 raises the
     callback's own exception with the note saying where the work is, no OUTPUT is merged, and
     ``resume=True`` (here in one process) completes the job from the parts."""
     out = tmp_path / "out.h5"
     settings = {"checkpoint": str(ckpt), "device": "cpu", "layers": "0", "batch_seconds": 3}
-    script = tmp_path / "job.py"
-    script.write_text(
+    r, ranks = python_under_torchrun(tmp_path, (
         "import json, os, lighthubert\n"
         "calls = []\n"
         "def progress(files, total, seconds, total_seconds):\n"
@@ -295,12 +301,7 @@ def test_a_progress_callback_is_rank_0s_and_raising_there_stops_every_rank(tmp_p
         "    said = 'returned'\n"
         "except RuntimeError as err:\n"
         "    said = [str(err), *getattr(err, '__notes__', [])]\n"
-        "print('RANK', json.dumps([os.environ['RANK'], len(calls), said]), flush=True)\n")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([TORCHRUN, "--standalone", "--nproc-per-node", "2", "--no-python", sys.executable, str(script)],
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=300)
-    ranks = {rank: rest for rank, *rest in (json.loads(ln[5:]) for ln in r.stdout.splitlines() if ln.startswith("RANK "))}
-    assert sorted(ranks) == ["0", "1"], r.stdout
+        "print('RANK', json.dumps([os.environ['RANK'], len(calls), said]), flush=True)\n"))
     assert ranks["1"][0] == 0, r.stdout  # never called on rank 1
     calls, said = ranks["0"]
     assert calls == 2 and said[0] == "the callback failed", r.stdout  # start, then the first batch: not called again
