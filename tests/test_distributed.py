@@ -180,6 +180,44 @@ def test_killed_rank_fails_cleanly_and_resumes(tmp_path, ckpt, single):
     assert not parts.exists()
 
 
+def test_ctrl_c_in_torchruns_terminal_stops_every_rank_after_its_batch(tmp_path, ckpt):
+    """Ctrl-C where torchrun runs (SIGINT to its process group; torchrun sends it on once to each rank,
+    which runs in a session of its own): the ranks stop after their current batch (not at once, as a
+    second signal would make them), say so without a traceback of lhb's, leave valid segments and no
+    OUTPUT; --resume in one process completes the job."""
+    audio = tmp_path / "audio"
+    for i in range(3):
+        shutil.copytree(SPEECH, audio / f"copy{i}")
+    out = tmp_path / "out.h5"
+    args = ["extract", str(audio), str(out), "-c", str(ckpt), "--batch-seconds", "3", "--layers", "0,2", "--device", "cpu"]
+    proc = torchrun(*args, start_new_session=True)  # a process group of its own, as a terminal's foreground job
+    for line in proc.stdout:  # rank 0's plain progress: the ranks have planned and started
+        if line.startswith("extracting"):
+            break
+    time.sleep(1.0)
+    if proc.poll() is not None:
+        pytest.skip("the run finished before Ctrl-C")
+    os.killpg(proc.pid, signal.SIGINT)
+    log, _ = proc.communicate(timeout=180)
+    parts = tmp_path / "out.h5.parts"
+    if "done: 36 files" in log:
+        pytest.skip("the run finished before Ctrl-C reached it")
+    assert "stopping after the current batch (SIGINT); signal again to stop at once" in log, log
+    assert f"stopped: what is done is kept in {parts}; to finish, run the same command with --resume" in log, log
+    assert "interrupted;" not in log, log  # the ranks' "stop at once" line: a second signal reached them
+    assert "lighthubert" not in "".join(ln for ln in log.splitlines(True) if ln.lstrip().startswith("File ")), log
+    assert not out.exists()
+    done = set()
+    for p in parts.glob("seg-*.h5"):
+        with h5py.File(p, "r") as f:
+            done.update(keys(f))
+    assert 0 < len(done) < 36, log
+    subprocess.run([LHB, *args, "-q", "--resume"], check=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    with h5py.File(out) as f:
+        assert len(keys(f)) == 36 and bool(f.attrs["complete"])
+    assert not parts.exists()
+
+
 def test_srun_rank_killed_does_not_leave_the_others_waiting(tmp_path, ckpt, single):
     """Under srun a killed task does not end the others (torchrun tears them down; srun need not): rank
     0 notices the silent rank by its heartbeat, fails with one line and keeps the parts; --resume in
