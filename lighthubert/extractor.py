@@ -392,7 +392,12 @@ def _check_waves(waves: Sequence[Tensor | np.ndarray]) -> None:
             raise WaveformError(f"waveform {i} has shape {shape}; expected (N,) samples of one 16 kHz channel")
         if np.prod(shape) < MIN_SAMPLES:
             raise WaveformError(f"waveform {i} has fewer than {MIN_SAMPLES} samples (25 ms); it gives no frame")
-        t = torch.as_tensor(w).detach()
+        try:
+            t = torch.as_tensor(w).detach()
+        except (TypeError, ValueError, RuntimeError):  # numpy object or string arrays, ragged nested lists
+            raise WaveformError(f"waveform {i} holds {_kind(w)} values; expected real samples") from None
+        if t.is_meta:
+            raise WaveformError(f"waveform {i} is on the meta device: it has a shape but no samples")
         if t.is_complex() or t.dtype == torch.bool:
             raise WaveformError(f"waveform {i} holds {t.dtype} values; expected real samples")
         if not t.is_floating_point():  # raw PCM read as integers would be taken as amplitudes of thousands
@@ -404,6 +409,12 @@ def _check_waves(waves: Sequence[Tensor | np.ndarray]) -> None:
             raise WaveformError(f"waveform {i} holds NaN or infinite samples")
         if peak > MAX_AMPLITUDE:  # else the standardisation overflows: features of silence, or NaN
             raise WaveformError(f"waveform {i} holds {too_loud(peak)}")
+
+
+def _kind(w: Any) -> str:
+    """What the values of a waveform that torch cannot take are, for a message: ``object``, ``<U3``."""
+    dtype = getattr(w, "dtype", None)
+    return str(dtype) if dtype is not None else type(w).__name__
 
 
 def load(source: str = CHECKPOINT, subnet: Any = None, device: Any = DEVICE, dtype: Any = DTYPE, *,

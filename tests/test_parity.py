@@ -135,7 +135,8 @@ def test_too_short_input_is_an_error(ours_default_outputs):
 def test_inputs_that_are_not_mono_waveforms_are_named(ours_default_outputs, speech):
     """What users hand ``ext`` by mistake: soundfile's (samples, channels) stereo array (was read as
     thousands of 2-sample waveforms: "waveform 0 has fewer than 400 samples"), a file name (was "a
-    list of numbers"), a number (was a TypeError), complex, bool or integer samples (were cast silently). A waveform that requires grad
+    list of numbers"), a number (was a TypeError), complex, bool or integer samples (were cast silently),
+    object or string arrays and meta tensors (were torch's errors). A waveform that requires grad
     (from an augmentation graph) gives the features of its values (was an autograd RuntimeError)."""
     ext, _ = ours_default_outputs["small"]
     wave = speech[0][1]
@@ -151,6 +152,10 @@ def test_inputs_that_are_not_mono_waveforms_are_named(ours_default_outputs, spee
     assert torch.equal(ext(collections.deque([wave]))[0], ext([wave])[0])  # any sequence of waveforms
     for bad, what in ((torch.ones(800, dtype=torch.bool), "torch.bool"), (np.ones(800, np.complex64), "torch.complex64")):
         with pytest.raises(lighthubert.WaveformError, match=f"waveform 1 holds {what} values; expected real samples"):
+            ext([wave, bad])
+    for bad, what in ((np.array([None] * 800), "holds object values"), (np.array(["0.1"] * 800), "holds <U3 values"),
+                      (torch.empty(800, device="meta"), "is on the meta device")):  # were torch's TypeError, RuntimeError
+        with pytest.raises(lighthubert.WaveformError, match=f"^waveform 1 {what}"):
             ext([wave, bad])
     pcm = np.round(wave * 32767).astype(np.int16)  # raw PCM (was taken as amplitudes of thousands)
     for bad, what in ((pcm, "int16"), (torch.from_numpy(pcm).int(), "int32")):
