@@ -387,14 +387,18 @@ def _check_waves(waves: Sequence[Tensor | np.ndarray]) -> None:
     """:class:`~lighthubert.errors.WaveformError` naming the first waveform that is not one channel of at least 400 finite samples
     within ±MAX_AMPLITUDE."""
     for i, w in enumerate(waves):
-        shape = tuple(np.shape(w))
+        try:
+            shape = tuple(np.shape(w))
+        except ValueError:  # nested lists of different lengths
+            raise WaveformError(f"waveform {i} is nested lists of different lengths; expected (N,) samples of one "
+                                "16 kHz channel") from None
         if len(shape) != 1 and not (len(shape) == 2 and shape[0] == 1):
             raise WaveformError(f"waveform {i} has shape {shape}; expected (N,) samples of one 16 kHz channel")
         if np.prod(shape) < MIN_SAMPLES:
             raise WaveformError(f"waveform {i} has fewer than {MIN_SAMPLES} samples (25 ms); it gives no frame")
         try:
             t = torch.as_tensor(w).detach()
-        except (TypeError, ValueError, RuntimeError):  # numpy object or string arrays, ragged nested lists
+        except (TypeError, ValueError, RuntimeError):  # object or string arrays, lists of strings
             raise WaveformError(f"waveform {i} holds {_kind(w)} values; expected real samples") from None
         if t.is_meta:
             raise WaveformError(f"waveform {i} is on the meta device: it has a shape but no samples")
@@ -412,9 +416,9 @@ def _check_waves(waves: Sequence[Tensor | np.ndarray]) -> None:
 
 
 def _kind(w: Any) -> str:
-    """What the values of a waveform that torch cannot take are, for a message: ``object``, ``<U3``."""
+    """What the values of a waveform that torch cannot take are, for a message: ``object``, ``<U3``, ``str``."""
     dtype = getattr(w, "dtype", None)
-    return str(dtype) if dtype is not None else type(w).__name__
+    return str(dtype) if dtype is not None else type(next(iter(w), None)).__name__
 
 
 def load(source: str = CHECKPOINT, subnet: Any = None, device: Any = DEVICE, dtype: Any = DTYPE, *,

@@ -154,7 +154,8 @@ def test_inputs_that_are_not_mono_waveforms_are_named(ours_default_outputs, spee
         with pytest.raises(lighthubert.WaveformError, match=f"waveform 1 holds {what} values; expected real samples"):
             ext([wave, bad])
     for bad, what in ((np.array([None] * 800), "holds object values"), (np.array(["0.1"] * 800), "holds <U3 values"),
-                      (torch.empty(800, device="meta"), "is on the meta device")):  # were torch's TypeError, RuntimeError
+                      (["0.1"] * 800, "holds str values"), (torch.empty(800, device="meta"), "is on the meta device"),
+                      ([[0.1] * 400, [0.1] * 399], "is nested lists of different lengths")):  # were torch's and numpy's errors
         with pytest.raises(lighthubert.WaveformError, match=f"^waveform 1 {what}"):
             ext([wave, bad])
     pcm = np.round(wave * 32767).astype(np.int16)  # raw PCM (was taken as amplitudes of thousands)
