@@ -505,11 +505,11 @@ _FLAG = re.compile(r"--[a-z][a-z-]*|(?<![\w-])-c(?=[:)])")  # "(-c: ...)", not t
 
 
 def _run_writer(plan: Plan, items: list[Item], writer: FeaturesWriter, reporter: Reporter,
-                stop: threading.Event) -> Summary:
+                stop: threading.Event, samples: dict[str, int] | None = None) -> Summary:
     """Extract ``items`` into ``writer`` and commit what it holds; a failure is raised
     (:class:`OutputBroken` when the storage library failed: the current segment was discarded)."""
     try:
-        summary = run_pipeline(items, plan.extractor, writer, plan.options, reporter, stop)
+        summary = run_pipeline(items, plan.extractor, writer, plan.options, reporter, stop, samples)
     except (StrictStop, OutputError, ResamplerUnavailable) as err:
         reporter.stop()
         if writer.broken:  # the storage library failed mid-write: closing could write more
@@ -561,15 +561,26 @@ class _RankReporter:
             self.user.stop()
 
 
-def _plan_shares(plan: Plan, world: World) -> dict:
-    """Rank 0, with OUTPUT's lock held: which items each rank does, balanced by duration (what OUTPUT,
-    its segments and parts hold is kept)."""
+def _plan_todo(plan: Plan) -> dict:
+    """Rank 0, with OUTPUT's lock held: the indices of the items still to do (what OUTPUT, its segments
+    and parts hold is kept) and how many are done."""
     done = _claim(plan)
-    todo = [i for i, it in enumerate(plan.items) if it.key not in done]
-    with ThreadPoolExecutor(max_workers=max(2, plan.options.num_workers)) as pool:
-        sizes = list(zip(todo, pool.map(lambda i: estimate_samples(plan.items[i]), todo)))
     parts_dir(plan.output).mkdir(parents=True, exist_ok=True)
-    return {"shares": balance(sizes, world.size), "done": len(done), "seconds": sum(n for _, n in sizes) / 16000}
+    return {"todo": [i for i, it in enumerate(plan.items) if it.key not in done], "done": len(done)}
+
+
+def _plan_shares(plan: Plan, group: Group, todo: list[int]) -> tuple[list[tuple[int, int]], float]:
+    """Every rank: this rank's share of ``todo``, as (item index, samples) pairs, balanced by duration,
+    and the audio seconds of the whole job. Each rank reads the headers of every size-th item and the
+    ranks exchange them (on a slow shared filesystem one process reading them all kept every GPU
+    waiting); every rank then balances the same list the same way."""
+    world = group.world
+    mine = todo[world.rank::world.size]
+    with ThreadPoolExecutor(max_workers=max(2, plan.options.num_workers)) as pool:
+        read = list(zip(mine, pool.map(lambda i: estimate_samples(plan.items[i]), mine)))
+    sizes = [pair for part in group.gather(read) for pair in part]
+    shares = balance([(pair, pair[1]) for pair in sizes], world.size)
+    return shares[world.rank], sum(n for _, n in sizes) / 16000
 
 
 def _keep_part(plan: Plan, rank: int) -> None:
@@ -589,25 +600,26 @@ def _run_rank(plan: Plan, user: Reporter, stop: threading.Event) -> Summary:
     group = Group(world, out)
     lock = ExitStack()
     try:
-        shares: dict = {}
+        claim: dict = {}
         if world.rank == 0:
             try:
                 lock.enter_context(OutputLock(out))  # rank 0 holds it for the whole job
-                shares = _plan_shares(plan, world)
+                claim = _plan_todo(plan)
             except LightHubertError as err:  # OUTPUT, its lock, or input keys against what it holds
-                shares = {"error": str(err)}
-        shares = group.broadcast(shares)
-        if "error" in shares:  # rank 0 says it, once
-            raise JobError(shares["error"], silent=world.rank != 0)
-        mine = [plan.items[i] for i in shares["shares"][world.rank]]
+                claim = {"error": str(err)}
+        claim = group.broadcast(claim)
+        if "error" in claim:  # rank 0 says it, once
+            raise JobError(claim["error"], silent=world.rank != 0)
+        share, seconds = _plan_shares(plan, group, claim["todo"])
+        mine = [plan.items[i] for i, _ in share]
         reporter = _RankReporter(group, user, world.rank == 0, stop)
-        reporter.total_files = sum(len(s) for s in shares["shares"])
-        reporter.total_seconds, reporter.done_before = shares["seconds"], shares["done"]
+        reporter.total_files = len(claim["todo"])
+        reporter.total_seconds, reporter.done_before = seconds, claim["done"]
         status = {"rank": world.rank, "error": None, "interrupted": False, "skipped": 0, "files": 0, "seconds": 0.0}
         summary = Summary(output=parts)
         try:
             writer = backend.open_writer(out, plan.attrs, compression=plan.job.compression, rank=world.rank)
-            summary = _run_writer(plan, mine, writer, reporter, stop)
+            summary = _run_writer(plan, mine, writer, reporter, stop, {plan.items[i].key: n for i, n in share})
             if plan.job.keep_parts and not summary.interrupted:
                 _keep_part(plan, world.rank)
             summary.output = parts
@@ -660,7 +672,7 @@ def _run_rank(plan: Plan, user: Reporter, stop: threading.Event) -> Summary:
             raise JobError(f"rank {failed[0]['rank']} failed ({failed[0]['error']}); the finished work is kept in "
                            f"{parts}; run the same command with --resume to complete it", silent=world.rank != 0)
         whole = Summary(files=sum(s["files"] for s in statuses), seconds=sum(s["seconds"] for s in statuses),
-                        interrupted=any(s["interrupted"] for s in statuses), done_before=shares["done"],
+                        interrupted=any(s["interrupted"] for s in statuses), done_before=claim["done"],
                         wall=summary.wall, timings=summary.timings, output=parts)
         whole.skipped = summary.skipped
         if world.rank == 0:  # the other ranks' skipped inputs were reported there; here only their count

@@ -204,8 +204,11 @@ class _Stopped(Exception):
 
 
 def extract(items: Iterable[Item], extractor: Extractor, writer: FeaturesWriter, options: Options,
-            reporter: Reporter | None = None, stop: threading.Event | None = None) -> Summary:
-    """Extract every item not already in ``writer.done``; returns what happened."""
+            reporter: Reporter | None = None, stop: threading.Event | None = None,
+            samples: dict[str, int] | None = None) -> Summary:
+    """Extract every item not already in ``writer.done``; returns what happened. ``samples``: key ->
+    16 kHz samples from the headers, where already read (the shares of several processes); the
+    other headers are read here."""
     reporter = reporter or Quiet()
     stop = stop or threading.Event()
     t0 = time.monotonic()
@@ -218,7 +221,8 @@ def extract(items: Iterable[Item], extractor: Extractor, writer: FeaturesWriter,
     save_dtype = np.dtype(options.save_dtype)
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lhb-decode") as pool:
-        sizes = list(zip(todo, pool.map(estimate_samples, todo)))
+        known = samples or {}
+        sizes = list(zip(todo, pool.map(lambda it: known[it.key] if it.key in known else estimate_samples(it), todo)))
         reporter.start(len(todo), sum(n for _, n in sizes) / SAMPLE_RATE, len(writer.done))
         batches = plan_batches(sizes, batch_samples, long_samples)
         pending: deque[list[tuple[Item, Future]]] = deque()

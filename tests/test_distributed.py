@@ -305,21 +305,25 @@ def test_each_process_takes_a_gpu_it_can_see():
 def test_rank_0s_summary_counts_the_other_ranks_skips(tmp_path, ckpt):
     """lighthubert.extract under torchrun: each rank's summary.skipped holds only real (item, reason)
     pairs (before, rank 0 padded it with (None, '') for the other ranks' skips, which broke code
-    reading item.path); rank 0's skipped_count counts the whole job's."""
+    reading item.path); rank 0's skipped_count counts the whole job's. The job reads each input's
+    header once, shared between the ranks (before: rank 0 read them all, then each rank its share again)."""
     folder = tmp_path / "in"
     copy_speech(folder, ["spk1/" + p.name for p in sorted((SPEECH / "spk1").iterdir())[:2]])
     for i in range(6):  # bad files, spread over both ranks
         (folder / f"bad{i}.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * (i + 1))
     r, ranks = python_under_torchrun(tmp_path, (
-        "import json, os, lighthubert\n"
+        "import json, os, lighthubert, lighthubert.pipeline as p\n"
+        "headers, real = [], p.audio_frames\n"
+        "p.audio_frames = lambda path: headers.append(path) or real(path)\n"
         f"s = lighthubert.extract({str(folder)!r}, {str(tmp_path / 'out.h5')!r}, checkpoint={str(ckpt)!r},"
         " device='cpu', layers='0')\n"
         "print('RANK', json.dumps([os.environ['RANK'], [it.path.name for it, _ in s.skipped], s.skipped_elsewhere,"
-        " s.skipped_count]), flush=True)\n"))
+        " s.skipped_count, len(headers)]), flush=True)\n"))
     assert r.returncode == 0, r.stdout
+    assert ranks["0"][3] + ranks["1"][3] == 8 and ranks["0"][3] and ranks["1"][3], r.stdout  # 2 files + 6 bad ones
     assert sorted(ranks["0"][0] + ranks["1"][0]) == [f"bad{i}.wav" for i in range(6)]
     assert ranks["1"][0], "no skip on rank 1: the test would not see rank 0's count of them"
-    assert ranks["0"][1:] == [len(ranks["1"][0]), 6]
+    assert ranks["0"][1:3] == [len(ranks["1"][0]), 6]
 
 
 def test_a_progress_callback_is_rank_0s_and_raising_there_keeps_the_work_for_resume(tmp_path, ckpt):
