@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .audio import ResamplerUnavailable
+from .audio import SAMPLE_RATE, ResamplerUnavailable
 from .checkpoint import Checkpoint, check_seed, load_checkpoint
 from .defaults import (BATCH_SECONDS, CHECKPOINT, COMPRESSION, COMPRESSIONS, CONTEXT_SECONDS, DEVICE, DTYPE, EXACT_SECONDS,
                        FLUSH_SECONDS, LAYERS, NUM_WORKERS, OUTPUT_FORMAT, SAVE_DTYPE, SAVE_DTYPES, WINDOW_SECONDS)
@@ -580,7 +580,7 @@ def _plan_shares(plan: Plan, group: Group, todo: list[int]) -> tuple[list[tuple[
         read = list(zip(mine, pool.map(lambda i: estimate_samples(plan.items[i]), mine)))
     sizes = [pair for part in group.gather(read) for pair in part]
     shares = balance([(pair, pair[1]) for pair in sizes], world.size)
-    return shares[world.rank], sum(n for _, n in sizes) / 16000
+    return shares[world.rank], sum(n for _, n in sizes) / SAMPLE_RATE
 
 
 def _keep_part(plan: Plan, rank: int) -> None:
