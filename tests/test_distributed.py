@@ -66,6 +66,15 @@ def python_under_torchrun(tmp_path: Path, code: str) -> tuple[subprocess.Complet
     return r, ranks
 
 
+def segment_keys(parts: Path) -> set[str]:
+    """The keys the ranks' committed segments in ``parts`` hold; every segment must open."""
+    got: set[str] = set()
+    for p in parts.glob("seg-*.h5"):
+        with h5py.File(p, "r") as f:
+            got.update(keys(f))
+    return got
+
+
 def assert_same(path: Path, reference: Path) -> None:
     with h5py.File(path) as a, h5py.File(reference) as b:
         assert sorted(keys(a)) == sorted(keys(b))
@@ -163,10 +172,7 @@ def test_killed_rank_fails_cleanly_and_resumes(tmp_path, ckpt, single):
         pytest.skip("the run finished before a rank could be killed")
     assert proc.returncode != 0, log
     assert not out.exists(), "a failed job must not leave a (half-merged) OUTPUT"
-    got = set()
-    for p in parts.glob("seg-*.h5"):  # the ranks' committed segments
-        with h5py.File(p, "r") as f:  # every one still opens
-            got.update(keys(f))
+    got = segment_keys(parts)
     assert 0 < len(got) <= 36  # a rank may also die after its share, before the merge
     again = subprocess.run([TORCHRUN, "--standalone", "--nproc-per-node", "2", "--no-python", LHB, *args, "--resume"],
                            capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -209,11 +215,7 @@ def test_ctrl_c_in_torchruns_terminal_stops_every_rank_after_its_batch(tmp_path,
     frames = [ln for ln in log.splitlines() if ln.lstrip().startswith("File ")]  # torchrun's own traceback only
     assert not [ln for ln in frames if re.search(r"[/\\]lighthubert(_cli)?[/\\]", ln)], log
     assert not out.exists()
-    done = set()
-    for p in parts.glob("seg-*.h5"):
-        with h5py.File(p, "r") as f:
-            done.update(keys(f))
-    assert 0 < len(done) < 36, log
+    assert 0 < len(segment_keys(parts)) < 36, log
     subprocess.run([LHB, *args, "-q", "--resume"], check=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "2"})
     with h5py.File(out) as f:
         assert len(keys(f)) == 36 and bool(f.attrs["complete"])
