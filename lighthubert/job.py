@@ -21,7 +21,7 @@ import random
 import re
 import threading
 import warnings
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -561,6 +561,16 @@ class _RankReporter:
             self.user.stop()
 
 
+@contextmanager
+def _ranks_meet(when: str, kept: str = "nothing was extracted"):
+    """The ranks exchange something; gloo raises RuntimeError ("Connection closed by peer") in every
+    rank waiting on one that died: one line for the user instead."""
+    try:
+        yield
+    except RuntimeError:
+        raise JobError(f"a rank left {when}; {kept}") from None
+
+
 def _plan_todo(plan: Plan) -> dict:
     """Rank 0, with OUTPUT's lock held: the indices of the items still to do (what OUTPUT, its segments
     and parts hold is kept) and how many are done."""
@@ -578,7 +588,8 @@ def _plan_shares(plan: Plan, group: Group, todo: list[int]) -> tuple[list[tuple[
     mine = todo[world.rank::world.size]
     with ThreadPoolExecutor(max_workers=max(2, plan.options.num_workers)) as pool:
         read = list(zip(mine, pool.map(lambda i: estimate_samples(plan.items[i]), mine)))
-    sizes = [pair for part in group.gather(read) for pair in part]
+    with _ranks_meet("while the ranks planned the job"):
+        sizes = [pair for part in group.gather(read) for pair in part]
     shares = balance([(pair, pair[1]) for pair in sizes], world.size)
     return shares[world.rank], sum(n for _, n in sizes) / SAMPLE_RATE
 
@@ -607,7 +618,8 @@ def _run_rank(plan: Plan, user: Reporter, stop: threading.Event) -> Summary:
                 claim = _plan_todo(plan)
             except LightHubertError as err:  # OUTPUT, its lock, or input keys against what it holds
                 claim = {"error": str(err)}
-        claim = group.broadcast(claim)
+        with _ranks_meet("while the ranks planned the job"):
+            claim = group.broadcast(claim)
         if "error" in claim:  # rank 0 says it, once
             raise JobError(claim["error"], silent=world.rank != 0)
         share, seconds = _plan_shares(plan, group, claim["todo"])
@@ -660,10 +672,8 @@ def _run_rank(plan: Plan, user: Reporter, stop: threading.Event) -> Summary:
                                f"{kept}")
             raise JobError(f"{group.failure() or 'another rank stopped before finishing its share'}; {kept}",
                            silent=world.rank != 0)
-        try:
+        with _ranks_meet("during the ranks' final exchange", kept):
             statuses = group.gather(status)
-        except RuntimeError:  # a rank died during the exchange itself (gloo: connection closed)
-            raise JobError(f"a rank left during the ranks' final exchange; {kept}") from None
         reporter.end()
         failed = [s for s in statuses if s["error"]]
         if status["error"]:
