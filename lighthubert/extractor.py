@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .audio import MAX_AMPLITUDE, sample_peak, too_loud
@@ -119,16 +120,21 @@ def resolve_layers(spec: Any, num_layers: int, layer_norm_first: bool = False) -
     return out
 
 
-def normalize_rows(x: Tensor, lengths: Tensor, eps: float = 1e-5) -> Tensor:
+def normalize_rows(x: Tensor, lengths: Tensor | Sequence[int], eps: float = 1e-5) -> Tensor:
     """Standardise, in place, each row of a zero-padded (B, N) float32 batch over its own
-    ``lengths[b]`` real samples: mean and biased variance of those samples, ``(x - mean) /
-    sqrt(var + eps)``, which is ``F.layer_norm(row[:n], (n,))`` row by row, in one pass over the
-    whole batch. Padding stays 0. Returns ``x``."""
-    pad = torch.arange(x.shape[1], device=x.device)[None, :] >= lengths[:, None]
-    n = lengths.clamp(min=1)[:, None].to(x.dtype)
-    x.sub_(x.sum(1, keepdim=True) / n).masked_fill_(pad, 0.0)
-    var = x.square().sum(1, keepdim=True) / n
-    return x.mul_(torch.rsqrt(var + eps))
+    ``lengths[b]`` real samples: ``F.layer_norm(row[:n], (n,))``, the authors' own call, row by row
+    (one call for a batch of equal rows). Padding stays 0. Returns ``x``.
+
+    The same formula in one pass over the batch (sums of the masked rows) rounds differently:
+    ~1e-7 of a row's DC offset, a constant shift that the layer-norm conv extractor amplifies on
+    quiet stretches, 1.2e-5 from the authors at an offset of 0.01 and 9e-5 at 0.1."""
+    sizes = lengths.tolist() if isinstance(lengths, Tensor) else [int(n) for n in lengths]
+    if min(sizes) == max(sizes) == x.shape[1]:
+        return x.copy_(F.layer_norm(x, x.shape[1:], eps=eps))
+    for row, n in zip(x, sizes):
+        row[:n] = F.layer_norm(row[:n], (n,), eps=eps)
+        row[n:] = 0
+    return x
 
 
 @dataclass
@@ -248,7 +254,7 @@ class Extractor:
             x = host.to(self.device, non_blocking=True)
             n = lengths.to(self.device, non_blocking=True)
             if norm:
-                x = normalize_rows(x, n)
+                x = normalize_rows(x, sizes)  # the host's sizes: no wait for the device
             x = x.to(self.dtype)
             ready = torch.cuda.Event()
             ready.record(stream)

@@ -214,6 +214,26 @@ def test_batch_equals_single(kind, ours_default_outputs, speech):
         ext([w for _, w in batch], lengths=lengths)
 
 
+@pytest.mark.parametrize("kind", [k for k in KIND_PARAMS if getattr(k, "values", [k])[0] != "stage1"])
+@pytest.mark.parametrize("offset", [0.01, 0.1])
+def test_normalised_speech_with_a_dc_offset_matches_the_authors_closely(kind, offset, ckpt_dicts, authors_models,
+                                                                      ours_default_outputs, speech):
+    """Speech with a small DC offset on a normalize=true checkpoint (its layer-norm conv extractor
+    amplifies a constant shift of the standardised wave ~1000x on quiet stretches): within 1e-5 of
+    the authors, not just the suite's 1e-4. Standardising in one pass over the batch gave 1.2e-5 at
+    an offset of 0.01 and 9e-5 at 0.1 (Small), though F.layer_norm's own rounding, the authors', gives
+    1.5e-6."""
+    assert ckpt_dicts[kind]["cfg"]["task"]["normalize"]
+    ext, _ = ours_default_outputs[kind]
+    model = authors_models[kind]
+    model.set_sample_config(authors_default_subnet(kind))
+    wave = (dict(speech)["spk2/utt03.wav"] + offset).astype(np.float32)
+    theirs = authors_hidden_states(model, wave, normalize=True)
+    for i, (o, t) in enumerate(zip(ext([wave], layers="all")[0], theirs)):
+        err = rel_err(o, t)
+        assert err <= BATCH_TOL, f"{kind}, offset {offset}: hidden state {i} differs by {err:.2e}"
+
+
 @pytest.mark.parametrize("kind", KIND_PARAMS)
 def test_batch_with_dc_offset_equals_single(kind, ours_default_outputs, speech):
     """An utterance with a DC offset (cheap microphones have one), batched with a longer one, gets
