@@ -57,13 +57,19 @@ def require_onnx(what: str = "ONNX export", modules: tuple[str, ...] = ("onnx", 
 
 def normalize_padded(wave: Tensor, lengths: Tensor, eps: float = 1e-5) -> Tensor:
     """Each row standardised over its first ``lengths[b]`` samples (``F.layer_norm`` over the
-    utterance, as the checkpoint asks), padding set to 0. wave: (B, N) float32; lengths: (B,)."""
-    real = frame_mask(lengths, wave.shape[1]).to(wave.dtype)
-    n = lengths.to(wave.dtype)[:, None]
-    mean = (wave * real).sum(1, keepdim=True) / n
-    centred = (wave - mean) * real
+    utterance, as the checkpoint asks), padding set to 0. wave: (B, N) float32; lengths: (B,).
+
+    The mean and variance are float64 sums (ONNX and TorchScript have no row-wise ``layer_norm`` over
+    different lengths): float32 sums rounded a DC offset's mean by ~1e-7 of it, a constant shift the
+    layer-norm conv extractor amplifies on quiet stretches (5e-4 from ``lighthubert.load`` with ONNX
+    Runtime at an offset of 0.1)."""
+    real = frame_mask(lengths, wave.shape[1]).to(torch.float64)
+    n = lengths.to(torch.float64)[:, None]
+    w = wave.to(torch.float64)
+    mean = (w * real).sum(1, keepdim=True) / n
+    centred = (w - mean) * real
     var = centred.pow(2).sum(1, keepdim=True) / n
-    return centred * torch.rsqrt(var + eps)
+    return (centred * torch.rsqrt(var + eps)).to(wave.dtype)
 
 
 class Deployable(nn.Module):
