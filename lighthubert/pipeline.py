@@ -141,12 +141,13 @@ class _Writer(threading.Thread):
         self.flush_seconds = flush_seconds
         self.queue: queue.Queue = queue.Queue(maxsize=64)
         self.error: BaseException | None = None
+        self.abandoned = False
 
     def run(self) -> None:
         last = time.monotonic()
         while True:
             job = self.queue.get()
-            if job is None:
+            if job is None or self.abandoned:
                 break
             if self.error is not None:
                 continue
@@ -174,8 +175,19 @@ class _Writer(threading.Thread):
             raise OutputError(f"{self.writer.path}: writing failed: {_os_reason(err)}") from None
 
     def finish(self) -> None:
+        if self.abandoned:
+            return
         self.queue.put(None)
         self.join()
+
+    def abandon(self) -> None:
+        """Stop at once (a second Ctrl-C): what is queued is never written (the segment stays
+        uncommitted; a resume does it again) and the thread ends after its current write."""
+        self.abandoned = True
+        try:
+            self.queue.put_nowait(None)  # wakes it if it waits for work
+        except queue.Full:  # it is writing: it sees the flag next
+            pass
 
 
 def _os_reason(err: BaseException) -> str:
@@ -310,12 +322,20 @@ def extract(items: Iterable[Item], extractor: Extractor, writer: FeaturesWriter,
                 summary.files += len(good)
                 inflight = (collect, len(decoded), seconds, shown, {it.key: it for it, _ in good})
             finish()
+        except KeyboardInterrupt:  # a second Ctrl-C: at once, not after the writer's queue
+            out.abandon()
+            raise
         finally:
             for batch in pending:
                 for _, fut in batch:
                     fut.cancel()
-            out.finish()
-            out.check()
+            try:
+                out.finish()
+            except KeyboardInterrupt:  # a second Ctrl-C while the queue drains after the first
+                out.abandon()
+                raise
+            if not out.abandoned:
+                out.check()
     summary.wall = time.monotonic() - t0
     return summary
 

@@ -35,13 +35,27 @@ def _reopen_closed_std_streams() -> None:
             setattr(sys, name, open(fd, mode, closefd=False))
 
 
-def _end(status: int) -> None:
+def _end(status: int, at_once: bool = False) -> None:
     """Exit with ``status``. Python's own exit then tears down every module, which takes about 0.45 s
     once torch is loaded (a fifth of ``lhb info``). When the work has left nothing that needs it
     (no other thread, no HDF5 file open), lhb runs the atexit functions, flushes its streams and ends
-    at once; otherwise, or when a flush fails, it leaves the ending to Python as usual."""
+    at once; otherwise, or when a flush fails, it leaves the ending to Python as usual.
+
+    ``at_once``: a signal stopped the command (its line is said). If threads still run (a stop at once
+    leaves them: the writer, the decoders), flush the streams and end now. Python's exit would tear
+    modules down under them: with the writer thread inside h5py (holding h5py's lock), a second Ctrl-C
+    hung lhb for good (about one run in eight) or crashed it (SIGSEGV). Ending now is what SIGKILL
+    does, which OUTPUT and its committed work survive by design; the uncommitted segment is dropped
+    by the next run."""
     import threading
 
+    if at_once and threading.active_count() > 1:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        os._exit(status)
     h5py = sys.modules.get("h5py")
     h5_open = 0 if h5py is None else h5py.h5f.get_obj_count(h5py.h5f.OBJ_ALL, h5py.h5f.OBJ_FILE)
     if threading.active_count() == 1 and h5_open == 0:
@@ -72,12 +86,12 @@ def main() -> None:
         if signal.getsignal(s) is not signal.SIG_IGN:  # ignored by whoever started lhb (`lhb ... &` in a script): kept
             signal.signal(s, _stop_now)
     _let_threads_sleep()
-    from .main import run
+    from .main import run, stopped_by_signal
 
     status = run()
     for s in STOPPED:  # the work is over: a late signal must not turn its status into 130
         signal.signal(s, signal.SIG_IGN)
-    _end(status)
+    _end(status, at_once=stopped_by_signal())
 
 
 if __name__ == "__main__":

@@ -106,6 +106,11 @@ def _say_stopped(terminated: bool) -> int:
     return 143 if terminated else 130
 
 
+def stopped_by_signal() -> bool:
+    """Whether the last :func:`run` ended with the one line of a stop by signal (``lhb: interrupted``)."""
+    return bool(_stop_said)
+
+
 _stop_hint: list[str] = []
 """What to do after a stop at once, for the line :func:`_say_stopped` prints (set by a command once it
 has work to keep)."""

@@ -16,6 +16,7 @@ import stat
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 import zipfile
 from contextlib import contextmanager
@@ -627,6 +628,42 @@ def test_a_second_sigterm_stops_at_once_with_143(tmp_path):
     assert proc.returncode == 143, err
     assert "Traceback" not in err and err.splitlines()[-1] == (  # before: no word of what to do next
         f"lhb: terminated; what was committed is kept; run the same command with --resume to complete {out}"), err
+
+
+def test_a_stop_by_signal_ends_lhb_while_a_thread_is_inside_h5py(tmp_path):
+    """A second Ctrl-C stops at once and leaves the writer thread running; Python's own exit then tore
+    modules down under it, and with the thread inside h5py (holding h5py's lock) the teardown of an
+    open file waited for that lock for good: lhb hung after "lhb: interrupted" in about one run in
+    eight (or died of SIGSEGV). Here a thread holds the lock for good, as a thread frozen by Python's
+    exit does, while ``lhb subnet --subnet -`` waits for its standard input: Ctrl-C still ends lhb at
+    once, 130, with its one line."""
+    code = textwrap.dedent("""
+        import sys, threading, time
+        import h5py
+        from lighthubert_cli import entry, main  # imported before: the signal lands in the command
+        f = h5py.File(sys.argv[1], "w")  # open, as the writer's segment is
+        f.create_dataset("x", data=[1.0])
+        held = threading.Event()
+        def writer():
+            with h5py._objects.phil:
+                held.set()
+                time.sleep(600)
+        threading.Thread(target=writer, daemon=True).start()
+        held.wait()
+        print("ready", flush=True)
+        sys.argv = ["lhb", "subnet", "--subnet", "-"]
+        entry.main()
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "seg.h5")], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        time.sleep(1.5)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and err == "lhb: interrupted\n", (proc.returncode, err)
 
 
 # ----------------------------------------------------------------------------- OUTPUT
