@@ -237,6 +237,17 @@ def test_a_damaged_features_file_is_one_line_naming_it(tmp_path, feats):
     for read in (lambda: f["utt01"], lambda: f.num_samples("utt01"), lambda: f.source("utt01")):
         with pytest.raises(lighthubert.FeaturesError, match="is closed; open it again to read"):
             read()
+    # lhb merge copied the damaged chunk as stored, said "merged 1 part", and --remove-parts deleted the
+    # only copy: the part is read through first, and kept with OUTPUT as they were
+    out, other = tmp_path / "merged.h5", tmp_path / "other"
+    shutil.copytree(SPEECH_DIR / "spk2", other / "spk2")  # keys spk2/...: none in the part
+    p = lhb("extract", other, out, *FAST, "--compression", "gzip")
+    assert p.returncode == 0, p.stderr
+    before = out.read_bytes()
+    p = lhb("merge", out, chunk, "--remove-parts")
+    assert p.returncode == 1 and one_line(p).startswith(f"lhb: error: {chunk}: utt02: cannot be read, the file is "
+                                                        "damaged ("), p.stderr
+    assert chunk.exists() and out.read_bytes() == before
 
 
 @needs_speech

@@ -136,9 +136,12 @@ class Backend(Protocol):
         replaces it atomically, then remove them; on failure all stay as they were. Returns the count.
         ``inputs`` (the run's input keys): skipped entries of other keys are dropped."""
 
-    def merge(self, output: Path, parts: list[Path], *, include_output: bool, complete: bool | None = None) -> int:
+    def merge(self, output: Path, parts: list[Path], *, include_output: bool, complete: bool | None = None,
+              verify: bool = False) -> int:
         """Join ``parts`` (and OUTPUT when ``include_output``) into a new OUTPUT, atomically; returns
-        the number of utterances. Different run identities or different values for one key are errors."""
+        the number of utterances. Different run identities or different values for one key are errors;
+        with ``verify`` (``lhb merge``, whose parts may be deleted next), so is damaged data in ``parts``
+        that the format can detect."""
 
     def unjoined(self, output: Path) -> list[Path]:
         """The committed segments and parts of OUTPUT holding work OUTPUT does not hold yet (after a
@@ -599,6 +602,7 @@ def merge_parts(output: Path, parts: str | os.PathLike | Iterable[str | os.PathL
     default ``OUTPUT.parts/``) into ``output`` (kept and added to when it exists), under its lock, after
     removing what a killed run or merge left half-written. With ``remove`` the files merged are deleted
     afterwards, and a folder given once it is empty (``OUTPUT.parts/``: also lhb's own leftovers there).
+    The parts' compressed chunks are read through first: a damaged one is an error, nothing changed.
     Returns (utterances in ``output``, the files merged); :class:`OutputError` naming what is wrong."""
     backend = backend or get_backend()
     output = resolve_link(Path(output))  # a link's target is written, not a new file in place of the link
@@ -626,7 +630,7 @@ def merge_parts(output: Path, parts: str | os.PathLike | Iterable[str | os.PathL
         files = [f for f in files if not same_file(f, output)]  # OUTPUT is joined anyway; never removed as a part
         if not files:
             raise OutputError(f"no parts found in {', '.join(map(str, sources))}")
-        n = backend.merge(output, files, include_output=True)
+        n = backend.merge(output, files, include_output=True, verify=True)  # --remove-parts deletes them next
     if remove:  # the files merged, nothing else: a folder given is removed only once empty
         for f in files:
             f.unlink(missing_ok=True)

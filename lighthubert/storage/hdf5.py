@@ -284,12 +284,13 @@ def _read_features(path: str | os.PathLike, f: h5py.File,
 
 
 def merge(output: Path, parts: list[Path], *, include_output: bool, complete: bool | None = None,
-          inputs: Collection[str] | None = None) -> int:
+          inputs: Collection[str] | None = None, verify: bool = False) -> int:
     """Join ``parts`` (and OUTPUT itself when ``include_output``) into a new file that replaces
     OUTPUT atomically (written, fsynced, renamed). All must come from the same run settings; a key in
     two files is an error unless the datasets are equal. ``complete`` (default: every source says so)
     is recorded. On any failure (a full disk too) the new file is removed and OUTPUT and ``parts`` are
-    as they were. Returns the number of utterances."""
+    as they were. ``verify``: every compressed chunk of ``parts`` is decompressed first (chunks are
+    otherwise copied as stored, a damaged one too). Returns the number of utterances."""
     refuse_special(output)  # a FIFO would be read forever, a device never replaced
     for p in parts:
         if os.path.exists(p) and not os.path.isfile(p):
@@ -303,7 +304,7 @@ def merge(output: Path, parts: list[Path], *, include_output: bool, complete: bo
     except OSError as err:
         raise OutputError(f"{output}: cannot write next to it ({_reason(err)})") from None
     try:
-        n = _merge_into(tmp, sources, complete, inputs)
+        n = _merge_into(tmp, sources, complete, inputs, set(parts) if verify else set())
         _fsync(tmp)
         replace_keeping_mode(tmp, output)
         _fsync(output.parent if str(output.parent) else Path("."))
@@ -329,7 +330,21 @@ def _short_of_room(tmp: Path, sources: list[Path]) -> bool:
         return False
 
 
-def _merge_into(tmp: Path, sources: list[Path], complete: bool | None, inputs: Collection[str] | None = None) -> int:
+def _check_chunks(path: Path, key: str, ds: h5py.Dataset) -> None:
+    """Decompress each chunk of a compressed dataset (one chunk in memory at a time): an
+    :class:`OutputError` naming the file and key if one is damaged. Uncompressed data has no check."""
+    if ds.chunks is None or ds.id.get_create_plist().get_nfilters() == 0:
+        return
+    try:
+        for chunk in ds.iter_chunks():
+            ds[chunk]
+    except (OSError, RuntimeError) as err:  # h5py: 'filter returned failure during read'
+        raise OutputError(f"{path}: {key}: cannot be read, the file is damaged ({damage(err)}); nothing was "
+                          "merged") from None
+
+
+def _merge_into(tmp: Path, sources: list[Path], complete: bool | None, inputs: Collection[str] | None = None,
+                verify: Collection[Path] = ()) -> int:
     skipped: dict[str, dict] = {}
     owner: dict[str, Path] = {}  # the file each key was taken from
     identity: dict | None = None
@@ -362,6 +377,8 @@ def _merge_into(tmp: Path, sources: list[Path], complete: bool | None, inputs: C
                                               f"({_difference(a, b)})")
                         continue
                     owner[key] = path
+                    if path in verify:
+                        _check_chunks(path, key, src[GROUP][key])
                     parent = key.rsplit("/", 1)[0] if "/" in key else ""
                     dest_group = group.require_group(parent) if parent else group
                     src.copy(src[GROUP][key], dest_group, name=key.rsplit("/", 1)[-1])
@@ -760,8 +777,9 @@ class Hdf5Backend:
     def join(self, output: Path, *, include_output: bool, complete: bool, inputs: Collection[str] | None = None) -> int:
         return join(output, include_output=include_output, complete=complete, inputs=inputs)
 
-    def merge(self, output: Path, parts: list[Path], *, include_output: bool, complete: bool | None = None) -> int:
-        return merge(output, parts, include_output=include_output, complete=complete)
+    def merge(self, output: Path, parts: list[Path], *, include_output: bool, complete: bool | None = None,
+              verify: bool = False) -> int:
+        return merge(output, parts, include_output=include_output, complete=complete, verify=verify)
 
     def describe(self, path: Path) -> dict[str, Any]:
         return describe(path)
