@@ -98,6 +98,20 @@ def output_files(keys: Sequence[str], out: Path, fmt: str, split: str = SPLIT, n
     return [out / f"{split}.ark", out / f"{split}.scp"]
 
 
+def _refuse_file_in_folders_place(features: str | os.PathLike, keys: list[str]) -> None:
+    """npy: key ``x`` is the file ``x.npy`` and key ``x.npy/y`` needs a folder of that name; both are
+    valid keys, and the conversion failed after its work, naming a temporary file ("Is a directory")."""
+    folders: dict[str, str] = {}  # every folder the keys need -> a key inside it
+    for k in keys:
+        parts = k.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            folders.setdefault("/".join(parts[:i]), k)
+    for k in keys:
+        if (inner := folders.get(f"{k}.npy")) is not None:
+            raise OutputError(f"{display_path(features)}: keys {display_path(k)!r} and {display_path(inner)!r} need {display_path(k)}.npy as a "
+                              "file and as a folder; rename one (a .scp list names keys), or use --format fairseq or kaldi")
+
+
 def convert(features: str | os.PathLike, output: str | os.PathLike, fmt: str = CONVERT_FORMAT, layer: int | None = None, *,
             split: str = SPLIT, nshard: int = NSHARD, overwrite: bool = False,
             progress: Callable[[int, int], None] | None = None) -> list[Path]:
@@ -122,6 +136,8 @@ def convert(features: str | os.PathLike, output: str | os.PathLike, fmt: str = C
             raise SettingError(f"{nshard} shards of {len(f)} utterances would leave some empty; "
                                f"give at most {max(len(f), 1)}", "nshard")
         files = output_files(f.keys, out, fmt, split, nshard)
+        if fmt == "npy":
+            _refuse_file_in_folders_place(features, f.keys)
         longest = name_max(out)
         for path in files:  # before anything is written, whatever overwrite says
             long = [part for part in path.relative_to(out).parts if len(os.fsencode(part)) > longest]

@@ -821,3 +821,22 @@ def test_k_means_out_of_memory_is_one_line_saying_what_to_give(tmp_path, monkeyp
             rf"^{re.escape(str(feats))}: \d+ frames of width 4 \(0.0 GiB\) and the k-means steps do not fit in the "
             r"memory of cpu; give --max-frames fewer frames, a smaller --batch-size, or --device cpu$")):
         units.learn_file(feats, 1, 2, iterations=2)
+
+
+def test_npy_refuses_a_key_whose_file_is_another_keys_folder_before_any_work(tmp_path):
+    """Keys ``x`` and ``x.npy/y`` are both valid, but ``x.npy`` cannot be a file and a folder. Before:
+    every utterance was converted, then 'lhb: error: OUT/.x.npy.PID.HEX.part: Is a directory', a
+    line naming a temporary file, not the keys."""
+    attrs = run_attrs(layers=[1], subnet={"a": 1}, checkpoint="c.pt", checkpoint_sha256="ab", normalize=True,
+                      random_weights=True, params=10, dtype="float32", compute_dtype="float32", version="t",
+                      exact_seconds=120.0, window_seconds=60.0, context_seconds=10.0, num_layers=1, embed_dim=4)
+    feats = tmp_path / "f.h5"
+    w = FeatureWriter(feats, attrs)
+    for key in ("a/x", "a/x.npy/b/y", "z"):
+        w.write(key, np.ones((3, 4), np.float32), source=f"/audio/{key}.wav", num_samples=1040)
+    w.close(complete=True)
+    with pytest.raises(OutputError, match=re.escape(f"{feats}: keys 'a/x' and 'a/x.npy/b/y' need a/x.npy as a file "
+                                                    "and as a folder; rename one")):
+        convert(feats, tmp_path / "out", "npy", 1, progress=lambda *a: pytest.fail("work began"))
+    assert not (tmp_path / "out").exists()
+    convert(feats, tmp_path / "kaldi", "kaldi", 1)  # other formats take both keys
