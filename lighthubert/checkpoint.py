@@ -367,6 +367,11 @@ class Checkpoint:
         None is (for Stage 1 the Base max, not the Base space's default)."""
         if isinstance(spec, str) and spec.strip() == "default":
             spec = None
+        if not (spec is None or isinstance(spec, (Mapping, str, os.PathLike))):  # else its repr was read as JSON
+            got = (f"a {type(spec).__name__} of {len(spec)}: give one of them" if isinstance(spec, (list, tuple))
+                   else f"an object of type {type(spec).__name__}")
+            raise SubnetError(f"a subnet is a dict, a preset name (default, max, min), inline JSON or a JSON file's path; "
+                              f"got {got}")
         if self.subnet is not None:
             if spec is None:
                 return dict(self.subnet)

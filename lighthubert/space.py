@@ -10,9 +10,11 @@ Everything here is plain Python: no tensors are needed to validate, sample, coun
 
 from __future__ import annotations
 
+import decimal
 import itertools
 import json
 import math
+import numbers
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,12 +184,15 @@ def _not_in(field: str, value: Any, allowed: Iterable, space: str) -> str:
 
 
 def _int(value: Any, field: str, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """``value`` as an int: Python or numpy integers (a subnet built with numpy, as the authors' code
+    takes), or whole floats."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, numbers.Real)):
         raise SubnetError(f"{field} must be an integer, got {value!r}")
-    if isinstance(value, float):
+    if not isinstance(value, numbers.Integral):
+        value = float(value)
         if not math.isfinite(value) or value != int(value):
             raise SubnetError(f"{field} must be an integer, got {value!r}")
-        value = int(value)
+    value = int(value)
     if not lo <= value <= hi:
         shown = value if value.bit_length() < 64 else "a huge number"
         raise SubnetError(f"{field} is {shown}; it must be between {lo} and {hi}")
@@ -426,12 +431,16 @@ def parse_budget(text: str) -> int:
     if s and s[-1].lower() in units:
         scale = units[s[-1].lower()]
         s = s[:-1]
-    try:
-        value = float(s)
-    except ValueError:
+    try:  # decimal, not float: 64.028224M is 64,028,224 parameters, where float gave 64,028,223.99...
+        value = decimal.Decimal(s)
+    except decimal.InvalidOperation:
         raise SubnetError(f"{text!r} is not a parameter budget; write e.g. 30M, 30m, 3e7 or 30000000") from None
+    if not value.is_finite() or value <= 0:
+        raise SubnetError(f"{text!r} is not a parameter budget; it must be a positive number")
+    if value.adjusted() > 12:  # before multiplying: 1e9999999999999 overflows the decimal context
+        raise SubnetError(f"{text!r} is not a sensible parameter budget (over 10^12)")
     total = value * scale
-    if not math.isfinite(total) or total < 1:
+    if total < 1:
         raise SubnetError(f"{text!r} is not a parameter budget; it must be a positive number")
     if total > 10**12:
         raise SubnetError(f"{text!r} is not a sensible parameter budget (over 10^12)")

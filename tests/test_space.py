@@ -379,10 +379,39 @@ def test_parse_budget_accepts(text):
     assert parse_budget(text) == 30_000_000
 
 
-@pytest.mark.parametrize("text", ["-5M", "abc", "1e99", "0", "", "M", "nan", "inf", "0M"])
+@pytest.mark.parametrize("text", ["-5M", "abc", "1e99", "0", "", "M", "nan", "inf", "0M", "1e9999999999999"])
 def test_parse_budget_rejects(text):
     with pytest.raises(ValueError):
         parse_budget(text)
+
+
+def test_a_budget_written_in_millions_is_that_many_parameters():
+    """Before: int(float * scale) rounded 64.028224M down to 64,028,223, and --params then gave a
+    smaller subnet than one of exactly that size (1 in 60 reachable Small totals written as M)."""
+    assert [parse_budget(t) for t in ("64.028224M", "16.051584M", "0.015655936G", "23.5k")] == \
+        [64_028_224, 16_051_584, 15_655_936, 23_500]
+    exact = count_params(SPACES["base"].default_subnet)
+    assert best_under_budget(parse_budget(f"{exact / 1e6}M"), [SPACES["base"]])[2] == exact
+
+
+def test_subnets_of_numpy_integers_and_what_is_no_subnet(ckpts, ckpt_dicts):
+    """The authors' set_sample_config takes numpy integers (a subnet built with numpy); ours said
+    "layer_num must be an integer, got np.int64(10)". A list given as the subnet was read as its repr,
+    "not valid JSON: Expecting property name enclosed in double quotes"."""
+    sub = SPACES["small"].min_subnet
+    as_numpy = {k: (np.int64(v) if isinstance(v, int) else [np.int64(x) if isinstance(x, int) else x for x in v])
+                for k, v in sub.items()}
+    assert ckpts["small"].resolve_subnet(as_numpy) == sub
+    cfg = lighthubert.LightHuBERTConfig(ckpt_dicts["small"]["cfg"]["model"])
+    cfg.supernet_type = "small"
+    model = lighthubert.LightHuBERT(cfg)
+    model.set_sample_config(sub)
+    params = model.calc_sampled_param_num()
+    model.set_sample_config(SPACES["small"].max_subnet)
+    model.set_sample_config(as_numpy)
+    assert model.calc_sampled_param_num() == params
+    with pytest.raises(SubnetError, match="got a list of 2: give one of them"):
+        ckpts["small"].resolve_subnet([sub, sub])
 
 
 def test_a_subnet_made_for_the_other_space_says_so(tmp_path):
