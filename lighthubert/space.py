@@ -326,9 +326,25 @@ def subnet_from_text(text: str, space: SearchSpace) -> dict:
         raise SubnetError(f"{path}: {err}") from None
 
 
+def _declared_space(text: str) -> Any:
+    """The ``"supernet"`` a subnet JSON (inline or a file) names, or None."""
+    s = text.strip()
+    try:
+        data = json.loads(Path(s).read_text(encoding="utf-8-sig") if _is_file(Path(s)) else s)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    return data.get("supernet") if isinstance(data, dict) else None
+
+
 def subnet_in_spaces(text: str, names: Iterable[str] = ("base", "small")) -> tuple[dict, str]:
-    """:func:`subnet_from_text` in the first of the spaces ``names`` that accepts it: (subnet, space name)."""
+    """:func:`subnet_from_text` in the first of the spaces ``names`` that accepts it, the space its JSON
+    names (``"supernet"``, as ``lhb subnet`` writes it) first: (subnet, space name). (The Small max, in
+    both spaces, came back as "base" from its own "small" JSON.)"""
     names = list(names)
+    declared = _declared_space(text) if len(names) > 1 else None
+    if declared in names:
+        names.remove(declared)
+        names.insert(0, declared)
     errors = []
     for n in names:
         try:

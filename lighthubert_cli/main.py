@@ -501,7 +501,7 @@ def subnet_cmd(
         elif sample is not None:
             rng = random.Random(defaults.SEED if seed is None else seed)
             for _ in range(sample):
-                name = rng.choice(space_names)
+                name = rng.choice(space_names) if len(space_names) > 1 else space_names[0]  # one space: its own sequence
                 results.append((SPACES[name].sample(rng), name))
         elif subnet is not None:
             results.append((ckpt.resolve_subnet(subnet), space_names[0]) if ckpt

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import math
 import re
 import shutil
@@ -764,6 +765,12 @@ def test_subnet_sample(jobs, authors_models):
         check_subnet_item(item, authors_models)
     for item in c:
         check_subnet_item(item, authors_models, "small")
+    # one space: the authors' sequence for that seed (random.seed(6) then sample_subnet() three times), as
+    # SearchSpace.sample gives it; before, a draw of the space before each subnet shifted it
+    theirs = authors_models["small"]
+    random.seed(6)
+    want = [core(theirs.supernet.sample_subnet()) for _ in range(3)]
+    assert [core(item) for item in c] == want
 
 
 # ============================================================================= lhb info

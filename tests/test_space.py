@@ -431,6 +431,15 @@ def test_a_subnet_made_for_the_other_space_says_so(tmp_path):
     assert "made for" not in str(err.value)
     small_max = {**SPACES["small"].preset("max"), "supernet": "small"}  # 512 wide, 8 heads: a Base subnet too
     assert subnet_from_text(json.dumps(small_max), SPACES["base"]) == SPACES["small"].preset("max")
+    # with no space given (lhb subnet --subnet FILE), the one the JSON names is taken first: lhb's own
+    # "small" JSON of the Small max came back "base" (the first space that took it)
+    from lighthubert.space import subnet_in_spaces
+
+    (tmp_path / "max.json").write_text(json.dumps(small_max))
+    for text in (json.dumps(small_max), str(tmp_path / "max.json")):
+        assert subnet_in_spaces(text) == (SPACES["small"].preset("max"), "small")
+    assert subnet_in_spaces(json.dumps({**small_max, "supernet": "base"}))[1] == "base"
+    assert subnet_in_spaces(json.dumps(no_name))[1] == "small"  # only Small takes the min
 
 
 
