@@ -88,7 +88,9 @@ def resolve_dtype(dtype: Any, device: torch.device) -> torch.dtype:
 def parse_layers(spec: Any) -> str | list[int]:
     """The syntax of a layers setting, before any subnet is known: ``"last"`` (also for None),
     ``"all"``, or the integers of ``"0,4,12"``, of a list or of one int, in order (:class:`SettingError` otherwise)."""
-    if spec is None or spec in ("last", "all"):
+    if isinstance(spec, (np.ndarray, np.integer, Tensor)):  # np.array([0, -1]): "in" below would ask its truth value
+        spec = spec.tolist()
+    if spec is None or (isinstance(spec, str) and spec in ("last", "all")):
         return spec or "last"
     items = spec.split(",") if isinstance(spec, str) else [spec] if isinstance(spec, int) else spec
     try:

@@ -248,7 +248,14 @@ def _from_list(path: Path) -> list[Item]:
             rel = line.split("\t")[0].strip(ASCII_BLANKS)
             if not rel:
                 raise InputError(f"{where}: expected 'relative/path<TAB>num_samples'")
-            items.append(Item(_check_key(_key_from(rel), where), root / rel, where))
+            # the key is the path relative to the root, ".." resolved in the text as in .txt lists; an
+            # absolute entry inside the root gets the key its relative form has (before: the absolute path
+            # without its "/", so one file could be stored under two keys)
+            inside = os.path.relpath(os.path.normpath(os.path.join(root, rel)), root)
+            if inside == ".." or inside.startswith(".." + os.sep):
+                raise InputError(f"{where}: {rel!r} is outside the root folder {display_path(root)} (line 1); a .tsv "
+                                 "lists paths relative to its root: give another root, or use a .txt list of paths")
+            items.append(Item(_check_key(_key_from(inside), where), root / rel, where))
         return items
     paths: list[tuple[str, str]] = []  # (where, path text) of a .txt / .lst
     for n, line in lines:

@@ -170,13 +170,13 @@ def _check_values(job: ExtractJob) -> None:
         if not _number(job.batch_seconds) or not 1.0 <= job.batch_seconds <= MAX_BATCH_SECONDS:
             bad("batch_seconds", f"{job.batch_seconds} is not a number of seconds from 1 to {MAX_BATCH_SECONDS:g}")
     if job.max_chunk_seconds is not None and not (
-            _number(job.max_chunk_seconds) and (job.max_chunk_seconds == 0 or 1.0 <= job.max_chunk_seconds < 1e6)):
+            _number(job.max_chunk_seconds) and (job.max_chunk_seconds == 0 or 1.0 <= job.max_chunk_seconds <= 1e6)):
         bad("max_chunk_seconds", f"{job.max_chunk_seconds} is neither 0 (never cut) nor from 1 to 1e6 seconds")
     if job.max_chunk_seconds is not None and (job.exact_seconds, job.window_seconds, job.context_seconds) != (None,) * 3:
         bad("max_chunk_seconds", "sets --exact-seconds, --window-seconds and --context-seconds all at once; give it "
             "alone, or those three instead")  # else the others were dropped without a word
     if job.exact_seconds is not None and not (
-            _number(job.exact_seconds) and (job.exact_seconds == 0 or 1.0 <= job.exact_seconds < 1e6)):
+            _number(job.exact_seconds) and (job.exact_seconds == 0 or 1.0 <= job.exact_seconds <= 1e6)):
         bad("exact_seconds", f"{job.exact_seconds} is neither 0 (every file exactly) nor from 1 to 1e6 seconds")
     if job.window_seconds is not None and not (_number(job.window_seconds) and 1.0 <= job.window_seconds <= 3600.0):
         bad("window_seconds", f"{job.window_seconds} is not from 1 to 3600 seconds")

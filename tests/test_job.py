@@ -584,3 +584,38 @@ def test_warnings_of_lighthubert_extract_name_its_keywords_at_the_callers_line(t
         with pytest.warns(lighthubert.LightHubertWarning, match=says) as seen:
             lighthubert.extract(two_files, tmp_path / "o.h5", overwrite=True, **args, **kw)
         assert [w.filename for w in seen if re.search(says, str(w.message))] == [__file__]
+
+
+def test_a_tsv_entry_is_keyed_by_its_path_relative_to_the_root(tmp_path):
+    """Before: an absolute entry (inside the root) got the absolute path without its "/" as its key,
+    so one file could be stored twice under two keys; an entry outside the root was keyed the same way;
+    "a/../a/x.wav" was refused though a .txt list resolves ".." in the text."""
+    from lighthubert.inputs import InputError, list_inputs
+
+    root = tmp_path / "d"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "x.wav").write_bytes(b"")
+    (root / "a" / "y.wav").write_bytes(b"")
+    manifest = tmp_path / "m.tsv"
+    manifest.write_text(f"{root}\n{root}/a/x.wav\t16000\na/../a/y.wav\t16000\n")
+    assert [it.key for it in list_inputs(manifest)] == ["a/x", "a/y"]
+    manifest.write_text(f"{root}\n{root}/a/x.wav\t16000\na/x.wav\t16000\n")
+    with pytest.raises(InputError, match=re.escape(f"{manifest}:3: key 'a/x' is also given by {manifest}:2")):
+        list_inputs(manifest)
+    manifest.write_text(f"{root}\n../elsewhere.wav\t16000\n")
+    with pytest.raises(InputError, match=re.escape(f"{manifest}:2: '../elsewhere.wav' is outside the root folder {root}")):
+        list_inputs(manifest)
+
+
+def test_layers_and_seconds_at_their_stated_limits(tmp_path):
+    """numpy layers (np.array([0, -1]) raised "The truth value of an array ... is ambiguous"; np.int64(3)
+    was refused), and --exact-seconds 1e6, inside the range its own refusal stated ("from 1 to 1e6")."""
+    from lighthubert.extractor import parse_layers
+
+    assert parse_layers(np.array([0, -1])) == [0, -1] and parse_layers(np.int64(3)) == [3]
+    assert parse_layers(torch.tensor([2])) == [2]
+    from lighthubert.job import _check_values
+
+    _check_values(ExtractJob(tmp_path, tmp_path / "o.h5", exact_seconds=1e6, layers=np.array([0, -1])))
+    with pytest.raises(lighthubert.SettingError, match="from 1 to 1e6 seconds"):
+        _check_values(ExtractJob(tmp_path, tmp_path / "o.h5", exact_seconds=1e6 + 1))
