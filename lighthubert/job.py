@@ -159,6 +159,12 @@ def _check_values(job: ExtractJob) -> None:
     if job.resume and job.overwrite:
         raise SettingError("--resume and --overwrite exclude each other")
     parse_layers(job.layers)  # the syntax now, the range once the subnet is known
+    paths = (str, os.PathLike)
+    if not isinstance(job.input, (*paths, list, tuple)):  # (what a list holds is said where it is read)
+        raise SettingError(f"INPUT is a folder, an audio file, a list file or a list of paths (str or Path), not "
+                           f"{_what(job.input)}", "input")  # else a raw TypeError, or a generator read as nothing
+    if not isinstance(job.output, paths):
+        raise SettingError(f"OUTPUT is a path (str or Path), not {_what(job.output)}", "output")
     for name in ("input", "output"):  # Path("") would be the current folder
         if isinstance(getattr(job, name), str) and not getattr(job, name).strip():
             raise SettingError(f"{name.upper()} is an empty path")
@@ -188,6 +194,14 @@ def _check_values(job: ExtractJob) -> None:
         check_seed(job.seed)
     if not _number(job.flush_seconds) or not 0.01 <= job.flush_seconds <= 3600:
         bad("flush_seconds", f"{job.flush_seconds} is not a number of seconds from 0.01 to 3600")
+
+
+def _what(x: Any) -> str:
+    """A value's kind for a message: ``a generator``, ``an int``, ``None``."""
+    if x is None:
+        return "None"
+    name = type(x).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 def _number(x: Any) -> bool:
@@ -451,6 +465,11 @@ def extract(input: str | os.PathLike | Sequence[str | os.PathLike], output: str 
     ``output``; then KeyboardInterrupt is raised (``resume=True`` completes the job). A second Ctrl-C
     stops at once (the committed work then waits in ``output``'s parts folder for the resume).
     A ``progress`` callback that raises stops the run the same way; its exception is raised then."""
+    if progress is not None and not callable(progress):  # before any work: else OUTPUT was left incomplete
+        raise SettingError(f"progress is a function (files, total, seconds, total_seconds), not {_what(progress)}",
+                           "progress")
+    if stop is not None and not callable(getattr(stop, "is_set", None)):
+        raise SettingError(f"stop is a threading.Event, not {_what(stop)}", "stop")
     try:
         said: list[warnings.WarningMessage] = []
         try:

@@ -619,3 +619,21 @@ def test_layers_and_seconds_at_their_stated_limits(tmp_path):
     _check_values(ExtractJob(tmp_path, tmp_path / "o.h5", exact_seconds=1e6, layers=np.array([0, -1])))
     with pytest.raises(lighthubert.SettingError, match="from 1 to 1e6 seconds"):
         _check_values(ExtractJob(tmp_path, tmp_path / "o.h5", exact_seconds=1e6 + 1))
+
+
+def test_arguments_of_the_wrong_kind_are_named_before_any_work(tmp_path):
+    """Before: raw TypeErrors (a generator, a set, bytes, None as OUTPUT), and progress=1 or stop=True
+    failed after OUTPUT was made, leaving an incomplete file the same call then refused to replace."""
+    out = tmp_path / "o.h5"
+    folder = str(SPEECH_DIR)
+    for bad, says in (((p for p in [folder]), "input: INPUT is a folder, an audio file, a list file or a list of "
+                                               "paths (str or Path), not a generator"),
+                      ({folder}, "not a set"), (b"/tmp", "not a bytes"), (3, "not an int")):
+        with pytest.raises(lighthubert.SettingError, match=re.escape(says)):
+            lighthubert.extract(bad, out, checkpoint="random:small", subnet="min", device="cpu")
+    with pytest.raises(lighthubert.SettingError, match="OUTPUT is a path"):
+        lighthubert.extract(folder, None, checkpoint="random:small", subnet="min", device="cpu")
+    for kw, says in ((dict(progress=1), "progress is a function"), (dict(stop=True), "stop is a threading.Event")):
+        with pytest.raises(lighthubert.SettingError, match=says):
+            lighthubert.extract(folder, out, checkpoint="random:small", subnet="min", device="cpu", **kw)
+    assert not out.exists() and not list(tmp_path.iterdir())
