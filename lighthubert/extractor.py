@@ -402,11 +402,13 @@ def _check_waves(waves: Sequence[Tensor | np.ndarray]) -> None:
                                 "16 kHz channel") from None
         if len(shape) != 1 and not (len(shape) == 2 and shape[0] == 1):
             raise WaveformError(f"waveform {i} has shape {shape}; expected (N,) samples of one 16 kHz channel")
-        if np.prod(shape) < MIN_SAMPLES:
-            raise WaveformError(f"waveform {i} has fewer than {MIN_SAMPLES} samples (25 ms); it gives no frame")
-        try:
+        try:  # what the values are is said before how many there are ("fewer than 400 samples" of strings)
             t = torch.as_tensor(w).detach()
-        except (TypeError, ValueError, RuntimeError):  # object or string arrays, lists of strings
+        except (TypeError, ValueError, RuntimeError):  # object or string arrays, lists of strings, float128
+            dtype = getattr(w, "dtype", None)
+            if isinstance(dtype, np.dtype) and np.issubdtype(dtype, np.floating):
+                raise WaveformError(f"waveform {i} holds {dtype} samples, which torch cannot take; pass float32 "
+                                    "(w.astype(np.float32))") from None
             raise WaveformError(f"waveform {i} holds {_kind(w)} values; expected real samples") from None
         if t.is_meta:
             raise WaveformError(f"waveform {i} is on the meta device: it has a shape but no samples")
@@ -416,6 +418,8 @@ def _check_waves(waves: Sequence[Tensor | np.ndarray]) -> None:
             raise WaveformError(f"waveform {i} holds {str(t.dtype).removeprefix('torch.')} integers; expected float "
                                 "samples within about ±1 (16-bit PCM: divide by 32768, or read files with "
                                 "lighthubert.load_audio)")
+        if t.numel() < MIN_SAMPLES:
+            raise WaveformError(f"waveform {i} has fewer than {MIN_SAMPLES} samples (25 ms); it gives no frame")
         peak = sample_peak(t)
         if not math.isfinite(peak):  # else every feature is NaN, silently
             raise WaveformError(f"waveform {i} holds NaN or infinite samples")

@@ -155,7 +155,10 @@ def test_inputs_that_are_not_mono_waveforms_are_named(ours_default_outputs, spee
             ext([wave, bad])
     for bad, what in ((np.array([None] * 800), "holds object values"), (np.array(["0.1"] * 800), "holds <U3 values"),
                       (["0.1"] * 800, "holds str values"), (torch.empty(800, device="meta"), "is on the meta device"),
-                      ([[0.1] * 400, [0.1] * 399], "is nested lists of different lengths")):  # were torch's and numpy's errors
+                      ([[0.1] * 400, [0.1] * 399], "is nested lists of different lengths"),  # were torch's and numpy's errors
+                      (np.array(["a", "b"]), "holds <U1 values"),  # said "has fewer than 400 samples" (strings)
+                      *([(np.ones(800, np.longdouble), f"holds {np.dtype(np.longdouble)} samples, which torch cannot "
+                          "take; pass float32")] if np.dtype(np.longdouble).itemsize > 8 else [])):
         with pytest.raises(lighthubert.WaveformError, match=f"^waveform 1 {what}"):
             ext([wave, bad])
     pcm = np.round(wave * 32767).astype(np.int16)  # raw PCM (was taken as amplitudes of thousands)
