@@ -563,8 +563,15 @@ def from_object(obj: Any, where: str) -> Checkpoint:
     if isinstance(obj, Mapping) and obj.get("format") == KM_FORMAT:
         raise KMeansFile(f"{where}: a k-means file made by lhb units learn (lhb units apply reads it), "
                          "not a LightHuBERT checkpoint", dict(obj))
-    if not isinstance(obj, Mapping) or not isinstance(obj.get("cfg"), Mapping) or not isinstance(obj.get("model"), Mapping):
-        raise CheckpointError(f"{where}: not a LightHuBERT checkpoint (no 'cfg' and 'model' entries)")
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{where}: not a LightHuBERT checkpoint (it holds a {type(obj).__name__}, not a dict with "
+                              "'cfg' and 'model' entries)")
+    for entry in ("cfg", "model"):
+        if entry not in obj:
+            raise CheckpointError(f"{where}: not a LightHuBERT checkpoint (no '{entry}' entry; it needs 'cfg' and 'model')")
+        if not isinstance(obj[entry], Mapping):
+            raise CheckpointError(f"{where}: not a LightHuBERT checkpoint (its '{entry}' entry is of type "
+                                  f"{type(obj[entry]).__name__}, not a dict)")
     model_cfg, task = obj["cfg"].get("model"), obj["cfg"].get("task")
     if not isinstance(model_cfg, Mapping):
         raise CheckpointError(f"{where}: not a LightHuBERT checkpoint (cfg['model'] is missing)")

@@ -13,7 +13,7 @@ import ast
 import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -123,7 +123,12 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, model_cfg: Mapping) -> "ModelConfig":
-        get = model_cfg.get
+        def get(name: str, default: Any = None) -> Any:
+            value = model_cfg.get(name, default)
+            read[0] = name  # the field a malformed value is said of
+            return value
+
+        read = [""]
         try:
             mode = get("extractor_mode", "layer_norm")
             if mode not in ("layer_norm", "default"):
@@ -151,7 +156,7 @@ class ModelConfig:
         except (TypeError, ValueError) as err:
             if isinstance(err, ConfigError):
                 raise
-            raise ConfigError(f"model config has a malformed field: {err}") from None
+            raise ConfigError(f"model config has a malformed field {read[0]}: {err}") from None
         geometry = (cfg.encoder_layers, cfg.embed_dim, cfg.ffn_dim, cfg.heads, cfg.conv_pos_groups)
         if geometry != (SUPERNET_LAYERS, SUPERNET_EMBED, SUPERNET_FFN, 12, POS_CONV_GROUPS):
             raise ConfigError(

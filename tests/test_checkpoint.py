@@ -319,6 +319,27 @@ def test_pickles_torch_cannot_read_safely_are_named_in_one_line(tmp_path):
         load_checkpoint(legacy, trust=True)
 
 
+def test_a_checkpoint_of_the_wrong_shape_says_what_is_wrong(tmp_path):
+    """Before: {'cfg': 0, 'model': ...} was 'no 'cfg' and 'model' entries' (both were there), and a bad
+    config value 'a malformed field: invalid literal for int()', naming no field."""
+    import copy
+
+    from lighthubert.checkpoint import random_checkpoint
+
+    good = random_checkpoint("small", 1)
+    for name, edit, says in (
+            ("list", lambda d: [1, 2], "it holds a list, not a dict with 'cfg' and 'model' entries"),
+            ("cfg0", lambda d: {**d, "cfg": 0}, "its 'cfg' entry is of type int, not a dict"),
+            ("nomodel", lambda d: {"cfg": d["cfg"]}, "no 'model' entry; it needs 'cfg' and 'model'"),
+            ("twelve", lambda d: {**d, "cfg": {**d["cfg"], "model": {**d["cfg"]["model"], "encoder_layers": "twelve"}}},
+             "model config has a malformed field encoder_layers: invalid literal")):
+        path = tmp_path / f"{name}.pt"
+        torch.save(edit(copy.copy(good)), path)
+        with pytest.raises(CheckpointError, match=re.escape(f"{path}: {says}" if name == "twelve" else
+                                                            f"{path}: not a LightHuBERT checkpoint ({says}")):
+            load_checkpoint(path)
+
+
 def _numpy1_zip(data: bytes) -> bytes:
     """Rewrite a torch.save zip so its pickle names numpy scalars as numpy 1 did."""
     src = zipfile.ZipFile(io.BytesIO(data))
