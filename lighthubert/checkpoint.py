@@ -305,7 +305,8 @@ def _reason(text: str) -> str:
              and "Weights only load failed" not in ln and "trust the source" not in ln]
     if not lines:
         return "unreadable"
-    line = lines[0]
+    # torch's C++ checks prefix where they failed: "[enforce fail at inline_container.cc:180] . file in ..."
+    line = re.sub(r"^\[enforce fail at [^\]]*\][\s.]*", "", lines[0]) or lines[0]
     if len(line) <= 160:
         return line
     end = line.rfind(". ", 0, 160)

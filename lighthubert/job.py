@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 import os
 import random
 import re
@@ -172,6 +173,11 @@ def _check_values(job: ExtractJob) -> None:
         bad("save_dtype", f"{job.save_dtype!r} is not one of {', '.join(SAVE_DTYPES)}")
     if (job.compression or "none") not in COMPRESSIONS:
         bad("compression", f"{job.compression!r} is not one of {', '.join(COMPRESSIONS)}")
+    for name in ("batch_seconds", "max_chunk_seconds", "exact_seconds", "window_seconds", "context_seconds",
+                 "num_workers", "flush_seconds"):  # a string said "10 is not from 1 to 86400"
+        value = getattr(job, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+            bad(name, f"{value!r} is {_what(value)}, not a number")
     if job.batch_seconds is not None:
         if not _number(job.batch_seconds) or not 1.0 <= job.batch_seconds <= MAX_BATCH_SECONDS:
             bad("batch_seconds", f"{job.batch_seconds} is not a number of seconds from 1 to {MAX_BATCH_SECONDS:g}")

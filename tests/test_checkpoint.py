@@ -338,6 +338,12 @@ def test_a_checkpoint_of_the_wrong_shape_says_what_is_wrong(tmp_path):
         with pytest.raises(CheckpointError, match=re.escape(f"{path}: {says}" if name == "twelve" else
                                                             f"{path}: not a LightHuBERT checkpoint ({says}")):
             load_checkpoint(path)
+    not_torch = tmp_path / "notorch.pt"  # a zip torch.save did not write: torch's C++ check was quoted whole
+    with zipfile.ZipFile(not_torch, "w") as z:
+        z.writestr("hello.txt", "hi")
+    with pytest.raises(CheckpointError, match=re.escape(f"{not_torch}: not a PyTorch checkpoint (file in archive is not "
+                                                        "in a subdirectory: hello.txt)")):
+        load_checkpoint(not_torch)
 
 
 def _numpy1_zip(data: bytes) -> bytes:

@@ -637,3 +637,6 @@ def test_arguments_of_the_wrong_kind_are_named_before_any_work(tmp_path):
         with pytest.raises(lighthubert.SettingError, match=says):
             lighthubert.extract(folder, out, checkpoint="random:small", subnet="min", device="cpu", **kw)
     assert not out.exists() and not list(tmp_path.iterdir())
+    for name in ("batch_seconds", "exact_seconds", "num_workers"):  # said "10 is not ... from 1 to 86400"
+        with pytest.raises(lighthubert.SettingError, match=re.escape(f"{name}: '10' is a str, not a number")):
+            lighthubert.extract(folder, out, checkpoint="random:small", subnet="min", device="cpu", **{name: "10"})
