@@ -175,10 +175,15 @@ class _Writer(threading.Thread):
             raise OutputError(f"{self.writer.path}: writing failed: {_os_reason(err)}") from None
 
     def finish(self) -> None:
+        """Write what is queued and end the thread; a second Ctrl-C while it drains abandons the rest."""
         if self.abandoned:
             return
-        self.queue.put(None)
-        self.join()
+        try:
+            self.queue.put(None)
+            self.join()
+        except KeyboardInterrupt:
+            self.abandon()
+            raise
 
     def abandon(self) -> None:
         """Stop at once (a second Ctrl-C): what is queued is never written (the segment stays
@@ -329,11 +334,7 @@ def extract(items: Iterable[Item], extractor: Extractor, writer: FeaturesWriter,
             for batch in pending:
                 for _, fut in batch:
                     fut.cancel()
-            try:
-                out.finish()
-            except KeyboardInterrupt:  # a second Ctrl-C while the queue drains after the first
-                out.abandon()
-                raise
+            out.finish()
             if not out.abandoned:
                 out.check()
     summary.wall = time.monotonic() - t0
