@@ -50,11 +50,7 @@ def _end(status: int, at_once: bool = False) -> None:
     import threading
 
     if at_once and threading.active_count() > 1:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except (OSError, ValueError):
-            pass
+        _flush()
         os._exit(status)
     h5py = sys.modules.get("h5py")
     h5_open = 0 if h5py is None else h5py.h5f.get_obj_count(h5py.h5f.OBJ_ALL, h5py.h5f.OBJ_FILE)
@@ -62,13 +58,19 @@ def _end(status: int, at_once: bool = False) -> None:
         import atexit
 
         atexit._run_exitfuncs()
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except (OSError, ValueError):
-            sys.exit(status)
-        os._exit(status)
+        if _flush():
+            os._exit(status)
     sys.exit(status)
+
+
+def _flush() -> bool:
+    """Flush stdout and stderr; False when one cannot be (a closed pipe), which Python's exit reports."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _let_threads_sleep() -> None:
