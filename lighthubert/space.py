@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .errors import SettingError
+from .errors import SettingError, kind_of
 
 HEAD_DIM = 64
 SUPERNET_LAYERS = 12
@@ -210,7 +210,7 @@ def check_subnet(subnet: Any) -> dict:
         raise SubnetError(f"a subnet must be a JSON object / dict, got a list of {len(subnet)} (as lhb subnet writes "
                           "several: --sample, or --preset without -c or --supernet, one per space); give one of them")
     if not isinstance(subnet, Mapping):
-        raise SubnetError(f"a subnet must be a JSON object / dict, got {type(subnet).__name__}")
+        raise SubnetError(f"a subnet must be a JSON object / dict, got {kind_of(subnet)}")
     unknown = sorted(set(subnet) - set(SUBNET_KEYS) - {"ffn_ratio", "supernet", "params"})
     if unknown:
         raise SubnetError(
@@ -294,18 +294,18 @@ def _is_file(path: Path) -> bool:
         return False
 
 
-def subnet_from_text(text: str, space: SearchSpace) -> dict:
-    """A validated subnet of ``space`` from a preset name (default, max, min), inline JSON or the
-    path of a JSON file; :class:`SubnetError` says which field is wrong (and names the file)."""
+def _read_subnet_text(text: str) -> tuple[str | None, Any, Path | None]:
+    """What ``--subnet`` TEXT holds, read once: (a preset name, else None; the JSON it holds, inline or
+    in a file; that file, else None). Not yet matched against a space."""
     s = text.strip()
     if s in ("default", "max", "min"):
-        return space.preset(s)
+        return s, None, None
     if not s:  # Path("") is ".", the current folder
         raise SubnetError(f"{text!r} is empty: give a preset (default, max, min), inline JSON or a JSON file")
     path = Path(s)
     is_file = _is_file(path)
     if s.startswith(("{", "[")) and not is_file:  # a list: what lhb subnet --sample prints, refused with a word
-        return space.validate(_json(s))  # as written: its "supernet" can explain a mismatch
+        return None, _json(s), None
     if not is_file:
         shown = repr(text) if len(text) <= 80 else repr(text[:60]) + f" ... ({len(text):,} characters)"
         try:
@@ -317,23 +317,30 @@ def subnet_from_text(text: str, space: SearchSpace) -> dict:
                               "it with --subnet -)")
         raise SubnetError(f"{shown} is not a preset (default, max, min), inline JSON or an existing JSON file")
     try:
-        data = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not JSON
+        return None, _json(path.read_text(encoding="utf-8-sig")), path  # a byte-order mark is not JSON
     except (OSError, UnicodeDecodeError) as err:
         raise SubnetError(f"{path}: cannot read: {err}") from None
-    try:
-        return space.validate(_json(data))
     except SubnetError as err:
         raise SubnetError(f"{path}: {err}") from None
 
 
-def _declared_space(text: str) -> Any:
-    """The ``"supernet"`` a subnet JSON (inline or a file) names, or None."""
-    s = text.strip()
+def _subnet_in(space: SearchSpace, preset: str | None, data: Any, path: Path | None) -> dict:
+    """:func:`_read_subnet_text`'s answer as a validated subnet of ``space`` (its ``"supernet"``, as
+    written, can explain a mismatch); a file's errors name the file."""
+    if preset is not None:
+        return space.preset(preset)
     try:
-        data = json.loads(Path(s).read_text(encoding="utf-8-sig") if _is_file(Path(s)) else s)
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
-        return None
-    return data.get("supernet") if isinstance(data, dict) else None
+        return space.validate(data)
+    except SubnetError as err:
+        if path is None:
+            raise
+        raise SubnetError(f"{path}: {err}") from None
+
+
+def subnet_from_text(text: str, space: SearchSpace) -> dict:
+    """A validated subnet of ``space`` from a preset name (default, max, min), inline JSON or the
+    path of a JSON file; :class:`SubnetError` says which field is wrong (and names the file)."""
+    return _subnet_in(space, *_read_subnet_text(text))
 
 
 def subnet_in_spaces(text: str, names: Iterable[str] = ("base", "small")) -> tuple[dict, str]:
@@ -341,14 +348,15 @@ def subnet_in_spaces(text: str, names: Iterable[str] = ("base", "small")) -> tup
     names (``"supernet"``, as ``lhb subnet`` writes it) first: (subnet, space name). (The Small max, in
     both spaces, came back as "base" from its own "small" JSON.)"""
     names = list(names)
-    declared = _declared_space(text) if len(names) > 1 else None
+    read = _read_subnet_text(text)  # once: a file could change between reads
+    declared = read[1].get("supernet") if isinstance(read[1], dict) else None
     if declared in names:
         names.remove(declared)
         names.insert(0, declared)
     errors = []
     for n in names:
         try:
-            return subnet_from_text(text, get_space(n)), n
+            return _subnet_in(get_space(n), *read), n
         except SubnetError as err:
             errors.append(str(err))
     if len(set(errors)) == 1:  # the same in every space (not a subnet at all): said once
