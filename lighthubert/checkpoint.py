@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from .defaults import SEED
-from .errors import LightHubertError, LightHubertWarning, SettingError
+from .errors import LightHubertError, LightHubertWarning, SettingError, kind_of
 from .files import target_problem, write_bytes_atomic
 from .fairseq_cfg import HUBERT_TRAINING_EXTRA, TRAINING_DEFAULTS, is_norm
 from .model import ConfigError, ModelConfig, SubnetModel, cut_subnet, fixed_params, released_layout
@@ -370,7 +370,7 @@ class Checkpoint:
             spec = None
         if not (spec is None or isinstance(spec, (Mapping, str, os.PathLike))):  # else its repr was read as JSON
             got = (f"a {type(spec).__name__} of {len(spec)}: give one of them" if isinstance(spec, (list, tuple))
-                   else f"an object of type {type(spec).__name__}")
+                   else kind_of(spec))
             raise SubnetError(f"a subnet is a dict, a preset name (default, max, min), inline JSON or a JSON file's path; "
                               f"got {got}")
         if self.subnet is not None:
@@ -565,14 +565,14 @@ def from_object(obj: Any, where: str) -> Checkpoint:
         raise KMeansFile(f"{where}: a k-means file made by lhb units learn (lhb units apply reads it), "
                          "not a LightHuBERT checkpoint", dict(obj))
     if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{where}: not a LightHuBERT checkpoint (it holds a {type(obj).__name__}, not a dict with "
+        raise CheckpointError(f"{where}: not a LightHuBERT checkpoint (it holds {kind_of(obj)}, not a dict with "
                               "'cfg' and 'model' entries)")
     for entry in ("cfg", "model"):
         if entry not in obj:
             raise CheckpointError(f"{where}: not a LightHuBERT checkpoint (no '{entry}' entry; it needs 'cfg' and 'model')")
         if not isinstance(obj[entry], Mapping):
-            raise CheckpointError(f"{where}: not a LightHuBERT checkpoint (its '{entry}' entry is of type "
-                                  f"{type(obj[entry]).__name__}, not a dict)")
+            raise CheckpointError(f"{where}: not a LightHuBERT checkpoint (its '{entry}' entry is "
+                                  f"{kind_of(obj[entry])}, not a dict)")
     model_cfg, task = obj["cfg"].get("model"), obj["cfg"].get("task")
     if not isinstance(model_cfg, Mapping):
         raise CheckpointError(f"{where}: not a LightHuBERT checkpoint (cfg['model'] is missing)")

@@ -22,9 +22,17 @@ class WaveformError(LightHubertError, ValueError):
     batch's lengths); the message says which one and what to pass instead."""
 
 
+def kind_of(x: object) -> str:
+    """A value's kind, as messages say it: ``None``, ``an int``, ``a generator``."""
+    if x is None:
+        return "None"
+    name = type(x).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
 class LightHubertWarning(UserWarning):
     """Something the user should know that does not stop the work (``warnings.warn``); ``lhb`` shows
     it as one line, ``lhb: warning: ...``."""
 
 
-__all__ = ["LightHubertError", "LightHubertWarning", "SettingError", "WaveformError"]
+__all__ = ["LightHubertError", "LightHubertWarning", "SettingError", "WaveformError", "kind_of"]

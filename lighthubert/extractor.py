@@ -19,7 +19,7 @@ from .audio import MAX_AMPLITUDE, sample_peak, too_loud
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from .defaults import CHECKPOINT, DEVICE, DTYPE
 from .defaults import DTYPES as DTYPE_NAMES
-from .errors import LightHubertWarning, SettingError, WaveformError
+from .errors import LightHubertWarning, SettingError, WaveformError, kind_of
 from .longform import LongForm, hidden_states
 from .model import HOP, MIN_SAMPLES, conv_frames, receptive_field
 
@@ -350,7 +350,7 @@ class Extractor:
             raise WaveformError("expected waveforms, got a file name; read the audio first: "
                                 "ext(lighthubert.load_audio(path)) (or lighthubert.extract for folders and lists)")
         if not isinstance(waves, (Sequence, Tensor, np.ndarray)):  # a number (np.float32(3.0)), None, a generator
-            raise WaveformError(f"expected one waveform (N,), a batch (B, N) or a list of waveforms; got {type(waves).__name__}")
+            raise WaveformError(f"expected one waveform (N,), a batch (B, N) or a list of waveforms; got {kind_of(waves)}")
         single = isinstance(waves, (Tensor, np.ndarray)) and waves.ndim == 1
         if single:
             waves = [waves]

@@ -36,7 +36,7 @@ from .defaults import (BATCH_SECONDS, CHECKPOINT, COMPRESSION, COMPRESSIONS, CON
                        FLUSH_SECONDS, LAYERS, NUM_WORKERS, OUTPUT_FORMAT, SAVE_DTYPE, SAVE_DTYPES, WINDOW_SECONDS)
 from .distributed import (Group, World, balance, decide, detect_world, finished, process_device, rank_timeout,
                           wait_for_ranks)
-from .errors import LightHubertError, LightHubertWarning, SettingError
+from .errors import LightHubertError, LightHubertWarning, SettingError, kind_of
 from .extractor import Extractor, parse_layers, resolve_device, resolve_dtype, resolve_layers
 from .interrupt import interrupt_stops
 from .inputs import Item, check_against, is_audio, list_inputs, source_text
@@ -163,9 +163,9 @@ def _check_values(job: ExtractJob) -> None:
     paths = (str, os.PathLike)
     if not isinstance(job.input, (*paths, list, tuple)):  # (what a list holds is said where it is read)
         raise SettingError(f"INPUT is a folder, an audio file, a list file or a list of paths (str or Path), not "
-                           f"{_what(job.input)}", "input")  # else a raw TypeError, or a generator read as nothing
+                           f"{kind_of(job.input)}", "input")  # else a raw TypeError, or a generator read as nothing
     if not isinstance(job.output, paths):
-        raise SettingError(f"OUTPUT is a path (str or Path), not {_what(job.output)}", "output")
+        raise SettingError(f"OUTPUT is a path (str or Path), not {kind_of(job.output)}", "output")
     for name in ("input", "output"):  # Path("") would be the current folder
         if isinstance(getattr(job, name), str) and not getattr(job, name).strip():
             raise SettingError(f"{name.upper()} is an empty path")
@@ -177,7 +177,7 @@ def _check_values(job: ExtractJob) -> None:
                  "num_workers", "flush_seconds"):  # a string said "10 is not from 1 to 86400"
         value = getattr(job, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
-            bad(name, f"{value!r} is {_what(value)}, not a number")
+            bad(name, f"{value!r} is {kind_of(value)}, not a number")
     if job.batch_seconds is not None:
         if not _number(job.batch_seconds) or not 1.0 <= job.batch_seconds <= MAX_BATCH_SECONDS:
             bad("batch_seconds", f"{job.batch_seconds} is not a number of seconds from 1 to {MAX_BATCH_SECONDS:g}")
@@ -200,14 +200,6 @@ def _check_values(job: ExtractJob) -> None:
         check_seed(job.seed)
     if not _number(job.flush_seconds) or not 0.01 <= job.flush_seconds <= 3600:
         bad("flush_seconds", f"{job.flush_seconds} is not a number of seconds from 0.01 to 3600")
-
-
-def _what(x: Any) -> str:
-    """A value's kind for a message: ``a generator``, ``an int``, ``None``."""
-    if x is None:
-        return "None"
-    name = type(x).__name__
-    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 def _number(x: Any) -> bool:
@@ -472,10 +464,10 @@ def extract(input: str | os.PathLike | Sequence[str | os.PathLike], output: str 
     stops at once (the committed work then waits in ``output``'s parts folder for the resume).
     A ``progress`` callback that raises stops the run the same way; its exception is raised then."""
     if progress is not None and not callable(progress):  # before any work: else OUTPUT was left incomplete
-        raise SettingError(f"progress is a function (files, total, seconds, total_seconds), not {_what(progress)}",
+        raise SettingError(f"progress is a function (files, total, seconds, total_seconds), not {kind_of(progress)}",
                            "progress")
     if stop is not None and not callable(getattr(stop, "is_set", None)):
-        raise SettingError(f"stop is a threading.Event, not {_what(stop)}", "stop")
+        raise SettingError(f"stop is a threading.Event, not {kind_of(stop)}", "stop")
     try:
         said: list[warnings.WarningMessage] = []
         try:

@@ -329,7 +329,7 @@ def test_a_checkpoint_of_the_wrong_shape_says_what_is_wrong(tmp_path):
     good = random_checkpoint("small", 1)
     for name, edit, says in (
             ("list", lambda d: [1, 2], "it holds a list, not a dict with 'cfg' and 'model' entries"),
-            ("cfg0", lambda d: {**d, "cfg": 0}, "its 'cfg' entry is of type int, not a dict"),
+            ("cfg0", lambda d: {**d, "cfg": 0}, "its 'cfg' entry is an int, not a dict"),
             ("nomodel", lambda d: {"cfg": d["cfg"]}, "no 'model' entry; it needs 'cfg' and 'model'"),
             ("twelve", lambda d: {**d, "cfg": {**d["cfg"], "model": {**d["cfg"]["model"], "encoder_layers": "twelve"}}},
              "model config has a malformed field encoder_layers: invalid literal")):
