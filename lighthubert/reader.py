@@ -148,7 +148,8 @@ class FeaturesDataset(Dataset):
 
     The file is opened on the first item read in each process (so every DataLoader worker
     has its own handle; PyTorch issue 11929), never pickled. ``lengths`` (frames per item), ``layers``
-    (stored hidden-state indices) and ``dim`` (D) are read from the file when the dataset is made.
+    (stored hidden-state indices) and ``dim`` (D) are read from the file when the dataset is made;
+    ``item_layers`` are the hidden-state indices an item holds, in order (L of (L, T, D) is their count).
     """
 
     def __init__(self, path: str | os.PathLike, layer: Layers = None, keys: Sequence[str] | None = None,
@@ -169,6 +170,9 @@ class FeaturesDataset(Dataset):
                 self.keys = list(keys)
             self.lengths: list[int] = [f.lengths[k] for k in self.keys]
         self._positions = layer_positions(self.layers, layer, self.path)
+        pos = self._positions
+        self.item_layers: list[int] = (list(self.layers) if pos is None else [self.layers[pos]] if isinstance(pos, int)
+                                       else [self.layers[p] for p in pos])
         self._reader: FeaturesReader | None = None
         self._pid: int | None = None
 

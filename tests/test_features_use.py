@@ -161,6 +161,11 @@ def test_dataset_with_two_workers(feats):
 def test_dataset_all_layers_collate_and_sampler(feats):
     path, ref = feats
     data = FeaturesDataset(path, layer="all")
+    assert data.item_layers == ref.layers == data.layers
+    picked = FeaturesDataset(path, layer=[10, 3])  # README's L = len(data.item_layers) with a selection
+    assert picked.item_layers == [10, 3] and picked.layers == ref.layers
+    assert torch.equal(picked[0][1], torch.from_numpy(ref.data[picked.keys[0]][[ref.layers.index(10), ref.layers.index(3)]]))
+    assert FeaturesDataset(path, layer=LAYER).item_layers == [LAYER]
     sampler = LengthGroupedSampler(data.lengths, batch_size=3, seed=1)
     loader = DataLoader(data, batch_sampler=sampler, collate_fn=pad_collate, num_workers=2)
     got = []
