@@ -229,6 +229,12 @@ def _subnet_text(text: str | None) -> str | None:
     data = sys.stdin.read(MAX_SUBNET_TEXT + 1).removeprefix("\ufeff")  # a byte-order mark, as a subnet file may start with
     if len(data) > MAX_SUBNET_TEXT or not data.strip():
         raise Fail(f"--subnet -: standard input held {'no' if not data.strip() else 'more than a'} subnet JSON", EXIT_USAGE)
+    head = data.strip()[:1000]
+    if not head.startswith(("{", "[")):  # else read as a preset or a file name, and shown as if given as the argument
+        what = ("is not UTF-8 text" if any("\udc80" <= c <= "\udcff" for c in head)  # undecodable bytes (surrogateescape)
+                else f"starts with {head[:40]!r}")
+        raise Fail(f"--subnet -: standard input holds no subnet JSON (a JSON object, as lhb subnet prints; it {what})",
+                   EXIT_USAGE)
     return data
 
 

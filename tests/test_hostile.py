@@ -429,6 +429,10 @@ def test_a_subnet_is_read_from_standard_input_with_dash(tmp_path):
     assert p.returncode == 0, p.stderr
     p = subprocess.run(args, input="", capture_output=True, text=True, env=_env(), timeout=300)
     assert p.returncode == 2 and one_line(p) == "lhb: error: --subnet -: standard input held no subnet JSON", p.stderr
+    for given, said in ((b"\xff\xfe", "is not UTF-8 text"), (b"max\n", "starts with 'max'")):  # shown as the argument before
+        p = subprocess.run([*lhb_prefix(), "subnet", "-s", "-"], input=given, capture_output=True, env=_env(), timeout=300)
+        assert p.returncode == 2 and p.stderr.decode().strip() == (
+            f"lhb: error: --subnet -: standard input holds no subnet JSON (a JSON object, as lhb subnet prints; it {said})"), p.stderr
     p = lhb("subnet", "-s", "/dev/stdin")
     assert p.returncode == 2 and one_line(p) == ("lhb: error: --subnet: /dev/stdin: not a regular file, so not a JSON "
                                                  "file to read (lhb reads a subnet piped to it with --subnet -)"), p.stderr
