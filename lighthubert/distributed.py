@@ -122,7 +122,8 @@ class Group:
         self.store = dist.distributed_c10d._get_default_store()
         self._stop_beating = threading.Event()
         self._seen: dict[int, tuple[int, float]] = {}  # rank -> (last heartbeat count, when it changed)
-        threading.Thread(target=self._beat, name="lhb-heartbeat", daemon=True).start()
+        self._beater = threading.Thread(target=self._beat, name="lhb-heartbeat", daemon=True)
+        self._beater.start()
 
     def _beat(self) -> None:
         while True:
@@ -173,7 +174,12 @@ class Group:
         return out
 
     def close(self) -> None:
+        """Stop the heartbeat, then leave the group. The heartbeat's last write must be whole before the
+        process may end: torch's FileStore (srun) reads a record cut short by a process's end (its key
+        without its value) by looping on the end of the file for good, in every other rank and in this
+        one's own store destructor (seen: a rank that printed its error and never exited)."""
         self._stop_beating.set()
+        self._beater.join(timeout=10)  # bounded: with a TCPStore whose host is gone an add may wait
         try:
             self.dist.destroy_process_group()
         except Exception:  # noqa: BLE001 - best effort at exit

@@ -358,3 +358,20 @@ def test_a_progress_callback_is_rank_0s_and_raising_there_keeps_the_work_for_res
     with h5py.File(out) as f:
         assert len(keys(f)) == 12 and f.attrs["complete"]
 
+
+def test_a_rank_that_dies_before_the_plan_is_said_leaves_one_line(tmp_path, ckpt):
+    """Under srun (nothing tears the step down) rank 0 joins the group and dies before it says the
+    plan: rank 1 waiting for the plan said a gloo RuntimeError in a traceback ("Connection closed by
+    peer"). Now one line, exit 1, and nothing written. The fake rank 0 lets its heartbeat's write end
+    first: torch's FileStore loops for good on a record cut short (this test hung so, once in CI)."""
+    out = tmp_path / "out.h5"
+    args = [LHB, "extract", str(SPEECH), str(out), "-c", str(ckpt), *ARGS]
+    rank0 = ("import os, sys; from pathlib import Path; from lighthubert.distributed import Group, detect_world; "
+             "g = Group(detect_world(), Path(sys.argv[1])); g._stop_beating.set(); g._beater.join(); os._exit(3)")
+    procs = [srun_task([sys.executable, "-c", rank0, str(out)], 0, "66"), srun_task(args, 1, "66")]
+    logs = [p.communicate(timeout=240)[0] for p in procs]
+    assert procs[0].returncode == 3, logs[0]
+    assert procs[1].returncode == 1, logs[1]
+    lines = logs[1].strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lhb: error: a rank left while the ranks planned the job; nothing was extracted"), logs[1]
+    assert not out.exists()
