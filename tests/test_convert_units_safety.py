@@ -840,3 +840,32 @@ def test_npy_refuses_a_key_whose_file_is_another_keys_folder_before_any_work(tmp
         convert(feats, tmp_path / "out", "npy", 1, progress=lambda *a: pytest.fail("work began"))
     assert not (tmp_path / "out").exists()
     convert(feats, tmp_path / "kaldi", "kaldi", 1)  # other formats take both keys
+
+
+def test_units_into_hdf5_beyond_a_size_limit_is_one_line_and_keeps_the_old_file(tmp_path):
+    """Before: HDF5 wrote the units' datasets when their handles were freed, so a file size limit or a
+    full disk there gave ~180 lines of h5py's 'Exception ignored' tracebacks and then SIGSEGV (139),
+    leaving its temporary file. (In process the library raised its one line; the crash came after.)"""
+    import signal
+
+    from cli_helpers import _env, lhb_command
+
+    feats = _features(tmp_path / "f.h5", 0)
+    with h5py.File(feats, "a") as f:  # many small datasets: HDF5 keeps them in its cache and writes them late
+        for i in range(20):
+            f[f"features/u{i}"] = np.zeros((2, 2000, 4), np.float32)  # 80 KB of int16 units in all
+    km = tmp_path / "km.pt"
+    torch.save({"format": "lighthubert-kmeans", "centroids": torch.zeros(2, 4), "layer": 1, "clusters": 2}, km)
+    out = tmp_path / "u.h5"
+    out.write_bytes(b"old units")
+
+    def limit():  # in the child: no file grows past 16 KB (EFBIG, as Python ignores SIGXFSZ)
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16 << 10, 16 << 10))
+
+    p = subprocess.run([*lhb_command(), "units", "apply", str(feats), str(km), str(out), "--overwrite", "-q"],
+                       capture_output=True, text=True, env=_env(), timeout=300, preexec_fn=limit)
+    assert (p.returncode, p.stderr) == (1, f"lhb: error: {out}: cannot write (file too large for this filesystem or limit)\n")
+    assert out.read_bytes() == b"old units" and sorted(x.name for x in tmp_path.iterdir()) == ["f.h5", "km.pt", "u.h5"]
