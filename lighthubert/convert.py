@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .files import name_max, new_temp_beside, remove_dead_temps, replace_keeping_mode
+from .files import link_target, name_max, new_temp_beside, remove_dead_temps, replace_keeping_mode
 from .inputs import CONTROL, display_path
 from .errors import LightHubertWarning, SettingError
 from .defaults import CONVERT_FORMAT, CONVERT_FORMATS, NSHARD, SPLIT
@@ -60,7 +60,9 @@ class _Staged:
             self.made.append(p)
 
     def temp(self, final: Path) -> Path:
-        """A new empty file to write instead of ``final`` (its folder is created)."""
+        """A new empty file to write instead of ``final`` (its folder is created; a symbolic link's
+        target is what is replaced, beside which it is made, and the link stays)."""
+        final = link_target(final)
         self.folder(final.parent)
         try:
             tmp = new_temp_beside(final)

@@ -114,11 +114,18 @@ def remove_dead_temps(finals: Iterable[Path]) -> None:
                 pass  # alive under another user, or not a pid
 
 
+def link_target(path: Path) -> Path:
+    """``path``, or, when it is a symbolic link, the path it leads to (which need not exist yet): a file
+    written whole replaces the link's target and the link stays a link, as a shell's ``>`` through it."""
+    return Path(os.path.realpath(path)) if os.path.islink(path) else path
+
+
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """``write(tmp)`` into a new file beside ``path``, then rename it over ``path``: an existing file
-    stays whole until the new one is, and the new one gets its permissions; the temporary file is
-    removed on any failure or interruption."""
-    path = Path(path)
+    """``write(tmp)`` into a new file beside ``path`` (beside its target when it is a symbolic link),
+    then rename it over that: an existing file stays whole until the new one is, and the new one gets
+    its permissions; the temporary file is removed on any failure or interruption. Returns the path
+    written."""
+    path = link_target(Path(path))
     tmp = new_temp_beside(path)
     try:
         write(tmp)

@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import re
 import stat
 import sys
 from pathlib import Path
@@ -286,10 +287,10 @@ def apply_file(features: str | os.PathLike, km: dict | str | os.PathLike, output
                          dtype=dtype, progress=progress)
 
         try:
-            if _plain_file_or_new(out):
-                write_atomic(out, write)  # an old OUTPUT stays whole until the new one is
-            else:  # /dev/stdout, a FIFO, a link: written in place, never replaced
+            if _written_in_place(out):
                 write(out)
+            else:  # an old OUTPUT (or a link's target) stays whole until the new one is
+                write_atomic(out, write)
         except BrokenPipeError:
             raise  # standard output's reader left: lhb ends quietly
         except (OSError, RuntimeError) as e:  # a full disk (h5py says it in a RuntimeError), a size limit
@@ -299,12 +300,21 @@ def apply_file(features: str | os.PathLike, km: dict | str | os.PathLike, output
         return len(f)
 
 
-def _plain_file_or_new(path: Path) -> bool:
-    """Whether ``path`` is missing or a regular file itself (not a link, device or FIFO)."""
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except FileNotFoundError:
+DESCRIPTOR = re.compile(r"/dev/std(in|out|err)$|/dev/fd/|/proc/[^/]+/fd/")
+"""Names of a process's open descriptors (they lead to what the caller opened, which may be a file)."""
+
+
+def _written_in_place(path: Path) -> bool:
+    """Whether ``path`` is written to rather than replaced: standard output or another open descriptor
+    (``/dev/stdout``, ``/dev/fd/N``, ``/proc/self/fd/N``: replacing the file behind one would cut what
+    the caller wrote there, ``>> all.km``), a FIFO or a device. A regular file, also through a
+    symbolic link, and a new one are replaced whole."""
+    if DESCRIPTOR.match(os.path.abspath(path)):
         return True
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:  # not there yet (also a link to a file still to make): made whole
+        return False
 
 
 def _write_units(f, km: dict, c: torch.Tensor, out: Path, *, h5: bool, features: str | os.PathLike, keys: bool,

@@ -869,3 +869,35 @@ def test_units_into_hdf5_beyond_a_size_limit_is_one_line_and_keeps_the_old_file(
                        capture_output=True, text=True, env=_env(), timeout=300, preexec_fn=limit)
     assert (p.returncode, p.stderr) == (1, f"lhb: error: {out}: cannot write (file too large for this filesystem or limit)\n")
     assert out.read_bytes() == b"old units" and sorted(x.name for x in tmp_path.iterdir()) == ["f.h5", "km.pt", "u.h5"]
+
+
+def test_outputs_through_a_symbolic_link_replace_its_target_whole_and_keep_the_link(tmp_path):
+    """Before: units apply wrote through a link in place, so a stop or a damaged utterance half-way
+    left the link's target cut short (a .km of 15 of 20 lines, an .h5 that looked whole); a k-means
+    file or converted file named through a link replaced the link by a file, leaving its target old."""
+    feats = _features(tmp_path / "f.h5", 4)
+    km = {"format": "lighthubert-kmeans", "centroids": torch.tensor([[0.0] * 4, [2.0] * 4]), "layer": 1, "clusters": 2}
+    for name in ("t.km", "t.h5"):
+        target, link = tmp_path / name, tmp_path / f"link-{name}"
+        target.write_bytes(b"old units")
+        link.symlink_to(name)
+        with pytest.raises(Stop):
+            apply_file(feats, km, link, overwrite=True, progress=_stop_at(2))
+        assert target.read_bytes() == b"old units"
+        apply_file(feats, km, link, overwrite=True)
+        apply_file(feats, km, tmp_path / f"direct-{name}")
+        assert link.is_symlink() and target.read_bytes() == (tmp_path / f"direct-{name}").read_bytes()
+    out, elsewhere = tmp_path / "conv", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "train_0_1.npy").write_bytes(b"old")
+    (out / "train_0_1.npy").symlink_to(elsewhere / "train_0_1.npy")
+    convert(feats, out, "fairseq", 1, overwrite=True)
+    convert(feats, tmp_path / "conv2", "fairseq", 1)
+    assert (out / "train_0_1.npy").is_symlink()
+    assert (elsewhere / "train_0_1.npy").read_bytes() == (tmp_path / "conv2" / "train_0_1.npy").read_bytes()
+    (tmp_path / "km-link.pt").symlink_to("km-real.pt")
+    p = Run(["units", "learn", feats, tmp_path / "km-link.pt", "--layer", "1", "--clusters", "2", "-q"]).result()
+    assert p.returncode == 0, p
+    assert (tmp_path / "km-link.pt").is_symlink() and torch.load(tmp_path / "km-real.pt", weights_only=True)["clusters"] == 2
+    assert not [p for p in tmp_path.rglob(".*.part")]  # no temporary file left

@@ -30,7 +30,7 @@ from typing import Any, Collection, Iterable, Mapping, Protocol
 import numpy as np
 
 from ..errors import LightHubertError, LightHubertWarning
-from ..files import name_max, same_file  # noqa: F401 - same_file: storage.same_file, as callers import it
+from ..files import link_target, name_max, same_file  # noqa: F401 - same_file: storage.same_file, as callers import it
 
 FORMAT = "lighthubert-features"
 UNITS_FORMAT = "lighthubert-units"  # lhb units apply's .h5: /units/KEY (T,) ints
@@ -339,9 +339,9 @@ def resolve_link(out: Path) -> Path:
     """OUTPUT as the file to write: a symbolic link is followed to the path it points to (also when that
     file does not exist yet), so the file replaced is the link's target and the link stays, as other
     tools' writes through a link do. A loop, or a target whose folder is missing, is an :class:`OutputError`."""
-    if not out.is_symlink():
+    target = link_target(out)
+    if target == out:
         return out
-    target = Path(os.path.realpath(out))
     if target.is_symlink():
         raise OutputError(f"{out}: is a symbolic link that leads round in a loop; give the file itself")
     if not target.parent.is_dir():
