@@ -54,9 +54,9 @@ CLUSTERS = 500
 MAX_FRAMES = 1_000_000
 """Frames to learn centroids from."""
 BATCH_SIZE = 10_000
-"""Frames per mini-batch."""
+"""Frames per mini-batch (fairseq's ``learn_kmeans.py`` default)."""
 ITERATIONS = 100
-"""Mini-batch steps."""
+"""Mini-batch steps (fairseq's default ``max_iter`` is 100 too, but counts passes over the data there)."""
 KMEANS_SEED = 0
 """The frame sample, the k-means++ start and the batches."""
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .checkpoint import KM_FORMAT, check_seed
-from .defaults import BATCH_SIZE, DEVICE, ITERATIONS, KMEANS_SEED, MAX_FRAMES  # batch and steps as fairseq's learn_kmeans.py
+from .defaults import BATCH_SIZE, DEVICE, ITERATIONS, KMEANS_SEED, MAX_FRAMES
 from .errors import LightHubertError, SettingError
 from .extractor import resolve_device
 from .files import write_atomic
@@ -74,15 +74,21 @@ def _dist2(x: torch.Tensor, c: torch.Tensor, c2: torch.Tensor) -> torch.Tensor:
 
 @no_tf32()
 def assign(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest centroid of each frame: (labels (N,) int64, squared distances (N,)), in true float32."""
+    """Nearest centroid of each frame: (labels (N,) int64, squared distances (N,)), in true float32.
+    Frames and centroids are taken relative to the centroids' mean first: |x|^2 - 2 x.c + |c|^2 loses
+    the difference between two centroids' distances when |x| is far larger than the distances (features
+    with a large common offset: +1000 on some channels picked another centroid for 3,207 of 5,000
+    frames); the distances returned are then taken directly, |x - c|^2."""
     c = centroids.to(x.device, torch.float32)
+    mean = c.mean(0)
+    c = c - mean
     c2 = c.pow(2).sum(1)
     labels, dists = [], []
     for i in range(0, len(x), chunk):
-        d = _dist2(x[i:i + chunk].float(), c, c2)
-        v, j = d.min(1)
+        xi = x[i:i + chunk].float() - mean
+        j = _dist2(xi, c, c2).argmin(1)
         labels.append(j)
-        dists.append(v)
+        dists.append((xi - c[j]).pow(2).sum(1))
     if not labels:
         return torch.zeros(0, dtype=torch.long, device=x.device), torch.zeros(0, device=x.device)
     return torch.cat(labels), torch.cat(dists)
@@ -370,7 +376,8 @@ def describe_km(km: dict) -> dict:
 
 def describe_units(path: str | os.PathLike) -> dict | None:
     """What a units .h5 from :func:`apply_file` holds (its attributes, utterances, frames, the units
-    used), or None when ``path`` is not one."""
+    used; ``damaged``: the first dataset that is not a 1-D array of whole numbers, or None), or None
+    when ``path`` is not one."""
     import h5py
 
     try:
@@ -380,17 +387,23 @@ def describe_units(path: str | os.PathLike) -> dict | None:
             seen: set[int] = set()
             frames = 0
             keys: list[str] = []
+            damaged: list[str] = []
 
             def visit(name: str, obj) -> None:
                 nonlocal frames
-                if isinstance(obj, h5py.Dataset):
-                    keys.append(name)
-                    data = obj[()]
-                    frames += len(data)
-                    seen.update(np.unique(data).tolist())
+                if not isinstance(obj, h5py.Dataset):
+                    return
+                keys.append(name)
+                if obj.ndim != 1 or obj.dtype.kind not in "iu":  # a hand-edited file (a scalar was an internal error)
+                    damaged.append(f"units/{name} is not a 1-D array of whole numbers ({obj.dtype}, shape {obj.shape})")
+                    return
+                data = obj[()]
+                frames += len(data)
+                seen.update(np.unique(data).tolist())
             h["units"].visititems(visit)
             attrs = {k: plain(v) for k, v in h.attrs.items()}
     except OSError:
         return None
-    return {"attributes": attrs, "utterances": len(keys), "frames": frames, "units_used": len(seen)}
+    return {"attributes": attrs, "utterances": len(keys), "frames": frames, "units_used": len(seen),
+            "damaged": damaged[0] if damaged else None}
 

@@ -880,6 +880,8 @@ def _info_units(path: Path, d: dict, as_json: bool) -> None:
         return
     rows = [("utterances", f"{d['utterances']:,}"), ("frames", f"{d['frames']:,}"), ("units used", f"{d['units_used']:,}")]
     rows += [(k, str(v)) for k, v in d["attributes"].items()]
+    if d["damaged"]:
+        rows.append(("DAMAGED", d["damaged"]))
     _table(str(path), rows)
 
 
