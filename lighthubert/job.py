@@ -178,6 +178,8 @@ def _check_values(job: ExtractJob) -> None:
         value = getattr(job, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
             bad(name, f"{value!r} is {kind_of(value)}, not a number")
+        if isinstance(value, numbers.Integral) and abs(int(value)) > 10**15:  # else said digit by digit
+            bad(name, f"a number of {len(str(abs(int(value))))} digits is far out of range")
     if job.batch_seconds is not None:
         if not _number(job.batch_seconds) or not 1.0 <= job.batch_seconds <= MAX_BATCH_SECONDS:
             bad("batch_seconds", f"{job.batch_seconds} is not a number of seconds from 1 to {MAX_BATCH_SECONDS:g}")
@@ -203,11 +205,18 @@ def _check_values(job: ExtractJob) -> None:
 
 
 def _number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    """A finite real number: also a numpy scalar or a Fraction (np.int64(30) was "30 is not from 1 to
+    3600"); not one too large for a float (10**400 raised a bare OverflowError)."""
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        return False
+    try:
+        return math.isfinite(float(x))
+    except OverflowError:
+        return False
 
 
 def _integer(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 def long_settings(job: ExtractJob, device: torch.device) -> tuple[float, float, float]:
@@ -267,8 +276,8 @@ def prepare(job: ExtractJob, *, world: World | None = None, download: bool = Tru
         backend.check_resume(out, attrs)
     options = Options(
         layers=layers, save_dtype=job.save_dtype, exact_seconds=exact, window_seconds=window, context_seconds=context,
-        num_workers=int(job.num_workers), strict=job.strict, flush_seconds=job.flush_seconds,
-        batch_seconds=job.batch_seconds if job.batch_seconds is not None else BATCH_SECONDS[dev.type],
+        num_workers=int(job.num_workers), strict=job.strict, flush_seconds=float(job.flush_seconds),
+        batch_seconds=float(job.batch_seconds if job.batch_seconds is not None else BATCH_SECONDS[dev.type]),
     )
     return Plan(job, world, items, out, backend, ckpt, extractor, layers, options, attrs)
 

@@ -640,3 +640,27 @@ def test_arguments_of_the_wrong_kind_are_named_before_any_work(tmp_path):
     for name in ("batch_seconds", "exact_seconds", "num_workers"):  # said "10 is not ... from 1 to 86400"
         with pytest.raises(lighthubert.SettingError, match=re.escape(f"{name}: '10' is a str, not a number")):
             lighthubert.extract(folder, out, checkpoint="random:small", subnet="min", device="cpu", **{name: "10"})
+
+
+def test_numeric_settings_take_numpy_numbers_and_refuse_huge_ones_in_one_line(tmp_path):
+    """Before: np.int64(30) as window_seconds said "30 is not from 1 to 3600 seconds" (the same for numpy
+    floats, Fractions and the other seconds settings, and num_workers), and 10**400 as exact_seconds
+    raised a bare OverflowError."""
+    import fractions
+
+    from lighthubert.job import ExtractJob, _check_values, prepare
+
+    for kw in (dict(window_seconds=np.int64(30)), dict(context_seconds=np.float32(5.0)), dict(exact_seconds=np.int32(10)),
+               dict(batch_seconds=fractions.Fraction(15, 2)), dict(num_workers=np.int64(2)),
+               dict(flush_seconds=np.float32(0.5))):
+        _check_values(ExtractJob(tmp_path, tmp_path / "o.h5", **kw))
+    plan = prepare(ExtractJob(SPEECH_DIR, tmp_path / "o.h5", checkpoint="random:small", subnet="min", device="cpu",
+                              batch_seconds=fractions.Fraction(15, 2), window_seconds=np.int64(30)))
+    assert plan.options.batch_seconds == 7.5 and type(plan.options.batch_seconds) is float
+    assert plan.options.window_seconds == 30.0 and plan.attrs["window_seconds"] == 30.0
+    for name in ("exact_seconds", "batch_seconds"):
+        with pytest.raises(lighthubert.SettingError, match="^a number of 401 digits is far out of range$") as err:
+            _check_values(ExtractJob(tmp_path, tmp_path / "o.h5", **{name: 10**400}))
+        assert err.value.setting == name
+    with pytest.raises(lighthubert.SettingError, match=r"^window_seconds: 1e\+300 is not from 1 to 3600 seconds$"):
+        lighthubert.extract(tmp_path, tmp_path / "o.h5", window_seconds=1e300)
