@@ -305,7 +305,11 @@ def extract(items: Iterable[Item], extractor: Extractor, writer: FeaturesWriter,
                     else:
                         good.append((it, wave))
                 # queue batch k on the device, then collect batch k-1 while it runs (CUDA overlaps the
-                # copies and the forward pass of consecutive batches; on the CPU this is sequential)
+                # copies and the forward pass of consecutive batches). Where batch k runs before _launch
+                # returns (the CPU; a long file, window by window) batch k-1 is written first: it waited
+                # for all of batch k, and a kill then lost it (a finished long file, minutes of work)
+                if extractor.device.type != "cuda" or (len(good) == 1 and len(good[0][1]) > long_samples):
+                    finish()
                 seconds = sum(len(w) for _, w in good) / SAMPLE_RATE
                 shown = [0.0]  # audio seconds of this batch already reported (a long file's windows)
 

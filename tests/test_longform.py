@@ -224,6 +224,40 @@ def test_progress_moves_with_each_window_of_a_long_file(tmp_path, ckpt_files):
     assert seconds == sorted(seconds) and 0 < during_long[0][2] <= 2.5, calls
 
 
+def test_a_finished_long_file_is_committed_before_the_next_one_runs(tmp_path, ckpt_files):
+    """A kill loses at most the last moments of work. Before: batch k-1 was handed to the writer only
+    once batch k had run (on the CPU, and for every long file), so a finished long file waited in
+    memory for the whole next file, and a kill then lost both. Here, while the second long file runs,
+    the first must be in a committed segment of OUTPUT.parts (what a kill leaves for --resume)."""
+    import time
+
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(str(src / "first.wav"), speech(12.0), 16000, subtype="FLOAT")  # the longest runs first
+    sf.write(str(src / "second.wav"), speech(10.0), 16000, subtype="FLOAT")
+    out, found = tmp_path / "o.h5", []
+
+    def committed() -> set[str]:
+        held = set()
+        for seg in (tmp_path / "o.h5.parts").glob("seg-*.h5"):  # closed and renamed: committed
+            with h5py.File(seg, "r") as f:
+                held |= set(keys(f))
+        return held
+
+    def progress(files: int, total: int, seconds: float, total_seconds: float) -> None:
+        if 12.5 < seconds < 22.0 and not found:  # inside the second file's windows
+            deadline = time.monotonic() + 10
+            while "first" not in committed() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            found.append(sorted(committed()))
+
+    lighthubert.extract(src, out, checkpoint=ckpt_files["small"], subnet="min", device="cpu", exact_seconds=5,
+                        window_seconds=2, context_seconds=1, flush_seconds=0.01, progress=progress)
+    assert found == [["first"]]
+    with h5py.File(out, "r") as f:
+        assert sorted(keys(f)) == ["first", "second"]
+
+
 def test_stop_during_a_long_file_ends_after_its_current_window(tmp_path, ckpt_files):
     """A stop signal does not wait for the rest of a windowed file: the run ends after the current
     window, the file is left out of OUTPUT (a valid, incomplete file), and --resume completes the job."""
