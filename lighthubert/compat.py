@@ -106,6 +106,26 @@ class LightHuBERTSupernetConfig:
         return self.space.sample(rng)
 
 
+_WEIGHTS_ONLY = ("the submodules of lighthubert.LightHuBERT hold the authors' weights under their names, but the "
+                 "forward pass runs as a whole in extract_features (a compact copy of the subnet): {what}; take the "
+                 "hidden states from extract_features(source, ret_hs=True)")
+
+
+class Weights(nn.Module):
+    """A part of :class:`LightHuBERT`'s module tree (``encoder``, ``encoder.layers[3]``, ...): its weights
+    only. It cannot be called, and a forward hook on it is refused: it would never run (s3prl's experts
+    collect hidden states with such hooks; before, they silently got none)."""
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(_WEIGHTS_ONLY.format(what="a submodule cannot be called"))
+
+    def register_forward_hook(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(_WEIGHTS_ONLY.format(what="a forward hook on a submodule would never run"))
+
+    def register_forward_pre_hook(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(_WEIGHTS_ONLY.format(what="a forward hook on a submodule would never run"))
+
+
 def _as_lists(module: nn.Module) -> None:
     """Turn every container whose children are numbered (``encoder.layers``,
     ``feature_extractor.conv_layers``, ``layer_pred_heads``, ...) into an ``nn.ModuleList``, as in
@@ -117,7 +137,7 @@ def _as_lists(module: nn.Module) -> None:
             continue
         _as_lists(child)
         names = list(child._modules)
-        if names and type(child) is nn.Module and not child._parameters and all(n.isdigit() for n in names):
+        if names and type(child) is Weights and not child._parameters and all(n.isdigit() for n in names):
             numbered = [child._modules[str(i)] if str(i) in child._modules else nn.Identity()
                         for i in range(max(map(int, names)) + 1)]
             module._modules[name] = nn.ModuleList(numbered)
@@ -140,10 +160,13 @@ class LightHuBERT(nn.Module):
             module: nn.Module = self
             for part in path:
                 if part not in module._modules:
-                    module.add_module(part, nn.Module())
+                    module.add_module(part, Weights())
                 module = module._modules[part]
             module.register_parameter(leaf, nn.Parameter(self._init(name, shape)))
         _as_lists(self)
+        self.encoder.layerdrop = cfg.encoder_layerdrop  # read and set by s3prl's expert; inference runs every layer
+        self.encoder_layers, self.encoder_embed_dim = cfg.encoder_layers, cfg.encoder_embed_dim
+        self.teacher_embed_dim, self.feature_grad_mult = cfg.teacher_embed_dim, cfg.feature_grad_mult
         self._compact: SubnetModel | None = None  # a cache, never a submodule: see _set_compact
         self._compact_key: tuple = ()
         self.set_sample_config(self.supernet.max_subnet)
@@ -163,6 +186,20 @@ class LightHuBERT(nn.Module):
             config = {k: v for k, v in config.items() if k in SUBNET_KEYS}
         self.subnet_config = check_subnet(config)
         self._set_compact(None)
+
+    # the authors' names for the current subnet's dimensions (set by their set_sample_config)
+    sample_layer_num = property(lambda self: self.subnet_config["layer_num"])
+    sample_embed_dim = property(lambda self: self.subnet_config["embed_dim"])
+    sample_atten_dim = property(lambda self: self.subnet_config["atten_dim"])
+    sample_ffn_embed = property(lambda self: self.subnet_config["ffn_embed"])
+    sample_heads_num = property(lambda self: self.subnet_config["heads_num"])
+    sample_slide_wsz = property(lambda self: self.subnet_config["slide_wsz"])
+
+    def freeze_feature_extractor(self) -> None:
+        """As the authors': the conv feature extractor's weights take no gradient."""
+        for p in self.feature_extractor.parameters():
+            p.requires_grad = False
+        self.extractor_frozen = True
 
     def dynamize(self, mode: bool = True, log_subnet: bool = True) -> None:
         """As the authors': ``False`` runs the space's default subnet; ``True`` samples a new subnet
@@ -284,7 +321,10 @@ class LightHuBERT(nn.Module):
             return out, None
         frames = next(iter(out.hidden.values()), out.last).shape[1]
         n = out.lengths if out.lengths is not None else torch.full((source.shape[0],), frames, device=source.device)
-        return out, ~frame_mask(n, frames)
+        pm = ~frame_mask(n, frames)
+        if 0 in out.hidden:  # the authors' encoder zeroes its input on padded frames in place, hidden state 0 too
+            out.hidden[0] = out.hidden[0].masked_fill(pm[:, :, None], 0)
+        return out, pm
 
     @torch.no_grad()
     def layer_heads(self, out: Output) -> list[tuple[Tensor, ...] | None]:

@@ -419,3 +419,45 @@ def test_dropin_dynamize_as_the_authors(dropin_models, authors_counters, short_s
         assert ours.subnet_config == theirs.supernet.sample_subnet()
     finally:
         ours.dynamize(False)
+
+
+def test_dropin_parts_say_they_hold_weights_only_and_the_authors_attributes_are_there(dropin_models, authors_models,
+                                                                                       short_speech):
+    """Before: a forward hook on model.encoder.layers[i] (how s3prl's experts collect hidden states)
+    never ran, silently; model.encoder(x) said 'missing the required "forward" function'; and
+    model.encoder.layerdrop (read and set by s3prl's LightHuBERT expert), the sample_* dimensions and
+    freeze_feature_extractor() were missing. Hidden state 0 was not zero on padded frames, where the
+    authors' encoder zeroes it in place."""
+    ours, theirs = dropin_models["small"], authors_models["small"]
+    sub = SPACES["small"].min_subnet
+    ours.set_sample_config(sub)
+    theirs.set_sample_config(sub)
+    for part in (ours.encoder, ours.encoder.layers[3], ours.feature_extractor):
+        with pytest.raises(NotImplementedError, match="a forward hook on a submodule would never run; take the hidden "
+                                                      r"states from extract_features\(source, ret_hs=True\)"):
+            part.register_forward_hook(lambda *a: None)
+        with pytest.raises(NotImplementedError, match="a submodule cannot be called"):
+            part(torch.zeros(1, 400))
+    assert ours.encoder.layerdrop == theirs.encoder.layerdrop
+    for name in ("layer_num", "embed_dim", "atten_dim", "ffn_embed", "heads_num", "slide_wsz"):
+        assert getattr(ours, f"sample_{name}") == getattr(theirs, f"sample_{name}"), name
+    assert (ours.encoder_layers, ours.encoder_embed_dim) == (theirs.encoder_layers, theirs.encoder_embed_dim)
+    two = torch.zeros(2, len(short_speech[1]))
+    two[0] = torch.from_numpy(short_speech[1])
+    two[1, :len(short_speech[0])] = torch.from_numpy(short_speech[0])
+    pad = torch.zeros(two.shape, dtype=torch.bool)
+    pad[1, len(short_speech[0]):] = True
+    with torch.no_grad():
+        t, tpm = theirs.extract_features(two, padding_mask=pad, ret_hs=True)
+    o, opm = ours.extract_features(two, padding_mask=pad, ret_hs=True)
+    assert opm[1].any() and (opm ^ tpm).sum() <= 1  # theirs may count one frame fewer (README: ours are exact)
+    assert not o[0][opm].any() and not t[0][tpm].any()  # zero on padded frames in both
+    real = ~opm & ~tpm
+    assert rel_err(o[0][real], t[0][real]) <= TOL
+    try:
+        ours.freeze_feature_extractor()
+        assert ours.extractor_frozen and not any(p.requires_grad for p in ours.feature_extractor.parameters())
+        assert all(p.requires_grad for p in ours.encoder.parameters())
+    finally:
+        for p in ours.feature_extractor.parameters():
+            p.requires_grad = True
