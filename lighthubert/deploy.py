@@ -89,6 +89,12 @@ class Deployable(nn.Module):
         self.dtype = model.post_extract_proj.weight.dtype
 
     def forward(self, waveform: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        # one length per row: each indexes the other by its row numbers, so any other count is an index
+        # error in the graph (a single length was spread over every row by ONNX Runtime's broadcasting,
+        # and gave one row in TorchScript; a reshape is dropped from the ONNX graph as a no-op)
+        rows = torch.ones_like(waveform[:, 0], dtype=torch.long).cumsum(0) - 1
+        waveform = waveform[torch.ones_like(lengths).cumsum(0) - 1]
+        lengths = lengths[rows]
         # a length beyond the samples given counts only those (frames never exceeds hidden's T)
         lengths = torch.minimum(lengths, lengths.new_full(lengths.shape, waveform.shape[1]))
         wave = waveform.float()
