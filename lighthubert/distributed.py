@@ -50,6 +50,17 @@ class World:
         return self.size > 1
 
 
+def store_name(env: dict | None = None) -> str:
+    """The srun ranks' store file in OUTPUT.parts: ``JOB.STEP``, and ``.rN`` for the N-th restart of a
+    requeued job. A requeued job keeps its job id and starts again at step 0; the store its stopped run
+    left (it stays beside the segments for --resume) held the old ranks' addresses, so the new ranks
+    hung or failed to connect."""
+    e = os.environ if env is None else env
+    name = f"{e.get('SLURM_JOB_ID', 'job')}.{e.get('SLURM_STEP_ID', '0')}"
+    restart = e.get("SLURM_RESTART_COUNT", "0")
+    return name if restart in ("", "0") else f"{name}.r{restart}"
+
+
 def process_device(device: Any, world: World, cuda_devices: int) -> Any:
     """The device of this process, of ``cuda_devices`` it sees. With several processes, ``auto`` and
     a plain ``cuda`` are GPU ``local_rank`` modulo the count: GPU k for rank k on a node that shows
@@ -109,8 +120,7 @@ class Group:
                 where = f"torchrun's rendezvous ({os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')})"
                 dist.init_process_group("gloo", timeout=timeout)
             else:
-                job = f"{os.environ.get('SLURM_JOB_ID', 'job')}.{os.environ.get('SLURM_STEP_ID', '0')}"
-                store_path = parts_dir(output) / f".store-{job}"
+                store_path = parts_dir(output) / f".store-{store_name()}"
                 where = f"the file {store_path} (on a filesystem all nodes share, that takes file locks)"
                 store_path.parent.mkdir(parents=True, exist_ok=True)
                 store = dist.FileStore(str(store_path), world.size)

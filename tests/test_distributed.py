@@ -359,7 +359,7 @@ def test_a_progress_callback_is_rank_0s_and_raising_there_keeps_the_work_for_res
         assert len(keys(f)) == 12 and f.attrs["complete"]
 
 
-def test_a_rank_that_dies_before_the_plan_is_said_leaves_one_line(tmp_path, ckpt):
+def test_a_rank_that_dies_before_the_plan_is_said_leaves_one_line(tmp_path, ckpt, single):
     """Under srun (nothing tears the step down) rank 0 joins the group and dies before it says the
     plan: rank 1 waiting for the plan said a gloo RuntimeError in a traceback ("Connection closed by
     peer"). Now one line, exit 1, and nothing written. The fake rank 0 lets its heartbeat's write end
@@ -375,3 +375,11 @@ def test_a_rank_that_dies_before_the_plan_is_said_leaves_one_line(tmp_path, ckpt
     lines = logs[1].strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("lhb: error: a rank left while the ranks planned the job; nothing was extracted"), logs[1]
     assert not out.exists()
+    # the job requeued (same job id, step 0 again, SLURM_RESTART_COUNT=1) beside the store the failed run
+    # left: before, the new ranks read the old ranks' addresses from it, and one failed while the other hung
+    assert (tmp_path / "out.h5.parts" / ".store-66.0").exists()
+    procs = [srun_task(args, rank, "66", SLURM_RESTART_COUNT="1") for rank in range(2)]
+    for p in procs:
+        log = p.communicate(timeout=120)[0]
+        assert p.returncode == 0, log
+    assert_same(out, single)
