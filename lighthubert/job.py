@@ -601,6 +601,8 @@ def _plan_todo(plan: Plan) -> dict:
     """Rank 0, with OUTPUT's lock held: the indices of the items still to do (what OUTPUT, its segments
     and parts hold is kept) and how many are done."""
     done = _claim(plan)
+    if plan.job.overwrite:  # as one process does at its start: a stop then leaves only the new run's work,
+        plan.output.unlink(missing_ok=True)  # which --resume completes (the old OUTPUT was kept: refused, or mixed in)
     parts_dir(plan.output).mkdir(parents=True, exist_ok=True)
     return {"todo": [i for i, it in enumerate(plan.items) if it.key not in done], "done": len(done)}
 

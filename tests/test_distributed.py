@@ -328,12 +328,16 @@ def test_rank_0s_summary_counts_the_other_ranks_skips(tmp_path, ckpt):
     assert ranks["0"][1:3] == [len(ranks["1"][0]), 6]
 
 
-def test_a_progress_callback_is_rank_0s_and_raising_there_keeps_the_work_for_resume(tmp_path, ckpt):
+def test_a_progress_callback_is_rank_0s_and_raising_there_keeps_the_work_for_resume(tmp_path, ckpt, single):
     """lighthubert.extract under torchrun: the ``progress`` callback runs on rank 0 only (the whole job's
     counts), and one that raises there stops the job as a failed rank would: rank 0 raises the
     callback's own exception with the note saying where the work is, no OUTPUT is merged, and
-    ``resume=True`` (here in one process) completes the job from the parts."""
+    ``resume=True`` (here in one process) completes the job from the parts. The run had
+    ``overwrite=True`` over an OUTPUT of other layers: it is gone, as one process removes it (before,
+    it stayed, and the resume lhb advised was refused for its other layers, or with the same settings
+    took its old utterances in)."""
     out = tmp_path / "out.h5"
+    shutil.copy(single, out)  # layers 0 and 2; this run asks for layer 0
     settings = {"checkpoint": str(ckpt), "device": "cpu", "layers": "0", "batch_seconds": 3}
     r, ranks = python_under_torchrun(tmp_path, (
         "import json, os, lighthubert\n"
@@ -343,7 +347,7 @@ def test_a_progress_callback_is_rank_0s_and_raising_there_keeps_the_work_for_res
         "    if os.environ['RANK'] == '0' and files >= 1:\n"
         "        raise RuntimeError('the callback failed')\n"
         "try:\n"
-        f"    lighthubert.extract({str(SPEECH)!r}, {str(out)!r}, progress=progress, **{settings!r})\n"
+        f"    lighthubert.extract({str(SPEECH)!r}, {str(out)!r}, progress=progress, overwrite=True, **{settings!r})\n"
         "    said = 'returned'\n"
         "except RuntimeError as err:\n"
         "    said = [str(err), *getattr(err, '__notes__', [])]\n"
