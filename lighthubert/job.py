@@ -627,7 +627,9 @@ def _keep_part(plan: Plan, rank: int) -> None:
     out, backend = plan.output, plan.backend
     segments = find_segments(out, backend.suffix, rank=rank)
     if segments:
-        backend.merge(part_path(out, rank, backend.suffix), segments, include_output=True, complete=True)
+        # not complete: one rank's share is not the job (lhb merge marks the join complete when the job
+        # finished, by its FINISHED note; a merge after a failed job said complete with inputs missing)
+        backend.merge(part_path(out, rank, backend.suffix), segments, include_output=True, complete=False)
         for path in segments:
             path.unlink()
 

@@ -109,8 +109,16 @@ def test_keep_parts_then_merge(tmp_path, ckpt, single):
         with h5py.File(p) as f:
             counts.append(len(keys(f)))
     assert sum(counts) == 12 and min(counts) >= 4  # disjoint shares, balanced by duration
+    # the same parts without the note that every rank finished (a failed job's): joined, not complete
+    # (before, each part said complete, and so did the join, with inputs missing)
+    failed = tmp_path / "failed.h5"
+    shutil.copytree(tmp_path / "out.h5.parts", tmp_path / "failed.h5.parts", ignore=shutil.ignore_patterns("FINISHED*"))
+    assert [p.name for p in (tmp_path / "failed.h5.parts").iterdir() if not p.name.startswith("part-")] == []
+    subprocess.run([LHB, "merge", str(failed), "-q"], check=True)
     subprocess.run([LHB, "merge", str(out), str(tmp_path / "out.h5.parts")], check=True)
     assert_same(out, single)
+    with h5py.File(out) as f, h5py.File(failed) as g:
+        assert f.attrs["complete"] and not g.attrs["complete"] and len(keys(g)) == 12
 
 
 def srun_task(args: list[str], rank: int, job: str, stderr=subprocess.STDOUT, **env: str) -> subprocess.Popen:

@@ -630,7 +630,10 @@ def merge_parts(output: Path, parts: str | os.PathLike | Iterable[str | os.PathL
         files = [f for f in files if not same_file(f, output)]  # OUTPUT is joined anyway; never removed as a part
         if not files:
             raise OutputError(f"no parts found in {', '.join(map(str, sources))}")
-        n = backend.merge(output, files, include_output=True, verify=True)  # --remove-parts deletes them next
+        # the parts of a --keep-parts job are complete together only when all its ranks finished (its note)
+        finished = finished_path(output).is_file() and any(s.is_dir() and same_file(s, parts_dir(output)) for s in sources)
+        n = backend.merge(output, files, include_output=True, complete=True if finished else None,
+                          verify=True)  # --remove-parts deletes them next
     if remove:  # the files merged, nothing else: a folder given is removed only once empty
         for f in files:
             f.unlink(missing_ok=True)
