@@ -107,14 +107,45 @@ def check_world(world: World, env: dict | None = None) -> World:
     return world
 
 
+class StoppedWaiting(Exception):
+    """A stop (signal) came while this rank waited for the others to join: nothing was done."""
+
+
 class Group:
     """The gloo process group and its key-value store, for planning, progress and the final verdict."""
 
-    def __init__(self, world: World, output: Path, timeout_minutes: float = 60.0):
+    def __init__(self, world: World, output: Path, timeout_minutes: float = 60.0, stop: threading.Event | None = None):
+        """Join the other ranks. ``stop`` set while waiting for them (a signal): :class:`StoppedWaiting`."""
         import torch.distributed as dist
 
         self.dist, self.world = dist, world
         timeout = timedelta(minutes=timeout_minutes)
+        # torch waits for the others inside C++, where Python's signal handlers never run (Ctrl-C and
+        # SIGTERM did nothing for up to the hour of the timeout): it waits in a thread, this one here
+        joined, failed = threading.Event(), []
+
+        def join() -> None:
+            try:
+                self._join(world, output, timeout)
+            except BaseException as err:  # noqa: BLE001 - raised below, in the caller's thread
+                failed.append(err)
+            finally:
+                joined.set()
+
+        threading.Thread(target=join, name="lhb-rendezvous", daemon=True).start()
+        while not joined.wait(0.2):
+            if stop is not None and stop.is_set():
+                raise StoppedWaiting
+        if failed:
+            raise failed[0]
+        self.store = dist.distributed_c10d._get_default_store()
+        self._stop_beating = threading.Event()
+        self._seen: dict[int, tuple[int, float]] = {}  # rank -> (last heartbeat count, when it changed)
+        self._beater = threading.Thread(target=self._beat, name="lhb-heartbeat", daemon=True)
+        self._beater.start()
+
+    def _join(self, world: World, output: Path, timeout: timedelta) -> None:
+        dist = self.dist
         try:
             if world.launcher == "torchrun":
                 where = f"torchrun's rendezvous ({os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')})"
@@ -129,11 +160,6 @@ class Group:
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise OutputError(f"rank {world.rank} of {world.size} could not join the others through {where}: "
                               f"{reason}") from None
-        self.store = dist.distributed_c10d._get_default_store()
-        self._stop_beating = threading.Event()
-        self._seen: dict[int, tuple[int, float]] = {}  # rank -> (last heartbeat count, when it changed)
-        self._beater = threading.Thread(target=self._beat, name="lhb-heartbeat", daemon=True)
-        self._beater.start()
 
     def _beat(self) -> None:
         while True:

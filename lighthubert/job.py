@@ -34,7 +34,7 @@ from .audio import SAMPLE_RATE, ResamplerUnavailable
 from .checkpoint import Checkpoint, check_seed, load_checkpoint
 from .defaults import (BATCH_SECONDS, CHECKPOINT, COMPRESSION, COMPRESSIONS, CONTEXT_SECONDS, DEVICE, DTYPE, EXACT_SECONDS,
                        FLUSH_SECONDS, LAYERS, NUM_WORKERS, OUTPUT_FORMAT, SAVE_DTYPE, SAVE_DTYPES, WINDOW_SECONDS)
-from .distributed import (Group, World, balance, decide, detect_world, finished, process_device, rank_timeout,
+from .distributed import (Group, StoppedWaiting, World, balance, decide, detect_world, finished, process_device, rank_timeout,
                           wait_for_ranks)
 from .errors import LightHubertError, LightHubertWarning, SettingError, kind_of
 from .extractor import Extractor, parse_layers, resolve_device, resolve_dtype, resolve_layers
@@ -638,7 +638,10 @@ def _run_rank(plan: Plan, user: Reporter, stop: threading.Event) -> Summary:
     """This rank's share of a job with several processes; rank 0 plans, waits for all, merges."""
     world, out, backend = plan.world, plan.output, plan.backend
     parts = parts_dir(out)
-    group = Group(world, out)
+    try:
+        group = Group(world, out, stop=stop)
+    except StoppedWaiting:  # the waiting thread stays in torch until the process ends (lhb ends at once)
+        return Summary(output=None, interrupted=True)
     lock = ExitStack()
     try:
         claim: dict = {}

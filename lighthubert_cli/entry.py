@@ -38,7 +38,7 @@ def _reopen_closed_std_streams() -> None:
 def _end(status: int, at_once: bool = False) -> None:
     """Exit with ``status``. Python's own exit then tears down every module, which takes about 0.45 s
     once torch is loaded (a fifth of ``lhb info``). When the work has left nothing that needs it
-    (no other thread, no HDF5 file open), lhb runs the atexit functions, flushes its streams and ends
+    (no thread but daemon ones, no HDF5 file open), lhb runs the atexit functions, flushes its streams and ends
     at once; otherwise, or when a flush fails, it leaves the ending to Python as usual.
 
     ``at_once``: a signal stopped the command (its line is said). If threads still run (a stop at once
@@ -49,12 +49,15 @@ def _end(status: int, at_once: bool = False) -> None:
     by the next run."""
     import threading
 
-    if at_once and threading.active_count() > 1:
+    others = [t for t in threading.enumerate() if t is not threading.current_thread()]
+    if at_once and others:
         _flush()
         os._exit(status)
     h5py = sys.modules.get("h5py")
     h5_open = 0 if h5py is None else h5py.h5f.get_obj_count(h5py.h5f.OBJ_ALL, h5py.h5f.OBJ_FILE)
-    if threading.active_count() == 1 and h5_open == 0:
+    # daemon threads: Python's exit would not wait for them either, only tear modules down under them
+    # (one still waiting inside torch for ranks that never came, after a stop there)
+    if all(t.daemon for t in others) and h5_open == 0:
         import atexit
 
         atexit._run_exitfuncs()

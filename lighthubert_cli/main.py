@@ -383,7 +383,9 @@ def extract(
         for s, h in old.items():
             signal.signal(s, h)
     if summary.interrupted:
-        if world.rank == 0:
+        if summary.output is None:  # while waiting for the other ranks to join
+            err("stopped while waiting for the other ranks to join; nothing was done")
+        elif world.rank == 0:
             err(f"stopped: what is done is kept in {summary.output}; to finish, run the same command with --resume")
         if not received:  # stopped because another rank failed or left: a failure, not a signal (143 would say SIGTERM)
             raise typer.Exit(EXIT_FAIL)

@@ -395,3 +395,20 @@ def test_a_rank_that_dies_before_the_plan_is_said_leaves_one_line(tmp_path, ckpt
         log = p.communicate(timeout=120)[0]
         assert p.returncode == 0, log
     assert_same(out, single)
+
+
+@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_rank_waiting_for_ranks_that_never_come_stops_on_a_signal(tmp_path, ckpt, sig, status):
+    """Under srun a rank whose partners never start waits to join them (up to an hour). It waited inside
+    torch, where Python's signal handlers never run: Ctrl-C and SIGTERM did nothing, only SIGKILL ended
+    it. Now the stop line and 130/143, at once."""
+    out = tmp_path / "out.h5"
+    proc = srun_task([LHB, "extract", str(SPEECH), str(out), "-c", str(ckpt), "--layers", "0", "--device", "cpu"], 0,
+                     "88", stderr=subprocess.PIPE)
+    assert "2 processes (slurm)" in proc.stderr.readline()  # the start line: it now waits for rank 1
+    time.sleep(2)
+    proc.send_signal(sig)
+    _, log = proc.communicate(timeout=60)
+    assert proc.returncode == status, log
+    assert log.strip().splitlines()[-1] == "stopped while waiting for the other ranks to join; nothing was done", log
+    assert not out.exists()
