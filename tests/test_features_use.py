@@ -413,7 +413,7 @@ def test_units_learn_matches_sklearn_and_apply(feats, tmp_path):
     assert described.returncode == 0, described
     assert json.loads(described.stdout) == {
         "attributes": {"format": "lighthubert-units", "layer": LAYER, "clusters": 20, "features": str(path.absolute())},
-        "utterances": len(keys), "frames": len(every), "units_used": len(set(every))}
+        "utterances": len(keys), "frames": len(every), "units_used": len(set(every)), "damaged": None}
     assert km["features"] == str(path.absolute())
     with pytest.raises(FeaturesError, match=f"{re.escape(str(h5))}: a units file \\(lhb units apply\\), not a features file"):
         open_features(h5)

@@ -146,7 +146,7 @@ def test_inputs_that_are_not_mono_waveforms_are_named(ours_default_outputs, spee
     for name in ("a.wav", Path("a.wav"), ["a.wav", "b.wav"]):
         with pytest.raises(lighthubert.WaveformError, match="got a file name; read the audio first"):
             ext(name)
-    for number, what in ((np.float32(3.0), "float32"), (3.0, "float"), (None, "NoneType")):  # was a TypeError
+    for number, what in ((np.float32(3.0), "a float32"), (3.0, "a float"), (None, "None")):  # was a TypeError
         with pytest.raises(lighthubert.WaveformError, match=f"^expected one waveform .*; got {what}$"):
             ext(number)
     assert torch.equal(ext(collections.deque([wave]))[0], ext([wave])[0])  # any sequence of waveforms
