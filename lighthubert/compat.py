@@ -230,7 +230,10 @@ class LightHuBERT(nn.Module):
         they bypass autograd: call :meth:`set_sample_config` after them."""
         key = self._weights_key()
         if self._compact is None or key != self._compact_key:
-            state = {k: v.detach() for k, v in self.state_dict().items()}
+            # weights made under torch.inference_mode (a model built there) cannot become parameters
+            # outside it: those are copied (the uncut ones were shared as they are, and failed)
+            inference = not torch.is_inference_mode_enabled()
+            state = {k: (v.clone() if inference and v.is_inference() else v).detach() for k, v in self.state_dict().items()}
             dtype = self.post_extract_proj.weight.dtype
             compact = cut_subnet(state, self.model_cfg, self.subnet_config)
             self._set_compact(SubnetModel.from_state(self.model_cfg, self.subnet_config, compact, dtype=dtype))

@@ -461,3 +461,23 @@ def test_dropin_parts_say_they_hold_weights_only_and_the_authors_attributes_are_
     finally:
         for p in ours.feature_extractor.parameters():
             p.requires_grad = True
+
+
+def test_dropin_built_under_inference_mode_runs_outside_it(ckpt_dicts, dropin_models, short_speech):
+    """Before: a model built and loaded under torch.inference_mode(), then run under no_grad, failed in
+    load_state_dict ('Setting requires_grad=True on inference tensor outside InferenceMode'); the
+    authors' runs."""
+    d = ckpt_dicts["small"]
+    with torch.inference_mode():
+        cfg = lighthubert.LightHuBERTConfig(d["cfg"]["model"])
+        cfg.supernet_type = "small"
+        model = lighthubert.LightHuBERT(cfg).eval()
+        model.load_state_dict(d["model"], strict=False)
+    sub = SPACES["small"].min_subnet
+    model.set_sample_config(sub)
+    dropin_models["small"].set_sample_config(sub)
+    wave = torch.from_numpy(short_speech[0])[None]
+    with torch.no_grad():
+        got, _ = model.extract_features(wave)
+    ref, _ = dropin_models["small"].extract_features(wave)
+    assert torch.equal(got, ref)
