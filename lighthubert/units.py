@@ -13,7 +13,6 @@ import json
 import math
 import os
 import re
-import stat
 import sys
 from pathlib import Path
 from typing import Callable
@@ -315,12 +314,8 @@ def _written_in_place(path: Path) -> bool:
     (``/dev/stdout``, ``/dev/fd/N``, ``/proc/self/fd/N``: replacing the file behind one would cut what
     the caller wrote there, ``>> all.km``), a FIFO or a device. A regular file, also through a
     symbolic link, and a new one are replaced whole."""
-    if DESCRIPTOR.match(os.path.abspath(path)):
-        return True
-    try:
-        return not stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:  # not there yet (also a link to a file still to make): made whole
-        return False
+    # special_kind is None for a regular file (also through a link) and for one not there yet
+    return bool(DESCRIPTOR.match(os.path.abspath(path))) or special_kind(path) is not None
 
 
 def _write_units(f, km: dict, c: torch.Tensor, out: Path, *, h5: bool, features: str | os.PathLike, keys: bool,
