@@ -12,6 +12,7 @@ import os
 import stat
 import struct
 import sys
+import threading
 from importlib import metadata
 
 import numpy as np
@@ -27,9 +28,11 @@ MIN_RATE, MAX_RATE = 1000, 384000
 declares 1 Hz would become half an hour of audio once resampled)."""
 MAX_FILTER = 2**26
 """Most coefficients of the resampling filter allowed: ``torchaudio.functional.resample`` builds one
-row per output phase, (16000 / g) x (rate / g + 2 x width) for g = gcd(rate, 16000), about 9 bytes
-each at its peak. Every common rate needs under 12 million (44056 Hz the most); an odd one such as
-16001 or 383999 Hz needs 256 million or 6 billion (2 or 55 GB), which would end the run out of memory."""
+row per output phase, (16000 / g) x (rate / g + 2 x width) for g = gcd(rate, 16000), about 17 bytes
+each at its peak (measured: 1.1 GB for the 67 million of 104455 Hz, the most the cap lets through, which
+a decoding process may need at once). Every common rate needs under 12 million (44056 Hz the most: 0.2
+GB); an odd one such as 16001 or 383999 Hz needs 256 million or 6 billion (4 or 97 GB), which would end
+the run out of memory."""
 MAX_AMPLITUDE = 1e10
 """Largest sample magnitude taken. Float audio is expected within about ±1; float audio scaled like
 int32 (up to 2.1e9) still passes. The standardisation sums squares in float32: after the mean is
@@ -147,7 +150,7 @@ def check_rate(rate: int) -> None:
     if size > MAX_FILTER:
         g = math.gcd(rate, SAMPLE_RATE)
         raise AudioError(f"sample rate {rate} Hz: resampling it to 16 kHz ({rate // g}:{SAMPLE_RATE // g}) would need "
-                         f"a filter of {size / 1e6:,.0f} million coefficients (about {size * 9 / 2**30:,.1f} GB); "
+                         f"a filter of {size / 1e6:,.0f} million coefficients (about {size * 17 / 2**30:,.1f} GB); "
                          f"convert the file to a common rate such as 16000 Hz first")
 
 
@@ -162,7 +165,7 @@ def _decode_error(err: Exception) -> AudioError:
     return AudioError(f"cannot decode: {text}")
 
 
-HEADER_FORMATS = ("WAV", "WAVEX", "RF64", "W64", "AIFF", "AU")
+HEADER_FORMATS = ("WAV", "WAVEX", "RF64", "W64", "AIFF", "AU", "NIST")
 """libsndfile's formats whose header :func:`truncation` reads (a FLAC etc. file is not opened again)."""
 PLACEHOLDER = 0x7FFF0000
 """32-bit data sizes from here up (0xFFFFFFFF "unknown" and the like) are what a streaming writer
@@ -253,9 +256,24 @@ def _au(f, order: str) -> tuple[int, int, int] | None:
     return None if not width or length >= PLACEHOLDER else (start, length, length // width)
 
 
+def _nist(f) -> tuple[int, int, int] | None:
+    """NIST SPHERE (LDC's corpora: TIMIT, WSJ, Switchboard): a text header whose size is its second
+    line, ``name -type value`` fields up to ``end_head``, then the samples; ``sample_count`` counts
+    frames. A compressed one (shorten, wavpack) holds no fixed number of bytes per sample."""
+    f.seek(0)
+    lines = f.read(1 << 16).split(b"end_head")[0].decode("ascii", "replace").split("\n")
+    fields = dict(parts[0::2] for parts in (line.split(None, 2) for line in lines[2:]) if len(parts) == 3)
+    coding = fields.get("sample_coding", "pcm")
+    if any(packed in coding for packed in ("shorten", "wavpack", "shortpack")) or "sample_n_bytes" not in fields:
+        return None
+    frames = int(fields.get("sample_count", 0))
+    width = int(fields.get("channel_count", 1)) * int(fields["sample_n_bytes"])
+    return (int(lines[1]), frames * width, frames) if width > 0 else None
+
+
 def truncation(path: str | os.PathLike) -> tuple[int, int] | None:
-    """(frames its header declares, frames the file holds) when ``path`` is a WAV, RF64, W64, AIFF/AIFC
-    or AU file whose data runs past the end of the file (an interrupted copy or download), else None.
+    """(frames its header declares, frames the file holds) when ``path`` is a WAV, RF64, W64, AIFF/AIFC,
+    AU or NIST SPHERE file whose data runs past the end of the file (an interrupted copy or download), else None.
     libsndfile silently reads such a file as far as it goes. Sizes a streaming writer leaves as
     placeholders (0, "unknown" such as 0xFFFFFFFF, 32-bit sizes of 2 GB and more) are not judged."""
     try:
@@ -270,6 +288,8 @@ def truncation(path: str | os.PathLike) -> tuple[int, int] | None:
                 found = _au(f, ">" if head[:4] == b".snd" else "<")
             elif head == b"riff" + bytes.fromhex("2e91cf11a5d628db04c10000"):
                 found = _w64(f)
+            elif head[:8] == b"NIST_1A\n":
+                found = _nist(f)
             else:
                 return None
     except (OSError, struct.error, ValueError, OverflowError):  # a cut or absurd header (a 2**64 chunk length
@@ -320,10 +340,11 @@ MP3_SLACK = 4 * 1152
 encoder delay and padding a header without LAME's gapless fields leaves in the count."""
 
 
-def mp3_declares_frames(path: str | os.PathLike) -> bool:
-    """Whether the MP3 ``path`` opens with a Xing/Info header that states its frame count (LAME and
-    most encoders write one), so that libsndfile's length is the encoder's, not an estimate from the
-    file size and first bitrate (which a variable-bitrate file without it gets wrong either way)."""
+def _mp3_xing(path: str | os.PathLike) -> tuple[int | None, bool]:
+    """(frames, continues) of the MP3 ``path``: the frame count its Xing/Info header states (LAME and
+    most encoders write one; then libsndfile's length is the encoder's, not an estimate from the file
+    size and first bitrate), None without one; and whether another MPEG stream starts where that
+    header says the stream ends (MP3 files joined with ``cat``: libsndfile stops at the first's end)."""
     try:
         with open(path, "rb") as f:
             head = f.read(10)
@@ -333,16 +354,87 @@ def mp3_declares_frames(path: str | os.PathLike) -> bool:
                 start += 10 if head[5] & 0x10 else 0
             f.seek(start)
             data = f.read(4096 + 64)
-    except OSError:
-        return False
-    for i in range(min(len(data) - 4, 4096)):  # the first frame header (padding may come first)
-        if data[i] == 0xFF and data[i + 1] & 0xE0 == 0xE0:
-            version, mono = (data[i + 1] >> 3) & 3, (data[i + 3] >> 6) == 3
-            side = (17 if mono else 32) if version == 3 else (9 if mono else 17)
-            at = i + 4 + side
-            tag = data[at:at + 8]
-            return tag[:4] in (b"Xing", b"Info") and len(tag) == 8 and bool(tag[7] & 1)
-    return False
+            for i in range(min(len(data) - 4, 4096)):  # the first frame header (padding may come first)
+                if data[i] == 0xFF and data[i + 1] & 0xE0 == 0xE0:
+                    version, mono = (data[i + 1] >> 3) & 3, (data[i + 3] >> 6) == 3
+                    side = (17 if mono else 32) if version == 3 else (9 if mono else 17)
+                    at = i + 4 + side
+                    tag = data[at:at + 16]
+                    if tag[:4] not in (b"Xing", b"Info") or len(tag) < 16 or not tag[7] & 1:
+                        return None, False
+                    frames = struct.unpack(">I", tag[8:12])[0]
+                    if not tag[7] & 2:  # no stream size
+                        return frames, False
+                    f.seek(start + i + struct.unpack(">I", tag[12:16])[0])
+                    after = f.read(4)
+                    return frames, after[:3] == b"ID3" or _mpeg_frame_header(after)
+    except (OSError, struct.error, ValueError, OverflowError):
+        pass
+    return None, False
+
+
+def _mpeg_frame_header(b: bytes) -> bool:
+    """Whether ``b`` starts with an MPEG audio frame header (sync, a layer, a bitrate and a rate)."""
+    return (len(b) >= 4 and b[0] == 0xFF and b[1] & 0xE0 == 0xE0 and (b[1] >> 3) & 3 != 1 and (b[1] >> 1) & 3 != 0
+            and 0 < b[2] >> 4 < 15 and (b[2] >> 2) & 3 != 3)
+
+
+def mp3_declares_frames(path: str | os.PathLike) -> bool:
+    """Whether the MP3 ``path`` opens with a Xing/Info header that states its frame count."""
+    return _mp3_xing(path)[0] is not None
+
+
+PIPE_TAIL = 1 << 18
+"""Bytes at the end of a piped file (:func:`_read_piped`) during which it is decoded one MPEG frame at a
+time: a read that meets the end inside a frame gives nothing back, so only that frame is lost."""
+
+
+def _read_piped(path: str | os.PathLike, dtype: str) -> np.ndarray:
+    """Every frame of ``path``, (frames, channels), decoded from a pipe that a thread fills with the
+    file: libsndfile then decodes to the end of the stream instead of stopping at the length it
+    estimated (an MP3 without a Xing/Info header: a variable-bitrate one lost up to 85% of its audio,
+    a constant-bitrate one its last milliseconds). A stream that ends inside a frame (a cut file, a
+    capture) is kept as far as it decodes, as a seekable read of it was."""
+    read_end, write_end = os.pipe()
+    near_end = threading.Event()
+
+    def feed() -> None:
+        try:
+            with open(path, "rb") as src:
+                left = os.fstat(src.fileno()).st_size
+                while block := src.read(1 << 16):
+                    if left <= PIPE_TAIL:
+                        near_end.set()
+                    left -= len(block)
+                    view = memoryview(block)
+                    while view:
+                        view = view[os.write(write_end, view):]
+        except OSError:  # the decoder stopped reading (an error): the pipe broke
+            pass
+        finally:
+            near_end.set()
+            os.close(write_end)
+
+    feeder = threading.Thread(target=feed, name="lhb-audio-feed", daemon=True)
+    feeder.start()
+    try:
+        with sf.SoundFile(read_end, closefd=False) as f:
+            blocks: list[np.ndarray] = []
+            while True:
+                tail = near_end.is_set()
+                try:  # 16384 frames decode from under 64 KB, less than the tail: no read spans its start
+                    block = f.read(1152 if tail else 16384, dtype=dtype, always_2d=True)
+                except sf.LibsndfileError:
+                    if not (tail and blocks):
+                        raise
+                    break  # the end, inside a frame
+                if not len(block):
+                    break
+                blocks.append(block)
+            return np.concatenate(blocks) if blocks else np.zeros((0, f.channels), dtype)
+    finally:
+        os.close(read_end)  # the feeder, if still writing, gets EPIPE and ends
+        feeder.join()
 
 
 def load_audio(path: str | os.PathLike) -> np.ndarray:
@@ -368,10 +460,15 @@ def read_audio(path: str | os.PathLike) -> np.ndarray:
             rate = int(f.samplerate)
             check_rate(rate)  # from the header, before any sample is read
             cut = truncation(path) if f.format in HEADER_FORMATS else None
+            declared, joined = _mp3_xing(path) if f.format == "MP3" else (None, False)
+            if joined:
+                raise AudioError("another MP3 stream follows the one its Xing/Info header describes (MP3 files joined "
+                                 "with cat?), and libsndfile stops at the first one's end; re-encode it as one file")
             if cut is None:
                 # float64 read as float32 would turn 1e300 into inf: read it whole, judged below
-                data = _read_all(f, "float64" if f.subtype == "DOUBLE" else "float32", path)
-                if f.format == "MP3" and len(data) + MP3_SLACK < f.frames and mp3_declares_frames(path):
+                dtype = "float64" if f.subtype == "DOUBLE" else "float32"
+                data = _read_piped(path, dtype) if f.format == "MP3" and declared is None else _read_all(f, dtype, path)
+                if declared is not None and len(data) + MP3_SLACK < f.frames:
                     cut = f.frames, len(data)
             if cut is not None:
                 raise AudioError(f"truncated: its header declares {cut[0]} samples at {rate} Hz but the file ends "

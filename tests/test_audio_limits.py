@@ -24,9 +24,10 @@ NOISE = (np.random.default_rng(7).standard_normal(3 * RATE) * 0.1).astype(np.flo
 W64_DATA = b"data" + bytes.fromhex("f3acd3118cd100c04f8edb8a")
 HEADERS = [("wav", "wav", "WAV", "PCM_16"), ("wavex", "wav", "WAVEX", "PCM_24"), ("rf64", "rf64", "RF64", "PCM_16"),
            ("w64", "w64", "W64", "FLOAT"), ("aiff", "aiff", "AIFF", "PCM_16"), ("aifc", "aifc", "AIFF", "ULAW"),
-           ("au", "au", "AU", "PCM_16"), ("snd", "snd", "AU", "FLOAT")]
+           ("au", "au", "AU", "PCM_16"), ("snd", "snd", "AU", "FLOAT"), ("sph", "sph", "NIST", "PCM_16"),
+           ("timit", "wav", "NIST", "ULAW")]
 """(name, extension, libsndfile format, subtype): every format whose header lhb reads for the length
-(ULAW in an AIFF file makes it AIFC)."""
+(ULAW in an AIFF file makes it AIFC; LDC's corpora such as TIMIT hold NIST SPHERE files named .wav)."""
 
 
 def _placeholder(name: str, data: bytes) -> bytes:
