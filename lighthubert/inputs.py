@@ -312,7 +312,10 @@ def _check_unique(items: list[Item], own: bool = False) -> None:
         if item.key in seen:
             advice = "" if own else ("; keys are paths without the extension: rename one, or give keys of your own "
                                      "with a .scp list ('key path' lines)")
-            raise InputError(f"{item.origin}: key {item.key!r} is also given by {seen[item.key].origin}{advice}")
+            other = seen[item.key].origin
+            if other == item.origin:  # one name's undecodable byte shown %XX is the other's real '%XX': show the bytes
+                advice = f" (the names are {os.fsencode(seen[item.key].path)!r} and {os.fsencode(item.path)!r}){advice}"
+            raise InputError(f"{item.origin}: key {item.key!r} is also given by {other}{advice}")
         seen[item.key] = item
     for item in items:
         parts = item.key.split("/")

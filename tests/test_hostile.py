@@ -140,6 +140,16 @@ def test_two_files_of_one_stem_say_how_to_tell_them_apart(tmp_path):
         list_inputs(tmp_path)
     assert str(e.value) == (f"{tmp_path}/dup.wav: key 'dup' is also given by {tmp_path}/dup.flac; keys are paths "
                             "without the extension: rename one, or give keys of your own with a .scp list ('key path' lines)")
+    # a non-UTF-8 byte is shown %XX: a name that holds those three characters looked the same, twice
+    for f in tmp_path.iterdir():
+        f.unlink()
+    shutil.copy(UTT, os.fsencode(tmp_path) + b"/caf\xe9.wav")
+    shutil.copy(UTT, tmp_path / "caf%E9.wav")
+    with pytest.raises(InputError) as e:
+        list_inputs(tmp_path)
+    assert "key 'caf%E9' is also given by" in str(e.value)
+    assert "b'caf%E9.wav'" in str(e.value).replace(repr(os.fsencode(tmp_path))[2:-1] + "/", "")
+    assert "b'caf\\xe9.wav'" in str(e.value).replace(repr(os.fsencode(tmp_path))[2:-1] + "/", "")
 
 
 # ----------------------------------------------------------------------------- folder walks
