@@ -231,7 +231,9 @@ def _subnet_text(text: str | None) -> str | None:
         raise Fail(f"--subnet -: standard input held {'no' if not data.strip() else 'more than a'} subnet JSON", EXIT_USAGE)
     head = data.strip()[:1000]
     if not head.startswith(("{", "[")):  # else read as a preset or a file name, and shown as if given as the argument
-        what = ("is not UTF-8 text" if any("\udc80" <= c <= "\udcff" for c in head)  # undecodable bytes (surrogateescape)
+        from lighthubert.inputs import escape_name
+
+        what = ("is not UTF-8 text" if escape_name(head) != head  # undecodable bytes (surrogateescape)
                 else f"starts with {head[:40]!r}")
         raise Fail(f"--subnet -: standard input holds no subnet JSON (a JSON object, as lhb subnet prints; it {what})",
                    EXIT_USAGE)
