@@ -64,7 +64,7 @@ def normalize_padded(wave: Tensor, lengths: Tensor, eps: float = 1e-5) -> Tensor
     layer-norm conv extractor amplifies on quiet stretches (5e-4 from ``lighthubert.load`` with ONNX
     Runtime at an offset of 0.1)."""
     real = frame_mask(lengths, wave.shape[1]).to(torch.float64)
-    n = lengths.to(torch.float64)[:, None]
+    n = lengths.to(torch.float64).clamp(min=1.0)[:, None]  # a row of no samples: zeros, not 0/0 = NaN
     w = wave.to(torch.float64)
     mean = (w * real).sum(1, keepdim=True) / n
     centred = (w - mean) * real
