@@ -497,8 +497,10 @@ def subnet_cmd(
         raise Fail(f"--supernet {supernet.value} does not match the checkpoint's {ckpt.space.name} space", EXIT_USAGE)
     space_names = [supernet.value] if supernet else ([ckpt.space.name] if ckpt else ["base", "small"])
     geometry = ckpt.count_kwargs if ckpt else {}  # else the released files' (the same for all three)
-    if ckpt is not None and ckpt.subnet is not None:
-        raise Fail(f"{ckpt.source}: is an exported subnet; give the supernet checkpoint", EXIT_USAGE)
+    if ckpt is not None and ckpt.subnet is not None and ((params, sample) != (None, None) or preset not in (None, "default")):
+        # its own subnet (shown, checked against --subnet, exported as .onnx/.ts) is all an exported one holds
+        raise Fail(f"{ckpt.source}: is an exported subnet and holds only its own; {chosen[0]} needs the supernet "
+                   "checkpoint", EXIT_USAGE)
     results: list[tuple[dict, str]] = []
     try:
         if params is not None:

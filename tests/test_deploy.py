@@ -110,6 +110,10 @@ def test_exported_file_matches_load(kind, fmt, exported, ckpt_files, batch):
     # a length beyond the samples given counts only those: frames never exceeds the frames returned
     over, n = run(e[fmt], wave[1:2, : CROPS[1]], lengths[1:2] + 5000)
     assert n.tolist() == [frames_for(CROPS[1])] and np.array_equal(over, alone)
+    # a row of no samples (an empty slot in a fixed-size batch): no frames, finite values, others unchanged
+    empty, n = run(e[fmt], wave[:2], np.array([0, lengths[1]]))
+    assert n.tolist() == [0, frames_for(CROPS[1])] and np.isfinite(empty).all()
+    assert rel_err(torch.from_numpy(empty[1, :, : n[1]]), ref[1]) <= TOL
     # one length for three rows, or three for two: an error (ONNX Runtime spread one over every row;
     # TorchScript gave one row)
     for w, n in ((wave, lengths[:1]), (wave[:2], lengths)):
@@ -294,3 +298,21 @@ def test_describing_a_missing_file_says_so(tmp_path):
         with pytest.raises(deploy.ExportError, match=f"^{path}: {says}, not an exported ONNX or TorchScript file$"):
             deploy.describe(path)
 
+
+
+def test_an_exported_subnet_checkpoint_exports_its_own_subnet(exported, ckpt_files, batch, tmp_path):
+    """``lhb subnet -c small_min.pt --export small_min.ts``: the compact checkpoint holds one subnet,
+    which the command shows and exports as ``lighthubert.deploy.export`` does (it was refused: "is an
+    exported subnet; give the supernet checkpoint"). Asking it for another subnet stays a usage error."""
+    e = exported["small"]
+    compact = lighthubert.export_subnet(lighthubert.load_checkpoint(ckpt_files["small"]), "min", tmp_path / "min.pt")
+    r = lhb("subnet", "-c", compact, "--export", tmp_path / "min.ts", "-q")
+    assert r.returncode == 0, r
+    shown = json.loads(r.stdout)
+    assert {k: shown[k] for k in e["subnet"]} == e["subnet"] and shown["params"] == e["params"]
+    wave, lengths, _ = batch
+    assert np.array_equal(run_ts(tmp_path / "min.ts", wave, lengths)[0], run_ts(e["ts"], wave, lengths)[0])
+    for args, option in ((["--params", "20M"], "--params"), (["--preset", "max"], "--preset")):
+        r = lhb("subnet", "-c", compact, *args)
+        assert r.returncode == 2 and r.stderr == (f"lhb: error: {compact}: is an exported subnet and holds only its own; "
+                                                  f"{option} needs the supernet checkpoint\n"), r
