@@ -30,8 +30,9 @@ from torch import Tensor
 from .defaults import SEED
 from .errors import LightHubertError, LightHubertWarning, SettingError, kind_of
 from .files import target_problem, write_bytes_atomic
+from .inputs import display_path
 from .fairseq_cfg import HUBERT_TRAINING_EXTRA, TRAINING_DEFAULTS, is_norm
-from .model import ConfigError, ModelConfig, SubnetModel, cut_subnet, fixed_params, released_layout
+from .model import ConfigError, ModelConfig, config_flag, SubnetModel, cut_subnet, fixed_params, released_layout
 from .space import SPACES, SearchSpace, SubnetError, count_params, get_space, subnet_from_text
 
 HUB_REPO = "mechanicalsea/lighthubert"
@@ -233,17 +234,18 @@ TORCH_LEGACY_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)[2:]
 """How torch.save's legacy (non-zip) format begins, after the pickle protocol byte(s): its magic number."""
 
 
-def _read_pickle(data: bytes, where: str, trust: bool) -> Any:
-    if data[:8] == HDF5_MAGIC:
+HEAD_BYTES = 4096
+"""What :func:`_check_head` reads of a file: enough to refuse what is no checkpoint before the rest is
+read (a 3 GiB features file passed as -c took 3.7 GB of memory to be refused)."""
+
+
+def _check_head(head: bytes, where: str) -> None:
+    """Refuse, from its first :data:`HEAD_BYTES`, a file that is neither torch.save's zip nor a binary pickle."""
+    if head[:8] == HDF5_MAGIC:
         raise CheckpointError(f"{where}: this is an HDF5 file (a features file?), not a checkpoint")
-    if not data:
+    if not head:
         raise CheckpointError(f"{where}: the file is empty")
-    zipped = data[:4] == b"PK\x03\x04"
-    if zipped and not zipfile.is_zipfile(io.BytesIO(data)):
-        raise CheckpointError(f"{where}: truncated checkpoint: a zip archive (torch.save's format) without its end "
-                              f"({len(data):,} bytes); download or copy it again")
-    if not zipped and data[:1] != b"\x80":  # neither torch.save's zip nor a (legacy) binary pickle
-        head = data[:4096]
+    if head[:4] != b"PK\x03\x04" and head[:1] != b"\x80":  # neither torch.save's zip nor a (legacy) binary pickle
         if not head.strip(b"\0"):
             raise CheckpointError(f"{where}: not a PyTorch checkpoint: only zero bytes at its start (a file made but never "
                                   "written, or a copy that failed?)")
@@ -255,6 +257,14 @@ def _read_pickle(data: bytes, where: str, trust: bool) -> Any:
                                   "checkpoint; -c takes a .pt file (lhb subnet --export NAME.pt writes one of a subnet)")
         what = "a text file" if _is_text(head) else "neither a zip archive nor a pickle"
         raise CheckpointError(f"{where}: not a PyTorch checkpoint ({what}); give a .pt file written by torch.save")
+
+
+def _read_pickle(data: bytes, where: str, trust: bool) -> Any:
+    _check_head(data[:HEAD_BYTES], where)
+    zipped = data[:4] == b"PK\x03\x04"
+    if zipped and not zipfile.is_zipfile(io.BytesIO(data)):
+        raise CheckpointError(f"{where}: truncated checkpoint: a zip archive (torch.save's format) without its end "
+                              f"({len(data):,} bytes); download or copy it again")
     if not zipped and TORCH_LEGACY_MAGIC not in data[:32]:  # pickle.dump's file: torch.load cannot read it at all
         raise CheckpointError(f"{where}: not a PyTorch checkpoint (a plain pickle, not a file written by torch.save)")
     try:
@@ -268,18 +278,18 @@ def _read_pickle(data: bytes, where: str, trust: bool) -> Any:
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         text = str(err)
-        if "Unsupported operand" in text and not zipped:
-            how = (f"written by torch.save with pickle protocol {data[1]}, which the safe loader cannot read (it reads "
-                   "protocol 2, torch.save's default)" if data[1] > 2 else
+        protocol = _pickle_protocol(data, zipped)
+        if "Unsupported operand" in text:
+            how = (f"written by torch.save with pickle protocol {protocol}, which the safe loader cannot read (it reads "
+                   "protocol 2, torch.save's default)" if protocol > 2 else
                    f"its pickle uses an operation the safe loader cannot read ({_reason(text)})")
             raise CheckpointError(f"{where}: {how}. {TRUST_HINT}") from None
         if "Unsupported global" in text or "GLOBAL" in text or "not an allowed global" in text:
             named = re.search(r"GLOBAL ([\w.]+)", text)
             what = named.group(1)[:120] if named else "code"
-            raise CheckpointError(
-                f"{where}: refused: unpickling it would call {what}, which a checkpoint never needs. "
-                f"{TRUST_HINT}"
-            ) from None
+            why = ("how older fairseq files hold their settings, as 'args'; LightHuBERT's released files hold a 'cfg' "
+                   "dict" if what == "argparse.Namespace" else "which a checkpoint never needs")
+            raise CheckpointError(f"{where}: refused: unpickling it would call {what}, {why}. {TRUST_HINT}") from None
         raise CheckpointError(f"{where}: not a PyTorch checkpoint ({_reason(text)})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError) as err:
         text = _reason(str(err)) or type(err).__name__
@@ -288,6 +298,19 @@ def _read_pickle(data: bytes, where: str, trust: bool) -> Any:
         raise CheckpointError(f"{where}: not a PyTorch checkpoint ({text})") from None
     except Exception as err:  # a trusted pickle may raise anything
         raise CheckpointError(f"{where}: cannot be loaded ({type(err).__name__}: {_reason(str(err))})") from None
+
+
+def _pickle_protocol(data: bytes, zipped: bool) -> int:
+    """The pickle protocol of a torch.save file: its first record's (``data.pkl`` in the zip format)."""
+    head = data[:2]
+    if zipped:
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as z:
+                name = next((n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
+                head = z.open(name).read(2) if name else b""
+        except (zipfile.BadZipFile, OSError, RuntimeError, ValueError):
+            head = b""
+    return head[1] if len(head) == 2 and head[0] == 0x80 else 0
 
 
 def _is_text(head: bytes) -> bool:
@@ -336,8 +359,9 @@ class Checkpoint:
 
     @property
     def name(self) -> str:
-        """A short label, marked when the weights are random."""
-        label = self.path.name if self.path else self.source
+        """A short label, marked when the weights are random: valid one-line text (a file name's
+        undecodable bytes written %XX, as h5py and ONNX need to store it)."""
+        label = display_path(self.path.name if self.path else self.source)
         return f"{label} (RANDOM WEIGHTS)" if self.random else label
 
     @property
@@ -520,6 +544,9 @@ def _read_regular(path: Path) -> bytes:
         if st.st_size > MAX_CHECKPOINT_BYTES:
             raise CheckpointError(f"{path}: {st.st_size} bytes, more than any LightHuBERT checkpoint "
                                   f"(at most {MAX_CHECKPOINT_BYTES >> 30} GiB are read)")
+        head = f.read(HEAD_BYTES)
+        _check_head(head, str(path))
+        f.seek(0)  # read whole again: head + rest would hold the file twice for a moment
         data = f.read(MAX_CHECKPOINT_BYTES + 1)
     if len(data) > MAX_CHECKPOINT_BYTES:  # grew while being read
         raise CheckpointError(f"{path}: more than {MAX_CHECKPOINT_BYTES >> 30} GiB; not a LightHuBERT checkpoint")
@@ -575,7 +602,8 @@ def from_object(obj: Any, where: str) -> Checkpoint:
                                   f"{kind_of(obj[entry])}, not a dict)")
     model_cfg, task = obj["cfg"].get("model"), obj["cfg"].get("task")
     if not isinstance(model_cfg, Mapping):
-        raise CheckpointError(f"{where}: not a LightHuBERT checkpoint (cfg['model'] is missing)")
+        got = "missing" if model_cfg is None else f"{kind_of(model_cfg)}, not a dict"
+        raise CheckpointError(f"{where}: not a LightHuBERT checkpoint (cfg['model'] is {got})")
     kind = model_cfg.get("_name")
     if kind not in KINDS:
         raise CheckpointError(
@@ -600,14 +628,25 @@ def from_object(obj: Any, where: str) -> Checkpoint:
         except SubnetError as err:
             raise CheckpointError(f"{where}: bad subnet in the file: {err}") from None
     normalize = cfg.extractor_mode == "layer_norm"
-    if isinstance(task, Mapping) and "normalize" in task:
-        normalize = bool(task["normalize"])
-    rate = int(task.get("sample_rate", 16000)) if isinstance(task, Mapping) else 16000
-    if rate != 16000:
-        raise CheckpointError(f"{where}: sample_rate {rate} is not supported (LightHuBERT works at 16000 Hz)")
+    try:
+        if isinstance(task, Mapping) and "normalize" in task:
+            normalize = config_flag(task["normalize"], "task normalize")
+        meta = {k: model_cfg[k] for k in ("random", "source", "source_sha256", "fixed_params") if k in model_cfg}
+        if "random" in meta:
+            meta["random"] = config_flag(meta["random"], "random")
+        for k in ("source", "source_sha256"):
+            if not isinstance(meta.get(k), (str, type(None))):  # None: a random:* supernet has no file
+                raise ConfigError(f"{k} is {kind_of(meta[k])}, not text")
+        if "fixed_params" in meta and not (type(meta["fixed_params"]) is int and meta["fixed_params"] >= 0):
+            raise ConfigError(f"fixed_params is {meta['fixed_params']!r}, not a count of parameters")
+    except ConfigError as err:
+        raise CheckpointError(f"{where}: {err}") from None
+    rate = task.get("sample_rate", 16000) if isinstance(task, Mapping) else 16000
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate != 16000:
+        raise CheckpointError(f"{where}: sample_rate {rate!r} is not supported (LightHuBERT works at 16000 Hz)")
+    rate = 16000
     state = dict(obj["model"])
     _check_state(state, _expected_shapes(cfg, subnet), where)
-    meta = {k: model_cfg[k] for k in ("random", "source", "source_sha256", "fixed_params") if k in model_cfg}
     return Checkpoint(source=where, kind=kind, space=space, cfg=cfg, state=state, normalize=normalize,
                       sample_rate=rate, subnet=subnet, meta=meta)
 

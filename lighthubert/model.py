@@ -38,6 +38,14 @@ class ConfigError(LightHubertError, ValueError):
     """A checkpoint config this library cannot build a network for."""
 
 
+def config_flag(value: Any, name: str) -> bool:
+    """A true/false config field: a bool, or 0/1 (``bool("false")`` is True: a string "false" made a
+    post-norm file pre-norm, silently)."""
+    if isinstance(value, bool) or (type(value) is int and value in (0, 1)):
+        return bool(value)
+    raise ConfigError(f"{name} is {value!r}, not true or false")
+
+
 MAX_CONV_LAYERS = 64
 MAX_CONV_DIM, MAX_CONV_KERNEL = 4096, 1024
 """Bounds on ``conv_feature_layers`` (the released files have 7 layers of 512 channels, kernels <= 10)."""
@@ -142,12 +150,12 @@ class ModelConfig:
             cfg = cls(
                 extractor_mode=mode,
                 conv_layers=tuple(parse_conv_layers(get("conv_feature_layers", DEFAULT_CONV))),
-                conv_bias=bool(get("conv_bias", False)),
+                conv_bias=config_flag(get("conv_bias", False), "conv_bias"),
                 encoder_layers=int(get("encoder_layers", SUPERNET_LAYERS)),
                 embed_dim=int(get("encoder_embed_dim", SUPERNET_EMBED)),
                 ffn_dim=int(get("encoder_ffn_embed_dim", SUPERNET_FFN)),
                 heads=int(get("encoder_attention_heads", 12)),
-                layer_norm_first=bool(get("layer_norm_first", False)),
+                layer_norm_first=config_flag(get("layer_norm_first", False), "layer_norm_first"),
                 conv_pos=int(get("conv_pos", POS_CONV_KERNEL)),
                 conv_pos_groups=int(get("conv_pos_groups", POS_CONV_GROUPS)),
                 layer_pred_num=layer_pred,

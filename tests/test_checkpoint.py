@@ -177,6 +177,16 @@ def test_a_zeroed_file_and_a_subnet_json_given_as_checkpoints_are_named(tmp_path
     sub.write_text(json.dumps(lighthubert.SPACES["small"].min_subnet))
     with pytest.raises(CheckpointError, match=r"z\.pt: not a PyTorch checkpoint: only zero bytes at its start"):
         load_checkpoint(zeros)
+    import resource
+
+    big = tmp_path / "feats.h5"  # refused from its first bytes: the whole file was read first (3.7 GB for 3 GiB)
+    with open(big, "wb") as f:
+        f.write(b"\x89HDF\r\n\x1a\n")
+        f.truncate(6 << 30)  # sparse
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(CheckpointError, match=r"feats\.h5: this is an HDF5 file \(a features file\?\), not a checkpoint"):
+        load_checkpoint(big)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB
     with pytest.raises(CheckpointError, match=r"sub\.json: a subnet JSON file, not a checkpoint \(lhb subnet --subnet "
                        r".*sub\.json describes it; lhb extract takes it as --subnet, with the supernet as -c\)"):
         load_checkpoint(sub)
@@ -311,10 +321,13 @@ def test_pickles_torch_cannot_read_safely_are_named_in_one_line(tmp_path):
     plain.write_bytes(pickle.dumps({"model": {}}, protocol=4))
     legacy = tmp_path / "legacy4.pt"
     torch.save({"cfg": {}, "model": {}}, legacy, _use_new_zipfile_serialization=False, pickle_protocol=4)
+    zipped = tmp_path / "zip4.pt"  # the zip format's pickle record: was "not a PyTorch checkpoint (Unsupported operand 149)"
+    torch.save({"cfg": {}, "model": {}}, zipped, pickle_protocol=4)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no warning may escape
         refused(plain, "not a PyTorch checkpoint (a plain pickle, not a file written by torch.save)")
         refused(legacy, "written by torch.save with pickle protocol 4", "--trust-checkpoint")
+        refused(zipped, "written by torch.save with pickle protocol 4", "--trust-checkpoint")
     with pytest.raises(CheckpointError, match="not a LightHuBERT checkpoint"):  # trusted, it is read
         load_checkpoint(legacy, trust=True)
 
@@ -338,6 +351,29 @@ def test_a_checkpoint_of_the_wrong_shape_says_what_is_wrong(tmp_path):
         with pytest.raises(CheckpointError, match=re.escape(f"{path}: {says}" if name == "twelve" else
                                                             f"{path}: not a LightHuBERT checkpoint ({says}")):
             load_checkpoint(path)
+    # fields of the wrong type: "false" was true (a post-norm file read as pre-norm, silently); the others were
+    # internal errors (int('16k'), a str fixed_params added to an int)
+    for section, field, value, says in (
+            ("model", "layer_norm_first", "false", "layer_norm_first is 'false', not true or false"),
+            ("task", "normalize", "false", "task normalize is 'false', not true or false"),
+            ("model", "conv_bias", "False", "conv_bias is 'False', not true or false"),
+            ("task", "sample_rate", "16k", "sample_rate '16k' is not supported (LightHuBERT works at 16000 Hz)"),
+            ("task", "sample_rate", 16000.5, "sample_rate 16000.5 is not supported"),
+            ("model", "fixed_params", "lots", "fixed_params is 'lots', not a count of parameters")):
+        bad = copy.deepcopy(good)
+        bad["cfg"][section][field] = value
+        path = tmp_path / f"{field}.pt"
+        torch.save(bad, path)
+        with pytest.raises(CheckpointError, match=re.escape(f"{path}: {says}")):
+            load_checkpoint(path)
+    import argparse  # what older fairseq files hold: said so, not "a checkpoint never needs" it
+
+    namespace = tmp_path / "args.pt"
+    torch.save({"args": argparse.Namespace(arch="hubert"), "model": {}}, namespace)
+    refused(namespace, "would call argparse.Namespace, how older fairseq files hold their settings, as 'args'")
+    torch.save({"cfg": {"model": argparse.Namespace(arch="hubert")}, "model": {}}, namespace)
+    with pytest.raises(CheckpointError, match=re.escape("(cfg['model'] is a Namespace, not a dict)")):
+        load_checkpoint(namespace, trust=True)
     not_torch = tmp_path / "notorch.pt"  # a zip torch.save did not write: torch's C++ check was quoted whole
     with zipfile.ZipFile(not_torch, "w") as z:
         z.writestr("hello.txt", "hi")
@@ -484,3 +520,18 @@ def test_exports_never_replace_their_checkpoint_and_replace_a_file_only_when_ask
     with pytest.raises(ExportError, match="already exists"):
         export(ckpt, "min", ts)
     assert ts.read_bytes() == b"mine"
+
+
+def test_a_checkpoint_named_in_bytes_that_are_not_utf8_is_named_with_them_escaped(tmp_path, ckpt_files):
+    """``-c $'real\\xe9.pt'``: its name went unescaped into the features file's ``checkpoint`` attribute
+    ("internal error: UnicodeEncodeError ... surrogates not allowed", nothing extracted), into an
+    ONNX file's metadata and onto ``lhb info``'s first line; it is written ``%E9`` as file names are."""
+    path = os.fsencode(tmp_path) + b"/real\xe9.pt"
+    os.link(ckpt_files["small"], path)
+    ckpt = load_checkpoint(os.fsdecode(path))
+    assert ckpt.name == "real%E9.pt (RANDOM WEIGHTS)"
+    rng = np.random.default_rng(0)
+    sf.write(tmp_path / "a.wav", (rng.standard_normal(8000) * 0.1).astype(np.float32), 16000)
+    lighthubert.extract(tmp_path / "a.wav", tmp_path / "out.h5", checkpoint=os.fsdecode(path), subnet="min")
+    with h5py.File(tmp_path / "out.h5", "r") as f:
+        assert f.attrs["checkpoint"] == "real%E9.pt (RANDOM WEIGHTS)"
