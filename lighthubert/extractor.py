@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .audio import MAX_AMPLITUDE, sample_peak, too_loud
+from .audio import MAX_AMPLITUDE, SAMPLE_RATE, sample_peak, too_loud
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from .defaults import CHECKPOINT, DEVICE, DTYPE
 from .defaults import DTYPES as DTYPE_NAMES
 from .errors import LightHubertWarning, SettingError, WaveformError, kind_of
-from .longform import LongForm, hidden_states
+from .longform import LONG_SECONDS, LongForm, hidden_states
 from .model import HOP, MIN_SAMPLES, conv_frames, receptive_field
 
 TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES if name != "auto"}
@@ -364,9 +364,30 @@ class Extractor:
         elif np.ndim(waves[0]) == 0:
             raise WaveformError("expected a waveform or a list of waveforms, got a list of numbers; "
                                 "pass one waveform as an array: ext(np.asarray(samples))")
-        feats = self.submit(self.prepare(waves), idx).result(own=True)  # kept by the caller: not pinned
+        long = {i for i, w in enumerate(waves) if _samples(w) > LONG_SECONDS * SAMPLE_RATE}
+        if not long:
+            feats = self.submit(self.prepare(waves), idx).result(own=True)  # kept by the caller: not pinned
+        else:  # each alone, the conv extractor in pieces: a 3-minute one took 2.97 GiB at once, 1.20 in pieces
+            _check_waves(waves)  # (named by their place in waves)
+            short = [i for i in range(len(waves)) if i not in long]
+            feats = [None] * len(waves)
+            if short:
+                for i, f in zip(short, self.submit(self.prepare([waves[i] for i in short]), idx).result(own=True)):
+                    feats[i] = f
+            for i in sorted(long):
+                states = self.run_long(self.batch([waves[i]])[0][0], idx, stack=False)  # normalised over it whole
+                feats[i] = torch.stack([s.float().cpu() for s in states])
         feats = [f[0] for f in feats] if len(idx) == 1 else feats
         return feats[0] if single else feats
+
+
+def _samples(wave: Any) -> int:
+    """The samples of a waveform as given (0 when its shape cannot be read: said by :func:`_check_waves`)."""
+    try:
+        shape = np.shape(wave)
+    except ValueError:
+        return 0
+    return shape[-1] if shape else 0
 
 
 def _unpad(batch: Any, lengths: Any) -> list[Tensor | np.ndarray]:

@@ -28,6 +28,9 @@ from torch import Tensor
 from .errors import SettingError
 from .model import ConvBlock, Output, SubnetModel, conv_frames, kernel_choices, receptive_field
 
+LONG_SECONDS = 60.0
+"""Utterances longer than this run alone, with the conv extractor in pieces (bounded memory): in
+``lhb extract`` and in ``Extractor(waves)`` alike."""
 PIECE_FRAMES = 1500
 """Conv-extractor piece: 30 s of output frames (~200 MB of float32 activations in the first block)."""
 

@@ -28,13 +28,11 @@ from .audio import MIN_SAMPLES, SAMPLE_RATE, AudioError, ResamplerUnavailable, a
 from .defaults import FLUSH_SECONDS
 from .errors import LightHubertError
 from .extractor import Extractor
-from .longform import LongForm
+from .longform import LONG_SECONDS, LongForm
 from .inputs import Item, display_path, source_text
 from .storage import FeaturesWriter, OutputError
 
 MAX_BATCH = 256
-LONG_SECONDS = 60.0
-"""Files longer than this run alone, with the conv extractor in pieces (bounded memory)."""
 
 
 @dataclass
