@@ -92,6 +92,8 @@ def progress_line(r: "Reporter") -> str:
     rt = r.seconds / elapsed if elapsed > 0 else 0.0
     end = r.files >= r.total  # skipped files' audio never comes: at the end, the total is what was done
     total = r.seconds if end else r.total_seconds
+    if end and r.seconds == 0:  # only bad files (a resume that tries them again): no rate to speak of
+        return f"{r.files:,}/{count(r.total, 'file')}, no audio extracted"
     return (f"{r.files:,}/{count(r.total, 'file')}, {hms(r.seconds)}/{hms(total)} audio, "
             f"{rt:,.0f}x real time, ETA {'0:00' if end else eta(r.seconds, total, elapsed)}")
 
