@@ -29,10 +29,10 @@ from torch import Tensor
 
 from .defaults import SEED
 from .errors import LightHubertError, LightHubertWarning, SettingError, kind_of
+from .fairseq_cfg import HUBERT_TRAINING_EXTRA, TRAINING_DEFAULTS, is_norm
 from .files import target_problem, write_bytes_atomic
 from .inputs import display_path
-from .fairseq_cfg import HUBERT_TRAINING_EXTRA, TRAINING_DEFAULTS, is_norm
-from .model import ConfigError, ModelConfig, config_flag, SubnetModel, cut_subnet, fixed_params, released_layout
+from .model import ConfigError, ModelConfig, SubnetModel, config_flag, cut_subnet, fixed_params, released_layout
 from .space import SPACES, SearchSpace, SubnetError, count_params, get_space, subnet_from_text
 
 HUB_REPO = "mechanicalsea/lighthubert"
