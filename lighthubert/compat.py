@@ -329,6 +329,27 @@ class LightHuBERT(nn.Module):
             out.hidden[0] = out.hidden[0].masked_fill(pm[:, :, None], 0)
         return out, pm
 
+    def forward_features(self, source: Tensor) -> Tensor:
+        """The authors' ``forward_features``: the current subnet's convolutional features (B, C, T) of
+        the (B, N) waveform ``source``, as given (not normalised, as in their code)."""
+        if source.shape[-1] < MIN_SAMPLES:
+            raise RuntimeError(f"source has {source.shape[-1]} samples per row; LightHuBERT needs at least {MIN_SAMPLES} "
+                               "(25 ms at 16 kHz) for one frame")
+        with torch.no_grad():
+            x, _ = self.subnet_model().feature_extractor(source, None)
+        return x.transpose(1, 2)
+
+    def forward_padding_mask(self, features: Tensor, padding_mask: Tensor) -> Tensor:
+        """The authors' ``forward_padding_mask``: the (B, N) sample mask (True on padding) as a (B, T)
+        frame mask for ``features`` (B, T, ...): the samples are cut to a multiple of T, split into T
+        equal runs, and a frame is padding when its whole run is."""
+        frames = features.shape[1]
+        usable = padding_mask.shape[1] - padding_mask.shape[1] % frames
+        return padding_mask[:, :usable].reshape(padding_mask.shape[0], frames, -1).all(-1)
+
+    def apply_mask(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("apply_mask (random span masking, for pre-training) is not supported: inference only")
+
     @torch.no_grad()
     def layer_heads(self, out: Output) -> list[tuple[Tensor, ...] | None]:
         """The authors' ``layer_heads``: per supernet layer, None or the chunks (each (B, T,

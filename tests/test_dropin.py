@@ -358,6 +358,14 @@ def test_dropin_takes_the_authors_other_arguments(kind, dropin_models, authors_m
     assert rel_err(heads[0][0][:1], ref_heads[0][0]) <= TOL
     with pytest.raises(NotImplementedError, match="mask"):
         ours.extract_features(wave, mask=True)
+    with pytest.raises(NotImplementedError, match="pre-training"):
+        ours.apply_mask(None, None, None)
+    with torch.no_grad():  # the conv features, (B, C, T), and the sample mask cut to frames
+        conv = theirs.forward_features(two)
+    assert ours.forward_features(two).shape == conv.shape and rel_err(ours.forward_features(two), conv) <= TOL
+    for mask in (pad, torch.ones_like(pad), pad[:, :-7]):
+        assert torch.equal(ours.forward_padding_mask(conv.transpose(1, 2), mask),
+                           theirs.forward_padding_mask(conv.transpose(1, 2), mask))
     d = ckpt_dicts[kind]
     cfg = lighthubert.LightHuBERTConfig(d["cfg"]["model"])
     cfg.supernet_type = SUPERNET_TYPE[kind]
