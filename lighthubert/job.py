@@ -66,6 +66,10 @@ MAX_BATCH_SECONDS = 86400.0
 """More padded audio per batch than a day is a mistake, not a setting."""
 MAX_WORKERS = 64
 """Decoding threads (each keeps batches in flight: more would only hold memory)."""
+STOP_JOIN_BYTES = 1 << 30
+"""A stop (Ctrl-C, SIGTERM) joins OUTPUT and the committed segments when that copies at most this much
+(about a second); beyond, it leaves them for ``--resume`` or ``lhb merge``: the join copies OUTPUT
+whole, which for a corpus's features takes minutes, past a preempted job's grace period."""
 
 
 class JobError(LightHubertError):
@@ -301,9 +305,23 @@ def execute(plan: Plan, reporter: Reporter | None = None, stop: threading.Event 
         except (StrictStop, ResamplerUnavailable):
             _join(plan, complete=False)  # not the storage: what was done goes into OUTPUT
             raise
+        if summary.interrupted and _join_bytes(out, backend) > STOP_JOIN_BYTES:
+            summary.output = parts_dir(out)  # committed there; --resume or lhb merge joins them
+            return summary
         _join(plan, complete=not summary.interrupted)
     summary.output = out
     return summary
+
+
+def _join_bytes(out: Path, backend: Backend) -> int:
+    """What joining OUTPUT and its committed segments would copy, in bytes."""
+    total = 0
+    for path in [out, *find_committed(out, backend.suffix)]:
+        try:
+            total += path.stat().st_size
+        except OSError:
+            pass
+    return total
 
 
 def _claim(plan: Plan) -> set[str]:

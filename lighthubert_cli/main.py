@@ -388,7 +388,9 @@ def extract(
         if summary.output is None:  # while waiting for the other ranks to join
             err("stopped while waiting for the other ranks to join; nothing was done")
         elif world.rank == 0:
-            err(f"stopped: what is done is kept in {summary.output}; to finish, run the same command with --resume")
+            joined = "" if summary.output == plan.output or world.distributed else (
+                f" (not joined into {output}, to stop at once; lhb merge {output} joins them now)")
+            err(f"stopped: what is done is kept in {summary.output}{joined}; to finish, run the same command with --resume")
         if not received:  # stopped because another rank failed or left: a failure, not a signal (143 would say SIGTERM)
             raise typer.Exit(EXIT_FAIL)
         raise typer.Exit(130 if received[0] == signal.SIGINT else 143)

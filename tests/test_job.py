@@ -664,3 +664,36 @@ def test_numeric_settings_take_numpy_numbers_and_refuse_huge_ones_in_one_line(tm
         assert err.value.setting == name
     with pytest.raises(lighthubert.SettingError, match=r"^window_seconds: 1e\+300 is not from 1 to 3600 seconds$"):
         lighthubert.extract(tmp_path, tmp_path / "o.h5", window_seconds=1e300)
+
+
+def test_a_stop_with_much_to_join_leaves_the_committed_segments_for_resume(tmp_path, monkeypatch):
+    """A stop joined OUTPUT and the segments into a new OUTPUT: a copy of everything done so far, for
+    a corpus's features minutes past a preempted job's grace period (measured: 7 s to stop a resume of a
+    30,000-key file with 100 new keys). Beyond ``STOP_JOIN_BYTES`` the segments stay committed in
+    OUTPUT.parts (the message says so) and ``resume=True`` joins and completes them. Here the bound is 0."""
+    import lighthubert.job
+
+    monkeypatch.setattr(lighthubert.job, "STOP_JOIN_BYTES", 0)
+    folder = tmp_path / "in"
+    for i in range(6):
+        (folder / f"s{i}").mkdir(parents=True)
+        shutil.copy(SPEECH_DIR / "spk1" / "utt01.wav", folder / f"s{i}" / "a.wav")
+    out = tmp_path / "o.h5"
+    kw = dict(checkpoint="random:small", subnet="min", layers="0", device="cpu", batch_seconds=5, num_workers=1,
+              flush_seconds=0.01)
+
+    def enough(files, *_):
+        if files >= 2:
+            raise RuntimeError("enough")
+
+    with pytest.raises(RuntimeError, match="enough") as e:
+        lighthubert.extract(folder, out, progress=enough, **kw)
+    assert f"what was done is kept in {out}.parts" in " ".join(e.value.__notes__)
+    committed = sorted(p.name for p in (tmp_path / "o.h5.parts").glob("seg-*.h5"))
+    assert committed, "nothing was committed"
+    with pytest.warns(lighthubert.LightHubertWarning), lighthubert.open_features(out) as f:
+        assert len(f) == 0  # OUTPUT as the run found it (here: created empty at its start)
+    summary = lighthubert.extract(folder, out, resume=True, **kw)
+    assert summary.output == out and not (tmp_path / "o.h5.parts").exists()
+    with lighthubert.open_features(out) as f:
+        assert len(f) == 6
