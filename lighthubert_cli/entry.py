@@ -51,6 +51,7 @@ def _end(status: int, at_once: bool = False) -> None:
 
     others = [t for t in threading.enumerate() if t is not threading.current_thread()]
     if at_once and others:
+        _restore_terminal()
         _flush()
         os._exit(status)
     h5py = sys.modules.get("h5py")
@@ -64,6 +65,16 @@ def _end(status: int, at_once: bool = False) -> None:
         if _flush():
             os._exit(status)
     sys.exit(status)
+
+
+def _restore_terminal() -> None:
+    """Show the cursor a live progress display hid, and end the bar's line: ending at once skips Rich's
+    own clean-up (a second Ctrl-C left the terminal without a cursor, the prompt on the bar)."""
+    try:
+        if sys.stderr.isatty() and os.environ.get("TERM") != "dumb":
+            sys.stderr.write("\x1b[?25h\n")
+    except (OSError, ValueError):
+        pass
 
 
 def _flush() -> bool:

@@ -896,18 +896,21 @@ def _info_units(path: Path, d: dict, as_json: bool) -> None:
 def _table(title: str, rows: list[tuple[str, str]]) -> None:
     """On a terminal a table as wide as the terminal (long values wrap); piped, plain ``key  value``
     lines, each complete on one line (a sha256 or a path is never split)."""
-    if not sys.stdout.isatty():
+    utf8 = (sys.stdout.encoding or "").lower().replace("-", "") == "utf8"
+    if not sys.stdout.isatty() or not utf8:  # (a terminal that is not UTF-8: the plain lines, \xe9 escaped)
         width = max(len(k) for k, _ in rows)
         out_line("\n".join([title] + [f"  {k.ljust(width)}  {v}" for k, v in rows]))
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=title, show_header=False, title_justify="left")
+    # Text: names are shown as they are, never read as markup ('k[/]2' raised MarkupError, '[red]' vanished)
+    table = Table(title=Text(title), show_header=False, title_justify="left")
     table.add_column(style="bold", no_wrap=True)
     table.add_column(overflow="fold")  # long values (sha256, JSON) wrap; never cut
     for k, v in rows:
-        table.add_row(k, v)
+        table.add_row(Text(k), Text(v))
     Console().print(table)
 
 

@@ -31,7 +31,8 @@ def out_line(text: str) -> None:
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
         return
-    data = memoryview((text + "\n").encode(sys.stdout.encoding or "utf-8", sys.stdout.errors or "strict"))
+    # a stdout that is not UTF-8 (PYTHONIOENCODING=ascii) gets \xe9 for what it cannot hold, not an internal error
+    data = memoryview((text + "\n").encode(sys.stdout.encoding or "utf-8", "backslashreplace"))
     try:
         sys.stdout.flush()
         while data:
@@ -117,9 +118,11 @@ class Reporter:
         self.quiet = quiet
         self.strict = strict
         """With --strict a bad input stops the run and the error says which: no "skipped" line."""
-        self.plain = (not sys.stderr.isatty()) if plain is None else plain
-        self.every = every
         self.console = Console(stderr=True)
+        # a dumb terminal (TERM=dumb: Emacs shells, CI runners with a pty) gets no live display from Rich,
+        # so it gets the plain lines, as a log does (it showed nothing until the end)
+        self.plain = (not sys.stderr.isatty() or self.console.is_dumb_terminal) if plain is None else plain
+        self.every = every
         self.progress: Progress | None = None
         self.task = None
         self.files = self.total = 0

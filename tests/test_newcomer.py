@@ -54,11 +54,11 @@ def one_error_line(r, code: int) -> str:
     return r.err_lines[0]
 
 
-def run_tty(args: list, cwd: Path, cols: int = 100, timeout: float = 300) -> tuple[int, str]:
+def run_tty(args: list, cwd: Path, cols: int = 100, timeout: float = 300, term: str = "xterm-256color") -> tuple[int, str]:
     """``lhb ARGS`` with stdin, stdout and stderr on a pseudo-terminal ``cols`` wide; (exit, text)."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, cols, 0, 0))
-    env = {**_env(), "TERM": "xterm-256color"}
+    env = {**_env(), "TERM": term}
     proc = subprocess.Popen(lhb_command() + [str(a) for a in args], cwd=cwd, env=env, stdin=slave, stdout=slave,
                             stderr=slave, close_fds=True)
     os.close(slave)
@@ -123,7 +123,7 @@ def test_the_last_progress_line_is_full_when_files_were_skipped(capsys, plain):
     from lighthubert_cli.progress import Reporter, progress_line
 
     for files, total, skipped, done, expect in [(5, 19.0, 1, 16.0, "5/5 files, 0:16/0:16 audio, "),
-                                                (1, 3.0, 1, 0.0, "1/1 file, 0:00/0:00 audio, ")]:
+                                                (1, 3.0, 1, 0.0, "1/1 file, no audio extracted")]:
         rep = Reporter(plain=plain)
         rep.console.file = io.StringIO()
         rep.start(files, total, 0)
@@ -137,7 +137,7 @@ def test_the_last_progress_line_is_full_when_files_were_skipped(capsys, plain):
             line = progress_line(rep)
         finally:
             rep.stop()
-        assert line.startswith(expect) and line.endswith(", ETA 0:00"), line
+        assert line.startswith(expect) and (line.endswith(", ETA 0:00") or line == expect), line
         if plain:  # the log's last line is that one, once (ranks of a torchrun job tick after the end)
             rate = re.compile(r"[\d,]+x real time")  # the speed moves between the two reads
             rep.advance(0, 0.0)
@@ -533,3 +533,67 @@ def test_subnet_quiet_prints_only_the_json(tmp_path):
     assert json.loads(r.stdout)["embed_dim"] == 256 and (tmp_path / "min.pt").is_file()
     loud = lhb("subnet", "--preset", "min", "--supernet", "small")
     assert loud.stdout == lhb("subnet", "--preset", "min", "--supernet", "small", "-q").stdout and "embed" in loud.stderr
+
+
+def test_info_shows_names_as_they_are_on_a_terminal_and_on_a_stdout_that_is_not_utf8(tmp_path):
+    """On a terminal ``lhb info`` read keys, paths and the file name as Rich markup: a key 'k[/]2' was
+    "internal error: MarkupError", '[red]' vanished from a name. On a stdout that is not UTF-8
+    (PYTHONIOENCODING=ascii) any non-ASCII name was "internal error: UnicodeEncodeError"."""
+    lst = tmp_path / "l.scp"
+    lst.write_text(f"good {SPEECH_DIR / SHORT}\nk[/]2 missing[/].wav\nk\u00e9 x[bold].wav\n", encoding="utf-8")
+    out = tmp_path / "[red]m.h5"
+    r = lhb("extract", lst, out, "-c", "random:small", "-s", "min", "-q")
+    assert r.returncode == 3, r
+    code, text = run_tty(["info", out], tmp_path, cols=200)
+    plain = ANSI.sub("", text)
+    assert code == 0 and "Traceback" not in plain, plain
+    assert "[red]m.h5" in plain and "k[/]2" in plain and "missing[/].wav" in plain and "x[bold].wav" in plain, plain
+    r = subprocess.run(lhb_command() + ["info", str(out)], capture_output=True, text=True,
+                       env={**_env(), "PYTHONIOENCODING": "ascii"}, timeout=120)
+    assert r.returncode == 0 and "k\\xe9" in r.stdout and r.stderr == "", r
+
+
+def test_a_dumb_terminal_gets_the_plain_progress_lines(tmp_path):
+    """TERM=dumb (Emacs shells, CI runners with a pty): Rich draws no live display there, and lhb showed
+    nothing, not even "extracting", until the run ended. It now writes the plain lines a log gets."""
+    code, text = run_tty(["extract", SPEECH_DIR / SHORT, tmp_path / "o.h5", "-c", "random:small", "-s", "min"],
+                         tmp_path, term="dumb")
+    assert code == 0, text
+    assert "extracting 1 file" in text and re.search(r"1/1 file, [\d:]+/[\d:]+ audio", text) and "\x1b[" not in text, text
+
+
+def test_a_stop_at_once_on_a_terminal_shows_the_cursor_again(tmp_path):
+    """A second Ctrl-C ends lhb at once (os._exit), skipping the live display's clean-up: the cursor it
+    hid stayed hidden and the prompt came back on the bar's line. Here stderr is a terminal and a thread
+    holds on, as the writer does, so the stop ends at once: the cursor is shown and the line ended."""
+    code = textwrap.dedent("""
+        import sys, threading, time
+        from lighthubert_cli import entry, main
+        threading.Thread(target=time.sleep, args=(600,), daemon=False).start()
+        print("ready", flush=True)
+        sys.argv = ["lhb", "subnet", "--subnet", "-"]
+        entry.main()
+    """)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=slave, env={**_env(), "TERM": "xterm-256color"}, text=True)
+    os.close(slave)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        time.sleep(1.5)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+        chunks = []
+        while select.select([master], [], [], 1.0)[0]:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(master)
+        proc.kill()
+    err = b"".join(chunks).decode()
+    assert proc.returncode == 130 and "lhb: interrupted" in err and err.endswith("\x1b[?25h\r\n"), (proc.returncode, err)
