@@ -88,7 +88,13 @@ def cache_dir() -> Path:
     env = os.environ.get(CACHE_ENV)
     if env:
         return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        try:
+            base = Path.home() / ".cache"
+        except RuntimeError:  # no HOME and no passwd entry (a container's user): was an internal error
+            raise CheckpointError(f"cannot find a folder for released checkpoints: no home folder (HOME is unset); "
+                                  f"set {CACHE_ENV} to a folder (or give the checkpoint's path)") from None
     return Path(base) / "lighthubert"
 
 
@@ -109,6 +115,11 @@ def fetch(name: str, progress: bool = True) -> Path:
     seconds, default 3600)."""
     filename = RELEASED[name]
     folder = cache_dir()
+    try:
+        folder.exists()
+    except OSError as err:  # a home folder this user may not enter: was "/root/.cache/lighthubert: Permission denied"
+        raise CheckpointError(f"could not look for the {name!r} checkpoint in {folder}: {err.strerror}; set "
+                              f"{CACHE_ENV} to a folder you can read (or give the checkpoint's path)") from None
     if folder.exists() and not folder.is_dir():
         source = f"{CACHE_ENV}={folder}" if os.environ.get(CACHE_ENV) else str(folder)
         raise CheckpointError(f"could not look for the {name!r} checkpoint: {source} is a file, not a folder; "

@@ -209,25 +209,30 @@ def _from_folder(root: Path) -> list[Item]:
 ASCII_BLANKS = " \t\r\f\v"
 
 
-def _lines(path: Path) -> list[tuple[int, str]]:
-    """(line number, stripped text) of each line of a list file that is not blank or a ``#`` comment."""
+def _lines(path: Path, tabbed: bool = False) -> list[tuple[int, str]]:
+    """(line number, stripped text) of each line of a list file that is not blank or a ``#`` comment.
+    ``tabbed`` (a .tsv): a leading tab is kept, as the end of an empty first column."""
     try:
         if not stat.S_ISREG(path.stat().st_mode):
             raise InputError(f"{display_path(path)}: not a regular file (a list must be a file, not a FIFO or device)")
-        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not part of the first path
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not UTF-8 text") from None
+        data = path.read_bytes()
+        text = data.decode("utf-8-sig")  # a byte-order mark (Windows editors) is not part of the first path
+    except UnicodeDecodeError as err:  # said with the line (a 100,000-line list is otherwise searched by hand)
+        line = data[:err.start].count(b"\n") + 1
+        raise InputError(f"{display_path(path)}:{line}: not UTF-8 text (byte {data[err.start]:#04x}); a list is "
+                         "UTF-8 (name a file with bytes that are not UTF-8 through its folder, or rename it)") from None
     except OSError as err:
         raise InputError(f"{path}: cannot read: {err.strerror}") from None
     # Lines end at \n (\r\n too) only, and only ASCII blanks are trimmed: str.splitlines() and strip()
     # would also cut at, or drop, U+2028, U+0085, U+00A0... which a file name may hold.
-    stripped = ((n, line.strip(ASCII_BLANKS)) for n, line in enumerate(text.split("\n"), start=1))
+    lead = ASCII_BLANKS.replace("\t", "") if tabbed else ASCII_BLANKS
+    stripped = ((n, line.rstrip(ASCII_BLANKS).lstrip(lead)) for n, line in enumerate(text.split("\n"), start=1))
     return [(n, line) for n, line in stripped if line and not line.startswith("#")]
 
 
 def _from_list(path: Path) -> list[Item]:
     ext = path.suffix.lower()
-    lines = _lines(path)
+    lines = _lines(path, tabbed=ext == ".tsv")
     base = path.parent
     items = []
     if ext == ".tsv":
@@ -267,6 +272,8 @@ def _from_list(path: Path) -> list[Item]:
             key, target = parts
             if target.rstrip().endswith("|"):
                 raise InputError(f"{where}: pipe commands are not supported; give a path to an audio file")
+            if "\0" in target:  # was a skipped input saying "ValueError: embedded null byte"
+                raise InputError(f"{where}: the path holds a NUL byte, which no file name can; fix the line")
             p = Path(target)
             items.append(Item(_check_key(key, where, own=True), p if p.is_absolute() else base / p, where))
         else:

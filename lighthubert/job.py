@@ -249,6 +249,11 @@ def prepare(job: ExtractJob, *, world: World | None = None, download: bool = Tru
     out = check_output_path(job.output, resume=job.resume, overwrite=job.overwrite, backend=backend,
                             inputs=itertools.chain([] if isinstance(job.input, (list, tuple)) else [job.input], read,
                                                    (it.path for it in items)))
+    if not out.exists():  # (an existing one is found among the inputs by its inode, above)
+        where = os.path.realpath(out)
+        named = next((it for it in items if os.path.realpath(it.path) == where), None)
+        if named is not None:  # a list naming the OUTPUT to be: it was created, then read as audio
+            raise OutputError(f"{out}: is also an input ({named.origin}); choose another OUTPUT")
     if not world.distributed and find_parts(parts_dir(out), backend.suffix):
         raise OutputError(f"{parts_dir(out)}: parts of a run with several processes are there (merged already, "
                           f"or not yet); join them and remove them with: lhb merge {out} {parts_dir(out)} --remove-parts")

@@ -308,6 +308,52 @@ def test_fifo_audio_is_refused_without_blocking(tmp_path):
         assert audio_frames(fifo) is None
 
 
+def test_list_lines_that_cannot_name_a_file_are_refused_with_their_line(tmp_path):
+    """A .tsv row with an empty path ('<TAB>16000') was read as a file named '16000'; a NUL byte in a
+    .scp path was a skipped input saying 'ValueError: embedded null byte'."""
+    tsv = tmp_path / "a.tsv"
+    tsv.write_text(f"{tmp_path}\nok.wav\t16000\n\t16000\n")
+    with pytest.raises(InputError, match=re.escape(f"{tsv}:3: expected 'relative/path<TAB>num_samples'")):
+        list_inputs(tsv)
+    tsv.write_text(f"{tmp_path}\n   ok.wav\t16000\n")  # leading spaces are still trimmed
+    assert [it.key for it in list_inputs(tsv)] == ["ok"]
+    txt = tmp_path / "a.txt"  # a Latin-1 name (find over a folder holding one): was refused whole, no line
+    txt.write_bytes(b"a.wav\n# caf\xc3\xa9\ncaf\xe9.wav\n")
+    with pytest.raises(InputError, match=re.escape(f"{txt}:3: not UTF-8 text (byte 0xe9)")):
+        list_inputs(txt)
+    scp = tmp_path / "a.scp"
+    scp.write_bytes(b"k1 a.wav\x00\nk2 b.wav\n")
+    with pytest.raises(InputError, match=re.escape(f"{scp}:1: the path holds a NUL byte")):
+        list_inputs(scp)
+
+
+@needs_speech
+def test_a_list_naming_the_output_to_be_is_refused_before_it_is_created(tmp_path):
+    """OUTPUT named in the list (as ../o/out.h5) was refused only when it existed already; a new one was
+    created, then read as an input and skipped as undecodable, naming itself in its own skipped list."""
+    (tmp_path / "o").mkdir()
+    lst = tmp_path / "in" / "l.txt"
+    lst.parent.mkdir()
+    lst.write_text(f"{UTT}\n../o/out.h5\n")
+    p = subprocess.run([*lhb_prefix(), "extract", str(lst), str(tmp_path / "o" / "out.h5"), "-c", "random:small",
+                        "-s", "min", "-q"], capture_output=True, text=True, env=_env(), timeout=300)
+    assert p.returncode == 1 and p.stderr == (f"lhb: error: {tmp_path}/o/out.h5: is also an input ({lst}:2); choose "
+                                              "another OUTPUT\n"), p.stderr
+    assert os.listdir(tmp_path / "o") == []
+
+
+def test_released_names_without_a_home_folder_say_what_to_set(tmp_path, monkeypatch):
+    """No HOME and no passwd entry (a container's user): '-c small', lhb extract's default, was
+    "internal error: RuntimeError: Could not determine home directory"."""
+    from lighthubert.checkpoint import cache_dir
+
+    monkeypatch.delenv("LIGHTHUBERT_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setattr(Path, "home", classmethod(lambda cls: (_ for _ in ()).throw(RuntimeError("no home"))))
+    with pytest.raises(CheckpointError, match="no home folder .HOME is unset.; set LIGHTHUBERT_CACHE to a folder"):
+        cache_dir()
+
+
 def test_fifo_list_file_is_refused_without_blocking(tmp_path):
     fifo = tmp_path / "list.txt"
     os.mkfifo(fifo)
