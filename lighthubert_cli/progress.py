@@ -136,7 +136,7 @@ class Reporter:
         if self.quiet:
             return
         if done_before:
-            err(f"resuming: {count(done_before, 'utterance')} already done, {files} to do")
+            err(f"resuming: {count(done_before, 'utterance')} already done, {files:,} to do")
         if not files:  # nothing to extract: no bar, no "extracting 0 files"
             return
         if self.plain:
