@@ -55,7 +55,8 @@ def torchrun(*args: str, nproc: int = 2, **kw) -> subprocess.Popen:
 
 def python_under_torchrun(tmp_path: Path, code: str) -> tuple[subprocess.CompletedProcess, dict[str, list]]:
     """Run the Python ``code`` as two ranks under torchrun; each rank prints one line ``RANK [rank, ...]``
-    (JSON). Returns the finished process and rank -> the rest of its line; both ranks must have printed."""
+    (JSON), in one ``os.write`` (two ranks' ``print`` pieces once came out interleaved, 'RANKRANK [...').
+    Returns the finished process and rank -> the rest of its line; both ranks must have printed."""
     script = tmp_path / "job.py"
     script.write_text(code)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -327,8 +328,8 @@ def test_rank_0s_summary_counts_the_other_ranks_skips(tmp_path, ckpt):
         "p.audio_frames = lambda path: headers.append(path) or real(path)\n"
         f"s = lighthubert.extract({str(folder)!r}, {str(tmp_path / 'out.h5')!r}, checkpoint={str(ckpt)!r},"
         " device='cpu', layers='0')\n"
-        "print('RANK', json.dumps([os.environ['RANK'], [it.path.name for it, _ in s.skipped], s.skipped_elsewhere,"
-        " s.skipped_count, len(headers)]), flush=True)\n"))
+        "os.write(1, ('RANK ' + json.dumps([os.environ['RANK'], [it.path.name for it, _ in s.skipped],"
+        " s.skipped_elsewhere, s.skipped_count, len(headers)]) + '\\n').encode())\n"))  # one write: never interleaved
     assert r.returncode == 0, r.stdout
     assert ranks["0"][3] + ranks["1"][3] == 8 and ranks["0"][3] and ranks["1"][3], r.stdout  # 2 files + 6 bad ones
     assert sorted(ranks["0"][0] + ranks["1"][0]) == [f"bad{i}.wav" for i in range(6)]
@@ -359,7 +360,7 @@ def test_a_progress_callback_is_rank_0s_and_raising_there_keeps_the_work_for_res
         "    said = 'returned'\n"
         "except RuntimeError as err:\n"
         "    said = [str(err), *getattr(err, '__notes__', [])]\n"
-        "print('RANK', json.dumps([os.environ['RANK'], len(calls), said]), flush=True)\n"))
+        "os.write(1, ('RANK ' + json.dumps([os.environ['RANK'], len(calls), said]) + '\\n').encode())\n"))
     assert ranks["1"][0] == 0, r.stdout  # never called on rank 1
     calls, said = ranks["0"]
     assert calls == 2 and said[0] == "the callback failed", r.stdout  # start, then the first batch: not called again
