@@ -251,7 +251,7 @@ def prepare(job: ExtractJob, *, world: World | None = None, download: bool = Tru
                                                    (it.path for it in items)))
     if not out.exists():  # (an existing one is found among the inputs by its inode, above)
         where = os.path.realpath(out)
-        named = next((it for it in items if os.path.realpath(it.path) == where), None)
+        named = next((it for it in items if it.path.name == out.name and os.path.realpath(it.path) == where), None)
         if named is not None:  # a list naming the OUTPUT to be: it was created, then read as audio
             raise OutputError(f"{out}: is also an input ({named.origin}); choose another OUTPUT")
     if not world.distributed and find_parts(parts_dir(out), backend.suffix):
