@@ -122,6 +122,8 @@ def list_inputs(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list
     src = Path(source)
     if not src.exists():
         why = "a symbolic link to nothing (broken, or a loop)" if os.path.islink(src) else "no such file or folder"
+        if str(source) == "-":  # not standard input: a list is a file (a .txt of paths, one per line)
+            why += "; standard input is not read as INPUT: write the paths to a .txt list and give that"
         raise InputError(f"{display_path(src)}: {why}")
     if src.is_dir():
         items = _from_folder(src)

@@ -321,6 +321,8 @@ def test_list_lines_that_cannot_name_a_file_are_refused_with_their_line(tmp_path
     txt.write_bytes(b"a.wav\n# caf\xc3\xa9\ncaf\xe9.wav\n")
     with pytest.raises(InputError, match=re.escape(f"{txt}:3: not UTF-8 text (byte 0xe9)")):
         list_inputs(txt)
+    with pytest.raises(InputError, match="^-: no such file or folder; standard input is not read as INPUT"):
+        list_inputs("-")  # lhb extract - out.h5 (as ls | lhb extract - ... would be)
     scp = tmp_path / "a.scp"
     scp.write_bytes(b"k1 a.wav\x00\nk2 b.wav\n")
     with pytest.raises(InputError, match=re.escape(f"{scp}:1: the path holds a NUL byte")):
