@@ -138,9 +138,34 @@ def list_inputs(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list
         if kind:
             raise InputError(f"{display_path(src)}: {kind}, not audio or a list of audio files "
                              "(lhb extract takes INPUT first, then OUTPUT)")
+        _check_one_input(src)
         items = [Item(_check_key(escape_name(src.stem), str(src)), src, display_path(src))]
     _check_unique(items, own=src.suffix.lower() == ".scp" and not src.is_dir())
     return items
+
+
+def _check_one_input(src: Path) -> None:
+    """Refuse, before OUTPUT is made, a single INPUT that cannot be audio and looks like a list: a text
+    file without a list extension (``paths.list``, ``wav_list``) or a FIFO (``<(ls ...)``). Each was a
+    skipped input and an empty OUTPUT, exit 3."""
+    lists = ", ".join(LIST_EXTENSIONS)
+    try:
+        if not stat.S_ISREG(src.stat().st_mode):
+            raise InputError(f"{display_path(src)}: not a regular file (a FIFO or device, as <(...) gives); lhb reads "
+                             f"INPUT from a file: write the paths to a list file ({lists}) and give that")
+        with open(src, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return  # said for the input as a skipped file, with the reason
+    if head and b"\0" not in head and not head.startswith((b"RIFF", b"fLaC", b"OggS", b"FORM", b".snd", b"NIST_1A",
+                                                            b"Creative Voice", b"ID3")):
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError as err:
+            if err.start < len(head) - 4:  # (a character cut by the window is text)
+                return
+        raise InputError(f"{display_path(src)}: a text file, not audio; a list of audio files needs one of the "
+                         f"extensions {lists} (.txt: one path per line)")
 
 
 def _from_paths(paths: Sequence[str | os.PathLike]) -> list[Item]:

@@ -321,6 +321,12 @@ def test_list_lines_that_cannot_name_a_file_are_refused_with_their_line(tmp_path
     txt.write_bytes(b"a.wav\n# caf\xc3\xa9\ncaf\xe9.wav\n")
     with pytest.raises(InputError, match=re.escape(f"{txt}:3: not UTF-8 text (byte 0xe9)")):
         list_inputs(txt)
+    (tmp_path / "paths.list").write_text("a.wav\nb.wav\n")  # a list without a list extension: was one bad audio file
+    with pytest.raises(InputError, match="paths.list: a text file, not audio; a list of audio files needs one of"):
+        list_inputs(tmp_path / "paths.list")
+    os.mkfifo(tmp_path / "fifo")  # as <(ls ...) gives
+    with pytest.raises(InputError, match=re.escape("fifo: not a regular file (a FIFO or device, as <(...) gives)")):
+        list_inputs(tmp_path / "fifo")
     with pytest.raises(InputError, match="^-: no such file or folder; standard input is not read as INPUT"):
         list_inputs("-")  # lhb extract - out.h5 (as ls | lhb extract - ... would be)
     scp = tmp_path / "a.scp"
