@@ -1041,6 +1041,8 @@ def run(args: list[str] | None = None) -> int:
     except BrokenPipeError:
         return _stdout_closed()
     except OSError as e:  # the help or the version on a full disk (commands' own errors are said in _one_line_errors)
+        if os.environ.get("LHB_DEBUG") and e.filename != STDOUT:  # a command's own error, re-raised for its traceback
+            raise  # (it was said as "standard output: cannot write: File name too long")
         from lighthubert.storage import os_reason
 
         err(f"lhb: error: {STDOUT}: cannot write: {os_reason(e)}")

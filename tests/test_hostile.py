@@ -1067,3 +1067,13 @@ def test_subnet_o_is_written_whoever_reads_stdout(tmp_path):
     proc.stdout.close()  # as head -c 10 does: lhb's next write finds no reader (its 4 MB fill the pipe first)
     proc.wait(timeout=120)
     assert len(json.loads(out.read_text())) == 10000
+
+
+def test_lhb_debug_shows_a_commands_own_file_error_with_its_traceback(tmp_path):
+    """LHB_DEBUG=1 is for the traceback: a file error of the command itself (a name too long) came out
+    as 'standard output: cannot write: File name too long', with no traceback."""
+    name = str(tmp_path / ("a" * 300 + ".h5"))
+    p = subprocess.run([*lhb_prefix(), "info", name], capture_output=True, text=True, timeout=120,
+                       env={**_env(), "LHB_DEBUG": "1"})
+    assert p.returncode == 1 and "Traceback" in p.stderr and "File name too long" in p.stderr, p.stderr
+    assert "standard output" not in p.stderr, p.stderr
