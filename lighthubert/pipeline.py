@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .audio import MIN_SAMPLES, SAMPLE_RATE, AudioError, ResamplerUnavailable, audio_frames, read_audio
-from .defaults import FLUSH_SECONDS
+from .defaults import FLUSH_SECONDS, FLUSH_SHARE
 from .errors import LightHubertError
 from .extractor import Extractor
 from .longform import LONG_SECONDS, LongForm
@@ -131,7 +131,8 @@ def plan_batches(sizes: list[tuple[Item, int]], batch_samples: int, long_samples
 
 
 class _Writer(threading.Thread):
-    """Writes finished utterances off the compute path; flushes every ``flush_seconds``."""
+    """Writes finished utterances off the compute path; flushes every ``flush_seconds``, or every
+    :data:`~lighthubert.defaults.FLUSH_SHARE` of the time since it started when that is longer."""
 
     def __init__(self, writer: FeaturesWriter, flush_seconds: float):
         super().__init__(name="lhb-writer", daemon=True)
@@ -142,7 +143,7 @@ class _Writer(threading.Thread):
         self.abandoned = False
 
     def run(self) -> None:
-        last = time.monotonic()
+        start = last = time.monotonic()
         while True:
             job = self.queue.get()
             if job is None or self.abandoned:
@@ -155,7 +156,8 @@ class _Writer(threading.Thread):
                     continue
                 key, data, source, n, windows = job
                 self.writer.write(key, data, source=source, num_samples=n, windows=windows)
-                if time.monotonic() - last > self.flush_seconds:
+                now = time.monotonic()
+                if now - last > max(self.flush_seconds, (now - start) * FLUSH_SHARE):
                     self.writer.flush()
                     last = time.monotonic()
             except BaseException as err:  # noqa: BLE001 - reported to the compute thread

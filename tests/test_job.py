@@ -697,3 +697,38 @@ def test_a_stop_with_much_to_join_leaves_the_committed_segments_for_resume(tmp_p
     assert summary.output == out and not (tmp_path / "o.h5.parts").exists()
     with lighthubert.open_features(out) as f:
         assert len(f) == 6
+
+
+def test_a_long_run_commits_less_often_as_it_goes_on(monkeypatch):
+    """A run committed its segment every second however long it ran: a 64-hour CPU run would leave
+    230,000 segment files for --resume to check (~1.2 ms each) and the join to open (~2 ms each). After
+    FLUSH_SECONDS / FLUSH_SHARE (1,000 s) it commits every thousandth of its time so far: a kill still
+    loses at most about 0.1% of the run. Here the writer runs 20,000 s of one write a second, on a clock
+    the writes move."""
+    import lighthubert.pipeline as pipeline
+    from lighthubert.defaults import FLUSH_SHARE
+
+    clock = [0.0]
+    monkeypatch.setattr(pipeline.time, "monotonic", lambda: clock[0])
+
+    class Segments:
+        path, flushes = "out.h5", []
+
+        def write(self, *args, **kwargs):
+            clock[0] += 1.0
+
+        def flush(self):
+            self.flushes.append(clock[0])
+
+    store = Segments()
+    writer = pipeline._Writer(store, 1.0)
+    writer.queue = __import__("queue").Queue()
+    for _ in range(20_000):
+        writer.queue.put(("k", None, "", 0, 0))
+    writer.queue.put(None)
+    writer.run()  # here, not as a thread: each write moves the clock by a second
+    assert writer.error is None
+    gaps = [(b - a, b) for a, b in zip([0.0] + store.flushes, store.flushes)]
+    assert all(gap <= 2 for gap, at in gaps if at <= 1000)  # a short run: every second or two, as before
+    assert all(gap <= max(2.0, at * FLUSH_SHARE + 1) for gap, at in gaps)
+    assert 1_500 <= len(store.flushes) <= 3_500, len(store.flushes)  # every 2 s throughout: 10,000
