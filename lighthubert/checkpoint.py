@@ -31,7 +31,7 @@ from .defaults import SEED
 from .errors import LightHubertError, LightHubertWarning, SettingError, kind_of
 from .fairseq_cfg import HUBERT_TRAINING_EXTRA, TRAINING_DEFAULTS, is_norm
 from .files import target_problem, write_bytes_atomic
-from .inputs import display_path
+from .inputs import display_path, is_text
 from .model import ConfigError, ModelConfig, SubnetModel, config_flag, cut_subnet, fixed_params, released_layout
 from .space import SPACES, SearchSpace, SubnetError, count_params, get_space, subnet_from_text
 
@@ -116,11 +116,11 @@ def fetch(name: str, progress: bool = True) -> Path:
     filename = RELEASED[name]
     folder = cache_dir()
     try:
-        folder.exists()
+        exists = folder.exists()
     except OSError as err:  # a home folder this user may not enter: was "/root/.cache/lighthubert: Permission denied"
         raise CheckpointError(f"could not look for the {name!r} checkpoint in {folder}: {err.strerror}; set "
                               f"{CACHE_ENV} to a folder you can read (or give the checkpoint's path)") from None
-    if folder.exists() and not folder.is_dir():
+    if exists and not folder.is_dir():
         source = f"{CACHE_ENV}={folder}" if os.environ.get(CACHE_ENV) else str(folder)
         raise CheckpointError(f"could not look for the {name!r} checkpoint: {source} is a file, not a folder; "
                               f"point {CACHE_ENV} at a folder (or give the checkpoint's path instead of {name!r})")
@@ -266,12 +266,12 @@ def _check_head(head: bytes, where: str) -> None:
         if str(where).lower().endswith(".onnx"):
             raise CheckpointError(f"{where}: an ONNX export (lhb info describes it; ONNX Runtime runs it), not a "
                                   "checkpoint; -c takes a .pt file (lhb subnet --export NAME.pt writes one of a subnet)")
-        what = "a text file" if _is_text(head) else "neither a zip archive nor a pickle"
+        what = "a text file" if is_text(head) else "neither a zip archive nor a pickle"
         raise CheckpointError(f"{where}: not a PyTorch checkpoint ({what}); give a .pt file written by torch.save")
 
 
 def _read_pickle(data: bytes, where: str, trust: bool) -> Any:
-    _check_head(data[:HEAD_BYTES], where)
+    """The object in ``data``, a file's bytes whose head :func:`_read_regular` has checked."""
     zipped = data[:4] == b"PK\x03\x04"
     if zipped and not zipfile.is_zipfile(io.BytesIO(data)):
         raise CheckpointError(f"{where}: truncated checkpoint: a zip archive (torch.save's format) without its end "
@@ -322,14 +322,6 @@ def _pickle_protocol(data: bytes, zipped: bool) -> int:
         except (zipfile.BadZipFile, OSError, RuntimeError, ValueError):
             head = b""
     return head[1] if len(head) == 2 and head[0] == 0x80 else 0
-
-
-def _is_text(head: bytes) -> bool:
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError as err:
-        return err.start > len(head) - 4  # a character cut by the 4096-byte window
-    return True
 
 
 def _reason(text: str) -> str:

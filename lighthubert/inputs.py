@@ -157,15 +157,19 @@ def _check_one_input(src: Path) -> None:
             head = f.read(4096)
     except OSError:
         return  # said for the input as a skipped file, with the reason
-    if head and b"\0" not in head and not head.startswith((b"RIFF", b"fLaC", b"OggS", b"FORM", b".snd", b"NIST_1A",
-                                                            b"Creative Voice", b"ID3")):
-        try:
-            head.decode("utf-8")
-        except UnicodeDecodeError as err:
-            if err.start < len(head) - 4:  # (a character cut by the window is text)
-                return
+    audio = head.startswith((b"RIFF", b"fLaC", b"OggS", b"FORM", b".snd", b"NIST_1A", b"Creative Voice", b"ID3"))
+    if head and b"\0" not in head and not audio and is_text(head):
         raise InputError(f"{display_path(src)}: a text file, not audio; a list of audio files needs one of the "
                          f"extensions {lists} (.txt: one path per line)")
+
+
+def is_text(head: bytes) -> bool:
+    """Whether ``head``, the first bytes of a file, is UTF-8 text (a character cut at its end counts)."""
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return err.start > len(head) - 4  # a character cut by the window
+    return True
 
 
 def _from_paths(paths: Sequence[str | os.PathLike]) -> list[Item]:

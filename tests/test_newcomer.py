@@ -62,26 +62,32 @@ def run_tty(args: list, cwd: Path, cols: int = 100, timeout: float = 300, term: 
     proc = subprocess.Popen(lhb_command() + [str(a) for a in args], cwd=cwd, env=env, stdin=slave, stdout=slave,
                             stderr=slave, close_fds=True)
     os.close(slave)
-    chunks, end = [], time.monotonic() + timeout
     try:
-        while time.monotonic() < end:
-            ready, _, _ = select.select([master], [], [], 1.0)
-            if not ready:
-                if proc.poll() is not None:
-                    break
-                continue
-            try:
-                data = os.read(master, 65536)
-            except OSError:  # EIO: the terminal's last writer is gone
-                break
-            if not data:
-                break
-            chunks.append(data)
+        text = read_pty(master, proc, timeout)
     finally:
         os.close(master)
         if proc.poll() is None:
             proc.kill()
-    return proc.wait(timeout=30), b"".join(chunks).decode("utf-8", "replace")
+    return proc.wait(timeout=30), text
+
+
+def read_pty(master: int, proc: subprocess.Popen, timeout: float = 300) -> str:
+    """What the terminal ``master`` shows until ``proc`` has ended and written all it will, or ``timeout``."""
+    chunks, end = [], time.monotonic() + timeout
+    while time.monotonic() < end:
+        ready, _, _ = select.select([master], [], [], 1.0)
+        if not ready:
+            if proc.poll() is not None:
+                break
+            continue
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the terminal's last writer is gone
+            break
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks).decode("utf-8", "replace")
 
 
 def screen_lines(text: str) -> list[str]:
@@ -583,17 +589,8 @@ def test_a_stop_at_once_on_a_terminal_shows_the_cursor_again(tmp_path):
         time.sleep(1.5)
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
-        chunks = []
-        while select.select([master], [], [], 1.0)[0]:
-            try:
-                data = os.read(master, 65536)
-            except OSError:
-                break
-            if not data:
-                break
-            chunks.append(data)
+        err = read_pty(master, proc, timeout=30)
     finally:
         os.close(master)
         proc.kill()
-    err = b"".join(chunks).decode()
     assert proc.returncode == 130 and "lhb: interrupted" in err and err.endswith("\x1b[?25h\r\n"), (proc.returncode, err)
